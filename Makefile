@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv venv-test demo test bench bench-quick clean
+
+venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: venv
+	$(BIN)/retune demo --out demo-output
+
+test: venv-test
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,133 @@
+"""What every frozen backbone provides: two encoders, image preprocessing and a fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class Encoded:
+    """Output of one encoder call: pooled vectors (N x D) and, on request, tokens (N x T x D')."""
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Registry entry shown by ``retune backbones``."""
+
+    family: str
+    description: str
+    example: str
+    aligned: bool  # image and text embeddings share one space (zero-shot is meaningful)
+
+
+class Backbone(ABC):
+    """A frozen image encoder + text encoder pair.
+
+    Subclasses load their weights in ``__init__`` and implement the three encode/preprocess
+    methods. ``fingerprint`` keys every cached embedding: it changes when the weights or the
+    preprocessing change, so a store never mixes vectors from different models.
+    """
+
+    spec: str  # the string it was built from, e.g. "default" or "open_clip:hf-hub:..."
+    aligned: bool = False
+    image_dim: int
+    text_dim: int
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Turn one decoded RGB PIL image into the CHW float tensor the image encoder expects."""
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor, tokens: bool = False) -> Encoded:
+        """Encode a preprocessed batch (N x C x H x W) on ``self.device``; no gradients."""
+
+    @abstractmethod
+    def encode_texts(self, texts: list[str], tokens: bool = False) -> Encoded:
+        """Encode a list of strings; pooled output is one vector per string."""
+
+    @abstractmethod
+    def fingerprint_parts(self) -> dict:
+        """Everything that determines the embeddings: model id, weight hashes, preprocessing."""
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules this backbone owns (used to move devices and to freeze)."""
+        return [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
+
+    def to(self, device: str | torch.device) -> "Backbone":
+        self.device = torch.device(device)
+        for module in self.modules:
+            module.to(self.device)
+        return self
+
+    def freeze(self) -> "Backbone":
+        """Put every module in eval mode with gradients off (the encoders are never trained here)."""
+        for module in self.modules:
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        """Short stable hash of ``fingerprint_parts`` (16 hex chars)."""
+        payload = json.dumps(self.fingerprint_parts(), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """JSON-ready description saved next to stores and checkpoints."""
+        return {
+            "spec": self.spec,
+            "fingerprint": self.fingerprint,
+            "image_dim": self.image_dim,
+            "text_dim": self.text_dim,
+            "aligned": self.aligned,
+            "parts": self.fingerprint_parts(),
+        }
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a weight file, memoised per (path, size, mtime) for the life of the process."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def weight_files_sha256(directory: str | os.PathLike) -> dict[str, str]:
+    """Hashes of the weight files (safetensors/bin/pt/pth) in a model directory, by file name."""
+    suffixes = {".safetensors", ".bin", ".pt", ".pth"}
+    root = Path(directory)
+    return {
+        str(p.relative_to(root)): file_sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in suffixes
+    }
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token vectors over real (unmasked) tokens, as sentence-transformers does."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

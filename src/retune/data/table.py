@@ -1,0 +1,50 @@
+"""The one in-memory form every reader returns: image paths, patients and masked multi-labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PATH_COLUMN = "image_path"
+PATIENT_COLUMN = "patient_id"
+
+
+@dataclass
+class ImageTable:
+    """Rows of images with labels.
+
+    ``frame`` has the columns ``image_path`` (absolute path as str), ``patient_id`` (str), one
+    float column per class in ``classes`` holding 1.0 (positive), 0.0 (negative) or NaN (masked:
+    uncertain/ignored/unlabelled; left out of losses and metrics), and optionally ``report`` (str).
+    ``source`` is the file the table came from (used in error messages); ``image_root`` is the
+    folder relative paths were resolved against.
+    """
+
+    frame: pd.DataFrame
+    classes: list[str]
+    source: Path | None = None
+    image_root: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def paths(self) -> list[str]:
+        return self.frame[PATH_COLUMN].tolist()
+
+    @property
+    def patients(self) -> np.ndarray:
+        return self.frame[PATIENT_COLUMN].to_numpy()
+
+    def labels(self, classes: list[str] | None = None) -> np.ndarray:
+        """Float32 matrix (rows x classes) with NaN where the label is masked."""
+        return self.frame[classes or self.classes].to_numpy(dtype=np.float32)
+
+    def subset(self, rows: np.ndarray | list[int]) -> "ImageTable":
+        """A new table with only the given row positions (order kept, index reset)."""
+        frame = self.frame.iloc[np.asarray(rows, dtype=int)].reset_index(drop=True)
+        return ImageTable(frame, list(self.classes), self.source, self.image_root, dict(self.extra))

@@ -1,0 +1,39 @@
+"""Atomic file writes: write to a temp file in the same folder, fsync, then rename over the target."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; on success it replaces ``target`` in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        with open(temp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_json_atomic(target: str | os.PathLike, payload: object) -> None:
+    """Write JSON (indented, keys sorted) so readers never see a half-written file."""
+    with atomic_path(target) as temp:
+        temp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    """Write text so readers never see a half-written file."""
+    with atomic_path(target) as temp:
+        temp.write_text(text)

@@ -1,0 +1,208 @@
+"""The embedding job: every image through the frozen encoders once per backbone, ever.
+
+Images are keyed by content hash, so renamed or duplicated files are not re-encoded; file
+hashes are themselves cached by (path, size, mtime). Decoding runs in DataLoader workers,
+encoding in batches under ``torch.inference_mode`` (and autocast on CUDA), and results are
+flushed in shards, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from retune.backbones.base import Backbone
+from retune.data.images import file_content_hash, load_image
+from retune.data.table import ImageTable
+from retune.errors import RetuneError, StoreError
+from retune.io_utils import atomic_path
+from retune.progress import progress_bar
+from retune.store.store import EmbeddingStore, text_hash
+
+
+@dataclass
+class EmbedSummary:
+    """What one embedding run did; ``errors`` lists unreadable images with the reason."""
+
+    n_rows: int
+    n_unique_images: int
+    n_cached: int
+    n_computed: int
+    seconds: float
+    errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    errors_file: Path | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_computed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        """One-line summary for the terminal."""
+        text = (
+            f"{self.n_rows} rows, {self.n_unique_images} unique images: {self.n_cached} cached, "
+            f"{self.n_computed} computed ({self.images_per_second:.1f} images/s), {len(self.errors)} failed"
+        )
+        if self.errors_file is not None:
+            text += f" (see {self.errors_file})"
+        return text
+
+
+class _DecodeDataset(Dataset):
+    """Decodes and preprocesses images in workers; failures come back as a reason, not a crash."""
+
+    def __init__(self, items: list[tuple[str, str]], preprocess: Callable) -> None:
+        self.items = items
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[str, str, torch.Tensor | None, str | None]:
+        content_hash, path = self.items[index]
+        try:
+            return content_hash, path, self.preprocess(load_image(path)), None
+        except RetuneError as error:
+            return content_hash, path, None, str(error).removeprefix(f"{path}: ")
+        except Exception as error:  # a decoder bug on one odd file must not stop the run
+            return content_hash, path, None, f"{type(error).__name__}: {error}"
+
+
+def _collate(batch: list) -> list:
+    return batch
+
+
+def hash_files(paths: list[str], store: EmbeddingStore) -> tuple[dict[str, str], dict[str, str]]:
+    """Content hash per path (reusing the store's cache); also returns {path: reason} for unreadable files."""
+    cache = store.cached_file_hashes()
+    hashes: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    fresh: list[tuple[str, int, int, str]] = []
+    for path in dict.fromkeys(paths):
+        try:
+            stat = os.stat(path)
+        except OSError as error:
+            failures[path] = error.strerror or str(error)
+            continue
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        if key not in cache:
+            try:
+                cache[key] = file_content_hash(path)
+            except OSError as error:
+                failures[path] = error.strerror or str(error)
+                continue
+            fresh.append((*key, cache[key]))
+        hashes[path] = cache[key]
+    store.record_file_hashes(fresh)
+    return hashes, failures
+
+
+def default_workers() -> int:
+    """Decoding workers: all cores but the one that runs the encoder."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def embed_table(
+    table: ImageTable,
+    backbone: Backbone,
+    store: EmbeddingStore,
+    batch_size: int = 32,
+    workers: int | None = None,
+    tokens: bool = False,
+    shard_size: int = 512,
+    show_progress: bool = True,
+) -> EmbedSummary:
+    """Embed every image of ``table`` that the store lacks for this backbone; record failures."""
+    started = time.perf_counter()
+    fingerprint = backbone.fingerprint
+    store.register_backbone(backbone.describe())
+    with store.lock():
+        hashes, failures = hash_files(table.paths, store)
+        kinds = ["images", "tokens"] if tokens else ["images"]
+        stored = {kind: store.keys(kind, fingerprint) for kind in kinds}
+        todo: dict[str, str] = {}
+        for path, content_hash in hashes.items():
+            if any(content_hash not in stored[kind] for kind in kinds):
+                todo.setdefault(content_hash, path)
+        unique = set(hashes.values())
+        loader = DataLoader(
+            _DecodeDataset(list(todo.items()), backbone.preprocess),
+            batch_size=batch_size,
+            num_workers=default_workers() if workers is None else workers,
+            collate_fn=_collate,
+            pin_memory=backbone.device.type == "cuda",
+        )
+        pending: dict[str, list] = {"keys": [], "pooled": [], "tokens": []}
+        computed = 0
+
+        def flush() -> None:
+            if not pending["keys"]:
+                return
+            store.write_vectors("images", fingerprint, pending["keys"], np.concatenate(pending["pooled"]))
+            if tokens:
+                token_matrix = np.concatenate(pending["tokens"])
+                store.write_vectors("tokens", fingerprint, pending["keys"], token_matrix, n_tokens=[token_matrix.shape[1]] * len(token_matrix))
+            for values in pending.values():
+                values.clear()
+
+        with progress_bar("embedding", total=len(todo), enabled=show_progress, unit="images") as advance:
+            for batch in loader:
+                good = [item for item in batch if item[2] is not None]
+                for _, path, _, reason in batch:
+                    if reason is not None:
+                        failures[path] = reason
+                if good:
+                    encoded = backbone.encode_images(torch.stack([item[2] for item in good]), tokens=tokens)
+                    pending["keys"].extend(item[0] for item in good)
+                    pending["pooled"].append(encoded.pooled.float().cpu().numpy())
+                    if tokens:
+                        pending["tokens"].append(encoded.tokens.float().cpu().numpy())
+                    computed += len(good)
+                    if len(pending["keys"]) >= shard_size:
+                        flush()
+                advance(len(batch))
+            flush()
+    errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
+    summary = EmbedSummary(len(table), len(unique), len(unique) - len(todo), computed, time.perf_counter() - started, errors)
+    if len(errors):
+        summary.errors_file = store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        with atomic_path(summary.errors_file) as temp:
+            errors.to_csv(temp, index=False)
+    return summary
+
+
+def image_embeddings(table: ImageTable, fingerprint: str, store: EmbeddingStore) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled embeddings for the rows of ``table`` that are in the store, and those rows' positions.
+
+    Rows whose image failed to embed are left out (their positions are absent from the result).
+    """
+    hashes, _ = hash_files(table.paths, store)
+    stored = store.keys("images", fingerprint)
+    rows = [row for row, path in enumerate(table.paths) if hashes.get(path) in stored]
+    if not rows:
+        raise StoreError(f"{store.root}: none of the {len(table)} images of {table.source} are embedded for backbone {fingerprint}")
+    _, matrix = store.read_vectors("images", fingerprint, [hashes[table.paths[row]] for row in rows])
+    return matrix, np.asarray(rows, dtype=int)
+
+
+def text_embeddings(texts: list[str], backbone: Backbone, store: EmbeddingStore, batch_size: int = 64) -> np.ndarray:
+    """Pooled text embeddings (rows match ``texts``), computing only texts the store lacks."""
+    fingerprint = backbone.fingerprint
+    keys = [text_hash(text) for text in texts]
+    stored = store.keys("texts", fingerprint)
+    missing = list(dict.fromkeys(text for text, key in zip(texts, keys) if key not in stored))
+    if missing:
+        store.register_backbone(backbone.describe())
+        vectors = np.concatenate([
+            backbone.encode_texts(missing[start:start + batch_size]).pooled.float().cpu().numpy()
+            for start in range(0, len(missing), batch_size)
+        ])
+        store.write_vectors("texts", fingerprint, [text_hash(t) for t in missing], vectors, text=missing)
+    return store.read_vectors("texts", fingerprint, keys)[1]

@@ -1,0 +1,227 @@
+"""Content-keyed embedding store: Parquet shards per backbone fingerprint, plus a JSON manifest.
+
+Layout (every file is plain Parquet or JSON that pandas, Polars and Ray read as they are)::
+
+    STORE/manifest.json                          format version, backbones, row counts
+    STORE/images/fp=<fingerprint>/part-*.parquet  content_hash, embedding (float32 list)
+    STORE/tokens/fp=<fingerprint>/part-*.parquet  content_hash, tokens (float32 list, T*D), n_tokens
+    STORE/texts/fp=<fingerprint>/part-*.parquet   text_hash, text, embedding
+    STORE/files/part-*.parquet                    path, size, mtime_ns, content_hash (hash cache)
+    STORE/errors/embed-*.csv                      images that could not be read, with the reason
+
+Shards are the truth; each is written to a temp file and renamed, so a killed run leaves whole
+shards only and a rerun computes just what is missing. The store holds data derived from patient
+images (embeddings and file paths): treat it like the images, and delete it with ``purge``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retune.errors import StoreError
+from retune.io_utils import atomic_path, write_json_atomic
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("images", "tokens", "texts")
+_KEY_COLUMN = {"images": "content_hash", "tokens": "content_hash", "texts": "text_hash"}
+_VECTOR_COLUMN = {"images": "embedding", "tokens": "tokens", "texts": "embedding"}
+
+
+def text_hash(text: str) -> str:
+    """Key of a prompt or report in the text table."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def _matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    if column.num_chunks == 0 or len(column) == 0:
+        return np.zeros((0, width), dtype=np.float32)
+    flat = pa.concat_arrays([chunk.flatten() for chunk in column.chunks])
+    return flat.to_numpy(zero_copy_only=False).reshape(len(column), width)
+
+
+class EmbeddingStore:
+    """A folder of cached embeddings keyed by (backbone fingerprint, content hash)."""
+
+    def __init__(self, root: str | os.PathLike, create: bool = True) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            if not create:
+                raise StoreError(f"{self.root}: no embedding store here (run 'retune embed' first)")
+            self.root.mkdir(parents=True)
+        elif not self.root.is_dir():
+            raise StoreError(f"{self.root}: not a directory")
+        manifest = self.root / MANIFEST
+        if manifest.exists():
+            self.manifest = self._read_manifest(manifest)
+        elif create:
+            self.manifest = {"format_version": FORMAT_VERSION, "backbones": {}, "created": time.time()}
+            write_json_atomic(manifest, self.manifest)
+        else:
+            raise StoreError(f"{self.root}: missing {MANIFEST}; not a retune embedding store")
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict:
+        import json
+
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{path}: unreadable manifest ({error})") from error
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{path}: store format {manifest.get('format_version')} is not {FORMAT_VERSION}")
+        return manifest
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock so two writers never interleave shards of one store."""
+        with open(self.root / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise StoreError(f"{self.root}: another process is writing to this store") from error
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def register_backbone(self, description: dict) -> None:
+        """Record which backbone a fingerprint stands for (shown by ``retune store info``)."""
+        fingerprint = description["fingerprint"]
+        if self.manifest["backbones"].get(fingerprint) != description:
+            self.manifest["backbones"][fingerprint] = description
+            self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        self.manifest["updated"] = time.time()
+        write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    def shard_dir(self, kind: str, fingerprint: str) -> Path:
+        return self.root / kind / f"fp={fingerprint}"
+
+    def shards(self, kind: str, fingerprint: str) -> list[Path]:
+        """Finished shards (temp files of an interrupted write are ignored)."""
+        folder = self.shard_dir(kind, fingerprint)
+        return sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+
+    def _write_shard(self, folder: Path, table: pa.Table) -> Path:
+        target = folder / f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        with atomic_path(target) as temp:
+            pq.write_table(table, temp, compression="none", use_dictionary=False)
+        return target
+
+    # -- vectors -----------------------------------------------------------------------------
+    def keys(self, kind: str, fingerprint: str) -> set[str]:
+        """Every key (content or text hash) already stored for a backbone."""
+        column = _KEY_COLUMN[kind]
+        keys: set[str] = set()
+        for shard in self.shards(kind, fingerprint):
+            keys.update(pq.read_table(shard, columns=[column], memory_map=True).column(column).to_pylist())
+        return keys
+
+    def write_vectors(self, kind: str, fingerprint: str, keys: list[str], vectors: np.ndarray, **extra_columns: list) -> Path:
+        """Append one shard of vectors (rows of ``vectors`` match ``keys``)."""
+        if len(keys) != len(vectors):
+            raise ValueError("keys and vectors differ in length")
+        columns = {_KEY_COLUMN[kind]: pa.array(keys, pa.string()), _VECTOR_COLUMN[kind]: _vector_array(vectors.reshape(len(keys), -1))}
+        columns.update({name: pa.array(values) for name, values in extra_columns.items()})
+        return self._write_shard(self.shard_dir(kind, fingerprint), pa.table(columns))
+
+    def read_vectors(self, kind: str, fingerprint: str, keys: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """Stored keys and their vectors (memory-mapped reads); with ``keys``, rows in that order.
+
+        A key absent from the store raises StoreError naming how many are missing.
+        """
+        shards = self.shards(kind, fingerprint)
+        key_column, vector_column = _KEY_COLUMN[kind], _VECTOR_COLUMN[kind]
+        if not shards:
+            if keys:
+                raise StoreError(f"{self.root}: no {kind} stored for backbone {fingerprint}; run 'retune embed' first")
+            return [], np.zeros((0, 0), dtype=np.float32)
+        table = pa.concat_tables(pq.read_table(s, columns=[key_column, vector_column], memory_map=True) for s in shards)
+        width = table.schema.field(vector_column).type.list_size
+        stored_keys = table.column(key_column).to_pylist()
+        matrix = _matrix(table.column(vector_column), width)
+        if keys is None:
+            return stored_keys, matrix
+        position = {key: row for row, key in enumerate(stored_keys)}
+        missing = [key for key in keys if key not in position]
+        if missing:
+            raise StoreError(f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone {fingerprint})")
+        return list(keys), matrix[[position[key] for key in keys]]
+
+    # -- file hash cache ---------------------------------------------------------------------
+    def cached_file_hashes(self) -> dict[tuple[str, int, int], str]:
+        """(path, size, mtime_ns) -> content hash, so unchanged files are not re-read."""
+        folder = self.root / "files"
+        cache: dict[tuple[str, int, int], str] = {}
+        for shard in sorted(folder.glob("part-*.parquet")) if folder.exists() else []:
+            table = pq.read_table(shard, memory_map=True).to_pydict()
+            cache.update(zip(zip(table["path"], table["size"], table["mtime_ns"]), table["content_hash"]))
+        return cache
+
+    def record_file_hashes(self, rows: list[tuple[str, int, int, str]]) -> None:
+        """Append newly hashed files to the hash cache."""
+        if not rows:
+            return
+        paths, sizes, mtimes, hashes = zip(*rows)
+        table = pa.table({
+            "path": pa.array(paths, pa.string()),
+            "size": pa.array(sizes, pa.int64()),
+            "mtime_ns": pa.array(mtimes, pa.int64()),
+            "content_hash": pa.array(hashes, pa.string()),
+        })
+        self._write_shard(self.root / "files", table)
+
+    # -- maintenance -------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Row counts and bytes on disk per kind and backbone."""
+        counts: dict[str, dict[str, int]] = {}
+        for kind in KINDS:
+            for folder in sorted((self.root / kind).glob("fp=*")) if (self.root / kind).exists() else []:
+                fingerprint = folder.name.removeprefix("fp=")
+                rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in self.shards(kind, fingerprint))
+                counts.setdefault(fingerprint, {})[kind] = rows
+        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return {"root": str(self.root), "bytes": size, "rows": counts, "backbones": self.manifest["backbones"]}
+
+    def compact(self, kind: str, fingerprint: str) -> None:
+        """Merge a backbone's shards into one (dropping duplicate keys) to speed up reads."""
+        shards = self.shards(kind, fingerprint)
+        if len(shards) < 2:
+            return
+        table = pa.concat_tables(pq.read_table(s) for s in shards)
+        keys = table.column(_KEY_COLUMN[kind]).to_pylist()
+        first = {key: row for row, key in reversed(list(enumerate(keys)))}
+        table = table.take(pa.array(sorted(first.values())))
+        self._write_shard(self.shard_dir(kind, fingerprint), table)
+        for shard in shards:
+            shard.unlink()
+
+
+def purge_store(root: str | os.PathLike) -> int:
+    """Delete a whole store (patient-derived data); returns bytes freed. Refuses non-store folders."""
+    root = Path(root)
+    if not (root / MANIFEST).exists():
+        raise StoreError(f"{root}: not a retune embedding store (no {MANIFEST}); refusing to delete it")
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    shutil.rmtree(root)
+    return size

@@ -1,0 +1,39 @@
+"""Shared fixtures: where the real data lives, and the skip-or-fail rule for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REQUIRE_SHARED = os.environ.get("RETUNE_REQUIRE_SHARED_DATA") == "1"
+
+
+def _need(path: Path) -> Path:
+    """Return ``path`` or skip the test with the reason; under CI (RETUNE_REQUIRE_SHARED_DATA=1) fail instead."""
+    if path.exists():
+        return path
+    reason = f"real data not found at {path} (the project's ../shared/data); this test needs it"
+    if REQUIRE_SHARED:
+        pytest.fail(reason + " and RETUNE_REQUIRE_SHARED_DATA=1 forbids skipping")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The ../shared/data folder (skips, or fails under CI, when absent)."""
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def nih_dir(shared_data: Path) -> Path:
+    """The 1,599-image NIH ChestX-ray14 subset with labels.csv."""
+    return _need(shared_data / "nih-cxr14")
+
+
+@pytest.fixture(scope="session")
+def label_tables(shared_data: Path) -> Path:
+    """Real CheXpert / NIH label tables and the Open-i reports."""
+    return _need(shared_data / "label-tables")

@@ -1,0 +1,166 @@
+"""The ``retune`` command: thin wrappers that parse options, call the Python API and print.
+
+Every command turns a ``RetuneError`` (bad input, unknown name, missing weights) into one red
+line and a non-zero exit, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from retune.errors import RetuneError
+
+app = typer.Typer(
+    help=(
+        "Adapt frozen medical vision-language models with small adaptors.\n\n"
+        "Typical flow: `retune embed labels.csv --store S` (each image through the frozen encoders "
+        "once), then `retune train`, `retune evaluate`, `retune predict`, or `retune scenario run` for "
+        "exemplar-free incremental learning. `retune demo` runs everything offline on synthetic phantoms."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+store_app = typer.Typer(help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Print a RetuneError as one line and exit 2 instead of showing a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except RetuneError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@friendly_errors
+def backbones() -> None:
+    """List the backbone families and aliases you can pass to --backbone."""
+    from retune.backbones.registry import list_backbones
+
+    table = Table("name", "aligned", "example spec", "description")
+    for name, info in list_backbones():
+        table.add_row(name, "yes" if info.aligned else "no", info.example, info.description)
+    console.print(table)
+
+
+def read_dataset(csv_path: Path, image_root: Optional[Path], data_format: str, uncertainty: str):
+    """Read a label CSV through the reader registry (shared by every command that takes data)."""
+    from retune.data.readers import read_table
+
+    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty)
+
+
+CSV_ARGUMENT = typer.Argument(..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id.")
+IMAGE_ROOT = typer.Option(None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it.")
+DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
+UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
+BACKBONE = typer.Option("default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM).")
+STORE = typer.Option(Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it).")
+DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
+
+
+@app.command()
+@friendly_errors
+def embed(
+    csv_path: Path = CSV_ARGUMENT,
+    backbone: str = BACKBONE,
+    store: Path = STORE,
+    image_root: Optional[Path] = IMAGE_ROOT,
+    data_format: str = DATA_FORMAT,
+    batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
+    tokens: bool = typer.Option(False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."),
+    device: Optional[str] = DEVICE,
+) -> None:
+    """Embed every image of a CSV once per backbone; reruns compute only what is missing.
+
+    Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
+    """
+    from retune.backbones.registry import create_backbone
+    from retune.store import EmbeddingStore, embed_table
+
+    table = read_dataset(csv_path, image_root, data_format, "ignore")
+    model = create_backbone(backbone, device=device)
+    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())
+    for path, reason in summary.errors.itertuples(index=False):
+        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    console.print(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}", highlight=False)
+    if len(summary.errors):
+        raise typer.Exit(1)
+
+
+@store_app.command("info")
+@friendly_errors
+def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show what a store holds: backbones, rows per kind, size on disk."""
+    from retune.store import EmbeddingStore
+
+    summary = EmbeddingStore(store, create=False).summary()
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    table = Table("fingerprint", "backbone", "images", "tokens", "texts")
+    for fingerprint, rows in summary["rows"].items():
+        spec = summary["backbones"].get(fingerprint, {}).get("spec", "?")
+        table.add_row(fingerprint, spec, *(str(rows.get(kind, 0)) for kind in ("images", "tokens", "texts")))
+    console.print(table)
+    console.print(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)")
+
+
+@store_app.command("purge")
+@friendly_errors
+def store_purge(
+    store: Path = typer.Argument(..., help="Store folder to delete."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete an embedding store and everything in it (embeddings and paths derived from patient images)."""
+    from retune.store import purge_store
+
+    if not yes and not typer.confirm(f"Delete {store} and all embeddings in it?"):
+        raise typer.Exit(1)
+    freed = purge_store(store)
+    console.print(f"deleted {store} ({freed / 1e6:.1f} MB)")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Path = typer.Option(Path("demo-output"), help="Folder for the phantoms, the store and the results."),
+    n_images: int = typer.Option(400, min=20, help="Synthetic phantoms to generate."),
+    device: Optional[str] = DEVICE,
+) -> None:
+    """Offline end-to-end run on synthetic chest phantoms with the default backbone."""
+    from retune.backbones.registry import create_backbone
+    from retune.data.phantoms import write_phantom_dataset
+    from retune.data.readers import read_table
+    from retune.store import EmbeddingStore, embed_table
+
+    csv_path = write_phantom_dataset(out / "phantoms", n=n_images, seed=0)
+    table = read_table(csv_path)
+    model = create_backbone("default", device=device)
+    store = EmbeddingStore(out / "store")
+    summary = embed_table(table, model, store, show_progress=sys.stderr.isatty())
+    console.print(f"embedded phantoms: {summary.line()}", highlight=False)
+    console.print(f"store: {store.summary()['rows']}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,21 @@
+"""Honest evaluation: masked multi-label metrics with patient-level bootstrap CIs, retrieval and continual-learning scores."""
+
+from retune.evaluation.metrics import (
+    ClassMetrics,
+    EvaluationResult,
+    average_incremental,
+    evaluate_scores,
+    forgetting_and_bwt,
+    recall_at_k,
+    roc_curve_points,
+)
+
+__all__ = [
+    "ClassMetrics",
+    "EvaluationResult",
+    "average_incremental",
+    "evaluate_scores",
+    "forgetting_and_bwt",
+    "recall_at_k",
+    "roc_curve_points",
+]

@@ -140,6 +140,115 @@ def store_purge(
     console.print(f"deleted {store} ({freed / 1e6:.1f} MB)")
 
 
+def print_metrics(metrics: dict) -> None:
+    """Per-class AUROC table with CIs for RE-tune and every baseline, side by side."""
+    methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
+    table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
+
+    def cell(value, interval) -> str:
+        if value is None:
+            return "undefined"
+        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+    for name in metrics["classes"]:
+        row = [name, str(metrics["per_class"][name]["n_pos"])]
+        row += [cell(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()]
+        table.add_row(*row)
+    table.add_row("[bold]mean", "", *[f"[bold]{cell(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()])
+    console.print(table)
+    if metrics.get("note"):
+        console.print(f"[dim]{metrics['note']}[/]")
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: Optional[Path] = typer.Option(None, help="Label CSV to train on (overrides data.csv of --config)."),
+    out: Path = typer.Option(..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...)."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
+    image_root: Optional[Path] = IMAGE_ROOT,
+    data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
+    prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
+    seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split."),
+    device: Optional[str] = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+) -> None:
+    """Train RE-tune and its baselines on cached embeddings; evaluate on a patient-level test split (70/10/20).
+
+    Images are embedded once into the store first (skipped when already there).
+    """
+    from retune.config import TrainConfig, load_yaml_config
+    from retune.runs import train_run
+
+    settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
+    overrides = {"backbone": backbone, "store": store, "device": device}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    data_overrides = {"csv": data, "image_root": image_root, "format": data_format}
+    settings.data = settings.data.model_copy(update={k: v for k, v in data_overrides.items() if v is not None})
+    if prompts is not None:
+        settings.retune = settings.retune.model_copy(update={"prompts": prompts})
+    if seed is not None:
+        settings.seed = seed
+        settings.split = settings.split.model_copy(update={"seed": seed})
+    metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print_metrics(metrics)
+        console.print(f"run saved to {out}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    run: Path = typer.Option(..., help="Run directory made by `retune train`."),
+    data: Path = typer.Option(..., help="Label CSV to evaluate on."),
+    split: str = typer.Option("auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
+    image_root: Optional[Path] = IMAGE_ROOT,
+    n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
+) -> None:
+    """Evaluate a trained run (RE-tune and its baselines) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
+    from retune.runs import evaluate_run
+
+    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print_metrics(metrics)
+
+
+@app.command()
+@friendly_errors
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
+    run: Path = typer.Option(..., help="Run directory made by `retune train`."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the run's)."),
+    method: str = typer.Option("retune", help="Which of the run's methods predicts."),
+    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
+) -> None:
+    """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1)."""
+    from retune.runs import predict_images
+
+    frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
+    for path, reason in errors.itertuples(index=False):
+        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    table = Table("image", *frame.columns[1:])
+    for row in frame.itertuples(index=False):
+        table.add_row(Path(row[0]).name, *(f"{value:.3f}" for value in row[1:]))
+    console.print(table)
+    if output is not None:
+        from retune.io_utils import atomic_path
+
+        with atomic_path(output) as temp:
+            frame.to_parquet(temp, index=False) if output.suffix == ".parquet" else frame.to_csv(temp, index=False)
+    if len(errors):
+        raise typer.Exit(1)
+
+
 @app.command()
 @friendly_errors
 def demo(

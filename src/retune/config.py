@@ -1,0 +1,106 @@
+"""Typed configurations (pydantic) that load from YAML and are saved next to every result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from retune.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, so a typo in a YAML file is reported instead of ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AdaptorConfig(StrictModel):
+    """Image and text adaptors mapping both towers into one shared space."""
+
+    image: Literal["identity", "dense", "mlp"] = "dense"
+    text: Literal["identity", "dense", "mlp"] = "dense"
+    shared_dim: int = Field(256, ge=1, description="Width of the shared space (ignored on a side that is identity).")
+    hidden_dim: int = Field(512, ge=1, description="Hidden width of mlp adaptors.")
+    residual: bool = Field(False, description="mlp only: add a linear skip path.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the adaptor inputs (regularises small data).")
+
+
+class OptimConfig(StrictModel):
+    """AdamW with early stopping on validation mean AUROC."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(0, ge=0, description="0 = full batch (fastest on cached vectors).")
+    patience: int = Field(20, ge=1, description="Epochs without validation improvement before stopping.")
+
+
+class ReTuneConfig(StrictModel):
+    """The RE-tune method: prompts, adaptors, temperature and optimisation."""
+
+    prompts: str = Field("manual", description="Prompt set name (template, manual) or a YAML file.")
+    adaptor: AdaptorConfig = AdaptorConfig()
+    tau: float = Field(10.0, gt=0, description="Initial logit scale applied to (s+ - s-).")
+    learn_tau: bool = True
+    optim: OptimConfig = OptimConfig()
+
+
+class DataConfig(StrictModel):
+    """Where the labelled images are and how to read them."""
+
+    csv: Optional[Path] = None
+    image_root: Optional[Path] = None
+    format: str = "auto"
+    uncertainty: Literal["ignore", "ones", "zeros"] = "ignore"
+    classes: Optional[list[str]] = None
+
+
+class SplitConfig(StrictModel):
+    """Patient-level train/val/test split."""
+
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
+            raise ValueError(f"split fractions must be non-negative and sum to 1, got {value}")
+        return value
+
+
+class TrainConfig(StrictModel):
+    """Everything ``retune train`` needs; saved as the run's config."""
+
+    backbone: str = "default"
+    store: Path = Path("retune-store")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    retune: ReTuneConfig = ReTuneConfig()
+    baselines: list[str] = Field(default_factory=lambda: ["linear_probe", "zero_shot"])
+    n_bootstrap: int = Field(1000, ge=0)
+    seed: int = 0
+    device: Optional[str] = None
+
+
+def load_yaml_config(path: str | Path, model: type[BaseModel]) -> BaseModel:
+    """Parse a YAML file into ``model``; errors name the file and the offending field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read YAML ({error})") from error
+    return parse_config(raw, model, str(path))
+
+
+def parse_config(raw: dict, model: type[BaseModel], where: str) -> BaseModel:
+    """Validate a dict into ``model``; the first problem becomes one line naming the field."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ConfigError(f"{where}: field '{field}': {first['msg']}") from None

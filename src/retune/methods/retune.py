@@ -1,0 +1,133 @@
+"""RE-tune (arXiv 2410.17827): adaptors on frozen embeddings, scored against positive and negative prompts.
+
+For class c: s+ = cos(A_img(x), A_txt(p_c+)), s- = cos(A_img(x), A_txt(p_c-)) and
+logit = tau * (s+ - s-), trained with masked BCE on cached vectors only. New classes bring their
+own prompts, so learning a finding adds no output weights; the prompts anchor each class.
+Variants for exemplar-free incremental learning: ``retune-distill`` (distil earlier classes'
+logits on the new task's images, as LwF does) and ``retune-freeze`` (freeze the image adaptor
+after the first task, so earlier classes can only move through their own prompts).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retune.config import ReTuneConfig
+from retune.losses import distillation_bce, masked_bce
+from retune.methods.adaptors import make_adaptor, shared_width
+from retune.methods.base import Method, MethodContext, TaskData
+from retune.methods.registry import register_method
+from retune.training.loop import fit
+
+
+class ReTuneModel(nn.Module):
+    """Image adaptor + text adaptor + temperature, with the class prompts held as buffers."""
+
+    def __init__(self, image_dim: int, text_dim: int, config: ReTuneConfig) -> None:
+        super().__init__()
+        adaptor = config.adaptor
+        width = shared_width(adaptor.image, adaptor.text, image_dim, text_dim, adaptor.shared_dim)
+        self.image_adaptor = make_adaptor(adaptor.image, image_dim, width, adaptor.hidden_dim, adaptor.residual, adaptor.dropout)
+        self.text_adaptor = make_adaptor(adaptor.text, text_dim, width, adaptor.hidden_dim, adaptor.residual)
+        self.log_tau = nn.Parameter(torch.tensor(math.log(config.tau)), requires_grad=config.learn_tau)
+        self.register_buffer("positive", torch.zeros(0, text_dim))
+        self.register_buffer("negative", torch.zeros(0, text_dim))
+
+    def add_prompts(self, positive: np.ndarray, negative: np.ndarray) -> None:
+        """Append prompt embeddings (rows = new classes)."""
+        self.positive = torch.cat([self.positive, torch.as_tensor(positive, dtype=torch.float32)])
+        self.negative = torch.cat([self.negative, torch.as_tensor(negative, dtype=torch.float32)])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(self.image_adaptor(images), dim=-1)
+        positive = F.normalize(self.text_adaptor(self.positive), dim=-1)
+        negative = F.normalize(self.text_adaptor(self.negative), dim=-1)
+        return self.log_tau.exp() * (image @ positive.T - image @ negative.T)
+
+
+@register_method
+class ReTune(Method):
+    """RE-tune: prompt-anchored image and text adaptors trained with masked BCE."""
+
+    name: ClassVar[str] = "retune"
+    description: ClassVar[str] = "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827)"
+    distill_weight: ClassVar[float] = 0.0
+    freeze_image_after_first_task: ClassVar[bool] = False
+
+    def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
+        super().__init__(context)
+        self.config = config
+        self.model = ReTuneModel(context.image_dim, context.text_dim, config)
+        self.tasks_learned = 0
+
+    def learn(self, task: TaskData) -> dict:
+        previous = list(self.classes)
+        teacher = copy.deepcopy(self.model).eval() if self.distill_weight > 0 and previous else None
+        new = self.add_classes(task.classes)
+        if new:
+            self.model.add_prompts(*self.context.prompts.matrices(new))
+        if self.freeze_image_after_first_task and self.tasks_learned > 0:
+            for parameter in self.model.image_adaptor.parameters():
+                parameter.requires_grad_(False)
+        columns = torch.tensor([self.classes.index(c) for c in task.classes])
+        old_columns = torch.tensor([self.classes.index(c) for c in previous if c not in task.classes], dtype=torch.long)
+        train_x = torch.as_tensor(task.train_x, dtype=torch.float32)
+        train_y = torch.as_tensor(task.train_y, dtype=torch.float32)
+
+        def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = self.model(x)
+            loss = masked_bce(logits[:, columns], y)
+            if teacher is not None and len(old_columns):
+                with torch.no_grad():
+                    teacher_logits = teacher(x)[:, old_columns]
+                loss = loss + self.distill_weight * distillation_bce(logits[:, old_columns], teacher_logits)
+            return loss
+
+        val_score = None
+        if task.val_x is not None and len(task.val_x):
+            val_x = torch.as_tensor(task.val_x, dtype=torch.float32)
+            val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), task.val_y)  # noqa: E731
+        result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned)
+        self.tasks_learned += 1
+        return {**result.facts(), "tau": float(self.model.log_tau.exp())}
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        return torch.sigmoid(self.model(torch.as_tensor(images, dtype=torch.float32))).numpy()
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        tensors = {name: value.detach().cpu().numpy() for name, value in self.model.state_dict().items()}
+        return tensors, {"classes": self.classes, "tau": float(self.model.log_tau.exp()), "tasks_learned": self.tasks_learned}
+
+    def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
+        self.model.positive = torch.zeros_like(torch.as_tensor(tensors["positive"]))
+        self.model.negative = torch.zeros_like(torch.as_tensor(tensors["negative"]))
+        self.model.load_state_dict({name: torch.as_tensor(value) for name, value in tensors.items()})
+        self.classes = list(facts["classes"])
+        self.tasks_learned = int(facts.get("tasks_learned", 1))
+
+
+@register_method
+class ReTuneDistill(ReTune):
+    """RE-tune + distillation of earlier classes' logits on the current task's images (exemplar-free)."""
+
+    name: ClassVar[str] = "retune-distill"
+    description: ClassVar[str] = "RE-tune with LwF-style logit distillation on earlier classes"
+    distill_weight: ClassVar[float] = 1.0
+
+
+@register_method
+class ReTuneFreeze(ReTune):
+    """RE-tune that freezes the image adaptor after the first task; later tasks train the text side."""
+
+    name: ClassVar[str] = "retune-freeze"
+    description: ClassVar[str] = "RE-tune with the image adaptor frozen after task 1"
+    freeze_image_after_first_task: ClassVar[bool] = True

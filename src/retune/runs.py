@@ -1,0 +1,205 @@
+"""Train, evaluate and predict as one Python API (the CLI calls exactly these functions).
+
+A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots.
+RE-tune and its baselines (linear probe; zero-shot on aligned backbones) are trained and
+evaluated in the same call on the same patient-level split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retune.backbones.base import Backbone
+from retune.backbones.registry import create_backbone
+from retune.config import ReTuneConfig, TrainConfig
+from retune.data.readers import read_table
+from retune.data.splits import patient_split
+from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
+from retune.errors import ConfigError, StoreError, unknown_name
+from retune.evaluation import evaluate_scores, fast_mean_auroc
+from retune.io_utils import write_json_atomic
+from retune.methods.base import Method, MethodContext, PromptBank, TaskData
+from retune.methods.checkpoint import load_checkpoint, save_checkpoint
+from retune.methods.registry import available_methods, create_method
+from retune.prompts import build_prompts, prompt_texts
+from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
+
+MAIN_METHOD = "retune"
+GENERAL_DOMAIN_NOTE = "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
+
+
+@dataclass
+class EmbeddedTable:
+    """A table restricted to rows whose image is in the store, with their pooled embeddings."""
+
+    table: ImageTable
+    images: np.ndarray
+    n_failed: int
+
+
+def embed_and_load(table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False) -> EmbeddedTable:
+    """Embed what the store lacks, then return the cached vectors (failed images dropped)."""
+    summary = embed_table(table, backbone, store, show_progress=show_progress)
+    images, rows = image_embeddings(table, backbone.fingerprint, store)
+    return EmbeddedTable(table.subset(rows), images, len(table) - len(rows) if len(summary.errors) else 0)
+
+
+def prompt_bank(classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore) -> tuple[PromptBank, dict]:
+    """Embed each class's prompts once (cached in the store) and average them per side."""
+    prompts = build_prompts(prompt_spec, classes)
+    texts = prompt_texts(prompts)
+    vectors = dict(zip(texts, text_embeddings(texts, backbone, store)))
+    bank = PromptBank()
+    for name, class_prompts in prompts.items():
+        bank.positive[name] = np.mean([vectors[t] for t in class_prompts.positive], axis=0)
+        bank.negative[name] = np.mean([vectors[t] for t in class_prompts.negative], axis=0)
+    described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
+    return bank, described
+
+
+def method_context(backbone: Backbone, bank: PromptBank, seed: int) -> MethodContext:
+    """What methods may know about the backbone; early stopping uses mean validation AUROC."""
+    return MethodContext(backbone.image_dim, backbone.text_dim, backbone.aligned, bank, fast_mean_auroc, seed)
+
+
+def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
+    """RE-tune plus the requested baselines; zero-shot is skipped (and reported) on unaligned backbones."""
+    valid = available_methods()
+    run, skipped = [MAIN_METHOD], []
+    for name in baselines:
+        if name not in valid:
+            raise unknown_name("method", name, list(valid))
+        if valid[name].requires_aligned and not aligned:
+            skipped.append(name)
+        elif name not in run:
+            run.append(name)
+    return run, skipped
+
+
+def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: np.ndarray, table: ImageTable, split: str, n_bootstrap: int, seed: int) -> dict:
+    """The metrics.json block for one method on one split."""
+    result = evaluate_scores(scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed)
+    payload = result.to_dict()
+    return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
+
+
+def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
+    """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
+    out_dir = Path(out_dir)
+    if config.data.csv is None:
+        raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
+    started = time.perf_counter()
+    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    backbone = create_backbone(config.backbone, device=config.device)
+    store = EmbeddingStore(config.store)
+    embedded = embed_and_load(table, backbone, store, show_progress)
+    table, images = embedded.table, embedded.images
+    classes = list(table.classes)
+    splits = patient_split(table.patients, config.split.fractions, config.split.seed)
+    bank, prompts = prompt_bank(classes, config.retune.prompts, backbone, store)
+    context = method_context(backbone, bank, config.seed)
+    names, skipped = methods_to_run(config.baselines, backbone.aligned)
+
+    def task_for(rows_train: np.ndarray, rows_val: np.ndarray) -> TaskData:
+        return TaskData(tuple(classes), images[rows_train], table.labels()[rows_train], images[rows_val], table.labels()[rows_val])
+
+    test = table.subset(splits["test"])
+    trained: dict[str, Method] = {}
+    training_facts: dict[str, dict] = {}
+    per_method: dict[str, dict] = {}
+    for name in names:
+        method = create_method(name, context, config.retune)
+        training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
+        trained[name] = method
+        per_method[name] = metrics_record(name, backbone, classes, method.predict(images[splits["test"]]), test, "test", config.n_bootstrap, config.seed)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    facts = {
+        "backbone": backbone.describe(),
+        "classes": classes,
+        "prompts": prompts,
+        "tau": training_facts[MAIN_METHOD].get("tau"),
+        "train_config": config.model_dump(mode="json"),
+        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in splits.items()}, "by": PATIENT_COLUMN},
+        "training": training_facts,
+        "data": {"csv": str(config.data.csv), "n_images": len(table), "n_failed_images": embedded.n_failed, "patient_column_missing": bool(table.extra.get("patient_column_missing"))},
+    }
+    save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
+    metrics = {
+        **per_method[MAIN_METHOD],
+        "baselines": {name: record for name, record in per_method.items() if name != MAIN_METHOD},
+        "skipped_baselines": {name: "needs an aligned image-text backbone" for name in skipped},
+        "seed": config.seed,
+        "split_seed": config.split.seed,
+        "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    from retune.report.plots import plot_roc_curves
+
+    plot_roc_curves({name: trained[name].predict(images[splits["test"]]) for name in names}, test, classes, out_dir / "roc_curves.png")
+    return metrics
+
+
+def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
+    """Rebuild a run's methods and its backbone; refuses a backbone whose fingerprint changed."""
+    tensors, facts = load_checkpoint(run_dir)
+    backbone = create_backbone(facts["backbone"]["spec"], device=device)
+    expected = facts["backbone"]["fingerprint"]
+    if backbone.fingerprint != expected:
+        raise StoreError(f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has fingerprint {backbone.fingerprint} (different weights or preprocessing)")
+    store = EmbeddingStore(store_dir or facts["train_config"]["store"])
+    context = method_context(backbone, PromptBank(), int(facts["train_config"]["seed"]))
+    config = ReTuneConfig.model_validate(facts["train_config"]["retune"])
+    methods = {}
+    for name, method_facts in facts["methods"].items():
+        method = create_method(name, context, config)
+        method.load_state(tensors.get(name, {}), method_facts)
+        methods[name] = method
+    return methods, facts, backbone, store
+
+
+def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None, n_bootstrap: int = 1000, show_progress: bool = False) -> dict:
+    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
+    methods, facts, backbone, store = load_run(run_dir, store_dir)
+    train_config = facts["train_config"]
+    same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
+    if split == "auto":
+        split = "test" if same_csv else "all"
+    if split not in ("all", "train", "val", "test"):
+        raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
+    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"])
+    classes = facts["classes"]
+    missing = [c for c in classes if c not in table.classes]
+    if missing:
+        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
+    embedded = embed_and_load(table, backbone, store, show_progress)
+    table, images = embedded.table, embedded.images
+    if split != "all":
+        rows = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
+        table, images = table.subset(rows), images[rows]
+    records = {name: metrics_record(name, backbone, classes, method.predict(images), table, split, n_bootstrap, int(train_config["seed"])) for name, method in methods.items()}
+    return {**records[MAIN_METHOD], "baselines": {k: v for k, v in records.items() if k != MAIN_METHOD}, "csv": str(csv_path)}
+
+
+def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str = MAIN_METHOD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class probabilities for new images (embedded through the store); also returns unreadable images."""
+    methods, facts, backbone, store = load_run(run_dir, store_dir)
+    if method not in methods:
+        raise unknown_name("method", method, list(methods))
+    paths = [str(Path(p).resolve()) for p in image_paths]
+    table = ImageTable(pd.DataFrame({PATH_COLUMN: paths, PATIENT_COLUMN: paths}), [])
+    summary = embed_table(table, backbone, store, show_progress=False)
+    try:
+        images, rows = image_embeddings(table, backbone.fingerprint, store)
+    except StoreError:
+        images, rows = np.zeros((0, backbone.image_dim), dtype=np.float32), np.zeros(0, dtype=int)
+    probabilities = methods[method].predict(images) if len(rows) else np.zeros((0, len(methods[method].classes)))
+    frame = pd.DataFrame(probabilities, columns=methods[method].classes)
+    frame.insert(0, "image", [paths[r] for r in rows])
+    return frame, summary.errors

@@ -1,0 +1,100 @@
+"""The one training loop for everything trained on cached vectors (adaptors, heads, baselines).
+
+Full-batch or minibatch AdamW, deterministic by seed, early stopping on a validation score
+(mean AUROC, supplied by the caller) with the best weights restored at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from retune.config import OptimConfig
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreFn = Callable[[], "float | None"]
+
+
+@dataclass
+class FitResult:
+    """How a fit went: epochs run, the epoch whose weights were kept, and the curves."""
+
+    epochs_run: int
+    best_epoch: int
+    best_val_score: float | None
+    train_loss: list[float] = field(default_factory=list)
+    val_score: list[float | None] = field(default_factory=list)
+
+    def facts(self) -> dict:
+        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_score": self.best_val_score}
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and numpy; returns a generator for minibatch shuffling."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+def fit(
+    module: nn.Module,
+    parameters: Iterable[nn.Parameter],
+    loss_fn: LossFn,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    optim: OptimConfig,
+    val_score: ScoreFn | None = None,
+    seed: int = 0,
+) -> FitResult:
+    """Minimise ``loss_fn(x_batch, y_batch)``; keep the weights with the best ``val_score()``.
+
+    Without a validation score the last epoch is kept. ``module`` is left in eval mode.
+    """
+    generator = seed_everything(seed)
+    parameters = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+    n_rows = len(train_x)
+    batch_size = optim.batch_size or n_rows
+    result = FitResult(0, 0, None)
+    best_state = None
+    best = -math.inf
+    stale = 0
+    for epoch in range(1, optim.epochs + 1):
+        module.train()
+        order = torch.randperm(n_rows, generator=generator) if batch_size < n_rows else torch.arange(n_rows)
+        total = 0.0
+        for start in range(0, n_rows, batch_size):
+            rows = order[start:start + batch_size].to(train_x.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(train_x[rows], train_y[rows])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(rows)
+        result.train_loss.append(total / max(n_rows, 1))
+        result.epochs_run = epoch
+        if val_score is None:
+            continue
+        module.eval()
+        with torch.no_grad():
+            score = val_score()
+        result.val_score.append(score)
+        if score is not None and score > best + 1e-6:
+            best, stale = score, 0
+            best_state = copy.deepcopy(module.state_dict())
+            result.best_epoch, result.best_val_score = epoch, score
+        else:
+            stale += 1
+            if stale >= optim.patience:
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    else:
+        result.best_epoch = result.epochs_run
+    module.eval()
+    return result

@@ -170,6 +170,59 @@ def forgetting_and_bwt(matrix: np.ndarray) -> tuple[float | None, float | None]:
     return _mean_or_none(forgetting), _mean_or_none(transfer)
 
 
+def auroc_matrix(scores_per_task: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """R[t][c]: AUROC after task t on class c; NaN where c was not yet learned (NaN scores) or is undefined."""
+    matrix = np.full((len(scores_per_task), labels.shape[1]), np.nan)
+    for t, scores in enumerate(scores_per_task):
+        seen = ~np.isnan(scores).any(axis=0)
+        if seen.any():
+            matrix[t, seen] = _rank_auroc_auprc(scores[:, seen], labels[:, seen])[0]
+    return matrix
+
+
+def _final_mean(matrix: np.ndarray) -> float | None:
+    final = matrix[-1][~np.isnan(matrix[-1])]
+    return float(final.mean()) if len(final) else None
+
+
+def continual_metrics(
+    scores_per_task: list[np.ndarray],
+    labels: np.ndarray,
+    patients: np.ndarray | None = None,
+    n_bootstrap: int = 500,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict:
+    """AUROC matrix, mean AUROC after each task, average incremental AUROC, forgetting and BWT.
+
+    ``scores_per_task[t]`` holds test-split probabilities after task t (NaN columns: unseen classes).
+    Final mean AUROC, forgetting and BWT get percentile CIs from a bootstrap over patients.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    scores_per_task = [np.asarray(s, dtype=np.float64) for s in scores_per_task]
+    matrix = auroc_matrix(scores_per_task, labels)
+    mean_per_task = [_mean_or_none([v for v in row if not np.isnan(v)]) for row in matrix]
+    forgetting, bwt = forgetting_and_bwt(matrix)
+    replicates = np.full((n_bootstrap, 3), np.nan)
+    for b, rows in enumerate(patient_resamples(_patient_codes(patients, len(labels)), n_bootstrap, seed)):
+        boot = auroc_matrix([s[rows] for s in scores_per_task], labels[rows])
+        boot[:, np.isnan(matrix).all(axis=0)] = np.nan
+        replicates[b] = [np.nan if v is None else v for v in (_final_mean(boot), *forgetting_and_bwt(boot))]
+    return {
+        "auroc_matrix": [[_float_or_none(v) for v in row] for row in matrix],
+        "mean_auroc_per_task": mean_per_task,
+        "average_incremental_auroc": average_incremental(mean_per_task),
+        "final_mean_auroc": _final_mean(matrix),
+        "final_mean_auroc_ci": _ci_to_list(_percentile_ci(replicates[:, 0], n_bootstrap, ci)),
+        "forgetting": forgetting,
+        "forgetting_ci": _ci_to_list(_percentile_ci(replicates[:, 1], n_bootstrap, ci)) if forgetting is not None else None,
+        "bwt": bwt,
+        "bwt_ci": _ci_to_list(_percentile_ci(replicates[:, 2], n_bootstrap, ci)) if bwt is not None else None,
+        "n_bootstrap": n_bootstrap,
+        "ci_level": ci,
+    }
+
+
 def average_incremental(mean_per_task: list[float | None]) -> float | None:
     """Average incremental AUROC: mean of the per-task mean AUROCs that are defined."""
     return _mean_or_none([v for v in mean_per_task if v is not None and not np.isnan(v)])
@@ -266,6 +319,12 @@ def _bootstrap(
     if n_bootstrap == 0 or len(scores) == 0:
         return boot_auroc, boot_auprc, boot_mean
 
+    for b, rows in enumerate(patient_resamples(patient_codes, n_bootstrap, seed)):
+        boot_auroc[b], boot_auprc[b] = _rank_auroc_auprc(scores[rows], labels[rows])
+        if defined.any() and not np.isnan(boot_auroc[b, defined]).any():
+            boot_mean[b] = boot_auroc[b, defined].mean()
+    return boot_auroc, boot_auprc, boot_mean
+
     rows_by_patient = np.argsort(patient_codes, kind="stable")
     sizes = np.bincount(patient_codes)
     starts = np.cumsum(sizes) - sizes
@@ -281,6 +340,21 @@ def _bootstrap(
         if defined.any() and not np.isnan(boot_auroc[b, defined]).any():
             boot_mean[b] = boot_auroc[b, defined].mean()
     return boot_auroc, boot_auprc, boot_mean
+
+
+def patient_resamples(patient_codes: np.ndarray, n_bootstrap: int, seed: int):
+    """Yield B arrays of row indices, each from resampling whole patients with replacement."""
+    rows_by_patient = np.argsort(patient_codes, kind="stable")
+    sizes = np.bincount(patient_codes)
+    starts = np.cumsum(sizes) - sizes
+    n_patients = len(sizes)
+    rng = np.random.default_rng(seed)
+    for _ in range(n_bootstrap):
+        picked = rng.integers(0, n_patients, n_patients)
+        counts = sizes[picked]
+        first = np.repeat(starts[picked], counts)
+        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        yield rows_by_patient[first + offset]
 
 
 def _percentile_ci(replicates: np.ndarray, n_bootstrap: int, ci: float) -> tuple[float, float] | None:

@@ -96,7 +96,7 @@ class ReTune(Method):
             val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), task.val_y)  # noqa: E731
         result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned)
         self.tasks_learned += 1
-        return {**result.facts(), "tau": float(self.model.log_tau.exp())}
+        return {**result.facts(), "tau": float(self.model.log_tau.detach().exp())}
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ class ReTune(Method):
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors = {name: value.detach().cpu().numpy() for name, value in self.model.state_dict().items()}
-        return tensors, {"classes": self.classes, "tau": float(self.model.log_tau.exp()), "tasks_learned": self.tasks_learned}
+        return tensors, {"classes": self.classes, "tau": float(self.model.log_tau.detach().exp()), "tasks_learned": self.tasks_learned}
 
     def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
         self.model.positive = torch.zeros_like(torch.as_tensor(tensors["positive"]))

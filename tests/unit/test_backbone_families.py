@@ -59,23 +59,32 @@ def tiny_tokenizer():
     )
 
 
-def save_open_clip(directory: Path, seed: int) -> Path:
-    """A tiny open_clip ViT as on the hub: open_clip_config.json + open_clip_model.safetensors + HF tokenizer."""
+def save_open_clip(directory: Path, seed: int, hf_text: bool = False) -> Path:
+    """A tiny open_clip model as on the hub (config + safetensors + tokenizer): ViT + built-in text (CheXzero shape),
+    or with ``hf_text`` timm ViT + HF BERT text tower, its config in a local folder (BiomedCLIP shape)."""
     import open_clip
     from safetensors.torch import save_file
+    from transformers import BertConfig
 
-    model_cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": len(VOCAB), "width": 32, "heads": 2, "layers": 2,
-                     "hf_tokenizer_name": OPEN_CLIP_HUB_ID},
-    }
-    config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
     directory.mkdir(parents=True, exist_ok=True)
+    if hf_text:
+        bert_dir = directory / "bert-config"
+        BertConfig(**TINY_TEXT, max_position_embeddings=32).save_pretrained(bert_dir)
+        vision_cfg = {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 160}
+        text_cfg = {"hf_model_name": str(bert_dir), "hf_tokenizer_name": OPEN_CLIP_HUB_ID, "hf_model_pretrained": False,
+                    "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 16}
+    else:
+        vision_cfg = {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8}
+        text_cfg = {"context_length": 16, "vocab_size": len(VOCAB), "width": 32, "heads": 2, "layers": 2,
+                    "hf_tokenizer_name": OPEN_CLIP_HUB_ID}
+    model_cfg = {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
     (directory / "open_clip_config.json").write_text(json.dumps(config))
     tiny_tokenizer().save_pretrained(directory)
+    (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))  # hub tokenizer repos carry one
     torch.manual_seed(seed)
-    save_file(open_clip.CLIP(**model_cfg).state_dict(), str(directory / "open_clip_model.safetensors"))
+    model = (open_clip.CustomTextCLIP if hf_text else open_clip.CLIP)(**model_cfg)
+    save_file(model.state_dict(), str(directory / "open_clip_model.safetensors"))
     return directory
 
 
@@ -112,8 +121,8 @@ def save_hf_pair(root: Path, seed: int) -> tuple[Path, Path]:
 
 def build(kind: str, root: Path, seed: int) -> str:
     """Write the tiny model of one kind under ``root``; returns the spec that loads it."""
-    if kind == "open_clip":
-        return f"open_clip:{save_open_clip(root, seed)}"
+    if kind.startswith("open_clip"):
+        return f"open_clip:{save_open_clip(root, seed, hf_text=kind == 'open_clip_hf_text')}"
     if kind in ("clip", "siglip"):
         return f"hf:{save_hf_dual(root, seed, kind)}"
     image_dir, text_dir = save_hf_pair(root, seed)
@@ -137,7 +146,7 @@ def sample_images() -> list[Image.Image]:
 
 
 # kind -> (image_dim, text_dim, aligned)
-KINDS = {"open_clip": (16, 16, True), "clip": (24, 24, True), "siglip": (32, 32, True), "pair": (32, 32, False)}
+KINDS = {"open_clip": (16, 16, True), "open_clip_hf_text": (16, 16, True), "clip": (24, 24, True), "siglip": (32, 32, True), "pair": (32, 32, False)}
 
 
 def test_list_backbones_includes_families_and_biomedclip_alias():
@@ -231,6 +240,15 @@ def test_open_clip_dir_without_weights_is_refused_not_randomly_initialised(tmp_p
         create_backbone(f"open_clip:{directory}", device="cpu")
 
 
+def test_open_clip_names_a_missing_hf_text_tower_repo(tmp_path):
+    directory = save_open_clip(tmp_path / "oc", seed=0, hf_text=True)
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = "test-org/tiny-bert"  # BiomedCLIP reads its BERT config from the hub
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsNotFoundError, match="also needs test-org/tiny-bert"):
+        create_backbone(f"open_clip:{directory}", device="cpu")
+
+
 def test_open_clip_builtin_name_needs_existing_weights(tmp_path):
     with pytest.raises(ConfigError, match="ViT-B-32@TAG"):
         create_backbone("open_clip:ViT-B-32", device="cpu")
@@ -251,7 +269,8 @@ def test_hf_rejects_a_model_that_is_not_a_dual_encoder(tmp_path):
 def test_remote_code_models_need_explicit_opt_in(tmp_path):
     _, text_dir = save_hf_pair(tmp_path, seed=0)
     config = json.loads((text_dir / "config.json").read_text())
-    config.update(model_type="cxr-bert", auto_map={"AutoModel": "modeling_cxrbert.CXRBertModel"})
+    auto_map = {"AutoConfig": "configuration_cxrbert.CXRBertConfig", "AutoModel": "modeling_cxrbert.CXRBertModel"}
+    config.update(model_type="cxr-bert", auto_map=auto_map)  # as in microsoft/BiomedVLP-CXR-BERT-specialized
     (text_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="RETUNE_TRUST_REMOTE_CODE=1"):
         create_backbone(f"hf-pair:{tmp_path / 'image'}+{text_dir}", device="cpu")

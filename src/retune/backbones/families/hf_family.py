@@ -27,6 +27,7 @@ TRUST_REMOTE_CODE_ENV = "RETUNE_TRUST_REMOTE_CODE"
 MAX_TEXT_TOKENS = 512
 # Dual-encoder model types and the text padding each was trained with (SigLIP: fixed length).
 DUAL_ENCODER_PADDING = {"clip": "longest", "siglip": "max_length"}
+LOCAL_FORMS = {"hf-pair": "hf-pair:/path/to/image_dir+/path/to/text_dir"}  # how to pass local dirs, when not FAMILY:DIR
 
 
 # ---------------------------------------------------------------- shared hub helpers
@@ -83,27 +84,34 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def weights_not_found(spec: str, source: str, cause: BaseException | str | None = None) -> WeightsNotFoundError:
-    """One line: what was missing, where we looked, whether offline mode is on, and how to provide it."""
+def weights_not_found(
+    spec: str, source: str, cause: BaseException | str | None = None, also: tuple[str, ...] = ()
+) -> WeightsNotFoundError:
+    """One line: what was missing, where we looked, whether offline mode is on, and how to provide it.
+
+    ``also`` names further hub repos the model reads (e.g. BiomedCLIP's BERT config and tokenizer)."""
     family = spec.partition(":")[0]
-    offline = "on" if offline_mode() else "off"
+    local_form = LOCAL_FORMS.get(family, f"{family}:/path/to/dir")
+    offline = offline_mode()
     if looks_like_path(source):
         where = f"local path {Path(source).expanduser().resolve()}"
-        fix = f"copy the model files (config and weights) there, or pass another directory ({family}:/path/to/dir)"
+        fix = f"copy the model files (config and weights) there, or pass another directory ({local_form})"
     else:
-        where = f"the Hugging Face cache {hub_cache_dir()} (and the hub unless offline)"
+        where = f"the Hugging Face cache {hub_cache_dir()}" + ("" if offline else " and huggingface.co")
         fix = (
             f"on a connected machine run `huggingface-cli download {source}` (or `hf download {source}`) and copy "
-            f"its cache folder here (point HF_HOME at it), or pass a local directory ({family}:/path/to/dir)"
+            f"its cache folder here (point HF_HOME at it), or pass a local directory ({local_form})"
         )
-    message = f"{spec}: weights for '{source}' not found; looked in {where}; offline mode {offline} (HF_HUB_OFFLINE); to fix: {fix}"
+    if also:
+        fix += f"; it also needs {', '.join(also)} in the same cache (`huggingface-cli download` each)"
+    message = f"{spec}: weights for '{source}' not found; looked in {where}; offline mode {'on' if offline else 'off'} (HF_HUB_OFFLINE); to fix: {fix}"
     if cause:
         message += f" [{_first_line(cause) if isinstance(cause, BaseException) else cause}]"
     return WeightsNotFoundError(message)
 
 
 @contextlib.contextmanager
-def translate_load_errors(spec: str, source: str) -> Iterator[None]:
+def translate_load_errors(spec: str, source: str, also: tuple[str, ...] = ()) -> Iterator[None]:
     """Re-raise a loader's missing-file errors as WeightsNotFoundError, other load refusals as ConfigError."""
     try:
         yield
@@ -115,7 +123,7 @@ def translate_load_errors(spec: str, source: str) -> Iterator[None]:
             ) from error
         if isinstance(error, ValueError) and locate_model_dir(source) is not None:
             raise ConfigError(f"{spec}: cannot load '{source}': {_first_line(error)}") from error
-        raise weights_not_found(spec, source, error) from error
+        raise weights_not_found(spec, source, error, also) from error
 
 
 def source_label(source: str) -> str:
@@ -134,6 +142,14 @@ def processor_pixels(processor, image: Image.Image) -> torch.Tensor:
 def processor_fingerprint(processor) -> dict:
     """The image processor's class and settings (resize, crop, mean/std) for the fingerprint."""
     return {"class": type(processor).__name__, "config": processor.to_dict()}
+
+
+def patch_tokens(hidden: torch.Tensor, pixels: torch.Tensor, patch_size: int | None) -> torch.Tensor:
+    """The patch-grid tokens of a ViT's last hidden state (CLS/register prefix dropped); all tokens if no grid."""
+    if not patch_size:
+        return hidden
+    count = (pixels.shape[-2] // patch_size) * (pixels.shape[-1] // patch_size)
+    return hidden[:, hidden.shape[1] - count:]
 
 
 def _projected_and_hidden(output) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -186,7 +202,8 @@ class HFDualEncoder(Backbone):
             pooled, hidden = _projected_and_hidden(self.model.get_image_features(pixel_values=pixels))
             if tokens and hidden is None:
                 hidden = self.model.vision_model(pixel_values=pixels).last_hidden_state
-        return Encoded(F.normalize(pooled.float(), dim=-1), hidden.float() if tokens else None)
+        patches = patch_tokens(hidden.float(), pixels, self.model.config.vision_config.patch_size) if tokens else None
+        return Encoded(F.normalize(pooled.float(), dim=-1), patches)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], tokens: bool = False) -> Encoded:
@@ -236,8 +253,6 @@ class HFPair(Backbone):
         image_config = self.image_model.config
         self.image_dim = getattr(image_config, "hidden_size", None) or image_config.hidden_sizes[-1]
         self.text_dim = self.text_model.config.hidden_size
-        # Prefix tokens before the patch grid: CLS plus DINOv2-style registers.
-        self.prefix_tokens = 1 + getattr(image_config, "num_register_tokens", 0)
         self.max_text_tokens = min(
             self.tokenizer.model_max_length,
             getattr(self.text_model.config, "max_position_embeddings", MAX_TEXT_TOKENS),
@@ -259,7 +274,7 @@ class HFPair(Backbone):
             patches = hidden.flatten(2).transpose(1, 2)
         else:
             pooled = pooler.float() if pooler is not None else hidden[:, 0]
-            patches = hidden[:, self.prefix_tokens:]
+            patches = patch_tokens(hidden, pixels, getattr(self.image_model.config, "patch_size", None))
         return Encoded(pooled, patches if tokens else None)
 
     @torch.inference_mode()

@@ -44,6 +44,15 @@ class _Resolved:
     locate_as: str  # hub id or directory, for error messages
     create_kwargs: dict = field(default_factory=dict)
 
+    @property
+    def text_repos(self) -> tuple[str, ...]:
+        """Hub repos an HF text tower reads besides the weights (its config and tokenizer)."""
+        text_cfg = self.model_cfg.get("text_cfg", {})
+        names = [text_cfg.get("hf_model_name")]
+        if not self.model_name.startswith(LOCAL_DIR_PREFIX):  # local dirs carry their own tokenizer files
+            names.append(text_cfg.get("hf_tokenizer_name"))
+        return tuple(dict.fromkeys(n for n in names if n and not looks_like_path(n) and n != self.locate_as))
+
 
 def _resolve_hub(spec: str, repo_id: str) -> _Resolved:
     """Fetch (or find in the cache) the config and the weight file open_clip will load, in its order."""
@@ -57,15 +66,14 @@ def _resolve_hub(spec: str, repo_id: str) -> _Resolved:
         config = json.loads(Path(fetch(HF_CONFIG_NAME)).read_text())
     except (OSError, ValueError) as error:
         raise weights_not_found(spec, repo_id, error) from error
-    weights = None
     for filename in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
         try:
             weights = fetch(filename)
             break
         except (OSError, ValueError) as error:
-            last_error = error
-    if weights is None:
-        raise weights_not_found(spec, repo_id, last_error)
+            missing = error
+    else:
+        raise weights_not_found(spec, repo_id, missing)
     return _Resolved(HF_HUB_PREFIX + repo_id, {Path(weights).name: file_sha256(weights)}, _model_cfg(spec, config), repo_id)
 
 
@@ -177,7 +185,7 @@ class OpenClipBackbone(Backbone):
             raise ConfigError("open_clip backbone needs a source, e.g. open_clip:hf-hub:ORG/REPO")
         self.source = source
         self.resolved = resolve_source(spec, source)
-        with translate_load_errors(spec, self.resolved.locate_as):
+        with translate_load_errors(spec, self.resolved.locate_as, also=self.resolved.text_repos):
             self.model, _, self.transform = open_clip.create_model_and_transforms(
                 self.resolved.model_name, **self.resolved.create_kwargs
             )

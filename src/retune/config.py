@@ -25,17 +25,17 @@ class AdaptorConfig(StrictModel):
     shared_dim: int = Field(256, ge=1, description="Width of the shared space (ignored on a side that is identity).")
     hidden_dim: int = Field(512, ge=1, description="Hidden width of mlp adaptors.")
     residual: bool = Field(False, description="mlp only: add a linear skip path.")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the adaptor inputs (regularises small data).")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout on the adaptor inputs (regularises small data).")
 
 
 class OptimConfig(StrictModel):
     """AdamW with early stopping on validation mean AUROC."""
 
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    epochs: int = Field(200, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    epochs: int = Field(300, ge=1)
     batch_size: int = Field(0, ge=0, description="0 = full batch (fastest on cached vectors).")
-    patience: int = Field(20, ge=1, description="Epochs without validation improvement before stopping.")
+    patience: int = Field(40, ge=1, description="Epochs without validation improvement before stopping.")
 
 
 class ReTuneConfig(StrictModel):

@@ -142,7 +142,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_roc_curves
 
-    plot_roc_curves({name: trained[name].predict(images[splits["test"]]) for name in names}, test, classes, out_dir / "roc_curves.png")
+    plot_roc_curves({name: trained[name].predict(images[splits["test"]]) for name in names}, test.labels(classes), classes, out_dir / "roc_curves.png")
     return metrics
 
 

@@ -11,7 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from retune.data.table import ImageTable  # noqa: E402
 from retune.evaluation import roc_curve_points  # noqa: E402
 from retune.io_utils import atomic_path  # noqa: E402
 
@@ -23,9 +22,8 @@ def _save(figure: plt.Figure, target: Path) -> Path:
     return target
 
 
-def plot_roc_curves(scores_by_method: dict[str, np.ndarray], table: ImageTable, classes: list[str], target: str | Path) -> Path:
+def plot_roc_curves(scores_by_method: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], target: str | Path) -> Path:
     """One panel per class with every method's ROC curve; undefined classes are marked, not drawn."""
-    labels = table.labels(classes)
     columns = min(5, len(classes))
     rows = math.ceil(len(classes) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
@@ -48,5 +46,36 @@ def plot_roc_curves(scores_by_method: dict[str, np.ndarray], table: ImageTable, 
     handles, names = axes[0][0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, names, loc="upper center", ncol=len(names), bbox_to_anchor=(0.5, 1.02))
+    figure.tight_layout()
+    return _save(figure, Path(target))
+
+
+def plot_auroc_matrix(matrix: list[list[float | None]], classes: list[str], task_names: list[str], title: str, target: str | Path) -> Path:
+    """Heatmap of R[t][c] (AUROC after task t on class c); blank where unseen or undefined."""
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    figure, axis = plt.subplots(figsize=(0.55 * len(classes) + 2.5, 0.45 * len(task_names) + 1.8))
+    image = axis.imshow(values, vmin=0.4, vmax=1.0, cmap="viridis", aspect="auto")
+    for (t, c), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            axis.text(c, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.75 else "black")
+    axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
+    axis.set_yticks(range(len(task_names)), task_names, fontsize=7)
+    axis.set_xlabel("class (test split)")
+    axis.set_ylabel("after task")
+    axis.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axis, label="AUROC")
+    figure.tight_layout()
+    return _save(figure, Path(target))
+
+
+def plot_mean_auroc_per_task(curves: dict[str, list[float | None]], target: str | Path) -> Path:
+    """Mean AUROC over seen classes after each task, one line per method."""
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for method, values in curves.items():
+        axis.plot(range(1, len(values) + 1), [np.nan if v is None else v for v in values], marker="o", label=method)
+    axis.set_xlabel("task")
+    axis.set_ylabel("mean AUROC over seen classes (test)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     return _save(figure, Path(target))

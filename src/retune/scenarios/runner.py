@@ -1,0 +1,225 @@
+"""The exemplar-free scenario runner: every method learns the same tasks on the same cached vectors.
+
+Exemplar-free by construction: for task t the runner slices task t's rows out of the embedding
+matrix (a copy) and hands only that ``TaskData`` to ``method.learn``; no method ever receives
+the full matrix or earlier tasks' rows. After each task the method scores the fixed test split,
+and the state is saved, so an interrupted run resumes after the last finished task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from retune.backbones.registry import create_backbone
+from retune.data.readers import read_table
+from retune.data.splits import patient_split
+from retune.errors import ConfigError
+from retune.evaluation import continual_metrics
+from retune.io_utils import atomic_path, write_json_atomic
+from retune.methods.base import Method, TaskData
+from retune.methods.registry import available_methods, create_method
+from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
+from retune.scenarios.generators import generate_tasks
+from retune.scenarios.spec import RowChunk, ScenarioConfig, TaskSpec, validate_tasks
+from retune.store import EmbeddingStore
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PreparedScenario:
+    """The data every method shares: embeddings, labels, the split, prompts and the task rows."""
+
+    classes: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+    patients: np.ndarray
+    test_rows: np.ndarray
+    tasks_by_order: dict[int, list[TaskSpec]]
+    rows_by_order: dict[int, list[tuple[np.ndarray, np.ndarray]]]  # per task: (train rows, val rows)
+    context_factory: Callable[[int], object]
+    backbone_spec: str
+
+
+def chunk_rows(rows: np.ndarray, patients: np.ndarray, selector: RowChunk | str, seed: int) -> np.ndarray:
+    """Rows of chunk i of k of a seeded partition of these rows' patients (``all``: every row)."""
+    if selector == "all":
+        return rows
+    unique = np.unique(patients[rows])
+    order = unique[np.random.default_rng(seed).permutation(len(unique))]
+    chosen = set(np.array_split(order, selector.of)[selector.chunk - 1].tolist())
+    return rows[np.isin(patients[rows], list(chosen))]
+
+
+def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScenario:
+    """Read and embed the data once, split by patient, build every order's tasks and check them."""
+    if config.data.csv is None:
+        raise ConfigError("scenario has no data: set data.csv or pass --data")
+    unknown = [m for m in config.methods if m not in available_methods()]
+    if unknown:
+        raise ConfigError(f"unknown method '{unknown[0]}'; valid method names: {', '.join(available_methods())}")
+    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    backbone = create_backbone(config.backbone, device=config.device)
+    store = EmbeddingStore(config.store)
+    embedded = embed_and_load(table, backbone, store, show_progress)
+    table = embedded.table
+    classes = list(table.classes)
+    labels = table.labels()
+    patients = table.patients
+    splits = patient_split(patients, config.split.fractions, config.split.seed)
+    tasks_by_order, rows_by_order = {}, {}
+    for order in config.orders:
+        tasks = list(config.tasks) if config.tasks else generate_tasks(config.generate, classes, seed=order)
+        validate_tasks(tasks, config.kind, classes)
+        rows = []
+        for number, task in enumerate(tasks, start=1):
+            train = chunk_rows(splits["train"], patients, task.rows, seed=order)
+            val = chunk_rows(splits["val"], patients, task.rows, seed=order)
+            columns = [classes.index(c) for c in task.classes]
+            if len(train) == 0 or np.isnan(labels[np.ix_(train, columns)]).all():
+                raise ConfigError(f"task {number} ({task.name or ', '.join(task.classes)}): no training rows with labels for its classes")
+            rows.append((train, val))
+        tasks_by_order[order], rows_by_order[order] = tasks, rows
+    needed = sorted({c for tasks in tasks_by_order.values() for task in tasks for c in task.classes}, key=classes.index)
+    bank, _ = prompt_bank(needed, config.retune.prompts, backbone, store)
+    return PreparedScenario(
+        classes=classes,
+        images=embedded.images,
+        labels=labels,
+        patients=patients,
+        test_rows=splits["test"],
+        tasks_by_order=tasks_by_order,
+        rows_by_order=rows_by_order,
+        context_factory=lambda seed: method_context(backbone, bank, seed),
+        backbone_spec=backbone.spec,
+    )
+
+
+def task_data(prepared: PreparedScenario, task: TaskSpec, train: np.ndarray, val: np.ndarray) -> TaskData:
+    """Copies of one task's rows and label columns: all a method ever sees of the data."""
+    columns = [prepared.classes.index(c) for c in task.classes]
+    return TaskData(
+        classes=tuple(task.classes),
+        train_x=prepared.images[train].copy(),
+        train_y=prepared.labels[np.ix_(train, columns)].copy(),
+        val_x=prepared.images[val].copy(),
+        val_y=prepared.labels[np.ix_(val, columns)].copy(),
+    )
+
+
+def test_scores(method: Method, prepared: PreparedScenario) -> np.ndarray:
+    """Test-split probabilities in the data's class order, NaN for classes the method has not learned."""
+    scores = np.full((len(prepared.test_rows), len(prepared.classes)), np.nan, dtype=np.float32)
+    predicted = method.predict(prepared.images[prepared.test_rows])
+    scores[:, [prepared.classes.index(c) for c in method.classes]] = predicted
+    return scores
+
+
+def _save_task_state(folder: Path, task_index: int, method: Method, scores: np.ndarray, facts: dict) -> None:
+    from retune.methods.checkpoint import save_checkpoint
+
+    target = folder / f"task{task_index + 1}"
+    save_checkpoint(target, {method.name: method.state()}, {"task": task_index + 1, "learn": facts})
+    with atomic_path(target / "test_scores.npy") as temp:
+        with open(temp, "wb") as handle:
+            np.save(handle, scores)
+    write_json_atomic(target / "done.json", {"task": task_index + 1})
+
+
+def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
+    """Scores of already-finished tasks; restores the method's state after the last of them."""
+    from retune.methods.checkpoint import load_checkpoint
+
+    finished = []
+    for task_index in range(n_tasks):
+        target = folder / f"task{task_index + 1}"
+        if not (target / "done.json").exists():
+            break
+        finished.append(np.load(target / "test_scores.npy", allow_pickle=False))
+    if finished:
+        tensors, facts = load_checkpoint(folder / f"task{len(finished)}")
+        method.load_state(tensors.get(method.name, {}), facts["methods"][method.name])
+    return finished
+
+
+def run_method(name: str, order: int, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress) -> list[np.ndarray]:
+    """One method through one task order; returns test scores after each task."""
+    tasks, rows = prepared.tasks_by_order[order], prepared.rows_by_order[order]
+    method = create_method(name, prepared.context_factory(config.seed), config.retune)
+    folder = work_dir / name / f"order{order}"
+    # The joint upper bound keeps earlier tasks' rows in memory, so it restarts rather than resumes.
+    scores = _resume(folder, method, len(tasks)) if method.exemplar_free else []
+    for task_index in range(len(scores), len(tasks)):
+        started = time.perf_counter()
+        facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
+        scores.append(test_scores(method, prepared))
+        _save_task_state(folder, task_index, method, scores[-1], facts)
+        progress(f"{name} order {order} task {task_index + 1}/{len(tasks)} done in {time.perf_counter() - started:.1f}s")
+    return scores
+
+
+def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, scores_by_order: dict[int, list[np.ndarray]]) -> dict:
+    """results.json for one method: metrics of the first order on top, every order below, mean over orders."""
+    labels = prepared.labels[prepared.test_rows]
+    patients = prepared.patients[prepared.test_rows]
+    per_order = []
+    for order, scores in scores_by_order.items():
+        metrics = continual_metrics(scores, labels, patients, n_bootstrap=config.n_bootstrap, seed=config.seed)
+        tasks = [{"name": t.name, "classes": t.classes, "n_train_rows": int(len(r[0])), "n_val_rows": int(len(r[1]))} for t, r in zip(prepared.tasks_by_order[order], prepared.rows_by_order[order])]
+        per_order.append({"order": order, "tasks": tasks, **metrics})
+    first = per_order[0]
+    finals = [o["final_mean_auroc"] for o in per_order if o["final_mean_auroc"] is not None]
+    forgettings = [o["forgetting"] for o in per_order if o["forgetting"] is not None]
+    method_cls = available_methods()[name]
+    return {
+        "method": name,
+        "description": method_cls.description,
+        "exemplar_free": method_cls.exemplar_free,
+        "scenario": config.name,
+        "kind": config.kind,
+        "backbone": prepared.backbone_spec,
+        "classes": prepared.classes,
+        **first,
+        "orders": per_order,
+        "final_mean_auroc_over_orders": {"mean": float(np.mean(finals)) if finals else None, "std": float(np.std(finals)) if finals else None, "n": len(finals)},
+        "forgetting_over_orders": {"mean": float(np.mean(forgettings)) if forgettings else None, "std": float(np.std(forgettings)) if forgettings else None, "n": len(forgettings)},
+        "n_test_images": int(len(prepared.test_rows)),
+        "seed": config.seed,
+        "split_seed": config.split.seed,
+        "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
+    }
+
+
+def run_scenario(config: ScenarioConfig, out_dir: str | Path, show_progress: bool = False, progress: Progress = lambda message: None) -> dict[str, dict]:
+    """Run every method of a scenario; write ``<method>/results.json``, the report and the config."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
+    prepared = prepare(config, show_progress)
+    results = {}
+    for name in config.methods:
+        scores_by_order = {order: run_method(name, order, prepared, config, out_dir / "work", progress) for order in config.orders}
+        results[name] = summarise(name, prepared, config, scores_by_order)
+        write_json_atomic(out_dir / name / "results.json", results[name])
+        progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+    from retune.report.scenario_report import write_scenario_report
+
+    write_scenario_report(results, prepared, out_dir)
+    return results
+
+
+def load_results(directory: str | Path) -> dict[str, dict]:
+    """Every ``*/results.json`` under a scenario output folder, by method."""
+    found = {}
+    for path in sorted(Path(directory).glob("*/results.json")):
+        result = json.loads(path.read_text())
+        found[result["method"]] = result
+    if not found:
+        raise ConfigError(f"{directory}: no */results.json found (is this a 'retune scenario run' output folder?)")
+    return found

@@ -255,10 +255,10 @@ app.add_typer(scenario_app, name="scenario")
 
 def print_comparison(results: dict[str, dict]) -> None:
     """The side-by-side table of final mean AUROC, forgetting and BWT with CIs."""
-    from retune.report.scenario_report import COMPARISON_HEADER, comparison_rows
+    from retune.report.scenario_report import comparison_header, comparison_rows
 
     first = next(iter(results.values()))
-    table = Table(*COMPARISON_HEADER, title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, {first['n_test_images']} test images)")
+    table = Table(*comparison_header(results), title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, {first['n_test_images']} test images)")
     for row in comparison_rows(results):
         table.add_row(*row)
     console.print(table)

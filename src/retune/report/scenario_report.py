@@ -19,23 +19,32 @@ def _interval(value: float | None, interval: list[float] | None, signed: bool = 
     return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text
 
 
+def _several_orders(results: dict[str, dict]) -> bool:
+    return any(r.get("final_mean_auroc_over_orders", {}).get("n", 0) > 1 for r in results.values())
+
+
+def comparison_header(results: dict[str, dict]) -> list[str]:
+    """Column names of the comparison table (the over-orders column only when several orders ran)."""
+    header = ["method", "final mean AUROC [95% CI]", "forgetting [95% CI]", "BWT [95% CI]", "avg incremental AUROC"]
+    return header + ["final over orders (mean ± sd)"] if _several_orders(results) else header
+
+
 def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
     """One row per method: final mean AUROC, forgetting and BWT with CIs, average incremental AUROC."""
     rows = []
     for name, result in results.items():
         over = result.get("final_mean_auroc_over_orders", {})
-        rows.append([
+        row = [
             name + ("" if result["exemplar_free"] else " (not exemplar-free)"),
             _interval(result["final_mean_auroc"], result["final_mean_auroc_ci"]),
             _interval(result["forgetting"], result["forgetting_ci"], signed=True),
             _interval(result["bwt"], result["bwt_ci"], signed=True),
             "undefined" if result["average_incremental_auroc"] is None else f"{result['average_incremental_auroc']:.3f}",
-            f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over.get("n", 0) > 1 else "",
-        ])
+        ]
+        if _several_orders(results):
+            row.append(f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over.get("n") else "undefined")
+        rows.append(row)
     return rows
-
-
-COMPARISON_HEADER = ["method", "final mean AUROC [95% CI]", "forgetting [95% CI]", "BWT [95% CI]", "avg incremental AUROC", "final over orders"]
 
 
 def _inline_png(path: Path) -> str:
@@ -67,7 +76,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f
 <p>Backbone <code>{html.escape(first['backbone'])}</code>; {first['n_test_images']} test images (patient-level split, seed {first['split_seed']}); training seed {first['seed']}.
 CIs: percentile bootstrap over test patients ({first['n_bootstrap']} replicates). Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final − just-learned AUROC.</p>
 <p class="note">{note}</p>
-<h2>Comparison</h2><table><tr>{''.join(f'<th>{h}</th>' for h in COMPARISON_HEADER)}</tr>{table}</table>
+<h2>Comparison</h2><table><tr>{''.join(f'<th>{h}</th>' for h in comparison_header(results))}</tr>{table}</table>
 <h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>{tasks}</table>
 <h2>Mean AUROC after each task</h2>{_inline_png(curve)}
 <h2>AUROC matrices</h2>{''.join(_inline_png(p) for p in heatmaps)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 
@@ -16,6 +17,9 @@ def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: 
     import mlflow
 
     uri = tracking_uri or default_tracking_uri(out_dir)
+    if uri.startswith("file:"):
+        # MLflow 3 keeps the file store in maintenance mode behind this opt-in; a local folder is what we want.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(uri)
     first = next(iter(results.values()))
     mlflow.set_experiment(f"retune-scenario-{first['scenario']}")

@@ -180,13 +180,14 @@ class EWC(SharedHeadMethod):
     """Elastic Weight Consolidation (Kirkpatrick et al. 2017) with one anchor and a summed, mean-normalised Fisher.
 
     Each task's diagonal Fisher is divided by the mean of its non-zero entries (so ``ewc_lambda``
-    does not depend on the loss or feature scale) and added to the earlier tasks' sum; the anchor
-    is the parameters after the latest task. Output rows added later are not penalised.
+    does not depend on the loss or feature scale) and added to the earlier tasks' sum; the penalty
+    is averaged over the anchored parameters (so it does not depend on the adaptor's size); the
+    anchor is the parameters after the latest task. Output rows added later are not penalised.
     """
 
     name: ClassVar[str] = "ewc"
     description: ClassVar[str] = "Elastic Weight Consolidation: quadratic penalty weighted by the summed diagonal Fisher"
-    ewc_lambda: ClassVar[float] = 1.0
+    ewc_lambda: ClassVar[float] = 1000.0  # the penalty is averaged over anchored parameters, so lambda does not grow with model size
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context, config)
@@ -199,10 +200,12 @@ class EWC(SharedHeadMethod):
 
         def penalty(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             total = logits.new_zeros(())
+            count = 0
             for name, parameter in self.model.named_parameters():
                 anchored = self.anchor[name]
                 total = total + (self.fisher[name] * (parameter[: len(anchored)] - anchored).pow(2)).sum()
-            return self.ewc_lambda / 2 * total
+                count += anchored.numel()
+            return self.ewc_lambda / 2 * total / count
 
         return penalty
 

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from retune.errors import RetuneError
@@ -43,7 +44,7 @@ def friendly_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except RetuneError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -101,8 +102,8 @@ def embed(
     model = create_backbone(backbone, device=device)
     summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())
     for path, reason in summary.errors.itertuples(index=False):
-        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
-    console.print(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}", highlight=False)
+        err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
+    console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)
     if len(summary.errors):
         raise typer.Exit(1)
 
@@ -122,7 +123,7 @@ def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json:
         spec = summary["backbones"].get(fingerprint, {}).get("spec", "?")
         table.add_row(fingerprint, spec, *(str(rows.get(kind, 0)) for kind in ("images", "tokens", "texts")))
     console.print(table)
-    console.print(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)")
+    console.print(escape(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)"))
 
 
 @store_app.command("purge")
@@ -137,7 +138,7 @@ def store_purge(
     if not yes and not typer.confirm(f"Delete {store} and all embeddings in it?"):
         raise typer.Exit(1)
     freed = purge_store(store)
-    console.print(f"deleted {store} ({freed / 1e6:.1f} MB)")
+    console.print(escape(f"deleted {store} ({freed / 1e6:.1f} MB)"))
 
 
 def print_metrics(metrics: dict) -> None:
@@ -158,6 +159,8 @@ def print_metrics(metrics: dict) -> None:
     console.print(table)
     if metrics.get("note"):
         console.print(f"[dim]{metrics['note']}[/]")
+    for warning in metrics.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @app.command()
@@ -197,7 +200,7 @@ def train(
         print(json.dumps(metrics, indent=2))
     else:
         print_metrics(metrics)
-        console.print(f"run saved to {out}")
+        console.print(escape(f"run saved to {out}"))
 
 
 @app.command()
@@ -235,7 +238,7 @@ def predict(
 
     frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
     for path, reason in errors.itertuples(index=False):
-        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     table = Table("image", *frame.columns[1:])
     for row in frame.itertuples(index=False):
         table.add_row(Path(row[0]).name, *(f"{value:.3f}" for value in row[1:]))
@@ -258,7 +261,11 @@ def print_comparison(results: dict[str, dict]) -> None:
     from retune.report.scenario_report import comparison_header, comparison_rows
 
     first = next(iter(results.values()))
-    table = Table(*comparison_header(results), title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, {first['n_test_images']} test images)")
+    header = comparison_header(results)
+    table = Table(title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, {first['n_test_images']} test images)")
+    table.add_column(header[0], no_wrap=True)
+    for name in header[1:]:
+        table.add_column(name)
     for row in comparison_rows(results):
         table.add_row(*row)
     console.print(table)
@@ -271,12 +278,12 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
     from retune.report.tracking import log_scenario_results
     from retune.scenarios.runner import run_scenario
 
-    results = run_scenario(settings, out, show_progress=sys.stderr.isatty(), progress=lambda message: err_console.print(f"[dim]{message}[/]", highlight=False))
+    results = run_scenario(settings, out, show_progress=sys.stderr.isatty(), progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
     print_comparison(results)
     if track:
         uri = log_scenario_results(results, out, settings.tracking_uri)
-        console.print(f"MLflow: {uri}", highlight=False)
-    console.print(f"report: {out / 'report.html'}", highlight=False)
+        console.print(escape(f"MLflow: {uri}"), highlight=False)
+    console.print(escape(f"report: {out / 'report.html'}"), highlight=False)
     return results
 
 

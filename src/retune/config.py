@@ -36,6 +36,7 @@ class OptimConfig(StrictModel):
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(0, ge=0, description="0 = full batch (fastest on cached vectors).")
     patience: int = Field(40, ge=1, description="Epochs without validation improvement before stopping.")
+    min_epochs: int = Field(30, ge=1, description="Epochs before early stopping may keep or stop (small validation sets are noisy).")
 
 
 class ReTuneConfig(StrictModel):

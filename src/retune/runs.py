@@ -112,11 +112,13 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     trained: dict[str, Method] = {}
     training_facts: dict[str, dict] = {}
     per_method: dict[str, dict] = {}
+    test_scores: dict[str, np.ndarray] = {}
     for name in names:
         method = create_method(name, context, config.retune)
         training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
         trained[name] = method
-        per_method[name] = metrics_record(name, backbone, classes, method.predict(images[splits["test"]]), test, "test", config.n_bootstrap, config.seed)
+        test_scores[name] = method.predict(images[splits["test"]])
+        per_method[name] = metrics_record(name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
@@ -138,11 +140,12 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
+        "warnings": ["no patient column: each image is its own patient, so the split cannot keep a patient's images together"] if table.extra.get("patient_column_missing") else [],
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_roc_curves
 
-    plot_roc_curves({name: trained[name].predict(images[splits["test"]]) for name in names}, test.labels(classes), classes, out_dir / "roc_curves.png")
+    plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png")
     return metrics
 
 
@@ -153,7 +156,7 @@ def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
     expected = facts["backbone"]["fingerprint"]
     if backbone.fingerprint != expected:
         raise StoreError(f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has fingerprint {backbone.fingerprint} (different weights or preprocessing)")
-    store = EmbeddingStore(store_dir or facts["train_config"]["store"])
+    store = EmbeddingStore(store_dir or facts["train_config"]["store"], create=False)
     context = method_context(backbone, PromptBank(), int(facts["train_config"]["seed"]))
     config = ReTuneConfig.model_validate(facts["train_config"]["retune"])
     methods = {}

@@ -325,22 +325,6 @@ def _bootstrap(
             boot_mean[b] = boot_auroc[b, defined].mean()
     return boot_auroc, boot_auprc, boot_mean
 
-    rows_by_patient = np.argsort(patient_codes, kind="stable")
-    sizes = np.bincount(patient_codes)
-    starts = np.cumsum(sizes) - sizes
-    n_patients = len(sizes)
-    rng = np.random.default_rng(seed)
-    for b in range(n_bootstrap):
-        picked = rng.integers(0, n_patients, n_patients)
-        counts = sizes[picked]
-        first = np.repeat(starts[picked], counts)
-        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        rows = rows_by_patient[first + offset]
-        boot_auroc[b], boot_auprc[b] = _rank_auroc_auprc(scores[rows], labels[rows])
-        if defined.any() and not np.isnan(boot_auroc[b, defined]).any():
-            boot_mean[b] = boot_auroc[b, defined].mean()
-    return boot_auroc, boot_auprc, boot_mean
-
 
 def patient_resamples(patient_codes: np.ndarray, n_bootstrap: int, seed: int):
     """Yield B arrays of row indices, each from resampling whole patients with replacement."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Method(ABC):
     trains: ClassVar[bool] = True  # False for zero-shot
 
     def __init__(self, context: MethodContext) -> None:
+        torch.manual_seed(context.seed)  # weight initialisation depends on the seed only, not on earlier work
         self.context = context
         self.classes: list[str] = []
 

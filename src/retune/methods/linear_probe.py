@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from retune.config import ReTuneConfig
@@ -73,7 +74,7 @@ class LinearProbe(Method):
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = self._standardise(images)
         logits = np.stack([images @ self.weights[c] + self.bias[c] for c in self.classes], axis=1)
-        return 1.0 / (1.0 + np.exp(-logits))
+        return expit(logits)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors = {"mean": self.mean, "scale": self.scale, "weights": np.stack([self.weights[c] for c in self.classes]), "bias": np.array([self.bias[c] for c in self.classes])}

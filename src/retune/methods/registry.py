@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from retune.config import ReTuneConfig
 from retune.errors import ConfigError, unknown_name
 from retune.methods.base import Method, MethodContext
@@ -35,5 +33,4 @@ def create_method(name: str, context: MethodContext, config: ReTuneConfig | None
     cls = methods[name]
     if cls.requires_aligned and not context.aligned:
         raise ConfigError(f"method '{name}' needs an aligned image-text backbone (CLIP-style); this backbone's towers are not aligned")
-    torch.manual_seed(context.seed)  # weight initialisation depends on the seed only, not on earlier work
     return cls(context, config or ReTuneConfig())

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+from scipy.special import expit
 
 from retune.config import ReTuneConfig
 from retune.methods.base import Method, MethodContext, TaskData
@@ -45,7 +46,7 @@ class ZeroShot(Method):
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = _normalise(images)
         margin = ZERO_SHOT_SCALE * (images @ self.positive.T - images @ self.negative.T)
-        return 1.0 / (1.0 + np.exp(-margin))
+        return expit(margin)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         return {"positive": self.positive, "negative": self.negative}, {"classes": self.classes}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -128,7 +129,9 @@ def embed_table(
         kinds = ["images", "tokens"] if tokens else ["images"]
         stored = {kind: store.keys(kind, fingerprint) for kind in kinds}
         todo: dict[str, str] = {}
+        paths_of: dict[str, list[str]] = {}
         for path, content_hash in hashes.items():
+            paths_of.setdefault(content_hash, []).append(path)
             if any(content_hash not in stored[kind] for kind in kinds):
                 todo.setdefault(content_hash, path)
         unique = set(hashes.values())
@@ -145,7 +148,10 @@ def embed_table(
         def flush() -> None:
             if not pending["keys"]:
                 return
-            store.write_vectors("images", fingerprint, pending["keys"], np.concatenate(pending["pooled"]))
+            pooled = np.concatenate(pending["pooled"])
+            fresh = [row for row, key in enumerate(pending["keys"]) if key not in stored["images"]]
+            if fresh:  # an image that only lacked tokens keeps its one pooled row
+                store.write_vectors("images", fingerprint, [pending["keys"][row] for row in fresh], pooled[fresh])
             if tokens:
                 token_matrix = np.concatenate(pending["tokens"])
                 store.write_vectors("tokens", fingerprint, pending["keys"], token_matrix, n_tokens=[token_matrix.shape[1]] * len(token_matrix))
@@ -155,9 +161,9 @@ def embed_table(
         with progress_bar("embedding", total=len(todo), enabled=show_progress, unit="images") as advance:
             for batch in loader:
                 good = [item for item in batch if item[2] is not None]
-                for _, path, _, reason in batch:
+                for content_hash, _, _, reason in batch:
                     if reason is not None:
-                        failures[path] = reason
+                        failures.update(dict.fromkeys(paths_of[content_hash], reason))
                 if good:
                     encoded = backbone.encode_images(torch.stack([item[2] for item in good]), tokens=tokens)
                     pending["keys"].extend(item[0] for item in good)
@@ -172,7 +178,7 @@ def embed_table(
     errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
     summary = EmbedSummary(len(table), len(unique), len(unique) - len(todo), computed, time.perf_counter() - started, errors)
     if len(errors):
-        summary.errors_file = store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        summary.errors_file = store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
         with atomic_path(summary.errors_file) as temp:
             errors.to_csv(temp, index=False)
     return summary

@@ -84,6 +84,8 @@ def fit(
         with torch.no_grad():
             score = val_score()
         result.val_score.append(score)
+        if epoch < min(optim.min_epochs, optim.epochs):
+            continue
         if score is not None and score > best + 1e-6:
             best, stale = score, 0
             best_state = copy.deepcopy(module.state_dict())

@@ -222,4 +222,6 @@ def load_results(directory: str | Path) -> dict[str, dict]:
         found[result["method"]] = result
     if not found:
         raise ConfigError(f"{directory}: no */results.json found (is this a 'retune scenario run' output folder?)")
-    return found
+    scenario = Path(directory) / "scenario.json"
+    order = json.loads(scenario.read_text())["methods"] if scenario.exists() else []
+    return dict(sorted(found.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))

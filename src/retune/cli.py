@@ -252,6 +252,42 @@ def predict(
         raise typer.Exit(1)
 
 
+def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
+    """Every metrics record (a dict with mean_auroc and per_class) inside a metrics.json, with a label."""
+    if "mean_auroc" in payload and "per_class" in payload:
+        found = [(prefix or payload.get("method", "?"), payload)]
+    else:
+        found = []
+    for key, value in payload.items():
+        if not isinstance(value, dict) or key == "per_class":
+            continue
+        if key == "baselines":  # baseline records are labelled by their own method name
+            found += metric_records(value)
+        else:
+            label = value.get("method", key) if "mean_auroc" in value else key
+            found += metric_records(value, f"{prefix}/{label}" if prefix else label)
+    return found
+
+
+@app.command()
+@friendly_errors
+def compare(runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft.")) -> None:
+    """Put any runs side by side: mean AUROC with CI, split and backbone of every method they hold."""
+    from retune.errors import ConfigError
+
+    table = Table("run", "method", "split", "backbone", "mean AUROC [95% CI]", "n images")
+    for run in runs:
+        path = run / "metrics.json" if run.is_dir() else run
+        if not path.exists():
+            raise ConfigError(f"{path}: no metrics.json here")
+        for label, record in metric_records(json.loads(path.read_text())):
+            interval = record.get("mean_auroc_ci")
+            value = record.get("mean_auroc")
+            shown = "undefined" if value is None else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+            table.add_row(escape(str(run)), escape(label), str(record.get("split", "")), escape(str(record.get("backbone", ""))), shown, str(record.get("n_images", "")))
+    console.print(table)
+
+
 scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 

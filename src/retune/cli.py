@@ -95,9 +95,10 @@ def embed(
 
     Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
     """
-    from retune.backbones.registry import create_backbone
+    from retune.backbones.registry import create_backbone, resolve_spec
     from retune.store import EmbeddingStore, embed_table
 
+    resolve_spec(backbone)  # an unknown name fails before the CSV is read
     table = read_dataset(csv_path, image_root, data_format, "ignore")
     model = create_backbone(backbone, device=device)
     summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())

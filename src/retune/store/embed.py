@@ -212,3 +212,35 @@ def text_embeddings(texts: list[str], backbone: Backbone, store: EmbeddingStore,
         ])
         store.write_vectors("texts", fingerprint, [text_hash(t) for t in missing], vectors, text=missing)
     return store.read_vectors("texts", fingerprint, keys)[1]
+
+
+def text_token_embeddings(texts: list[str], backbone: Backbone, store: EmbeddingStore, max_tokens: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Text-tower token vectors (N x max_tokens x D, zero-padded) and their mask (N x max_tokens, True = real token).
+
+    Only texts the store lacks are encoded, one at a time so that each text's token count is its own
+    (encoders that always pad to a fixed length, like CLIP's 77, report that length). Longer texts keep
+    their first ``max_tokens`` tokens. A store holds one ``max_tokens`` per backbone.
+    """
+    fingerprint = backbone.fingerprint
+    shards = store.shards("text_tokens", fingerprint)
+    if shards:
+        width = pq.read_schema(shards[0]).field("tokens").type.list_size
+        if width % max_tokens or width // max_tokens != backbone.text_token_dim(width, max_tokens):
+            raise StoreError(f"{store.root}: text tokens are stored {width} floats wide for backbone {fingerprint}, not {max_tokens} tokens; use the same max_tokens or a new store")
+    keys = [text_hash(text) for text in texts]
+    stored = store.keys("text_tokens", fingerprint)
+    missing = list(dict.fromkeys(text for text, key in zip(texts, keys) if key not in stored))
+    if missing:
+        store.register_backbone(backbone.describe())
+        padded, counts = [], []
+        for text in missing:
+            hidden = backbone.encode_texts([text], tokens=True).tokens[0, :max_tokens].float().cpu().numpy()
+            row = np.zeros((max_tokens, hidden.shape[1]), dtype=np.float32)
+            row[: len(hidden)] = hidden
+            padded.append(row)
+            counts.append(len(hidden))
+        store.write_vectors("text_tokens", fingerprint, [text_hash(t) for t in missing], np.stack(padded), n_tokens=counts)
+    _, flat = store.read_vectors("text_tokens", fingerprint, keys)
+    counts = store.read_column("text_tokens", fingerprint, "n_tokens", keys)
+    tokens = flat.reshape(len(keys), max_tokens, -1)
+    return tokens, np.arange(max_tokens)[None, :] < counts[:, None]

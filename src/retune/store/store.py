@@ -6,6 +6,7 @@ Layout (every file is plain Parquet or JSON that pandas, Polars and Ray read as 
     STORE/images/fp=<fingerprint>/part-*.parquet  content_hash, embedding (float32 list)
     STORE/tokens/fp=<fingerprint>/part-*.parquet  content_hash, tokens (float32 list, T*D), n_tokens
     STORE/texts/fp=<fingerprint>/part-*.parquet   text_hash, text, embedding
+    STORE/text_tokens/fp=<fingerprint>/part-*.parquet  text_hash, tokens (max_tokens*D, zero-padded), n_tokens
     STORE/files/part-*.parquet                    path, size, mtime_ns, content_hash (hash cache)
     STORE/errors/embed-*.csv                      images that could not be read, with the reason
 
@@ -35,9 +36,9 @@ from retune.io_utils import atomic_path, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-KINDS = ("images", "tokens", "texts")
-_KEY_COLUMN = {"images": "content_hash", "tokens": "content_hash", "texts": "text_hash"}
-_VECTOR_COLUMN = {"images": "embedding", "tokens": "tokens", "texts": "embedding"}
+KINDS = ("images", "tokens", "texts", "text_tokens")
+_KEY_COLUMN = {"images": "content_hash", "tokens": "content_hash", "texts": "text_hash", "text_tokens": "text_hash"}
+_VECTOR_COLUMN = {"images": "embedding", "tokens": "tokens", "texts": "embedding", "text_tokens": "tokens"}
 
 
 def text_hash(text: str) -> str:
@@ -167,6 +168,19 @@ class EmbeddingStore:
         if missing:
             raise StoreError(f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone {fingerprint})")
         return list(keys), matrix[[position[key] for key in keys]]
+
+    def read_column(self, kind: str, fingerprint: str, column: str, keys: list[str]) -> np.ndarray:
+        """One extra column (e.g. ``n_tokens``) for ``keys``, in that order; absent keys raise StoreError."""
+        key_column = _KEY_COLUMN[kind]
+        shards = self.shards(kind, fingerprint)
+        if not shards:
+            raise StoreError(f"{self.root}: no {kind} stored for backbone {fingerprint}")
+        table = pa.concat_tables(pq.read_table(s, columns=[key_column, column], memory_map=True) for s in shards)
+        position = {key: row for row, key in enumerate(table.column(key_column).to_pylist())}
+        missing = [key for key in keys if key not in position]
+        if missing:
+            raise StoreError(f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone {fingerprint})")
+        return table.column(column).to_numpy()[[position[key] for key in keys]]
 
     # -- file hash cache ---------------------------------------------------------------------
     def cached_file_hashes(self) -> dict[tuple[str, int, int], str]:

@@ -1,0 +1,59 @@
+"""CLI behaviour that needs no real data: config errors, compare, help texts."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from retune.cli import app
+
+runner = CliRunner()
+
+
+def _record(method: str, mean: float) -> dict:
+    return {"method": method, "backbone": "default", "split": "test", "per_class": {}, "mean_auroc": mean, "mean_auroc_ci": [mean - 0.05, mean + 0.05], "n_images": 10}
+
+
+def test_compare_lists_main_and_baseline_records(tmp_path):
+    """`retune compare` shows every method of every run with its mean AUROC and CI."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({**_record("retune", 0.71), "baselines": {"linear_probe": _record("linear_probe", 0.69)}}))
+    result = runner.invoke(app, ["compare", str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "retune" in result.output and "linear_probe" in result.output
+    assert "0.710 [0.660, 0.760]" in result.output
+
+
+def test_compare_missing_metrics_is_one_line_error(tmp_path):
+    """A folder without metrics.json exits 2 naming the file."""
+    result = runner.invoke(app, ["compare", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "metrics.json" in result.output and "Traceback" not in result.output
+
+
+def test_train_config_with_unknown_field_names_it(tmp_path):
+    """A typo in a YAML config is reported with the file and the field, before any work."""
+    config = tmp_path / "train.yaml"
+    config.write_text("retune:\n  optim:\n    learning_rate: 0.1\n")
+    result = runner.invoke(app, ["train", "--data", "x.csv", "--out", str(tmp_path / "run"), "--config", str(config)])
+    assert result.exit_code == 2
+    assert "train.yaml" in result.output and "retune.optim.learning_rate" in result.output
+
+
+def test_unknown_backbone_lists_valid_names(tmp_path):
+    """An unknown --backbone is one line listing the valid names."""
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,A\nmissing.png,1\n")
+    result = runner.invoke(app, ["embed", str(csv), "--backbone", "nosuch", "--store", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "unknown backbone 'nosuch'" in result.output and "default" in result.output
+
+
+def test_help_teaches_the_flow():
+    """Top-level help names the main commands."""
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("embed", "train", "evaluate", "predict", "scenario", "demo", "store", "compare"):
+        assert command in result.output

@@ -105,3 +105,66 @@ def parse_config(raw: dict, model: type[BaseModel], where: str) -> BaseModel:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
         raise ConfigError(f"{where}: field '{field}': {first['msg']}") from None
+
+
+class AdaptorExperimentConfig(StrictModel):
+    """Adaptor pre-training (a small transformer on frozen towers' tokens) + label-efficiency probes + retrieval."""
+
+    backbone: str = "default"
+    store: Path = Path("retune-store")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    layers: int = Field(2, ge=1, description="Self-attention layers per modality (used at inference).")
+    fusion_layers: int = Field(1, ge=0, description="Bi-directional cross-attention layers, used only by the image-text matching loss.")
+    heads: int = Field(4, ge=1)
+    width: int = Field(256, ge=1, description="Transformer width; must be divisible by heads.")
+    embed_dim: int = Field(128, ge=1, description="Shared image-text embedding dimension.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    loss: Literal["clip", "siglip"] = "clip"
+    itm_weight: float = Field(1.0, ge=0.0, description="Weight of the image-text matching loss (0 = contrastive only).")
+    max_text_tokens: int = Field(64, ge=1, description="Text tokens kept (and cached) per text.")
+    optim: OptimConfig = OptimConfig(lr=3e-4, weight_decay=0.05, epochs=60, batch_size=64, patience=10, min_epochs=5)
+    label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
+    n_bootstrap: int = Field(1000, ge=0)
+    seed: int = 0
+    device: Optional[str] = None
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"label fractions must be non-empty and each in (0, 1], got {value}")
+        return value
+
+    @field_validator("width")
+    @classmethod
+    def _width_divides(cls, value: int, info) -> int:
+        heads = info.data.get("heads")
+        if heads and value % heads:
+            raise ValueError(f"width {value} is not divisible by heads {heads}")
+        return value
+
+
+class PeftExperimentConfig(StrictModel):
+    """Encoder tuning under the RE-tune head: PEFT (LoRA, IA3, prefix) or freezing the first k blocks."""
+
+    backbone: str = "default"
+    store: Path = Path("retune-store")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    tower: Literal["image", "text", "both"] = "image"
+    method: Literal["lora", "ia3", "prefix", "freeze"] = "lora"
+    rank: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout (encoders run in eval mode, so it is inactive).")
+    target_modules: Optional[list[str]] = Field(None, description="Regexes on module names to adapt; default: every Linear and ungrouped Conv2d of the tuned blocks.")
+    num_virtual_tokens: int = Field(8, ge=1, description="Prefix tuning: virtual key/value tokens per layer.")
+    freeze_blocks: float = Field(0, ge=0, description="Freeze the first k blocks of the tuned tower(s): an int k, or a fraction in (0, 1).")
+    cache_prefix: Optional[bool] = Field(None, description="Image tower with freeze_blocks: cache the frozen blocks' output in the store (true: required, false: re-run them every step, null: cache where the tower supports it).")
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    retune: ReTuneConfig = ReTuneConfig()
+    n_bootstrap: int = Field(1000, ge=0)
+    seed: int = 0
+    device: Optional[str] = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from retune.config import AdaptorConfig
 from retune.errors import ConfigError, unknown_name
 
 ADAPTOR_KINDS = ("identity", "dense", "mlp")
@@ -36,6 +37,14 @@ def make_adaptor(kind: str, in_dim: int, out_dim: int, hidden_dim: int = 512, re
     else:
         body = MLPAdaptor(in_dim, out_dim, hidden_dim, residual)
     return nn.Sequential(nn.Dropout(dropout), body) if dropout > 0 else body
+
+
+def build_adaptors(config: AdaptorConfig, image_dim: int, text_dim: int) -> tuple[nn.Module, nn.Module]:
+    """The (image, text) adaptor pair into one shared space; dropout regularises the image side only."""
+    width = shared_width(config.image, config.text, image_dim, text_dim, config.shared_dim)
+    image = make_adaptor(config.image, image_dim, width, config.hidden_dim, config.residual, config.dropout)
+    text = make_adaptor(config.text, text_dim, width, config.hidden_dim, config.residual)
+    return image, text
 
 
 def shared_width(image_kind: str, text_kind: str, image_dim: int, text_dim: int, requested: int) -> int:

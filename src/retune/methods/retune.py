@@ -21,7 +21,7 @@ from torch import nn
 
 from retune.config import ReTuneConfig
 from retune.losses import distillation_bce, masked_bce
-from retune.methods.adaptors import make_adaptor, shared_width
+from retune.methods.adaptors import build_adaptors
 from retune.methods.base import Method, MethodContext, TaskData
 from retune.methods.registry import register_method
 from retune.training.loop import fit
@@ -32,10 +32,7 @@ class ReTuneModel(nn.Module):
 
     def __init__(self, image_dim: int, text_dim: int, config: ReTuneConfig) -> None:
         super().__init__()
-        adaptor = config.adaptor
-        width = shared_width(adaptor.image, adaptor.text, image_dim, text_dim, adaptor.shared_dim)
-        self.image_adaptor = make_adaptor(adaptor.image, image_dim, width, adaptor.hidden_dim, adaptor.residual, adaptor.dropout)
-        self.text_adaptor = make_adaptor(adaptor.text, text_dim, width, adaptor.hidden_dim, adaptor.residual)
+        self.image_adaptor, self.text_adaptor = build_adaptors(config.adaptor, image_dim, text_dim)
         self.log_tau = nn.Parameter(torch.tensor(math.log(config.tau)), requires_grad=config.learn_tau)
         self.register_buffer("positive", torch.zeros(0, text_dim))
         self.register_buffer("negative", torch.zeros(0, text_dim))

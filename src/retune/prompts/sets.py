@@ -45,19 +45,6 @@ import yaml
 
 from retune.errors import ConfigError, unknown_name
 
-__all__ = [
-    "ClassPrompts",
-    "PromptSetFactory",
-    "available_prompt_sets",
-    "build_prompts",
-    "finding_phrase",
-    "load_prompt_file",
-    "manual_prompt_classes",
-    "normalise_class_name",
-    "prompt_texts",
-    "register_prompt_set",
-    "template_prompts",
-]
 
 SIDES: tuple[str, str] = ("positive", "negative")
 _NO_FINDING = "no finding"

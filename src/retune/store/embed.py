@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -224,9 +225,9 @@ def text_token_embeddings(texts: list[str], backbone: Backbone, store: Embedding
     fingerprint = backbone.fingerprint
     shards = store.shards("text_tokens", fingerprint)
     if shards:
-        width = pq.read_schema(shards[0]).field("tokens").type.list_size
-        if width % max_tokens or width // max_tokens != backbone.text_token_dim(width, max_tokens):
-            raise StoreError(f"{store.root}: text tokens are stored {width} floats wide for backbone {fingerprint}, not {max_tokens} tokens; use the same max_tokens or a new store")
+        stored_length = pq.read_table(shards[0], columns=["max_tokens"]).column("max_tokens")[0].as_py()
+        if stored_length != max_tokens:
+            raise StoreError(f"{store.root}: text tokens are stored padded to {stored_length} for backbone {fingerprint}, not {max_tokens}; use max_tokens={stored_length} or another store")
     keys = [text_hash(text) for text in texts]
     stored = store.keys("text_tokens", fingerprint)
     missing = list(dict.fromkeys(text for text, key in zip(texts, keys) if key not in stored))
@@ -239,7 +240,7 @@ def text_token_embeddings(texts: list[str], backbone: Backbone, store: Embedding
             row[: len(hidden)] = hidden
             padded.append(row)
             counts.append(len(hidden))
-        store.write_vectors("text_tokens", fingerprint, [text_hash(t) for t in missing], np.stack(padded), n_tokens=counts)
+        store.write_vectors("text_tokens", fingerprint, [text_hash(t) for t in missing], np.stack(padded), n_tokens=counts, max_tokens=[max_tokens] * len(counts))
     _, flat = store.read_vectors("text_tokens", fingerprint, keys)
     counts = store.read_column("text_tokens", fingerprint, "n_tokens", keys)
     tokens = flat.reshape(len(keys), max_tokens, -1)

@@ -6,6 +6,7 @@ Layout (every file is plain Parquet or JSON that pandas, Polars and Ray read as 
     STORE/images/fp=<fingerprint>/part-*.parquet  content_hash, embedding (float32 list)
     STORE/tokens/fp=<fingerprint>/part-*.parquet  content_hash, tokens (float32 list, T*D), n_tokens
     STORE/texts/fp=<fingerprint>/part-*.parquet   text_hash, text, embedding
+    STORE/prefix/fp=<fingerprint>-k<K>/part-*.parquet  content_hash, activation (frozen first-K-block output, flat)
     STORE/text_tokens/fp=<fingerprint>/part-*.parquet  text_hash, tokens (max_tokens*D, zero-padded), n_tokens
     STORE/files/part-*.parquet                    path, size, mtime_ns, content_hash (hash cache)
     STORE/errors/embed-*.csv                      images that could not be read, with the reason
@@ -36,9 +37,9 @@ from retune.io_utils import atomic_path, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-KINDS = ("images", "tokens", "texts", "text_tokens")
-_KEY_COLUMN = {"images": "content_hash", "tokens": "content_hash", "texts": "text_hash", "text_tokens": "text_hash"}
-_VECTOR_COLUMN = {"images": "embedding", "tokens": "tokens", "texts": "embedding", "text_tokens": "tokens"}
+KINDS = ("images", "tokens", "texts", "text_tokens", "prefix")
+_KEY_COLUMN = {"prefix": "content_hash", "images": "content_hash", "tokens": "content_hash", "texts": "text_hash", "text_tokens": "text_hash"}
+_VECTOR_COLUMN = {"prefix": "activation", "images": "embedding", "tokens": "tokens", "texts": "embedding", "text_tokens": "tokens"}
 
 
 def text_hash(text: str) -> str:

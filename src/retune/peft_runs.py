@@ -1,0 +1,224 @@
+"""Encoder-tuning experiments (MILE-style PEFT, partial freezing) under the RE-tune head, as one Python API.
+
+``run_peft_experiment`` writes ``metrics.json`` in the ``retune train`` format plus trainable parameters,
+peak memory and time, and ``checkpoint.safetensors`` with only the trainable tensors (adapters or unfrozen
+blocks + head). ``compare_prefix_caching`` trains freeze-k twice, with and without the cached prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retune.backbones.base import Backbone
+from retune.backbones.registry import create_backbone
+from retune.config import OptimConfig, PeftExperimentConfig
+from retune.data.readers import read_table
+from retune.data.splits import patient_split
+from retune.data.table import PATIENT_COLUMN, ImageTable
+from retune.errors import ConfigError, DataError
+from retune.evaluation import fast_mean_auroc
+from retune.io_utils import write_json_atomic
+from retune.losses import masked_bce
+from retune.methods.checkpoint import save_checkpoint
+from retune.methods.peft_tuning import (
+    EfficientNetSplit,
+    TunedReTune,
+    apply_tuning,
+    decode_pixels,
+    image_features_fn,
+    parameter_report,
+    peak_memory,
+    prefix_activations,
+    prompt_features_fn,
+    timed,
+    tower_blocks,
+    tower_of,
+    trainable_encoder_parameters,
+)
+from retune.methods.retune import ReTuneModel
+from retune.prompts import build_prompts
+from retune.runs import GENERAL_DOMAIN_NOTE, metrics_record, prompt_bank
+from retune.store import EmbeddingStore
+from retune.training.loop import FitResult, fit
+
+__all__ = ["PeftExperimentConfig", "compare_prefix_caching", "method_name", "run_peft_experiment"]
+
+PREDICT_BATCH = 32
+
+
+def method_name(config: PeftExperimentConfig) -> str:
+    """How the run is named in metrics.json: ``peft-lora``, ``peft-ia3``, ``peft-prefix`` or ``freeze-k``."""
+    return "freeze-k" if config.method == "freeze" else f"peft-{config.method}"
+
+
+def towers_of(config: PeftExperimentConfig) -> list[str]:
+    return ["image", "text"] if config.tower == "both" else [config.tower]
+
+
+@dataclass
+class TuningOutcome:
+    """A trained tuned model and what was measured while training it."""
+
+    backbone: Backbone
+    model: TunedReTune
+    table: ImageTable
+    splits: dict[str, np.ndarray]
+    fit: FitResult
+    test_scores: np.ndarray
+    frozen_blocks: dict[str, int]
+    parameters: dict
+    memory: dict
+    train_seconds: float
+    prefix_cache: dict | None
+    prompts: dict
+
+
+def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
+    """The labelled table the config names."""
+    if config.data.csv is None:
+        raise ConfigError("no training data: set data.csv in the config")
+    return read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+
+
+def _image_inputs(backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool) -> tuple[torch.Tensor, np.ndarray, dict | None]:
+    """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels held in memory."""
+    if use_cache:
+        clock = timed()
+        cached = prefix_activations(table, backbone, k, store)
+        return cached.activations, cached.rows, {"fingerprint": cached.fingerprint, "n_computed": cached.n_computed, "seconds": round(clock(), 3), "activation_shape": list(cached.activations.shape[1:])}
+    pixels = decode_pixels(table.paths, backbone)
+    rows = np.asarray([row for row, tensor in enumerate(pixels) if tensor is not None], dtype=int)
+    if not len(rows):
+        raise DataError(f"{table.source}: no readable image")
+    return torch.stack([pixels[row] for row in rows]), rows, None
+
+
+def _predict(model: TunedReTune, inputs: torch.Tensor) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([torch.sigmoid(model(inputs[s:s + PREDICT_BATCH])).float().cpu() for s in range(0, len(inputs), PREDICT_BATCH)]).numpy()
+
+
+def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore, cache_prefix: bool | None = None) -> TuningOutcome:
+    """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the test split."""
+    backbone = create_backbone(config.backbone, device=config.device)
+    cache_prefix = config.cache_prefix if cache_prefix is None else cache_prefix
+    towers = towers_of(config)
+    frozen = apply_tuning(backbone, towers, config.method, config.freeze_blocks, config.rank, config.alpha, config.dropout, config.target_modules, config.num_virtual_tokens)
+    k_image = frozen.get("image", 0)
+    use_cache = k_image > 0 and (EfficientNetSplit.supports(backbone) if cache_prefix is None else cache_prefix)
+    inputs, rows, prefix_cache = _image_inputs(backbone, table, store, k_image, use_cache)
+    table = table.subset(rows)
+    classes = list(table.classes)
+    splits = patient_split(table.patients, config.split.fractions, config.split.seed)
+    torch.manual_seed(config.seed)
+    head = ReTuneModel(backbone.image_dim, backbone.text_dim, config.retune)
+    if "text" in towers:
+        prompts = build_prompts(config.retune.prompts, classes)
+        prompt_features = prompt_features_fn(backbone, prompts)
+        described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
+    else:
+        bank, described = prompt_bank(classes, config.retune.prompts, backbone, store)
+        head.add_prompts(*bank.matrices(classes))
+        prompt_features = None
+    head.to(backbone.device)
+    features = image_features_fn(backbone, k_image, inputs_are_prefix=prefix_cache is not None)
+    model = TunedReTune(head, features, prompt_features, trainable_encoder_parameters(backbone))
+    model.freeze_prompts()
+    labels = torch.tensor(np.array(table.labels(classes), dtype=np.float32))
+
+    def loss_fn(batch_rows: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs[batch_rows])
+        return masked_bce(logits.float(), batch_labels.to(logits.device))
+
+    def val_score() -> float | None:
+        val = splits["val"]
+        return fast_mean_auroc(_predict(model, inputs[val]), labels[val].numpy()) if len(val) else None
+
+    optim = OptimConfig(lr=config.lr, weight_decay=config.retune.optim.weight_decay, epochs=config.epochs, batch_size=config.batch_size,
+                        patience=config.retune.optim.patience, min_epochs=config.retune.optim.min_epochs)
+    train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
+    with peak_memory(backbone.device) as memory:
+        clock = timed()
+        result = fit(model, model.parameters(), loss_fn, train_rows, labels[train_rows], optim, val_score, config.seed)
+        train_seconds = clock()
+        model.freeze_prompts()
+        test_scores = _predict(model, inputs[splits["test"]])
+    return TuningOutcome(backbone, model, table, splits, result, test_scores, frozen, parameter_report(backbone, model), memory, round(train_seconds, 3), prefix_cache, described)
+
+
+def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
+    """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors + config.json."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    store = EmbeddingStore(config.store)
+    outcome = tune(config, read_experiment_table(config), store)
+    backbone, table, name = outcome.backbone, outcome.table, method_name(config)
+    classes = list(table.classes)
+    test = table.subset(outcome.splits["test"])
+    record = metrics_record(name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed)
+    tau = float(outcome.model.head.log_tau.detach().exp())
+    tuning = {"tower": config.tower, "method": config.method, "frozen_blocks": outcome.frozen_blocks,
+              "blocks": {t: len(tower_blocks(tower_of(backbone, t))[1]) for t in towers_of(config) if config.method != "prefix"},
+              "trainable_encoder_tensors": len(outcome.model.encoder), "prefix_cache": outcome.prefix_cache}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
+    facts = {
+        "backbone": backbone.describe(),
+        "classes": classes,
+        "prompts": outcome.prompts,
+        "tau": tau,
+        "train_config": config.model_dump(mode="json"),
+        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in outcome.splits.items()}, "by": PATIENT_COLUMN},
+        "training": {name: outcome.fit.facts()},
+        "tuning": tuning,
+        "data": {"csv": str(config.data.csv), "n_images": len(table)},
+    }
+    save_checkpoint(out_dir, {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})}, facts)
+    metrics = {
+        **record,
+        "baselines": {},
+        "skipped_baselines": {},
+        "seed": config.seed,
+        "split_seed": config.split.seed,
+        "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
+        "tuning": tuning,
+        "training": {**outcome.fit.facts(), "train_loss": outcome.fit.train_loss},
+        **outcome.parameters,
+        **outcome.memory,
+        "train_seconds": outcome.train_seconds,
+        "seconds": round(time.perf_counter() - started, 2),
+        "warnings": ["no patient column: each image is its own patient, so the split cannot keep a patient's images together"] if table.extra.get("patient_column_missing") else [],
+    }
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def compare_prefix_caching(config: PeftExperimentConfig) -> dict:
+    """Train the same frozen-k image-tower run with cached prefix activations and re-running the frozen blocks; timings + curves."""
+    if config.tower == "text" or not config.freeze_blocks or config.method == "prefix":
+        raise ConfigError("prefix caching applies to the image tower with freeze_blocks > 0 (methods freeze, lora, ia3)")
+    store = EmbeddingStore(config.store)
+    table = read_experiment_table(config)
+    cached = tune(config, table, store, cache_prefix=True)
+    uncached = tune(config, table, store, cache_prefix=False)
+    return {
+        "frozen_blocks": cached.frozen_blocks["image"],
+        "cached_train_seconds": cached.train_seconds,
+        "uncached_train_seconds": uncached.train_seconds,
+        "speedup": round(uncached.train_seconds / max(cached.train_seconds, 1e-9), 2),
+        "prefix_cache": cached.prefix_cache,
+        "cached_train_loss": cached.fit.train_loss,
+        "uncached_train_loss": uncached.fit.train_loss,
+        "max_test_score_difference": float(np.abs(cached.test_scores - uncached.test_scores).max()),
+        "cached_peak_memory_mb": cached.memory["peak_memory_mb"],
+        "uncached_peak_memory_mb": uncached.memory["peak_memory_mb"],
+        "cached_memory_growth_mb": cached.memory["peak_memory_above_start_mb"],
+        "uncached_memory_growth_mb": uncached.memory["peak_memory_above_start_mb"],
+    }
+

@@ -1,0 +1,333 @@
+"""Encoder tuning under the RE-tune head: peft adapters, partial freezing, the prefix cache, and what a run reports.
+
+Tiny random open_clip / HF models are written to tmp dirs and loaded through ``create_backbone``; the default
+backbone runs on a few small phantoms.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from retune.backbones.registry import create_backbone
+from retune.config import PeftExperimentConfig, ReTuneConfig
+from retune.data.phantoms import write_phantom_dataset
+from retune.data.readers import read_table
+from retune.errors import ConfigError
+from retune.methods.peft_tuning import (
+    TunedReTune,
+    apply_tuning,
+    image_features_fn,
+    parameter_report,
+    prefix_activations,
+    prompt_features_fn,
+    resolve_freeze_blocks,
+    tower_blocks,
+    tower_of,
+    trainable_encoder_parameters,
+)
+from retune.methods.retune import ReTuneModel
+from retune.peft_runs import compare_prefix_caching, run_peft_experiment
+from retune.prompts import build_prompts
+from retune.store import EmbeddingStore
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "lung", "effusion", "opacity", "normal", "chest", "x", "ray", "of", "the"]
+CLASSES = ["Effusion", "Mass"]
+SMALL_HEAD = ReTuneConfig(prompts="template", adaptor={"shared_dim": 8, "dropout": 0.0})
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(tmp_path, monkeypatch):
+    """One thread, and an empty offline HF cache so nothing is fetched."""
+    torch.set_num_threads(1)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# ---------------------------------------------------------------- tiny model builders
+
+
+def tiny_tokenizer():
+    """BERT-style WordPiece tokenizer over VOCAB, built offline."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordPiece({token: i for i, token in enumerate(VOCAB)}, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=16)
+
+
+def tiny_open_clip(directory: Path) -> str:
+    """open_clip ViT + built-in text transformer (CheXzero shape), width 32, 2 layers each."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+                 "text_cfg": {"context_length": 16, "vocab_size": len(VOCAB), "width": 32, "heads": 2, "layers": 2, "hf_tokenizer_name": "test-org/tiny"}}
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    tiny_tokenizer().save_pretrained(directory)
+    (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    torch.manual_seed(0)
+    save_file(open_clip.CLIP(**model_cfg).state_dict(), str(directory / "open_clip_model.safetensors"))
+    return f"open_clip:{directory}"
+
+
+def tiny_hf_clip(directory: Path) -> str:
+    """transformers CLIPModel, width 32, 2 layers per tower."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=dict(layers, vocab_size=len(VOCAB), max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3),
+                         vision_config=dict(layers, image_size=32, patch_size=8), projection_dim=24)).save_pretrained(directory)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return f"hf:{directory}"
+
+
+def tiny_hf_pair(root: Path) -> str:
+    """DINOv2 image model + BERT text model (the RAD-DINO + CXR-BERT shape)."""
+    from transformers import BertConfig, BertModel, BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8)).save_pretrained(root / "image")
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "image")
+    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32)).save_pretrained(root / "text")
+    tiny_tokenizer().save_pretrained(root / "text")
+    return f"hf-pair:{root / 'image'}+{root / 'text'}"
+
+
+BUILDERS = {"open_clip": tiny_open_clip, "hf_clip": tiny_hf_clip, "hf_pair": tiny_hf_pair}
+
+
+def tiny_backbone(kind: str, tmp_path: Path):
+    return create_backbone(BUILDERS[kind](tmp_path / kind), device="cpu")
+
+
+def tuned_model(backbone, towers: list[str]) -> TunedReTune:
+    """RE-tune head over the backbone's current (tuned) towers, as ``peft_runs.tune`` builds it."""
+    torch.manual_seed(0)
+    head = ReTuneModel(backbone.image_dim, backbone.text_dim, SMALL_HEAD)
+    prompts = build_prompts("template", CLASSES)
+    if "text" in towers:
+        prompt_features = prompt_features_fn(backbone, prompts)
+    else:
+        head.add_prompts(*(backbone.encode_texts([p.positive[0] for p in prompts.values()]).pooled.numpy(),
+                           backbone.encode_texts([p.negative[0] for p in prompts.values()]).pooled.numpy()))
+        prompt_features = None
+    model = TunedReTune(head, image_features_fn(backbone, 0, inputs_are_prefix=False), prompt_features, trainable_encoder_parameters(backbone))
+    model.freeze_prompts()
+    return model
+
+
+def random_pixels(backbone, n: int = 4) -> torch.Tensor:
+    size = 224 if backbone.spec == "default" else 32
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def one_step(model: TunedReTune, pixels: torch.Tensor) -> None:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])[: len(pixels)]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(pixels), labels)
+    loss.backward()
+    optimizer.step()
+
+
+def snapshot(backbone) -> dict[str, torch.Tensor]:
+    return {f"{i}.{n}": p.detach().clone() for i, m in enumerate(backbone.modules) for n, p in m.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def default_backbone():
+    return create_backbone("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def phantom_csv(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), n=24, seed=5, size=64)
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf_clip", "hf_pair"])
+def test_lora_adapts_only_the_image_tower_and_a_step_moves_only_adapters_and_head(kind, tmp_path):
+    backbone = tiny_backbone(kind, tmp_path)
+    apply_tuning(backbone, "image", "lora", rank=2, alpha=4)
+    image, text = tower_of(backbone, "image"), tower_of(backbone, "text")
+    assert any("lora_A" in name for name, _ in image.named_parameters())
+    assert not any("lora_" in name for name, _ in text.named_parameters())
+    encoder_trainable = trainable_encoder_parameters(backbone)
+    assert encoder_trainable and all("lora_A" in n or "lora_B" in n for n in encoder_trainable)
+
+    model = tuned_model(backbone, ["image"])
+    report = parameter_report(backbone, model)
+    head_count = sum(p.numel() for p in model.head.parameters() if p.requires_grad)
+    assert report["trainable_parameters"] == head_count + sum(p.numel() for p in encoder_trainable.values())
+    assert 0 < report["trainable_percent"] < 100
+
+    before = snapshot(backbone)
+    one_step(model, random_pixels(backbone))
+    after = snapshot(backbone)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all("lora_" in name for name in changed)
+    assert any("lora_B" in name for name in changed)  # B starts at zero: the adapter now changes the output
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf_clip"])
+def test_lora_on_both_towers_of_one_model_trains_both(kind, tmp_path):
+    backbone = tiny_backbone(kind, tmp_path)
+    assert apply_tuning(backbone, ["image", "text"], "lora", rank=2) == {"image": 0, "text": 0}
+    model = tuned_model(backbone, ["image", "text"])
+    before = snapshot(backbone)
+    one_step(model, random_pixels(backbone))
+    changed = [name for name, value in snapshot(backbone).items() if not torch.equal(before[name], value)]
+    image, text = tower_of(backbone, "image"), tower_of(backbone, "text")
+    for tower in (image, text):
+        assert any(tower.owns(name.partition(".")[2]) and "lora_B" in name for name in changed), tower.name
+    assert all("lora_" in name for name in changed)
+
+
+def test_lora_on_the_default_image_tower_is_a_small_fraction(default_backbone):
+    backbone = create_backbone("default", device="cpu")
+    apply_tuning(backbone, "image", "lora", rank=4, alpha=8)
+    model = tuned_model(backbone, ["image"])
+    report = parameter_report(backbone, model)
+    assert report["trainable_percent"] < 3.0
+    names = trainable_encoder_parameters(backbone)
+    assert any(".conv_pw.lora_A" in n for n in names)  # LoRA on timm's pointwise Conv2d
+    assert not any("conv_dw" in n or "classifier" in n for n in names)  # depthwise convs and the unused classifier are skipped
+    pixels = random_pixels(backbone, 2)
+    with torch.no_grad():  # LoRA starts as the identity: same features as the frozen encoder
+        torch.testing.assert_close(model.image_features(pixels), default_backbone.encode_images(pixels).pooled, atol=1e-4, rtol=1e-4)
+
+
+def test_target_modules_regex_restricts_lora(tmp_path):
+    backbone = tiny_backbone("open_clip", tmp_path)
+    apply_tuning(backbone, "image", "lora", rank=2, target_modules=[r"c_fc$"])
+    adapted = {n.rsplit(".lora_", 1)[0] for n in trainable_encoder_parameters(backbone)}
+    assert adapted and all(name.endswith("c_fc") for name in adapted)
+    with pytest.raises(ConfigError, match="no Linear/Conv2d"):
+        apply_tuning(tiny_backbone("hf_clip", tmp_path), "image", "lora", target_modules=["no_such_layer"])
+
+
+# ---------------------------------------------------------------- IA3, prefix
+
+
+def test_ia3_on_the_bert_text_tower_trains_scaling_vectors(tmp_path):
+    backbone = tiny_backbone("hf_pair", tmp_path)
+    apply_tuning(backbone, "text", "ia3")
+    encoder_trainable = trainable_encoder_parameters(backbone)
+    assert encoder_trainable and all(n.startswith("text_model.") and "ia3_l" in n for n in encoder_trainable)
+    model = tuned_model(backbone, ["text"])
+    prompts_before = model.head.positive.clone()
+    before = snapshot(backbone)
+    one_step(model, random_pixels(backbone))
+    after = snapshot(backbone)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all("ia3_l" in name for name in changed)
+    model.freeze_prompts()
+    assert not torch.allclose(model.head.positive, prompts_before)  # the text tower moved the prompt embeddings
+
+
+def test_prefix_tuning_on_a_transformers_text_tower(tmp_path):
+    backbone = tiny_backbone("hf_pair", tmp_path)
+    apply_tuning(backbone, "text", "prefix", num_virtual_tokens=3)
+    encoder_trainable = trainable_encoder_parameters(backbone)
+    assert encoder_trainable and all("prompt_encoder" in n for n in encoder_trainable)
+    model = tuned_model(backbone, ["text"])
+    one_step(model, random_pixels(backbone))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder_trainable.values())
+
+
+@pytest.mark.parametrize(("kind", "tower", "message"), [
+    ("hf_pair", "image", "does not apply to the image tower"),
+    ("open_clip", "text", "use lora or ia3"),
+    ("hf_clip", "text", "use lora or ia3"),
+])
+def test_prefix_where_it_cannot_apply_raises_config_error(kind, tower, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        apply_tuning(tiny_backbone(kind, tmp_path), tower, "prefix")
+
+
+# ---------------------------------------------------------------- partial freezing
+
+
+def test_freeze_blocks_int_and_fraction():
+    assert resolve_freeze_blocks(5, 7, "image") == 5
+    assert resolve_freeze_blocks(0.5, 12, "text") == 6
+    with pytest.raises(ConfigError, match="has 7 blocks"):
+        resolve_freeze_blocks(8, 7, "image")
+
+
+def test_freeze_k_trains_only_the_top_of_the_tower(tmp_path):
+    backbone = tiny_backbone("open_clip", tmp_path)
+    image = tower_of(backbone, "image")
+    container, blocks = tower_blocks(image)
+    assert container == "visual.transformer.resblocks" and len(blocks) == 2
+    assert apply_tuning(backbone, "image", "freeze", freeze_blocks=0.5) == {"image": 1}
+    trainable = {n for n, p in image.named_parameters() if p.requires_grad}
+    assert any(n.startswith(f"{container}.1.") for n in trainable)
+    assert not any(n.startswith(f"{container}.0.") or "embedding" in n or n.startswith("visual.conv1") for n in trainable)
+    assert not any(p.requires_grad for _, p in tower_of(backbone, "text").named_parameters())
+
+
+def test_prefix_cache_computes_once(default_backbone, phantom_csv, tmp_path):
+    table = read_table(phantom_csv)
+    store = EmbeddingStore(tmp_path / "store")
+    first = prefix_activations(table, default_backbone, 5, store)
+    again = prefix_activations(table, default_backbone, 5, store)
+    assert (first.n_computed, again.n_computed) == (len(table), 0)
+    assert tuple(first.activations.shape) == (len(table), 112, 14, 14)  # stage-5 output at 224 px
+    torch.testing.assert_close(first.activations, again.activations)
+    assert prefix_activations(table, default_backbone, 3, store).n_computed == len(table)  # k is part of the key
+
+
+def test_cached_and_uncached_freeze_k_train_the_same(phantom_csv, tmp_path):
+    config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, method="freeze", freeze_blocks=6, epochs=2,
+                                  batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    result = compare_prefix_caching(config)
+    assert result["frozen_blocks"] == 6 and result["prefix_cache"]["n_computed"] == 24
+    np.testing.assert_allclose(result["cached_train_loss"], result["uncached_train_loss"], rtol=1e-3)
+    assert result["max_test_score_difference"] < 1e-3
+    assert result["cached_train_seconds"] > 0 and result["uncached_train_seconds"] > 0
+
+
+def test_run_reports_parameters_memory_and_saves_only_trainable_tensors(phantom_csv, tmp_path):
+    config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2, epochs=1, batch_size=8,
+                                  retune=SMALL_HEAD, device="cpu", n_bootstrap=0, freeze_blocks=6)
+    metrics = run_peft_experiment(config, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["method"] == "peft-lora" and saved["split"] == "test" and "per_class" in saved and "mean_auroc" in saved
+    assert 0 < saved["trainable_percent"] < 3 and saved["trainable_parameters"] < saved["total_parameters"]
+    assert saved["peak_memory_mb"] >= 0 and "peak_memory_source" in saved and saved["seconds"] > 0
+    assert saved["tuning"]["frozen_blocks"] == {"image": 6} and metrics["tuning"]["prefix_cache"]["n_computed"] == 24
+    tensors = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    assert tensors and all(k.startswith("peft-lora/head.") or (k.startswith("peft-lora/encoder.") and "lora_" in k) for k in tensors)
+    assert any("lora_B" in k for k in tensors)
+    n_images = 24
+    assert not any(value.ndim and value.shape[0] == n_images for value in tensors.values())  # nothing per image
+    assert sum(v.size for k, v in tensors.items() if k not in ("peft-lora/head.positive", "peft-lora/head.negative")) == saved["trainable_parameters"]
+
+
+def test_open_clip_runs_end_to_end_and_refuses_a_prefix_cache_it_cannot_split(phantom_csv, tmp_path):
+    spec = tiny_open_clip(tmp_path / "oc")
+    settings = dict(backbone=spec, store=tmp_path / "store", data={"csv": phantom_csv}, epochs=1, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    freeze = PeftExperimentConfig(**settings, tower="image", method="freeze", freeze_blocks=1)
+    with pytest.raises(ConfigError, match="cache_prefix: false"):
+        run_peft_experiment(freeze.model_copy(update={"cache_prefix": True}), tmp_path / "refused")
+    metrics = run_peft_experiment(freeze, tmp_path / "freeze")  # cache_prefix unset: re-runs the frozen block
+    assert metrics["tuning"]["frozen_blocks"] == {"image": 1} and metrics["tuning"]["prefix_cache"] is None
+    both = run_peft_experiment(PeftExperimentConfig(**settings, tower="both", method="lora", rank=2), tmp_path / "lora")
+    tensors = load_file(str(tmp_path / "lora" / "checkpoint.safetensors"))
+    assert any(k.startswith("peft-lora/encoder.model__visual") for k in tensors) and any(k.startswith("peft-lora/encoder.model__transformer") for k in tensors)
+    assert both["trainable_parameters"] < both["total_parameters"]

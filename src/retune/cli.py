@@ -356,6 +356,41 @@ def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenari
         print_comparison(load_results(directory))
 
 
+peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix tuning, or freezing the first k blocks.", no_args_is_help=True)
+app.add_typer(peft_app, name="peft")
+
+
+@peft_app.command("run")
+@friendly_errors
+def peft_run(
+    out: Path = typer.Option(..., help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, config.json."),
+    config: Optional[Path] = typer.Option(None, help="YAML with PeftExperimentConfig fields."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv)."),
+    method: Optional[str] = typer.Option(None, help="lora, ia3, prefix or freeze."),
+    tower: Optional[str] = typer.Option(None, help="image, text or both."),
+    freeze_blocks: Optional[float] = typer.Option(None, help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store folder."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs (images pass through the tuned encoder every epoch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+) -> None:
+    """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
+    from retune.config import PeftExperimentConfig, load_yaml_config
+    from retune.peft_runs import run_peft_experiment
+
+    settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
+    updates = {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store, "epochs": epochs}
+    settings = PeftExperimentConfig.model_validate({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+    if data is not None:
+        settings.data = settings.data.model_copy(update={"csv": data})
+    metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    print_metrics(metrics)
+    console.print(f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})", highlight=False)
+
+
 @app.command()
 @friendly_errors
 def demo(

@@ -57,3 +57,18 @@ def test_help_teaches_the_flow():
     assert result.exit_code == 0
     for command in ("embed", "train", "evaluate", "predict", "scenario", "demo", "store", "compare"):
         assert command in result.output
+
+
+def test_peft_run_freeze_k_on_phantoms(tmp_path):
+    """`retune peft run` trains the unfrozen top of the image tower and reports trainable share and memory."""
+    from retune.data.phantoms import write_phantom_dataset
+
+    csv = write_phantom_dataset(tmp_path / "phantoms", n=40, seed=1)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["peft", "run", "--data", str(csv), "--out", str(out), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1", "--store", str(tmp_path / "store"), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "freeze-k"
+    assert 0 < metrics["trainable_percent"] < 100
+    assert metrics["peak_memory_mb"] > 0
+    assert (out / "checkpoint.safetensors").exists()

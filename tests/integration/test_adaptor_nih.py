@@ -1,0 +1,118 @@
+"""The cross-attention adaptor experiment end to end on the default backbone: 80 phantoms (reports) and 200 NIH images (label sentences).
+
+Tiny adaptor (2 layers, width 64) and few epochs keep the file within a few minutes on two loaded cores.
+Numbers come from the general-domain default backbone; only the plumbing and sanity bounds are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from retune.adaptor_runs import run_adaptor_experiment
+from retune.config import AdaptorExperimentConfig, DataConfig, OptimConfig
+from retune.data.phantoms import write_phantom_dataset
+from retune.store import EmbeddingStore
+
+FRACTIONS = ["0.01", "0.1", "1.0"]
+NIH_ROWS = 200
+NIH_CLASSES = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "Mass", "No_Finding"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def experiment(csv: Path, root: Path, classes: list[str] | None = None, epochs: int = 12) -> AdaptorExperimentConfig:
+    optim = OptimConfig(lr=1e-3, weight_decay=0.05, epochs=epochs, batch_size=32, patience=6, min_epochs=3)
+    return AdaptorExperimentConfig(store=root / "store", data=DataConfig(csv=csv, classes=classes), layers=2, width=64, embed_dim=32, heads=4, optim=optim, n_bootstrap=50)
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory) -> tuple[dict, Path, AdaptorExperimentConfig]:
+    root = tmp_path_factory.mktemp("adaptor-phantoms")
+    config = experiment(write_phantom_dataset(root / "data", n=80), root)
+    metrics = run_adaptor_experiment(config, root / "run")
+    return metrics, root / "run", config
+
+
+@pytest.fixture(scope="module")
+def nih_run(nih_dir: Path, tmp_path_factory) -> tuple[dict, Path, AdaptorExperimentConfig]:
+    root = tmp_path_factory.mktemp("adaptor-nih")
+    frame = pd.read_csv(nih_dir / "labels.csv", dtype=str, keep_default_na=False).head(NIH_ROWS)
+    frame["path"] = [str((nih_dir / path).resolve()) for path in frame["path"]]
+    csv = root / "nih200.csv"
+    frame.to_csv(csv, index=False)
+    config = experiment(csv, root, NIH_CLASSES)
+    metrics = run_adaptor_experiment(config, root / "run")
+    return metrics, root / "run", config
+
+
+def check_metrics_file(metrics: dict, run_dir: Path, text_source: str) -> None:
+    """Fields exist, recalls are shares, every fraction has adaptor + frozen records, nested train sets."""
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["method"] == "xattn_adaptor" and metrics["backbone"] == "default" and "general-domain" in metrics["note"]
+    retrieval = metrics["retrieval"]
+    assert retrieval["text_source"] == text_source
+    assert retrieval["frozen"] is None  # default towers are not aligned
+    for direction in ("image_to_text", "text_to_image"):
+        recalls = retrieval["adaptor"][direction]
+        assert set(recalls) == {"R@1", "R@5", "R@10"}
+        assert all(0.0 <= value <= 1.0 for value in recalls.values())
+        assert recalls["R@1"] <= recalls["R@5"] <= recalls["R@10"]
+    assert list(metrics["label_fractions"]) == FRACTIONS
+    sizes = []
+    for fraction in FRACTIONS:
+        block = metrics["label_fractions"][fraction]
+        assert block["adaptor"]["method"] == "xattn_adaptor+linear_probe" and block["frozen"]["method"] == "linear_probe"
+        assert block["adaptor"]["split"] == "test" and block["adaptor"]["n_images"] == block["frozen"]["n_images"]
+        assert block["adaptor"]["n_train_images"] == block["frozen"]["n_train_images"]
+        sizes.append(block["adaptor"]["n_train_images"])
+        for record in block.values():
+            assert record["mean_auroc"] is None or 0.0 <= record["mean_auroc"] <= 1.0
+    assert sizes[0] <= sizes[1] < sizes[2]
+    pretraining = metrics["pretraining"]
+    assert pretraining["trainable_parameters"] > 0 and 1 <= pretraining["best_epoch"] <= pretraining["epochs_run"]
+    assert 0.0 <= pretraining["best_val_score"] <= 1.0
+
+
+def check_checkpoint(run_dir: Path, n_images: int) -> None:
+    """Adaptor + probe weights only: no tensor has a dimension equal to the number of images or split sizes."""
+    facts = json.loads((run_dir / "config.json").read_text())
+    row_counts = {n_images, *facts["split"]["sizes"].values()}
+    tensors = load_file(str(run_dir / "checkpoint.safetensors"))
+    assert any(key.startswith("xattn_adaptor/image_tower") for key in tensors)
+    assert {"probe_adaptor@1.0/weights", "probe_frozen@0.01/weights"} <= set(tensors)
+    offending = {key: value.shape for key, value in tensors.items() if row_counts & set(value.shape)}
+    assert not offending
+
+
+def test_phantom_experiment_writes_complete_results(phantom_run):
+    metrics, run_dir, config = phantom_run
+    check_metrics_file(metrics, run_dir, "report")
+    check_checkpoint(run_dir, 80)
+    pretraining = metrics["pretraining"]
+    assert pretraining["final_train_loss"] < pretraining["train_loss"][0]
+    full = metrics["label_fractions"]["1.0"]
+    assert full["adaptor"]["mean_auroc"] > 0.6 and full["frozen"]["mean_auroc"] > 0.6  # phantom findings are learnable
+    rows = EmbeddingStore(config.store).summary()["rows"][metrics["backbone_fingerprint"]]
+    assert rows["tokens"] == rows["images"] == 80 and 0 < rows["text_tokens"] <= 80
+
+
+@pytest.mark.integration
+def test_nih_experiment_with_label_sentences(nih_run):
+    metrics, run_dir, _ = nih_run
+    check_metrics_file(metrics, run_dir, "label_sentence")
+    check_checkpoint(run_dir, NIH_ROWS)
+    adaptor_retrieval = metrics["retrieval"]["adaptor"]
+    assert adaptor_retrieval["n_texts"] < adaptor_retrieval["n_images"]  # repeated label sentences are one candidate
+    assert metrics["label_fractions"]["1.0"]["frozen"]["mean_auroc"] is not None

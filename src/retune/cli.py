@@ -119,10 +119,12 @@ def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json:
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
-    table = Table("fingerprint", "backbone", "images", "tokens", "texts")
+    from retune.store.store import KINDS
+
+    table = Table("fingerprint", "backbone", *KINDS)
     for fingerprint, rows in summary["rows"].items():
         spec = summary["backbones"].get(fingerprint, {}).get("spec", "?")
-        table.add_row(fingerprint, spec, *(str(rows.get(kind, 0)) for kind in ("images", "tokens", "texts")))
+        table.add_row(fingerprint, escape(spec), *(str(rows.get(kind, 0)) for kind in KINDS))
     console.print(table)
     console.print(escape(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)"))
 
@@ -354,6 +356,54 @@ def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenari
 
     for directory in directories:
         print_comparison(load_results(directory))
+
+
+adaptor_app = typer.Typer(help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.", no_args_is_help=True)
+app.add_typer(adaptor_app, name="adaptor")
+
+
+@adaptor_app.command("run")
+@friendly_errors
+def adaptor_run(
+    out: Path = typer.Option(..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."),
+    config: Optional[Path] = typer.Option(None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...)."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV; its `report` column gives the texts, else sentences are built from the labels."),
+    loss: Optional[str] = typer.Option(None, help="Contrastive objective: clip (InfoNCE) or siglip (sigmoid)."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store folder (token embeddings are cached there)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Pre-training epochs."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+) -> None:
+    """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
+    from retune.adaptor_runs import run_adaptor_experiment
+    from retune.config import AdaptorExperimentConfig, load_yaml_config
+
+    settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
+    updates = {"loss": loss, "backbone": backbone, "store": store}
+    settings = AdaptorExperimentConfig.model_validate({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+    if data is not None:
+        settings.data = settings.data.model_copy(update={"csv": data})
+    if epochs is not None:
+        settings.optim = settings.optim.model_copy(update={"epochs": epochs})
+    metrics = run_adaptor_experiment(settings, out, show_progress=sys.stderr.isatty())
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    retrieval = metrics["retrieval"]["adaptor"]
+    console.print(escape(f"retrieval (test split, adaptor): {json.dumps(retrieval)}"), highlight=False)
+    table = Table("labels", "adaptor + probe: mean AUROC [95% CI]", "frozen + probe: mean AUROC [95% CI]")
+    for fraction, records in metrics["label_fractions"].items():
+        table.add_row(f"{float(fraction):.0%}", *(_mean_cell(records[name]) for name in ("adaptor", "frozen")))
+    console.print(table)
+    if metrics.get("note"):
+        console.print(f"[dim]{escape(metrics['note'])}[/]")
+
+
+def _mean_cell(record: dict) -> str:
+    value, interval = record.get("mean_auroc"), record.get("mean_auroc_ci")
+    if value is None:
+        return "undefined"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix tuning, or freezing the first k blocks.", no_args_is_help=True)

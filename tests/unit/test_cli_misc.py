@@ -72,3 +72,19 @@ def test_peft_run_freeze_k_on_phantoms(tmp_path):
     assert 0 < metrics["trainable_percent"] < 100
     assert metrics["peak_memory_mb"] > 0
     assert (out / "checkpoint.safetensors").exists()
+
+
+def test_adaptor_run_on_phantoms_reports_retrieval_and_fractions(tmp_path):
+    """`retune adaptor run` pre-trains on cached tokens and reports R@K and every label fraction."""
+    from retune.data.phantoms import write_phantom_dataset
+
+    csv = write_phantom_dataset(tmp_path / "phantoms", n=48, seed=2)
+    config = tmp_path / "adaptor.yaml"
+    config.write_text("layers: 1\nwidth: 32\nheads: 2\nembed_dim: 16\nn_bootstrap: 50\nlabel_fractions: [0.1, 1.0]\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["adaptor", "run", "--data", str(csv), "--out", str(out), "--config", str(config), "--epochs", "3", "--store", str(tmp_path / "store")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["label_fractions"]) == {"0.1", "1.0"}
+    assert all(0.0 <= value <= 1.0 for value in metrics["retrieval"]["adaptor"]["image_to_text"].values())
+    assert "retrieval" in result.output and "100%" in result.output

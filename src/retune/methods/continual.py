@@ -161,7 +161,8 @@ class LwF(SharedHeadMethod):
     temperature: ClassVar[float] = 2.0
 
     def regulariser(self, data: TaskData, previous: list[str]) -> Regulariser | None:
-        old_columns = torch.tensor([self.classes.index(c) for c in previous if c not in data.classes], dtype=torch.long)
+        # Every earlier class, relabelled ones too: in data-incremental tasks all classes recur.
+        old_columns = torch.tensor([self.classes.index(c) for c in previous], dtype=torch.long)
         if not len(old_columns):
             return None
         teacher = copy.deepcopy(self.model).eval()

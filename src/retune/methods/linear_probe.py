@@ -1,7 +1,8 @@
 """Linear probe: one scikit-learn logistic regression per class on frozen image embeddings.
 
-Each class's model is trained when its task arrives and never touched again, so on frozen
-features it cannot forget: the bar every incremental method must beat. The inverse
+Each class's model is fitted on the task that brings the class and refitted only when a later
+task brings it again (data-incremental: on that task's rows alone), so in class-incremental
+scenarios it cannot forget: the bar every incremental method must beat. The inverse
 regularisation strength C is picked per class on the validation split.
 """
 

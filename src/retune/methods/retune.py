@@ -74,7 +74,8 @@ class ReTune(Method):
             for parameter in self.model.image_adaptor.parameters():
                 parameter.requires_grad_(False)
         columns = torch.tensor([self.classes.index(c) for c in task.classes])
-        old_columns = torch.tensor([self.classes.index(c) for c in previous if c not in task.classes], dtype=torch.long)
+        # Distil every earlier class, relabelled ones too: in data-incremental tasks all classes recur.
+        old_columns = torch.tensor([self.classes.index(c) for c in previous], dtype=torch.long)
         train_x = torch.as_tensor(task.train_x, dtype=torch.float32)
         train_y = torch.as_tensor(task.train_y, dtype=torch.float32)
 

@@ -39,12 +39,16 @@ def make_adaptor(kind: str, in_dim: int, out_dim: int, hidden_dim: int = 512, re
     return nn.Sequential(nn.Dropout(dropout), body) if dropout > 0 else body
 
 
-def build_adaptors(config: AdaptorConfig, image_dim: int, text_dim: int) -> tuple[nn.Module, nn.Module]:
-    """The (image, text) adaptor pair into one shared space; dropout regularises the image side only."""
+def build_image_adaptor(config: AdaptorConfig, image_dim: int, text_dim: int) -> nn.Module:
+    """The image side into the shared space; input dropout regularises it (shared by RE-tune and its baselines)."""
     width = shared_width(config.image, config.text, image_dim, text_dim, config.shared_dim)
-    image = make_adaptor(config.image, image_dim, width, config.hidden_dim, config.residual, config.dropout)
-    text = make_adaptor(config.text, text_dim, width, config.hidden_dim, config.residual)
-    return image, text
+    return make_adaptor(config.image, image_dim, width, config.hidden_dim, config.residual, config.dropout)
+
+
+def build_text_adaptor(config: AdaptorConfig, image_dim: int, text_dim: int) -> nn.Module:
+    """The text side into the shared space (prompts are few and fixed: no dropout)."""
+    width = shared_width(config.image, config.text, image_dim, text_dim, config.shared_dim)
+    return make_adaptor(config.text, text_dim, width, config.hidden_dim, config.residual)
 
 
 def shared_width(image_kind: str, text_kind: str, image_dim: int, text_dim: int, requested: int) -> int:

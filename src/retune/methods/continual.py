@@ -19,7 +19,7 @@ from torch.func import functional_call, grad, vmap
 
 from retune.config import ReTuneConfig
 from retune.losses import distillation_bce, masked_bce
-from retune.methods.adaptors import build_adaptors, shared_width
+from retune.methods.adaptors import build_image_adaptor, shared_width
 from retune.methods.base import Method, MethodContext, TaskData
 from retune.methods.registry import register_method
 from retune.training.loop import fit
@@ -34,7 +34,7 @@ class SharedHeadModel(nn.Module):
 
     def __init__(self, image_dim: int, text_dim: int, config: ReTuneConfig) -> None:
         super().__init__()
-        self.image_adaptor, _ = build_adaptors(config.adaptor, image_dim, text_dim)  # same image side as RE-tune
+        self.image_adaptor = build_image_adaptor(config.adaptor, image_dim, text_dim)  # same image side as RE-tune
         width = shared_width(config.adaptor.image, config.adaptor.text, image_dim, text_dim, config.adaptor.shared_dim)
         self.head_weight = nn.Parameter(torch.zeros(0, width))
         self.head_bias = nn.Parameter(torch.zeros(0))

@@ -21,7 +21,7 @@ from torch import nn
 
 from retune.config import ReTuneConfig
 from retune.losses import distillation_bce, masked_bce
-from retune.methods.adaptors import build_adaptors
+from retune.methods.adaptors import build_image_adaptor, build_text_adaptor
 from retune.methods.base import Method, MethodContext, TaskData
 from retune.methods.registry import register_method
 from retune.training.loop import fit
@@ -32,7 +32,8 @@ class ReTuneModel(nn.Module):
 
     def __init__(self, image_dim: int, text_dim: int, config: ReTuneConfig) -> None:
         super().__init__()
-        self.image_adaptor, self.text_adaptor = build_adaptors(config.adaptor, image_dim, text_dim)
+        self.image_adaptor = build_image_adaptor(config.adaptor, image_dim, text_dim)
+        self.text_adaptor = build_text_adaptor(config.adaptor, image_dim, text_dim)
         self.log_tau = nn.Parameter(torch.tensor(math.log(config.tau)), requires_grad=config.learn_tau)
         self.register_buffer("positive", torch.zeros(0, text_dim))
         self.register_buffer("negative", torch.zeros(0, text_dim))

@@ -23,5 +23,14 @@ demo: venv
 test: venv-test
 	$(BIN)/pytest -q
 
+# Benchmarks (outside `make test`): benchmarks/README.md. Extra options: make bench BENCH_ARGS="--only embed".
+BENCH_ARGS ?=
+
+bench: venv
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: venv
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

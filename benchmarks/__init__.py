@@ -1,0 +1,1 @@
+"""Benchmarks for retune (outside `make test`): `make bench` / `make bench-quick`, see README.md here."""

@@ -21,6 +21,17 @@ def _need(path: Path) -> Path:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests train tiny models: one torch thread is fastest and does not fight other processes for cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The ../shared/data folder (skips, or fails under CI, when absent)."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from safetensors.numpy import load_file
 
 from retune.adaptor_runs import run_adaptor_experiment
@@ -22,14 +21,6 @@ from retune.store import EmbeddingStore
 FRACTIONS = ["0.01", "0.1", "1.0"]
 NIH_ROWS = 200
 NIH_CLASSES = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "Mass", "No_Finding"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def experiment(csv: Path, root: Path, classes: list[str] | None = None, epochs: int = 12) -> AdaptorExperimentConfig:

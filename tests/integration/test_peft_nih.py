@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from safetensors.numpy import load_file
 
 from retune.config import PeftExperimentConfig
@@ -24,11 +23,6 @@ N_ROWS = 120
 CLASSES = ["Atelectasis", "Effusion", "Infiltration", "No_Finding"]
 STANDARD_FIELDS = {"method", "backbone", "backbone_fingerprint", "split", "classes", "per_class", "mean_auroc", "mean_auroc_ci", "n_images", "seed", "note"}
 EXTRA_FIELDS = {"trainable_parameters", "total_parameters", "trainable_percent", "peak_memory_mb", "peak_memory_source", "seconds", "train_seconds", "tuning"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

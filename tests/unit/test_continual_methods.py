@@ -76,23 +76,18 @@ class Run:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, Run]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only add contention
-    try:
-        tasks, tests = toy_tasks()
-        result = {}
-        for name in METHODS:
-            method = create_method(name, context(), CONFIG)
-            current, first_task = [], []
-            for index, task in enumerate(tasks):
-                method.learn(task)
-                current.append(task_auroc(method, tests[index], index))
-                first_task.append(task_auroc(method, tests[0], 0))
-            final_mean = float(np.mean([task_auroc(method, tests[t], t) for t in range(N_TASKS)]))
-            result[name] = Run(method, current, first_task, final_mean)
-        return result
-    finally:
-        torch.set_num_threads(threads)
+    tasks, tests = toy_tasks()
+    result = {}
+    for name in METHODS:
+        method = create_method(name, context(), CONFIG)
+        current, first_task = [], []
+        for index, task in enumerate(tasks):
+            method.learn(task)
+            current.append(task_auroc(method, tests[index], index))
+            first_task.append(task_auroc(method, tests[0], 0))
+        final_mean = float(np.mean([task_auroc(method, tests[t], t) for t in range(N_TASKS)]))
+        result[name] = Run(method, current, first_task, final_mean)
+    return result
 
 
 def forgetting(run: Run) -> float:

@@ -26,15 +26,6 @@ IMAGE_DIM = 32
 TEXT_DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny matmuls run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def prompt_bank(classes=CLASSES, text_dim=TEXT_DIM, seed=0) -> PromptBank:
     """Random positive/negative prompt vectors per class."""
     rng = np.random.default_rng(seed)

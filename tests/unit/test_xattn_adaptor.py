@@ -32,15 +32,6 @@ IMAGE_DIM, TEXT_DIM, IMAGE_TOKENS, TEXT_TOKENS, LATENT = 12, 10, 5, 8, 6
 WIDTH, EMBED = 16, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny matmuls run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(loss: str = "clip", **kwargs) -> CrossAttentionAdaptor:
     torch.manual_seed(0)
     options = dict(width=WIDTH, embed_dim=EMBED, layers=1, heads=2, fusion_layers=1, dropout=0.0, loss=loss)

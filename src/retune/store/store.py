@@ -158,17 +158,30 @@ class EmbeddingStore:
             if keys:
                 raise StoreError(f"{self.root}: no {kind} stored for backbone {fingerprint}; run 'retune embed' first")
             return [], np.zeros((0, 0), dtype=np.float32)
-        table = pa.concat_tables(pq.read_table(s, columns=[key_column, vector_column], memory_map=True) for s in shards)
-        width = table.schema.field(vector_column).type.list_size
-        stored_keys = table.column(key_column).to_pylist()
-        matrix = _matrix(table.column(vector_column), width)
-        if keys is None:
-            return stored_keys, matrix
-        position = {key: row for row, key in enumerate(stored_keys)}
-        missing = [key for key in keys if key not in position]
-        if missing:
-            raise StoreError(f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone {fingerprint})")
-        return list(keys), matrix[[position[key] for key in keys]]
+        # Keys first (cheap), then each shard's vectors straight into one preallocated matrix:
+        # peak memory is the result plus one shard, not a concatenated copy of the whole store.
+        shard_keys = [pq.read_table(s, columns=[key_column], memory_map=True).column(key_column).to_pylist() for s in shards]
+        wanted = list(keys) if keys is not None else [key for keys_of_shard in shard_keys for key in keys_of_shard]
+        rows_of: dict[str, list[int]] = {}
+        for row, key in enumerate(wanted):
+            rows_of.setdefault(key, []).append(row)
+        width = pq.read_schema(shards[0]).field(vector_column).type.list_size
+        result = np.empty((len(wanted), width), dtype=np.float32)
+        found: set[str] = set()
+        for shard, keys_of_shard in zip(shards, shard_keys):
+            source, target = [], []
+            for index, key in enumerate(keys_of_shard):
+                if key in rows_of and key not in found:  # a key stored twice: the first copy wins
+                    found.add(key)
+                    source.extend([index] * len(rows_of[key]))
+                    target.extend(rows_of[key])
+            if source:
+                column = pq.read_table(shard, columns=[vector_column], memory_map=True).column(vector_column)
+                result[target] = _matrix(column, width)[source]
+        if len(found) < len(rows_of):
+            missing = len(rows_of) - len(found)
+            raise StoreError(f"{self.root}: {missing} of {len(rows_of)} requested {kind} are not in the store (backbone {fingerprint})")
+        return wanted, result
 
     def read_column(self, kind: str, fingerprint: str, column: str, keys: list[str]) -> np.ndarray:
         """One extra column (e.g. ``n_tokens``) for ``keys``, in that order; absent keys raise StoreError."""

@@ -73,18 +73,23 @@ class SplitConfig(StrictModel):
         return value
 
 
-class TrainConfig(StrictModel):
-    """Everything ``retune train`` needs; saved as the run's config."""
+class ExperimentConfig(StrictModel):
+    """What every experiment names: backbone, embedding store, data, patient split, seed and device."""
 
     backbone: str = "default"
     store: Path = Path("retune-store")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
+    seed: int = 0
+    device: Optional[str] = None
+
+
+class TrainConfig(ExperimentConfig):
+    """Everything ``retune train`` needs; saved as the run's config."""
+
     retune: ReTuneConfig = ReTuneConfig()
     baselines: list[str] = Field(default_factory=lambda: ["linear_probe", "zero_shot"])
     n_bootstrap: int = Field(1000, ge=0)
-    seed: int = 0
-    device: Optional[str] = None
 
 
 def load_yaml_config(path: str | Path, model: type[BaseModel]) -> BaseModel:
@@ -107,13 +112,9 @@ def parse_config(raw: dict, model: type[BaseModel], where: str) -> BaseModel:
         raise ConfigError(f"{where}: field '{field}': {first['msg']}") from None
 
 
-class AdaptorExperimentConfig(StrictModel):
+class AdaptorExperimentConfig(ExperimentConfig):
     """Adaptor pre-training (a small transformer on frozen towers' tokens) + label-efficiency probes + retrieval."""
 
-    backbone: str = "default"
-    store: Path = Path("retune-store")
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
     layers: int = Field(2, ge=1, description="Self-attention layers per modality (used at inference).")
     fusion_layers: int = Field(1, ge=0, description="Bi-directional cross-attention layers, used only by the image-text matching loss.")
     heads: int = Field(4, ge=1)
@@ -126,8 +127,6 @@ class AdaptorExperimentConfig(StrictModel):
     optim: OptimConfig = OptimConfig(lr=3e-4, weight_decay=0.05, epochs=60, batch_size=64, patience=10, min_epochs=5)
     label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
     n_bootstrap: int = Field(1000, ge=0)
-    seed: int = 0
-    device: Optional[str] = None
 
     @field_validator("label_fractions")
     @classmethod
@@ -145,13 +144,9 @@ class AdaptorExperimentConfig(StrictModel):
         return value
 
 
-class PeftExperimentConfig(StrictModel):
+class PeftExperimentConfig(ExperimentConfig):
     """Encoder tuning under the RE-tune head: PEFT (LoRA, IA3, prefix) or freezing the first k blocks."""
 
-    backbone: str = "default"
-    store: Path = Path("retune-store")
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
     tower: Literal["image", "text", "both"] = "image"
     method: Literal["lora", "ia3", "prefix", "freeze"] = "lora"
     rank: int = Field(8, ge=1, description="LoRA rank.")
@@ -166,5 +161,3 @@ class PeftExperimentConfig(StrictModel):
     batch_size: int = Field(16, ge=1)
     retune: ReTuneConfig = ReTuneConfig()
     n_bootstrap: int = Field(1000, ge=0)
-    seed: int = 0
-    device: Optional[str] = None

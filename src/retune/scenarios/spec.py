@@ -21,7 +21,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from retune.config import DataConfig, ReTuneConfig, SplitConfig, StrictModel, load_yaml_config
+from retune.config import ExperimentConfig, ReTuneConfig, StrictModel, load_yaml_config
 from retune.errors import ConfigError
 
 ScenarioKind = Literal["class", "label", "data"]
@@ -57,23 +57,17 @@ class GeneratorSpec(StrictModel):
     seed: int = 0
 
 
-class ScenarioConfig(StrictModel):
+class ScenarioConfig(ExperimentConfig):
     """Everything ``retune scenario run`` needs; saved next to the results."""
 
     name: str = "scenario"
     kind: Optional[ScenarioKind] = None
-    backbone: str = "default"
-    store: Path = Path("retune-store")
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
     retune: ReTuneConfig = ReTuneConfig()
     methods: list[str] = Field(default_factory=lambda: ["retune", "retune-distill", "linear_probe", "naive", "lwf", "ewc", "joint"])
     orders: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds for class order / chunking; one run per seed.")
     tasks: list[TaskSpec] = Field(default_factory=list)
     generate: Optional[GeneratorSpec] = None
     n_bootstrap: int = Field(500, ge=0)
-    seed: int = 0
-    device: Optional[str] = None
     tracking_uri: Optional[str] = None
 
     @model_validator(mode="after")

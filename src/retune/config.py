@@ -44,6 +44,9 @@ class ReTuneConfig(StrictModel):
 
     prompts: str = Field("manual", description="Prompt set name (template, manual) or a YAML file.")
     adaptor: AdaptorConfig = AdaptorConfig()
+    objective: Literal["bce", "clip", "siglip"] = Field(
+        "bce", description="Training loss on the prompt similarities: bce (the paper), clip (symmetric InfoNCE on label-defined "
+        "image-prompt pairs) or siglip (sigmoid loss on every image-prompt pair, learnable bias). Prediction is the same for all.")
     tau: float = Field(10.0, gt=0, description="Initial logit scale applied to (s+ - s-).")
     learn_tau: bool = True
     optim: OptimConfig = OptimConfig()

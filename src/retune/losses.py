@@ -1,9 +1,16 @@
-"""Losses on cached vectors: masked multi-label BCE, CLIP InfoNCE and SigLIP sigmoid loss."""
+"""Losses on cached vectors: masked multi-label BCE, contrastive losses (CLIP InfoNCE, SigLIP) with several
+positives per row, RE-tune's prompt objectives built from them, and LwF distillation."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+
+PromptObjective = Literal["bce", "clip", "siglip"]
+PROMPT_OBJECTIVES: tuple[str, ...] = ("bce", "clip", "siglip")
+EXCLUDED_LOGIT = -1e4  # finite stand-in for -inf: exp() is 0, and rows with nothing valid stay NaN-free
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -14,18 +21,61 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits[valid], labels[valid])
 
 
-def info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric CLIP loss: row i of ``image`` matches row i of ``text`` (both L2-normalised)."""
-    logits = logit_scale * image @ text.T
-    targets = torch.arange(len(image), device=image.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+def multi_positive_info_nce(logits: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """One direction of CLIP's InfoNCE: each row's softmax over its valid columns against a uniform target on its positives.
+
+    With one positive per row (the diagonal) this is exactly CLIP's cross-entropy; repeated texts or shared labels
+    make several positives. Rows without a positive are skipped.
+    """
+    if valid is not None:
+        logits = logits.masked_fill(~valid, EXCLUDED_LOGIT)
+        positive = positive & valid
+    counts = positive.sum(1)
+    rows = counts > 0
+    if not rows.any():
+        return logits.sum() * 0.0
+    log_probs = logits.float().log_softmax(1).masked_fill(~positive, 0.0)
+    return (-log_probs.sum(1)[rows] / counts[rows]).mean()
 
 
-def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
-    """SigLIP pairwise sigmoid loss: +1 on the diagonal, -1 elsewhere, averaged per image."""
-    logits = logit_scale * image @ text.T + logit_bias
-    signs = 2 * torch.eye(len(image), device=image.device) - 1
-    return -F.logsigmoid(signs * logits).sum() / len(image)
+def clip_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP InfoNCE on an image x text logit matrix; ``positive[i, j]`` marks matching pairs."""
+    return (multi_positive_info_nce(logits, positive) + multi_positive_info_nce(logits.T, positive.T)) / 2
+
+
+def sigmoid_pair_loss(logits: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """SigLIP: -log sigmoid(+logit) for matching pairs and -log sigmoid(-logit) otherwise, summed per row and
+    averaged over the rows that have a valid pair (so rows with nothing labelled change nothing)."""
+    terms = F.logsigmoid((2 * positive.float() - 1) * logits.float())
+    if valid is None:
+        return -terms.sum() / len(logits)
+    return -(terms * valid).sum() / valid.any(1).sum().clamp(min=1)
+
+
+def prompt_objective(objective: str, positive_sim: torch.Tensor, negative_sim: torch.Tensor, labels: torch.Tensor,
+                     scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """RE-tune's training loss on (image x class) cosine similarities to each class's positive and negative prompt.
+
+    ``bce`` (the paper): masked BCE on scale * (s+ - s-), i.e. a 2-way softmax over the class's two prompts.
+    ``clip``: symmetric InfoNCE on label-defined pairs (an image matches the positive prompt of each class it has and
+    the negative prompt of each class it lacks): image -> prompt is that 2-way softmax, prompt -> image a softmax
+    over the batch's images with every matching image a positive, so images are also ranked against each other.
+    ``siglip``: sigmoid loss on every labelled (image, prompt) pair, scale * s + bias, with a learnable bias.
+    NaN labels take part in no pair.
+    """
+    if objective not in PROMPT_OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(PROMPT_OBJECTIVES)}")
+    two_way = masked_bce(scale * (positive_sim - negative_sim), labels)
+    if objective == "bce":
+        return two_way
+    valid = ~torch.isnan(labels)
+    present = valid & (labels > 0.5)
+    logits = scale * torch.cat([positive_sim, negative_sim], 1)
+    matches = torch.cat([present, valid & ~present], 1)
+    labelled = torch.cat([valid, valid], 1)
+    if objective == "siglip":
+        return sigmoid_pair_loss(logits + bias, matches, labelled)
+    return (two_way + multi_positive_info_nce(logits.T, matches.T, labelled.T)) / 2
 
 
 def distillation_bce(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:

@@ -23,7 +23,6 @@ from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError
 from retune.evaluation import fast_mean_auroc
 from retune.io_utils import write_json_atomic
-from retune.losses import masked_bce
 from retune.methods.checkpoint import save_checkpoint
 from retune.methods.peft_tuning import (
     EfficientNetSplit,
@@ -133,8 +132,7 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
     labels = torch.tensor(np.array(table.labels(classes), dtype=np.float32))
 
     def loss_fn(batch_rows: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
-        logits = model(inputs[batch_rows])
-        return masked_bce(logits.float(), batch_labels.to(logits.device))
+        return model.loss(inputs[batch_rows], batch_labels, config.retune.objective)
 
     def val_score() -> float | None:
         val = splits["val"]

@@ -302,6 +302,13 @@ class TunedReTune(nn.Module):
             self.head.positive, self.head.negative = self.prompt_features()
         return self.head(self.image_features(inputs))
 
+    def loss(self, inputs: torch.Tensor, labels: torch.Tensor, objective: str) -> torch.Tensor:
+        """The RE-tune head's objective (bce, clip, siglip) on every class, through the trainable encoder parts."""
+        if self.prompt_features is not None:
+            self.head.positive, self.head.negative = self.prompt_features()
+        features = self.image_features(inputs).float()
+        return self.head.loss(features, labels.to(features.device), objective, torch.arange(labels.shape[1]))[0]
+
     @torch.no_grad()
     def freeze_prompts(self) -> None:
         """Store the tuned text tower's final prompt embeddings in the head's buffers (for the checkpoint)."""

@@ -1,8 +1,9 @@
 """RE-tune (arXiv 2410.17827): adaptors on frozen embeddings, scored against positive and negative prompts.
 
 For class c: s+ = cos(A_img(x), A_txt(p_c+)), s- = cos(A_img(x), A_txt(p_c-)) and
-logit = tau * (s+ - s-), trained with masked BCE on cached vectors only. New classes bring their
-own prompts, so learning a finding adds no output weights; the prompts anchor each class.
+logit = tau * (s+ - s-), trained on cached vectors only with masked BCE (the paper) or, selectable, a
+contrastive objective on the same similarities (CLIP InfoNCE or SigLIP, see ``losses.prompt_objective``).
+New classes bring their own prompts, so learning a finding adds no output weights; the prompts anchor each class.
 Variants for exemplar-free incremental learning: ``retune-distill`` (distil earlier classes'
 logits on the new task's images, as LwF does) and ``retune-freeze`` (freeze the image adaptor
 after the first task, so earlier classes can only move through their own prompts).
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retune.config import ReTuneConfig
-from retune.losses import distillation_bce, masked_bce
+from retune.losses import distillation_bce, prompt_objective
 from retune.methods.adaptors import build_image_adaptor, build_text_adaptor
 from retune.methods.base import Method, MethodContext, TaskData
 from retune.methods.registry import register_method
@@ -28,13 +29,14 @@ from retune.training.loop import fit
 
 
 class ReTuneModel(nn.Module):
-    """Image adaptor + text adaptor + temperature, with the class prompts held as buffers."""
+    """Image adaptor + text adaptor + temperature (+ SigLIP bias), with the class prompts held as buffers."""
 
     def __init__(self, image_dim: int, text_dim: int, config: ReTuneConfig) -> None:
         super().__init__()
         self.image_adaptor = build_image_adaptor(config.adaptor, image_dim, text_dim)
         self.text_adaptor = build_text_adaptor(config.adaptor, image_dim, text_dim)
         self.log_tau = nn.Parameter(torch.tensor(math.log(config.tau)), requires_grad=config.learn_tau)
+        self.logit_bias = nn.Parameter(torch.zeros(()), requires_grad=config.objective == "siglip")
         self.register_buffer("positive", torch.zeros(0, text_dim))
         self.register_buffer("negative", torch.zeros(0, text_dim))
 
@@ -43,11 +45,23 @@ class ReTuneModel(nn.Module):
         self.positive = torch.cat([self.positive, torch.as_tensor(positive, dtype=torch.float32)])
         self.negative = torch.cat([self.negative, torch.as_tensor(negative, dtype=torch.float32)])
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def similarities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cosine similarity of each adapted image to each class's adapted positive and negative prompt (N x C each)."""
         image = F.normalize(self.image_adaptor(images), dim=-1)
         positive = F.normalize(self.text_adaptor(self.positive), dim=-1)
         negative = F.normalize(self.text_adaptor(self.negative), dim=-1)
-        return self.log_tau.exp() * (image @ positive.T - image @ negative.T)
+        return image @ positive.T, image @ negative.T
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        positive, negative = self.similarities(images)
+        return self.log_tau.exp() * (positive - negative)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, objective: str, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss on the task's ``columns``, logits of every class): the logits feed distillation of earlier classes."""
+        positive, negative = self.similarities(images)
+        scale = self.log_tau.exp()
+        loss = prompt_objective(objective, positive[:, columns], negative[:, columns], labels, scale, self.logit_bias)
+        return loss, scale * (positive - negative)
 
 
 @register_method
@@ -55,7 +69,7 @@ class ReTune(Method):
     """RE-tune: prompt-anchored image and text adaptors trained with masked BCE."""
 
     name: ClassVar[str] = "retune"
-    description: ClassVar[str] = "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827)"
+    description: ClassVar[str] = "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827); objective bce, clip or siglip"
     distill_weight: ClassVar[float] = 0.0
     freeze_image_after_first_task: ClassVar[bool] = False
 
@@ -81,8 +95,7 @@ class ReTune(Method):
         train_y = torch.as_tensor(task.train_y, dtype=torch.float32)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            logits = self.model(x)
-            loss = masked_bce(logits[:, columns], y)
+            loss, logits = self.model.loss(x, y, self.config.objective, columns)
             if teacher is not None and len(old_columns):
                 with torch.no_grad():
                     teacher_logits = teacher(x)[:, old_columns]

@@ -23,6 +23,7 @@ from torch import nn
 
 from retune.config import OptimConfig
 from retune.evaluation.metrics import recall_at_k
+from retune.losses import clip_loss, sigmoid_pair_loss
 from retune.training.loop import FitResult, fit
 
 LossName = Literal["clip", "siglip"]
@@ -122,12 +123,9 @@ class CrossAttentionAdaptor(nn.Module):
     def contrastive_loss(self, image: torch.Tensor, text: torch.Tensor, same_text: torch.Tensor) -> torch.Tensor:
         """CLIP or SigLIP loss where ``same_text[i, j]`` marks pairs that are positives (the diagonal and repeated texts)."""
         logits = self.scale() * image @ text.T
-        positive = same_text.float()
         if self.loss_name == "siglip":
-            return -F.logsigmoid((2 * positive - 1) * (logits + self.logit_bias)).sum() / len(image)
-        image_to_text = F.cross_entropy(logits, positive / positive.sum(1, keepdim=True))
-        text_to_image = F.cross_entropy(logits.T, positive.T / positive.T.sum(1, keepdim=True))
-        return (image_to_text + text_to_image) / 2
+            return sigmoid_pair_loss(logits + self.logit_bias, same_text)
+        return clip_loss(logits, same_text)
 
     def match_logits(self, image_states: torch.Tensor, text_states: torch.Tensor, text_padding: torch.Tensor) -> torch.Tensor:
         """ITM logit per (image, text) row pair, after bi-directional cross-attention between the two token sets."""

@@ -10,7 +10,6 @@ incremental AUROC.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from benchmarks.common import NIH_CSV, ROOT, Context, timed
 

@@ -209,7 +209,7 @@ def train(
 @app.command()
 @friendly_errors
 def evaluate(
-    run: Path = typer.Option(..., help="Run directory made by `retune train`."),
+    run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     data: Path = typer.Option(..., help="Label CSV to evaluate on."),
     split: str = typer.Option("auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."),
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
@@ -217,8 +217,8 @@ def evaluate(
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
-    """Evaluate a trained run (RE-tune and its baselines) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
-    from retune.runs import evaluate_run
+    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
+    from retune.inference import evaluate_run
 
     metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
     if as_json:
@@ -231,13 +231,13 @@ def evaluate(
 @friendly_errors
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
-    run: Path = typer.Option(..., help="Run directory made by `retune train`."),
+    run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: the run's)."),
-    method: str = typer.Option("retune", help="Which of the run's methods predicts."),
+    method: Optional[str] = typer.Option(None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."),
     output: Optional[Path] = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1)."""
-    from retune.runs import predict_images
+    from retune.inference import predict_images
 
     frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
     for path, reason in errors.itertuples(index=False):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from retune.backbones.base import Backbone
@@ -20,14 +21,14 @@ from retune.config import OptimConfig, PeftExperimentConfig
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
-from retune.errors import ConfigError, DataError
+from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
 from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import save_checkpoint
+from retune.methods.checkpoint import load_checkpoint, save_checkpoint
 from retune.methods.peft_tuning import (
-    EfficientNetSplit,
     TunedReTune,
     apply_tuning,
+    can_cache_prefix,
     decode_pixels,
     image_features_fn,
     parameter_report,
@@ -41,11 +42,11 @@ from retune.methods.peft_tuning import (
 )
 from retune.methods.retune import ReTuneModel
 from retune.prompts import build_prompts
-from retune.runs import GENERAL_DOMAIN_NOTE, metrics_record, prompt_bank
+from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank
 from retune.store import EmbeddingStore
 from retune.training.loop import FitResult, fit
 
-__all__ = ["PeftExperimentConfig", "compare_prefix_caching", "method_name", "run_peft_experiment"]
+__all__ = ["PeftExperimentConfig", "TunedRun", "compare_prefix_caching", "load_tuned_run", "method_name", "run_peft_experiment"]
 
 PREDICT_BATCH = 32
 
@@ -103,14 +104,22 @@ def _predict(model: TunedReTune, inputs: torch.Tensor) -> np.ndarray:
         return torch.cat([torch.sigmoid(model(inputs[s:s + PREDICT_BATCH])).float().cpu() for s in range(0, len(inputs), PREDICT_BATCH)]).numpy()
 
 
+def tune_backbone(backbone: Backbone, config: PeftExperimentConfig, cache_prefix: bool | None = None) -> tuple[dict[str, int], bool]:
+    """Apply the config's tuning to the backbone in place: (frozen blocks per tower, whether the image prefix is cached)."""
+    torch.manual_seed(config.seed)  # adapter initialisation (LoRA A, prefix tokens) depends on the seed only
+    frozen = apply_tuning(backbone, towers_of(config), config.method, config.freeze_blocks, config.rank, config.alpha, config.dropout,
+                          config.target_modules, config.num_virtual_tokens)
+    k_image = frozen.get("image", 0)
+    cache_prefix = config.cache_prefix if cache_prefix is None else cache_prefix
+    return frozen, k_image > 0 and (can_cache_prefix(backbone, k_image) if cache_prefix is None else cache_prefix)
+
+
 def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore, cache_prefix: bool | None = None) -> TuningOutcome:
     """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the test split."""
     backbone = create_backbone(config.backbone, device=config.device)
-    cache_prefix = config.cache_prefix if cache_prefix is None else cache_prefix
     towers = towers_of(config)
-    frozen = apply_tuning(backbone, towers, config.method, config.freeze_blocks, config.rank, config.alpha, config.dropout, config.target_modules, config.num_virtual_tokens)
+    frozen, use_cache = tune_backbone(backbone, config, cache_prefix)
     k_image = frozen.get("image", 0)
-    use_cache = k_image > 0 and (EfficientNetSplit.supports(backbone) if cache_prefix is None else cache_prefix)
     inputs, rows, prefix_cache = _image_inputs(backbone, table, store, k_image, use_cache)
     table = table.subset(rows)
     classes = list(table.classes)
@@ -220,3 +229,59 @@ def compare_prefix_caching(config: PeftExperimentConfig) -> dict:
         "uncached_memory_growth_mb": uncached.memory["peak_memory_above_start_mb"],
     }
 
+
+
+# ---------------------------------------------------------------- loading a tuned run back
+
+
+@dataclass
+class TunedRun:
+    """A saved encoder-tuning run rebuilt for inference: the backbone tuned the same way, its tensors and head loaded."""
+
+    name: str
+    model: TunedReTune
+    backbone: Backbone
+    store: EmbeddingStore
+    facts: dict
+    image_blocks_frozen: int
+    use_prefix_cache: bool
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.facts["classes"])
+
+    def score(self, table: ImageTable) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """Probabilities for the table's readable images through the tuned encoder: (scores, rows kept, unreadable images)."""
+        if self.use_prefix_cache:
+            cached = prefix_activations(table, self.backbone, self.image_blocks_frozen, self.store)
+            return _predict(self.model, cached.activations), cached.rows, pd.DataFrame(list(cached.failed.items()), columns=["path", "reason"])
+        scores, rows, failed = [], [], []
+        for start in range(0, len(table), PREDICT_BATCH):
+            paths = table.paths[start:start + PREDICT_BATCH]
+            pixels = decode_pixels(paths, self.backbone)
+            good = [i for i, tensor in enumerate(pixels) if tensor is not None]
+            failed.extend((paths[i], "unreadable image") for i, tensor in enumerate(pixels) if tensor is None)
+            if good:
+                scores.append(_predict(self.model, torch.stack([pixels[i] for i in good])))
+                rows.extend(start + i for i in good)
+        stacked = np.concatenate(scores) if scores else np.zeros((0, len(self.classes)), dtype=np.float32)
+        return stacked, np.asarray(rows, dtype=int), pd.DataFrame(failed, columns=["path", "reason"])
+
+
+def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None) -> TunedRun:
+    """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors loaded."""
+    tensors, facts = load_checkpoint(run_dir)
+    config = PeftExperimentConfig.model_validate(facts["train_config"])
+    backbone = checked_backbone(run_dir, facts, device)
+    frozen, use_cache = tune_backbone(backbone, config)
+    name = method_name(config)
+    saved = {key: torch.as_tensor(value) for key, value in tensors[name].items()}
+    head = ReTuneModel(backbone.image_dim, backbone.text_dim, config.retune)
+    head.positive, head.negative = torch.zeros_like(saved["head.positive"]), torch.zeros_like(saved["head.negative"])
+    model = TunedReTune(head.to(backbone.device), image_features_fn(backbone, frozen.get("image", 0), inputs_are_prefix=use_cache), None,
+                        trainable_encoder_parameters(backbone))
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    if missing or unexpected:
+        raise StoreError(f"{run_dir}: checkpoint does not match the tuned model ({len(missing)} tensors missing, {len(unexpected)} unexpected; e.g. {(missing + unexpected)[0]})")
+    store = EmbeddingStore(store_dir or config.store)
+    return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)

@@ -1,6 +1,7 @@
-"""Train, evaluate and predict as one Python API (the CLI calls exactly these functions).
+"""Train RE-tune and its baselines on cached embeddings as one Python API (``retune train`` calls it).
 
-A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots.
+A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots;
+``retune.inference`` applies it to new data.
 RE-tune and its baselines (linear probe; zero-shot on aligned backbones) are trained and
 evaluated in the same call on the same patient-level split.
 """
@@ -19,7 +20,7 @@ from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
-from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
+from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError, unknown_name
 from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.io_utils import write_json_atomic
@@ -149,13 +150,19 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     return metrics
 
 
-def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
-    """Rebuild a run's methods and its backbone; refuses a backbone whose fingerprint changed."""
-    tensors, facts = load_checkpoint(run_dir)
+def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None) -> Backbone:
+    """The backbone a run was trained on; refuses one whose fingerprint changed (other weights or preprocessing)."""
     backbone = create_backbone(facts["backbone"]["spec"], device=device)
     expected = facts["backbone"]["fingerprint"]
     if backbone.fingerprint != expected:
         raise StoreError(f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has fingerprint {backbone.fingerprint} (different weights or preprocessing)")
+    return backbone
+
+
+def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
+    """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone."""
+    tensors, facts = load_checkpoint(run_dir)
+    backbone = checked_backbone(run_dir, facts, device)
     store = EmbeddingStore(store_dir or facts["train_config"]["store"], create=False)
     context = method_context(backbone, PromptBank(), int(facts["train_config"]["seed"]))
     config = ReTuneConfig.model_validate(facts["train_config"]["retune"])
@@ -167,42 +174,12 @@ def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
     return methods, facts, backbone, store
 
 
-def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None, n_bootstrap: int = 1000, show_progress: bool = False) -> dict:
-    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
-    methods, facts, backbone, store = load_run(run_dir, store_dir)
-    train_config = facts["train_config"]
-    same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
-    if split == "auto":
-        split = "test" if same_csv else "all"
-    if split not in ("all", "train", "val", "test"):
-        raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"])
-    classes = facts["classes"]
-    missing = [c for c in classes if c not in table.classes]
-    if missing:
-        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
-    embedded = embed_and_load(table, backbone, store, show_progress)
-    table, images = embedded.table, embedded.images
-    if split != "all":
-        rows = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
-        table, images = table.subset(rows), images[rows]
-    records = {name: metrics_record(name, backbone, classes, method.predict(images), table, split, n_bootstrap, int(train_config["seed"])) for name, method in methods.items()}
-    return {**records[MAIN_METHOD], "baselines": {k: v for k, v in records.items() if k != MAIN_METHOD}, "csv": str(csv_path)}
-
-
-def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str = MAIN_METHOD) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-class probabilities for new images (embedded through the store); also returns unreadable images."""
-    methods, facts, backbone, store = load_run(run_dir, store_dir)
-    if method not in methods:
-        raise unknown_name("method", method, list(methods))
-    paths = [str(Path(p).resolve()) for p in image_paths]
-    table = ImageTable(pd.DataFrame({PATH_COLUMN: paths, PATIENT_COLUMN: paths}), [])
-    summary = embed_table(table, backbone, store, show_progress=False)
+def score_embedded(methods: dict[str, Method], backbone: Backbone, store: EmbeddingStore, table: ImageTable, show_progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+    """Every method's probabilities for the table's images (embedded through the store): (scores, rows kept, unreadable images)."""
+    summary = embed_table(table, backbone, store, show_progress=show_progress)
     try:
         images, rows = image_embeddings(table, backbone.fingerprint, store)
     except StoreError:
         images, rows = np.zeros((0, backbone.image_dim), dtype=np.float32), np.zeros(0, dtype=int)
-    probabilities = methods[method].predict(images) if len(rows) else np.zeros((0, len(methods[method].classes)))
-    frame = pd.DataFrame(probabilities, columns=methods[method].classes)
-    frame.insert(0, "image", [paths[r] for r in rows])
-    return frame, summary.errors
+    scores = {name: method.predict(images) if len(rows) else np.zeros((0, len(method.classes))) for name, method in methods.items()}
+    return scores, rows, summary.errors

@@ -1,4 +1,5 @@
-"""The cross-attention adaptor experiment end to end on the default backbone: 80 phantoms (reports) and 200 NIH images (label sentences).
+"""The cross-attention adaptor experiment end to end on the default backbone: 80 phantoms (reports, Python API) and
+200 NIH images (label sentences, through ``retune adaptor run``).
 
 Tiny adaptor (2 layers, width 64) and few epochs keep the file within a few minutes on two loaded cores.
 Numbers come from the general-domain default backbone; only the plumbing and sanity bounds are checked.
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from safetensors.numpy import load_file
+from typer.testing import CliRunner
 
 from retune.adaptor_runs import run_adaptor_experiment
+from retune.cli import app
 from retune.config import AdaptorExperimentConfig, DataConfig, OptimConfig
 from retune.data.phantoms import write_phantom_dataset
 from retune.store import EmbeddingStore
@@ -44,8 +48,12 @@ def nih_run(nih_dir: Path, tmp_path_factory) -> tuple[dict, Path, AdaptorExperim
     csv = root / "nih200.csv"
     frame.to_csv(csv, index=False)
     config = experiment(csv, root, NIH_CLASSES)
-    metrics = run_adaptor_experiment(config, root / "run")
-    return metrics, root / "run", config
+    config_file = root / "adaptor.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["adaptor", "run", "--config", str(config_file), "--out", str(root / "run")], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    assert "R@1" in result.output  # the CLI prints the retrieval table
+    return json.loads((root / "run" / "metrics.json").read_text()), root / "run", config
 
 
 def check_metrics_file(metrics: dict, run_dir: Path, text_source: str) -> None:

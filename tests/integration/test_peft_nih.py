@@ -1,6 +1,7 @@
 """Encoder tuning under the RE-tune head on 120 real NIH ChestX-ray14 images with the default backbone.
 
-LoRA on the image tower (1 epoch) and freeze-k (k = 5 of EfficientNet-Lite0's 7 stages, cached prefix) each
+LoRA on the image tower (1 epoch, through ``retune peft run``, then ``retune evaluate`` and ``retune predict`` on
+the saved run) and freeze-k (k = 5 of EfficientNet-Lite0's 7 stages, cached prefix) each
 write a metrics.json in the ``retune train`` format plus trainable parameters, peak memory and time.
 """
 
@@ -12,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from safetensors.numpy import load_file
+from typer.testing import CliRunner
 
+from retune.cli import app
 from retune.config import PeftExperimentConfig
 from retune.peft_runs import compare_prefix_caching, run_peft_experiment
 
@@ -54,16 +58,35 @@ def check_run(metrics: dict, run_dir: Path, method: str) -> dict:
     assert 0 < saved["trainable_parameters"] < saved["total_parameters"]
     assert saved["peak_memory_mb"] > 0 and saved["seconds"] >= saved["train_seconds"] > 0
     tensors = load_file(str(run_dir / "checkpoint.safetensors"))
-    assert sum(v.size for k, v in tensors.items() if not k.endswith(("positive", "negative"))) == saved["trainable_parameters"]
+    assert sum(v.size for k, v in tensors.items() if not k.endswith(("positive", "negative", "logit_bias"))) == saved["trainable_parameters"]  # bias trains for siglip only
     assert json.loads((run_dir / "config.json").read_text())["train_config"]["method"] == saved["tuning"]["method"]
     return saved
 
 
-def test_lora_on_the_image_tower(work, nih_csv):
+def invoke(*args) -> str:
+    """Run ``retune ARGS`` in-process; returns stdout, failing the test with all output on a non-zero exit."""
+    result = CliRunner().invoke(app, [str(arg) for arg in args], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    return result.stdout
+
+
+def test_lora_on_the_image_tower_then_evaluate_and_predict_from_the_cli(work, nih_csv):
+    """``retune peft run`` trains, ``retune evaluate`` reproduces its test metrics from the checkpoint, ``retune predict`` scores images."""
     run_dir = work / "lora"
-    saved = check_run(run_peft_experiment(experiment(work, nih_csv, method="lora", rank=4, alpha=8), run_dir), run_dir, "peft-lora")
+    config_file = work / "lora.yaml"
+    config_file.write_text(yaml.safe_dump(experiment(work, nih_csv, rank=4, alpha=8).model_dump(mode="json")))
+    invoke("peft", "run", "--config", config_file, "--method", "lora", "--out", run_dir)
+    saved = check_run(json.loads((run_dir / "metrics.json").read_text()), run_dir, "peft-lora")
     assert saved["trainable_percent"] < 3
     assert saved["tuning"]["frozen_blocks"] == {"image": 0} and saved["tuning"]["prefix_cache"] is None
+    evaluated = json.loads(invoke("evaluate", "--run", run_dir, "--data", nih_csv, "--n-bootstrap", "50", "--json"))
+    assert evaluated["method"] == "peft-lora" and evaluated["n_images"] == saved["n_images"]
+    assert evaluated["mean_auroc"] == pytest.approx(saved["mean_auroc"], abs=1e-6)
+    images = pd.read_csv(nih_csv)["path"].head(4).tolist()
+    invoke("predict", *images, "--run", run_dir, "--output", work / "lora-predictions.parquet")
+    predictions = pd.read_parquet(work / "lora-predictions.parquet")
+    assert list(predictions.columns) == ["image", *CLASSES] and len(predictions) == 4
+    assert ((predictions[CLASSES] >= 0) & (predictions[CLASSES] <= 1)).all().all()
     print(f"\nLoRA r=4 image tower: {saved['trainable_parameters']} trainable ({saved['trainable_percent']}%), "
           f"peak {saved['peak_memory_mb']} MB, train {saved['train_seconds']} s")
 

@@ -23,6 +23,7 @@ from retune.methods.peft_tuning import (
     TunedReTune,
     apply_tuning,
     image_features_fn,
+    image_split,
     parameter_report,
     prefix_activations,
     prompt_features_fn,
@@ -301,6 +302,29 @@ def test_cached_and_uncached_freeze_k_train_the_same(phantom_csv, tmp_path):
     assert result["cached_train_seconds"] > 0 and result["uncached_train_seconds"] > 0
 
 
+@pytest.mark.parametrize("kind", ["open_clip", "hf_clip", "hf_pair"])
+def test_cached_prefix_gives_the_same_features_as_the_full_tower(kind, tmp_path):
+    """top(prefix(x)) equals the tower's own forward on every tiny transformer family; the stand-ins are removed afterwards."""
+    backbone = tiny_backbone(kind, tmp_path)
+    pixels = random_pixels(backbone)
+    split = image_split(backbone, 1)
+    before = list(tower_blocks(tower_of(backbone, "image"))[1])
+    with torch.no_grad():
+        torch.testing.assert_close(split.top(split.prefix(pixels)), backbone.encode_images(pixels).pooled, rtol=1e-4, atol=1e-5)
+    assert list(tower_blocks(tower_of(backbone, "image"))[1]) == before
+
+
+@pytest.mark.parametrize("kind", ["hf_clip", "hf_pair"])
+def test_cached_and_uncached_freeze_k_train_the_same_on_hf_towers(kind, phantom_csv, tmp_path):
+    spec = BUILDERS[kind](tmp_path / kind)
+    config = PeftExperimentConfig(backbone=spec, store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2, freeze_blocks=1,
+                                  epochs=2, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    result = compare_prefix_caching(config)
+    assert result["frozen_blocks"] == 1 and result["prefix_cache"]["n_computed"] == 24
+    np.testing.assert_allclose(result["cached_train_loss"], result["uncached_train_loss"], rtol=1e-4)
+    assert result["max_test_score_difference"] < 1e-4
+
+
 def test_run_reports_parameters_memory_and_saves_only_trainable_tensors(phantom_csv, tmp_path):
     config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2, epochs=1, batch_size=8,
                                   retune=SMALL_HEAD, device="cpu", n_bootstrap=0, freeze_blocks=6)
@@ -318,15 +342,42 @@ def test_run_reports_parameters_memory_and_saves_only_trainable_tensors(phantom_
     assert sum(v.size for k, v in tensors.items() if k not in ("peft-lora/head.positive", "peft-lora/head.negative", "peft-lora/head.logit_bias")) == saved["trainable_parameters"]  # bias trains for siglip only
 
 
-def test_open_clip_runs_end_to_end_and_refuses_a_prefix_cache_it_cannot_split(phantom_csv, tmp_path):
+def test_open_clip_runs_end_to_end_with_the_frozen_block_cached(phantom_csv, tmp_path):
     spec = tiny_open_clip(tmp_path / "oc")
     settings = dict(backbone=spec, store=tmp_path / "store", data={"csv": phantom_csv}, epochs=1, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
     freeze = PeftExperimentConfig(**settings, tower="image", method="freeze", freeze_blocks=1)
-    with pytest.raises(ConfigError, match="cache_prefix: false"):
-        run_peft_experiment(freeze.model_copy(update={"cache_prefix": True}), tmp_path / "refused")
-    metrics = run_peft_experiment(freeze, tmp_path / "freeze")  # cache_prefix unset: re-runs the frozen block
-    assert metrics["tuning"]["frozen_blocks"] == {"image": 1} and metrics["tuning"]["prefix_cache"] is None
+    metrics = run_peft_experiment(freeze, tmp_path / "freeze")  # cache_prefix unset: cached because the ViT splits
+    assert metrics["tuning"]["frozen_blocks"] == {"image": 1} and metrics["tuning"]["prefix_cache"]["n_computed"] == 24
+    assert metrics["tuning"]["prefix_cache"]["activation_shape"] == [17, 32]  # 16 patches + class token, width 32
     both = run_peft_experiment(PeftExperimentConfig(**settings, tower="both", method="lora", rank=2), tmp_path / "lora")
     tensors = load_file(str(tmp_path / "lora" / "checkpoint.safetensors"))
     assert any(k.startswith("peft-lora/encoder.model__visual") for k in tensors) and any(k.startswith("peft-lora/encoder.model__transformer") for k in tensors)
     assert both["trainable_parameters"] < both["total_parameters"]
+
+
+# ---------------------------------------------------------------- loading a tuned run back
+
+
+@pytest.mark.parametrize("kind", ["default", "open_clip"])
+def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_path):
+    """evaluate_run on the training CSV reproduces the run's own test metrics; predict_images scores images and reports bad ones."""
+    from retune.inference import evaluate_run, predict_images
+
+    if kind == "default":  # LoRA above 6 frozen stages: the loaded run reads the prefix cache
+        settings = dict(method="lora", rank=2, freeze_blocks=6)
+    else:  # LoRA on both towers of a ViT CLIP: the loaded run streams pixels through the tuned image tower
+        settings = dict(backbone=tiny_open_clip(tmp_path / "oc"), tower="both", method="lora", rank=2)
+    config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, epochs=1, batch_size=8, retune=SMALL_HEAD,
+                                  device="cpu", n_bootstrap=0, **settings)
+    trained = run_peft_experiment(config, tmp_path / "run")
+    evaluated = evaluate_run(tmp_path / "run", phantom_csv, n_bootstrap=0)
+    assert evaluated["method"] == "peft-lora" and evaluated["split"] == "test" and evaluated["n_images"] == trained["n_images"]
+    for name, record in trained["per_class"].items():
+        assert evaluated["per_class"][name]["auroc"] == pytest.approx(record["auroc"], abs=1e-6, nan_ok=True)
+    images = read_table(phantom_csv).paths[:3]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    frame, errors = predict_images(tmp_path / "run", [*images, str(broken)])
+    assert list(frame.columns) == ["image", *trained["per_class"]] and len(frame) == 3
+    assert ((frame.iloc[:, 1:] >= 0) & (frame.iloc[:, 1:] <= 1)).all().all()
+    assert list(errors["path"]) == [str(broken.resolve())]

@@ -20,12 +20,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from retune.backbones.base import Backbone
 from retune.data.images import load_image
 from retune.data.table import ImageTable
-from retune.devices import autocast_for
 from retune.errors import ConfigError, RetuneError
 from retune.methods.retune import ReTuneModel
 from retune.store import EmbeddingStore, hash_files
@@ -206,54 +206,119 @@ def differentiable(encode: Callable) -> Callable:
     return inner.__get__(encode.__self__)
 
 
-class EfficientNetSplit:
-    """timm EfficientNet/MobileNet forward_features cut after block k: stem + blocks[:k] | blocks[k:] + head + mean pool."""
-
-    @staticmethod
-    def supports(backbone: Backbone) -> bool:
-        model = getattr(backbone, "image_model", None)
-        return all(hasattr(model, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
-
-    @staticmethod
-    def prefix(backbone: Backbone, pixels: torch.Tensor, k: int) -> torch.Tensor:
-        model = backbone.image_model
-        pixels = pixels.to(backbone.device)
-        if backbone.device.type == "cuda":
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), autocast_for(backbone.device):
-            x = model.bn1(model.conv_stem(pixels))
-            for block in model.blocks[:k]:
-                x = block(x)
-        return x.float()
-
-    @staticmethod
-    def top(backbone: Backbone, activations: torch.Tensor, k: int) -> torch.Tensor:
-        model = backbone.image_model
-        x = activations.to(backbone.device)
-        with autocast_for(backbone.device):
-            for block in model.blocks[k:]:
-                x = block(x)
-            x = model.bn2(model.conv_head(x))
-        return x.float().mean(dim=(2, 3))
+class _PrefixReached(Exception):
+    """Raised by the capture hook to stop a forward pass once the first k blocks have run."""
 
 
-def image_split(backbone: Backbone) -> type[EfficientNetSplit]:
-    """The forward split used to cache frozen blocks, or ConfigError naming what is supported."""
-    if EfficientNetSplit.supports(backbone):
-        return EfficientNetSplit
-    raise ConfigError(
-        f"caching the frozen image blocks needs a split forward; implemented for timm EfficientNet/MobileNet towers (the default "
-        f"backbone), not for '{backbone.spec}': set cache_prefix: false to re-run the frozen blocks every step"
-    )
+class _Emit(nn.Module):
+    """Stand-in for block 0: ignores its input and emits the cached activations (as a 1-tuple where blocks return tuples)."""
+
+    def __init__(self, activations: torch.Tensor, as_tuple: bool) -> None:
+        super().__init__()
+        self.activations, self.as_tuple = activations, as_tuple
+
+    def forward(self, hidden, *args, **kwargs):
+        activations = self.activations.to(device=hidden.device)
+        return (activations,) if self.as_tuple else activations
+
+
+class _PassThrough(nn.Module):
+    """Stand-in for blocks 1..k-1: hands its input on unchanged."""
+
+    def __init__(self, as_tuple: bool) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden, *args, **kwargs):
+        return (hidden,) if self.as_tuple else hidden
+
+
+class BlockSplit:
+    """The image tower cut after block k, for any tower whose blocks run in sequence (timm convnets, ViTs, HF encoders).
+
+    ``prefix``: the first k blocks' output, captured by a forward hook that stops the pass there. ``top``: the
+    tower's own forward with blocks[:k] swapped for stand-ins that emit the cached activations, so what follows
+    (later blocks, norms, pooling, projection) is exactly the backbone's code. The stem then runs on blank pixels:
+    a cheap first layer whose output the stand-ins discard.
+    """
+
+    def __init__(self, backbone: Backbone, k: int) -> None:
+        tower = tower_of(backbone, "image")
+        name, blocks = tower_blocks(tower)
+        if not 0 < k <= len(blocks):
+            raise ConfigError(f"cannot split the image tower after block {k}: it has {len(blocks)} blocks")
+        self.backbone, self.k, self.blocks = backbone, k, blocks
+        self.container = dict(tower.root.named_modules())[name]
+        self.pixel_shape = tuple(backbone.preprocess(Image.new("RGB", (64, 64))).shape)
+        probe, self.as_tuple = self._capture(torch.zeros(2, *self.pixel_shape))
+        if probe.shape[0] != 2:
+            raise ConfigError(
+                f"backbone '{backbone.spec}': block {k} of the image tower does not put the batch first (shape {tuple(probe.shape)}), "
+                "so its activations cannot be cached per image: set cache_prefix: false"
+            )
+        self.activation_shape = tuple(probe.shape[1:])
+
+    def _capture(self, pixels: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        captured: list = []
+
+        def stop_after(module, args, output):
+            captured.append(output)
+            raise _PrefixReached
+
+        handle = self.blocks[self.k - 1].register_forward_hook(stop_after)
+        try:
+            self.backbone.encode_images(pixels)
+        except _PrefixReached:
+            pass
+        finally:
+            handle.remove()
+        output = captured[0]
+        as_tuple = isinstance(output, tuple)
+        return (output[0] if as_tuple else output).float().clone(), as_tuple
+
+    def prefix(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Activations after the first k blocks (no gradients)."""
+        return self._capture(pixels)[0]
+
+    def top(self, activations: torch.Tensor) -> torch.Tensor:
+        """Pooled image features from cached activations, with gradients through the unfrozen blocks and adapters."""
+        originals = [self.container[i] for i in range(self.k)]
+        stand_ins = [_Emit(activations, self.as_tuple)] + [_PassThrough(self.as_tuple) for _ in range(self.k - 1)]
+        blank = torch.zeros(len(activations), *self.pixel_shape)
+        encode = differentiable(self.backbone.encode_images)
+        try:
+            for i, stand_in in enumerate(stand_ins):
+                self.container[i] = stand_in
+            return encode(blank).pooled
+        finally:
+            for i, original in enumerate(originals):
+                self.container[i] = original
+
+
+def image_split(backbone: Backbone, k: int) -> BlockSplit:
+    """The forward split used to cache the first k image blocks, or ConfigError saying why this tower cannot be split."""
+    try:
+        return BlockSplit(backbone, k)
+    except ConfigError as error:
+        raise ConfigError(f"caching the frozen image blocks: {error}") from None
+
+
+def can_cache_prefix(backbone: Backbone, k: int) -> bool:
+    """Whether the first k image blocks' output can be cached per image for this backbone."""
+    try:
+        image_split(backbone, k)
+    except ConfigError:
+        return False
+    return True
 
 
 def image_features_fn(backbone: Backbone, k: int, inputs_are_prefix: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """inputs (pixels, or cached first-k-block activations) -> pooled image features with gradients where trainable."""
+    """inputs (pixels, or cached first-k-block activations) -> pooled image features with gradients where trainable.
+
+    On pixels the whole tower runs; autograd records nothing in the frozen part (no parameter there needs a gradient).
+    """
     if inputs_are_prefix:
-        split = image_split(backbone)
-        return lambda activations: split.top(backbone, activations, k)
-    if k and EfficientNetSplit.supports(backbone):  # no graph through the frozen part, same numbers as the cached path
-        return lambda pixels: EfficientNetSplit.top(backbone, EfficientNetSplit.prefix(backbone, pixels, k), k)
+        return image_split(backbone, k).top
     encode = differentiable(backbone.encode_images)
     return lambda pixels: encode(pixels).pooled
 
@@ -361,12 +426,12 @@ class PrefixActivations:
     rows: np.ndarray
     n_computed: int
     fingerprint: str = ""
-    failed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
 
 
 def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: EmbeddingStore, batch_size: int = 16) -> PrefixActivations:
     """Output of the image tower's first k blocks per row, computing only what the store lacks (must run before tuning)."""
-    split = image_split(backbone)
+    split = image_split(backbone, k)
     fingerprint = prefix_fingerprint(backbone, k)
     hashes, failures = hash_files(table.paths, store)
     computed = 0
@@ -384,7 +449,7 @@ def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: Emb
             failures.update({path: "unreadable image" for (_, path), tensor in zip(batch, pixels) if tensor is None})
             if not good:
                 continue
-            activations = split.prefix(backbone, torch.stack([t for _, t in good]), k).cpu()
+            activations = split.prefix(torch.stack([t for _, t in good])).cpu()
             store.register_backbone({**backbone.describe(), "fingerprint": fingerprint, "prefix_blocks": k, "activation_shape": list(activations.shape[1:])})
             store.write_vectors(PREFIX_KIND, fingerprint, [key for key, _ in good], activations.numpy())
             stored.update(key for key, _ in good)
@@ -394,7 +459,7 @@ def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: Emb
         raise RetuneError(f"{table.source}: no readable image to compute first-{k}-block activations for")
     shape = store.manifest["backbones"][fingerprint]["activation_shape"]
     _, flat = store.read_vectors(PREFIX_KIND, fingerprint, [hashes[table.paths[row]] for row in rows])
-    return PrefixActivations(torch.from_numpy(np.ascontiguousarray(flat)).view(len(rows), *shape), rows, computed, fingerprint, sorted(failures))
+    return PrefixActivations(torch.from_numpy(np.ascontiguousarray(flat)).view(len(rows), *shape), rows, computed, fingerprint, dict(sorted(failures.items())))
 
 
 # ---------------------------------------------------------------- peak memory

@@ -1,0 +1,90 @@
+"""Apply a saved run to new data (evaluate on a labelled CSV, predict images), however the run was trained.
+
+``retune train`` runs hold adaptors over cached embeddings, so images go through the embedding store.
+``retune peft run`` runs hold tuned encoder tensors: the backbone is rebuilt, tuned the same way and
+loaded, and images run through it (the frozen-prefix cache still serves its frozen blocks). Both give
+the same ``metrics.json`` records, so ``retune compare`` reads them side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from retune.backbones.base import Backbone
+from retune.data.readers import read_table
+from retune.data.splits import patient_split
+from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
+from retune.errors import ConfigError, unknown_name
+from retune.methods.checkpoint import load_checkpoint
+from retune.peft_runs import load_tuned_run
+from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
+
+Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
+
+
+@dataclass
+class SavedRun:
+    """A run ready to score images: its facts, backbone, class order, main method and a scorer for tables."""
+
+    facts: dict
+    backbone: Backbone
+    classes: list[str]
+    main: str
+    score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
+
+
+def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False) -> SavedRun:
+    """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
+    _, facts = load_checkpoint(run_dir)
+    if "tuning" in facts:
+        tuned = load_tuned_run(run_dir, store_dir, device)
+
+        def score_tuned(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+            scores, rows, errors = tuned.score(table)
+            return {tuned.name: scores}, rows, errors
+
+        return SavedRun(facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
+    methods, facts, backbone, store = load_run(run_dir, store_dir, device)
+    return SavedRun(facts, backbone, list(facts["classes"]), MAIN_METHOD,
+                    lambda table: score_embedded(methods, backbone, store, table, show_progress))
+
+
+def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
+                 n_bootstrap: int = 1000, show_progress: bool = False) -> dict:
+    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
+    run = open_run(run_dir, store_dir, show_progress=show_progress)
+    train_config = run.facts["train_config"]
+    same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
+    if split == "auto":
+        split = "test" if same_csv else "all"
+    if split not in ("all", "train", "val", "test"):
+        raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
+    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"])
+    missing = [c for c in run.classes if c not in table.classes]
+    if missing:
+        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
+    scores, rows, _ = run.score(table)
+    table = table.subset(rows)
+    if split != "all":
+        kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
+        table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
+    records = {name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"])) for name, values in scores.items()}
+    return {**records[run.main], "baselines": {k: v for k, v in records.items() if k != run.main}, "csv": str(csv_path)}
+
+
+def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class probabilities for new images (default: the run's main method); also returns the unreadable images."""
+    run = open_run(run_dir, store_dir)
+    paths = [str(Path(p).resolve()) for p in image_paths]
+    scores, rows, errors = run.score(ImageTable(pd.DataFrame({PATH_COLUMN: paths, PATIENT_COLUMN: paths}), []))
+    method = method or run.main
+    if method not in scores:
+        raise unknown_name("method", method, list(scores))
+    frame = pd.DataFrame(scores[method], columns=run.classes)
+    frame.insert(0, "image", [paths[r] for r in rows])
+    return frame, errors

@@ -211,12 +211,33 @@ def test_lora_on_the_default_image_tower_is_a_small_fraction(default_backbone):
         torch.testing.assert_close(model.image_features(pixels), default_backbone.encode_images(pixels).pooled, atol=1e-4, rtol=1e-4)
 
 
+def test_lora_reaches_open_clip_fused_attention_and_starts_as_the_identity(tmp_path):
+    """nn.MultiheadAttention (q/k/v in one in_proj_weight) gets LoRA through peft; IA3 leaves it alone; a step moves its adapter."""
+    reference = tiny_backbone("open_clip", tmp_path)
+    backbone = create_backbone(reference.spec, device="cpu")
+    apply_tuning(backbone, "image", "lora", rank=2, target_modules=[r"\.attn$"])
+    adapted = {n.rsplit(".lora_", 1)[0] for n in trainable_encoder_parameters(backbone)}
+    attention = {f"model.visual.transformer.resblocks.{i}.attn" for i in range(2)}
+    assert adapted == attention | {f"{name}.base_layer.out_proj" for name in attention}  # peft adapts in_proj (q/k/v) and out_proj
+    pixels = random_pixels(backbone)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.encode_images(pixels).pooled, reference.encode_images(pixels).pooled, atol=1e-5, rtol=1e-5)
+    model = tuned_model(backbone, ["image"])
+    before = snapshot(backbone)
+    one_step(model, pixels)
+    changed = {name for name, value in snapshot(backbone).items() if not torch.equal(before[name], value)}
+    assert any(".attn.lora_B" in name for name in changed) and all("lora_" in name for name in changed)
+    ia3 = create_backbone(reference.spec, device="cpu")
+    apply_tuning(ia3, "image", "ia3")
+    assert not any(".attn." in n for n in trainable_encoder_parameters(ia3))
+
+
 def test_target_modules_regex_restricts_lora(tmp_path):
     backbone = tiny_backbone("open_clip", tmp_path)
     apply_tuning(backbone, "image", "lora", rank=2, target_modules=[r"c_fc$"])
     adapted = {n.rsplit(".lora_", 1)[0] for n in trainable_encoder_parameters(backbone)}
     assert adapted and all(name.endswith("c_fc") for name in adapted)
-    with pytest.raises(ConfigError, match="no Linear/Conv2d"):
+    with pytest.raises(ConfigError, match="no module to adapt with lora"):
         apply_tuning(tiny_backbone("hf_clip", tmp_path), "image", "lora", target_modules=["no_such_layer"])
 
 

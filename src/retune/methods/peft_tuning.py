@@ -117,25 +117,29 @@ def frozen_names(tower: Tower, k: int) -> set[str]:
 # ---------------------------------------------------------------- adapters (peft)
 
 
-def _is_adaptable(module: nn.Module, parent: nn.Module | None) -> bool:
-    if isinstance(parent, nn.MultiheadAttention):  # its out_proj weight is read directly, an adapter would be bypassed
+def _is_adaptable(module: nn.Module, parent: nn.Module | None, method: str) -> bool:
+    """Linear and ungrouped Conv2d layers; for LoRA also whole ``nn.MultiheadAttention`` modules (open_clip, CheXzero),
+    whose q/k/v live in one fused ``in_proj_weight`` that peft's LoRA MultiheadAttention layer adapts."""
+    if isinstance(parent, nn.MultiheadAttention):  # out_proj's weight is read directly by the parent, an adapter would be bypassed
         return False
+    if isinstance(module, nn.MultiheadAttention):
+        return method == "lora" and module._qkv_same_embed_dim
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
-def adapter_targets(tower: Tower, patterns: list[str] | None, frozen: set[str]) -> list[str]:
-    """Full names of the Linear / ungrouped Conv2d modules to adapt: outside the frozen part, matching ``patterns``."""
+def adapter_targets(tower: Tower, patterns: list[str] | None, frozen: set[str], method: str = "lora") -> list[str]:
+    """Full names of the modules to adapt (see ``_is_adaptable``): outside the frozen part, matching ``patterns``."""
     modules = dict(tower.root.named_modules())
     targets = []
     for name, module in tower.named_modules():
         parent = modules.get(name.rpartition(".")[0]) if "." in name else tower.root
-        if not _is_adaptable(module, parent) or UNUSED_OUTPUT_HEADS.search(name) or any(p.startswith(name + ".") for p in frozen):
+        if not _is_adaptable(module, parent, method) or UNUSED_OUTPUT_HEADS.search(name) or any(p.startswith(name + ".") for p in frozen):
             continue
         if patterns and not any(re.search(pattern, name) for pattern in patterns):
             continue
         targets.append(name)
     if not targets:
-        raise ConfigError(f"{tower.name} tower: no Linear/Conv2d module to adapt" + (f" matches target_modules {patterns}" if patterns else ""))
+        raise ConfigError(f"{tower.name} tower: no module to adapt with {method}" + (f" matches target_modules {patterns}" if patterns else ""))
     return targets
 
 
@@ -181,7 +185,7 @@ def apply_tuning(backbone: Backbone, towers: str | list[str], method: str, freez
             for parameter_name, parameter in tower.named_parameters():
                 parameter.requires_grad_(parameter_name not in frozen and not UNUSED_OUTPUT_HEADS.search(parameter_name))
         else:
-            targets.setdefault(id(tower.root), (tower.root, []))[1].extend(adapter_targets(tower, target_modules, frozen))
+            targets.setdefault(id(tower.root), (tower.root, []))[1].extend(adapter_targets(tower, target_modules, frozen, method))
     if targets:
         from peft import IA3Config, LoraConfig, inject_adapter_in_model
 

@@ -177,6 +177,7 @@ def train(
     image_root: Optional[Path] = IMAGE_ROOT,
     data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
     prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
+    objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
     seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split."),
     device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
@@ -185,7 +186,7 @@ def train(
 
     Images are embedded once into the store first (skipped when already there).
     """
-    from retune.config import TrainConfig, load_yaml_config
+    from retune.config import ReTuneConfig, TrainConfig, load_yaml_config, parse_config
     from retune.runs import train_run
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
@@ -193,8 +194,10 @@ def train(
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     data_overrides = {"csv": data, "image_root": image_root, "format": data_format}
     settings.data = settings.data.model_copy(update={k: v for k, v in data_overrides.items() if v is not None})
-    if prompts is not None:
-        settings.retune = settings.retune.model_copy(update={"prompts": prompts})
+    retune_overrides = {"prompts": prompts, "objective": objective}
+    if any(v is not None for v in retune_overrides.values()):
+        retune_settings = {**settings.retune.model_dump(), **{k: v for k, v in retune_overrides.items() if v is not None}}
+        settings.retune = parse_config(retune_settings, ReTuneConfig, "command line")
     if seed is not None:
         settings.seed = seed
         settings.split = settings.split.model_copy(update={"seed": seed})

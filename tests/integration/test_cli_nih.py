@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from retune.cli import app
@@ -221,6 +222,19 @@ def test_train_writes_run_and_honest_metrics(trained_run, store: Path):
     assert set(config["methods"]) == {"retune", "linear_probe"}
     assert config["train_config"]["retune"]["optim"]["epochs"] == 30
     assert Path(config["train_config"]["store"]) == store
+
+
+def test_train_with_the_siglip_objective_records_it_and_evaluates_back(small_csv: Path, store: Path, first_embed, train_config: Path, work: Path):
+    """`retune train --objective siglip` trains on the cached embeddings, saves the objective and the learnt bias; evaluate reproduces it."""
+    run = work / "run-siglip"
+    result = invoke("train", "--data", small_csv, "--out", run, "--store", store, "--config", train_config, "--objective", "siglip", "--json")
+    assert result.exit_code == 0, describe(result)
+    metrics = json.loads(result.stdout)
+    assert metrics["method"] == "retune" and metrics["mean_auroc"] is not None and 0.0 <= metrics["mean_auroc"] <= 1.0
+    assert json.loads((run / "config.json").read_text())["train_config"]["retune"]["objective"] == "siglip"
+    assert load_file(str(run / "checkpoint.safetensors"))["retune/logit_bias"] != 0.0
+    evaluated = json.loads(invoke("evaluate", "--run", run, "--data", small_csv, "--json", "--n-bootstrap", "0").stdout)
+    assert evaluated["mean_auroc"] == pytest.approx(metrics["mean_auroc"], abs=1e-6)
 
 
 def test_evaluate_json_on_test_split(trained_run, small_csv: Path):

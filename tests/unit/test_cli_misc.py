@@ -42,6 +42,13 @@ def test_train_config_with_unknown_field_names_it(tmp_path):
     assert "train.yaml" in result.output and "retune.optim.learning_rate" in result.output
 
 
+def test_train_unknown_objective_names_the_field(tmp_path):
+    """--objective is validated like the YAML field: one line naming it and the valid values."""
+    result = runner.invoke(app, ["train", "--data", "x.csv", "--out", str(tmp_path / "run"), "--objective", "triplet"])
+    assert result.exit_code == 2
+    assert "command line: field 'objective'" in result.output and "'bce', 'clip' or 'siglip'" in result.output
+
+
 def test_unknown_backbone_lists_valid_names(tmp_path):
     """An unknown --backbone is one line listing the valid names."""
     csv = tmp_path / "labels.csv"

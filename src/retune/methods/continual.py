@@ -20,9 +20,9 @@ from torch.func import functional_call, grad, vmap
 from retune.config import ReTuneConfig
 from retune.losses import distillation_bce, masked_bce
 from retune.methods.adaptors import build_image_adaptor, shared_width
-from retune.methods.base import Method, MethodContext, TaskData
+from retune.methods.base import MethodContext, TaskData
 from retune.methods.registry import register_method
-from retune.training.loop import fit
+from retune.methods.torch_method import TorchMethod
 
 Regulariser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, logits) -> extra loss
 NEW_OUTPUT_STD = 0.01
@@ -75,16 +75,16 @@ def empirical_fisher(model: nn.Module, columns: torch.Tensor, images: torch.Tens
     return {name: value / max(len(images), 1) for name, value in fisher.items()}
 
 
-class SharedHeadMethod(Method):
+class SharedHeadMethod(TorchMethod):
     """One learn loop for the shared-model baselines; subclasses change hooks, not the loop."""
 
     restart_each_task: ClassVar[bool] = False  # train a fresh model on every task (joint)
 
-    def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
-        super().__init__(context)
-        self.config = config
-        self.model = SharedHeadModel(context.image_dim, context.text_dim, config)
-        self.tasks_learned = 0
+    def build_model(self) -> SharedHeadModel:
+        return SharedHeadModel(self.context.image_dim, self.context.text_dim, self.config)
+
+    def shape_for(self, tensors: dict[str, np.ndarray]) -> None:
+        self.model.add_outputs(len(self.classes))
 
     def training_data(self, task: TaskData) -> TaskData:
         """The rows to fit on this task: by default only the task's own."""
@@ -102,45 +102,22 @@ class SharedHeadMethod(Method):
         new = self.add_classes(task.classes)
         if self.restart_each_task:
             torch.manual_seed(self.context.seed + self.tasks_learned)
-            self.model = SharedHeadModel(self.context.image_dim, self.context.text_dim, self.config)
+            self.model = self.build_model()
             self.model.add_outputs(len(self.classes))
         else:
             self.model.add_outputs(len(new))
         data = self.training_data(task)
         extra = self.regulariser(data, previous)
         columns = torch.tensor([self.classes.index(c) for c in data.classes], dtype=torch.long)
-        train_x = torch.as_tensor(data.train_x, dtype=torch.float32)
-        train_y = torch.as_tensor(data.train_y, dtype=torch.float32)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             logits = self.model(x)
             loss = masked_bce(logits[:, columns], y)
             return loss + extra(x, logits) if extra is not None else loss
 
-        val_score = None
-        if data.val_x is not None and len(data.val_x):
-            val_x = torch.as_tensor(data.val_x, dtype=torch.float32)
-            val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), data.val_y)  # noqa: E731
-        result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned)
+        result = self.fit_task(data, columns, loss_fn)
         self.after_fit(data, columns)
-        self.tasks_learned += 1
-        return {**result.facts(), "n_train_rows": len(train_x)}
-
-    @torch.no_grad()
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        self.model.eval()
-        return torch.sigmoid(self.model(torch.as_tensor(images, dtype=torch.float32))).numpy()
-
-    def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        tensors = {name: value.detach().cpu().numpy() for name, value in self.model.state_dict().items()}
-        return tensors, {"classes": self.classes, "tasks_learned": self.tasks_learned}
-
-    def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
-        self.classes = list(facts["classes"])
-        self.tasks_learned = int(facts.get("tasks_learned", 1))
-        self.model = SharedHeadModel(self.context.image_dim, self.context.text_dim, self.config)
-        self.model.add_outputs(len(self.classes))
-        self.model.load_state_dict({name: torch.as_tensor(tensors[name]) for name in self.model.state_dict()})
+        return {**result.facts(), "n_train_rows": len(data.train_x)}
 
 
 @register_method

@@ -23,9 +23,9 @@ from torch import nn
 from retune.config import ReTuneConfig
 from retune.losses import distillation_bce, prompt_objective
 from retune.methods.adaptors import build_image_adaptor, build_text_adaptor
-from retune.methods.base import Method, MethodContext, TaskData
+from retune.methods.base import TaskData
 from retune.methods.registry import register_method
-from retune.training.loop import fit
+from retune.methods.torch_method import TorchMethod
 
 
 class ReTuneModel(nn.Module):
@@ -65,19 +65,20 @@ class ReTuneModel(nn.Module):
 
 
 @register_method
-class ReTune(Method):
-    """RE-tune: prompt-anchored image and text adaptors trained with masked BCE."""
+class ReTune(TorchMethod):
+    """RE-tune: prompt-anchored image and text adaptors trained with masked BCE (or a contrastive objective)."""
 
     name: ClassVar[str] = "retune"
     description: ClassVar[str] = "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827); objective bce, clip or siglip"
     distill_weight: ClassVar[float] = 0.0
     freeze_image_after_first_task: ClassVar[bool] = False
 
-    def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
-        super().__init__(context)
-        self.config = config
-        self.model = ReTuneModel(context.image_dim, context.text_dim, config)
-        self.tasks_learned = 0
+    def build_model(self) -> ReTuneModel:
+        return ReTuneModel(self.context.image_dim, self.context.text_dim, self.config)
+
+    def shape_for(self, tensors: dict[str, np.ndarray]) -> None:
+        self.model.positive = torch.zeros(tensors["positive"].shape)
+        self.model.negative = torch.zeros(tensors["negative"].shape)
 
     def learn(self, task: TaskData) -> dict:
         previous = list(self.classes)
@@ -91,8 +92,6 @@ class ReTune(Method):
         columns = torch.tensor([self.classes.index(c) for c in task.classes])
         # Distil every earlier class, relabelled ones too: in data-incremental tasks all classes recur.
         old_columns = torch.tensor([self.classes.index(c) for c in previous], dtype=torch.long)
-        train_x = torch.as_tensor(task.train_x, dtype=torch.float32)
-        train_y = torch.as_tensor(task.train_y, dtype=torch.float32)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             loss, logits = self.model.loss(x, y, self.config.objective, columns)
@@ -102,29 +101,15 @@ class ReTune(Method):
                 loss = loss + self.distill_weight * distillation_bce(logits[:, old_columns], teacher_logits)
             return loss
 
-        val_score = None
-        if task.val_x is not None and len(task.val_x):
-            val_x = torch.as_tensor(task.val_x, dtype=torch.float32)
-            val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), task.val_y)  # noqa: E731
-        result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned)
-        self.tasks_learned += 1
-        return {**result.facts(), "tau": float(self.model.log_tau.detach().exp())}
+        result = self.fit_task(task, columns, loss_fn)
+        return {**result.facts(), "tau": self.tau}
 
-    @torch.no_grad()
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        self.model.eval()
-        return torch.sigmoid(self.model(torch.as_tensor(images, dtype=torch.float32))).numpy()
+    @property
+    def tau(self) -> float:
+        return float(self.model.log_tau.detach().exp())
 
-    def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        tensors = {name: value.detach().cpu().numpy() for name, value in self.model.state_dict().items()}
-        return tensors, {"classes": self.classes, "tau": float(self.model.log_tau.detach().exp()), "tasks_learned": self.tasks_learned}
-
-    def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
-        self.model.positive = torch.zeros_like(torch.as_tensor(tensors["positive"]))
-        self.model.negative = torch.zeros_like(torch.as_tensor(tensors["negative"]))
-        self.model.load_state_dict({name: torch.as_tensor(value) for name, value in tensors.items()})
-        self.classes = list(facts["classes"])
-        self.tasks_learned = int(facts.get("tasks_learned", 1))
+    def facts(self) -> dict:
+        return {**super().facts(), "tau": self.tau}
 
 
 @register_method

@@ -14,11 +14,13 @@ EXCLUDED_LOGIT = -1e4  # finite stand-in for -inf: exp() is 0, and rows with not
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BCE over the labelled entries only: NaN labels (uncertain / ignored) contribute nothing."""
+    """BCE over the labelled entries only: NaN labels (uncertain / ignored) contribute nothing.
+
+    Written with masks rather than boolean indexing, so it never waits on the GPU (no data-dependent shapes).
+    """
     valid = ~torch.isnan(labels)
-    if not valid.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[valid], labels[valid])
+    losses = F.binary_cross_entropy_with_logits(logits, torch.where(valid, labels, 0.0), reduction="none")
+    return (losses * valid).sum() / valid.sum().clamp(min=1)
 
 
 def multi_positive_info_nce(logits: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

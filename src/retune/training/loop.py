@@ -67,16 +67,17 @@ def fit(
     stale = 0
     for epoch in range(1, optim.epochs + 1):
         module.train()
-        order = torch.randperm(n_rows, generator=generator) if batch_size < n_rows else torch.arange(n_rows)
-        total = 0.0
-        for start in range(0, n_rows, batch_size):
-            rows = order[start:start + batch_size].to(train_x.device)
+        # full batch: the training matrix itself, never a copy; minibatches: gathered one at a time
+        batches = torch.randperm(n_rows, generator=generator).to(train_x.device).split(batch_size) if batch_size < n_rows else [None]
+        total = torch.zeros((), device=train_x.device)  # summed on the device: one host sync per epoch
+        for rows in batches:
+            batch_x, batch_y = (train_x, train_y) if rows is None else (train_x[rows], train_y[rows])
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(train_x[rows], train_y[rows])
+            loss = loss_fn(batch_x, batch_y)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(rows)
-        result.train_loss.append(total / max(n_rows, 1))
+            total += loss.detach() * len(batch_x)
+        result.train_loss.append(float(total) / max(n_rows, 1))
         result.epochs_run = epoch
         if val_score is None:
             continue

@@ -64,14 +64,18 @@ def image_table(paths: list[Path]):
 
 
 def naive_loop(paths: list[Path], backbone) -> np.ndarray:
-    """One image at a time, decoded in the main thread, eager fp32 model under no_grad."""
+    """One image at a time, decoded in the main thread, the eager fp32 timm model as timm builds it
+    (default memory format; retune keeps its copy channels_last) under no_grad."""
+    import copy
+
     from retune.data.images import load_image
 
+    model = copy.deepcopy(backbone.image_model).to(memory_format=torch.contiguous_format)
     vectors = []
     with torch.no_grad():
         for path in paths:
             pixels = backbone.preprocess(load_image(path)).unsqueeze(0).to(backbone.device)
-            features = backbone.image_model.forward_features(pixels)
+            features = model.forward_features(pixels)
             vectors.append(features.float().mean(dim=(2, 3)).cpu().numpy())
     return np.concatenate(vectors)
 

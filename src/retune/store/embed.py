@@ -21,13 +21,15 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from retune.backbones.base import Backbone
+from retune.backbones.base import Backbone, Encoded
 from retune.data.images import file_content_hash, load_image
 from retune.data.table import ImageTable
 from retune.errors import RetuneError, StoreError
 from retune.io_utils import atomic_path
 from retune.progress import progress_bar
 from retune.store.store import EmbeddingStore, text_hash
+
+CPU_ENCODE_CHUNK = 8
 
 
 @dataclass
@@ -106,6 +108,14 @@ def hash_files(paths: list[str], store: EmbeddingStore) -> tuple[dict[str, str],
     return hashes, failures
 
 
+def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> Encoded:
+    """Encode a decoded batch; on CPU in chunks of ``CPU_ENCODE_CHUNK`` images, whose activations stay in cache
+    (measured on 2 cores: faster per image than one batch of 32), on GPU in one call."""
+    chunk = len(pixels) if backbone.device.type == "cuda" else CPU_ENCODE_CHUNK
+    parts = [backbone.encode_images(pixels[start:start + chunk], tokens=tokens) for start in range(0, len(pixels), chunk)]
+    return Encoded(torch.cat([p.pooled for p in parts]), torch.cat([p.tokens for p in parts]) if tokens else None)
+
+
 def default_workers() -> int:
     """Decoding workers: all cores but the one that runs the encoder."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
@@ -166,7 +176,7 @@ def embed_table(
                     if reason is not None:
                         failures.update(dict.fromkeys(paths_of[content_hash], reason))
                 if good:
-                    encoded = backbone.encode_images(torch.stack([item[2] for item in good]), tokens=tokens)
+                    encoded = encode_in_chunks(backbone, torch.stack([item[2] for item in good]), tokens)
                     pending["keys"].extend(item[0] for item in good)
                     pending["pooled"].append(encoded.pooled.float().cpu().numpy())
                     if tokens:

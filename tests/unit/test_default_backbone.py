@@ -55,6 +55,15 @@ def test_fingerprint_stable_across_loads(backbone):
     assert again.describe()["parts"] == backbone.describe()["parts"]
 
 
+def test_loading_prints_no_transformers_progress_bar(capfd):
+    """transformers' per-tensor "Loading weights" bar is hidden while a backbone loads, and re-enabled afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    create_backbone("default", device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()
+
+
 def test_freeze_leaves_no_trainable_parameters(backbone):
     """After create_backbone (which freezes), no parameter requires grad and modules are in eval mode."""
     parameters = [p for module in backbone.modules for p in module.parameters()]

@@ -9,7 +9,8 @@ Aliases map friendly names (``biomedclip``) to full specs.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from retune.backbones.base import Backbone, BackboneInfo
 from retune.errors import unknown_name
@@ -50,12 +51,27 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     return family, source
 
 
+@contextmanager
+def _quiet_weight_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor "Loading weights" bar (retune shows its own progress); restored afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def create_backbone(spec: str, device: str | None = None) -> Backbone:
     """Load the backbone a spec names, frozen, on ``device`` (default: CUDA when present)."""
     from retune.devices import pick_device
 
     family, source = resolve_spec(spec)
-    backbone = _FACTORIES[family][0](source)
+    with _quiet_weight_loading():
+        backbone = _FACTORIES[family][0](source)
     backbone.spec = _ALIASES.get(spec, spec)
     return backbone.freeze().to(pick_device(device))
 

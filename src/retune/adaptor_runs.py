@@ -39,6 +39,7 @@ from retune.methods.xattn_adaptor import (
     retrieval_metrics,
     trainable_parameters,
 )
+from retune.progress import progress_bar
 from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record
 from retune.store import EmbeddingStore, embed_table, hash_files, text_embeddings
 from retune.store.embed import text_token_embeddings
@@ -156,7 +157,9 @@ def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path,
     splits = patient_split(table.patients, config.split.fractions, config.split.seed)
     torch.manual_seed(config.seed)
     model = CrossAttentionAdaptor(pairs.image_tokens.shape[2], pairs.text_tokens.shape[2], config.width, config.embed_dim, config.layers, config.heads, config.fusion_layers, config.dropout, config.loss).to(backbone.device)
-    fitted = pretrain_adaptor(model, pairs.subset(splits["train"]), pairs.subset(splits["val"]), config.optim, config.itm_weight, config.seed)
+    train_pairs = pairs.subset(splits["train"])
+    with progress_bar("adaptor pre-training", total=config.optim.epochs * len(train_pairs.image_tokens), enabled=show_progress, unit="pairs") as advance:
+        fitted = pretrain_adaptor(model, train_pairs, pairs.subset(splits["val"]), config.optim, config.itm_weight, config.seed, progress=advance)
 
     test_pairs = pairs.subset(splits["test"])
     retrieval = {"adaptor": adaptor_retrieval(model, test_pairs), "text_source": text_source}

@@ -41,6 +41,7 @@ from retune.methods.peft_tuning import (
     trainable_encoder_parameters,
 )
 from retune.methods.retune import ReTuneModel
+from retune.progress import progress_bar
 from retune.prompts import build_prompts
 from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank
 from retune.store import EmbeddingStore
@@ -114,7 +115,7 @@ def tune_backbone(backbone: Backbone, config: PeftExperimentConfig, cache_prefix
     return frozen, k_image > 0 and (can_cache_prefix(backbone, k_image) if cache_prefix is None else cache_prefix)
 
 
-def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore, cache_prefix: bool | None = None) -> TuningOutcome:
+def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore, cache_prefix: bool | None = None, show_progress: bool = False) -> TuningOutcome:
     """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the test split."""
     backbone = create_backbone(config.backbone, device=config.device)
     towers = towers_of(config)
@@ -152,7 +153,8 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
     train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
     with peak_memory(backbone.device) as memory:
         clock = timed()
-        result = fit(model, model.parameters(), loss_fn, train_rows, labels[train_rows], optim, val_score, config.seed)
+        with progress_bar(f"training {method_name(config)}", total=config.epochs * len(train_rows), enabled=show_progress, unit="images") as advance:
+            result = fit(model, model.parameters(), loss_fn, train_rows, labels[train_rows], optim, val_score, config.seed, progress=advance)
         train_seconds = clock()
         model.freeze_prompts()
         test_scores = _predict(model, inputs[splits["test"]])
@@ -164,7 +166,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     started = time.perf_counter()
     out_dir = Path(out_dir)
     store = EmbeddingStore(config.store)
-    outcome = tune(config, read_experiment_table(config), store)
+    outcome = tune(config, read_experiment_table(config), store, show_progress=show_progress)
     backbone, table, name = outcome.backbone, outcome.table, method_name(config)
     classes = list(table.classes)
     test = table.subset(outcome.splits["test"])

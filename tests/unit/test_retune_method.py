@@ -342,3 +342,17 @@ def test_zero_shot_confident_negative_without_overflow_warning():
         warnings.simplefilter("error")
         probability = method.predict(negative[None, :])
     assert probability.shape == (1, 1) and probability[0, 0] < 1e-6
+
+
+@pytest.mark.parametrize("batch_size", [0, 64])
+def test_fit_reports_every_trained_row_to_the_progress_callback(batch_size):
+    """progress(n) sums to epochs_run x rows, for full batch and minibatches alike."""
+    from retune.training.loop import fit
+
+    task = toy_task()
+    model = torch.nn.Linear(IMAGE_DIM, len(CLASSES))
+    seen = []
+    result = fit(model, model.parameters(), lambda x, y: masked_bce(model(x), y), torch.as_tensor(task.train_x), torch.as_tensor(task.train_y),
+                 OptimConfig(epochs=7, batch_size=batch_size), progress=seen.append)
+    assert result.epochs_run == 7 and sum(seen) == 7 * len(task.train_x)
+    assert len(seen) == 7 * (1 if batch_size == 0 else -(-len(task.train_x) // batch_size))

@@ -210,7 +210,8 @@ def adaptor_retrieval(model: CrossAttentionAdaptor, pairs: PairData, batch_size:
     return retrieval_metrics(image.cpu().numpy(), text.cpu().numpy(), pairs.text_index.cpu().numpy())
 
 
-def pretrain_adaptor(model: CrossAttentionAdaptor, train: PairData, val: PairData | None, optim: OptimConfig, itm_weight: float = 1.0, seed: int = 0) -> FitResult:
+def pretrain_adaptor(model: CrossAttentionAdaptor, train: PairData, val: PairData | None, optim: OptimConfig, itm_weight: float = 1.0, seed: int = 0,
+                     progress: Callable[[int], None] | None = None) -> FitResult:
     """Contrastive (+ITM) pre-training on cached tokens with ``fit``; early stopping on validation mean recall."""
     def loss_fn(rows: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         texts = train.text_index[rows]
@@ -218,7 +219,7 @@ def pretrain_adaptor(model: CrossAttentionAdaptor, train: PairData, val: PairDat
 
     rows = torch.arange(len(train.image_tokens), device=train.image_tokens.device)
     val_score = (lambda: adaptor_retrieval(model, val)["mean_recall"]) if val is not None and len(val.image_tokens) else None
-    return fit(model, model.parameters(), loss_fn, rows, rows, optim, val_score=val_score, seed=seed)
+    return fit(model, model.parameters(), loss_fn, rows, rows, optim, val_score=val_score, seed=seed, progress=progress)
 
 
 def trainable_parameters(model: nn.Module) -> int:

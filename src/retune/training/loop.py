@@ -51,10 +51,12 @@ def fit(
     optim: OptimConfig,
     val_score: ScoreFn | None = None,
     seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(x_batch, y_batch)``; keep the weights with the best ``val_score()``.
 
     Without a validation score the last epoch is kept. ``module`` is left in eval mode.
+    ``progress(n)`` is called after each batch with its number of rows (for a progress bar).
     """
     generator = seed_everything(seed)
     parameters = [p for p in parameters if p.requires_grad]
@@ -77,6 +79,8 @@ def fit(
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(batch_x)
+            if progress is not None:
+                progress(len(batch_x))
         result.train_loss.append(float(total) / max(n_rows, 1))
         result.epochs_run = epoch
         if val_score is None:

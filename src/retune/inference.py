@@ -19,7 +19,7 @@ from retune.backbones.base import Backbone
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
-from retune.errors import ConfigError, unknown_name
+from retune.errors import ConfigError, DataError, unknown_name
 from retune.methods.checkpoint import load_checkpoint
 from retune.peft_runs import load_tuned_run
 from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
@@ -68,7 +68,9 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
-    scores, rows, _ = run.score(table)
+    scores, rows, errors = run.score(table)
+    if not len(rows):
+        raise DataError(f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable)")
     table = table.subset(rows)
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]

@@ -34,10 +34,9 @@ def multi_positive_info_nce(logits: torch.Tensor, positive: torch.Tensor, valid:
         positive = positive & valid
     counts = positive.sum(1)
     rows = counts > 0
-    if not rows.any():
-        return logits.sum() * 0.0
     log_probs = logits.float().log_softmax(1).masked_fill(~positive, 0.0)
-    return (-log_probs.sum(1)[rows] / counts[rows]).mean()
+    per_row = -log_probs.sum(1) / counts.clamp(min=1)  # masks, not boolean indexing: no GPU host sync
+    return (per_row * rows).sum() / rows.sum().clamp(min=1)
 
 
 def clip_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

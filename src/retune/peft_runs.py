@@ -255,8 +255,9 @@ class TunedRun:
     def score(self, table: ImageTable) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """Probabilities for the table's readable images through the tuned encoder: (scores, rows kept, unreadable images)."""
         if self.use_prefix_cache:
-            cached = prefix_activations(table, self.backbone, self.image_blocks_frozen, self.store)
-            return _predict(self.model, cached.activations), cached.rows, pd.DataFrame(list(cached.failed.items()), columns=["path", "reason"])
+            cached = prefix_activations(table, self.backbone, self.image_blocks_frozen, self.store, require_rows=False)
+            scores = _predict(self.model, cached.activations) if len(cached.rows) else np.zeros((0, len(self.classes)), dtype=np.float32)
+            return scores, cached.rows, pd.DataFrame(list(cached.failed.items()), columns=["path", "reason"])
         scores, rows, failed = [], [], []
         for start in range(0, len(table), PREDICT_BATCH):
             paths = table.paths[start:start + PREDICT_BATCH]
@@ -283,6 +284,7 @@ def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, dev
     model = TunedReTune(head.to(backbone.device), image_features_fn(backbone, frozen.get("image", 0), inputs_are_prefix=use_cache), None,
                         trainable_encoder_parameters(backbone))
     missing, unexpected = model.load_state_dict(saved, strict=False)
+    missing = [name for name in missing if name != "head.logit_bias"]  # runs saved before the siglip objective existed
     if missing or unexpected:
         raise StoreError(f"{run_dir}: checkpoint does not match the tuned model ({len(missing)} tensors missing, {len(unexpected)} unexpected; e.g. {(missing + unexpected)[0]})")
     store = EmbeddingStore(store_dir or config.store)

@@ -381,24 +381,34 @@ def test_open_clip_runs_end_to_end_with_the_frozen_block_cached(phantom_csv, tmp
 
 @pytest.mark.parametrize("kind", ["default", "open_clip"])
 def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_path):
-    """evaluate_run on the training CSV reproduces the run's own test metrics; predict_images scores images and reports bad ones."""
+    """The loaded run gives the trained model's probabilities; evaluate_run reproduces its metrics; predict_images reports bad images."""
     from retune.inference import evaluate_run, predict_images
+    from retune.peft_runs import load_tuned_run, tune
 
-    if kind == "default":  # LoRA above 6 frozen stages: the loaded run reads the prefix cache
+    if kind == "default":  # LoRA above 6 frozen stages: the loaded run computes the prefix cache afresh in its own store
         settings = dict(method="lora", rank=2, freeze_blocks=6)
     else:  # LoRA on both towers of a ViT CLIP: the loaded run streams pixels through the tuned image tower
         settings = dict(backbone=tiny_open_clip(tmp_path / "oc"), tower="both", method="lora", rank=2)
     config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, epochs=1, batch_size=8, retune=SMALL_HEAD,
                                   device="cpu", n_bootstrap=0, **settings)
     trained = run_peft_experiment(config, tmp_path / "run")
+    table = read_table(phantom_csv)
+    retrained = tune(config, table, EmbeddingStore(tmp_path / "store"))  # same seed: the same model, and its test-split probabilities
+    loaded = load_tuned_run(tmp_path / "run", store_dir=tmp_path / "fresh-store")
+    scores, rows, errors = loaded.score(table.subset(retrained.splits["test"]))
+    assert len(rows) == len(retrained.splits["test"]) and errors.empty
+    np.testing.assert_allclose(scores, retrained.test_scores, rtol=1e-4, atol=1e-5)
+    assert loaded.use_prefix_cache == (kind == "default")
+
     evaluated = evaluate_run(tmp_path / "run", phantom_csv, n_bootstrap=0)
     assert evaluated["method"] == "peft-lora" and evaluated["split"] == "test" and evaluated["n_images"] == trained["n_images"]
     for name, record in trained["per_class"].items():
         assert evaluated["per_class"][name]["auroc"] == pytest.approx(record["auroc"], abs=1e-6, nan_ok=True)
-    images = read_table(phantom_csv).paths[:3]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    frame, errors = predict_images(tmp_path / "run", [*images, str(broken)])
+    frame, errors = predict_images(tmp_path / "run", [*table.paths[:3], str(broken)])
     assert list(frame.columns) == ["image", *trained["per_class"]] and len(frame) == 3
     assert ((frame.iloc[:, 1:] >= 0) & (frame.iloc[:, 1:] <= 1)).all().all()
     assert list(errors["path"]) == [str(broken.resolve())]
+    only_broken, errors = predict_images(tmp_path / "run", [str(broken)])
+    assert only_broken.empty and len(errors) == 1

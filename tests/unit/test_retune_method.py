@@ -242,6 +242,20 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     assert restored_retune.classes == list(CLASSES)
 
 
+def test_checkpoint_from_before_the_siglip_bias_still_loads_but_a_missing_adaptor_does_not():
+    """A RE-tune state without ``logit_bias`` (saved by an earlier version) loads with the bias at 0; other gaps are StoreError."""
+    retune, _ = trained_pair()
+    tensors, facts = retune.state()
+    older = {name: value for name, value in tensors.items() if name != "logit_bias"}
+    restored = ReTune(context(), config(epochs=40))
+    restored.load_state(older, facts)
+    test_x, _ = toy_data(64, seed=3)
+    np.testing.assert_array_equal(restored.predict(test_x), retune.predict(test_x))
+    broken = {name: value for name, value in tensors.items() if not name.startswith("image_adaptor")}
+    with pytest.raises(StoreError, match="lacks tensor.*image_adaptor"):
+        ReTune(context(), config(epochs=40)).load_state(broken, facts)
+
+
 def test_checkpoint_holds_no_per_image_data(tmp_path):
     """Trained on 137 rows, no tensor in the safetensors file has a dimension of 137."""
     n_rows = 137

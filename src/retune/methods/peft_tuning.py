@@ -26,7 +26,7 @@ from torch import nn
 from retune.backbones.base import Backbone
 from retune.data.images import load_image
 from retune.data.table import ImageTable
-from retune.errors import ConfigError, RetuneError
+from retune.errors import ConfigError, DataError, RetuneError
 from retune.methods.retune import ReTuneModel
 from retune.store import EmbeddingStore, hash_files
 
@@ -122,7 +122,7 @@ def _is_adaptable(module: nn.Module, parent: nn.Module | None, method: str) -> b
     whose q/k/v live in one fused ``in_proj_weight`` that peft's LoRA MultiheadAttention layer adapts."""
     if isinstance(parent, nn.MultiheadAttention):  # out_proj's weight is read directly by the parent, an adapter would be bypassed
         return False
-    if isinstance(module, nn.MultiheadAttention):
+    if isinstance(module, nn.MultiheadAttention):  # peft merges the adapter into the frozen weights around each forward (fp32 drift ~1e-8)
         return method == "lora" and module._qkv_same_embed_dim
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
@@ -210,6 +210,9 @@ def differentiable(encode: Callable) -> Callable:
     return inner.__get__(encode.__self__)
 
 
+_SPLIT_LOCK = threading.RLock()  # BlockSplit hooks and swaps modules of a shared backbone: serialise them across threads
+
+
 class _PrefixReached(Exception):
     """Raised by the capture hook to stop a forward pass once the first k blocks have run."""
 
@@ -222,7 +225,7 @@ class _Emit(nn.Module):
         self.activations, self.as_tuple = activations, as_tuple
 
     def forward(self, hidden, *args, **kwargs):
-        activations = self.activations.to(device=hidden.device)
+        activations = self.activations.to(device=hidden.device, dtype=hidden.dtype)
         return (activations,) if self.as_tuple else activations
 
 
@@ -269,13 +272,16 @@ class BlockSplit:
             captured.append(output)
             raise _PrefixReached
 
-        handle = self.blocks[self.k - 1].register_forward_hook(stop_after)
-        try:
-            self.backbone.encode_images(pixels)
-        except _PrefixReached:
-            pass
-        finally:
-            handle.remove()
+        with _SPLIT_LOCK:
+            handle = self.blocks[self.k - 1].register_forward_hook(stop_after)
+            try:
+                self.backbone.encode_images(pixels)
+            except _PrefixReached:
+                pass
+            finally:
+                handle.remove()
+        if not captured:
+            raise ConfigError(f"backbone '{self.backbone.spec}': encode_images never ran image block {self.k - 1}, so its output cannot be cached")
         output = captured[0]
         as_tuple = isinstance(output, tuple)
         return (output[0] if as_tuple else output).float().clone(), as_tuple
@@ -286,17 +292,18 @@ class BlockSplit:
 
     def top(self, activations: torch.Tensor) -> torch.Tensor:
         """Pooled image features from cached activations, with gradients through the unfrozen blocks and adapters."""
-        originals = [self.container[i] for i in range(self.k)]
         stand_ins = [_Emit(activations, self.as_tuple)] + [_PassThrough(self.as_tuple) for _ in range(self.k - 1)]
-        blank = torch.zeros(len(activations), *self.pixel_shape)
+        blank = torch.zeros(len(activations), *self.pixel_shape, device=self.backbone.device)
         encode = differentiable(self.backbone.encode_images)
-        try:
-            for i, stand_in in enumerate(stand_ins):
-                self.container[i] = stand_in
-            return encode(blank).pooled
-        finally:
-            for i, original in enumerate(originals):
-                self.container[i] = original
+        with _SPLIT_LOCK:  # the swap is visible to every user of this backbone: one split pass at a time
+            originals = [self.container[i] for i in range(self.k)]
+            try:
+                for i, stand_in in enumerate(stand_ins):
+                    self.container[i] = stand_in
+                return encode(blank).pooled
+            finally:
+                for i, original in enumerate(originals):
+                    self.container[i] = original
 
 
 def image_split(backbone: Backbone, k: int) -> BlockSplit:
@@ -433,8 +440,11 @@ class PrefixActivations:
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
 
 
-def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: EmbeddingStore, batch_size: int = 16) -> PrefixActivations:
-    """Output of the image tower's first k blocks per row, computing only what the store lacks (must run before tuning)."""
+def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: EmbeddingStore, batch_size: int = 16, require_rows: bool = True) -> PrefixActivations:
+    """Output of the image tower's first k blocks per row, computing only what the store lacks.
+
+    With no readable image: DataError, or with ``require_rows=False`` an empty result that lists the failures.
+    """
     split = image_split(backbone, k)
     fingerprint = prefix_fingerprint(backbone, k)
     hashes, failures = hash_files(table.paths, store)
@@ -460,7 +470,9 @@ def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: Emb
             computed += len(good)
     rows = np.asarray([row for row, path in enumerate(table.paths) if hashes.get(path) in stored], dtype=int)
     if not len(rows):
-        raise RetuneError(f"{table.source}: no readable image to compute first-{k}-block activations for")
+        if require_rows:
+            raise DataError(f"{table.source}: no readable image to compute first-{k}-block activations for")
+        return PrefixActivations(torch.zeros(0), rows, computed, fingerprint, dict(sorted(failures.items())))
     shape = store.manifest["backbones"][fingerprint]["activation_shape"]
     _, flat = store.read_vectors(PREFIX_KIND, fingerprint, [hashes[table.paths[row]] for row in rows])
     return PrefixActivations(torch.from_numpy(np.ascontiguousarray(flat)).view(len(rows), *shape), rows, computed, fingerprint, dict(sorted(failures.items())))

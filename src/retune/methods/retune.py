@@ -72,6 +72,7 @@ class ReTune(TorchMethod):
     description: ClassVar[str] = "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827); objective bce, clip or siglip"
     distill_weight: ClassVar[float] = 0.0
     freeze_image_after_first_task: ClassVar[bool] = False
+    optional_tensors: ClassVar[tuple[str, ...]] = ("logit_bias",)  # runs saved before the siglip objective existed
 
     def build_model(self) -> ReTuneModel:
         return ReTuneModel(self.context.image_dim, self.context.text_dim, self.config)

@@ -12,12 +12,15 @@ import torch
 from torch import nn
 
 from retune.config import ReTuneConfig
+from retune.errors import StoreError
 from retune.methods.base import Method, MethodContext, TaskData
 from retune.training.loop import FitResult, fit
 
 
 class TorchMethod(Method):
     """A method whose whole state is ``self.model`` (an nn.Module whose forward gives logits per class) and its class list."""
+
+    optional_tensors: tuple[str, ...] = ()  # added in later versions: a checkpoint without them keeps the fresh model's values
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context)
@@ -62,4 +65,8 @@ class TorchMethod(Method):
         self.tasks_learned = int(facts.get("tasks_learned", 1))
         self.model = self.build_model()
         self.shape_for(tensors)
-        self.model.load_state_dict({name: torch.as_tensor(tensors[name]) for name in self.model.state_dict()})
+        fresh = self.model.state_dict()
+        missing = [name for name in fresh if name not in tensors and name not in self.optional_tensors]
+        if missing:
+            raise StoreError(f"checkpoint of method {self.name} lacks tensor(s) {', '.join(missing)}")
+        self.model.load_state_dict({name: torch.as_tensor(tensors[name]) if name in tensors else value for name, value in fresh.items()})

@@ -60,7 +60,9 @@ def fit(
     """
     generator = seed_everything(seed)
     parameters = [p for p in parameters if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+    # scalars (logit scale, SigLIP bias) are not decayed towards 0, as in CLIP and SigLIP training
+    groups = [{"params": [p for p in parameters if p.ndim > 0]}, {"params": [p for p in parameters if p.ndim == 0], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, weight_decay=optim.weight_decay)
     n_rows = len(train_x)
     batch_size = optim.batch_size or n_rows
     result = FitResult(0, 0, None)
@@ -71,14 +73,14 @@ def fit(
         module.train()
         # full batch: the training matrix itself, never a copy; minibatches: gathered one at a time
         batches = torch.randperm(n_rows, generator=generator).to(train_x.device).split(batch_size) if batch_size < n_rows else [None]
-        total = torch.zeros((), device=train_x.device)  # summed on the device: one host sync per epoch
+        total = 0.0  # becomes a tensor on the loss's device: one host sync per epoch
         for rows in batches:
             batch_x, batch_y = (train_x, train_y) if rows is None else (train_x[rows], train_y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(batch_x, batch_y)
             loss.backward()
             optimizer.step()
-            total += loss.detach() * len(batch_x)
+            total = total + loss.detach() * len(batch_x)
             if progress is not None:
                 progress(len(batch_x))
         result.train_loss.append(float(total) / max(n_rows, 1))

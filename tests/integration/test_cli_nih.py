@@ -252,6 +252,21 @@ def test_evaluate_json_on_test_split(trained_run, small_csv: Path):
     assert metrics["mean_auroc"] == pytest.approx(saved["mean_auroc"], abs=1e-6)
 
 
+def test_evaluate_a_csv_without_one_readable_image_is_one_line(trained_run, small_csv: Path, work: Path):
+    """Every image unreadable: exit 2 naming the CSV, no traceback."""
+    run, trained = trained_run
+    assert trained.exit_code == 0, describe(trained)
+    broken = work / "broken_eval.png"
+    broken.write_bytes(b"not an image")
+    frame = pd.read_csv(small_csv).head(3)
+    frame["path"] = str(broken)
+    csv = work / "all_broken.csv"
+    frame.to_csv(csv, index=False)
+    result = invoke("evaluate", "--run", run, "--data", csv)
+    assert result.exit_code == 2, describe(result)
+    assert "all_broken.csv: no readable image to evaluate" in result.output and "Traceback" not in result.output
+
+
 def test_predict_good_and_corrupt_images(trained_run, small_csv: Path, work: Path):
     """`retune predict` prints probabilities for two good images, names the corrupt one and exits 1."""
     run, trained = trained_run

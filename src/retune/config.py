@@ -160,7 +160,13 @@ class PeftExperimentConfig(ExperimentConfig):
     freeze_blocks: float = Field(0, ge=0, description="Freeze the first k blocks of the tuned tower(s): an int k, or a fraction in (0, 1).")
     cache_prefix: Optional[bool] = Field(None, description="Image tower with freeze_blocks: cache the frozen blocks' output in the store (true: required, false: re-run them every step, null: cache where the tower supports it).")
     epochs: int = Field(2, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: Optional[float] = Field(None, gt=0, description="Learning rate; default 1e-3 for adapters (lora, ia3, prefix), 1e-4 for freeze "
+                                "(whole weights of the unfrozen blocks: 1e-3 wrecked the ImageNet features on NIH, mean AUROC 0.54 vs 0.70).")
     batch_size: int = Field(16, ge=1)
     retune: ReTuneConfig = ReTuneConfig()
     n_bootstrap: int = Field(1000, ge=0)
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the default for the method."""
+        return self.lr if self.lr is not None else (1e-4 if self.method == "freeze" else 1e-3)

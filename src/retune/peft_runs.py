@@ -148,7 +148,7 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
         val = splits["val"]
         return fast_mean_auroc(_predict(model, inputs[val]), labels[val].numpy()) if len(val) else None
 
-    optim = OptimConfig(lr=config.lr, weight_decay=config.retune.optim.weight_decay, epochs=config.epochs, batch_size=config.batch_size,
+    optim = OptimConfig(lr=config.learning_rate, weight_decay=config.retune.optim.weight_decay, epochs=config.epochs, batch_size=config.batch_size,
                         patience=config.retune.optim.patience, min_epochs=config.retune.optim.min_epochs)
     train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
     with peak_memory(backbone.device) as memory:
@@ -172,7 +172,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     test = table.subset(outcome.splits["test"])
     record = metrics_record(name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed)
     tau = float(outcome.model.head.log_tau.detach().exp())
-    tuning = {"tower": config.tower, "method": config.method, "frozen_blocks": outcome.frozen_blocks,
+    tuning = {"tower": config.tower, "method": config.method, "learning_rate": config.learning_rate, "frozen_blocks": outcome.frozen_blocks,
               "blocks": {t: len(tower_blocks(tower_of(backbone, t))[1]) for t in towers_of(config) if config.method != "prefix"},
               "trainable_encoder_tensors": len(outcome.model.encoder), "prefix_cache": outcome.prefix_cache}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -149,7 +149,9 @@ def uncached_arm(table, backbone, context, splits, tasks, rows, clock: dict) -> 
             columns = torch.tensor([method.classes.index(c) for c in task.classes])
             train_y = torch.as_tensor(labels[np.ix_(train, [classes.index(c) for c in task.classes])])
 
-            def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            def loss_fn(x: torch.Tensor | EncodeOnAccess, y: torch.Tensor) -> torch.Tensor:
+                if isinstance(x, EncodeOnAccess):  # a full batch is handed over whole: encode all of its rows now
+                    x = x[torch.arange(len(x))]
                 return masked_bce(method.model(x)[:, columns], y)
 
             started = time.perf_counter()

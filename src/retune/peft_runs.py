@@ -29,9 +29,11 @@ from retune.methods.peft_tuning import (
     TunedReTune,
     apply_tuning,
     can_cache_prefix,
+    PixelsOnAccess,
     decode_pixels,
     image_features_fn,
     parameter_report,
+    pixel_inputs,
     peak_memory,
     prefix_activations,
     prompt_features_fn,
@@ -86,23 +88,26 @@ def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
     return read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
 
 
-def _image_inputs(backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool) -> tuple[torch.Tensor, np.ndarray, dict | None]:
-    """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels held in memory."""
+def _image_inputs(backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray, dict | None]:
+    """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels (in memory, or decoded per batch)."""
     if use_cache:
         clock = timed()
         cached = prefix_activations(table, backbone, k, store)
         return cached.activations, cached.rows, {"fingerprint": cached.fingerprint, "n_computed": cached.n_computed, "seconds": round(clock(), 3), "activation_shape": list(cached.activations.shape[1:])}
-    pixels = decode_pixels(table.paths, backbone)
-    rows = np.asarray([row for row, tensor in enumerate(pixels) if tensor is not None], dtype=int)
+    inputs, rows = pixel_inputs(table.paths, backbone)
     if not len(rows):
         raise DataError(f"{table.source}: no readable image")
-    return torch.stack([pixels[row] for row in rows]), rows, None
+    return inputs, rows, None
 
 
-def _predict(model: TunedReTune, inputs: torch.Tensor) -> np.ndarray:
+def _predict(model: TunedReTune, inputs: torch.Tensor | PixelsOnAccess, rows: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities for ``inputs[rows]`` (default: every row), PREDICT_BATCH rows at a time."""
+    rows = np.arange(len(inputs)) if rows is None else np.asarray(rows)
+    if not len(rows):
+        return np.zeros((0, len(model.head.positive)), dtype=np.float32)
     model.eval()
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(model(inputs[s:s + PREDICT_BATCH])).float().cpu() for s in range(0, len(inputs), PREDICT_BATCH)]).numpy()
+        return torch.cat([torch.sigmoid(model(inputs[rows[s:s + PREDICT_BATCH]])).float().cpu() for s in range(0, len(rows), PREDICT_BATCH)]).numpy()
 
 
 def tune_backbone(backbone: Backbone, config: PeftExperimentConfig, cache_prefix: bool | None = None) -> tuple[dict[str, int], bool]:
@@ -146,7 +151,7 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
 
     def val_score() -> float | None:
         val = splits["val"]
-        return fast_mean_auroc(_predict(model, inputs[val]), labels[val].numpy()) if len(val) else None
+        return fast_mean_auroc(_predict(model, inputs, val), labels[val].numpy()) if len(val) else None
 
     optim = OptimConfig(lr=config.learning_rate, weight_decay=config.retune.optim.weight_decay, epochs=config.epochs, batch_size=config.batch_size,
                         patience=config.retune.optim.patience, min_epochs=config.retune.optim.min_epochs)
@@ -157,7 +162,7 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
             result = fit(model, model.parameters(), loss_fn, train_rows, labels[train_rows], optim, val_score, config.seed, progress=advance)
         train_seconds = clock()
         model.freeze_prompts()
-        test_scores = _predict(model, inputs[splits["test"]])
+        test_scores = _predict(model, inputs, splits["test"])
     return TuningOutcome(backbone, model, table, splits, result, test_scores, frozen, parameter_report(backbone, model), memory, round(train_seconds, 3), prefix_cache, described)
 
 

@@ -412,3 +412,27 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
     assert list(errors["path"]) == [str(broken.resolve())]
     only_broken, errors = predict_images(tmp_path / "run", [str(broken)])
     assert only_broken.empty and len(errors) == 1
+
+
+def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_result(phantom_csv, tmp_path, monkeypatch):
+    """A zero budget streams pixels (PixelsOnAccess) and trains exactly as the in-memory path; unreadable rows are dropped."""
+    import retune.peft_runs as peft_runs
+    from retune.methods.peft_tuning import PixelsOnAccess, pixel_inputs
+
+    backbone = tiny_backbone("hf_clip", tmp_path)
+    paths = read_table(phantom_csv).paths[:5]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    held, held_rows = pixel_inputs([*paths, str(broken)], backbone)
+    streamed, streamed_rows = pixel_inputs([*paths, str(broken)], backbone, memory_budget=0)
+    assert isinstance(held, torch.Tensor) and isinstance(streamed, PixelsOnAccess)
+    assert list(held_rows) == list(streamed_rows) == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(streamed[torch.tensor([4, 1])], held[[4, 1]])
+
+    config = PeftExperimentConfig(backbone=backbone.spec, store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2,
+                                  epochs=2, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    in_memory = run_peft_experiment(config, tmp_path / "held")
+    monkeypatch.setattr(peft_runs, "pixel_inputs", lambda paths, backbone: pixel_inputs(paths, backbone, memory_budget=0))
+    streaming = run_peft_experiment(config, tmp_path / "streamed")
+    np.testing.assert_allclose(streaming["training"]["train_loss"], in_memory["training"]["train_loss"], rtol=1e-5)
+    assert streaming["mean_auroc"] == pytest.approx(in_memory["mean_auroc"], abs=1e-6, nan_ok=True)

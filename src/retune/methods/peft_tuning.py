@@ -34,6 +34,7 @@ TOWERS = ("image", "text")
 PEFT_METHODS = ("lora", "ia3", "prefix", "freeze")
 BLOCK_CONTAINER_NAMES = ("blocks", "resblocks", "layer", "layers")
 PREFIX_KIND = "prefix"
+PIXEL_MEMORY_BUDGET = 2 * 2**30  # decoded training pixels kept in RAM up to this (about 3,500 images at 224 px)
 UNUSED_OUTPUT_HEADS = re.compile(r"(^|\.)(classifier|pooler)(\.|$)")  # ImageNet classifier, BERT pooler: not in the pooled features
 
 
@@ -422,6 +423,33 @@ def decode_pixels(paths: list[str], backbone: Backbone) -> list[torch.Tensor | N
         except RetuneError:
             pixels.append(None)
     return pixels
+
+
+class PixelsOnAccess:
+    """Preprocessed pixels of a fixed list of images, decoded when rows are indexed: memory is one batch, not the data set."""
+
+    def __init__(self, paths: list[str], backbone: Backbone) -> None:
+        self.paths, self.backbone = list(paths), backbone
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
+        indices = torch.as_tensor(rows).reshape(-1).tolist()
+        return torch.stack([self.backbone.preprocess(load_image(self.paths[i])) for i in indices])
+
+
+def pixel_inputs(paths: list[str], backbone: Backbone, memory_budget: int = PIXEL_MEMORY_BUDGET) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray]:
+    """(inputs indexable by row, readable rows): decoded pixels held in memory while they fit ``memory_budget`` bytes,
+    else decoded again batch by batch (every image is decoded once up front to find the unreadable ones)."""
+    pixels = decode_pixels(paths[:1], backbone)
+    per_image = pixels[0].numel() * pixels[0].element_size() if pixels[0] is not None else 0
+    if per_image * len(paths) <= memory_budget:
+        pixels = decode_pixels(paths, backbone)
+        rows = np.asarray([row for row, tensor in enumerate(pixels) if tensor is not None], dtype=int)
+        return (torch.stack([pixels[row] for row in rows]) if len(rows) else torch.zeros(0)), rows
+    rows = np.asarray([row for row, path in enumerate(paths) if decode_pixels([path], backbone)[0] is not None], dtype=int)
+    return PixelsOnAccess([paths[row] for row in rows], backbone), rows
 
 
 def prefix_fingerprint(backbone: Backbone, k: int) -> str:

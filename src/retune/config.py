@@ -37,6 +37,7 @@ class OptimConfig(StrictModel):
     batch_size: int = Field(0, ge=0, description="0 = full batch (fastest on cached vectors).")
     patience: int = Field(40, ge=1, description="Epochs without validation improvement before stopping.")
     min_epochs: int = Field(30, ge=1, description="Epochs before early stopping may keep or stop (small validation sets are noisy).")
+    early_stopping: Literal["auroc", "loss"] = Field("auroc", description="Validation criterion: mean AUROC, or the training loss on the validation rows (smoother on small validation sets).")
 
 
 class ReTuneConfig(StrictModel):

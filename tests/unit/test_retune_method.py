@@ -370,3 +370,12 @@ def test_fit_reports_every_trained_row_to_the_progress_callback(batch_size):
                  OptimConfig(epochs=7, batch_size=batch_size), progress=seen.append)
     assert result.epochs_run == 7 and sum(seen) == 7 * len(task.train_x)
     assert len(seen) == 7 * (1 if batch_size == 0 else -(-len(task.train_x) // batch_size))
+
+
+def test_early_stopping_on_validation_loss():
+    """early_stopping: loss keeps the epoch with the lowest validation loss (reported as its negative) and still learns."""
+    method = ReTune(context(), config(epochs=120, early_stopping="loss", min_epochs=5, patience=10))
+    facts = method.learn(toy_task())
+    assert facts["best_val_score"] < 0 and 5 <= facts["best_epoch"] <= facts["epochs_run"]
+    test_x, test_y = toy_data(400, seed=3)
+    assert mean_auroc(method.predict(test_x), test_y) > 0.9

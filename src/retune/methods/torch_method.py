@@ -43,7 +43,11 @@ class TorchMethod(Method):
         val_score = None
         if data.val_x is not None and len(data.val_x):
             val_x = torch.as_tensor(data.val_x, dtype=torch.float32)
-            val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), data.val_y)  # noqa: E731
+            if self.config.optim.early_stopping == "loss":
+                val_y = torch.as_tensor(data.val_y, dtype=torch.float32)
+                val_score = lambda: -float(loss_fn(val_x, val_y))  # noqa: E731
+            else:
+                val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), data.val_y)  # noqa: E731
         result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned)
         self.tasks_learned += 1
         return result

@@ -419,7 +419,7 @@ def peft_run(
     out: Path = typer.Option(..., help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, config.json."),
     config: Optional[Path] = typer.Option(None, help="YAML with PeftExperimentConfig fields."),
     data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv)."),
-    method: Optional[str] = typer.Option(None, help="lora, ia3, prefix or freeze."),
+    method: Optional[str] = typer.Option(None, help="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."),
     tower: Optional[str] = typer.Option(None, help="image, text or both."),
     freeze_blocks: Optional[float] = typer.Option(None, help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store."),
     backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),

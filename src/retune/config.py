@@ -152,12 +152,12 @@ class PeftExperimentConfig(ExperimentConfig):
     """Encoder tuning under the RE-tune head: PEFT (LoRA, IA3, prefix) or freezing the first k blocks."""
 
     tower: Literal["image", "text", "both"] = "image"
-    method: Literal["lora", "ia3", "prefix", "freeze"] = "lora"
+    method: Literal["lora", "ia3", "prefix", "prompt", "freeze"] = Field("lora", description="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze (train only the unfrozen top blocks).")
     rank: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout (encoders run in eval mode, so it is inactive).")
     target_modules: Optional[list[str]] = Field(None, description="Regexes on module names to adapt; default: every Linear and ungrouped Conv2d of the tuned blocks.")
-    num_virtual_tokens: int = Field(8, ge=1, description="Prefix tuning: virtual key/value tokens per layer.")
+    num_virtual_tokens: int = Field(8, ge=1, description="Prefix tuning: virtual key/value tokens per layer; prompt tuning: prompt tokens.")
     freeze_blocks: float = Field(0, ge=0, description="Freeze the first k blocks of the tuned tower(s): an int k, or a fraction in (0, 1).")
     cache_prefix: Optional[bool] = Field(None, description="Image tower with freeze_blocks: cache the frozen blocks' output in the store (true: required, false: re-run them every step, null: cache where the tower supports it).")
     epochs: int = Field(2, ge=1)

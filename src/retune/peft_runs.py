@@ -178,7 +178,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     record = metrics_record(name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed)
     tau = float(outcome.model.head.log_tau.detach().exp())
     tuning = {"tower": config.tower, "method": config.method, "learning_rate": config.learning_rate, "frozen_blocks": outcome.frozen_blocks,
-              "blocks": {t: len(tower_blocks(tower_of(backbone, t))[1]) for t in towers_of(config) if config.method != "prefix"},
+              "blocks": {t: len(tower_blocks(tower_of(backbone, t))[1]) for t in towers_of(config) if config.method not in ("prefix", "prompt")},
               "trainable_encoder_tensors": len(outcome.model.encoder), "prefix_cache": outcome.prefix_cache}
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
@@ -215,7 +215,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
 
 def compare_prefix_caching(config: PeftExperimentConfig) -> dict:
     """Train the same frozen-k image-tower run with cached prefix activations and re-running the frozen blocks; timings + curves."""
-    if config.tower == "text" or not config.freeze_blocks or config.method == "prefix":
+    if config.tower == "text" or not config.freeze_blocks or config.method in ("prefix", "prompt"):
         raise ConfigError("prefix caching applies to the image tower with freeze_blocks > 0 (methods freeze, lora, ia3)")
     store = EmbeddingStore(config.store)
     table = read_experiment_table(config)

@@ -283,6 +283,34 @@ def test_prefix_where_it_cannot_apply_raises_config_error(kind, tower, message, 
 # ---------------------------------------------------------------- partial freezing
 
 
+@pytest.mark.parametrize("kind", ["open_clip", "hf_clip", "hf_pair"])
+def test_visual_prompt_tuning_trains_only_the_prompt_tokens(kind, tmp_path):
+    """method prompt: n tokens x width trainable on the image tower, they change the features, a step moves only them and the head."""
+    reference = tiny_backbone(kind, tmp_path)
+    backbone = create_backbone(reference.spec, device="cpu")
+    assert apply_tuning(backbone, "image", "prompt", num_virtual_tokens=3) == {"image": 0}
+    encoder_trainable = trainable_encoder_parameters(backbone)
+    assert len(encoder_trainable) == 1 and next(iter(encoder_trainable)).endswith("visual_prompts.tokens")
+    assert next(iter(encoder_trainable.values())).shape == (3, 32)
+    pixels = random_pixels(backbone)
+    with torch.no_grad():
+        assert not torch.allclose(backbone.encode_images(pixels).pooled, reference.encode_images(pixels).pooled, atol=1e-6)
+    model = tuned_model(backbone, ["image"])
+    before = snapshot(backbone)
+    one_step(model, pixels)
+    changed = {name for name, value in snapshot(backbone).items() if not torch.equal(before[name], value)}
+    assert changed and all(name.endswith("visual_prompts.tokens") for name in changed)
+
+
+def test_visual_prompt_tuning_refuses_convnets_text_towers_and_frozen_blocks(default_backbone, tmp_path):
+    with pytest.raises(ConfigError, match="use lora or ia3"):
+        apply_tuning(create_backbone("default", device="cpu"), "image", "prompt")
+    with pytest.raises(ConfigError, match="for the text tower use prefix"):
+        apply_tuning(tiny_backbone("hf_clip", tmp_path), ["image", "text"], "prompt")
+    with pytest.raises(ConfigError, match="freeze_blocks"):
+        apply_tuning(tiny_backbone("open_clip", tmp_path / "b"), "image", "prompt", freeze_blocks=1)
+
+
 def test_freeze_blocks_int_and_fraction():
     assert resolve_freeze_blocks(5, 7, "image") == 5
     assert resolve_freeze_blocks(0.5, 12, "text") == 6
@@ -379,7 +407,7 @@ def test_open_clip_runs_end_to_end_with_the_frozen_block_cached(phantom_csv, tmp
 # ---------------------------------------------------------------- loading a tuned run back
 
 
-@pytest.mark.parametrize("kind", ["default", "open_clip"])
+@pytest.mark.parametrize("kind", ["default", "open_clip", "hf_clip_prompt"])
 def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_path):
     """The loaded run gives the trained model's probabilities; evaluate_run reproduces its metrics; predict_images reports bad images."""
     from retune.inference import evaluate_run, predict_images
@@ -387,8 +415,10 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
 
     if kind == "default":  # LoRA above 6 frozen stages: the loaded run computes the prefix cache afresh in its own store
         settings = dict(method="lora", rank=2, freeze_blocks=6)
-    else:  # LoRA on both towers of a ViT CLIP: the loaded run streams pixels through the tuned image tower
+    elif kind == "open_clip":  # LoRA on both towers of a ViT CLIP: the loaded run streams pixels through the tuned image tower
         settings = dict(backbone=tiny_open_clip(tmp_path / "oc"), tower="both", method="lora", rank=2)
+    else:  # visual prompt tokens on an HF CLIP image tower
+        settings = dict(backbone=tiny_hf_clip(tmp_path / "hf"), method="prompt", num_virtual_tokens=4)
     config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, epochs=1, batch_size=8, retune=SMALL_HEAD,
                                   device="cpu", n_bootstrap=0, **settings)
     trained = run_peft_experiment(config, tmp_path / "run")
@@ -401,7 +431,7 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
     assert loaded.use_prefix_cache == (kind == "default")
 
     evaluated = evaluate_run(tmp_path / "run", phantom_csv, n_bootstrap=0)
-    assert evaluated["method"] == "peft-lora" and evaluated["split"] == "test" and evaluated["n_images"] == trained["n_images"]
+    assert evaluated["method"] == trained["method"] and evaluated["split"] == "test" and evaluated["n_images"] == trained["n_images"]
     for name, record in trained["per_class"].items():
         assert evaluated["per_class"][name]["auroc"] == pytest.approx(record["auroc"], abs=1e-6, nan_ok=True)
     broken = tmp_path / "broken.png"

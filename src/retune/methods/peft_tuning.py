@@ -31,7 +31,7 @@ from retune.methods.retune import ReTuneModel
 from retune.store import EmbeddingStore, hash_files
 
 TOWERS = ("image", "text")
-PEFT_METHODS = ("lora", "ia3", "prefix", "freeze")
+PEFT_METHODS = ("lora", "ia3", "prefix", "prompt", "freeze")
 BLOCK_CONTAINER_NAMES = ("blocks", "resblocks", "layer", "layers")
 PREFIX_KIND = "prefix"
 PIXEL_MEMORY_BUDGET = 2 * 2**30  # decoded training pixels kept in RAM up to this (about 3,500 images at 224 px)
@@ -160,15 +160,55 @@ def _prefix_tuning_slot(backbone: Backbone, tower: str) -> tuple[object, str]:
     )
 
 
+class VisualPrompts(nn.Module):
+    """Visual prompt tuning (VPT-shallow, Jia et al. 2022): learnable tokens appended to a ViT-like image tower's token
+    sequence before its first block; class-token and attention pooling read the image tokens as before."""
+
+    def __init__(self, n_tokens: int, width: int) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(n_tokens, width) * 0.02)
+
+    def append(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Forward pre-hook of block 0: (N, T, D) hidden states -> (N, T + n_tokens, D)."""
+        hidden = args[0]
+        prompts = self.tokens.to(dtype=hidden.dtype).expand(hidden.shape[0], -1, -1)
+        return (torch.cat([hidden, prompts], dim=1), *args[1:]), kwargs
+
+
+def _attach_visual_prompts(backbone: Backbone, n_tokens: int) -> None:
+    """Give the image tower ``n_tokens`` trainable prompt tokens (a submodule next to its block container, hooked to block 0)."""
+    tower = tower_of(backbone, "image")
+    container_name, blocks = tower_blocks(tower)
+    seen: list[torch.Size] = []
+    probe = blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    try:
+        backbone.encode_images(torch.zeros(2, *backbone.preprocess(Image.new("RGB", (64, 64))).shape))
+    finally:
+        probe.remove()
+    if not seen or len(seen[0]) != 3 or seen[0][0] != 2:
+        raise ConfigError(f"prompt tuning needs an image tower whose blocks take (batch, tokens, width) sequences (ViT); "
+                          f"backbone '{backbone.spec}' gives {tuple(seen[0]) if seen else 'nothing'}: use lora or ia3")
+    parent_name = container_name.rpartition(".")[0]
+    parent = dict(tower.root.named_modules())[parent_name] if parent_name else tower.root
+    prompts = VisualPrompts(n_tokens, seen[0][2]).to(backbone.device)
+    parent.add_module("visual_prompts", prompts)
+    blocks[0].register_forward_pre_hook(prompts.append, with_kwargs=True)
+
+
 def apply_tuning(backbone: Backbone, towers: str | list[str], method: str, freeze_blocks: float = 0, rank: int = 8, alpha: float = 16.0,
                  dropout: float = 0.0, target_modules: list[str] | None = None, num_virtual_tokens: int = 8) -> dict[str, int]:
     """Make the tower(s) partly trainable in place (adapters or unfrozen top blocks); returns the frozen block count per tower."""
     towers = [towers] if isinstance(towers, str) else list(towers)
     if method not in PEFT_METHODS:
         raise ConfigError(f"unknown tuning method '{method}'; valid: {', '.join(PEFT_METHODS)}")
+    if method in ("prefix", "prompt") and freeze_blocks:
+        raise ConfigError(f"freeze_blocks applies to lora, ia3 and freeze; {method} tuning adds tokens that every block sees")
+    if method == "prompt":
+        if towers != ["image"]:
+            raise ConfigError("prompt tuning (visual prompts) applies to the image tower; for the text tower use prefix")
+        _attach_visual_prompts(backbone, num_virtual_tokens)
+        return {"image": 0}
     if method == "prefix":
-        if freeze_blocks:
-            raise ConfigError("freeze_blocks applies to lora, ia3 and freeze; prefix tuning adds tokens to every layer")
         from peft import PrefixTuningConfig, get_peft_model
 
         slots = [_prefix_tuning_slot(backbone, tower) for tower in towers]  # refuses the image tower before changing anything

@@ -151,10 +151,16 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
 
     def val_score() -> float | None:
         val = splits["val"]
-        return fast_mean_auroc(_predict(model, inputs, val), labels[val].numpy()) if len(val) else None
+        if not len(val):
+            return None
+        if config.retune.optim.early_stopping == "loss":
+            return -float(np.mean([float(loss_fn(torch.as_tensor(val[s:s + PREDICT_BATCH]), labels[val[s:s + PREDICT_BATCH]]))
+                                   for s in range(0, len(val), PREDICT_BATCH)]))
+        return fast_mean_auroc(_predict(model, inputs, val), labels[val].numpy())
 
     optim = OptimConfig(lr=config.learning_rate, weight_decay=config.retune.optim.weight_decay, epochs=config.epochs, batch_size=config.batch_size,
-                        patience=config.retune.optim.patience, min_epochs=config.retune.optim.min_epochs)
+                        patience=config.retune.optim.patience, min_epochs=config.retune.optim.min_epochs,
+                        early_stopping=config.retune.optim.early_stopping)
     train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
     with peak_memory(backbone.device) as memory:
         clock = timed()

@@ -302,6 +302,21 @@ def test_visual_prompt_tuning_trains_only_the_prompt_tokens(kind, tmp_path):
     assert changed and all(name.endswith("visual_prompts.tokens") for name in changed)
 
 
+def test_visual_prompt_tuning_twice_on_one_backbone_is_refused(tmp_path):
+    backbone = tiny_backbone("hf_pair", tmp_path)
+    apply_tuning(backbone, "image", "prompt", num_virtual_tokens=2)
+    with pytest.raises(ConfigError, match="already has visual prompts"):
+        apply_tuning(backbone, "image", "prompt", num_virtual_tokens=2)
+
+
+def test_peft_run_can_stop_early_on_validation_loss(phantom_csv, tmp_path):
+    config = PeftExperimentConfig(backbone=tiny_hf_clip(tmp_path / "hf"), store=tmp_path / "store", data={"csv": phantom_csv}, method="prompt",
+                                  epochs=2, batch_size=8, device="cpu", n_bootstrap=0,
+                                  retune=SMALL_HEAD.model_copy(update={"optim": SMALL_HEAD.optim.model_copy(update={"early_stopping": "loss", "min_epochs": 1})}))
+    metrics = run_peft_experiment(config, tmp_path / "run")
+    assert metrics["training"]["best_val_score"] < 0  # minus the validation loss
+
+
 def test_visual_prompt_tuning_refuses_convnets_text_towers_and_frozen_blocks(default_backbone, tmp_path):
     with pytest.raises(ConfigError, match="use lora or ia3"):
         apply_tuning(create_backbone("default", device="cpu"), "image", "prompt")

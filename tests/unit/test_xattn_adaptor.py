@@ -145,6 +145,13 @@ def test_pretraining_lowers_loss_and_retrieval_beats_chance(loss):
     assert after["mean_recall"] > before["mean_recall"]
 
 
+def test_pretraining_can_stop_early_on_validation_loss():
+    """optim.early_stopping: loss scores epochs by minus the validation pairs' pre-training loss, not by recall."""
+    train, val = toy_pairs(64, seed=1), toy_pairs(24, seed=2)
+    result = pretrain_adaptor(tiny_model(), train, val, OptimConfig(lr=3e-3, epochs=6, batch_size=32, min_epochs=1, early_stopping="loss"), seed=0)
+    assert all(score < 0 for score in result.val_score) and result.best_val_score == max(result.val_score)
+
+
 def test_retrieval_metrics_with_repeated_texts():
     """Two images share text 0: image->text has 2 candidates; the text query counts a hit for either image."""
     image = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])

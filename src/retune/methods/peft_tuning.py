@@ -161,38 +161,50 @@ def _prefix_tuning_slot(backbone: Backbone, tower: str) -> tuple[object, str]:
 
 
 class VisualPrompts(nn.Module):
-    """Visual prompt tuning (VPT-shallow, Jia et al. 2022): learnable tokens appended to a ViT-like image tower's token
-    sequence before its first block; class-token and attention pooling read the image tokens as before."""
+    """Visual prompt tuning (VPT-shallow, Jia et al. 2022): learnable tokens inserted after the first token (the class
+    token of a ViT) before the tower's first block, so the patch tokens stay last, as RoPE ViTs expect. Class-token
+    pooling reads the image as before; pooling over all tokens (mean, attention pool) also sees the prompts, as in VPT."""
 
     def __init__(self, n_tokens: int, width: int) -> None:
         super().__init__()
         self.tokens = nn.Parameter(torch.randn(n_tokens, width) * 0.02)
 
-    def append(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def insert(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Forward pre-hook of block 0: (N, T, D) hidden states -> (N, T + n_tokens, D)."""
         hidden = args[0]
         prompts = self.tokens.to(dtype=hidden.dtype).expand(hidden.shape[0], -1, -1)
-        return (torch.cat([hidden, prompts], dim=1), *args[1:]), kwargs
+        return (torch.cat([hidden[:, :1], prompts, hidden[:, 1:]], dim=1), *args[1:]), kwargs
 
 
 def _attach_visual_prompts(backbone: Backbone, n_tokens: int) -> None:
-    """Give the image tower ``n_tokens`` trainable prompt tokens (a submodule next to its block container, hooked to block 0)."""
+    """Give the image tower ``n_tokens`` trainable prompt tokens (a submodule next to its block container, hooked to
+    block 0); refuses towers without (batch, tokens, width) blocks and towers that fail with extra tokens."""
     tower = tower_of(backbone, "image")
     container_name, blocks = tower_blocks(tower)
+    parent_name = container_name.rpartition(".")[0]
+    parent = dict(tower.root.named_modules())[parent_name] if parent_name else tower.root
+    if hasattr(parent, "visual_prompts"):
+        raise ConfigError(f"backbone '{backbone.spec}' already has visual prompts: load a fresh backbone to tune it again")
+    blank = torch.zeros(2, *backbone.preprocess(Image.new("RGB", (64, 64))).shape)
     seen: list[torch.Size] = []
     probe = blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     try:
-        backbone.encode_images(torch.zeros(2, *backbone.preprocess(Image.new("RGB", (64, 64))).shape))
+        pooled = backbone.encode_images(blank).pooled
     finally:
         probe.remove()
     if not seen or len(seen[0]) != 3 or seen[0][0] != 2:
         raise ConfigError(f"prompt tuning needs an image tower whose blocks take (batch, tokens, width) sequences (ViT); "
                           f"backbone '{backbone.spec}' gives {tuple(seen[0]) if seen else 'nothing'}: use lora or ia3")
-    parent_name = container_name.rpartition(".")[0]
-    parent = dict(tower.root.named_modules())[parent_name] if parent_name else tower.root
     prompts = VisualPrompts(n_tokens, seen[0][2]).to(backbone.device)
+    hook = blocks[0].register_forward_pre_hook(prompts.insert, with_kwargs=True)
+    try:
+        prompted = backbone.encode_images(blank).pooled
+        if prompted.shape != pooled.shape:
+            raise RuntimeError(f"pooled features change shape with prompts ({tuple(pooled.shape)} -> {tuple(prompted.shape)})")
+    except Exception as error:  # e.g. fixed relative-position tables, windowed blocks: refuse before any training
+        hook.remove()
+        raise ConfigError(f"backbone '{backbone.spec}': its image tower does not take extra prompt tokens ({type(error).__name__}: {error}); use lora or ia3") from None
     parent.add_module("visual_prompts", prompts)
-    blocks[0].register_forward_pre_hook(prompts.append, with_kwargs=True)
 
 
 def apply_tuning(backbone: Backbone, towers: str | list[str], method: str, freeze_blocks: float = 0, rank: int = 8, alpha: float = 16.0,
@@ -482,12 +494,11 @@ class PixelsOnAccess:
 def pixel_inputs(paths: list[str], backbone: Backbone, memory_budget: int = PIXEL_MEMORY_BUDGET) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray]:
     """(inputs indexable by row, readable rows): decoded pixels held in memory while they fit ``memory_budget`` bytes,
     else decoded again batch by batch (every image is decoded once up front to find the unreadable ones)."""
-    pixels = decode_pixels(paths[:1], backbone)
-    per_image = pixels[0].numel() * pixels[0].element_size() if pixels[0] is not None else 0
+    per_image = backbone.preprocess(Image.new("RGB", (64, 64))).numel() * 4  # float32 pixels of one image
     if per_image * len(paths) <= memory_budget:
         pixels = decode_pixels(paths, backbone)
         rows = np.asarray([row for row, tensor in enumerate(pixels) if tensor is not None], dtype=int)
-        return (torch.stack([pixels[row] for row in rows]) if len(rows) else torch.zeros(0)), rows
+        return (torch.stack([pixels[row] for row in rows]) if len(rows) else torch.zeros(0)), rows  # peak: about twice the budget
     rows = np.asarray([row for row, path in enumerate(paths) if decode_pixels([path], backbone)[0] is not None], dtype=int)
     return PixelsOnAccess([paths[row] for row in rows], backbone), rows
 

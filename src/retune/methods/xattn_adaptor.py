@@ -212,13 +212,18 @@ def adaptor_retrieval(model: CrossAttentionAdaptor, pairs: PairData, batch_size:
 
 def pretrain_adaptor(model: CrossAttentionAdaptor, train: PairData, val: PairData | None, optim: OptimConfig, itm_weight: float = 1.0, seed: int = 0,
                      progress: Callable[[int], None] | None = None) -> FitResult:
-    """Contrastive (+ITM) pre-training on cached tokens with ``fit``; early stopping on validation mean recall."""
-    def loss_fn(rows: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-        texts = train.text_index[rows]
-        return model.pretraining_loss(train.image_tokens[rows], train.text_tokens[texts], train.text_mask[texts], texts, itm_weight)
+    """Contrastive (+ITM) pre-training on cached tokens with ``fit``; early stopping on validation mean recall
+    (``optim.early_stopping: loss``: on the pre-training loss of the validation pairs, taken as one batch)."""
+    def pair_loss(pairs: PairData, rows: torch.Tensor) -> torch.Tensor:
+        texts = pairs.text_index[rows]
+        return model.pretraining_loss(pairs.image_tokens[rows], pairs.text_tokens[texts], pairs.text_mask[texts], texts, itm_weight)
 
     rows = torch.arange(len(train.image_tokens), device=train.image_tokens.device)
-    val_score = (lambda: adaptor_retrieval(model, val)["mean_recall"]) if val is not None and len(val.image_tokens) else None
+    val_score = None
+    if val is not None and len(val.image_tokens):
+        val_rows = torch.arange(len(val.image_tokens), device=val.image_tokens.device)
+        val_score = (lambda: -float(pair_loss(val, val_rows))) if optim.early_stopping == "loss" else (lambda: adaptor_retrieval(model, val)["mean_recall"])
+    loss_fn = lambda batch_rows, _: pair_loss(train, batch_rows)  # noqa: E731
     return fit(model, model.parameters(), loss_fn, rows, rows, optim, val_score=val_score, seed=seed, progress=progress)
 
 

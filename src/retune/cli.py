@@ -379,11 +379,11 @@ def adaptor_run(
 ) -> None:
     """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
     from retune.adaptor_runs import run_adaptor_experiment
-    from retune.config import AdaptorExperimentConfig, load_yaml_config
+    from retune.config import AdaptorExperimentConfig, load_yaml_config, parse_config
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
     updates = {"loss": loss, "backbone": backbone, "store": store}
-    settings = AdaptorExperimentConfig.model_validate({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+    settings = parse_config({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}}, AdaptorExperimentConfig, "command line")
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
     if epochs is not None:
@@ -425,15 +425,16 @@ def peft_run(
     backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
     store: Optional[Path] = typer.Option(None, help="Embedding store folder."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs (images pass through the tuned encoder every epoch)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
-    from retune.config import PeftExperimentConfig, load_yaml_config
+    from retune.config import PeftExperimentConfig, load_yaml_config, parse_config
     from retune.peft_runs import run_peft_experiment
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
-    updates = {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store, "epochs": epochs}
-    settings = PeftExperimentConfig.model_validate({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+    updates = {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store, "epochs": epochs, "lr": lr}
+    settings = parse_config({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}}, PeftExperimentConfig, "command line")
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())

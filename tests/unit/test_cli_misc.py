@@ -49,6 +49,16 @@ def test_train_unknown_objective_names_the_field(tmp_path):
     assert "command line: field 'objective'" in result.output and "'bce', 'clip' or 'siglip'" in result.output
 
 
+def test_peft_and_adaptor_bad_options_are_one_line(tmp_path):
+    """--method / --lr / --loss outside their ranges: exit 2 naming the field, no traceback."""
+    for args, field in ((["peft", "run", "--out", str(tmp_path / "a"), "--method", "dora"], "method"),
+                        (["peft", "run", "--out", str(tmp_path / "b"), "--lr", "-1"], "lr"),
+                        (["adaptor", "run", "--out", str(tmp_path / "c"), "--loss", "triplet"], "loss")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"command line: field '{field}'" in result.output and "Traceback" not in result.output
+
+
 def test_unknown_backbone_lists_valid_names(tmp_path):
     """An unknown --backbone is one line listing the valid names."""
     csv = tmp_path / "labels.csv"
@@ -75,7 +85,11 @@ def test_peft_run_freeze_k_on_phantoms(tmp_path):
     result = runner.invoke(app, ["peft", "run", "--data", str(csv), "--out", str(out), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1", "--store", str(tmp_path / "store"), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["method"] == "freeze-k"
+    assert metrics["method"] == "freeze-k" and metrics["tuning"]["learning_rate"] == 1e-4  # the freeze default
+    again = runner.invoke(app, ["peft", "run", "--data", str(csv), "--out", str(tmp_path / "lr"), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1",
+                                "--store", str(tmp_path / "store"), "--lr", "0.0005", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "lr" / "metrics.json").read_text())["tuning"]["learning_rate"] == 5e-4
     assert 0 < metrics["trainable_percent"] < 100
     assert metrics["peak_memory_mb"] > 0
     assert (out / "checkpoint.safetensors").exists()

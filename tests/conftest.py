@@ -48,3 +48,18 @@ def nih_dir(shared_data: Path) -> Path:
 def label_tables(shared_data: Path) -> Path:
     """Real CheXpert / NIH label tables and the Open-i reports."""
     return _need(shared_data / "label-tables")
+
+
+@pytest.fixture(scope="session")
+def nih_head_csv(nih_dir: Path):
+    """Writer of the first n NIH rows, image paths made absolute, to a CSV: ``nih_head_csv(n_rows, target) -> target``."""
+    import pandas as pd
+
+    def write(n_rows: int, target: Path) -> Path:
+        frame = pd.read_csv(nih_dir / "labels.csv", dtype=str, keep_default_na=False).head(n_rows)
+        frame["path"] = [str((nih_dir / path).resolve()) for path in frame["path"]]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(target, index=False)
+        return target
+
+    return write

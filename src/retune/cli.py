@@ -186,21 +186,13 @@ def train(
 
     Images are embedded once into the store first (skipped when already there).
     """
-    from retune.config import ReTuneConfig, TrainConfig, load_yaml_config, parse_config
+    from retune.config import TrainConfig, load_yaml_config, override
     from retune.runs import train_run
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
-    overrides = {"backbone": backbone, "store": store, "device": device}
-    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    data_overrides = {"csv": data, "image_root": image_root, "format": data_format}
-    settings.data = settings.data.model_copy(update={k: v for k, v in data_overrides.items() if v is not None})
-    retune_overrides = {"prompts": prompts, "objective": objective}
-    if any(v is not None for v in retune_overrides.values()):
-        retune_settings = {**settings.retune.model_dump(), **{k: v for k, v in retune_overrides.items() if v is not None}}
-        settings.retune = parse_config(retune_settings, ReTuneConfig, "command line")
-    if seed is not None:
-        settings.seed = seed
-        settings.split = settings.split.model_copy(update={"seed": seed})
+    settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
+                                   "data": {"csv": data, "image_root": image_root, "format": data_format}})
+    settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
     metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -379,15 +371,10 @@ def adaptor_run(
 ) -> None:
     """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
     from retune.adaptor_runs import run_adaptor_experiment
-    from retune.config import AdaptorExperimentConfig, load_yaml_config, parse_config
+    from retune.config import AdaptorExperimentConfig, load_yaml_config, override
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
-    updates = {"loss": loss, "backbone": backbone, "store": store}
-    settings = parse_config({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}}, AdaptorExperimentConfig, "command line")
-    if data is not None:
-        settings.data = settings.data.model_copy(update={"csv": data})
-    if epochs is not None:
-        settings.optim = settings.optim.model_copy(update={"epochs": epochs})
+    settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
     metrics = run_adaptor_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -409,7 +396,7 @@ def _mean_cell(record: dict) -> str:
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
-peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix tuning, or freezing the first k blocks.", no_args_is_help=True)
+peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the first k blocks.", no_args_is_help=True)
 app.add_typer(peft_app, name="peft")
 
 
@@ -429,14 +416,12 @@ def peft_run(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
-    from retune.config import PeftExperimentConfig, load_yaml_config, parse_config
+    from retune.config import PeftExperimentConfig, load_yaml_config, override
     from retune.peft_runs import run_peft_experiment
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
-    updates = {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store, "epochs": epochs, "lr": lr}
-    settings = parse_config({**settings.model_dump(), **{k: v for k, v in updates.items() if v is not None}}, PeftExperimentConfig, "command line")
-    if data is not None:
-        settings.data = settings.data.model_copy(update={"csv": data})
+    settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
+                                   "epochs": epochs, "lr": lr, "data": {"csv": data}})
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))

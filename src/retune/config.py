@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -114,6 +114,20 @@ def parse_config(raw: dict, model: type[BaseModel], where: str) -> BaseModel:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
         raise ConfigError(f"{where}: field '{field}': {first['msg']}") from None
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def override(config: ModelT, updates: dict, where: str = "command line") -> ModelT:
+    """``config`` with the non-None ``updates`` applied (a dict value updates that sub-config), validated like a YAML file."""
+    merged = config.model_dump()
+    for key, value in updates.items():
+        if isinstance(value, dict):
+            merged[key] = {**merged[key], **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            merged[key] = value
+    return parse_config(merged, type(config), where)
 
 
 class AdaptorExperimentConfig(ExperimentConfig):

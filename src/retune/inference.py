@@ -40,16 +40,16 @@ class SavedRun:
 
 def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False) -> SavedRun:
     """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
-    _, facts = load_checkpoint(run_dir)
-    if "tuning" in facts:
-        tuned = load_tuned_run(run_dir, store_dir, device)
+    checkpoint = load_checkpoint(run_dir)
+    if "tuning" in checkpoint[1]:
+        tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
 
         def score_tuned(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
             scores, rows, errors = tuned.score(table)
             return {tuned.name: scores}, rows, errors
 
-        return SavedRun(facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
-    methods, facts, backbone, store = load_run(run_dir, store_dir, device)
+        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
+    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
     return SavedRun(facts, backbone, list(facts["classes"]), MAIN_METHOD,
                     lambda table: score_embedded(methods, backbone, store, table, show_progress))
 

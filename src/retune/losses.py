@@ -66,9 +66,8 @@ def prompt_objective(objective: str, positive_sim: torch.Tensor, negative_sim: t
     """
     if objective not in PROMPT_OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(PROMPT_OBJECTIVES)}")
-    two_way = masked_bce(scale * (positive_sim - negative_sim), labels)
     if objective == "bce":
-        return two_way
+        return masked_bce(scale * (positive_sim - negative_sim), labels)
     valid = ~torch.isnan(labels)
     present = valid & (labels > 0.5)
     logits = scale * torch.cat([positive_sim, negative_sim], 1)
@@ -76,6 +75,7 @@ def prompt_objective(objective: str, positive_sim: torch.Tensor, negative_sim: t
     labelled = torch.cat([valid, valid], 1)
     if objective == "siglip":
         return sigmoid_pair_loss(logits + bias, matches, labelled)
+    two_way = masked_bce(scale * (positive_sim - negative_sim), labels)
     return (two_way + multi_positive_info_nce(logits.T, matches.T, labelled.T)) / 2
 
 

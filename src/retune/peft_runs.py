@@ -282,9 +282,11 @@ class TunedRun:
         return stacked, np.asarray(rows, dtype=int), pd.DataFrame(failed, columns=["path", "reason"])
 
 
-def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None) -> TunedRun:
-    """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors loaded."""
-    tensors, facts = load_checkpoint(run_dir)
+def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
+                   checkpoint: tuple[dict, dict] | None = None) -> TunedRun:
+    """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors loaded;
+    ``checkpoint``: the run's ``load_checkpoint`` result when the caller has already read it."""
+    tensors, facts = checkpoint or load_checkpoint(run_dir)
     config = PeftExperimentConfig.model_validate(facts["train_config"])
     backbone = checked_backbone(run_dir, facts, device)
     frozen, use_cache = tune_backbone(backbone, config)

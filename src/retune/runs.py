@@ -159,9 +159,11 @@ def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None
     return backbone
 
 
-def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
-    """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone."""
-    tensors, facts = load_checkpoint(run_dir)
+def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
+             checkpoint: tuple[dict, dict] | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
+    """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
+    the run's ``load_checkpoint`` result when the caller has already read it."""
+    tensors, facts = checkpoint or load_checkpoint(run_dir)
     backbone = checked_backbone(run_dir, facts, device)
     store = EmbeddingStore(store_dir or facts["train_config"]["store"], create=False)
     context = method_context(backbone, PromptBank(), int(facts["train_config"]["seed"]))

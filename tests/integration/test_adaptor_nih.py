@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from safetensors.numpy import load_file
@@ -41,12 +40,9 @@ def phantom_run(tmp_path_factory) -> tuple[dict, Path, AdaptorExperimentConfig]:
 
 
 @pytest.fixture(scope="module")
-def nih_run(nih_dir: Path, tmp_path_factory) -> tuple[dict, Path, AdaptorExperimentConfig]:
+def nih_run(nih_head_csv, tmp_path_factory) -> tuple[dict, Path, AdaptorExperimentConfig]:
     root = tmp_path_factory.mktemp("adaptor-nih")
-    frame = pd.read_csv(nih_dir / "labels.csv", dtype=str, keep_default_na=False).head(NIH_ROWS)
-    frame["path"] = [str((nih_dir / path).resolve()) for path in frame["path"]]
-    csv = root / "nih200.csv"
-    frame.to_csv(csv, index=False)
+    csv = nih_head_csv(NIH_ROWS, root / "nih200.csv")
     config = experiment(csv, root, NIH_CLASSES)
     config_file = root / "adaptor.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))

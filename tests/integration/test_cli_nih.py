@@ -52,14 +52,9 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_csv(nih_dir: Path, work: Path) -> Path:
+def small_csv(nih_head_csv, work: Path) -> Path:
     """The first 300 rows of the NIH subset with absolute image paths, in a folder of its own."""
-    frame = pd.read_csv(nih_dir / "labels.csv", dtype=str, keep_default_na=False).head(N_ROWS)
-    frame["path"] = [str((nih_dir / path).resolve()) for path in frame["path"]]
-    target = work / "data" / "nih300.csv"
-    target.parent.mkdir()
-    frame.to_csv(target, index=False)
-    return target
+    return nih_head_csv(N_ROWS, work / "data" / "nih300.csv")
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +106,22 @@ def test_embed_stores_300_rows_then_computes_nothing(small_csv: Path, store: Pat
     assert len(EmbeddingStore(store, create=False).read_vectors("images", fingerprint)[0]) == N_ROWS
 
 
+def csv_with_empty_image(source: Path, n_rows: int, broken: Path, patient: str, target: Path) -> Path:
+    """The first ``n_rows`` of ``source`` plus one row (patient ``patient``) whose image ``broken`` is a zero-byte file."""
+    broken.write_bytes(b"")
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False).head(n_rows)
+    extra = frame.iloc[[0]].copy()
+    extra["path"], extra["patient_id"] = str(broken), patient
+    pd.concat([frame, extra]).to_csv(target, index=False)
+    return target
+
+
 def test_embed_corrupt_row_exits_1_and_embeds_the_rest(small_csv: Path, work: Path):
     """A zero-byte PNG in the CSV: exit 1, the file is named, the other rows are still embedded."""
     folder = work / "corrupt-case"
     folder.mkdir()
     broken = folder / "broken_scan.png"
-    broken.write_bytes(b"")
-    frame = pd.read_csv(small_csv, dtype=str, keep_default_na=False).head(20)
-    extra = frame.iloc[[0]].copy()
-    extra["path"], extra["patient_id"] = str(broken), "corrupt-patient"
-    csv_path = folder / "with_corrupt.csv"
-    pd.concat([frame, extra]).to_csv(csv_path, index=False)
+    csv_path = csv_with_empty_image(small_csv, 20, broken, "corrupt-patient", folder / "with_corrupt.csv")
     result = invoke("embed", csv_path, "--store", folder / "store", "--workers", "0")
     assert result.exit_code == 1, describe(result)
     assert str(broken) in result.stderr
@@ -173,12 +173,7 @@ def test_skipped_line_keeps_square_brackets_in_paths(small_csv: Path, work: Path
     folder = work / "[ward 3]"
     folder.mkdir(exist_ok=True)
     broken = folder / "broken.png"
-    broken.write_bytes(b"")
-    frame = pd.read_csv(small_csv, dtype=str, keep_default_na=False).head(2)
-    extra = frame.iloc[[0]].copy()
-    extra["path"], extra["patient_id"] = str(broken), "bracket-patient"
-    csv_path = folder / "bracket.csv"
-    pd.concat([frame, extra]).to_csv(csv_path, index=False)
+    csv_path = csv_with_empty_image(small_csv, 2, broken, "bracket-patient", folder / "bracket.csv")
     result = invoke("embed", csv_path, "--store", work / "bracket-store", "--workers", "0")
     assert result.exit_code == 1, describe(result)
     assert str(broken) in result.stderr, result.stderr

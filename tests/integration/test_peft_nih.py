@@ -35,13 +35,9 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def nih_csv(nih_dir: Path, work: Path) -> Path:
+def nih_csv(nih_head_csv, work: Path) -> Path:
     """The first 120 NIH rows with absolute image paths."""
-    frame = pd.read_csv(nih_dir / "labels.csv", dtype=str, keep_default_na=False).head(N_ROWS)
-    frame["path"] = [str((nih_dir / path).resolve()) for path in frame["path"]]
-    target = work / "nih120.csv"
-    frame.to_csv(target, index=False)
-    return target
+    return nih_head_csv(N_ROWS, work / "nih120.csv")
 
 
 def experiment(work: Path, nih_csv: Path, **overrides) -> PeftExperimentConfig:

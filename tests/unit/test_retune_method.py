@@ -74,41 +74,29 @@ def test_retune_learns_separable_problem():
     assert facts["tau"] > 0 and facts["epochs_run"] >= 1
 
 
+def seeded_predictions(seed: int, global_seed: int = 0, advance: int = 0, dropout: float = 0.0) -> np.ndarray:
+    """Test-set predictions of RE-tune trained with context ``seed`` after the global torch RNG was seeded with
+    ``global_seed`` and advanced by ``advance`` draws."""
+    torch.manual_seed(global_seed)
+    torch.rand(advance)
+    method = ReTune(context(seed=seed), config(epochs=40, dropout=dropout))
+    method.learn(toy_task())
+    return method.predict(toy_data(50, seed=3)[0])
+
+
 def test_retune_same_seed_same_predictions():
     """Two methods trained with the same seed from the same global RNG state predict identically."""
-    test_x, _ = toy_data(50, seed=3)
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        method = ReTune(context(seed=7), config(epochs=40, dropout=0.2))
-        method.learn(toy_task())
-        runs.append(method.predict(test_x))
-    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(seeded_predictions(7, dropout=0.2), seeded_predictions(7, dropout=0.2))
 
 
 def test_retune_seed_independent_of_global_rng():
     """Same context seed gives identical predictions even if the global torch RNG was advanced before creating the method."""
-    test_x, _ = toy_data(50, seed=3)
-    runs = []
-    for advance in (0, 1000):
-        torch.manual_seed(123)
-        torch.rand(advance)
-        method = ReTune(context(seed=7), config(epochs=40))
-        method.learn(toy_task())
-        runs.append(method.predict(test_x))
-    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(seeded_predictions(7, global_seed=123, advance=0), seeded_predictions(7, global_seed=123, advance=1000))
 
 
 def test_retune_different_seeds_differ():
     """Different seeds (same global RNG state) give different models: the seed really matters."""
-    test_x, _ = toy_data(50, seed=3)
-    runs = []
-    for seed in (1, 2):
-        torch.manual_seed(0)
-        method = ReTune(context(seed=seed), config(epochs=40, dropout=0.2))
-        method.learn(toy_task())
-        runs.append(method.predict(test_x))
-    assert not np.array_equal(runs[0], runs[1])
+    assert not np.array_equal(seeded_predictions(1, dropout=0.2), seeded_predictions(2, dropout=0.2))
 
 
 def test_masked_bce_ignores_nan_labels():

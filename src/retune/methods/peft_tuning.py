@@ -160,6 +160,11 @@ def _prefix_tuning_slot(backbone: Backbone, tower: str) -> tuple[object, str]:
     )
 
 
+def pixel_shape(backbone: Backbone) -> tuple[int, ...]:
+    """Shape of one preprocessed image (C x H x W), found by preprocessing a blank one."""
+    return tuple(backbone.preprocess(Image.new("RGB", (64, 64))).shape)
+
+
 class VisualPrompts(nn.Module):
     """Visual prompt tuning (VPT-shallow, Jia et al. 2022): learnable tokens inserted after the first token (the class
     token of a ViT) before the tower's first block, so the patch tokens stay last, as RoPE ViTs expect. Class-token
@@ -185,7 +190,7 @@ def _attach_visual_prompts(backbone: Backbone, n_tokens: int) -> None:
     parent = dict(tower.root.named_modules())[parent_name] if parent_name else tower.root
     if hasattr(parent, "visual_prompts"):
         raise ConfigError(f"backbone '{backbone.spec}' already has visual prompts: load a fresh backbone to tune it again")
-    blank = torch.zeros(2, *backbone.preprocess(Image.new("RGB", (64, 64))).shape)
+    blank = torch.zeros(2, *pixel_shape(backbone))
     seen: list[torch.Size] = []
     probe = blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     try:
@@ -309,7 +314,7 @@ class BlockSplit:
             raise ConfigError(f"cannot split the image tower after block {k}: it has {len(blocks)} blocks")
         self.backbone, self.k, self.blocks = backbone, k, blocks
         self.container = dict(tower.root.named_modules())[name]
-        self.pixel_shape = tuple(backbone.preprocess(Image.new("RGB", (64, 64))).shape)
+        self.pixel_shape = pixel_shape(backbone)
         probe, self.as_tuple = self._capture(torch.zeros(2, *self.pixel_shape))
         if probe.shape[0] != 2:
             raise ConfigError(
@@ -494,7 +499,7 @@ class PixelsOnAccess:
 def pixel_inputs(paths: list[str], backbone: Backbone, memory_budget: int = PIXEL_MEMORY_BUDGET) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray]:
     """(inputs indexable by row, readable rows): decoded pixels held in memory while they fit ``memory_budget`` bytes,
     else decoded again batch by batch (every image is decoded once up front to find the unreadable ones)."""
-    per_image = backbone.preprocess(Image.new("RGB", (64, 64))).numel() * 4  # float32 pixels of one image
+    per_image = int(np.prod(pixel_shape(backbone))) * 4  # float32 pixels of one image
     if per_image * len(paths) <= memory_budget:
         pixels = decode_pixels(paths, backbone)
         rows = np.asarray([row for row, tensor in enumerate(pixels) if tensor is not None], dtype=int)

@@ -52,6 +52,18 @@ def friendly_errors(command: Callable) -> Callable:
 
 @app.command()
 @friendly_errors
+def methods() -> None:
+    """List the registered methods, whether each is exemplar-free, and the scenario kinds it runs in."""
+    from retune.methods.registry import available_methods
+
+    table = Table("name", "exemplar-free", "scenario kinds", "description")
+    for name, cls in available_methods().items():
+        table.add_row(name, "yes" if cls.exemplar_free else "no (stores data)", ", ".join(sorted(cls.scenario_kinds)), cls.description)
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
 def backbones() -> None:
     """List the backbone families and aliases you can pass to --backbone."""
     from retune.backbones.registry import list_backbones
@@ -75,6 +87,7 @@ DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chex
 UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
 BACKBONE = typer.Option("default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM).")
 STORE = typer.Option(Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it).")
+MIN_POSITIVES = typer.Option(None, "--min-positives", min=1, help="Means cover only classes with at least this many positive test images (default 10); the rest are listed and marked.")
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
 
 
@@ -286,13 +299,25 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run directories (or met
     console.print(table)
 
 
+def _comma_list(text: Optional[str], kind: type) -> Optional[list]:
+    """'a,b,c' -> [a, b, c] converted by ``kind``; None stays None (option not given)."""
+    from retune.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise ConfigError(f"cannot read '{text}' as a comma-separated list of {kind.__name__}") from error
+
+
 scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 
 
 def print_comparison(results: dict[str, dict]) -> None:
     """The side-by-side table of final mean AUROC, forgetting and BWT with CIs."""
-    from retune.report.scenario_report import comparison_header, comparison_rows
+    from retune.report.scenario_report import classes_in_means, comparison_header, comparison_rows
 
     first = next(iter(results.values()))
     header = comparison_header(results)
@@ -303,6 +328,7 @@ def print_comparison(results: dict[str, dict]) -> None:
     for row in comparison_rows(results):
         table.add_row(*row)
     console.print(table)
+    console.print(escape(classes_in_means(first)), highlight=False)
     if first.get("note"):
         console.print(f"[dim]{first['note']}[/]")
 
@@ -328,18 +354,24 @@ def scenario_run(
     out: Path = typer.Option(..., help="Output folder: <method>/results.json, report.html, plots/, mlruns/."),
     data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
     store: Optional[Path] = typer.Option(None, help="Embedding store (overrides the YAML)."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (overrides the YAML), e.g. retune,linear_probe,naive."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (overrides the YAML), e.g. retune,linear_probe,naive. `retune methods` lists them."),
+    orders: Optional[str] = typer.Option(None, help="Comma-separated class-order / chunking seeds (overrides the YAML), e.g. 0,1,2,3,4."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated training seeds (overrides the YAML); one run per (order, seed)."),
+    min_positives: Optional[int] = MIN_POSITIVES,
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."),
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
-    from retune.config import load_yaml_config
+    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task.
+
+    Example: retune scenario run configs/nih-class-incremental.yaml --out results/nih-class --orders 0,1,2,3,4
+    Means cover classes with >= --min-positives (default 10) test positives; mean ± sd is over (order, seed) runs.
+    """
+    from retune.config import load_yaml_config, override
     from retune.scenarios.spec import ScenarioConfig
 
     settings = load_yaml_config(config, ScenarioConfig)
-    updates = {"store": store, "tracking_uri": tracking_uri, "methods": methods.split(",") if methods else None}
-    settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
-    if data is not None:
-        settings.data = settings.data.model_copy(update={"csv": data})
+    settings = override(settings, {"store": store, "tracking_uri": tracking_uri, "min_positives": min_positives,
+                                   "methods": _comma_list(methods, str), "orders": _comma_list(orders, int),
+                                   "seeds": _comma_list(seeds, int), "data": {"csv": data}})
     execute_scenario(settings, out)
 
 

@@ -86,6 +86,7 @@ class ExperimentConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     seed: int = 0
     device: Optional[str] = None
+    min_positives: int = Field(10, ge=1, description="Headline means cover only classes with at least this many positive test images; the others are listed, marked and left out.")
 
 
 class TrainConfig(ExperimentConfig):

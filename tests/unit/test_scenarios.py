@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_after_last_finished_task(tmp_path):
     config = ScenarioConfig(generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"])
     RecordingMethod.received.clear()
     first = run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
-    (tmp_path / "recording" / "order0" / "task3" / "done.json").unlink()
+    (tmp_path / "recording" / "order0-seed0" / "task3" / "done.json").unlink()
     RecordingMethod.received.clear()
     second = run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
     assert len(RecordingMethod.received) == 1
@@ -149,7 +149,7 @@ def test_summary_has_the_documented_fields(tmp_path):
     prepared = prepared_scenario("class")
     config = ScenarioConfig(name="toy", generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], n_bootstrap=50)
     scores = run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
-    result = summarise("recording", prepared, config, {0: scores})
+    result = summarise("recording", prepared, config, {(0, 0): scores})
     for key in ("method", "scenario", "classes", "tasks", "auroc_matrix", "mean_auroc_per_task", "final_mean_auroc", "final_mean_auroc_ci", "forgetting", "bwt"):
         assert key in result
     assert len(result["auroc_matrix"]) == 3 and len(result["auroc_matrix"][0]) == len(CLASSES)

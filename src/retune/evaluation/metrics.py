@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 MIN_VALID_REPLICATE_FRACTION = 0.5  # below this share of usable replicates a CI is reported as None
+DEFAULT_MIN_POSITIVES = 10  # configs and CLI: a class enters headline means only with this many test positives
 
 
 @dataclass
@@ -48,6 +49,12 @@ class EvaluationResult:
     seed: int
     undefined_classes: list[str]
     ci_level: float = 0.95
+    min_positives: int = 1
+    too_few_positives: list[str] = field(default_factory=list)  # defined, but kept out of the mean
+
+    @property
+    def n_classes_in_mean(self) -> int:
+        return len(self.classes) - len(self.undefined_classes) - len(self.too_few_positives)
 
     def to_dict(self) -> dict:
         """JSON-ready dict with per-class entries keyed by class name."""
@@ -56,6 +63,9 @@ class EvaluationResult:
             "per_class": {name: self.per_class[name].to_dict() for name in self.classes},
             "mean_auroc": self.mean_auroc,
             "mean_auroc_ci": _ci_to_list(self.mean_auroc_ci),
+            "min_positives": self.min_positives,
+            "n_classes_in_mean": self.n_classes_in_mean,
+            "too_few_positives": list(self.too_few_positives),
             "n_images": self.n_images,
             "n_patients": self.n_patients,
             "n_bootstrap": self.n_bootstrap,
@@ -73,11 +83,13 @@ def evaluate_scores(
     n_bootstrap: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    min_positives: int = 1,
 ) -> EvaluationResult:
     """Per-class AUROC/AUPRC (NaN labels left out) with CIs from a bootstrap over patients.
 
     ``patients=None`` treats every row as its own patient. Classes without both positives and
-    negatives are undefined (None) and left out of the mean AUROC.
+    negatives are undefined (None); defined classes with fewer than ``min_positives`` positives
+    keep their per-class numbers but stay out of the mean AUROC (listed in ``too_few_positives``).
     """
     scores, labels = _check_inputs(scores, labels, classes, n_bootstrap, ci)
     patient_codes = _patient_codes(patients, len(scores))
@@ -85,7 +97,8 @@ def evaluate_scores(
 
     auroc, auprc = _point_estimates(scores, labels)
     defined = ~np.isnan(auroc)
-    boot_auroc, boot_auprc, boot_mean = _bootstrap(scores, labels, patient_codes, defined, n_bootstrap, seed)
+    enough = defined & (positive_counts(labels) >= min_positives)
+    boot_auroc, boot_auprc, boot_mean = _bootstrap(scores, labels, patient_codes, enough, n_bootstrap, seed)
 
     per_class = {}
     for c, name in enumerate(classes):
@@ -101,15 +114,22 @@ def evaluate_scores(
     return EvaluationResult(
         classes=list(classes),
         per_class=per_class,
-        mean_auroc=float(auroc[defined].mean()) if defined.any() else None,
-        mean_auroc_ci=_percentile_ci(boot_mean, n_bootstrap, ci) if defined.any() else None,
+        mean_auroc=float(auroc[enough].mean()) if enough.any() else None,
+        mean_auroc_ci=_percentile_ci(boot_mean, n_bootstrap, ci) if enough.any() else None,
         n_images=len(scores),
         n_patients=n_patients,
         n_bootstrap=n_bootstrap,
         seed=seed,
         undefined_classes=[name for c, name in enumerate(classes) if not defined[c]],
         ci_level=ci,
+        min_positives=min_positives,
+        too_few_positives=[name for c, name in enumerate(classes) if defined[c] and not enough[c]],
     )
+
+
+def positive_counts(labels: np.ndarray) -> np.ndarray:
+    """Positive labels per column (masked entries do not count)."""
+    return (np.asarray(labels) == 1).sum(axis=0)
 
 
 def fast_mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -149,25 +169,35 @@ def recall_at_k(
     return {f"R@{k}": float((rank <= k).mean()) for k in ks}
 
 
-def forgetting_and_bwt(matrix: np.ndarray) -> tuple[float | None, float | None]:
-    """Average forgetting and backward transfer from R[t][c] = AUROC after task t on class c (NaN = unseen/undefined).
+def per_class_forgetting_and_bwt(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: best earlier AUROC minus final AUROC, and final minus just-learned AUROC (NaN where not defined).
 
-    Forgetting: best earlier AUROC minus final AUROC; BWT: final AUROC minus AUROC right after the class was learned.
+    ``matrix[t][c]`` is the AUROC after task t on class c (NaN = unseen or undefined); a class counts
+    once it was seen before the last task and is defined at the end.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2:
         raise ValueError("matrix must be 2-D (tasks x classes)")
+    forgetting = np.full(matrix.shape[1], np.nan)
+    transfer = np.full(matrix.shape[1], np.nan)
     if matrix.shape[0] < 2:
-        return None, None
+        return forgetting, transfer
     earlier, final = matrix[:-1], matrix[-1]
-    forgetting, transfer = [], []
     for c in range(matrix.shape[1]):
         seen = ~np.isnan(earlier[:, c])
         if not seen.any() or np.isnan(final[c]):
             continue
-        forgetting.append(earlier[seen, c].max() - final[c])
-        transfer.append(final[c] - earlier[np.argmax(seen), c])
-    return _mean_or_none(forgetting), _mean_or_none(transfer)
+        forgetting[c] = earlier[seen, c].max() - final[c]
+        transfer[c] = final[c] - earlier[np.argmax(seen), c]
+    return forgetting, transfer
+
+
+def forgetting_and_bwt(matrix: np.ndarray) -> tuple[float | None, float | None]:
+    """Average forgetting and backward transfer over the classes where they are defined (see the per-class form)."""
+    if np.asarray(matrix).ndim == 2 and np.asarray(matrix).shape[0] < 2:
+        return None, None
+    forgetting, transfer = per_class_forgetting_and_bwt(matrix)
+    return _mean_or_none(forgetting[~np.isnan(forgetting)].tolist()), _mean_or_none(transfer[~np.isnan(transfer)].tolist())
 
 
 def auroc_matrix(scores_per_task: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -180,9 +210,8 @@ def auroc_matrix(scores_per_task: list[np.ndarray], labels: np.ndarray) -> np.nd
     return matrix
 
 
-def _final_mean(matrix: np.ndarray) -> float | None:
-    final = matrix[-1][~np.isnan(matrix[-1])]
-    return float(final.mean()) if len(final) else None
+def _row_means(matrix: np.ndarray) -> list[float | None]:
+    return [_mean_or_none([v for v in row if not np.isnan(v)]) for row in matrix]
 
 
 def continual_metrics(
@@ -192,32 +221,55 @@ def continual_metrics(
     n_bootstrap: int = 500,
     seed: int = 0,
     ci: float = 0.95,
+    min_positives: int = 1,
 ) -> dict:
     """AUROC matrix, mean AUROC after each task, average incremental AUROC, forgetting and BWT.
 
     ``scores_per_task[t]`` holds test-split probabilities after task t (NaN columns: unseen classes).
-    Final mean AUROC, forgetting and BWT get percentile CIs from a bootstrap over patients.
+    Every mean covers only classes with at least ``min_positives`` positive test labels (the others
+    stay in the matrix and the per-class lists, marked in ``too_few_positives``). Final mean AUROC,
+    forgetting, BWT and each class's forgetting get percentile CIs from a bootstrap over patients.
     """
     labels = np.asarray(labels, dtype=np.float64)
     scores_per_task = [np.asarray(s, dtype=np.float64) for s in scores_per_task]
     matrix = auroc_matrix(scores_per_task, labels)
-    mean_per_task = [_mean_or_none([v for v in row if not np.isnan(v)]) for row in matrix]
-    forgetting, bwt = forgetting_and_bwt(matrix)
+    counted = positive_counts(labels) >= min_positives
+    too_few = ~counted & ~np.isnan(matrix).all(axis=0)
+
+    def headline(full: np.ndarray) -> tuple[np.ndarray, list[float | None], float | None, float | None, float | None]:
+        kept = np.where(counted, full, np.nan)
+        forgetting, transfer = forgetting_and_bwt(kept)
+        return kept, _row_means(kept), _row_means(kept)[-1], forgetting, transfer
+
+    kept, mean_per_task, final_mean, forgetting, bwt = headline(matrix)
+    class_forgetting = per_class_forgetting_and_bwt(matrix)[0]
     replicates = np.full((n_bootstrap, 3), np.nan)
+    class_replicates = np.full((n_bootstrap, labels.shape[1]), np.nan)
     for b, rows in enumerate(patient_resamples(_patient_codes(patients, len(labels)), n_bootstrap, seed)):
         boot = auroc_matrix([s[rows] for s in scores_per_task], labels[rows])
         boot[:, np.isnan(matrix).all(axis=0)] = np.nan
-        replicates[b] = [np.nan if v is None else v for v in (_final_mean(boot), *forgetting_and_bwt(boot))]
+        _, _, boot_final, boot_forgetting, boot_bwt = headline(boot)
+        replicates[b] = [np.nan if v is None else v for v in (boot_final, boot_forgetting, boot_bwt)]
+        class_replicates[b] = per_class_forgetting_and_bwt(boot)[0]
+    n_in_mean = int((~np.isnan(kept[-1])).sum()) if len(kept) else 0
     return {
         "auroc_matrix": [[_float_or_none(v) for v in row] for row in matrix],
         "mean_auroc_per_task": mean_per_task,
         "average_incremental_auroc": average_incremental(mean_per_task),
-        "final_mean_auroc": _final_mean(matrix),
+        "final_mean_auroc": final_mean,
         "final_mean_auroc_ci": _ci_to_list(_percentile_ci(replicates[:, 0], n_bootstrap, ci)),
         "forgetting": forgetting,
         "forgetting_ci": _ci_to_list(_percentile_ci(replicates[:, 1], n_bootstrap, ci)) if forgetting is not None else None,
         "bwt": bwt,
         "bwt_ci": _ci_to_list(_percentile_ci(replicates[:, 2], n_bootstrap, ci)) if bwt is not None else None,
+        "forgetting_per_class": [
+            None if np.isnan(value) else {"value": float(value), "ci": _ci_to_list(_percentile_ci(class_replicates[:, c], n_bootstrap, ci))}
+            for c, value in enumerate(class_forgetting)
+        ],
+        "n_test_positives": positive_counts(labels).astype(int).tolist(),
+        "min_positives": min_positives,
+        "n_classes_in_mean": n_in_mean,
+        "too_few_positives": np.flatnonzero(too_few).tolist(),
         "n_bootstrap": n_bootstrap,
         "ci_level": ci,
     }

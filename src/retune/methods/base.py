@@ -58,6 +58,7 @@ class Method(ABC):
     requires_aligned: ClassVar[bool] = False  # needs image and text in one space (zero-shot)
     exemplar_free: ClassVar[bool] = True  # False only for the joint upper bound
     trains: ClassVar[bool] = True  # False for zero-shot
+    scenario_kinds: ClassVar[frozenset[str]] = frozenset({"class", "label", "data"})  # scenario kinds it can run; others are refused
 
     def __init__(self, context: MethodContext) -> None:
         torch.manual_seed(context.seed)  # weight initialisation depends on the seed only, not on earlier work

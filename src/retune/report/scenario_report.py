@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from retune.io_utils import write_text_atomic
+from retune.scenarios.runner import run_folder
 from retune.report.plots import plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
 
 
@@ -19,21 +20,27 @@ def _interval(value: float | None, interval: list[float] | None, signed: bool = 
     return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text
 
 
-def _several_orders(results: dict[str, dict]) -> bool:
+def _several_runs(results: dict[str, dict]) -> bool:
     return any(r.get("final_mean_auroc_over_orders", {}).get("n", 0) > 1 for r in results.values())
 
 
+def _mean_sd(summary: dict | None, signed: bool = False) -> str:
+    if not summary or summary.get("mean") is None:
+        return "undefined"
+    mean = f"{summary['mean']:+.3f}" if signed else f"{summary['mean']:.3f}"
+    return f"{mean} ± {summary['std']:.3f} (n={summary['n']})"
+
+
 def comparison_header(results: dict[str, dict]) -> list[str]:
-    """Column names of the comparison table (the over-orders column only when several orders ran)."""
+    """Column names of the comparison table (mean ± sd columns only when several (order, seed) runs ran)."""
     header = ["method", "final mean AUROC [95% CI]", "forgetting [95% CI]", "BWT [95% CI]", "avg incremental AUROC"]
-    return header + ["final over orders (mean ± sd)"] if _several_orders(results) else header
+    return header + ["final over runs (mean ± sd)", "forgetting over runs (mean ± sd)"] if _several_runs(results) else header
 
 
 def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
-    """One row per method: final mean AUROC, forgetting and BWT with CIs, average incremental AUROC."""
+    """One row per method: the first run's final mean AUROC, forgetting and BWT with CIs, then mean ± sd over runs."""
     rows = []
     for name, result in results.items():
-        over = result.get("final_mean_auroc_over_orders", {})
         row = [
             name + ("" if result["exemplar_free"] else " (not exemplar-free)"),
             _interval(result["final_mean_auroc"], result["final_mean_auroc_ci"]),
@@ -41,10 +48,42 @@ def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
             _interval(result["bwt"], result["bwt_ci"], signed=True),
             "undefined" if result["average_incremental_auroc"] is None else f"{result['average_incremental_auroc']:.3f}",
         ]
-        if _several_orders(results):
-            row.append(f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over.get("n") else "undefined")
+        if _several_runs(results):
+            over = result.get("over_runs", {})
+            row += [_mean_sd(over.get("final_mean_auroc") or result.get("final_mean_auroc_over_orders")), _mean_sd(over.get("forgetting"), signed=True)]
         rows.append(row)
     return rows
+
+
+def classes_in_means(result: dict) -> str:
+    """One sentence: how many classes the means cover and which were left out for too few test positives."""
+    minimum = result.get("min_positives", 1)
+    text = f"means over {result.get('n_classes_in_mean', '?')} classes with >= {minimum} positive test images"
+    left_out = result.get("too_few_positives") or []
+    if left_out:
+        counts = result.get("n_test_positives", {})
+        text += "; too few positives (listed per class, not in the means): " + ", ".join(f"{c} ({counts.get(c, '?')})" for c in left_out)
+    return text
+
+
+def forgetting_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Per-class forgetting [CI] of the first run, one column per method, so a reader sees which classes drive it."""
+    first = next(iter(results.values()))
+    counts = first.get("n_test_positives", {})
+    marked = set(first.get("too_few_positives") or [])
+    rows = []
+    for name in first["classes"]:
+        cells = []
+        for result in results.values():
+            entry = (result.get("forgetting_per_class") or {}).get(name)
+            cells.append("-" if entry is None else _interval(entry["value"], entry["ci"], signed=True))
+        if any(cell != "-" for cell in cells):
+            rows.append([name + (" (too few positives)" if name in marked else ""), str(counts.get(name, "")), *cells])
+    return ["class", "test positives", *results], rows
+
+
+def _html_rows(rows: list[list[str]]) -> str:
+    return "".join(f"<tr>{''.join(f'<td>{html.escape(cell)}</td>' for cell in row)}</tr>" for row in rows)
 
 
 def _inline_png(path: Path) -> str:
@@ -61,12 +100,14 @@ def write_scenario_report(results: dict[str, dict], prepared, out_dir: Path) -> 
     curve = plot_mean_auroc_per_task({name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png")
     final_scores = {}
     for name in results:
-        order = results[name]["orders"][0]["order"]
-        final = np.load(out_dir / "work" / name / f"order{order}" / f"task{len(task_names)}" / "test_scores.npy")
+        first_run = results[name]["orders"][0]
+        folder = run_folder(out_dir / "work", name, first_run["order"], first_run.get("seed", results[name]["seed"]))
+        final = np.load(folder / f"task{len(task_names)}" / "test_scores.npy")
         final_scores[name] = np.nan_to_num(final, nan=0.5)
     roc = plot_roc_curves(final_scores, prepared.labels[prepared.test_rows], prepared.classes, plots / "roc_curves_final.png")
 
-    table = "".join(f"<tr>{''.join(f'<td>{html.escape(cell)}</td>' for cell in row)}</tr>" for row in comparison_rows(results))
+    table = _html_rows(comparison_rows(results))
+    forgetting_header, forgetting_table = forgetting_rows(results)
     tasks = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td><td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>" for n, t in zip(task_names, first["tasks"]))
     note = html.escape(first.get("note", ""))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>retune scenario: {html.escape(first['scenario'])}</title>
@@ -76,7 +117,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f
 <p>Backbone <code>{html.escape(first['backbone'])}</code>; {first['n_test_images']} test images (patient-level split, seed {first['split_seed']}); training seed {first['seed']}.
 CIs: percentile bootstrap over test patients ({first['n_bootstrap']} replicates). Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final − just-learned AUROC.</p>
 <p class="note">{note}</p>
-<h2>Comparison</h2><table><tr>{''.join(f'<th>{h}</th>' for h in comparison_header(results))}</tr>{table}</table>
+<h2>Comparison</h2><p>{html.escape(classes_in_means(first))}. CIs are the first run's (order {first['orders'][0]['order']}, seed {first['orders'][0].get('seed', first['seed'])});
+mean ± sd is over every (order, seed) run.</p>
+<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in comparison_header(results))}</tr>{table}</table>
+<h2>Forgetting per class (first run)</h2><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in forgetting_header)}</tr>{_html_rows(forgetting_table)}</table>
 <h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>{tasks}</table>
 <h2>Mean AUROC after each task</h2>{_inline_png(curve)}
 <h2>AUROC matrices</h2>{''.join(_inline_png(p) for p in heatmaps)}

@@ -47,6 +47,18 @@ class PreparedScenario:
     backbone_spec: str
 
 
+def check_methods(config: ScenarioConfig) -> None:
+    """Refuse, before any data is read, unknown methods and methods that declare they cannot run this scenario kind."""
+    methods = available_methods()
+    unknown = [m for m in config.methods if m not in methods]
+    if unknown:
+        raise ConfigError(f"unknown method '{unknown[0]}'; valid method names: {', '.join(methods)}")
+    for name in config.methods:
+        if config.kind is not None and config.kind not in methods[name].scenario_kinds:
+            kinds = ", ".join(sorted(methods[name].scenario_kinds))
+            raise ConfigError(f"method '{name}' cannot run a {config.kind}-incremental scenario (it supports: {kinds})")
+
+
 def chunk_rows(rows: np.ndarray, patients: np.ndarray, selector: RowChunk | str, seed: int) -> np.ndarray:
     """Rows of chunk i of k of a seeded partition of these rows' patients (``all``: every row)."""
     if selector == "all":
@@ -61,9 +73,7 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
     """Read and embed the data once, split by patient, build every order's tasks and check them."""
     if config.data.csv is None:
         raise ConfigError("scenario has no data: set data.csv or pass --data")
-    unknown = [m for m in config.methods if m not in available_methods()]
-    if unknown:
-        raise ConfigError(f"unknown method '{unknown[0]}'; valid method names: {', '.join(available_methods())}")
+    check_methods(config)
     table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
@@ -148,11 +158,17 @@ def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
     return finished
 
 
-def run_method(name: str, order: int, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress) -> list[np.ndarray]:
-    """One method through one task order; returns test scores after each task."""
+def run_folder(work_dir: Path, name: str, order: int, seed: int) -> Path:
+    """Where one (method, order, seed) run keeps its per-task checkpoints and test scores."""
+    return work_dir / name / f"order{order}-seed{seed}"
+
+
+def run_method(name: str, order: int, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress, seed: int | None = None) -> list[np.ndarray]:
+    """One method through one task order with one training seed; returns test scores after each task."""
+    seed = config.seed if seed is None else seed
     tasks, rows = prepared.tasks_by_order[order], prepared.rows_by_order[order]
-    method = create_method(name, prepared.context_factory(config.seed), config.retune)
-    folder = work_dir / name / f"order{order}"
+    method = create_method(name, prepared.context_factory(seed), config.retune)
+    folder = run_folder(work_dir, name, order, seed)
     # The joint upper bound keeps earlier tasks' rows in memory, so it restarts rather than resumes.
     scores = _resume(folder, method, len(tasks)) if method.exemplar_free else []
     for task_index in range(len(scores), len(tasks)):
@@ -160,23 +176,42 @@ def run_method(name: str, order: int, prepared: PreparedScenario, config: Scenar
         facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
         scores.append(test_scores(method, prepared))
         _save_task_state(folder, task_index, method, scores[-1], facts)
-        progress(f"{name} order {order} task {task_index + 1}/{len(tasks)} done in {time.perf_counter() - started:.1f}s")
+        progress(f"{name} order {order} seed {seed} task {task_index + 1}/{len(tasks)} done in {time.perf_counter() - started:.1f}s")
     return scores
 
 
-def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, scores_by_order: dict[int, list[np.ndarray]]) -> dict:
-    """results.json for one method: metrics of the first order on top, every order below, mean over orders."""
+def spread(values: list[float | None]) -> dict:
+    """Mean and sample standard deviation over runs of the defined values, with their count."""
+    kept = [v for v in values if v is not None]
+    return {
+        "mean": float(np.mean(kept)) if kept else None,
+        "std": float(np.std(kept, ddof=1)) if len(kept) > 1 else (0.0 if kept else None),
+        "n": len(kept),
+    }
+
+
+def named_continual_metrics(metrics: dict, classes: list[str]) -> dict:
+    """Replace column indices in ``continual_metrics`` output by class names (per-class forgetting, marked classes)."""
+    return {
+        **metrics,
+        "forgetting_per_class": dict(zip(classes, metrics["forgetting_per_class"])),
+        "n_test_positives": dict(zip(classes, metrics["n_test_positives"])),
+        "too_few_positives": [classes[c] for c in metrics["too_few_positives"]],
+    }
+
+
+def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, scores_by_run: dict[tuple[int, int], list[np.ndarray]]) -> dict:
+    """results.json for one method: metrics of the first (order, seed) run on top, every run below, mean ± sd over runs."""
     labels = prepared.labels[prepared.test_rows]
     patients = prepared.patients[prepared.test_rows]
-    per_order = []
-    for order, scores in scores_by_order.items():
-        metrics = continual_metrics(scores, labels, patients, n_bootstrap=config.n_bootstrap, seed=config.seed)
+    per_run = []
+    for (order, seed), scores in scores_by_run.items():
+        metrics = continual_metrics(scores, labels, patients, n_bootstrap=config.n_bootstrap, seed=config.seed, min_positives=config.min_positives)
         tasks = [{"name": t.name, "classes": t.classes, "n_train_rows": int(len(r[0])), "n_val_rows": int(len(r[1]))} for t, r in zip(prepared.tasks_by_order[order], prepared.rows_by_order[order])]
-        per_order.append({"order": order, "tasks": tasks, **metrics})
-    first = per_order[0]
-    finals = [o["final_mean_auroc"] for o in per_order if o["final_mean_auroc"] is not None]
-    forgettings = [o["forgetting"] for o in per_order if o["forgetting"] is not None]
+        per_run.append({"order": order, "seed": seed, "tasks": tasks, **named_continual_metrics(metrics, prepared.classes)})
+    first = per_run[0]
     method_cls = available_methods()[name]
+    over_runs = {key: spread([run[key] for run in per_run]) for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")}
     return {
         "method": name,
         "description": method_cls.description,
@@ -186,11 +221,13 @@ def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, sco
         "backbone": prepared.backbone_spec,
         "classes": prepared.classes,
         **first,
-        "orders": per_order,
-        "final_mean_auroc_over_orders": {"mean": float(np.mean(finals)) if finals else None, "std": float(np.std(finals)) if finals else None, "n": len(finals)},
-        "forgetting_over_orders": {"mean": float(np.mean(forgettings)) if forgettings else None, "std": float(np.std(forgettings)) if forgettings else None, "n": len(forgettings)},
+        "orders": per_run,
+        "over_runs": over_runs,  # mean ± sample sd over every (order, seed) run
+        "final_mean_auroc_over_orders": over_runs["final_mean_auroc"],
+        "forgetting_over_orders": over_runs["forgetting"],
         "n_test_images": int(len(prepared.test_rows)),
         "seed": config.seed,
+        "seeds": config.training_seeds,
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
     }
@@ -199,13 +236,15 @@ def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, sco
 def run_scenario(config: ScenarioConfig, out_dir: str | Path, show_progress: bool = False, progress: Progress = lambda message: None) -> dict[str, dict]:
     """Run every method of a scenario; write ``<method>/results.json``, the report and the config."""
     out_dir = Path(out_dir)
+    check_methods(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
     prepared = prepare(config, show_progress)
     results = {}
     for name in config.methods:
-        scores_by_order = {order: run_method(name, order, prepared, config, out_dir / "work", progress) for order in config.orders}
-        results[name] = summarise(name, prepared, config, scores_by_order)
+        runs = [(order, seed) for order in config.orders for seed in config.training_seeds]
+        scores_by_run = {run: run_method(name, run[0], prepared, config, out_dir / "work", progress, seed=run[1]) for run in runs}
+        results[name] = summarise(name, prepared, config, scores_by_run)
         write_json_atomic(out_dir / name / "results.json", results[name])
         progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
     from retune.report.scenario_report import write_scenario_report

@@ -65,10 +65,16 @@ class ScenarioConfig(ExperimentConfig):
     retune: ReTuneConfig = ReTuneConfig()
     methods: list[str] = Field(default_factory=lambda: ["retune", "retune-distill", "linear_probe", "naive", "lwf", "ewc", "joint"])
     orders: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds for class order / chunking; one run per seed.")
+    seeds: Optional[list[int]] = Field(None, min_length=1, description="Training seeds (initialisation, shuffling); one run per (order, seed); default: [seed].")
     tasks: list[TaskSpec] = Field(default_factory=list)
     generate: Optional[GeneratorSpec] = None
     n_bootstrap: int = Field(500, ge=0)
     tracking_uri: Optional[str] = None
+
+    @property
+    def training_seeds(self) -> list[int]:
+        """The seeds every order is run with."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
     @model_validator(mode="after")
     def _tasks_or_generator(self) -> "ScenarioConfig":

@@ -5,8 +5,11 @@ logit = tau * (s+ - s-), trained on cached vectors only with masked BCE (the pap
 contrastive objective on the same similarities (CLIP InfoNCE or SigLIP, see ``losses.prompt_objective``).
 New classes bring their own prompts, so learning a finding adds no output weights; the prompts anchor each class.
 Variants for exemplar-free incremental learning: ``retune-distill`` (distil earlier classes'
-logits on the new task's images, as LwF does) and ``retune-freeze`` (freeze the image adaptor
-after the first task, so earlier classes can only move through their own prompts).
+logits on the new task's images, as LwF does), ``retune-freeze`` (freeze the image adaptor
+after the first task; the shared text adaptor still moves) and ``retune-prompt`` (both adaptors and
+the temperature freeze after the first task; each class owns a learnable offset on its positive and
+negative prompt embeddings, as CoOp learns prompt vectors, and a later task trains only its own
+classes' offsets, so a class absent from a task keeps exactly the same outputs).
 """
 
 from __future__ import annotations
@@ -45,11 +48,16 @@ class ReTuneModel(nn.Module):
         self.positive = torch.cat([self.positive, torch.as_tensor(positive, dtype=torch.float32)])
         self.negative = torch.cat([self.negative, torch.as_tensor(negative, dtype=torch.float32)])
 
+    def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative prompt embeddings per class (classes x text_dim), before the text adaptor."""
+        return self.positive, self.negative
+
     def similarities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cosine similarity of each adapted image to each class's adapted positive and negative prompt (N x C each)."""
         image = F.normalize(self.image_adaptor(images), dim=-1)
-        positive = F.normalize(self.text_adaptor(self.positive), dim=-1)
-        negative = F.normalize(self.text_adaptor(self.negative), dim=-1)
+        positive, negative = self.prompt_embeddings()
+        positive = F.normalize(self.text_adaptor(positive), dim=-1)
+        negative = F.normalize(self.text_adaptor(negative), dim=-1)
         return image @ positive.T, image @ negative.T
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -62,6 +70,25 @@ class ReTuneModel(nn.Module):
         scale = self.log_tau.exp()
         loss = prompt_objective(objective, positive[:, columns], negative[:, columns], labels, scale, self.logit_bias)
         return loss, scale * (positive - negative)
+
+
+class PromptOffsetModel(ReTuneModel):
+    """ReTuneModel whose classes each own a learnable (positive, negative) offset added to their prompt embeddings."""
+
+    def __init__(self, image_dim: int, text_dim: int, config: ReTuneConfig) -> None:
+        super().__init__(image_dim, text_dim, config)
+        self.offsets = nn.ParameterList()  # one (2 x text_dim) parameter per class, so each trains alone
+
+    def add_prompts(self, positive: np.ndarray, negative: np.ndarray) -> None:
+        super().add_prompts(positive, negative)
+        for _ in range(len(positive)):
+            self.offsets.append(nn.Parameter(torch.zeros(2, self.positive.shape[1])))
+
+    def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not len(self.offsets):
+            return self.positive, self.negative
+        offsets = torch.stack(list(self.offsets))
+        return self.positive + offsets[:, 0], self.negative + offsets[:, 1]
 
 
 @register_method
@@ -87,10 +114,9 @@ class ReTune(TorchMethod):
         new = self.add_classes(task.classes)
         if new:
             self.model.add_prompts(*self.context.prompts.matrices(new))
-        if self.freeze_image_after_first_task and self.tasks_learned > 0:
-            for parameter in self.model.image_adaptor.parameters():
-                parameter.requires_grad_(False)
         columns = torch.tensor([self.classes.index(c) for c in task.classes])
+        if self.tasks_learned > 0:
+            self.freeze_for_later_task(columns)
         # Distil every earlier class, relabelled ones too: in data-incremental tasks all classes recur.
         old_columns = torch.tensor([self.classes.index(c) for c in previous], dtype=torch.long)
 
@@ -104,6 +130,12 @@ class ReTune(TorchMethod):
 
         result = self.fit_task(task, columns, loss_fn)
         return {**result.facts(), "tau": self.tau}
+
+    def freeze_for_later_task(self, columns: torch.Tensor) -> None:
+        """What stops training after the first task (``columns``: this task's classes); by default nothing."""
+        if self.freeze_image_after_first_task:
+            for parameter in self.model.image_adaptor.parameters():
+                parameter.requires_grad_(False)
 
     @property
     def tau(self) -> float:
@@ -129,3 +161,26 @@ class ReTuneFreeze(ReTune):
     name: ClassVar[str] = "retune-freeze"
     description: ClassVar[str] = "RE-tune with the image adaptor frozen after task 1"
     freeze_image_after_first_task: ClassVar[bool] = True
+
+
+@register_method
+class ReTunePrompt(ReTune):
+    """RE-tune whose adaptors and temperature freeze after task 1; later tasks train only their own classes' prompt offsets."""
+
+    name: ClassVar[str] = "retune-prompt"
+    description: ClassVar[str] = "RE-tune, adaptors frozen after task 1; each later class learns only its own prompt offsets (CoOp-style)"
+
+    def build_model(self) -> PromptOffsetModel:
+        return PromptOffsetModel(self.context.image_dim, self.context.text_dim, self.config)
+
+    def shape_for(self, tensors: dict[str, np.ndarray]) -> None:
+        super().shape_for(tensors)
+        n_classes = tensors["positive"].shape[0]
+        self.model.offsets = nn.ParameterList([nn.Parameter(torch.zeros(2, tensors["positive"].shape[1])) for _ in range(n_classes)])
+
+    def freeze_for_later_task(self, columns: torch.Tensor) -> None:
+        trainable = set(columns.tolist())
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        for index, offset in enumerate(self.model.offsets):
+            offset.requires_grad_(index in trainable)

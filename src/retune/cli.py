@@ -167,11 +167,13 @@ def print_metrics(metrics: dict) -> None:
             return "undefined"
         return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
+    too_few = set(metrics.get("too_few_positives", []))
     for name in metrics["classes"]:
-        row = [name, str(metrics["per_class"][name]["n_pos"])]
+        row = [name + (" (too few positives, not in the mean)" if name in too_few else ""), str(metrics["per_class"][name]["n_pos"])]
         row += [cell(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()]
         table.add_row(*row)
-    table.add_row("[bold]mean", "", *[f"[bold]{cell(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()])
+    counted = f" ({metrics['n_classes_in_mean']} classes with >= {metrics['min_positives']} positives)" if "n_classes_in_mean" in metrics else ""
+    table.add_row(f"[bold]mean{counted}", "", *[f"[bold]{cell(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()])
     console.print(table)
     if metrics.get("note"):
         console.print(f"[dim]{metrics['note']}[/]")
@@ -192,6 +194,7 @@ def train(
     prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
     objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
     seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split."),
+    min_positives: Optional[int] = MIN_POSITIVES,
     device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
@@ -203,7 +206,7 @@ def train(
     from retune.runs import train_run
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
-    settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
+    settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed}, "min_positives": min_positives,
                                    "data": {"csv": data, "image_root": image_root, "format": data_format}})
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
     metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
@@ -223,12 +226,13 @@ def evaluate(
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
     image_root: Optional[Path] = IMAGE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
+    min_positives: int = typer.Option(10, "--min-positives", min=1, help="The mean covers only classes with at least this many positive images; the rest are listed and marked."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
     """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
     from retune.inference import evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
+    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty(), min_positives=min_positives)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -383,6 +387,47 @@ def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenari
 
     for directory in directories:
         print_comparison(load_results(directory))
+
+
+@scenario_app.command("evaluate")
+@friendly_errors
+def scenario_evaluate(
+    results: Path = typer.Argument(..., help="A finished `retune scenario run` output folder."),
+    data: Path = typer.Option(..., help="Another labelled CSV (patients never seen in training), e.g. an external site's."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the scenario's)."),
+    image_root: Optional[Path] = IMAGE_ROOT,
+    n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the first run's CIs."),
+    min_positives: Optional[int] = MIN_POSITIVES,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON to stdout."),
+) -> None:
+    """Score every method's final model of a finished scenario on another CSV, with CIs; writes RESULTS/external-<csv>.json.
+
+    Example: retune scenario evaluate results/nih-class --data other-site/labels.csv
+    Images or patients the scenario trained on are counted and warned about.
+    """
+    from retune.scenarios.external import evaluate_scenario
+
+    payload = evaluate_scenario(results, data, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, min_positives=min_positives, show_progress=sys.stderr.isatty())
+    if as_json:
+        print(json.dumps(payload, indent=2))
+        return
+    several = any(len(m["runs"]) > 1 for m in payload["methods"].values())
+    table = Table("method", "mean AUROC [95% CI] (first run)", "classes in mean", *(["mean ± sd over runs"] if several else []),
+                  title=f"scenario {payload['scenario']} final models on {payload['csv']} ({payload['n_images']} images, {payload['n_patients']} patients)")
+    for name, record in payload["methods"].items():
+        value, interval = record["mean_auroc"], record["mean_auroc_ci"]
+        shown = "undefined" if value is None else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        over = record["mean_auroc_over_runs"]
+        extra = [f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over["mean"] is not None else "undefined"] if several else []
+        table.add_row(name + ("" if record["exemplar_free"] else " (not exemplar-free)"), shown, str(record["n_classes_in_mean"]), *extra)
+    console.print(table)
+    first = next(iter(payload["methods"].values()))
+    if first["too_few_positives"]:
+        console.print(escape(f"too few positives (< {payload['min_positives']}), not in the means: {', '.join(first['too_few_positives'])}"), highlight=False)
+    if payload["note"]:
+        console.print(f"[dim]{payload['note']}[/]")
+    for warning in payload["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 adaptor_app = typer.Typer(help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.", no_args_is_help=True)

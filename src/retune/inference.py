@@ -22,6 +22,7 @@ from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.methods.checkpoint import load_checkpoint
 from retune.peft_runs import load_tuned_run
+from retune.evaluation import DEFAULT_MIN_POSITIVES
 from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
 
 Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
@@ -55,7 +56,7 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
 
 
 def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 n_bootstrap: int = 1000, show_progress: bool = False) -> dict:
+                 n_bootstrap: int = 1000, show_progress: bool = False, min_positives: int = DEFAULT_MIN_POSITIVES) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
     run = open_run(run_dir, store_dir, show_progress=show_progress)
     train_config = run.facts["train_config"]
@@ -75,7 +76,7 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
-    records = {name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"])) for name, values in scores.items()}
+    records = {name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"]), min_positives) for name, values in scores.items()}
     return {**records[run.main], "baselines": {k: v for k, v in records.items() if k != run.main}, "csv": str(csv_path)}
 
 

@@ -22,7 +22,7 @@ from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError, unknown_name
-from retune.evaluation import evaluate_scores, fast_mean_auroc
+from retune.evaluation import DEFAULT_MIN_POSITIVES, evaluate_scores, fast_mean_auroc
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import load_checkpoint, save_checkpoint
@@ -82,9 +82,10 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
     return run, skipped
 
 
-def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: np.ndarray, table: ImageTable, split: str, n_bootstrap: int, seed: int) -> dict:
-    """The metrics.json block for one method on one split."""
-    result = evaluate_scores(scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed)
+def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: np.ndarray, table: ImageTable, split: str, n_bootstrap: int, seed: int,
+                   min_positives: int = DEFAULT_MIN_POSITIVES) -> dict:
+    """The metrics.json block for one method on one split (the mean covers classes with >= min_positives positives)."""
+    result = evaluate_scores(scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed, min_positives=min_positives)
     payload = result.to_dict()
     return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
 
@@ -119,7 +120,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
         trained[name] = method
         test_scores[name] = method.predict(images[splits["test"]])
-        per_method[name] = metrics_record(name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed)
+        per_method[name] = metrics_record(name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed, config.min_positives)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {

@@ -48,7 +48,7 @@ def _scenario(tmp_path: Path, csv: Path, **overrides) -> Path:
         "store": str(tmp_path / "store"),
         "data": {"csv": str(csv)},
         "generate": {"kind": "class", "n_tasks": 3, "classes": ["Atelectasis", "Effusion", "Infiltration", "Pneumonia", "Edema", "No_Finding"]},
-        "methods": ["retune", "retune-distill", "linear_probe", "naive"],
+        "methods": ["retune", "retune-distill", "retune-prompt", "linear_probe", "ranpac", "naive"],
         "n_bootstrap": 100,
         "retune": {"optim": {"epochs": 40}},
         **overrides,
@@ -78,6 +78,30 @@ def test_scenario_run_and_compare_on_real_nih_images(tmp_path, nih_subset):
     compared = runner.invoke(app, ["scenario", "compare", str(out)])
     assert compared.exit_code == 0
     assert "retune-distill" in compared.output and "naive" in compared.output
+    assert "means over" in compared.output  # the count of classes in the means is shown beside them
+
+
+def test_scenario_evaluate_scores_final_models_on_another_csv(tmp_path, nih_subset, nih_dir):
+    """`scenario evaluate`: every method's final model on rows the scenario never read, with CIs and the overlap check."""
+    config = _scenario(tmp_path, nih_subset, methods=["ranpac", "simplecil"], orders=[0, 1])
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["scenario", "run", str(config), "--out", str(out)]).exit_code == 0
+    frame = pd.read_csv(nih_dir / "labels.csv").iloc[300:420]
+    frame["path"] = [str(nih_dir / p) for p in frame["path"]]
+    other = tmp_path / "other.csv"
+    frame.to_csv(other, index=False)
+    result = runner.invoke(app, ["scenario", "evaluate", str(out), "--data", str(other), "--n-bootstrap", "50", "--min-positives", "3"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "external-other.json").read_text())
+    assert payload["n_images"] == 120 and set(payload["methods"]) == {"ranpac", "simplecil"}
+    record = payload["methods"]["ranpac"]
+    assert len(record["runs"]) == 2 and record["mean_auroc_over_runs"]["n"] == 2
+    assert record["mean_auroc_ci"][0] <= record["mean_auroc"] <= record["mean_auroc_ci"][1]
+    assert not any("images were in" in warning for warning in payload["warnings"])
+
+    again = runner.invoke(app, ["scenario", "evaluate", str(out), "--data", str(nih_subset)])
+    assert again.exit_code == 0
+    assert "were in the scenario's training or validation rows" in again.output  # evaluating on training images is loud
 
 
 def test_scenario_with_unknown_class_fails_before_training(tmp_path, nih_subset):

@@ -207,3 +207,38 @@ def test_forgetting_and_bwt_need_two_tasks():
 def test_average_incremental_skips_undefined_tasks():
     assert average_incremental([0.8, None, 0.6, float("nan")]) == pytest.approx(0.7)
     assert average_incremental([None]) is None
+
+
+def test_min_positives_keeps_rare_classes_out_of_the_mean_but_listed():
+    """A class with 2 positives keeps its per-class AUROC, is marked, and does not move the mean."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((200, 2))
+    labels[:50, 0] = 1
+    labels[:2, 1] = 1
+    scores = np.column_stack([labels[:, 0] + rng.normal(size=200), 1 - labels[:, 1] + rng.normal(size=200) * 0.01])
+    strict = evaluate_scores(scores, labels, ["common", "rare"], n_bootstrap=50, min_positives=10)
+    loose = evaluate_scores(scores, labels, ["common", "rare"], n_bootstrap=50, min_positives=1)
+    assert strict.too_few_positives == ["rare"] and strict.n_classes_in_mean == 1
+    assert strict.mean_auroc == pytest.approx(strict.per_class["common"].auroc)
+    assert strict.per_class["rare"].auroc == loose.per_class["rare"].auroc < 0.1
+    assert loose.mean_auroc < strict.mean_auroc
+    assert strict.to_dict()["too_few_positives"] == ["rare"]
+
+
+def test_continual_metrics_count_only_classes_with_enough_positives():
+    """Forgetting driven by a one-positive class vanishes from the mean and stays visible per class."""
+    from retune.evaluation import continual_metrics
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((300, 2))
+    labels[:60, 0] = 1
+    labels[0, 1] = 1
+    good = np.column_stack([labels[:, 0] + rng.normal(size=300) * 0.5, labels[:, 1] + rng.normal(size=300) * 0.01])
+    broken = good.copy()
+    broken[:, 1] = -broken[:, 1]  # the rare class flips after task 2
+    metrics = continual_metrics([good, broken], labels, n_bootstrap=40, min_positives=10)
+    assert metrics["forgetting"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["too_few_positives"] == [1] and metrics["n_classes_in_mean"] == 1
+    assert metrics["forgetting_per_class"][1]["value"] > 0.9
+    assert metrics["n_test_positives"] == [60, 1]
+    assert continual_metrics([good, broken], labels, n_bootstrap=0, min_positives=1)["forgetting"] > 0.45

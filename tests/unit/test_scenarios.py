@@ -156,3 +156,26 @@ def test_summary_has_the_documented_fields(tmp_path):
     first_task_classes = [CLASSES.index(c) for c in prepared.tasks_by_order[0][1].classes]
     assert all(result["auroc_matrix"][0][c] is None for c in first_task_classes)  # not yet learned after task 1
     assert result["scenario"] == "toy"
+
+
+def test_method_that_cannot_run_a_scenario_kind_is_refused_in_one_line(monkeypatch):
+    """The runner refuses before reading data, naming the method and the scenario kind."""
+    from retune.scenarios.runner import check_methods
+
+    monkeypatch.setattr(RecordingMethod, "scenario_kinds", frozenset({"class"}))
+    config = ScenarioConfig(name="toy", generate=GeneratorSpec(kind="data", n_tasks=2), methods=["recording"])
+    with pytest.raises(ConfigError, match="method 'recording' cannot run a data-incremental scenario"):
+        check_methods(config)
+    check_methods(config.model_copy(update={"kind": "class"}))
+
+
+def test_every_order_and_seed_is_a_run_with_mean_and_sd(tmp_path):
+    """Two seeds of one order: two runs in results.json, and the over-runs summary has their sample sd."""
+    prepared = prepared_scenario("class")
+    config = ScenarioConfig(name="toy", generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], seeds=[0, 5], n_bootstrap=0, min_positives=1)
+    runs = {(0, seed): run_method("recording", 0, prepared, config, tmp_path, lambda message: None, seed=seed) for seed in config.training_seeds}
+    result = summarise("recording", prepared, config, runs)
+    assert [(run["order"], run["seed"]) for run in result["orders"]] == [(0, 0), (0, 5)]
+    finals = [run["final_mean_auroc"] for run in result["orders"]]
+    assert result["over_runs"]["final_mean_auroc"] == {"mean": pytest.approx(np.mean(finals)), "std": pytest.approx(np.std(finals, ddof=1)), "n": 2}
+    assert (tmp_path / "recording" / "order0-seed5" / "task3" / "done.json").exists()

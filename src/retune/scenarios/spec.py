@@ -63,7 +63,7 @@ class ScenarioConfig(ExperimentConfig):
     name: str = "scenario"
     kind: Optional[ScenarioKind] = None
     retune: ReTuneConfig = ReTuneConfig()
-    methods: list[str] = Field(default_factory=lambda: ["retune", "retune-distill", "linear_probe", "naive", "lwf", "ewc", "joint"])
+    methods: list[str] = Field(default_factory=lambda: ["retune", "retune-distill", "retune-prompt", "linear_probe", "simplecil", "ranpac", "gaussian", "naive", "lwf", "ewc", "joint"])
     orders: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds for class order / chunking; one run per seed.")
     seeds: Optional[list[int]] = Field(None, min_length=1, description="Training seeds (initialisation, shuffling); one run per (order, seed); default: [seed].")
     tasks: list[TaskSpec] = Field(default_factory=list)

@@ -1,0 +1,86 @@
+"""Score a finished scenario's final models on another labelled CSV: how a user checks a result on an external site.
+
+Every method's model after the last task of every (order, seed) run is rebuilt from its checkpoint and
+scored on the CSV's images (embedded through the store once), with per-class AUROC, patient-bootstrap
+CIs and the min-positives rule; images or patients that the scenario trained or validated on are
+counted and reported loudly, never silently mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from retune.backbones.registry import create_backbone
+from retune.data.readers import read_table
+from retune.errors import ConfigError
+from retune.evaluation import evaluate_scores
+from retune.io_utils import write_json_atomic
+from retune.methods.base import PromptBank
+from retune.methods.checkpoint import load_checkpoint
+from retune.methods.registry import create_method
+from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, method_context
+from retune.scenarios.runner import load_results, prepare, run_folder, spread
+from retune.scenarios.spec import ScenarioConfig
+from retune.store import EmbeddingStore
+
+
+def _row_keys(images: np.ndarray) -> set[bytes]:
+    """Content-keyed store: identical images have identical embeddings, so their bytes identify the image."""
+    return {row.tobytes() for row in np.ascontiguousarray(images)}
+
+
+def evaluate_scenario(results_dir: str | Path, csv_path: str | Path, store_dir: str | Path | None = None, image_root: str | Path | None = None,
+                      n_bootstrap: int = 1000, min_positives: int | None = None, show_progress: bool = False) -> dict:
+    """Per method: the first run's metrics with CIs on the CSV, mean ± sd of its mean AUROC over all runs; saved as JSON."""
+    results_dir = Path(results_dir)
+    scenario_file = results_dir / "scenario.json"
+    if not scenario_file.exists():
+        raise ConfigError(f"{results_dir}: no scenario.json (is this a 'retune scenario run' output folder?)")
+    config = ScenarioConfig.model_validate(json.loads(scenario_file.read_text()))
+    if store_dir is not None:
+        config = config.model_copy(update={"store": Path(store_dir)})
+    minimum = config.min_positives if min_positives is None else min_positives
+    results = load_results(results_dir)
+    classes = next(iter(results.values()))["classes"]
+    table = read_table(csv_path, format=config.data.format, image_root=image_root, uncertainty=config.data.uncertainty)
+    missing = [c for c in classes if c not in table.classes]
+    if missing:
+        raise ConfigError(f"{csv_path}: has no label column for scenario class(es) {', '.join(missing)}")
+    backbone = create_backbone(config.backbone, device=config.device)
+    embedded = embed_and_load(table, backbone, EmbeddingStore(config.store), show_progress)
+    table, images = embedded.table, embedded.images
+    labels = table.labels(classes)
+
+    prepared = prepare(config, show_progress)
+    seen_rows = np.setdiff1d(np.arange(len(prepared.images)), prepared.test_rows)
+    seen_images = _row_keys(prepared.images[seen_rows])
+    overlap_images = int(sum(row.tobytes() in seen_images for row in np.ascontiguousarray(images)))
+    overlap_patients = sorted(set(map(str, table.patients)) & set(map(str, prepared.patients[seen_rows])))
+    warnings = []
+    if overlap_images:
+        warnings.append(f"{overlap_images} of {len(images)} images were in the scenario's training or validation rows: these scores are not external")
+    if overlap_patients:
+        warnings.append(f"{len(overlap_patients)} patients of {csv_path} were in the scenario's training or validation rows")
+
+    report = {}
+    for name, result in results.items():
+        records = []
+        for run in result["orders"]:
+            seed = run.get("seed", result["seed"])
+            folder = run_folder(results_dir / "work", name, run["order"], seed) / f"task{len(run['tasks'])}"
+            tensors, facts = load_checkpoint(folder)
+            method = create_method(name, method_context(backbone, PromptBank(), seed), config.retune)
+            method.load_state(tensors.get(name, {}), facts["methods"][name])
+            scores = method.predict(images)[:, [method.classes.index(c) for c in classes]]
+            evaluated = evaluate_scores(scores, labels, classes, table.patients, n_bootstrap=n_bootstrap if not records else 0, seed=config.seed, min_positives=minimum)
+            records.append({"order": run["order"], "seed": seed, **evaluated.to_dict()})
+        report[name] = {"method": name, "exemplar_free": result["exemplar_free"], **records[0], "runs": records,
+                        "mean_auroc_over_runs": spread([r["mean_auroc"] for r in records])}
+    payload = {"scenario": config.name, "kind": config.kind, "csv": str(csv_path), "n_images": len(images), "n_patients": int(len(set(table.patients))),
+               "backbone": backbone.spec, "min_positives": minimum, "warnings": warnings,
+               "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "", "methods": report}
+    write_json_atomic(results_dir / f"external-{Path(csv_path).stem}.json", payload)
+    return payload

@@ -187,7 +187,7 @@ def train(
     Images are embedded once into the store first (skipped when already there).
     """
     from retune.config import TrainConfig, load_yaml_config, override
-    from retune.runs import train_run
+    from retune.experiments.train import train_run
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
     settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
@@ -213,7 +213,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
     """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
-    from retune.inference import evaluate_run
+    from retune.experiments.inference import evaluate_run
 
     metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
     if as_json:
@@ -232,7 +232,7 @@ def predict(
     output: Optional[Path] = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1)."""
-    from retune.inference import predict_images
+    from retune.experiments.inference import predict_images
 
     frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
     for path, reason in errors.itertuples(index=False):
@@ -370,8 +370,8 @@ def adaptor_run(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
-    from retune.adaptor_runs import run_adaptor_experiment
     from retune.config import AdaptorExperimentConfig, load_yaml_config, override
+    from retune.experiments.adaptor import run_adaptor_experiment
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
     settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
@@ -417,7 +417,7 @@ def peft_run(
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
     from retune.config import PeftExperimentConfig, load_yaml_config, override
-    from retune.peft_runs import run_peft_experiment
+    from retune.experiments.peft import run_peft_experiment
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
     settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
@@ -444,9 +444,9 @@ def demo(
     Without --data it runs on synthetic chest phantoms (made here, seeded); prints the comparison table
     and writes OUT/report.html.
     """
+    from retune.config import DataConfig
     from retune.data.phantoms import write_phantom_dataset
     from retune.scenarios.spec import GeneratorSpec, ScenarioConfig
-    from retune.config import DataConfig
 
     csv_path = data if data is not None else write_phantom_dataset(out / "phantoms", n=n_images, seed=0)
     settings = ScenarioConfig(

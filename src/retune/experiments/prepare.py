@@ -21,7 +21,9 @@ from retune.methods.base import MethodContext, PromptBank
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
 
-GENERAL_DOMAIN_NOTE = "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
+GENERAL_DOMAIN_NOTE = (
+    "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
+)
 
 
 @dataclass
@@ -33,14 +35,18 @@ class EmbeddedTable:
     n_failed: int
 
 
-def embed_and_load(table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False) -> EmbeddedTable:
+def embed_and_load(
+    table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False
+) -> EmbeddedTable:
     """Embed what the store lacks, then return the cached vectors (failed images dropped)."""
     summary = embed_table(table, backbone, store, show_progress=show_progress)
     images, rows = image_embeddings(table, backbone.fingerprint, store)
     return EmbeddedTable(table.subset(rows), images, len(table) - len(rows) if len(summary.errors) else 0)
 
 
-def prompt_bank(classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore) -> tuple[PromptBank, dict]:
+def prompt_bank(
+    classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore
+) -> tuple[PromptBank, dict]:
     """Embed each class's prompts once (cached in the store) and average them per side."""
     prompts = build_prompts(prompt_spec, classes)
     texts = prompt_texts(prompts)
@@ -49,7 +55,10 @@ def prompt_bank(classes: list[str], prompt_spec: str, backbone: Backbone, store:
     for name, class_prompts in prompts.items():
         bank.positive[name] = np.mean([vectors[t] for t in class_prompts.positive], axis=0)
         bank.negative[name] = np.mean([vectors[t] for t in class_prompts.negative], axis=0)
-    described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
+    described = {
+        name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source}
+        for name, p in prompts.items()
+    }
     return bank, described
 
 
@@ -58,11 +67,28 @@ def method_context(backbone: Backbone, bank: PromptBank, seed: int) -> MethodCon
     return MethodContext(backbone.image_dim, backbone.text_dim, backbone.aligned, bank, fast_mean_auroc, seed)
 
 
-def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: np.ndarray, table: ImageTable, split: str, n_bootstrap: int, seed: int) -> dict:
+def metrics_record(
+    method: str,
+    backbone: Backbone,
+    classes: list[str],
+    scores: np.ndarray,
+    table: ImageTable,
+    split: str,
+    n_bootstrap: int,
+    seed: int,
+) -> dict:
     """The metrics.json block for one method on one split."""
-    result = evaluate_scores(scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed)
+    result = evaluate_scores(
+        scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed
+    )
     payload = result.to_dict()
-    return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
+    return {
+        "method": method,
+        "backbone": backbone.spec,
+        "backbone_fingerprint": backbone.fingerprint,
+        "split": split,
+        **payload,
+    }
 
 
 def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None) -> Backbone:
@@ -70,5 +96,8 @@ def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None
     backbone = create_backbone(facts["backbone"]["spec"], device=device)
     expected = facts["backbone"]["fingerprint"]
     if backbone.fingerprint != expected:
-        raise StoreError(f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has fingerprint {backbone.fingerprint} (different weights or preprocessing)")
+        raise StoreError(
+            f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has "
+            f"fingerprint {backbone.fingerprint} (different weights or preprocessing)"
+        )
     return backbone

@@ -58,7 +58,13 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     if config.data.csv is None:
         raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_table(
+        config.data.csv,
+        format=config.data.format,
+        image_root=config.data.image_root,
+        uncertainty=config.data.uncertainty,
+        classes=config.data.classes,
+    )
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)
@@ -70,7 +76,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     names, skipped = methods_to_run(config.baselines, backbone.aligned)
 
     def task_for(rows_train: np.ndarray, rows_val: np.ndarray) -> TaskData:
-        return TaskData(tuple(classes), images[rows_train], table.labels()[rows_train], images[rows_val], table.labels()[rows_val])
+        return TaskData(
+            tuple(classes), images[rows_train], table.labels()[rows_train], images[rows_val], table.labels()[rows_val]
+        )
 
     test = table.subset(splits["test"])
     trained: dict[str, Method] = {}
@@ -82,7 +90,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
         trained[name] = method
         test_scores[name] = method.predict(images[splits["test"]])
-        per_method[name] = metrics_record(name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed)
+        per_method[name] = metrics_record(
+            name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
@@ -91,9 +101,19 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "prompts": prompts,
         "tau": training_facts[MAIN_METHOD].get("tau"),
         "train_config": config.model_dump(mode="json"),
-        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in splits.items()}, "by": PATIENT_COLUMN},
+        "split": {
+            "fractions": list(config.split.fractions),
+            "seed": config.split.seed,
+            "sizes": {k: int(len(v)) for k, v in splits.items()},
+            "by": PATIENT_COLUMN,
+        },
         "training": training_facts,
-        "data": {"csv": str(config.data.csv), "n_images": len(table), "n_failed_images": embedded.n_failed, "patient_column_missing": bool(table.extra.get("patient_column_missing"))},
+        "data": {
+            "csv": str(config.data.csv),
+            "n_images": len(table),
+            "n_failed_images": embedded.n_failed,
+            "patient_column_missing": bool(table.extra.get("patient_column_missing")),
+        },
     }
     save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
     metrics = {
@@ -104,7 +124,11 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": ["no patient column: each image is its own patient, so the split cannot keep a patient's images together"] if table.extra.get("patient_column_missing") else [],
+        "warnings": [
+            "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
+        ]
+        if table.extra.get("patient_column_missing")
+        else [],
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_roc_curves
@@ -113,8 +137,12 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     return metrics
 
 
-def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
-             checkpoint: tuple[dict, dict] | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
+def load_run(
+    run_dir: str | Path,
+    store_dir: str | Path | None = None,
+    device: str | None = None,
+    checkpoint: tuple[dict, dict] | None = None,
+) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
     """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
     the run's ``load_checkpoint`` result when the caller has already read it."""
     tensors, facts = checkpoint or load_checkpoint(run_dir)
@@ -130,12 +158,22 @@ def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
     return methods, facts, backbone, store
 
 
-def score_embedded(methods: dict[str, Method], backbone: Backbone, store: EmbeddingStore, table: ImageTable, show_progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
-    """Every method's probabilities for the table's images (embedded through the store): (scores, rows kept, unreadable images)."""
+def score_embedded(
+    methods: dict[str, Method],
+    backbone: Backbone,
+    store: EmbeddingStore,
+    table: ImageTable,
+    show_progress: bool = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+    """Every method's probabilities for the table's images (embedded through the store): (scores, rows kept,
+    unreadable images)."""
     summary = embed_table(table, backbone, store, show_progress=show_progress)
     try:
         images, rows = image_embeddings(table, backbone.fingerprint, store)
     except StoreError:
         images, rows = np.zeros((0, backbone.image_dim), dtype=np.float32), np.zeros(0, dtype=int)
-    scores = {name: method.predict(images) if len(rows) else np.zeros((0, len(method.classes))) for name, method in methods.items()}
+    scores = {
+        name: method.predict(images) if len(rows) else np.zeros((0, len(method.classes)))
+        for name, method in methods.items()
+    }
     return scores, rows, summary.errors

@@ -64,13 +64,6 @@ def backbones() -> None:
     console.print(table)
 
 
-def read_dataset(csv_path: Path, image_root: Path | None, data_format: str, uncertainty: str):
-    """Read a label CSV through the reader registry (shared by every command that takes data)."""
-    from retune.data.readers import read_table
-
-    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty)
-
-
 CSV_ARGUMENT = typer.Argument(
     ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
 )
@@ -78,7 +71,9 @@ IMAGE_ROOT = typer.Option(
     None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
 )
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
-UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
+METADATA_CSV = typer.Option(
+    None, help="--format mimic only: mimic-cxr-2.0.0-metadata.csv (which images belong to each labelled study)."
+)
 BACKBONE = typer.Option(
     "default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM)."
 )
@@ -96,6 +91,7 @@ def embed(
     store: Path = STORE,
     image_root: Path | None = IMAGE_ROOT,
     data_format: str = DATA_FORMAT,
+    metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
     workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
     tokens: bool = typer.Option(
@@ -108,10 +104,11 @@ def embed(
     Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
-    table = read_dataset(csv_path, image_root, data_format, "ignore")
+    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv)
     model = create_backbone(backbone, device=device)
     summary = embed_table(
         table,
@@ -202,6 +199,7 @@ def train(
     store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Path | None = IMAGE_ROOT,
     data_format: str | None = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
+    metadata_csv: Path | None = METADATA_CSV,
     prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
     objective: str | None = typer.Option(
         None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."
@@ -226,7 +224,7 @@ def train(
             "device": device,
             "seed": seed,
             "split": {"seed": seed},
-            "data": {"csv": data, "image_root": image_root, "format": data_format},
+            "data": {"csv": data, "image_root": image_root, "format": data_format, "metadata_csv": metadata_csv},
         },
     )
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})

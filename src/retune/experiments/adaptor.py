@@ -19,13 +19,12 @@ import torch.nn.functional as F
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import AdaptorExperimentConfig, ReTuneConfig
-from retune.data.readers import read_table
 from retune.data.reports import label_sentence
 from retune.data.splits import patient_split, subset_patients
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
-from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record, read_data
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import save_checkpoint
@@ -178,13 +177,7 @@ def run_adaptor_experiment(
     if config.data.csv is None:
         raise ConfigError("no data: set data.csv in the adaptor config")
     started = time.perf_counter()
-    table = read_table(
-        config.data.csv,
-        format=config.data.format,
-        image_root=config.data.image_root,
-        uncertainty=config.data.uncertainty,
-        classes=config.data.classes,
-    )
+    table = read_data(config.data)
     backbone = backbone or create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     cached = cached_pairs(table, backbone, store, config.max_text_tokens, show_progress)

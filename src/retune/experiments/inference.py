@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from retune.backbones.base import Backbone
-from retune.data.readers import read_table
+from retune.config import DataConfig
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.experiments.peft import load_tuned_run
-from retune.experiments.prepare import metrics_record
+from retune.experiments.prepare import metrics_record, read_data
 from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
 from retune.methods.checkpoint import load_checkpoint
 
@@ -79,12 +79,9 @@ def evaluate_run(
         split = "test" if same_csv else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(
-        csv_path,
-        format=train_config["data"]["format"],
-        image_root=image_root or train_config["data"]["image_root"],
-        uncertainty=train_config["data"]["uncertainty"],
-    )
+    data = DataConfig.model_validate(train_config["data"])
+    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None}
+    table = read_data(data.model_copy(update=other))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")

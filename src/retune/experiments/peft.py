@@ -19,12 +19,11 @@ from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import OptimConfig, PeftExperimentConfig
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
-from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank, read_data
 from retune.io_utils import write_json_atomic
 from retune.methods.checkpoint import load_checkpoint, save_checkpoint
 from retune.methods.retune import ReTuneModel
@@ -82,13 +81,7 @@ def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
     """The labelled table the config names."""
     if config.data.csv is None:
         raise ConfigError("no training data: set data.csv in the config")
-    return read_table(
-        config.data.csv,
-        format=config.data.format,
-        image_root=config.data.image_root,
-        uncertainty=config.data.uncertainty,
-        classes=config.data.classes,
-    )
+    return read_data(config.data)
 
 
 def _image_inputs(

@@ -17,7 +17,6 @@ import pandas as pd
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError, unknown_name
@@ -28,6 +27,7 @@ from retune.experiments.prepare import (
     method_context,
     metrics_record,
     prompt_bank,
+    read_data,
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
@@ -58,13 +58,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     if config.data.csv is None:
         raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
-    table = read_table(
-        config.data.csv,
-        format=config.data.format,
-        image_root=config.data.image_root,
-        uncertainty=config.data.uncertainty,
-        classes=config.data.classes,
-    )
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from retune.backbones.registry import create_backbone
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.errors import ConfigError
 from retune.evaluation import continual_metrics
-from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
 from retune.io_utils import atomic_path, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
@@ -64,13 +63,7 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
     unknown = [m for m in config.methods if m not in available_methods()]
     if unknown:
         raise ConfigError(f"unknown method '{unknown[0]}'; valid method names: {', '.join(available_methods())}")
-    table = read_table(
-        config.data.csv,
-        format=config.data.format,
-        image_root=config.data.image_root,
-        uncertainty=config.data.uncertainty,
-        classes=config.data.classes,
-    )
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)

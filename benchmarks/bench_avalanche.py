@@ -3,7 +3,8 @@
 The same task stream as ``configs/nih-class-incremental.yaml`` (every order it lists): the runner's
 ``prepare`` reads the cached embeddings, the patient split and each task's rows, and this adapter
 turns each task into one Avalanche experience (``benchmark_from_datasets`` over Avalanche's
-``TaskAwareSupervisedClassificationDataset``) of (embedding, label row) pairs; a label row has NaN for the classes the task does not reveal, and the criterion is
+``TaskAwareSupervisedClassificationDataset``) of (embedding, label row) pairs; a label row has NaN
+for the classes the task does not reveal, and the criterion is
 masked BCE, so the models are multi-label like retune's. The network is retune's baselines'
 network (image adaptor + one linear output per class, all outputs allocated up front, as Avalanche
 models usually are), trained with AdamW at the config's learning rate and weight decay, full batch,
@@ -57,8 +58,13 @@ def experiences(prepared, order: int) -> tuple[list, np.ndarray]:
         labels = np.full((len(data.train_x), len(prepared.classes)), np.nan, dtype=np.float32)
         labels[:, columns] = data.train_y
         targets = [columns[i % len(columns)] for i in range(len(labels))]
-        attributes = [DataAttribute(targets, "targets"), DataAttribute(ConstantSequence(0, len(labels)), "targets_task_labels", use_in_getitem=True)]
-        tensors = TensorDataset(torch.as_tensor(data.train_x), torch.as_tensor(labels))  # label rows stay vectors (multi-label)
+        attributes = [
+            DataAttribute(targets, "targets"),
+            DataAttribute(ConstantSequence(0, len(labels)), "targets_task_labels", use_in_getitem=True),
+        ]
+        tensors = TensorDataset(
+            torch.as_tensor(data.train_x), torch.as_tensor(labels)
+        )  # label rows stay vectors (multi-label)
         datasets.append(TaskAwareSupervisedClassificationDataset([tensors], data_attributes=attributes))
     return datasets, prepared.images[prepared.test_rows]
 
@@ -78,10 +84,20 @@ def run_strategy(kind: str, prepared, config, order: int) -> list[np.ndarray]:
     model.add_outputs(len(prepared.classes))
     optim = config.retune.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    common = {"model": model, "optimizer": optimizer, "criterion": masked_bce, "train_mb_size": max(len(d) for d in datasets),
-              "train_epochs": optim.epochs, "device": "cpu", "evaluator": EvaluationPlugin(loggers=[])}
-    strategy = {"naive": lambda: Naive(**common), "lwf": lambda: LwF(alpha=LWF_ALPHA, temperature=LWF_TEMPERATURE, **common),
-                "ewc": lambda: EWC(ewc_lambda=EWC_LAMBDA, **common)}[kind]()
+    common = {
+        "model": model,
+        "optimizer": optimizer,
+        "criterion": masked_bce,
+        "train_mb_size": max(len(d) for d in datasets),
+        "train_epochs": optim.epochs,
+        "device": "cpu",
+        "evaluator": EvaluationPlugin(loggers=[]),
+    }
+    strategy = {
+        "naive": lambda: Naive(**common),
+        "lwf": lambda: LwF(alpha=LWF_ALPHA, temperature=LWF_TEMPERATURE, **common),
+        "ewc": lambda: EWC(ewc_lambda=EWC_LAMBDA, **common),
+    }[kind]()
     seen: list[int] = []
     scores = []
     for task, experience in zip(prepared.tasks_by_order[order], stream.train_stream):
@@ -104,7 +120,12 @@ def run(ctx: Context) -> dict:
     try:
         import avalanche
     except ImportError as error:
-        return {"ratios": {}, "targets": [], "rows": [], "skipped": f"avalanche-lib is not installed ({error}); pip install 'retune[avalanche]'"}
+        return {
+            "ratios": {},
+            "targets": [],
+            "rows": [],
+            "skipped": f"avalanche-lib is not installed ({error}); pip install 'retune[avalanche]'",
+        }
     config = load_scenario(CONFIG)
     config.data.csv = NIH_CSV
     config.store = ctx.workdir / "stores" / "nih"
@@ -119,31 +140,66 @@ def run(ctx: Context) -> dict:
         per_order = []
         for order in config.orders:
             ctx.log(f"avalanche {kind} order {order}")
-            elapsed, scores = timed(lambda: run_strategy(kind, prepared, config, order))
+            elapsed, scores = timed(lambda kind=kind, order=order: run_strategy(kind, prepared, config, order))
             seconds[f"{kind}/order{order}"] = elapsed
-            metrics = continual_metrics(scores, labels, patients, n_bootstrap=config.n_bootstrap, seed=config.seed, min_positives=config.min_positives)
+            metrics = continual_metrics(
+                scores,
+                labels,
+                patients,
+                n_bootstrap=config.n_bootstrap,
+                seed=config.seed,
+                min_positives=config.min_positives,
+            )
             per_order.append({"order": order, **named_continual_metrics(metrics, prepared.classes)})
         first = per_order[0]
-        rows.append({"library": "avalanche", "method": kind, "final_mean_auroc": first["final_mean_auroc"], "final_mean_auroc_ci": first["final_mean_auroc_ci"],
-                     "forgetting": first["forgetting"], "forgetting_ci": first["forgetting_ci"], "n_classes_in_mean": first["n_classes_in_mean"],
-                     "final_over_orders": spread([o["final_mean_auroc"] for o in per_order]), "forgetting_over_orders": spread([o["forgetting"] for o in per_order]),
-                     "orders": per_order})
+        rows.append(
+            {
+                "library": "avalanche",
+                "method": kind,
+                "final_mean_auroc": first["final_mean_auroc"],
+                "final_mean_auroc_ci": first["final_mean_auroc_ci"],
+                "forgetting": first["forgetting"],
+                "forgetting_ci": first["forgetting_ci"],
+                "n_classes_in_mean": first["n_classes_in_mean"],
+                "final_over_orders": spread([o["final_mean_auroc"] for o in per_order]),
+                "forgetting_over_orders": spread([o["forgetting"] for o in per_order]),
+                "orders": per_order,
+            }
+        )
     retune_rows = []
     for folder in ctx.scenario_results:
         for name, result in load_results(folder).items():
             if name in RETUNE_TWINS.values():
                 over = result.get("over_runs", {})
-                retune_rows.append({"library": "retune", "method": name, "source": str(folder), "final_mean_auroc": result["final_mean_auroc"],
-                                    "final_mean_auroc_ci": result["final_mean_auroc_ci"], "forgetting": result["forgetting"], "forgetting_ci": result["forgetting_ci"],
-                                    "final_over_orders": over.get("final_mean_auroc"), "forgetting_over_orders": over.get("forgetting")})
+                retune_rows.append(
+                    {
+                        "library": "retune",
+                        "method": name,
+                        "source": str(folder),
+                        "final_mean_auroc": result["final_mean_auroc"],
+                        "final_mean_auroc_ci": result["final_mean_auroc_ci"],
+                        "forgetting": result["forgetting"],
+                        "forgetting_ci": result["forgetting_ci"],
+                        "final_over_orders": over.get("final_mean_auroc"),
+                        "forgetting_over_orders": over.get("forgetting"),
+                    }
+                )
     return {
         "ratios": {},
         "targets": [],
         "rows": rows + retune_rows,
-        "params": {"config": str(CONFIG.relative_to(ROOT)), "orders": config.orders, "epochs": config.retune.optim.epochs, "lr": config.retune.optim.lr,
-                   "weight_decay": config.retune.optim.weight_decay, "lwf": {"alpha": LWF_ALPHA, "temperature": LWF_TEMPERATURE}, "ewc_lambda": EWC_LAMBDA,
-                   "avalanche_version": avalanche.__version__, "min_positives": config.min_positives, "n_bootstrap": config.n_bootstrap,
-                   "note": "default backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not medical"},
+        "params": {
+            "config": str(CONFIG.relative_to(ROOT)),
+            "orders": config.orders,
+            "epochs": config.retune.optim.epochs,
+            "lr": config.retune.optim.lr,
+            "weight_decay": config.retune.optim.weight_decay,
+            "lwf": {"alpha": LWF_ALPHA, "temperature": LWF_TEMPERATURE},
+            "ewc_lambda": EWC_LAMBDA,
+            "avalanche_version": avalanche.__version__,
+            "min_positives": config.min_positives,
+            "n_bootstrap": config.n_bootstrap,
+            "note": "default backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not medical",
+        },
         "timings": seconds,
     }
-

@@ -15,7 +15,10 @@ DIM = 24
 TEXT_DIM = 12
 CLASSES = [f"class{i}" for i in range(4)]
 STATISTICS_METHODS = ("simplecil", "ranpac", "gaussian")
-CONFIG = ReTuneConfig(adaptor=AdaptorConfig(image="dense", text="dense", shared_dim=16, dropout=0.0), optim=OptimConfig(lr=1e-2, epochs=60, min_epochs=5, patience=60))
+CONFIG = ReTuneConfig(
+    adaptor=AdaptorConfig(image="dense", text="dense", shared_dim=16, dropout=0.0),
+    optim=OptimConfig(lr=1e-2, epochs=60, min_epochs=5, patience=60),
+)
 
 
 def context(seed: int = 0) -> MethodContext:
@@ -77,7 +80,11 @@ def test_earlier_classes_outputs_do_not_move_in_a_class_incremental_stream(name,
 def test_retune_prompt_trains_only_new_classes_offsets_after_the_first_task():
     method = create_method("retune-prompt", context(), CONFIG)
     method.learn(task(CLASSES[:2], seed=1))
-    adaptors = {k: v.clone() for k, v in method.model.state_dict().items() if not k.startswith("offsets") and k not in ("positive", "negative")}
+    adaptors = {
+        k: v.clone()
+        for k, v in method.model.state_dict().items()
+        if not k.startswith("offsets") and k not in ("positive", "negative")
+    }
     method.learn(task(CLASSES[2:], seed=2))
     after = method.model.state_dict()
     assert all(np.array_equal(value.numpy(), after[key].numpy()) for key, value in adaptors.items())
@@ -91,10 +98,20 @@ def test_ranpac_chunked_data_equal_the_joint_solution():
     chunked.learn(first)
     chunked.learn(second)
     joint = create_method("ranpac", context(), CONFIG)
-    joint.learn(TaskData(tuple(CLASSES), *(np.concatenate([getattr(first, f), getattr(second, f)]) for f in ("train_x", "train_y", "val_x", "val_y"))))
+    joint.learn(
+        TaskData(
+            tuple(CLASSES),
+            *(
+                np.concatenate([getattr(first, f), getattr(second, f)])
+                for f in ("train_x", "train_y", "val_x", "val_y")
+            ),
+        )
+    )
     assert chunked.ridge == joint.ridge
     test_x, _ = sample(200, seed=3)
-    np.testing.assert_allclose(chunked.predict(test_x), joint.predict(test_x), rtol=1e-5, atol=1e-8)  # float rounding of sums in another order
+    np.testing.assert_allclose(
+        chunked.predict(test_x), joint.predict(test_x), rtol=1e-5, atol=1e-8
+    )  # float rounding of sums in another order
 
 
 def test_ranpac_masked_labels_give_each_mask_its_own_gram():

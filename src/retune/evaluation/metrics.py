@@ -150,25 +150,6 @@ def roc_curve_points(scores_col: np.ndarray, labels_col: np.ndarray) -> tuple[np
     return fpr, tpr
 
 
-def recall_at_k(
-    similarity: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), positives: np.ndarray | None = None
-) -> dict[str, float]:
-    """Share of queries whose correct candidate is in the top k (ties counted against the query, so constant scores earn nothing).
-
-    ``similarity`` is queries x candidates; query i's correct candidate is ``positives[i]`` (default i).
-    """
-    similarity = np.asarray(similarity, dtype=np.float64)
-    if similarity.ndim != 2 or not np.isfinite(similarity).all():
-        raise ValueError("similarity must be a finite 2-D array (queries x candidates)")
-    n_queries, n_candidates = similarity.shape
-    positives = np.arange(n_queries) if positives is None else np.asarray(positives, dtype=int)
-    if positives.shape != (n_queries,) or (positives < 0).any() or (positives >= n_candidates).any():
-        raise ValueError("positives must give one candidate index per query, within range")
-    correct = similarity[np.arange(n_queries), positives][:, None]
-    rank = (similarity >= correct).sum(axis=1)  # 1-based rank, ties placed above the correct candidate
-    return {f"R@{k}": float((rank <= k).mean()) for k in ks}
-
-
 def per_class_forgetting_and_bwt(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per class: best earlier AUROC minus final AUROC, and final minus just-learned AUROC (NaN where not defined).
 
@@ -197,7 +178,8 @@ def forgetting_and_bwt(matrix: np.ndarray) -> tuple[float | None, float | None]:
     if np.asarray(matrix).ndim == 2 and np.asarray(matrix).shape[0] < 2:
         return None, None
     forgetting, transfer = per_class_forgetting_and_bwt(matrix)
-    return _mean_or_none(forgetting[~np.isnan(forgetting)].tolist()), _mean_or_none(transfer[~np.isnan(transfer)].tolist())
+    defined = ~np.isnan(forgetting)
+    return _mean_or_none(forgetting[defined].tolist()), _mean_or_none(transfer[defined].tolist())
 
 
 def auroc_matrix(scores_per_task: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -259,11 +241,15 @@ def continual_metrics(
         "final_mean_auroc": final_mean,
         "final_mean_auroc_ci": _ci_to_list(_percentile_ci(replicates[:, 0], n_bootstrap, ci)),
         "forgetting": forgetting,
-        "forgetting_ci": _ci_to_list(_percentile_ci(replicates[:, 1], n_bootstrap, ci)) if forgetting is not None else None,
+        "forgetting_ci": _ci_to_list(_percentile_ci(replicates[:, 1], n_bootstrap, ci))
+        if forgetting is not None
+        else None,
         "bwt": bwt,
         "bwt_ci": _ci_to_list(_percentile_ci(replicates[:, 2], n_bootstrap, ci)) if bwt is not None else None,
         "forgetting_per_class": [
-            None if np.isnan(value) else {"value": float(value), "ci": _ci_to_list(_percentile_ci(class_replicates[:, c], n_bootstrap, ci))}
+            None
+            if np.isnan(value)
+            else {"value": float(value), "ci": _ci_to_list(_percentile_ci(class_replicates[:, c], n_bootstrap, ci))}
             for c, value in enumerate(class_forgetting)
         ],
         "n_test_positives": positive_counts(labels).astype(int).tolist(),

@@ -56,7 +56,11 @@ class ClassMeans(Method):
         return self.sums[name] / np.maximum(self.counts[name], 1.0)[:, None]
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        tensors = {"total": self.total, "sums": np.stack([self.sums[c] for c in self.classes]), "counts": np.stack([self.counts[c] for c in self.classes])}
+        tensors = {
+            "total": self.total,
+            "sums": np.stack([self.sums[c] for c in self.classes]),
+            "counts": np.stack([self.counts[c] for c in self.classes]),
+        }
         return tensors, {"classes": self.classes, "n_total": self.n_total}
 
     def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
@@ -69,7 +73,7 @@ class ClassMeans(Method):
 
 @register_method
 class SimpleCIL(ClassMeans):
-    """SimpleCIL / ADAM's prototype classifier, multi-label: cosine to the class's positive minus its negative prototype.
+    """SimpleCIL / ADAM's prototype classifier, multi-label: cosine to a class's positive minus its negative prototype.
 
     Embeddings and prototypes are centred on the mean of every training row seen so far.
     """
@@ -105,7 +109,9 @@ class SharedCovarianceGaussian(ClassMeans):
     """
 
     name: ClassVar[str] = "gaussian"
-    description: ClassVar[str] = "Shared-covariance Gaussian (LDA) per class from accumulated means and covariance (FeCAM/SLCA-style)"
+    description: ClassVar[str] = (
+        "Shared-covariance Gaussian (LDA) per class from accumulated means and covariance (FeCAM/SLCA-style)"
+    )
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context, config)

@@ -25,7 +25,7 @@ from retune.methods.registry import register_method
 from retune.methods.statistics import LabelledSums
 
 PROJECTION_DIM = 1024  # RanPAC uses 10,000 on ViT-B features; sums grow with its square, so kept moderate
-RIDGE_GRID = tuple(10.0 ** k for k in range(-6, 4))  # λ as a multiple of the mean diagonal of G
+RIDGE_GRID = tuple(10.0**k for k in range(-6, 4))  # λ as a multiple of the mean diagonal of G
 DEFAULT_RIDGE = 1.0  # used for a class without validation rows
 SCORE_SCALE = 8.0  # probability = sigmoid(SCORE_SCALE · (ŷ − 0.5)): monotone in the ridge output ŷ, not calibrated
 
@@ -35,7 +35,9 @@ class RanPAC(Method):
     """Random projection + ReLU, then a closed-form ridge head per class from accumulated second moments."""
 
     name: ClassVar[str] = "ranpac"
-    description: ClassVar[str] = "RanPAC: fixed random ReLU projection + ridge heads from accumulated Gram sums (no forgetting)"
+    description: ClassVar[str] = (
+        "RanPAC: fixed random ReLU projection + ridge heads from accumulated Gram sums (no forgetting)"
+    )
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context)
@@ -92,14 +94,26 @@ class RanPAC(Method):
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         features = self.features(images)
-        fitted = np.stack([features @ self.heads[c] for c in self.classes], axis=1)  # per class: a class's scores never depend on the others
+        fitted = np.stack(
+            [features @ self.heads[c] for c in self.classes], axis=1
+        )  # per class: a class's scores never depend on the others
         return expit(SCORE_SCALE * (fitted - 0.5))
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         train_tensors, train_facts = self.train_sums.state("train.")
         val_tensors, val_facts = self.val_sums.state("val.")
-        tensors = {"projection": self.projection, "heads": np.stack([self.heads[c] for c in self.classes]), **train_tensors, **val_tensors}
-        return tensors, {"classes": self.classes, "ridge": [self.ridge[c] for c in self.classes], "train": train_facts, "val": val_facts}
+        tensors = {
+            "projection": self.projection,
+            "heads": np.stack([self.heads[c] for c in self.classes]),
+            **train_tensors,
+            **val_tensors,
+        }
+        return tensors, {
+            "classes": self.classes,
+            "ridge": [self.ridge[c] for c in self.classes],
+            "train": train_facts,
+            "val": val_facts,
+        }
 
     def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
         self.classes = list(facts["classes"])

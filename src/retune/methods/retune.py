@@ -53,7 +53,8 @@ class ReTuneModel(nn.Module):
         return self.positive, self.negative
 
     def similarities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cosine similarity of each adapted image to each class's adapted positive and negative prompt (N x C each)."""
+        """Cosine similarity of each adapted image to each class's adapted positive and negative prompt (N x C
+        each)."""
         image = F.normalize(self.image_adaptor(images), dim=-1)
         positive, negative = self.prompt_embeddings()
         positive = F.normalize(self.text_adaptor(positive), dim=-1)
@@ -64,8 +65,11 @@ class ReTuneModel(nn.Module):
         positive, negative = self.similarities(images)
         return self.log_tau.exp() * (positive - negative)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor, objective: str, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(training loss on the task's ``columns``, logits of every class): the logits feed distillation of earlier classes."""
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor, objective: str, columns: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss on the task's ``columns``, logits of every class): the logits feed distillation of earlier
+        classes."""
         positive, negative = self.similarities(images)
         scale = self.log_tau.exp()
         loss = prompt_objective(objective, positive[:, columns], negative[:, columns], labels, scale, self.logit_bias)
@@ -96,7 +100,9 @@ class ReTune(TorchMethod):
     """RE-tune: prompt-anchored image and text adaptors trained with masked BCE (or a contrastive objective)."""
 
     name: ClassVar[str] = "retune"
-    description: ClassVar[str] = "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827); objective bce, clip or siglip"
+    description: ClassVar[str] = (
+        "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827); objective bce, clip or siglip"
+    )
     distill_weight: ClassVar[float] = 0.0
     freeze_image_after_first_task: ClassVar[bool] = False
     optional_tensors: ClassVar[tuple[str, ...]] = ("logit_bias",)  # runs saved before the siglip objective existed
@@ -165,10 +171,12 @@ class ReTuneFreeze(ReTune):
 
 @register_method
 class ReTunePrompt(ReTune):
-    """RE-tune whose adaptors and temperature freeze after task 1; later tasks train only their own classes' prompt offsets."""
+    """RE-tune, adaptors and temperature frozen after task 1; later tasks train only their classes' prompt offsets."""
 
     name: ClassVar[str] = "retune-prompt"
-    description: ClassVar[str] = "RE-tune, adaptors frozen after task 1; each later class learns only its own prompt offsets (CoOp-style)"
+    description: ClassVar[str] = (
+        "RE-tune, adaptors frozen after task 1; each later class learns only its own prompt offsets (CoOp-style)"
+    )
 
     def build_model(self) -> PromptOffsetModel:
         return PromptOffsetModel(self.context.image_dim, self.context.text_dim, self.config)
@@ -176,7 +184,8 @@ class ReTunePrompt(ReTune):
     def shape_for(self, tensors: dict[str, np.ndarray]) -> None:
         super().shape_for(tensors)
         n_classes = tensors["positive"].shape[0]
-        self.model.offsets = nn.ParameterList([nn.Parameter(torch.zeros(2, tensors["positive"].shape[1])) for _ in range(n_classes)])
+        width = tensors["positive"].shape[1]
+        self.model.offsets = nn.ParameterList([nn.Parameter(torch.zeros(2, width)) for _ in range(n_classes)])
 
     def freeze_for_later_task(self, columns: torch.Tensor) -> None:
         trainable = set(columns.tolist())

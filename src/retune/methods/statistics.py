@@ -94,7 +94,12 @@ class LabelledSums:
         tensors, index = self.grams.state(prefix + "gram.")
         if names:
             tensors[prefix + "cross"] = np.stack([self.cross[n] for n in names])
-        facts = {"classes": names, "gram_index": index, "count": [self.count[n] for n in names], "squares": [self.squares[n] for n in names]}
+        facts = {
+            "classes": names,
+            "gram_index": index,
+            "count": [self.count[n] for n in names],
+            "squares": [self.squares[n] for n in names],
+        }
         return tensors, facts
 
     def load(self, tensors: dict[str, np.ndarray], prefix: str, facts: dict) -> None:

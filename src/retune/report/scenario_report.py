@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from retune.io_utils import write_text_atomic
-from retune.scenarios.runner import run_folder
 from retune.report.plots import plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
+from retune.scenarios.runner import run_folder
 
 
 def _interval(value: float | None, interval: list[float] | None, signed: bool = False) -> str:
@@ -34,7 +34,8 @@ def _mean_sd(summary: dict | None, signed: bool = False) -> str:
 def comparison_header(results: dict[str, dict]) -> list[str]:
     """Column names of the comparison table (mean ± sd columns only when several (order, seed) runs ran)."""
     header = ["method", "final mean AUROC [95% CI]", "forgetting [95% CI]", "BWT [95% CI]", "avg incremental AUROC"]
-    return header + ["final over runs (mean ± sd)", "forgetting over runs (mean ± sd)"] if _several_runs(results) else header
+    over_runs = ["final over runs (mean ± sd)", "forgetting over runs (mean ± sd)"]
+    return header + over_runs if _several_runs(results) else header
 
 
 def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
@@ -46,11 +47,14 @@ def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
             _interval(result["final_mean_auroc"], result["final_mean_auroc_ci"]),
             _interval(result["forgetting"], result["forgetting_ci"], signed=True),
             _interval(result["bwt"], result["bwt_ci"], signed=True),
-            "undefined" if result["average_incremental_auroc"] is None else f"{result['average_incremental_auroc']:.3f}",
+            "undefined"
+            if result["average_incremental_auroc"] is None
+            else f"{result['average_incremental_auroc']:.3f}",
         ]
         if _several_runs(results):
             over = result.get("over_runs", {})
-            row += [_mean_sd(over.get("final_mean_auroc") or result.get("final_mean_auroc_over_orders")), _mean_sd(over.get("forgetting"), signed=True)]
+            final = over.get("final_mean_auroc") or result.get("final_mean_auroc_over_orders")
+            row += [_mean_sd(final), _mean_sd(over.get("forgetting"), signed=True)]
         rows.append(row)
     return rows
 
@@ -62,7 +66,8 @@ def classes_in_means(result: dict) -> str:
     left_out = result.get("too_few_positives") or []
     if left_out:
         counts = result.get("n_test_positives", {})
-        text += "; too few positives (listed per class, not in the means): " + ", ".join(f"{c} ({counts.get(c, '?')})" for c in left_out)
+        listed = ", ".join(f"{c} ({counts.get(c, '?')})" for c in left_out)
+        text += "; too few positives (listed per class, not in the means): " + listed
     return text
 
 
@@ -96,34 +101,62 @@ def write_scenario_report(results: dict[str, dict], prepared, out_dir: Path) -> 
     plots = out_dir / "plots"
     first = next(iter(results.values()))
     task_names = [task["name"] or f"task{i + 1}" for i, task in enumerate(first["tasks"])]
-    heatmaps = [plot_auroc_matrix(r["auroc_matrix"], r["classes"], task_names, f"{name}: AUROC after each task", plots / f"auroc_matrix_{name}.png") for name, r in results.items()]
-    curve = plot_mean_auroc_per_task({name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png")
+    heatmaps = [
+        plot_auroc_matrix(
+            r["auroc_matrix"],
+            r["classes"],
+            task_names,
+            f"{name}: AUROC after each task",
+            plots / f"auroc_matrix_{name}.png",
+        )
+        for name, r in results.items()
+    ]
+    curve = plot_mean_auroc_per_task(
+        {name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png"
+    )
     final_scores = {}
     for name in results:
         first_run = results[name]["orders"][0]
-        folder = run_folder(out_dir / "work", name, first_run["order"], first_run.get("seed", results[name]["seed"]))
+        seed = first_run.get("seed", results[name]["seed"])
+        folder = run_folder(out_dir / "work", name, first_run["order"], seed)
         final = np.load(folder / f"task{len(task_names)}" / "test_scores.npy")
         final_scores[name] = np.nan_to_num(final, nan=0.5)
-    roc = plot_roc_curves(final_scores, prepared.labels[prepared.test_rows], prepared.classes, plots / "roc_curves_final.png")
+    roc = plot_roc_curves(
+        final_scores, prepared.labels[prepared.test_rows], prepared.classes, plots / "roc_curves_final.png"
+    )
 
     table = _html_rows(comparison_rows(results))
     forgetting_header, forgetting_table = forgetting_rows(results)
-    tasks = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td><td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>" for n, t in zip(task_names, first["tasks"]))
+    tasks = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td>"
+        f"<td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>"
+        for n, t in zip(task_names, first["tasks"])
+    )
+    first_run = first["orders"][0]
     note = html.escape(first.get("note", ""))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>retune scenario: {html.escape(first['scenario'])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f3f3}}img{{max-width:100%;margin:0.5em 0}}.note{{color:#7a4b00}}</style></head><body>
-<h1>Scenario {html.escape(first['scenario'])} ({html.escape(str(first.get('kind')))}-incremental)</h1>
-<p>Backbone <code>{html.escape(first['backbone'])}</code>; {first['n_test_images']} test images (patient-level split, seed {first['split_seed']}); training seed {first['seed']}.
-CIs: percentile bootstrap over test patients ({first['n_bootstrap']} replicates). Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final − just-learned AUROC.</p>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>retune scenario: {html.escape(first["scenario"])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f3f3}}
+img{{max-width:100%;margin:0.5em 0}}.note{{color:#7a4b00}}</style></head><body>
+<h1>Scenario {html.escape(first["scenario"])} ({html.escape(str(first.get("kind")))}-incremental)</h1>
+<p>Backbone <code>{html.escape(first["backbone"])}</code>; {first["n_test_images"]} test images
+(patient-level split, seed {first["split_seed"]}); training seed {first["seed"]}.
+CIs: percentile bootstrap over test patients ({first["n_bootstrap"]} replicates).
+Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final − just-learned AUROC.</p>
 <p class="note">{note}</p>
-<h2>Comparison</h2><p>{html.escape(classes_in_means(first))}. CIs are the first run's (order {first['orders'][0]['order']}, seed {first['orders'][0].get('seed', first['seed'])});
+<h2>Comparison</h2><p>{html.escape(classes_in_means(first))}. CIs are the first run's
+(order {first_run["order"]}, seed {first_run.get("seed", first["seed"])});
 mean ± sd is over every (order, seed) run.</p>
-<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in comparison_header(results))}</tr>{table}</table>
-<h2>Forgetting per class (first run)</h2><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in forgetting_header)}</tr>{_html_rows(forgetting_table)}</table>
-<h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>{tasks}</table>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in comparison_header(results))}</tr>{table}</table>
+<h2>Forgetting per class (first run)</h2>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in forgetting_header)}</tr>
+{_html_rows(forgetting_table)}</table>
+<h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>
+{tasks}</table>
 <h2>Mean AUROC after each task</h2>{_inline_png(curve)}
-<h2>AUROC matrices</h2>{''.join(_inline_png(p) for p in heatmaps)}
+<h2>AUROC matrices</h2>{"".join(_inline_png(p) for p in heatmaps)}
 <h2>Per-class ROC curves after the last task</h2>{_inline_png(roc)}
 </body></html>"""
     target = out_dir / "report.html"

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from retune.backbones.registry import create_backbone
-from retune.data.readers import read_table
 from retune.errors import ConfigError
 from retune.evaluation import evaluate_scores
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, read_data
 from retune.io_utils import write_json_atomic
 from retune.methods.base import PromptBank
 from retune.methods.checkpoint import load_checkpoint
 from retune.methods.registry import create_method
-from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, method_context
 from retune.scenarios.runner import load_results, prepare, run_folder, spread
 from retune.scenarios.spec import ScenarioConfig
 from retune.store import EmbeddingStore
@@ -32,9 +31,16 @@ def _row_keys(images: np.ndarray) -> set[bytes]:
     return {row.tobytes() for row in np.ascontiguousarray(images)}
 
 
-def evaluate_scenario(results_dir: str | Path, csv_path: str | Path, store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                      n_bootstrap: int = 1000, min_positives: int | None = None, show_progress: bool = False) -> dict:
-    """Per method: the first run's metrics with CIs on the CSV, mean ± sd of its mean AUROC over all runs; saved as JSON."""
+def evaluate_scenario(
+    results_dir: str | Path,
+    csv_path: str | Path,
+    store_dir: str | Path | None = None,
+    image_root: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    min_positives: int | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Per method: the first run's metrics with CIs on the CSV, mean ± sd of mean AUROC over runs; saved as JSON."""
     results_dir = Path(results_dir)
     scenario_file = results_dir / "scenario.json"
     if not scenario_file.exists():
@@ -45,7 +51,9 @@ def evaluate_scenario(results_dir: str | Path, csv_path: str | Path, store_dir: 
     minimum = config.min_positives if min_positives is None else min_positives
     results = load_results(results_dir)
     classes = next(iter(results.values()))["classes"]
-    table = read_table(csv_path, format=config.data.format, image_root=image_root, uncertainty=config.data.uncertainty)
+    table = read_data(
+        config.data.model_copy(update={"csv": Path(csv_path), "image_root": image_root, "classes": None})
+    )
     missing = [c for c in classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for scenario class(es) {', '.join(missing)}")
@@ -61,9 +69,14 @@ def evaluate_scenario(results_dir: str | Path, csv_path: str | Path, store_dir: 
     overlap_patients = sorted(set(map(str, table.patients)) & set(map(str, prepared.patients[seen_rows])))
     warnings = []
     if overlap_images:
-        warnings.append(f"{overlap_images} of {len(images)} images were in the scenario's training or validation rows: these scores are not external")
+        warnings.append(
+            f"{overlap_images} of {len(images)} images were in the scenario's training or validation rows: "
+            "these scores are not external"
+        )
     if overlap_patients:
-        warnings.append(f"{len(overlap_patients)} patients of {csv_path} were in the scenario's training or validation rows")
+        warnings.append(
+            f"{len(overlap_patients)} patients of {csv_path} were in the scenario's training or validation rows"
+        )
 
     report = {}
     for name, result in results.items():
@@ -75,12 +88,34 @@ def evaluate_scenario(results_dir: str | Path, csv_path: str | Path, store_dir: 
             method = create_method(name, method_context(backbone, PromptBank(), seed), config.retune)
             method.load_state(tensors.get(name, {}), facts["methods"][name])
             scores = method.predict(images)[:, [method.classes.index(c) for c in classes]]
-            evaluated = evaluate_scores(scores, labels, classes, table.patients, n_bootstrap=n_bootstrap if not records else 0, seed=config.seed, min_positives=minimum)
+            evaluated = evaluate_scores(
+                scores,
+                labels,
+                classes,
+                table.patients,
+                n_bootstrap=n_bootstrap if not records else 0,
+                seed=config.seed,
+                min_positives=minimum,
+            )
             records.append({"order": run["order"], "seed": seed, **evaluated.to_dict()})
-        report[name] = {"method": name, "exemplar_free": result["exemplar_free"], **records[0], "runs": records,
-                        "mean_auroc_over_runs": spread([r["mean_auroc"] for r in records])}
-    payload = {"scenario": config.name, "kind": config.kind, "csv": str(csv_path), "n_images": len(images), "n_patients": int(len(set(table.patients))),
-               "backbone": backbone.spec, "min_positives": minimum, "warnings": warnings,
-               "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "", "methods": report}
+        report[name] = {
+            "method": name,
+            "exemplar_free": result["exemplar_free"],
+            **records[0],
+            "runs": records,
+            "mean_auroc_over_runs": spread([r["mean_auroc"] for r in records]),
+        }
+    payload = {
+        "scenario": config.name,
+        "kind": config.kind,
+        "csv": str(csv_path),
+        "n_images": len(images),
+        "n_patients": int(len(set(table.patients))),
+        "backbone": backbone.spec,
+        "min_positives": minimum,
+        "warnings": warnings,
+        "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
+        "methods": report,
+    }
     write_json_atomic(results_dir / f"external-{Path(csv_path).stem}.json", payload)
     return payload

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from retune.backbones.registry import create_backbone
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.errors import ConfigError
 from retune.evaluation import continual_metrics
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
 from retune.io_utils import atomic_path, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
-from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
 from retune.scenarios.generators import generate_tasks
 from retune.scenarios.spec import RowChunk, ScenarioConfig, TaskSpec, validate_tasks
 from retune.store import EmbeddingStore
@@ -56,7 +55,7 @@ def check_methods(config: ScenarioConfig) -> None:
     for name in config.methods:
         if config.kind is not None and config.kind not in methods[name].scenario_kinds:
             kinds = ", ".join(sorted(methods[name].scenario_kinds))
-            raise ConfigError(f"method '{name}' cannot run a {config.kind}-incremental scenario (it supports: {kinds})")
+            raise ConfigError(f"method '{name}' cannot run a {config.kind}-incremental scenario (it runs: {kinds})")
 
 
 def chunk_rows(rows: np.ndarray, patients: np.ndarray, selector: RowChunk | str, seed: int) -> np.ndarray:
@@ -74,7 +73,7 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
     if config.data.csv is None:
         raise ConfigError("scenario has no data: set data.csv or pass --data")
     check_methods(config)
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)
@@ -93,10 +92,15 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
             val = chunk_rows(splits["val"], patients, task.rows, seed=order)
             columns = [classes.index(c) for c in task.classes]
             if len(train) == 0 or np.isnan(labels[np.ix_(train, columns)]).all():
-                raise ConfigError(f"task {number} ({task.name or ', '.join(task.classes)}): no training rows with labels for its classes")
+                raise ConfigError(
+                    f"task {number} ({task.name or ', '.join(task.classes)}): no training rows with labels for its "
+                    "classes"
+                )
             rows.append((train, val))
         tasks_by_order[order], rows_by_order[order] = tasks, rows
-    needed = sorted({c for tasks in tasks_by_order.values() for task in tasks for c in task.classes}, key=classes.index)
+    needed = sorted(
+        {c for tasks in tasks_by_order.values() for task in tasks for c in task.classes}, key=classes.index
+    )
     bank, _ = prompt_bank(needed, config.retune.prompts, backbone, store)
     return PreparedScenario(
         classes=classes,
@@ -163,7 +167,15 @@ def run_folder(work_dir: Path, name: str, order: int, seed: int) -> Path:
     return work_dir / name / f"order{order}-seed{seed}"
 
 
-def run_method(name: str, order: int, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress, seed: int | None = None) -> list[np.ndarray]:
+def run_method(
+    name: str,
+    order: int,
+    prepared: PreparedScenario,
+    config: ScenarioConfig,
+    work_dir: Path,
+    progress: Progress,
+    seed: int | None = None,
+) -> list[np.ndarray]:
     """One method through one task order with one training seed; returns test scores after each task."""
     seed = config.seed if seed is None else seed
     tasks, rows = prepared.tasks_by_order[order], prepared.rows_by_order[order]
@@ -176,7 +188,8 @@ def run_method(name: str, order: int, prepared: PreparedScenario, config: Scenar
         facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
         scores.append(test_scores(method, prepared))
         _save_task_state(folder, task_index, method, scores[-1], facts)
-        progress(f"{name} order {order} seed {seed} task {task_index + 1}/{len(tasks)} done in {time.perf_counter() - started:.1f}s")
+        elapsed = time.perf_counter() - started
+        progress(f"{name} order {order} seed {seed} task {task_index + 1}/{len(tasks)} done in {elapsed:.1f}s")
     return scores
 
 
@@ -200,18 +213,35 @@ def named_continual_metrics(metrics: dict, classes: list[str]) -> dict:
     }
 
 
-def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, scores_by_run: dict[tuple[int, int], list[np.ndarray]]) -> dict:
-    """results.json for one method: metrics of the first (order, seed) run on top, every run below, mean ± sd over runs."""
+def summarise(
+    name: str,
+    prepared: PreparedScenario,
+    config: ScenarioConfig,
+    scores_by_run: dict[tuple[int, int], list[np.ndarray]],
+) -> dict:
+    """results.json for one method: the first (order, seed) run's metrics on top, every run below, mean ± sd."""
     labels = prepared.labels[prepared.test_rows]
     patients = prepared.patients[prepared.test_rows]
     per_run = []
     for (order, seed), scores in scores_by_run.items():
-        metrics = continual_metrics(scores, labels, patients, n_bootstrap=config.n_bootstrap, seed=config.seed, min_positives=config.min_positives)
-        tasks = [{"name": t.name, "classes": t.classes, "n_train_rows": int(len(r[0])), "n_val_rows": int(len(r[1]))} for t, r in zip(prepared.tasks_by_order[order], prepared.rows_by_order[order])]
-        per_run.append({"order": order, "seed": seed, "tasks": tasks, **named_continual_metrics(metrics, prepared.classes)})
+        metrics = continual_metrics(
+            scores,
+            labels,
+            patients,
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed,
+            min_positives=config.min_positives,
+        )
+        tasks = [
+            {"name": t.name, "classes": t.classes, "n_train_rows": int(len(r[0])), "n_val_rows": int(len(r[1]))}
+            for t, r in zip(prepared.tasks_by_order[order], prepared.rows_by_order[order])
+        ]
+        named = named_continual_metrics(metrics, prepared.classes)
+        per_run.append({"order": order, "seed": seed, "tasks": tasks, **named})
     first = per_run[0]
     method_cls = available_methods()[name]
-    over_runs = {key: spread([run[key] for run in per_run]) for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")}
+    keys = ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
+    over_runs = {key: spread([run[key] for run in per_run]) for key in keys}
     return {
         "method": name,
         "description": method_cls.description,
@@ -233,7 +263,9 @@ def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, sco
     }
 
 
-def run_scenario(config: ScenarioConfig, out_dir: str | Path, show_progress: bool = False, progress: Progress = lambda message: None) -> dict[str, dict]:
+def run_scenario(
+    config: ScenarioConfig, out_dir: str | Path, show_progress: bool = False, progress: Progress = lambda message: None
+) -> dict[str, dict]:
     """Run every method of a scenario; write ``<method>/results.json``, the report and the config."""
     out_dir = Path(out_dir)
     check_methods(config)
@@ -243,7 +275,9 @@ def run_scenario(config: ScenarioConfig, out_dir: str | Path, show_progress: boo
     results = {}
     for name in config.methods:
         runs = [(order, seed) for order in config.orders for seed in config.training_seeds]
-        scores_by_run = {run: run_method(name, run[0], prepared, config, out_dir / "work", progress, seed=run[1]) for run in runs}
+        scores_by_run = {
+            run: run_method(name, run[0], prepared, config, out_dir / "work", progress, seed=run[1]) for run in runs
+        }
         results[name] = summarise(name, prepared, config, scores_by_run)
         write_json_atomic(out_dir / name / "results.json", results[name])
         progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")

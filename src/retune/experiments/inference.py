@@ -8,22 +8,23 @@ the same ``metrics.json`` records, so ``retune compare`` reads them side by side
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from retune.backbones.base import Backbone
-from retune.data.readers import read_table
+from retune.config import DataConfig
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
-from retune.methods.checkpoint import load_checkpoint
-from retune.peft_runs import load_tuned_run
 from retune.evaluation import DEFAULT_MIN_POSITIVES
-from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
+from retune.experiments.peft import load_tuned_run
+from retune.experiments.prepare import metrics_record, read_data
+from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
+from retune.methods.checkpoint import load_checkpoint
 
 Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
 
@@ -39,7 +40,9 @@ class SavedRun:
     score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
 
 
-def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False) -> SavedRun:
+def open_run(
+    run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False
+) -> SavedRun:
     """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
     checkpoint = load_checkpoint(run_dir)
     if "tuning" in checkpoint[1]:
@@ -51,12 +54,25 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
 
         return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
-    return SavedRun(facts, backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress))
+    return SavedRun(
+        facts,
+        backbone,
+        list(facts["classes"]),
+        MAIN_METHOD,
+        lambda table: score_embedded(methods, backbone, store, table, show_progress),
+    )
 
 
-def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 n_bootstrap: int = 1000, show_progress: bool = False, min_positives: int = DEFAULT_MIN_POSITIVES) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    csv_path: str | Path,
+    split: str = "auto",
+    store_dir: str | Path | None = None,
+    image_root: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    show_progress: bool = False,
+    min_positives: int = DEFAULT_MIN_POSITIVES,
+) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
     run = open_run(run_dir, store_dir, show_progress=show_progress)
     train_config = run.facts["train_config"]
@@ -65,7 +81,9 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
         split = "test" if same_csv else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"])
+    data = DataConfig.model_validate(train_config["data"])
+    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None}
+    table = read_data(data.model_copy(update=other))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
@@ -76,11 +94,23 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
-    records = {name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"]), min_positives) for name, values in scores.items()}
-    return {**records[run.main], "baselines": {k: v for k, v in records.items() if k != run.main}, "csv": str(csv_path)}
+    records = {
+        name: metrics_record(
+            name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"]),
+            min_positives,
+        )
+        for name, values in scores.items()
+    }
+    return {
+        **records[run.main],
+        "baselines": {k: v for k, v in records.items() if k != run.main},
+        "csv": str(csv_path),
+    }
 
 
-def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_images(
+    run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class probabilities for new images (default: the run's main method); also returns the unreadable images."""
     run = open_run(run_dir, store_dir)
     paths = [str(Path(p).resolve()) for p in image_paths]

@@ -113,8 +113,8 @@ def run_strategy(kind: str, prepared, config, order: int) -> list[np.ndarray]:
 
 
 def run(ctx: Context) -> dict:
-    from retune.evaluation import continual_metrics
-    from retune.scenarios.runner import load_results, named_continual_metrics, prepare, spread
+    from retune.evaluation import continual_metrics, mean_and_sd
+    from retune.scenarios.runner import load_results, named_continual_metrics, prepare
     from retune.scenarios.spec import load_scenario
 
     try:
@@ -161,8 +161,8 @@ def run(ctx: Context) -> dict:
                 "forgetting": first["forgetting"],
                 "forgetting_ci": first["forgetting_ci"],
                 "n_classes_in_mean": first["n_classes_in_mean"],
-                "final_over_orders": spread([o["final_mean_auroc"] for o in per_order]),
-                "forgetting_over_orders": spread([o["forgetting"] for o in per_order]),
+                "final_over_orders": mean_and_sd([o["final_mean_auroc"] for o in per_order]),
+                "forgetting_over_orders": mean_and_sd([o["forgetting"] for o in per_order]),
                 "orders": per_order,
             }
         )

@@ -404,7 +404,7 @@ app.add_typer(scenario_app, name="scenario")
 
 def print_comparison(results: dict[str, dict]) -> None:
     """The side-by-side table of final mean AUROC, forgetting and BWT with CIs."""
-    from retune.report.scenario_report import classes_in_means, comparison_header, comparison_rows
+    from retune.report.scenario_report import classes_in_means, comparison_header, comparison_rows, per_task_rows
 
     first = next(iter(results.values()))
     header = comparison_header(results)
@@ -419,6 +419,11 @@ def print_comparison(results: dict[str, dict]) -> None:
         table.add_row(*row)
     console.print(table)
     console.print(escape(classes_in_means(first)), highlight=False)
+    header, rows = per_task_rows(results)
+    curve = Table(*header, title="mean AUROC after each task (mean ± sd over runs)")
+    for row in rows:
+        curve.add_row(*row)
+    console.print(curve)
     if first.get("note"):
         console.print(f"[dim]{first['note']}[/]")
 

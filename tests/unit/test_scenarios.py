@@ -204,3 +204,14 @@ def test_every_order_and_seed_is_a_run_with_mean_and_sd(tmp_path):
     expected = {"mean": pytest.approx(np.mean(finals)), "std": pytest.approx(np.std(finals, ddof=1)), "n": 2}
     assert result["over_runs"]["final_mean_auroc"] == expected
     assert (tmp_path / "recording" / "order0-seed5" / "task3" / "done.json").exists()
+
+
+def test_data_incremental_curve_is_mean_auroc_after_each_chunk_over_runs():
+    """Task t of a data-incremental scenario is labelled by the share of data seen, averaged over runs."""
+    from retune.report.scenario_report import per_task_rows
+
+    run = {"mean_auroc_per_task": [0.6, 0.7]}
+    results = {"m": {"kind": "data", "tasks": [{}, {}], "orders": [run, {"mean_auroc_per_task": [0.8, 0.7]}]}}
+    header, rows = per_task_rows(results)
+    assert header == ["method", "50% of the data", "100% of the data"]
+    assert rows == [["m", "0.700 ± 0.141 (n=2)", "0.700 ± 0.000 (n=2)"]]

@@ -261,6 +261,16 @@ def continual_metrics(
     }
 
 
+def mean_and_sd(values: list[float | None]) -> dict:
+    """Mean and sample standard deviation (ddof 1) of the defined values, with their count: the spread over runs."""
+    kept = [v for v in values if v is not None]
+    return {
+        "mean": float(np.mean(kept)) if kept else None,
+        "std": float(np.std(kept, ddof=1)) if len(kept) > 1 else (0.0 if kept else None),
+        "n": len(kept),
+    }
+
+
 def average_incremental(mean_per_task: list[float | None]) -> float | None:
     """Average incremental AUROC: mean of the per-task mean AUROCs that are defined."""
     return _mean_or_none([v for v in mean_per_task if v is not None and not np.isnan(v)])

@@ -20,7 +20,7 @@ from retune.methods.base import Method, MethodContext, TaskData
 from retune.methods.registry import register_method
 
 PROTOTYPE_TEMPERATURE = 10.0  # logit = T · (cos to positive prototype − cos to negative prototype)
-SHRINKAGE_GRID = (0.01, 0.1, 0.5, 0.9, 0.99)  # covariance shrinkage towards a scaled identity, chosen on validation rows
+SHRINKAGE_GRID = (0.01, 0.1, 0.5, 0.9, 0.99)  # shrinkage towards a scaled identity, chosen on validation rows
 DEFAULT_SHRINKAGE = 0.5
 EPS = 1e-12
 

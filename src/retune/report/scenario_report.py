@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retune.evaluation import mean_and_sd
 from retune.io_utils import write_text_atomic
 from retune.report.plots import plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
 from retune.scenarios.runner import run_folder
@@ -57,6 +58,26 @@ def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
             row += [_mean_sd(final), _mean_sd(over.get("forgetting"), signed=True)]
         rows.append(row)
     return rows
+
+
+def per_task_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Mean AUROC after each task, mean ± sd over (order, seed) runs; in a data-incremental scenario task t of T
+    has seen t/T of the training data, so this is the data-fraction curve."""
+    first = next(iter(results.values()))
+    n_tasks = len(first["tasks"])
+    if first.get("kind") == "data":
+        header = [f"{100 * (t + 1) / n_tasks:.0f}% of the data" for t in range(n_tasks)]
+    else:
+        header = [f"after task {t + 1}" for t in range(n_tasks)]
+    rows = []
+    for name, result in results.items():
+        runs = result.get("orders") or [result]
+        cells = []
+        for t in range(n_tasks):
+            summary = mean_and_sd([run["mean_auroc_per_task"][t] for run in runs])
+            cells.append(_mean_sd(summary) if summary["n"] > 1 else _mean_sd({**summary, "std": 0.0}).split(" ±")[0])
+        rows.append([name, *cells])
+    return ["method", *header], rows
 
 
 def classes_in_means(result: dict) -> str:
@@ -127,6 +148,7 @@ def write_scenario_report(results: dict[str, dict], prepared, out_dir: Path) -> 
 
     table = _html_rows(comparison_rows(results))
     forgetting_header, forgetting_table = forgetting_rows(results)
+    per_task_header, per_task_table = per_task_rows(results)
     tasks = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td>"
         f"<td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>"
@@ -150,6 +172,8 @@ Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final �
 (order {first_run["order"]}, seed {first_run.get("seed", first["seed"])});
 mean ± sd is over every (order, seed) run.</p>
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in comparison_header(results))}</tr>{table}</table>
+<h2>Mean AUROC after each task (mean ± sd over runs)</h2>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in per_task_header)}</tr>{_html_rows(per_task_table)}</table>
 <h2>Forgetting per class (first run)</h2>
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in forgetting_header)}</tr>
 {_html_rows(forgetting_table)}</table>

@@ -15,13 +15,13 @@ import numpy as np
 
 from retune.backbones.registry import create_backbone
 from retune.errors import ConfigError
-from retune.evaluation import evaluate_scores
+from retune.evaluation import evaluate_scores, mean_and_sd
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, read_data
 from retune.io_utils import write_json_atomic
 from retune.methods.base import PromptBank
 from retune.methods.checkpoint import load_checkpoint
 from retune.methods.registry import create_method
-from retune.scenarios.runner import load_results, prepare, run_folder, spread
+from retune.scenarios.runner import load_results, prepare, run_folder
 from retune.scenarios.spec import ScenarioConfig
 from retune.store import EmbeddingStore
 
@@ -103,7 +103,7 @@ def evaluate_scenario(
             "exemplar_free": result["exemplar_free"],
             **records[0],
             "runs": records,
-            "mean_auroc_over_runs": spread([r["mean_auroc"] for r in records]),
+            "mean_auroc_over_runs": mean_and_sd([r["mean_auroc"] for r in records]),
         }
     payload = {
         "scenario": config.name,

@@ -19,7 +19,7 @@ import numpy as np
 from retune.backbones.registry import create_backbone
 from retune.data.splits import patient_split
 from retune.errors import ConfigError
-from retune.evaluation import continual_metrics
+from retune.evaluation import continual_metrics, mean_and_sd
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
 from retune.io_utils import atomic_path, write_json_atomic
 from retune.methods.base import Method, TaskData
@@ -193,16 +193,6 @@ def run_method(
     return scores
 
 
-def spread(values: list[float | None]) -> dict:
-    """Mean and sample standard deviation over runs of the defined values, with their count."""
-    kept = [v for v in values if v is not None]
-    return {
-        "mean": float(np.mean(kept)) if kept else None,
-        "std": float(np.std(kept, ddof=1)) if len(kept) > 1 else (0.0 if kept else None),
-        "n": len(kept),
-    }
-
-
 def named_continual_metrics(metrics: dict, classes: list[str]) -> dict:
     """Replace column indices in ``continual_metrics`` output by class names (per-class forgetting, marked classes)."""
     return {
@@ -241,7 +231,7 @@ def summarise(
     first = per_run[0]
     method_cls = available_methods()[name]
     keys = ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
-    over_runs = {key: spread([run[key] for run in per_run]) for key in keys}
+    over_runs = {key: mean_and_sd([run[key] for run in per_run]) for key in keys}
     return {
         "method": name,
         "description": method_cls.description,

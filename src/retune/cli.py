@@ -195,7 +195,7 @@ def print_metrics(metrics: dict) -> None:
 
     too_few = set(metrics.get("too_few_positives", []))
     for name in metrics["classes"]:
-        label = name + (" (too few positives, not in the mean)" if name in too_few else "")
+        label = name + (" *" if name in too_few else "")
         row = [label, str(metrics["per_class"][name]["n_pos"])]
         row += [cell(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()]
         table.add_row(*row)
@@ -205,6 +205,8 @@ def print_metrics(metrics: dict) -> None:
     means = [f"[bold]{cell(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()]
     table.add_row(f"[bold]mean{counted}", "", *means)
     console.print(table)
+    if too_few:
+        console.print(f"* fewer than {metrics['min_positives']} positives: listed, not in the mean", highlight=False)
     if metrics.get("note"):
         console.print(f"[dim]{metrics['note']}[/]")
     for warning in metrics.get("warnings", []):

@@ -118,11 +118,13 @@ class SharedCovarianceGaussian(ClassMeans):
         self.second_moment = np.zeros((context.image_dim, context.image_dim))
         self.shrinkage: dict[str, float] = {}
         self._heads: tuple[np.ndarray, np.ndarray] | None = None  # derived (weights, bias); rebuilt after each change
+        self._spectrum: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (covariance, eigenvalues, vectors)
 
     def learn(self, task: TaskData) -> dict:
         self.accumulate(task)
         images = np.asarray(task.train_x, dtype=np.float64)
         self.second_moment += images.T @ images
+        self._spectrum = None
         chosen = DEFAULT_SHRINKAGE
         if task.val_x is not None and len(task.val_x):
             columns = [self.classes.index(c) for c in task.classes]
@@ -145,9 +147,11 @@ class SharedCovarianceGaussian(ClassMeans):
         """(weights d x C, bias C) of the per-class log-odds, from the current sums."""
         if self._heads is not None:
             return self._heads
-        covariance = self.covariance()
-        eigenvalues, vectors = np.linalg.eigh(covariance)
-        eigenvalues = np.clip(eigenvalues, 0.0, None)
+        if self._spectrum is None:  # one eigendecomposition per change of the sums, shared by every shrinkage tried
+            covariance = self.covariance()
+            eigenvalues, vectors = np.linalg.eigh(covariance)
+            self._spectrum = (covariance, np.clip(eigenvalues, 0.0, None), vectors)
+        covariance, eigenvalues, vectors = self._spectrum
         level = max(float(eigenvalues.mean()), EPS)
         weights, bias = np.zeros((len(self.total), len(self.classes))), np.zeros(len(self.classes))
         for c, name in enumerate(self.classes):
@@ -183,4 +187,4 @@ class SharedCovarianceGaussian(ClassMeans):
         super().load_state(tensors, facts)
         self.second_moment = np.asarray(tensors["second_moment"], dtype=np.float64)
         self.shrinkage = dict(zip(self.classes, facts["shrinkage"]))
-        self._heads = None
+        self._heads = self._spectrum = None

@@ -404,11 +404,18 @@ scenario_app = typer.Typer(
 app.add_typer(scenario_app, name="scenario")
 
 
-def print_comparison(results: dict[str, dict]) -> None:
-    """The side-by-side table of final mean AUROC, forgetting and BWT with CIs."""
+def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
+    """The side-by-side table of final mean AUROC, forgetting and BWT with CIs (rich, or Markdown for a README)."""
     from retune.report.scenario_report import classes_in_means, comparison_header, comparison_rows, per_task_rows
 
     first = next(iter(results.values()))
+    if markdown:
+        print(f"{first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
+              f"{first['n_test_images']} test images); {classes_in_means(first)}\n")
+        for header, rows in ((comparison_header(results), comparison_rows(results)), per_task_rows(results)):
+            lines = [header, ["---"] * len(header), *rows]
+            print("\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n")
+        return
     header = comparison_header(results)
     table = Table(
         title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
@@ -489,12 +496,26 @@ def scenario_run(
 
 @scenario_app.command("compare")
 @friendly_errors
-def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenario output folders.")) -> None:
-    """Print the side-by-side table of one or more scenario runs."""
+def scenario_compare(
+    directories: list[Path] = typer.Argument(..., help="Scenario output folders."),
+    min_positives: int | None = typer.Option(
+        None,
+        "--min-positives",
+        min=1,
+        help="Recompute the means from the saved AUROC matrices with another threshold (point estimates; CIs "
+        "need a rerun with that --min-positives). Default: the threshold the scenario ran with.",
+    ),
+    markdown: bool = typer.Option(False, "--markdown", help="Print Markdown tables (for a README) instead."),
+) -> None:
+    """Print the side-by-side table of scenario runs (mean ± sd over (order, seed) runs, mean AUROC per task)."""
+    from retune.report.scenario_report import with_min_positives
     from retune.scenarios.runner import load_results
 
     for directory in directories:
-        print_comparison(load_results(directory))
+        results = load_results(directory)
+        if min_positives is not None:
+            results = {name: with_min_positives(result, min_positives) for name, result in results.items()}
+        print_comparison(results, markdown)
 
 
 @scenario_app.command("evaluate")

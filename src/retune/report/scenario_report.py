@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retune.evaluation import mean_and_sd
+from retune.evaluation import average_incremental, forgetting_and_bwt, mean_and_sd
 from retune.io_utils import write_text_atomic
 from retune.report.plots import plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
 from retune.scenarios.runner import run_folder
@@ -78,6 +78,36 @@ def per_task_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]
             cells.append(_mean_sd(summary) if summary["n"] > 1 else _mean_sd({**summary, "std": 0.0}).split(" ±")[0])
         rows.append([name, *cells])
     return ["method", *header], rows
+
+
+def with_min_positives(result: dict, min_positives: int) -> dict:
+    """A results.json recomputed from its saved AUROC matrices with another min-positives threshold.
+
+    Point estimates only: the bootstrap CIs need the test scores again, so they become None.
+    """
+    classes, counts = result["classes"], result["n_test_positives"]
+    kept = np.array([counts[c] >= min_positives for c in classes])
+    runs = []
+    for run in result["orders"]:
+        matrix = np.array([[np.nan if v is None else v for v in row] for row in run["auroc_matrix"]], dtype=float)
+        counted = np.where(kept, matrix, np.nan)
+        forgetting, bwt = forgetting_and_bwt(counted)
+        per_task = [float(np.nanmean(row)) if not np.isnan(row).all() else None for row in counted]
+        runs.append({**run, "mean_auroc_per_task": per_task, "final_mean_auroc": per_task[-1],
+                     "forgetting": forgetting, "bwt": bwt, "average_incremental_auroc": average_incremental(per_task)})
+    summary_keys = ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
+    first = np.array([[np.nan if v is None else v for v in row] for row in result["auroc_matrix"]], dtype=float)
+    defined = ~np.isnan(first).all(axis=0)
+    return {
+        **result,
+        **{key: runs[0][key] for key in (*summary_keys, "mean_auroc_per_task")},
+        **{f"{key}_ci": None for key in ("final_mean_auroc", "forgetting", "bwt")},
+        "orders": runs,
+        "over_runs": {key: mean_and_sd([run[key] for run in runs]) for key in summary_keys},
+        "min_positives": min_positives,
+        "n_classes_in_mean": int((kept & defined).sum()),
+        "too_few_positives": [c for c, k, d in zip(classes, kept, defined) if d and not k],
+    }
 
 
 def classes_in_means(result: dict) -> str:

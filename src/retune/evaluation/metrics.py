@@ -134,7 +134,7 @@ def positive_counts(labels: np.ndarray) -> np.ndarray:
 
 def fast_mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """Mean AUROC over defined classes without CIs: the cheap score for early stopping."""
-    auroc, _ = _rank_auroc_auprc(np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64))
+    auroc = _rank_auroc(np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.float64))
     return _mean_or_none([value for value in auroc if not np.isnan(value)])
 
 
@@ -184,12 +184,13 @@ def forgetting_and_bwt(matrix: np.ndarray) -> tuple[float | None, float | None]:
 
 def auroc_matrix(scores_per_task: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
     """R[t][c]: AUROC after task t on class c; NaN where c was not yet learned (NaN scores) or is undefined."""
-    matrix = np.full((len(scores_per_task), labels.shape[1]), np.nan)
-    for t, scores in enumerate(scores_per_task):
-        seen = ~np.isnan(scores).any(axis=0)
-        if seen.any():
-            matrix[t, seen] = _rank_auroc_auprc(scores[:, seen], labels[:, seen])[0]
-    return matrix
+    n_tasks, n_classes = len(scores_per_task), labels.shape[1]
+    if n_tasks == 0:
+        return np.full((0, n_classes), np.nan)
+    stacked = np.hstack(scores_per_task)  # one rank pass over every task's columns (bootstraps call this often)
+    auroc = _rank_auroc(np.nan_to_num(stacked), np.tile(labels, (1, n_tasks))).reshape(n_tasks, n_classes)
+    seen = ~np.isnan(stacked).any(axis=0).reshape(n_tasks, n_classes)
+    return np.where(seen, auroc, np.nan)
 
 
 def _row_means(matrix: np.ndarray) -> list[float | None]:
@@ -320,6 +321,18 @@ def _point_estimates(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
             auroc[c] = roc_auc_score(y, scores[valid, c])
             auprc[c] = average_precision_score(y, scores[valid, c])
     return auroc, auprc
+
+
+def _rank_auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Column-wise AUROC only (Mann-Whitney U, ties averaged; masked rows ranked last); NaN where undefined."""
+    valid = ~np.isnan(labels)
+    pos = labels == 1
+    n_pos = pos.sum(axis=0)
+    n_neg = valid.sum(axis=0) - n_pos
+    ranks = rankdata(np.where(valid, scores, np.inf), axis=0)
+    u = np.where(pos, ranks, 0.0).sum(axis=0) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
 def _rank_auroc_auprc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

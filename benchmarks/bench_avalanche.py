@@ -146,7 +146,7 @@ def run(ctx: Context) -> dict:
                 scores,
                 labels,
                 patients,
-                n_bootstrap=config.n_bootstrap,
+                n_bootstrap=config.n_bootstrap if not per_order or config.bootstrap_every_run else 0,
                 seed=config.seed,
                 min_positives=config.min_positives,
             )

@@ -213,12 +213,12 @@ def summarise(
     labels = prepared.labels[prepared.test_rows]
     patients = prepared.patients[prepared.test_rows]
     per_run = []
-    for (order, seed), scores in scores_by_run.items():
+    for index, ((order, seed), scores) in enumerate(scores_by_run.items()):
         metrics = continual_metrics(
             scores,
             labels,
             patients,
-            n_bootstrap=config.n_bootstrap,
+            n_bootstrap=config.n_bootstrap if index == 0 or config.bootstrap_every_run else 0,
             seed=config.seed,
             min_positives=config.min_positives,
         )

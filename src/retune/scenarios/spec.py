@@ -80,6 +80,9 @@ class ScenarioConfig(ExperimentConfig):
     tasks: list[TaskSpec] = Field(default_factory=list)
     generate: GeneratorSpec | None = None
     n_bootstrap: int = Field(500, ge=0)
+    bootstrap_every_run: bool = Field(
+        True, description="Patient-bootstrap CIs for every (order, seed) run; false: only for the first (faster)."
+    )
     tracking_uri: str | None = None
 
     @property

@@ -215,3 +215,19 @@ def test_data_incremental_curve_is_mean_auroc_after_each_chunk_over_runs():
     header, rows = per_task_rows(results)
     assert header == ["method", "50% of the data", "100% of the data"]
     assert rows == [["m", "0.700 ± 0.141 (n=2)", "0.700 ± 0.000 (n=2)"]]
+
+
+def test_compare_recomputes_means_from_saved_matrices_with_another_threshold():
+    """`scenario compare --min-positives`: a rare class's forgetting re-enters the mean at threshold 1, CIs dropped."""
+    from retune.report.scenario_report import with_min_positives
+
+    matrix = [[0.8, None], [0.8, 0.9], [0.8, 0.1]]
+    run = {"order": 0, "seed": 0, "auroc_matrix": matrix, "mean_auroc_per_task": [0.8, 0.8, 0.8]}
+    result = {"classes": ["common", "rare"], "n_test_positives": {"common": 40, "rare": 2}, "auroc_matrix": matrix,
+              "orders": [run], "final_mean_auroc_ci": [0.7, 0.9]}
+    loose = with_min_positives(result, 1)
+    assert loose["final_mean_auroc"] == pytest.approx(0.45) and loose["forgetting"] == pytest.approx(0.4)
+    assert loose["final_mean_auroc_ci"] is None and loose["n_classes_in_mean"] == 2
+    strict = with_min_positives(result, 10)
+    assert strict["final_mean_auroc"] == pytest.approx(0.8) and strict["forgetting"] == pytest.approx(0.0)
+    assert strict["too_few_positives"] == ["rare"]

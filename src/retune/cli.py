@@ -168,10 +168,7 @@ def print_metrics(metrics: dict) -> None:
     methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
     table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
 
-    def cell(value, interval) -> str:
-        if value is None:
-            return "undefined"
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+    from retune.report.text import format_interval as cell
 
     for name in metrics["classes"]:
         row = [name, str(metrics["per_class"][name]["n_pos"])]
@@ -331,13 +328,7 @@ def compare(
         if not path.exists():
             raise ConfigError(f"{path}: no metrics.json here")
         for label, record in metric_records(json.loads(path.read_text())):
-            interval = record.get("mean_auroc_ci")
-            value = record.get("mean_auroc")
-            shown = (
-                "undefined"
-                if value is None
-                else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            )
+            shown = _mean_cell(record)
             table.add_row(
                 escape(str(run)),
                 escape(label),
@@ -375,7 +366,7 @@ def print_comparison(results: dict[str, dict]) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True) -> dict:
+def execute_scenario(settings, out: Path, track: bool = True, restart: bool = False) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.report.tracking import log_scenario_results
     from retune.scenarios.runner import run_scenario
@@ -385,6 +376,7 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
         out,
         show_progress=sys.stderr.isatty(),
         progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+        restart=restart,
     )
     print_comparison(results)
     if track:
@@ -409,8 +401,15 @@ def scenario_run(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
     ),
+    restart: bool = typer.Option(
+        False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
+    ),
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
+    """Run every method through the scenario's tasks on cached embeddings.
+
+    A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
+    results changed; otherwise it stops with one line, and --restart starts over.
+    """
     from retune.config import load_yaml_config
     from retune.scenarios.spec import ScenarioConfig
 
@@ -419,7 +418,7 @@ def scenario_run(
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=restart)
 
 
 @scenario_app.command("compare")
@@ -482,10 +481,9 @@ def adaptor_run(
 
 
 def _mean_cell(record: dict) -> str:
-    value, interval = record.get("mean_auroc"), record.get("mean_auroc_ci")
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    from retune.report.text import format_interval
+
+    return format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci"))
 
 
 peft_app = typer.Typer(
@@ -582,7 +580,7 @@ def demo(
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,
     )
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=True)  # a demo always starts over (its inputs may differ run to run)
 
 
 if __name__ == "__main__":

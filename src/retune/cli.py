@@ -188,10 +188,7 @@ def print_metrics(metrics: dict) -> None:
     methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
     table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
 
-    def cell(value, interval) -> str:
-        if value is None:
-            return "undefined"
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+    from retune.report.text import format_interval as cell
 
     too_few = set(metrics.get("too_few_positives", []))
     for name in metrics["classes"]:
@@ -368,13 +365,7 @@ def compare(
         if not path.exists():
             raise ConfigError(f"{path}: no metrics.json here")
         for label, record in metric_records(json.loads(path.read_text())):
-            interval = record.get("mean_auroc_ci")
-            value = record.get("mean_auroc")
-            shown = (
-                "undefined"
-                if value is None
-                else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            )
+            shown = _mean_cell(record)
             table.add_row(
                 escape(str(run)),
                 escape(label),
@@ -437,7 +428,7 @@ def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True) -> dict:
+def execute_scenario(settings, out: Path, track: bool = True, restart: bool = False) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.report.tracking import log_scenario_results
     from retune.scenarios.runner import run_scenario
@@ -447,6 +438,7 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
         out,
         show_progress=sys.stderr.isatty(),
         progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+        restart=restart,
     )
     print_comparison(results)
     if track:
@@ -478,9 +470,14 @@ def scenario_run(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
     ),
+    restart: bool = typer.Option(
+        False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
+    ),
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task.
+    """Run every method through the scenario's tasks on cached embeddings.
 
+    A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
+    results changed; otherwise it stops with one line, and --restart starts over.
     Example: retune scenario run configs/nih-class-incremental.yaml --out results/nih-class --orders 0,1,2,3,4
     Means cover classes with >= --min-positives (default 10) test positives; mean ± sd is over (order, seed) runs.
     """
@@ -491,7 +488,7 @@ def scenario_run(
     settings = override(settings, {"store": store, "tracking_uri": tracking_uri, "min_positives": min_positives,
                                    "methods": _comma_list(methods, str), "orders": _comma_list(orders, int),
                                    "seeds": _comma_list(seeds, int), "data": {"csv": data}})
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=restart)
 
 
 @scenario_app.command("compare")
@@ -629,10 +626,9 @@ def adaptor_run(
 
 
 def _mean_cell(record: dict) -> str:
-    value, interval = record.get("mean_auroc"), record.get("mean_auroc_ci")
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    from retune.report.text import format_interval
+
+    return format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci"))
 
 
 peft_app = typer.Typer(
@@ -729,7 +725,7 @@ def demo(
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,
     )
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=True)  # a demo always starts over (its inputs may differ run to run)
 
 
 if __name__ == "__main__":

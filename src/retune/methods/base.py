@@ -58,7 +58,6 @@ class Method(ABC):
     description: ClassVar[str]
     requires_aligned: ClassVar[bool] = False  # needs image and text in one space (zero-shot)
     exemplar_free: ClassVar[bool] = True  # False only for the joint upper bound
-    trains: ClassVar[bool] = True  # False for zero-shot
     # scenario kinds it can run; the runner refuses the others before training
     scenario_kinds: ClassVar[frozenset[str]] = frozenset({"class", "label", "data"})
 

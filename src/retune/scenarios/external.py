@@ -50,7 +50,9 @@ def evaluate_scenario(
         config = config.model_copy(update={"store": Path(store_dir)})
     minimum = config.min_positives if min_positives is None else min_positives
     results = load_results(results_dir)
-    classes = next(iter(results.values()))["classes"]
+    first = next(iter(results.values()))
+    learned = {c for task in first["orders"][0]["tasks"] for c in task["classes"]}
+    classes = [c for c in first["classes"] if c in learned]  # the data's order, the scenario's classes
     table = read_data(
         config.data.model_copy(update={"csv": Path(csv_path), "image_root": image_root, "classes": None})
     )

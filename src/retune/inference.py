@@ -4,6 +4,7 @@
 ``retune peft run`` runs hold tuned encoder tensors: the backbone is rebuilt, tuned the same way and
 loaded, and images run through it (the frozen-prefix cache still serves its frozen blocks). Both give
 the same ``metrics.json`` records, so ``retune compare`` reads them side by side.
+``SavedRun.score_pixels`` scores images already in memory (the server's uploads) without touching the store.
 """
 
 from __future__ import annotations
@@ -14,17 +15,33 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from retune.backbones.base import Backbone
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
+from retune.methods.base import Method
 from retune.methods.checkpoint import load_checkpoint
+from retune.methods.retune import ReTuneModel
 from retune.peft_runs import load_tuned_run
 from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
+from retune.store.embed import encode_in_chunks
 
 Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
+
+
+@dataclass
+class PixelScores:
+    """A run's main method on a preprocessed batch: probabilities and, for RE-tune heads, each class's prompt similarities."""
+
+    probabilities: np.ndarray  # images x classes
+    positive: np.ndarray | None = None  # cosine similarity to the class's positive prompt (images x classes)
+    negative: np.ndarray | None = None
+
+
+PixelScorer = Callable[[torch.Tensor], PixelScores]
 
 
 @dataclass
@@ -36,6 +53,22 @@ class SavedRun:
     classes: list[str]
     main: str
     score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
+    score_pixels: PixelScorer  # preprocessed images (N x C x H x W) -> the main method's scores, no store involved
+
+
+def pixel_scorer(backbone: Backbone, head: ReTuneModel | Method) -> PixelScorer:
+    """Encode a preprocessed batch with the run's (possibly tuned) backbone and score it with the main head."""
+
+    def score(pixels: torch.Tensor) -> PixelScores:
+        features = encode_in_chunks(backbone, pixels.to(backbone.device), tokens=False).pooled.float()
+        if not isinstance(head, ReTuneModel):
+            return PixelScores(head.predict(features.cpu().numpy()))
+        with torch.no_grad():
+            positive, negative = head.similarities(features)
+            probabilities = torch.sigmoid(head(features))
+        return PixelScores(probabilities.cpu().numpy(), positive.cpu().numpy(), negative.cpu().numpy())
+
+    return score
 
 
 def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False) -> SavedRun:
@@ -48,10 +81,13 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
             scores, rows, errors = tuned.score(table)
             return {tuned.name: scores}, rows, errors
 
-        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
+        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned,
+                        pixel_scorer(tuned.backbone, tuned.model.head.eval()))
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
+    main = methods[MAIN_METHOD]
+    head = main.model.eval() if isinstance(getattr(main, "model", None), ReTuneModel) else main
     return SavedRun(facts, backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress))
+                    lambda table: score_embedded(methods, backbone, store, table, show_progress), pixel_scorer(backbone, head))
 
 
 def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,

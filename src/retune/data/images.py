@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -46,8 +48,20 @@ def load_image(path: str | Path) -> Image.Image:
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     if is_dicom(path):
-        return _load_dicom(path)
-    return _load_raster(path)
+        return _load_dicom(path, str(path))
+    return _load_raster(path, str(path))
+
+
+def decode_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an image held in memory (an upload: never written to disk) like ``load_image``; ``name`` labels errors.
+
+    DICOM is recognised by a ``.dcm``/``.dicom`` name or the ``DICM`` magic; anything else goes to Pillow.
+    """
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return _load_dicom(io.BytesIO(data), name)
+    return _load_raster(io.BytesIO(data), name)
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -75,16 +89,19 @@ def file_content_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _load_raster(path: Path) -> Image.Image:
-    """Decode with PIL, forcing a full decode so truncated files fail here rather than later."""
+def _load_raster(source: Path | BinaryIO, name: str) -> Image.Image:
+    """Decode with PIL, forcing a full decode so truncated files fail here rather than later.
+
+    Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) refuses huge images before decoding them.
+    """
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return _to_rgb8(img)
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: not a recognised image format") from exc
+        raise DataError(f"{name}: not a recognised image format") from exc
     except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: cannot decode image ({_first_line(exc)})") from exc
+        raise DataError(f"{name}: cannot decode image ({_first_line(exc)})") from exc
 
 
 def _to_rgb8(img: Image.Image) -> Image.Image:
@@ -96,15 +113,19 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _load_dicom(path: Path) -> Image.Image:
-    """Decode the first frame: modality LUT, then VOI LUT/windowing, scale to 0-255, invert MONOCHROME1."""
+def _load_dicom(source: Path | BinaryIO, name: str) -> Image.Image:
+    """Decode the first frame: modality LUT, then VOI LUT/windowing, scale to 0-255, invert MONOCHROME1.
+
+    Pixel data larger than Pillow's decompression-bomb limit is refused before it is decoded.
+    """
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
+        _refuse_dicom_bomb(ds, name)
         pixels = ds.pixel_array
     except pydicom.errors.InvalidDicomError as exc:
-        raise DataError(f"{path}: not a DICOM file (no 'DICM' file header)") from exc
+        raise DataError(f"{name}: not a DICOM file (no 'DICM' file header)") from exc
     except _DICOM_ERRORS as exc:
-        raise DataError(f"{path}: cannot decode DICOM ({_first_line(exc)})") from exc
+        raise DataError(f"{name}: cannot decode DICOM ({_first_line(exc)})") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         pixels = pixels[0]
@@ -113,7 +134,7 @@ def _load_dicom(path: Path) -> Image.Image:
         rgb = pixels if pixels.dtype == np.uint8 else _scale_to_uint8(pixels)
         return Image.fromarray(np.ascontiguousarray(rgb))
     if pixels.ndim != 2:
-        raise DataError(f"{path}: unsupported DICOM pixel array shape {pixels.shape}")
+        raise DataError(f"{name}: unsupported DICOM pixel array shape {pixels.shape}")
     values = apply_modality_lut(pixels, ds)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
         try:
@@ -124,6 +145,14 @@ def _load_dicom(path: Path) -> Image.Image:
     if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
         grey = 255 - grey
     return _grey_to_rgb(grey)
+
+
+def _refuse_dicom_bomb(ds: pydicom.Dataset, name: str) -> None:
+    """Refuse DICOM pixel data above twice ``Image.MAX_IMAGE_PIXELS`` (where Pillow refuses rasters)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    n_pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
+    if limit is not None and n_pixels > 2 * limit:
+        raise DataError(f"{name}: DICOM of {n_pixels} pixels exceeds the limit of {2 * limit} pixels (possible decompression bomb)")
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:

@@ -107,6 +107,8 @@ async function analyse(file) {
   preview.src = URL.createObjectURL(file);
   preview.onerror = () => { preview.removeAttribute("src"); };  // DICOM: the browser cannot show it, scores still come
   $("stage").hidden = false;
+  $("drop").classList.add("compact");
+  $("drop").querySelector(".drop-title").textContent = "Drop another image, or choose a file";
   setStatus("Scoring…");
   try {
     const prediction = await post(`/v1/runs/${run}/predict`, file);

@@ -9,9 +9,9 @@ the same ``metrics.json`` records, so ``retune compare`` reads them side by side
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.methods.base import Method
 from retune.methods.checkpoint import load_checkpoint
+from retune.methods.peft_tuning import pixel_shape
 from retune.methods.retune import ReTuneModel
 from retune.peft_runs import load_tuned_run
 from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
@@ -41,7 +42,7 @@ class PixelScores:
     negative: np.ndarray | None = None
 
 
-PixelScorer = Callable[[torch.Tensor], PixelScores]
+PatchScorer = Callable[[torch.Tensor], np.ndarray]  # one preprocessed image (1 x C x H x W) -> classes x rows x cols
 
 
 @dataclass
@@ -53,20 +54,42 @@ class SavedRun:
     classes: list[str]
     main: str
     score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
-    score_pixels: PixelScorer  # preprocessed images (N x C x H x W) -> the main method's scores, no store involved
+    head: ReTuneModel | Method  # the main method's scorer of pooled image features
 
-
-def pixel_scorer(backbone: Backbone, head: ReTuneModel | Method) -> PixelScorer:
-    """Encode a preprocessed batch with the run's (possibly tuned) backbone and score it with the main head."""
-
-    def score(pixels: torch.Tensor) -> PixelScores:
-        features = encode_in_chunks(backbone, pixels.to(backbone.device), tokens=False).pooled.float()
-        if not isinstance(head, ReTuneModel):
-            return PixelScores(head.predict(features.cpu().numpy()))
+    def score_pixels(self, pixels: torch.Tensor) -> PixelScores:
+        """The main method's scores for preprocessed images (N x C x H x W) held in memory; the store is not involved."""
+        features = encode_in_chunks(self.backbone, pixels.to(self.backbone.device), tokens=False).pooled.float()
+        if not isinstance(self.head, ReTuneModel):
+            return PixelScores(self.head.predict(features.cpu().numpy()))
         with torch.no_grad():
-            positive, negative = head.similarities(features)
-            probabilities = torch.sigmoid(head(features))
+            positive, negative = self.head.similarities(features)
+            probabilities = torch.sigmoid(self.head(features))
         return PixelScores(probabilities.cpu().numpy(), positive.cpu().numpy(), negative.cpu().numpy())
+
+
+def patch_scorer(run: SavedRun) -> PatchScorer | None:
+    """Each patch token's similarity to every class's positive minus its negative prompt, through the RE-tune adaptors.
+
+    Offered only where it means what the pooled score means: a RE-tune head, and a backbone whose patch tokens form a
+    square grid in the pooled embedding's space with the pooled vector as their mean (the default EfficientNet's 7 x 7
+    feature map). Elsewhere (ViT hidden states before the projection, other heads) it is None.
+    """
+    backbone, head = run.backbone, run.head
+    if not isinstance(head, ReTuneModel):
+        return None
+    probe = backbone.encode_images(torch.zeros(1, *pixel_shape(backbone)), tokens=True)
+    tokens = probe.tokens
+    if tokens is None or tokens.shape[-1] != backbone.image_dim or round(tokens.shape[1] ** 0.5) ** 2 != tokens.shape[1]:
+        return None
+    if not torch.allclose(tokens.float().mean(dim=1), probe.pooled.float(), atol=1e-4, rtol=1e-3):
+        return None
+    side = round(tokens.shape[1] ** 0.5)
+
+    def score(pixels: torch.Tensor) -> np.ndarray:
+        patches = backbone.encode_images(pixels.to(backbone.device), tokens=True).tokens[0].float()
+        with torch.no_grad():
+            positive, negative = head.similarities(patches)
+        return (positive - negative).T.reshape(-1, side, side).cpu().numpy()
 
     return score
 
@@ -81,13 +104,12 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
             scores, rows, errors = tuned.score(table)
             return {tuned.name: scores}, rows, errors
 
-        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned,
-                        pixel_scorer(tuned.backbone, tuned.model.head.eval()))
+        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned, tuned.model.head.eval())
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
     main = methods[MAIN_METHOD]
     head = main.model.eval() if isinstance(getattr(main, "model", None), ReTuneModel) else main
     return SavedRun(facts, backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress), pixel_scorer(backbone, head))
+                    lambda table: score_embedded(methods, backbone, store, table, show_progress), head)
 
 
 def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,

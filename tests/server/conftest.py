@@ -18,8 +18,14 @@ def phantom_run(tmp_path_factory) -> tuple[Path, Path]:
 
     work = tmp_path_factory.mktemp("served-run")
     csv = write_phantom_dataset(work / "phantoms", n=N_PHANTOMS, seed=3)
-    config = TrainConfig.model_validate({"data": {"csv": str(csv)}, "store": str(work / "store"), "n_bootstrap": 20,
-                                         "retune": {"optim": {"epochs": 20, "min_epochs": 5}}})
+    config = TrainConfig.model_validate(
+        {
+            "data": {"csv": str(csv)},
+            "store": str(work / "store"),
+            "n_bootstrap": 20,
+            "retune": {"optim": {"epochs": 20, "min_epochs": 5}},
+        }
+    )
     train_run(config, work / "phantom-run")
     return work / "phantom-run", csv
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from server_payloads import dicom_bytes, huge_png_header, png_bytes
 
 from retune.errors import ConfigError
 from retune.server import ServeConfig, create_app
-from server_payloads import dicom_bytes, huge_png_header, png_bytes
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -74,7 +73,10 @@ def test_predict_several_images_keeps_their_order(client, phantom_png):
     assert response.status_code == 200, response.text
     files = [p["file"] for p in response.json()["predictions"]]
     assert files == ["dark.png", phantom_png[0], "dark.png"]
-    scores = [[f["probability"] for f in sorted(p["findings"], key=lambda f: f["finding"])] for p in response.json()["predictions"]]
+    scores = [
+        [f["probability"] for f in sorted(p["findings"], key=lambda f: f["finding"])]
+        for p in response.json()["predictions"]
+    ]
     assert scores[0] == pytest.approx(scores[2]) and scores[0] != pytest.approx(scores[1])
 
 
@@ -95,8 +97,24 @@ def test_explain_gives_an_occlusion_map_per_finding(client, phantom_png):
     assert np.abs(maps).max() > 0  # covering parts of the image moves the scores
 
 
+def test_patch_map_where_the_backbone_allows_it(client, served_runs, phantom_png):
+    """The default backbone's 7 x 7 feature map gives patch-to-prompt maps; a run without them refuses the method."""
+    assert client.get("/v1/runs").json()["runs"][0]["explanations"] == ["occlusion", "patch"]
+    response = client.post("/v1/runs/phantom-run/explain?method=patch", files={"images": phantom_png})
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["explanation"] == "patch" and payload["grid"] == 7 and payload["region"] == "centre-square"
+    maps = np.array(list(payload["maps"].values()))
+    assert maps.shape == (len(payload["maps"]), 7, 7) and maps.std() > 0
+    pooled_only = dataclasses.replace(served_runs["phantom-run"], patches=None)
+    with TestClient(create_app({"phantom-run": pooled_only}, ServeConfig())) as occlusion_only:
+        refused = occlusion_only.post("/v1/runs/phantom-run/explain?method=patch", files={"images": phantom_png})
+    assert refused.status_code == 400 and "offers explanation(s) occlusion" in refused.json()["detail"]
+
+
 def test_uploads_never_spool_to_disk(served_runs, monkeypatch):
     """A 2 MiB upload (Starlette spools parts above 1 MiB to a temporary file) stays in memory."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("an upload was written to a temporary file")
 
@@ -115,19 +133,56 @@ def truncated_png(data: bytes) -> bytes:
 
 
 BAD_INPUTS = [
-    ("non-image", lambda png: {"files": [("images", ("notes.txt", b"just some text, not an image"))]}, 400, r"notes\.txt: not a recognised image format"),
-    ("truncated PNG", lambda png: {"files": [("images", ("cut.png", truncated_png(png)))]}, 400, r"cut\.png: cannot decode image"),
-    ("DICOM without pixel data", lambda png: {"files": [("images", ("nopixels.dcm", dicom_bytes(None)))]}, 400, r"nopixels\.dcm: cannot decode DICOM"),
-    ("20000x20000 PNG", lambda png: {"files": [("images", ("bomb.png", huge_png_header()))]}, 400, r"bomb\.png: .*(exceeds limit|decompression bomb)"),
-    ("empty multipart", lambda png: {"files": [("other", ("x.txt", b"x"))]}, 400, r"no image in the request.*'images' field"),
+    (
+        "non-image",
+        lambda png: {"files": [("images", ("notes.txt", b"just some text, not an image"))]},
+        400,
+        r"notes\.txt: not a recognised image format",
+    ),
+    (
+        "truncated PNG",
+        lambda png: {"files": [("images", ("cut.png", truncated_png(png)))]},
+        400,
+        r"cut\.png: cannot decode image",
+    ),
+    (
+        "DICOM without pixel data",
+        lambda png: {"files": [("images", ("nopixels.dcm", dicom_bytes(None)))]},
+        400,
+        r"nopixels\.dcm: cannot decode DICOM",
+    ),
+    (
+        "20000x20000 PNG",
+        lambda png: {"files": [("images", ("bomb.png", huge_png_header()))]},
+        400,
+        r"bomb\.png: .*(exceeds limit|decompression bomb)",
+    ),
+    (
+        "empty multipart",
+        lambda png: {"files": [("other", ("x.txt", b"x"))]},
+        400,
+        r"no image in the request.*'images' field",
+    ),
     ("empty file", lambda png: {"files": [("images", ("empty.png", b""))]}, 400, r"empty\.png: empty file"),
-    ("wrong content type", lambda png: {"json": {"images": "chest.png"}}, 415, r"expected a multipart/form-data upload.*application/json"),
-    ("oversized upload", lambda png: {"files": [("images", ("big.png", b"\0" * (2**20 + 10)))]}, 413, r"larger than the limit of 1 MiB"),
+    (
+        "wrong content type",
+        lambda png: {"json": {"images": "chest.png"}},
+        415,
+        r"expected a multipart/form-data upload.*application/json",
+    ),
+    (
+        "oversized upload",
+        lambda png: {"files": [("images", ("big.png", b"\0" * (2**20 + 10)))]},
+        413,
+        r"larger than the limit of 1 MiB",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, request_kwargs, status, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
-def test_bad_input_is_a_4xx_json_error_then_a_good_request_succeeds(client, phantom_png, case, request_kwargs, status, message):
+def test_bad_input_is_a_4xx_json_error_then_a_good_request_succeeds(
+    client, phantom_png, case, request_kwargs, status, message
+):
     response = client.post("/v1/runs/phantom-run/predict", **request_kwargs(phantom_png[1]))
     assert response.status_code == status, response.text
     assert re.search(message, response.json()["detail"]), response.json()
@@ -154,7 +209,8 @@ def test_docs_page_loads_its_assets_from_this_server(client):
     """FastAPI's default docs page pulls Swagger UI from a CDN; ours references local files only."""
     page = client.get("/docs").text
     references = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert references and all(ref.startswith("/") for ref in references), references
+    local = [ref for ref in references if ref.startswith(("/", "data:")) and not ref.startswith("//")]
+    assert references and local == references, references
     for ref in references:
         if ref.startswith("/static/"):
             assert client.get(ref).status_code == 200, ref

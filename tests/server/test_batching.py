@@ -1,4 +1,4 @@
-"""Dynamic batching with a stand-in scorer: concurrent images share one call, the queue is bounded, errors stay per batch."""
+"""Dynamic batching with a stand-in scorer: concurrent images share one call, a bounded queue, errors stay local."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def run_concurrently(batcher: DynamicBatcher, n_requests: int) -> list[PixelScor
     async def main():
         batcher.start()
         try:
-            return await asyncio.gather(*(batcher.submit([torch.full((1, 2, 2), float(i))]) for i in range(n_requests)))
+            return await asyncio.gather(
+                *(batcher.submit([torch.full((1, 2, 2), float(i))]) for i in range(n_requests))
+            )
         finally:
             await batcher.stop()
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-
 pytestmark = pytest.mark.integration
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
-REQUIRE_BROWSER = os.environ.get("RETUNE_REQUIRE_SHARED_DATA") == "1"  # CI's switch, as for ../shared (tests/conftest.py)
+REQUIRE_BROWSER = (
+    os.environ.get("RETUNE_REQUIRE_SHARED_DATA") == "1"
+)  # CI's switch, as for ../shared (tests/conftest.py)
 HOSTILE_NAME = '<img src=x onerror="document.title=1">.png'
 
 
@@ -48,7 +49,11 @@ def live_server(served_runs):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(served_runs, ServeConfig(port=port)), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(served_runs, ServeConfig(port=port)), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -68,7 +73,13 @@ def browser():
     chromium, chromedriver = browser_binaries()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
@@ -76,7 +87,9 @@ def browser():
     driver.quit()
 
 
-def test_page_shows_findings_and_explanation_map_for_a_real_nih_image(live_server, browser, nih_dir: Path, tmp_path: Path):
+def test_page_shows_findings_and_explanation_map_for_a_real_nih_image(
+    live_server, browser, nih_dir: Path, tmp_path: Path
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -92,8 +105,10 @@ def test_page_shows_findings_and_explanation_map_for_a_real_nih_image(live_serve
     assert len(rows) > 1 and values == sorted(values, reverse=True) and all(0 <= v <= 1 for v in values)
     assert rows[0].get_attribute("class") == "selected"  # the top finding is mapped first
     painted = browser.execute_script(
-        "const c = document.getElementById('overlay'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return [c.width, c.height, n];")
+        "const c = document.getElementById('overlay');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return [c.width, c.height, n];"
+    )
     assert painted[0] > 0 and painted[2] > 0.25 * painted[0] * painted[1], painted  # the map covers the image
     assert "occlusion" in browser.find_element(By.ID, "explanation").text
     assert browser.find_element(By.ID, "filename").text == HOSTILE_NAME  # shown as text...
@@ -114,7 +129,9 @@ def test_runs_and_docs_pages_render_without_errors(live_server, browser, tmp_pat
     assert browser.find_elements(By.CSS_SELECTOR, "article.run table tbody tr")
     assert browser.execute_script("return document.querySelector('img.roc').naturalWidth") > 0
     browser.get(live_server + "/docs")
-    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"))  # Swagger UI drew the endpoints
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock")
+    )  # Swagger UI drew the endpoints
     browser.save_screenshot(str(tmp_path / "docs-page.png"))
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors

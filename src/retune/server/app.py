@@ -6,11 +6,15 @@ Uploads stay in memory; responses and logs carry no image data and no DICOM head
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Literal
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -21,7 +25,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retune.backbones.base import Backbone
@@ -37,18 +40,31 @@ from retune.server.uploads import UPLOAD_FIELD, NotMultipart, Upload, UploadTooL
 API_VERSION = "v1"
 TOKEN_COOKIE = "retune_token"
 PUBLIC_PREFIXES = ("/static/", "/login")
-CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 # Swagger UI sets inline styles on the docs page only (it holds no patient data); scripts stay 'self'.
 DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 MULTIPART_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": [UPLOAD_FIELD],
-            "properties": {UPLOAD_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
-                                          "description": "PNG, JPEG or DICOM chest X-rays (field may repeat)."}},
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [UPLOAD_FIELD],
+                    "properties": {
+                        UPLOAD_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "PNG, JPEG or DICOM chest X-rays (field may repeat).",
+                        }
+                    },
+                }
+            }
+        },
     }
 }
 
@@ -58,9 +74,9 @@ class Finding(BaseModel):
 
     finding: str
     probability: float
-    positive_similarity: Optional[float] = None  # cosine similarity to the finding's positive prompt (RE-tune heads)
-    negative_similarity: Optional[float] = None
-    decision: Optional[bool] = None  # probability >= the run's stored threshold; null when the run stores none
+    positive_similarity: float | None = None  # cosine similarity to the finding's positive prompt (RE-tune heads)
+    negative_similarity: float | None = None
+    decision: bool | None = None  # probability >= the run's stored threshold; null when the run stores none
 
 
 class ImagePrediction(BaseModel):
@@ -78,11 +94,12 @@ class PredictResponse(BaseModel):
 class ExplainResponse(BaseModel):
     run: str
     file: str
-    explanation: str  # the method: "occlusion"
+    explanation: Literal["occlusion", "patch"]
     description: str
     grid: int
-    maps: dict[str, list[list[float]]]  # finding -> grid x grid probability drops, row-major from the top-left
-    probabilities: dict[str, float]
+    region: Literal["image", "centre-square"]  # what the grid covers
+    maps: dict[str, list[list[float]]]  # finding -> grid x grid values, row-major from the top-left
+    probabilities: dict[str, float] | None = None  # occlusion: the scores of the uncovered image
 
 
 class UnknownRun(Exception):
@@ -102,31 +119,49 @@ def _findings(classes: list[str], scores: PixelScores, thresholds: dict[str, flo
     rows = []
     for index, name in enumerate(classes):
         probability = float(scores.probabilities[index])
-        rows.append(Finding(
-            finding=name,
-            probability=probability,
-            positive_similarity=None if scores.positive is None else float(scores.positive[index]),
-            negative_similarity=None if scores.negative is None else float(scores.negative[index]),
-            decision=probability >= thresholds[name] if name in thresholds else None,
-        ))
+        rows.append(
+            Finding(
+                finding=name,
+                probability=probability,
+                positive_similarity=None if scores.positive is None else float(scores.positive[index]),
+                negative_similarity=None if scores.negative is None else float(scores.negative[index]),
+                decision=probability >= thresholds[name] if name in thresholds else None,
+            )
+        )
     return sorted(rows, key=lambda row: -row.probability)
 
 
 def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
     """The app over runs already loaded; one dynamic batcher per run, started with the app."""
-    batchers = {name: DynamicBatcher(run.model.score_pixels, config.batch_window_ms / 1000, config.max_batch, config.max_queue)
-                for name, run in runs.items()}
+    batchers = {
+        name: DynamicBatcher(run.model.score_pixels, config.batch_window_ms / 1000, config.max_batch, config.max_queue)
+        for name, run in runs.items()
+    }
+
+    decoders: ThreadPoolExecutor | None = None  # decoding and preprocessing: one thread per core, not one per request
+
+    async def in_decoders(function: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(decoders, function, *args)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        nonlocal decoders
+        decoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="retune-decode")
         for batcher in batchers.values():
             batcher.start()
         yield
         for batcher in batchers.values():
             await batcher.stop()
+        decoders.shutdown(wait=True)
 
-    app = FastAPI(title="retune", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Predictions, explanation maps and metrics of saved retune runs. Images are processed in memory only.")
+    app = FastAPI(
+        title="retune",
+        version=API_VERSION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Predictions, explanation maps and metrics of saved retune runs. Images stay in memory only.",
+    )
     package = files("retune.server")
     templates = Jinja2Templates(directory=str(package / "templates"))
     app.mount("/static/docs", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
@@ -191,9 +226,20 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
     @app.get(f"/{API_VERSION}/health", tags=["server"])
     async def health() -> dict:
         """Liveness, the served runs and batching counters (batches run, images scored, mean batch size)."""
-        return {"status": "ok", "runs": list(runs),
-                "batching": {name: {"batches": b.stats.batches, "images": b.stats.images, "mean_batch": round(b.stats.mean_batch, 2),
-                                    "window_ms": config.batch_window_ms, "max_batch": config.max_batch} for name, b in batchers.items()}}
+        return {
+            "status": "ok",
+            "runs": list(runs),
+            "batching": {
+                name: {
+                    "batches": b.stats.batches,
+                    "images": b.stats.images,
+                    "mean_batch": round(b.stats.mean_batch, 2),
+                    "window_ms": config.batch_window_ms,
+                    "max_batch": config.max_batch,
+                }
+                for name, b in batchers.items()
+            },
+        }
 
     @app.get(f"/{API_VERSION}/runs", tags=["runs"])
     async def list_runs() -> dict:
@@ -213,46 +259,97 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
             return _error(404, f"run '{name}' has no {ROC_PLOT}")
         return FileResponse(run.directory / ROC_PLOT, media_type="image/png")
 
-    @app.post(f"/{API_VERSION}/runs/{{name}}/predict", tags=["predict"], response_model=PredictResponse, openapi_extra=MULTIPART_BODY)
+    @app.post(
+        f"/{API_VERSION}/runs/{{name}}/predict",
+        tags=["predict"],
+        response_model=PredictResponse,
+        openapi_extra=MULTIPART_BODY,
+    )
     async def predict(name: str, request: Request) -> PredictResponse:
         """Per-finding probabilities (and prompt similarities) for one or more uploaded images, highest first."""
         run = served(name)
         uploads = await read_uploads(request, config.max_upload_bytes)
-        pixels = await run_in_threadpool(_decode_all, uploads, run.model.backbone)
+        pixels = await in_decoders(_decode_all, uploads, run.model.backbone)
         scores = await batchers[name].submit(pixels)
-        note = "decision: probability >= the run's threshold" if run.thresholds else "this run stores no decision thresholds: decision is null"
-        return PredictResponse(run=name, method=run.model.main, threshold_note=note,
-                               predictions=[ImagePrediction(file=u.name, findings=_findings(run.model.classes, s, run.thresholds))
-                                            for u, s in zip(uploads, scores)])
+        note = (
+            "decision: probability >= the run's threshold"
+            if run.thresholds
+            else "this run stores no decision thresholds: decision is null"
+        )
+        return PredictResponse(
+            run=name,
+            method=run.model.main,
+            threshold_note=note,
+            predictions=[
+                ImagePrediction(file=u.name, findings=_findings(run.model.classes, s, run.thresholds))
+                for u, s in zip(uploads, scores, strict=True)
+            ],
+        )
 
-    @app.post(f"/{API_VERSION}/runs/{{name}}/explain", tags=["predict"], response_model=ExplainResponse, openapi_extra=MULTIPART_BODY)
-    async def explain_image(name: str, request: Request,
-                            grid: Optional[int] = Query(None, ge=2, le=16, description="Cells per side (default: the server's)")) -> ExplainResponse:
-        """An occlusion-sensitivity map per finding for one uploaded image (grid x grid encoder passes, batched)."""
+    @app.post(
+        f"/{API_VERSION}/runs/{{name}}/explain",
+        tags=["predict"],
+        response_model=ExplainResponse,
+        openapi_extra=MULTIPART_BODY,
+    )
+    async def explain_image(
+        name: str,
+        request: Request,
+        method: Literal["occlusion", "patch"] = Query(
+            "occlusion", description="occlusion (any backbone) or patch (where offered)"
+        ),
+        grid: int | None = Query(None, ge=2, le=16, description="Occlusion cells per side (default: the server's)"),
+    ) -> ExplainResponse:
+        """An explanation map per finding for one uploaded image: occlusion sensitivity (grid x grid encoder passes)
+        or patch-to-prompt similarity (one pass; runs whose ``explanations`` list it)."""
         run = served(name)
+        if method not in run.explanations:
+            raise RetuneError(
+                f"run '{name}' offers explanation(s) {', '.join(run.explanations)}, not '{method}' "
+                "(its backbone's patch tokens do not allow it)"
+            )
         uploads = await read_uploads(request, config.max_upload_bytes)
         if len(uploads) != 1:
             raise RetuneError(f"explain takes exactly one image, got {len(uploads)}")
-        grid = grid or config.occlusion_grid
         upload = uploads[0]
-
-        def prepare() -> list[torch.Tensor]:
-            image = decode_image_bytes(upload.data, upload.name)
-            return [run.model.backbone.preprocess(copy) for copy in explain.occlusion_images(image, grid)]
-
-        scores = await batchers[name].submit(await run_in_threadpool(prepare))
-        probabilities = np.stack([s.probabilities for s in scores])
+        image = await in_decoders(decode_image_bytes, upload.data, upload.name)
+        classes = run.model.classes
+        if method == "patch":
+            maps = await in_decoders(lambda: run.patches(run.model.backbone.preprocess(image)[None]))
+            return ExplainResponse(
+                run=name,
+                file=upload.name,
+                explanation=method,
+                description=explain.DESCRIPTIONS[method],
+                grid=maps.shape[-1],
+                region="centre-square",
+                maps={c: np.round(maps[i], 5).tolist() for i, c in enumerate(classes)},
+            )
+        grid = grid or config.occlusion_grid
+        copies = await in_decoders(
+            lambda: [run.model.backbone.preprocess(copy) for copy in explain.occlusion_images(image, grid)]
+        )
+        probabilities = np.stack([s.probabilities for s in await batchers[name].submit(copies)])
         maps = explain.occlusion_maps(probabilities, grid)
-        return ExplainResponse(run=name, file=upload.name, explanation=explain.METHOD, description=explain.DESCRIPTION, grid=grid,
-                               maps={c: np.round(maps[i], 5).tolist() for i, c in enumerate(run.model.classes)},
-                               probabilities={c: float(probabilities[0, i]) for i, c in enumerate(run.model.classes)})
+        return ExplainResponse(
+            run=name,
+            file=upload.name,
+            explanation=method,
+            description=explain.DESCRIPTIONS[method],
+            grid=grid,
+            region="image",
+            maps={c: np.round(maps[i], 5).tolist() for i, c in enumerate(classes)},
+            probabilities={c: float(probabilities[0, i]) for i, c in enumerate(classes)},
+        )
 
     def page(request: Request, template: str, **context) -> HTMLResponse:
-        return templates.TemplateResponse(request, template, {"runs": list(runs.values()), "token_required": bool(config.token), **context})
+        return templates.TemplateResponse(
+            request, template, {"runs": list(runs.values()), "token_required": bool(config.token), **context}
+        )
 
     @app.get("/", include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:
-        return page(request, "index.html", explanation=explain.DESCRIPTION, max_upload_mb=config.max_upload_mb)
+        return page(request, "index.html", explanations=explain.DESCRIPTIONS, max_upload_mb=config.max_upload_mb)
 
     @app.get("/runs", include_in_schema=False)
     async def runs_page(request: Request) -> HTMLResponse:
@@ -281,8 +378,12 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
     return app
 
 
-def serve(run_dirs: list[str | Path], config: ServeConfig, store_dir: str | Path | None = None,
-          announce: Callable[[str], None] = print) -> None:
+def serve(
+    run_dirs: list[str | Path],
+    config: ServeConfig,
+    store_dir: str | Path | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
     """Load every run once, then serve the app with uvicorn until interrupted."""
     import uvicorn
 

@@ -8,13 +8,14 @@ The queue is bounded: a request that would overflow it is refused at once (503) 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from retune.inference import PixelScorer, PixelScores
+from retune.inference import PixelScores
 
 
 class QueueFull(Exception):
@@ -36,7 +37,9 @@ class BatchStats:
 class DynamicBatcher:
     """Groups single images queued by concurrent requests into encoder batches for one scorer."""
 
-    def __init__(self, score: PixelScorer, window: float, max_batch: int, max_queue: int) -> None:
+    def __init__(
+        self, score: Callable[[torch.Tensor], PixelScores], window: float, max_batch: int, max_queue: int
+    ) -> None:
         self.score = score
         self.window = window
         self.max_batch = max_batch
@@ -61,10 +64,12 @@ class DynamicBatcher:
         """Queue preprocessed images and wait for their scores (one ``PixelScores`` row each)."""
         assert self._queue is not None, "DynamicBatcher.start() was not called"
         if self._queue.qsize() + len(pixels) > self.max_queue:
-            raise QueueFull(f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue}); retry shortly")
+            raise QueueFull(
+                f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue}); retry shortly"
+            )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in pixels]
-        for tensor, future in zip(pixels, futures):
+        for tensor, future in zip(pixels, futures, strict=True):
             self._queue.put_nowait((tensor, future))
         return list(await asyncio.gather(*futures))
 
@@ -78,14 +83,20 @@ class DynamicBatcher:
                 if remaining <= 0 and self._queue.empty():
                     break
                 try:
-                    batch.append(self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining))
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    batch.append(
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
             waiting = [(tensor, future) for tensor, future in batch if not future.cancelled()]
             if not waiting:
                 continue
             try:
-                scores = await loop.run_in_executor(self._executor, self.score, torch.stack([tensor for tensor, _ in waiting]))
+                scores = await loop.run_in_executor(
+                    self._executor, self.score, torch.stack([tensor for tensor, _ in waiting])
+                )
             except Exception as error:  # a failing batch fails its requests, never the batcher
                 for _, future in waiting:
                     if not future.done():
@@ -100,5 +111,6 @@ class DynamicBatcher:
 
 def _row(scores: PixelScores, row: int) -> PixelScores:
     """One image's scores out of a batch's."""
-    pick = (lambda values: None if values is None else np.asarray(values[row]))
+    def pick(values):
+        return None if values is None else np.asarray(values[row])
     return PixelScores(pick(scores.probabilities), pick(scores.positive), pick(scores.negative))

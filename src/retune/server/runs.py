@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retune.errors import ConfigError, DataError
-from retune.inference import SavedRun, open_run
+from retune.inference import PatchScorer, SavedRun, open_run, patch_scorer
 
 ROC_PLOT = "roc_curves.png"
 
@@ -20,6 +20,12 @@ class ServedRun:
     directory: Path
     model: SavedRun
     metrics: dict
+    patches: PatchScorer | None = None  # patch-to-prompt similarity maps, where the backbone allows them
+
+    @property
+    def explanations(self) -> list[str]:
+        """Explanation maps this run offers: occlusion always, patch-to-prompt similarity where possible."""
+        return ["occlusion", "patch"] if self.patches is not None else ["occlusion"]
 
     @property
     def kind(self) -> str:
@@ -40,9 +46,13 @@ class ServedRun:
             "backbone": self.model.backbone.spec,
             "backbone_fingerprint": self.model.backbone.fingerprint,
             "classes": self.model.classes,
-            "headline": {key: self.metrics.get(key) for key in ("split", "mean_auroc", "mean_auroc_ci", "n_images", "n_patients")},
+            "headline": {
+                key: self.metrics.get(key)
+                for key in ("split", "mean_auroc", "mean_auroc_ci", "n_images", "n_patients")
+            },
             "note": self.metrics.get("note", ""),
             "has_roc_plot": (self.directory / ROC_PLOT).is_file(),
+            "explanations": self.explanations,
         }
 
     def details(self) -> dict:
@@ -52,17 +62,23 @@ class ServedRun:
         return {**self.summary(), "metrics": self.metrics, "config": config}
 
 
-def load_served_runs(directories: list[str | Path], store_dir: str | Path | None = None, device: str | None = None) -> dict[str, ServedRun]:
+def load_served_runs(
+    directories: list[str | Path], store_dir: str | Path | None = None, device: str | None = None
+) -> dict[str, ServedRun]:
     """Open every run directory once; names are folder names and must be unique."""
     runs: dict[str, ServedRun] = {}
     for directory in map(Path, directories):
         name = directory.resolve().name
         if name in runs:
-            raise ConfigError(f"two runs are named '{name}' ({runs[name].directory} and {directory}): serve folders with distinct names")
+            raise ConfigError(
+                f"two runs are named '{name}' ({runs[name].directory} and {directory}): "
+                "serve folders with distinct names"
+            )
         metrics_path = directory / "metrics.json"
         try:
             metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         except json.JSONDecodeError as error:
             raise DataError(f"{metrics_path}: not valid JSON ({error.msg}, line {error.lineno})") from error
-        runs[name] = ServedRun(name, directory, open_run(directory, store_dir, device), metrics)
+        model = open_run(directory, store_dir, device)
+        runs[name] = ServedRun(name, directory, model, metrics, patch_scorer(model))
     return runs

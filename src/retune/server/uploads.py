@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -32,7 +32,7 @@ class Upload:
 
 
 class _InMemoryParser(MultiPartParser):
-    """Starlette's multipart parser with a spool size above the body limit, so no part ever rolls over to a temp file."""
+    """Starlette's multipart parser with a spool size above the body limit: no part ever rolls over to a temp file."""
 
     def __init__(self, request: Request, stream: AsyncIterator[bytes], limit: int) -> None:
         super().__init__(request.headers, stream, max_files=MAX_FILES, max_fields=MAX_FILES)
@@ -53,10 +53,15 @@ async def read_uploads(request: Request, limit: int) -> list[Upload]:
     """The files of the ``images`` field (one or more), in memory; errors name the problem."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise NotMultipart(f"expected a multipart/form-data upload with one or more files in the '{UPLOAD_FIELD}' field, got content type '{content_type or 'none'}'")
+        raise NotMultipart(
+            f"expected a multipart/form-data upload with one or more files in the '{UPLOAD_FIELD}' field, "
+            f"got content type '{content_type or 'none'}'"
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise UploadTooLarge(f"upload of {int(declared) / 2**20:.1f} MiB is larger than the limit of {limit / 2**20:g} MiB")
+        raise UploadTooLarge(
+            f"upload of {int(declared) / 2**20:.1f} MiB is larger than the limit of {limit / 2**20:g} MiB"
+        )
     try:
         form = await _InMemoryParser(request, _limited(request, limit), limit).parse()
     except MultiPartException as error:

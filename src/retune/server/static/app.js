@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { maps: null, grid: 0, finding: null, request: 0 };
+const state = { maps: null, grid: 0, region: "image", finding: null, file: null, request: 0 };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -59,8 +59,10 @@ function drawMap() {
   const canvas = $("overlay");
   const context = canvas.getContext("2d");
   const image = $("preview");
-  canvas.width = image.naturalWidth || 1;
-  canvas.height = image.naturalHeight || 1;
+  const width = image.naturalWidth || 1;
+  const height = image.naturalHeight || 1;
+  canvas.width = width;
+  canvas.height = height;
   context.clearRect(0, 0, canvas.width, canvas.height);
   if (!state.maps || !state.finding || !(state.finding in state.maps)) return;
   const values = state.maps[state.finding];
@@ -78,7 +80,10 @@ function drawMap() {
   cells.getContext("2d").putImageData(pixels, 0, 0);
   context.imageSmoothingEnabled = true;
   context.imageSmoothingQuality = "high";
-  context.drawImage(cells, 0, 0, canvas.width, canvas.height);
+  // Occlusion maps cover the whole image; patch maps cover the model's input, the centre square.
+  const side = Math.min(width, height);
+  const [x, y, w, h] = state.region === "image" ? [0, 0, width, height] : [(width - side) / 2, (height - side) / 2, side, side];
+  context.drawImage(cells, x, y, w, h);
   canvas.style.opacity = String($("opacity").value / 100);
   // The image is letterboxed (object-fit: contain); size the canvas box to the drawn picture.
   const box = image.getBoundingClientRect();
@@ -91,13 +96,37 @@ function drawMap() {
   $("explanation").hidden = false;
 }
 
-function showNote() {
+function chosenMethod() {
+  return document.querySelector("input[name=method]:checked").value;
+}
+
+function showRunOptions() {
   for (const note of document.querySelectorAll(".note[data-run]")) note.hidden = note.dataset.run !== $("run").value;
+  const offered = $("run").selectedOptions[0].dataset.explanations.split(" ");
+  $("patch-choice").hidden = !offered.includes("patch");
+  if (!offered.includes(chosenMethod())) document.querySelector("input[name=method][value=occlusion]").checked = true;
+  for (const text of document.querySelectorAll(".method-text")) text.hidden = text.dataset.method !== chosenMethod();
+}
+
+async function explainWith(file, request, findings) {
+  const run = encodeURIComponent($("run").value);
+  const method = chosenMethod();
+  setStatus("Computing the explanation map…");
+  const explanation = await post(`/v1/runs/${run}/explain?method=${method}`, file);
+  if (request !== state.request) return;
+  state.maps = explanation.maps;
+  state.grid = explanation.grid;
+  state.region = explanation.region;
+  selectFinding(state.finding || findings[0].finding);
+  setStatus(`${findings.length} findings scored; map: ${explanation.explanation} (${explanation.grid}×${explanation.grid}).`);
 }
 
 async function analyse(file) {
   const request = ++state.request;
   const run = encodeURIComponent($("run").value);
+  state.file = file;
+  state.findings = null;
+  state.finding = null;
   state.maps = null;
   $("explanation").hidden = true;
   $("findings").replaceChildren();
@@ -115,13 +144,8 @@ async function analyse(file) {
     if (request !== state.request) return;
     const findings = prediction.predictions[0].findings;
     renderFindings(findings);
-    setStatus("Computing the explanation map…");
-    const explanation = await post(`/v1/runs/${run}/explain`, file);
-    if (request !== state.request) return;
-    state.maps = explanation.maps;
-    state.grid = explanation.grid;
-    selectFinding(findings[0].finding);
-    setStatus(`${findings.length} findings scored by ${prediction.method}; map: ${explanation.explanation} (${explanation.grid}×${explanation.grid}).`);
+    state.findings = findings;
+    await explainWith(file, request, findings);
   } catch (error) {
     if (request === state.request) setStatus(error.message, true);
   }
@@ -140,6 +164,14 @@ window.addEventListener("DOMContentLoaded", () => {
   $("opacity").addEventListener("input", drawMap);
   $("preview").addEventListener("load", drawMap);
   window.addEventListener("resize", drawMap);
-  $("run").addEventListener("change", showNote);
-  showNote();
+  $("run").addEventListener("change", () => { showRunOptions(); if (state.file) analyse(state.file); });
+  for (const radio of document.querySelectorAll("input[name=method]")) {
+    radio.addEventListener("change", async () => {
+      showRunOptions();
+      if (!state.file || !state.findings) return;
+      const request = ++state.request;
+      try { await explainWith(state.file, request, state.findings); } catch (error) { setStatus(error.message, true); }
+    });
+  }
+  showRunOptions();
 });

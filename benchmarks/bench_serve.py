@@ -36,7 +36,7 @@ def train_nih_run(ctx: Context) -> Path:
     if (run_dir / "checkpoint.safetensors").exists():
         return run_dir
     from retune.config import TrainConfig
-    from retune.runs import train_run
+    from retune.experiments.train import train_run
 
     frame = pd.read_csv(NIH_CSV, dtype=str, keep_default_na=False).head(N_TRAIN_ROWS)
     frame["path"] = [str(NIH_CSV.parent / p) for p in frame["path"]]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -29,7 +29,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-store_app = typer.Typer(help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True)
+store_app = typer.Typer(
+    help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True
+)
 app.add_typer(store_app, name="store")
 
 console = Console()
@@ -62,19 +64,27 @@ def backbones() -> None:
     console.print(table)
 
 
-def read_dataset(csv_path: Path, image_root: Optional[Path], data_format: str, uncertainty: str):
+def read_dataset(csv_path: Path, image_root: Path | None, data_format: str, uncertainty: str):
     """Read a label CSV through the reader registry (shared by every command that takes data)."""
     from retune.data.readers import read_table
 
     return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty)
 
 
-CSV_ARGUMENT = typer.Argument(..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id.")
-IMAGE_ROOT = typer.Option(None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it.")
+CSV_ARGUMENT = typer.Argument(
+    ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
+)
+IMAGE_ROOT = typer.Option(
+    None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
+)
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
 UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
-BACKBONE = typer.Option("default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM).")
-STORE = typer.Option(Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it).")
+BACKBONE = typer.Option(
+    "default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM)."
+)
+STORE = typer.Option(
+    Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it)."
+)
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
 
 
@@ -84,12 +94,14 @@ def embed(
     csv_path: Path = CSV_ARGUMENT,
     backbone: str = BACKBONE,
     store: Path = STORE,
-    image_root: Optional[Path] = IMAGE_ROOT,
+    image_root: Path | None = IMAGE_ROOT,
     data_format: str = DATA_FORMAT,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
-    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
-    tokens: bool = typer.Option(False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."),
-    device: Optional[str] = DEVICE,
+    workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
+    tokens: bool = typer.Option(
+        False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
+    ),
+    device: str | None = DEVICE,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
@@ -101,7 +113,15 @@ def embed(
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
     table = read_dataset(csv_path, image_root, data_format, "ignore")
     model = create_backbone(backbone, device=device)
-    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())
+    summary = embed_table(
+        table,
+        model,
+        EmbeddingStore(store),
+        batch_size=batch_size,
+        workers=workers,
+        tokens=tokens,
+        show_progress=sys.stderr.isatty(),
+    )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)
@@ -111,7 +131,9 @@ def embed(
 
 @store_app.command("info")
 @friendly_errors
-def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")) -> None:
+def store_info(
+    store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")
+) -> None:
     """Show what a store holds: backbones, rows per kind, size on disk."""
     from retune.store import EmbeddingStore
 
@@ -169,17 +191,23 @@ def print_metrics(metrics: dict) -> None:
 @app.command()
 @friendly_errors
 def train(
-    data: Optional[Path] = typer.Option(None, help="Label CSV to train on (overrides data.csv of --config)."),
-    out: Path = typer.Option(..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
-    image_root: Optional[Path] = IMAGE_ROOT,
-    data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
-    prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
-    objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
-    seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split."),
-    device: Optional[str] = DEVICE,
+    data: Path | None = typer.Option(None, help="Label CSV to train on (overrides data.csv of --config)."),
+    out: Path = typer.Option(
+        ..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."
+    ),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    config: Path | None = typer.Option(
+        None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...)."
+    ),
+    store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
+    image_root: Path | None = IMAGE_ROOT,
+    data_format: str | None = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
+    prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
+    objective: str | None = typer.Option(
+        None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."
+    ),
+    seed: int | None = typer.Option(None, help="Seed for training and the patient split."),
+    device: str | None = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train RE-tune and its baselines on cached embeddings; evaluate on a patient-level test split (70/10/20).
@@ -187,11 +215,20 @@ def train(
     Images are embedded once into the store first (skipped when already there).
     """
     from retune.config import TrainConfig, load_yaml_config, override
-    from retune.runs import train_run
+    from retune.experiments.train import train_run
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
-    settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
-                                   "data": {"csv": data, "image_root": image_root, "format": data_format}})
+    settings = override(
+        settings,
+        {
+            "backbone": backbone,
+            "store": store,
+            "device": device,
+            "seed": seed,
+            "split": {"seed": seed},
+            "data": {"csv": data, "image_root": image_root, "format": data_format},
+        },
+    )
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
     metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
@@ -206,16 +243,27 @@ def train(
 def evaluate(
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     data: Path = typer.Option(..., help="Label CSV to evaluate on."),
-    split: str = typer.Option("auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
-    image_root: Optional[Path] = IMAGE_ROOT,
+    split: str = typer.Option(
+        "auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."
+    ),
+    store: Path | None = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
+    image_root: Path | None = IMAGE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
-    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
-    from retune.inference import evaluate_run
+    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and
+    patient-bootstrap CIs."""
+    from retune.experiments.inference import evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
+    metrics = evaluate_run(
+        run,
+        data,
+        split=split,
+        store_dir=store,
+        image_root=image_root,
+        n_bootstrap=n_bootstrap,
+        show_progress=sys.stderr.isatty(),
+    )
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -227,12 +275,14 @@ def evaluate(
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the run's)."),
-    method: Optional[str] = typer.Option(None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."),
-    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
+    store: Path | None = typer.Option(None, help="Embedding store (default: the run's)."),
+    method: str | None = typer.Option(
+        None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."
+    ),
+    output: Path | None = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1)."""
-    from retune.inference import predict_images
+    from retune.experiments.inference import predict_images
 
     frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
     for path, reason in errors.itertuples(index=False):
@@ -253,15 +303,23 @@ def predict(
 @app.command()
 @friendly_errors
 def serve(
-    runs: list[Path] = typer.Argument(..., help="Run directories made by `retune train` or `retune peft run` (served by folder name)."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories made by `retune train` or `retune peft run` (served by folder name)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind. Any non-loopback address requires --token."),
     port: int = typer.Option(8000, help="TCP port."),
-    token: Optional[str] = typer.Option(None, envvar="RETUNE_TOKEN", help="Bearer token (16+ characters) required on every API call and page; or set RETUNE_TOKEN."),
+    token: str | None = typer.Option(
+        None,
+        envvar="RETUNE_TOKEN",
+        help="Bearer token (16+ characters) required on every API call and page; or set RETUNE_TOKEN.",
+    ),
     max_upload_mb: float = typer.Option(64.0, help="Largest upload accepted, in MiB (413 above)."),
-    batch_window_ms: float = typer.Option(5.0, help="How long a queued image waits for others to share its encoder batch."),
+    batch_window_ms: float = typer.Option(5.0, help="How long a queued image waits for others to share its batch."),
     max_batch: int = typer.Option(32, help="Most images per encoder batch (1 turns batching off)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store of `retune train` runs (default: the one each run was trained with)."),
-    device: Optional[str] = DEVICE,
+    store: Path | None = typer.Option(
+        None, help="Embedding store of `retune train` runs (default: the one each run was trained with)."
+    ),
+    device: str | None = DEVICE,
 ) -> None:
     """Serve runs over HTTP: a web page (/) to drop an X-ray and see findings and an explanation map, a runs page
     (/runs), and a JSON API under /v1 with local docs at /docs. Each run is loaded once at startup.
@@ -273,8 +331,18 @@ def serve(
     from retune.server import ServeConfig
     from retune.server.app import serve as serve_runs
 
-    settings = override(ServeConfig(), {"host": host, "port": port, "token": token, "max_upload_mb": max_upload_mb,
-                                        "batch_window_ms": batch_window_ms, "max_batch": max_batch, "device": device})
+    settings = override(
+        ServeConfig(),
+        {
+            "host": host,
+            "port": port,
+            "token": token,
+            "max_upload_mb": max_upload_mb,
+            "batch_window_ms": batch_window_ms,
+            "max_batch": max_batch,
+            "device": device,
+        },
+    )
     serve_runs(runs, settings, store, announce=lambda line: err_console.print(escape(line), highlight=False))
 
 
@@ -297,7 +365,11 @@ def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
 
 @app.command()
 @friendly_errors
-def compare(runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft.")) -> None:
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."
+    ),
+) -> None:
     """Put any runs side by side: mean AUROC with CI, split and backbone of every method they hold."""
     from retune.errors import ConfigError
 
@@ -309,12 +381,25 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run directories (or met
         for label, record in metric_records(json.loads(path.read_text())):
             interval = record.get("mean_auroc_ci")
             value = record.get("mean_auroc")
-            shown = "undefined" if value is None else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            table.add_row(escape(str(run)), escape(label), str(record.get("split", "")), escape(str(record.get("backbone", ""))), shown, str(record.get("n_images", "")))
+            shown = (
+                "undefined"
+                if value is None
+                else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+            )
+            table.add_row(
+                escape(str(run)),
+                escape(label),
+                str(record.get("split", "")),
+                escape(str(record.get("backbone", ""))),
+                shown,
+                str(record.get("n_images", "")),
+            )
     console.print(table)
 
 
-scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True)
+scenario_app = typer.Typer(
+    help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True
+)
 app.add_typer(scenario_app, name="scenario")
 
 
@@ -324,7 +409,10 @@ def print_comparison(results: dict[str, dict]) -> None:
 
     first = next(iter(results.values()))
     header = comparison_header(results)
-    table = Table(title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, {first['n_test_images']} test images)")
+    table = Table(
+        title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
+              f"{first['n_test_images']} test images)"
+    )
     table.add_column(header[0], no_wrap=True)
     for name in header[1:]:
         table.add_column(name)
@@ -340,7 +428,12 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
     from retune.report.tracking import log_scenario_results
     from retune.scenarios.runner import run_scenario
 
-    results = run_scenario(settings, out, show_progress=sys.stderr.isatty(), progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
+    results = run_scenario(
+        settings,
+        out,
+        show_progress=sys.stderr.isatty(),
+        progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+    )
     print_comparison(results)
     if track:
         uri = log_scenario_results(results, out, settings.tracking_uri)
@@ -352,12 +445,18 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
 @scenario_app.command("run")
 @friendly_errors
 def scenario_run(
-    config: Path = typer.Argument(..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."),
+    config: Path = typer.Argument(
+        ..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."
+    ),
     out: Path = typer.Option(..., help="Output folder: <method>/results.json, report.html, plots/, mlruns/."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (overrides the YAML)."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (overrides the YAML), e.g. retune,linear_probe,naive."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."),
+    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
+    store: Path | None = typer.Option(None, help="Embedding store (overrides the YAML)."),
+    methods: str | None = typer.Option(
+        None, help="Comma-separated methods (overrides the YAML), e.g. retune,linear_probe,naive."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
+    ),
 ) -> None:
     """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
     from retune.config import load_yaml_config
@@ -381,28 +480,41 @@ def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenari
         print_comparison(load_results(directory))
 
 
-adaptor_app = typer.Typer(help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.", no_args_is_help=True)
+adaptor_app = typer.Typer(
+    help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.",
+    no_args_is_help=True,
+)
 app.add_typer(adaptor_app, name="adaptor")
 
 
 @adaptor_app.command("run")
 @friendly_errors
 def adaptor_run(
-    out: Path = typer.Option(..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."),
-    config: Optional[Path] = typer.Option(None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...)."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV; its `report` column gives the texts, else sentences are built from the labels."),
-    loss: Optional[str] = typer.Option(None, help="Contrastive objective: clip (InfoNCE) or siglip (sigmoid)."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder (token embeddings are cached there)."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Pre-training epochs."),
+    out: Path = typer.Option(
+        ..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."
+    ),
+    config: Path | None = typer.Option(
+        None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...)."
+    ),
+    data: Path | None = typer.Option(
+        None, help="Label CSV; its `report` column gives the texts, else sentences are built from the labels."
+    ),
+    loss: str | None = typer.Option(None, help="Contrastive objective: clip (InfoNCE) or siglip (sigmoid)."),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Path | None = typer.Option(None, help="Embedding store folder (token embeddings are cached there)."),
+    epochs: int | None = typer.Option(None, min=1, help="Pre-training epochs."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
-    """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
-    from retune.adaptor_runs import run_adaptor_experiment
+    """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with
+    1/10/100% of the labels."""
     from retune.config import AdaptorExperimentConfig, load_yaml_config, override
+    from retune.experiments.adaptor import run_adaptor_experiment
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
-    settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
+    settings = override(
+        settings,
+        {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}},
+    )
     metrics = run_adaptor_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -424,57 +536,91 @@ def _mean_cell(record: dict) -> str:
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
-peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the first k blocks.", no_args_is_help=True)
+peft_app = typer.Typer(
+    help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the "
+         "first k blocks.",
+    no_args_is_help=True,
+)
 app.add_typer(peft_app, name="peft")
 
 
 @peft_app.command("run")
 @friendly_errors
 def peft_run(
-    out: Path = typer.Option(..., help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, config.json."),
-    config: Optional[Path] = typer.Option(None, help="YAML with PeftExperimentConfig fields."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv)."),
-    method: Optional[str] = typer.Option(None, help="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."),
-    tower: Optional[str] = typer.Option(None, help="image, text or both."),
-    freeze_blocks: Optional[float] = typer.Option(None, help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs (images pass through the tuned encoder every epoch)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."),
+    out: Path = typer.Option(
+        ...,
+        help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, "
+             "config.json.",
+    ),
+    config: Path | None = typer.Option(None, help="YAML with PeftExperimentConfig fields."),
+    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv)."),
+    method: str | None = typer.Option(
+        None, help="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."
+    ),
+    tower: str | None = typer.Option(None, help="image, text or both."),
+    freeze_blocks: float | None = typer.Option(
+        None,
+        help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store.",
+    ),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Path | None = typer.Option(None, help="Embedding store folder."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Training epochs (images pass through the tuned encoder every epoch)."
+    ),
+    lr: float | None = typer.Option(
+        None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
     from retune.config import PeftExperimentConfig, load_yaml_config, override
-    from retune.peft_runs import run_peft_experiment
+    from retune.experiments.peft import run_peft_experiment
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
-    settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
-                                   "epochs": epochs, "lr": lr, "data": {"csv": data}})
+    settings = override(
+        settings,
+        {
+            "method": method,
+            "tower": tower,
+            "freeze_blocks": freeze_blocks,
+            "backbone": backbone,
+            "store": store,
+            "epochs": epochs,
+            "lr": lr,
+            "data": {"csv": data},
+        },
+    )
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
-    console.print(f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})", highlight=False)
+    console.print(
+        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak "
+        f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
+        highlight=False,
+    )
 
 
 @app.command()
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the data, the store, the results and report.html."),
-    data: Optional[Path] = typer.Option(None, help="Your label CSV instead of synthetic phantoms (e.g. ../shared/data/nih-cxr14/labels.csv)."),
+    data: Path | None = typer.Option(
+        None, help="Your label CSV instead of synthetic phantoms (e.g. ../shared/data/nih-cxr14/labels.csv)."
+    ),
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),
-    device: Optional[str] = DEVICE,
+    device: str | None = DEVICE,
 ) -> None:
     """The main job, offline: a class-incremental scenario with every method on the default backbone.
 
     Without --data it runs on synthetic chest phantoms (made here, seeded); prints the comparison table
     and writes OUT/report.html.
     """
+    from retune.config import DataConfig
     from retune.data.phantoms import write_phantom_dataset
     from retune.scenarios.spec import GeneratorSpec, ScenarioConfig
-    from retune.config import DataConfig
 
     csv_path = data if data is not None else write_phantom_dataset(out / "phantoms", n=n_images, seed=0)
     settings = ScenarioConfig(

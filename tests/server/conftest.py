@@ -14,7 +14,7 @@ def phantom_run(tmp_path_factory) -> tuple[Path, Path]:
     """(run directory, phantom CSV): ``retune train``'s API on 40 phantoms, 20 epochs, few bootstrap replicates."""
     from retune.config import TrainConfig
     from retune.data.phantoms import write_phantom_dataset
-    from retune.runs import train_run
+    from retune.experiments.train import train_run
 
     work = tmp_path_factory.mktemp("served-run")
     csv = write_phantom_dataset(work / "phantoms", n=N_PHANTOMS, seed=3)

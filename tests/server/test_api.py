@@ -51,7 +51,7 @@ def test_run_details_hold_metrics_config_and_roc_plot(client):
 
 def test_predict_matches_retune_predict_through_the_store(client, phantom_run, phantom_png):
     """In-memory scoring gives the same probabilities as `retune predict` (which goes through the embedding store)."""
-    from retune.inference import predict_images
+    from retune.experiments.inference import predict_images
 
     expected, _ = predict_images(phantom_run[0], [phantom_run[1].parent / "images" / phantom_png[0]])
     response = predict(client, phantom_png)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from retune.inference import PixelScores
+from retune.experiments.inference import PixelScores
 from retune.server.batching import DynamicBatcher, QueueFull
 
 

@@ -1,4 +1,5 @@
-"""CSV readers: label parsing and policies, path resolution, patient ids, and one-line errors naming file/row/column."""
+"""CSV readers: label parsing and policies, path resolution, patient ids, and one-line errors naming
+file/row/column."""
 
 from __future__ import annotations
 
@@ -182,7 +183,9 @@ def test_chexpert_reader_parses_patients_and_policies(tmp_path):
 def test_chexpert_path_without_patient_is_an_error(tmp_path):
     blank = "," * (len(CHEXPERT_FINDINGS) - 1)
     csv = _write(tmp_path / "train.csv", CHEXPERT_HEADER, f"train/study1/view1.jpg,Male,40,Frontal,PA,{blank}")
-    with pytest.raises(DataError, match=r"train.csv row 2, column 'Path': 'train/study1/view1.jpg' has no 'patientNNNNN'"):
+    with pytest.raises(
+        DataError, match=r"train.csv row 2, column 'Path': 'train/study1/view1.jpg' has no 'patientNNNNN'"
+    ):
         read_chexpert(csv)
 
 
@@ -215,8 +218,15 @@ def test_nih_reader_one_hot_encodes_findings(nih_csv):
 
 
 def test_nih_unknown_finding_names_the_row(nih_csv):
-    _write(nih_csv, NIH_HEADER, "00000001_000.png,Cardiomegaly,0,1,57,M,PA", "00000001_001.png,Effusion|Pneumonitis,1,1,58,M,PA")
-    with pytest.raises(DataError, match=r"Data_Entry_2017.csv row 3, column 'Finding Labels': 'Pneumonitis' is not an NIH finding"):
+    _write(
+        nih_csv,
+        NIH_HEADER,
+        "00000001_000.png,Cardiomegaly,0,1,57,M,PA",
+        "00000001_001.png,Effusion|Pneumonitis,1,1,58,M,PA",
+    )
+    with pytest.raises(
+        DataError, match=r"Data_Entry_2017.csv row 3, column 'Finding Labels': 'Pneumonitis' is not an NIH finding"
+    ):
         read_nih(nih_csv)
 
 
@@ -275,7 +285,9 @@ def test_mimic_views_filter(mimic_csvs, tmp_path):
 def test_mimic_bad_subject_id_names_row(mimic_csvs, tmp_path):
     label_csv, metadata_csv = mimic_csvs
     _write(metadata_csv, "dicom_id,subject_id,study_id,ViewPosition", "a,10000032,50414267,PA", "b,p1000,50414267,PA")
-    with pytest.raises(DataError, match=r"mimic-cxr-2.0.0-metadata.csv row 3, column 'subject_id': 'p1000' is not a numeric id"):
+    with pytest.raises(
+        DataError, match=r"mimic-cxr-2.0.0-metadata.csv row 3, column 'subject_id': 'p1000' is not a numeric id"
+    ):
         read_mimic(label_csv, metadata_csv, tmp_path)
 
 

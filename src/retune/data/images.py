@@ -152,7 +152,9 @@ def _refuse_dicom_bomb(ds: pydicom.Dataset, name: str) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     n_pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
     if limit is not None and n_pixels > 2 * limit:
-        raise DataError(f"{name}: DICOM of {n_pixels} pixels exceeds the limit of {2 * limit} pixels (possible decompression bomb)")
+        raise DataError(
+            f"{name}: DICOM of {n_pixels} pixels exceeds the limit of {2 * limit} pixels (possible decompression bomb)"
+        )
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:

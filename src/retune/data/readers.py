@@ -7,8 +7,8 @@ Every reader validates the whole file first (columns, label values, image paths)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -206,15 +206,22 @@ def read_mimic(
     for frame, source in ((label_raw, label_source), (meta, meta_source)):
         for column in ("subject_id", "study_id"):
             frame[column] = frame[column].str.strip()
-            _raise_first_bad(~frame[column].str.fullmatch(r"\d+"), frame[column], source, column, "is not a numeric id")
+            not_numeric = ~frame[column].str.fullmatch(r"\d+")
+            _raise_first_bad(not_numeric, frame[column], source, column, "is not a numeric id")
     meta["dicom_id"] = meta["dicom_id"].str.strip()
     _raise_first_bad(
         ~meta["dicom_id"].str.fullmatch(r"[^/\\]+") | meta["dicom_id"].isin([".", ".."]),
-        meta["dicom_id"], meta_source, "dicom_id", "is not a valid DICOM id",
+        meta["dicom_id"],
+        meta_source,
+        "dicom_id",
+        "is not a valid DICOM id",
     )
     keys = ["subject_id", "study_id"]
     _raise_first_bad(
-        label_raw.duplicated(keys), label_raw["study_id"], label_source, "study_id",
+        label_raw.duplicated(keys),
+        label_raw["study_id"],
+        label_source,
+        "study_id",
         "repeats an earlier (subject_id, study_id) pair",
     )
     labels = pd.DataFrame(_parse_labels(label_raw, classes, uncertain_value, label_source), index=label_raw.index)

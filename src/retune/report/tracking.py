@@ -12,7 +12,9 @@ def default_tracking_uri(out_dir: Path) -> str:
     return (Path(out_dir).resolve() / "mlruns").as_uri()
 
 
-def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None) -> str:
+def log_scenario_results(
+    results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None
+) -> str:
     """One MLflow run per method with its headline metrics, per-task curve and the report as artifacts."""
     import mlflow
 
@@ -25,9 +27,21 @@ def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: 
     mlflow.set_experiment(f"retune-scenario-{first['scenario']}")
     for name, result in results.items():
         with mlflow.start_run(run_name=name):
-            mlflow.log_params({"method": name, "backbone": result["backbone"], "kind": result.get("kind"), "exemplar_free": result["exemplar_free"], **(params or {})})
-            headline = {key: result[key] for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")}
-            mlflow.log_metrics({key: value for key, value in headline.items() if value is not None and not math.isnan(value)})
+            mlflow.log_params(
+                {
+                    "method": name,
+                    "backbone": result["backbone"],
+                    "kind": result.get("kind"),
+                    "exemplar_free": result["exemplar_free"],
+                    **(params or {}),
+                }
+            )
+            headline = {
+                key: result[key] for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
+            }
+            mlflow.log_metrics(
+                {key: value for key, value in headline.items() if value is not None and not math.isnan(value)}
+            )
             for step, value in enumerate(result["mean_auroc_per_task"], start=1):
                 if value is not None:
                     mlflow.log_metric("mean_auroc_seen", value, step=step)

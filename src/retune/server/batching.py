@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from retune.inference import PixelScores
+from retune.experiments.inference import PixelScores
 
 
 class QueueFull(Exception):

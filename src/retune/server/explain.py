@@ -3,7 +3,7 @@
 Occlusion works for every backbone (pooled-only ones included) and is computed on the decoded image
 itself, so the map lines up with the picture whatever resizing or cropping the backbone's
 preprocessing does. Each of grid x grid cells is filled with the image's mean colour in turn.
-Patch-to-prompt similarity (``retune.inference.patch_scorer``) needs one encoder pass, where the backbone's
+Patch-to-prompt similarity (``retune.experiments.inference.patch_scorer``) needs one encoder pass, where the backbone's
 patch tokens allow it; its grid covers the model's input, the centre square of the image.
 """
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retune.errors import ConfigError, DataError
-from retune.inference import PatchScorer, SavedRun, open_run, patch_scorer
+from retune.experiments.inference import PatchScorer, SavedRun, open_run, patch_scorer
 
 ROC_PLOT = "roc_curves.png"
 

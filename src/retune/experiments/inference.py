@@ -18,16 +18,17 @@ import pandas as pd
 import torch
 
 from retune.backbones.base import Backbone
+from retune.data.pixels import pixel_shape
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
+from retune.experiments.peft import load_tuned_run
+from retune.experiments.prepare import metrics_record
+from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
 from retune.methods.base import Method
 from retune.methods.checkpoint import load_checkpoint
-from retune.methods.peft_tuning import pixel_shape
 from retune.methods.retune import ReTuneModel
-from retune.peft_runs import load_tuned_run
-from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
 from retune.store.embed import encode_in_chunks
 
 Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
@@ -35,7 +36,7 @@ Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.Data
 
 @dataclass
 class PixelScores:
-    """A run's main method on a preprocessed batch: probabilities and, for RE-tune heads, each class's prompt similarities."""
+    """A run's main method on a preprocessed batch: probabilities and, for RE-tune heads, the prompt similarities."""
 
     probabilities: np.ndarray  # images x classes
     positive: np.ndarray | None = None  # cosine similarity to the class's positive prompt (images x classes)
@@ -57,7 +58,7 @@ class SavedRun:
     head: ReTuneModel | Method  # the main method's scorer of pooled image features
 
     def score_pixels(self, pixels: torch.Tensor) -> PixelScores:
-        """The main method's scores for preprocessed images (N x C x H x W) held in memory; the store is not involved."""
+        """The main method's scores for preprocessed images (N x C x H x W) in memory; the store is not involved."""
         features = encode_in_chunks(self.backbone, pixels.to(self.backbone.device), tokens=False).pooled.float()
         if not isinstance(self.head, ReTuneModel):
             return PixelScores(self.head.predict(features.cpu().numpy()))
@@ -79,11 +80,11 @@ def patch_scorer(run: SavedRun) -> PatchScorer | None:
         return None
     probe = backbone.encode_images(torch.zeros(1, *pixel_shape(backbone)), tokens=True)
     tokens = probe.tokens
-    if tokens is None or tokens.shape[-1] != backbone.image_dim or round(tokens.shape[1] ** 0.5) ** 2 != tokens.shape[1]:
-        return None
+    side = round(tokens.shape[1] ** 0.5) if tokens is not None else 0
+    if tokens is None or tokens.shape[-1] != backbone.image_dim or side * side != tokens.shape[1]:
+        return None  # no patch tokens, tokens in another space, or not a square grid
     if not torch.allclose(tokens.float().mean(dim=1), probe.pooled.float(), atol=1e-4, rtol=1e-3):
-        return None
-    side = round(tokens.shape[1] ** 0.5)
+        return None  # the pooled vector is not the tokens' mean (e.g. a class token or a projection)
 
     def score(pixels: torch.Tensor) -> np.ndarray:
         patches = backbone.encode_images(pixels.to(backbone.device), tokens=True).tokens[0].float()
@@ -94,7 +95,9 @@ def patch_scorer(run: SavedRun) -> PatchScorer | None:
     return score
 
 
-def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False) -> SavedRun:
+def open_run(
+    run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False
+) -> SavedRun:
     """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
     checkpoint = load_checkpoint(run_dir)
     if "tuning" in checkpoint[1]:
@@ -108,12 +111,25 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
     main = methods[MAIN_METHOD]
     head = main.model.eval() if isinstance(getattr(main, "model", None), ReTuneModel) else main
-    return SavedRun(facts, backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress), head)
+    return SavedRun(
+        facts,
+        backbone,
+        list(facts["classes"]),
+        MAIN_METHOD,
+        lambda table: score_embedded(methods, backbone, store, table, show_progress),
+        head,
+    )
 
 
-def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 n_bootstrap: int = 1000, show_progress: bool = False) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    csv_path: str | Path,
+    split: str = "auto",
+    store_dir: str | Path | None = None,
+    image_root: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    show_progress: bool = False,
+) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
     run = open_run(run_dir, store_dir, show_progress=show_progress)
     train_config = run.facts["train_config"]
@@ -122,7 +138,12 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
         split = "test" if same_csv else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"])
+    table = read_table(
+        csv_path,
+        format=train_config["data"]["format"],
+        image_root=image_root or train_config["data"]["image_root"],
+        uncertainty=train_config["data"]["uncertainty"],
+    )
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
@@ -133,11 +154,22 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
-    records = {name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"])) for name, values in scores.items()}
-    return {**records[run.main], "baselines": {k: v for k, v in records.items() if k != run.main}, "csv": str(csv_path)}
+    records = {
+        name: metrics_record(
+            name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"])
+        )
+        for name, values in scores.items()
+    }
+    return {
+        **records[run.main],
+        "baselines": {k: v for k, v in records.items() if k != run.main},
+        "csv": str(csv_path),
+    }
 
 
-def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_images(
+    run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class probabilities for new images (default: the run's main method); also returns the unreadable images."""
     run = open_run(run_dir, store_dir)
     paths = [str(Path(p).resolve()) for p in image_paths]

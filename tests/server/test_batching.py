@@ -19,11 +19,11 @@ class RecordingScorer:
         self.batch_sizes: list[int] = []
         self.fail = fail
 
-    def __call__(self, pixels: torch.Tensor) -> PixelScores:
-        self.batch_sizes.append(len(pixels))
+    def __call__(self, images: list[torch.Tensor]) -> PixelScores:
+        self.batch_sizes.append(len(images))
         if self.fail:
             raise RuntimeError("encoder exploded")
-        return PixelScores(pixels[:, :1, 0, 0].numpy().copy())
+        return PixelScores(torch.stack(images)[:, :1, 0, 0].numpy().copy())
 
 
 def run_concurrently(batcher: DynamicBatcher, n_requests: int) -> list[PixelScores]:

@@ -24,10 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from PIL import Image
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from retune.backbones.base import Backbone
 from retune.data.images import decode_image_bytes
 from retune.errors import RetuneError
 from retune.experiments.inference import PixelScores
@@ -110,9 +110,15 @@ def _error(status: int, detail: str, **extra) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
-def _decode_all(uploads: list[Upload], backbone: Backbone) -> list[torch.Tensor]:
-    """Decode and preprocess every upload (in memory); the first bad one raises a DataError naming it."""
-    return [backbone.preprocess(decode_image_bytes(upload.data, upload.name)) for upload in uploads]
+def _decode_all(uploads: list[Upload]) -> list[Image.Image]:
+    """Decode every upload (in memory); the first bad one raises a DataError naming it."""
+    return [decode_image_bytes(upload.data, upload.name) for upload in uploads]
+
+
+def _batch_scorer(run: ServedRun) -> Callable[[list[Image.Image]], PixelScores]:
+    """Preprocess decoded images and score them as one batch (runs in the run's encoder thread)."""
+    backbone = run.model.backbone
+    return lambda images: run.model.score_pixels(torch.stack([backbone.preprocess(image) for image in images]))
 
 
 def _findings(classes: list[str], scores: PixelScores, thresholds: dict[str, float]) -> list[Finding]:
@@ -134,11 +140,11 @@ def _findings(classes: list[str], scores: PixelScores, thresholds: dict[str, flo
 def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
     """The app over runs already loaded; one dynamic batcher per run, started with the app."""
     batchers = {
-        name: DynamicBatcher(run.model.score_pixels, config.batch_window_ms / 1000, config.max_batch, config.max_queue)
+        name: DynamicBatcher(_batch_scorer(run), config.batch_window_ms / 1000, config.max_batch, config.max_queue)
         for name, run in runs.items()
     }
 
-    decoders: ThreadPoolExecutor | None = None  # decoding and preprocessing: one thread per core, not one per request
+    decoders: ThreadPoolExecutor | None = None  # decoding uploads: one thread per core, not one per request
 
     async def in_decoders(function: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(decoders, function, *args)
@@ -210,6 +216,11 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
         first = error.errors()[0]
         return _error(422, f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}")
 
+    @app.exception_handler(Exception)
+    async def internal(_request: Request, error: Exception) -> JSONResponse:
+        """A bug, not bad input: still JSON, naming only the error type (the traceback goes to the server log)."""
+        return _error(500, f"internal error ({type(error).__name__}); the server log has the details")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         return _error(error.status_code, str(error.detail))
@@ -269,8 +280,8 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
         """Per-finding probabilities (and prompt similarities) for one or more uploaded images, highest first."""
         run = served(name)
         uploads = await read_uploads(request, config.max_upload_bytes)
-        pixels = await in_decoders(_decode_all, uploads, run.model.backbone)
-        scores = await batchers[name].submit(pixels)
+        images = await in_decoders(_decode_all, uploads)
+        scores = await batchers[name].submit(images)
         note = (
             "decision: probability >= the run's threshold"
             if run.thresholds
@@ -315,7 +326,9 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
         image = await in_decoders(decode_image_bytes, upload.data, upload.name)
         classes = run.model.classes
         if method == "patch":
-            maps = await in_decoders(lambda: run.patches(run.model.backbone.preprocess(image)[None]))
+            maps = await batchers[name].run_in_encoder_thread(
+                lambda: run.patches(run.model.backbone.preprocess(image)[None])
+            )
             return ExplainResponse(
                 run=name,
                 file=upload.name,
@@ -326,9 +339,7 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
                 maps={c: np.round(maps[i], 5).tolist() for i, c in enumerate(classes)},
             )
         grid = grid or config.occlusion_grid
-        copies = await in_decoders(
-            lambda: [run.model.backbone.preprocess(copy) for copy in explain.occlusion_images(image, grid)]
-        )
+        copies = await in_decoders(explain.occlusion_images, image, grid)
         probabilities = np.stack([s.probabilities for s in await batchers[name].submit(copies)])
         maps = explain.occlusion_maps(probabilities, grid)
         return ExplainResponse(

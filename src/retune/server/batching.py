@@ -2,6 +2,8 @@
 
 The first queued image waits at most ``window`` seconds for others (up to ``max_batch``); the batch
 is scored in one worker thread, so the event loop keeps accepting requests while the encoder runs.
+All of a run's torch work (preprocessing, encoding, patch maps) runs in that one thread: concurrent
+torch calls from several threads oversubscribe the cores (each brings its own intra-op threads).
 The queue is bounded: a request that would overflow it is refused at once (503) instead of waiting.
 """
 
@@ -11,9 +13,9 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from retune.experiments.inference import PixelScores
 
@@ -38,7 +40,7 @@ class DynamicBatcher:
     """Groups single images queued by concurrent requests into encoder batches for one scorer."""
 
     def __init__(
-        self, score: Callable[[torch.Tensor], PixelScores], window: float, max_batch: int, max_queue: int
+        self, score: Callable[[list[Any]], PixelScores], window: float, max_batch: int, max_queue: int
     ) -> None:
         self.score = score
         self.window = window
@@ -60,18 +62,22 @@ class DynamicBatcher:
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def submit(self, pixels: list[torch.Tensor]) -> list[PixelScores]:
-        """Queue preprocessed images and wait for their scores (one ``PixelScores`` row each)."""
+    async def submit(self, images: list[Any]) -> list[PixelScores]:
+        """Queue images (items of the list ``score`` takes) and wait for their scores (one ``PixelScores`` each)."""
         assert self._queue is not None, "DynamicBatcher.start() was not called"
-        if self._queue.qsize() + len(pixels) > self.max_queue:
+        if self._queue.qsize() + len(images) > self.max_queue:
             raise QueueFull(
                 f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue}); retry shortly"
             )
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in pixels]
-        for tensor, future in zip(pixels, futures, strict=True):
-            self._queue.put_nowait((tensor, future))
+        futures = [loop.create_future() for _ in images]
+        for image, future in zip(images, futures, strict=True):
+            self._queue.put_nowait((image, future))
         return list(await asyncio.gather(*futures))
+
+    async def run_in_encoder_thread(self, function: Callable[[], Any]) -> Any:
+        """Run other torch work of this run (a patch map) in the encoder's thread, between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,15 +94,13 @@ class DynamicBatcher:
                         if remaining <= 0
                         else await asyncio.wait_for(self._queue.get(), remaining)
                     )
-                except (TimeoutError, asyncio.QueueEmpty):
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
-            waiting = [(tensor, future) for tensor, future in batch if not future.cancelled()]
+            waiting = [(image, future) for image, future in batch if not future.cancelled()]
             if not waiting:
                 continue
             try:
-                scores = await loop.run_in_executor(
-                    self._executor, self.score, torch.stack([tensor for tensor, _ in waiting])
-                )
+                scores = await loop.run_in_executor(self._executor, self.score, [image for image, _ in waiting])
             except Exception as error:  # a failing batch fails its requests, never the batcher
                 for _, future in waiting:
                     if not future.done():
@@ -111,6 +115,8 @@ class DynamicBatcher:
 
 def _row(scores: PixelScores, row: int) -> PixelScores:
     """One image's scores out of a batch's."""
+
     def pick(values):
         return None if values is None else np.asarray(values[row])
+
     return PixelScores(pick(scores.probabilities), pick(scores.positive), pick(scores.negative))

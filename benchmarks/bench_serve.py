@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import NIH_CSV, ROOT, Context, median, target
+from benchmarks.common import NIH_CSV, ROOT, Context, interleaved, median, target
 
 NAME = "serve"
 HOST = "127.0.0.1"
@@ -169,6 +169,33 @@ async def load(url: str, run: str, images: list[tuple[str, bytes]], n_requests: 
     }
 
 
+def encoder_batching_gain(run_dir: Path, images: list[tuple[str, bytes]], repeats: int) -> dict:
+    """In this process, without HTTP: seconds per image of the server's scorer on 16 preprocessed images,
+    one call per image vs one call for all 16 (interleaved): what batching can gain in the encoder alone."""
+    import torch
+
+    from retune.data.images import decode_image_bytes
+    from retune.experiments.inference import open_run
+
+    model = open_run(run_dir)
+    pixels = torch.stack([model.backbone.preprocess(decode_image_bytes(data, name)) for name, data in images[:16]])
+    model.score_pixels(pixels)  # warm-up of both shapes
+    model.score_pixels(pixels[:1])
+    seconds = interleaved(
+        {
+            "one_by_one": lambda: [model.score_pixels(pixels[i : i + 1]) for i in range(16)],
+            "batch_16": lambda: model.score_pixels(pixels),
+        },
+        repeats,
+    )
+    per_image = {arm: median(values) / 16 * 1000 for arm, values in seconds.items()}
+    return {
+        "ms_per_image": {arm: round(v, 2) for arm, v in per_image.items()},
+        "torch_threads": torch.get_num_threads(),
+        "ratio": round(per_image["one_by_one"] / per_image["batch_16"], 2),
+    }
+
+
 def run(ctx: Context) -> dict:
     n_requests, repeats = (100, 1) if ctx.quick else (400, 2)
     run_dir = train_nih_run(ctx)
@@ -201,12 +228,17 @@ def run(ctx: Context) -> dict:
     finally:
         batched.stop()
         unbatched.stop()
+    ctx.log("encoder alone, in process: 16 images one by one vs as one batch")
+    encoder = encoder_batching_gain(run_dir, images, repeats=3 if ctx.quick else 5)
     throughput = {arm: median([r["requests_per_second"] for r in results]) for arm, results in pairs.items()}
     ratio = round(throughput["batched"] / throughput["unbatched"], 2)
     errors = sum(r["errors"] for r in levels) + sum(r["errors"] for results in pairs.values() for r in results)
     growth = round(rss_after - rss_before, 1)
     return {
-        "ratios": {"serve_batched_vs_unbatched_throughput_c16": ratio},
+        "ratios": {
+            "serve_batched_vs_unbatched_throughput_c16": ratio,
+            "encoder_batch16_vs_one_by_one_per_image": encoder["ratio"],
+        },
         "figures": {
             **{f"serve_c{r['concurrency']}_requests_per_second": r["requests_per_second"] for r in levels},
             **{f"serve_c{r['concurrency']}_p99_ms": r["p99_ms"] for r in levels},
@@ -229,6 +261,7 @@ def run(ctx: Context) -> dict:
             "host": HOST,
             "note": "client and servers share the same machine (2 cores, shared with other jobs)",
         },
+        "encoder_alone": encoder,
         "levels": levels,
         "batching_counters_after_levels": batching_stats,
         "c16_pairs": pairs,

@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from retune.data.images import file_content_hash, is_dicom, load_image
+from retune.data.images import decode_image_bytes, file_content_hash, is_dicom, load_image
 from retune.errors import DataError
 
 
@@ -175,3 +175,24 @@ def test_file_content_hash_matches_sha256_across_chunks(tmp_path):
     (tmp_path / "b.bin").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     assert file_content_hash(tmp_path / "a.bin") == hashlib.sha256(data).hexdigest()
     assert file_content_hash(tmp_path / "a.bin") != file_content_hash(tmp_path / "b.bin")
+
+
+def test_decode_image_bytes_matches_load_image(tmp_path):
+    """An upload decoded in memory equals the same file decoded from disk (PNG and DICOM)."""
+    png = tmp_path / "grey.png"
+    Image.fromarray(_ramp(high=255).astype(np.uint8)).save(png)
+    dicom = _write_dicom(tmp_path / "scan.dcm", _ramp(width=64), window=(2000, 4000))
+    for path in (png, dicom):
+        assert np.array_equal(_grey(decode_image_bytes(path.read_bytes(), path.name)), _grey(load_image(path)))
+
+
+def test_dicom_above_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    """A DICOM header declaring 20000 x 20000 pixels is refused like Pillow refuses a decompression bomb."""
+    import pydicom
+
+    path = _write_dicom(tmp_path / "bomb.dcm", _ramp(width=64))
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DataError, match=r"bomb\.dcm: .*exceeds the limit"):
+        load_image(path)

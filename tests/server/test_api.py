@@ -251,3 +251,14 @@ def test_non_loopback_host_requires_a_token():
         ServeConfig(host="0.0.0.0")
     assert ServeConfig(host="0.0.0.0", token=TOKEN).token == TOKEN
     assert ServeConfig(host="::1").token is None
+
+
+def test_serve_command_refuses_a_network_address_without_a_token(tmp_path):
+    """`retune serve --host 0.0.0.0` without --token: one error line, exit 2, nothing loaded or bound."""
+    from typer.testing import CliRunner
+
+    from retune.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--host", "0.0.0.0"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "--token" in result.output and "Traceback" not in result.output

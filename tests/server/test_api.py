@@ -262,3 +262,29 @@ def test_serve_command_refuses_a_network_address_without_a_token(tmp_path):
     result = CliRunner().invoke(app, ["serve", str(tmp_path), "--host", "0.0.0.0"], env={"COLUMNS": "200"})
     assert result.exit_code == 2, result.output
     assert "--token" in result.output and "Traceback" not in result.output
+
+
+def test_a_peft_run_is_served_with_the_scores_of_retune_predict(phantom_run):
+    """A `retune peft run` checkpoint (freeze-k, frozen-prefix cache) serves the probabilities `retune predict`
+    gives, here through the whole tuned tower on the uploaded pixels."""
+    from retune.config import PeftExperimentConfig
+    from retune.experiments.inference import predict_images
+    from retune.experiments.peft import run_peft_experiment
+    from retune.server import load_served_runs
+
+    run_dir, csv = phantom_run
+    peft_dir = run_dir.parent / "peft-freeze"
+    settings = {"method": "freeze", "freeze_blocks": 6, "epochs": 1, "n_bootstrap": 0}
+    config = PeftExperimentConfig.model_validate(
+        {"data": {"csv": str(csv)}, "store": str(run_dir.parent / "store"), **settings}
+    )
+    run_peft_experiment(config, peft_dir)
+    image = min((csv.parent / "images").glob("*.png"))
+    expected, _ = predict_images(peft_dir, [image])
+    with TestClient(create_app(load_served_runs([peft_dir]), ServeConfig())) as peft_client:
+        assert peft_client.get("/v1/runs").json()["runs"][0]["kind"] == "peft"
+        response = predict(peft_client, (image.name, image.read_bytes()), run="peft-freeze")
+    assert response.status_code == 200, response.text
+    got = {row["finding"]: row["probability"] for row in response.json()["predictions"][0]["findings"]}
+    for finding in expected.columns[1:]:
+        assert got[finding] == pytest.approx(float(expected[finding].iloc[0]), abs=1e-4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from retune.experiments.inference import PixelScores
+from retune.experiments.kinds import PixelScores
 from retune.server.batching import DynamicBatcher, QueueFull
 
 

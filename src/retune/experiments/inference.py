@@ -3,122 +3,39 @@
 ``retune train`` runs hold adaptors over cached embeddings, so images go through the embedding store.
 ``retune peft run`` runs hold tuned encoder tensors: the backbone is rebuilt, tuned the same way and
 loaded, and images run through it (the frozen-prefix cache still serves its frozen blocks). Both give
-the same ``metrics.json`` records, so ``retune compare`` reads them side by side.
-``SavedRun.score_pixels`` scores images already in memory (the server's uploads) without touching the store.
+the same ``metrics.json`` records, so ``retune compare`` reads them side by side. The loader is the one
+registered for the run's kind (``experiments.kinds``); Adaptor runs are refused in one line.
+``SavedRun.score_pixels`` scores images already in memory (the server's uploads) without the store;
+``patch_scorer`` maps each patch token's prompt similarities where the backbone allows it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from retune.backbones.base import Backbone
+from retune.config import DataConfig
 from retune.data.pixels import pixel_shape
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
-from retune.experiments.peft import load_tuned_run
-from retune.experiments.prepare import metrics_record
-from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
-from retune.methods.base import Method
+from retune.experiments import adaptor, peft, train  # noqa: F401  (importing them registers their run kinds)
+from retune.experiments.kinds import SavedRun, loader_for
+from retune.experiments.prepare import metrics_record, read_data
 from retune.methods.checkpoint import load_checkpoint
 from retune.methods.retune import ReTuneModel
-from retune.store.embed import encode_in_chunks
-
-Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
-
-
-@dataclass
-class PixelScores:
-    """A run's main method on a preprocessed batch: probabilities and, for RE-tune heads, the prompt similarities."""
-
-    probabilities: np.ndarray  # images x classes
-    positive: np.ndarray | None = None  # cosine similarity to the class's positive prompt (images x classes)
-    negative: np.ndarray | None = None
-
-
-PatchScorer = Callable[[torch.Tensor], np.ndarray]  # one preprocessed image (1 x C x H x W) -> classes x rows x cols
-
-
-@dataclass
-class SavedRun:
-    """A run ready to score images: its facts, backbone, class order, main method and a scorer for tables."""
-
-    facts: dict
-    backbone: Backbone
-    classes: list[str]
-    main: str
-    score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
-    head: ReTuneModel | Method  # the main method's scorer of pooled image features
-
-    def score_pixels(self, pixels: torch.Tensor) -> PixelScores:
-        """The main method's scores for preprocessed images (N x C x H x W) in memory; the store is not involved."""
-        features = encode_in_chunks(self.backbone, pixels.to(self.backbone.device), tokens=False).pooled.float()
-        if not isinstance(self.head, ReTuneModel):
-            return PixelScores(self.head.predict(features.cpu().numpy()))
-        with torch.no_grad():
-            positive, negative = self.head.similarities(features)
-            probabilities = torch.sigmoid(self.head(features))
-        return PixelScores(probabilities.cpu().numpy(), positive.cpu().numpy(), negative.cpu().numpy())
-
-
-def patch_scorer(run: SavedRun) -> PatchScorer | None:
-    """Each patch token's similarity to every class's positive minus its negative prompt, through the RE-tune adaptors.
-
-    Offered only where it means what the pooled score means: a RE-tune head, and a backbone whose patch tokens form a
-    square grid in the pooled embedding's space with the pooled vector as their mean (the default EfficientNet's 7 x 7
-    feature map). Elsewhere (ViT hidden states before the projection, other heads) it is None.
-    """
-    backbone, head = run.backbone, run.head
-    if not isinstance(head, ReTuneModel):
-        return None
-    probe = backbone.encode_images(torch.zeros(1, *pixel_shape(backbone)), tokens=True)
-    tokens = probe.tokens
-    side = round(tokens.shape[1] ** 0.5) if tokens is not None else 0
-    if tokens is None or tokens.shape[-1] != backbone.image_dim or side * side != tokens.shape[1]:
-        return None  # no patch tokens, tokens in another space, or not a square grid
-    if not torch.allclose(tokens.float().mean(dim=1), probe.pooled.float(), atol=1e-4, rtol=1e-3):
-        return None  # the pooled vector is not the tokens' mean (e.g. a class token or a projection)
-
-    def score(pixels: torch.Tensor) -> np.ndarray:
-        patches = backbone.encode_images(pixels.to(backbone.device), tokens=True).tokens[0].float()
-        with torch.no_grad():
-            positive, negative = head.similarities(patches)
-        return (positive - negative).T.reshape(-1, side, side).cpu().numpy()
-
-    return score
 
 
 def open_run(
     run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False
 ) -> SavedRun:
-    """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
+    """Rebuild a run directory with the loader registered for the kind its config.json records."""
     checkpoint = load_checkpoint(run_dir)
-    if "tuning" in checkpoint[1]:
-        tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
-
-        def score_tuned(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
-            scores, rows, errors = tuned.score(table)
-            return {tuned.name: scores}, rows, errors
-
-        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned, tuned.model.head.eval())
-    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
-    main = methods[MAIN_METHOD]
-    head = main.model.eval() if isinstance(getattr(main, "model", None), ReTuneModel) else main
-    return SavedRun(
-        facts,
-        backbone,
-        list(facts["classes"]),
-        MAIN_METHOD,
-        lambda table: score_embedded(methods, backbone, store, table, show_progress),
-        head,
-    )
+    return loader_for(checkpoint[1])(Path(run_dir), checkpoint, store_dir, device, show_progress)
 
 
 def evaluate_run(
@@ -132,18 +49,15 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
     run = open_run(run_dir, store_dir, show_progress=show_progress)
-    train_config = run.facts["train_config"]
+    train_config = run.config
     same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
     if split == "auto":
         split = "test" if same_csv else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(
-        csv_path,
-        format=train_config["data"]["format"],
-        image_root=image_root or train_config["data"]["image_root"],
-        uncertainty=train_config["data"]["uncertainty"],
-    )
+    data = DataConfig.model_validate(train_config["data"])
+    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None}
+    table = read_data(data.model_copy(update=other))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
@@ -180,3 +94,33 @@ def predict_images(
     frame = pd.DataFrame(scores[method], columns=run.classes)
     frame.insert(0, "image", [paths[r] for r in rows])
     return frame, errors
+
+
+PatchScorer = Callable[[torch.Tensor], np.ndarray]  # one preprocessed image (1 x C x H x W) -> classes x rows x cols
+
+
+def patch_scorer(run: SavedRun) -> PatchScorer | None:
+    """Each patch token's similarity to every class's positive minus its negative prompt, through the RE-tune adaptors.
+
+    Offered only where it means what the pooled score means: a RE-tune head, and a backbone whose patch tokens form a
+    square grid in the pooled embedding's space with the pooled vector as their mean (the default EfficientNet's 7 x 7
+    feature map). Elsewhere (ViT hidden states before the projection, other heads) it is None.
+    """
+    backbone, head = run.backbone, run.head
+    if not isinstance(head, ReTuneModel):
+        return None
+    probe = backbone.encode_images(torch.zeros(1, *pixel_shape(backbone)), tokens=True)
+    tokens = probe.tokens
+    side = round(tokens.shape[1] ** 0.5) if tokens is not None else 0
+    if tokens is None or tokens.shape[-1] != backbone.image_dim or side * side != tokens.shape[1]:
+        return None  # no patch tokens, tokens in another space, or not a square grid
+    if not torch.allclose(tokens.float().mean(dim=1), probe.pooled.float(), atol=1e-4, rtol=1e-3):
+        return None  # the pooled vector is not the tokens' mean (e.g. a class token or a projection)
+
+    def score(pixels: torch.Tensor) -> np.ndarray:
+        patches = backbone.encode_images(pixels.to(backbone.device), tokens=True).tokens[0].float()
+        with torch.no_grad():
+            positive, negative = head.similarities(patches)
+        return (positive - negative).T.reshape(-1, side, side).cpu().numpy()
+
+    return score

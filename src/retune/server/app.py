@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retune.data.images import decode_image_bytes
 from retune.errors import RetuneError
-from retune.experiments.inference import PixelScores
+from retune.experiments.kinds import PixelScores
 from retune.server import explain
 from retune.server.batching import DynamicBatcher, QueueFull
 from retune.server.config import ServeConfig, is_loopback

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from retune.experiments.inference import PixelScores
+from retune.experiments.kinds import PixelScores
 
 
 class QueueFull(Exception):

@@ -240,6 +240,7 @@ def test_token_guards_api_and_page(served_runs, phantom_png):
         page = guarded.get("/", follow_redirects=False)
         assert page.status_code == 303 and page.headers["location"] == "/login"
         assert guarded.post("/login", data={"token": "wrong"}).status_code == 401
+        assert guarded.post("/login", data={"token": "x" * 5000}).status_code == 413  # the public form is bounded
         login = guarded.post("/login", data={"token": TOKEN}, follow_redirects=False)
         assert login.status_code == 303 and "httponly" in login.headers["set-cookie"].lower()
         assert guarded.get("/", follow_redirects=False).status_code == 200  # the cookie now authorises the page

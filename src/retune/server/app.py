@@ -35,11 +35,12 @@ from retune.server import explain
 from retune.server.batching import DynamicBatcher, QueueFull
 from retune.server.config import ServeConfig, is_loopback
 from retune.server.runs import ROC_PLOT, ServedRun
-from retune.server.uploads import UPLOAD_FIELD, NotMultipart, Upload, UploadTooLarge, read_uploads
+from retune.server.uploads import UPLOAD_FIELD, NotMultipart, Upload, UploadTooLarge, read_body, read_uploads
 
 API_VERSION = "v1"
 TOKEN_COOKIE = "retune_token"
 PUBLIC_PREFIXES = ("/static/", "/login")
+LOGIN_FORM_LIMIT = 4096  # bytes: the login form holds one token
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -377,7 +378,9 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         """Check the token typed into the form; on success keep it in an HttpOnly, same-site cookie."""
-        offered = parse_qs((await request.body())[:4096].decode("utf-8", "replace")).get("token", [""])[0]
+        offered = parse_qs((await read_body(request, LOGIN_FORM_LIMIT)).decode("utf-8", "replace")).get("token", [""])[
+            0
+        ]
         if not config.token or not secrets.compare_digest(offered.encode(), config.token.encode()):
             response = page(request, "login.html", failed=True)
             response.status_code = 401

@@ -49,6 +49,11 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """A small request body (a form), refused above ``limit`` bytes instead of read whole into memory."""
+    return b"".join([chunk async for chunk in _limited(request, limit)])
+
+
 async def read_uploads(request: Request, limit: int) -> list[Upload]:
     """The files of the ``images`` field (one or more), in memory; errors name the problem."""
     content_type = request.headers.get("content-type", "")

@@ -20,23 +20,15 @@ import pytest
 pytestmark = pytest.mark.integration
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
-REQUIRE_BROWSER = (
-    os.environ.get("RETUNE_REQUIRE_SHARED_DATA") == "1"
-)  # CI's switch, as for ../shared (tests/conftest.py)
+# CI's switch, as for ../shared (tests/conftest.py): a missing browser fails instead of skipping.
+REQUIRE_BROWSER = os.environ.get("RETUNE_REQUIRE_SHARED_DATA") == "1"
 HOSTILE_NAME = '<img src=x onerror="document.title=1">.png'
-
-
-def browser_binaries() -> tuple[str, str]:
-    """(chromium, chromedriver) paths, or skip (fail under CI) naming what is missing and how to install it."""
-    browser = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    missing = " and ".join(name for name, path in (("chromium", browser), ("chromedriver", driver)) if not path)
-    reason = f"{missing} not found: install Debian's chromium and chromium-driver packages to run the browser test"
-    if REQUIRE_BROWSER:
-        pytest.fail(reason + " (RETUNE_REQUIRE_SHARED_DATA=1 forbids skipping; .ci/run installs them)")
-    pytest.skip(reason)
+CHROMIUM = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+MISSING = " and ".join(name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path)
+REASON = f"{MISSING} not found: install Debian's chromium and chromium-driver packages to run the browser test"
+if MISSING and not REQUIRE_BROWSER:
+    pytest.skip(REASON, allow_module_level=True)  # before any fixture trains a run
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +62,10 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, chromedriver = browser_binaries()
+    if MISSING:
+        pytest.fail(REASON + " (RETUNE_REQUIRE_SHARED_DATA=1 forbids skipping; .ci/run installs them)")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = CHROMIUM
     for argument in (
         "--headless=new",
         "--no-sandbox",
@@ -82,7 +75,7 @@ def browser():
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
 

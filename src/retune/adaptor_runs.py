@@ -148,7 +148,8 @@ def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path,
     if config.data.csv is None:
         raise ConfigError("no data: set data.csv in the adaptor config")
     started = time.perf_counter()
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes,
+                      allow_outside_root=config.data.allow_outside_root)
     backbone = backbone or create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     cached = cached_pairs(table, backbone, store, config.max_text_tokens, show_progress)

@@ -62,15 +62,18 @@ def backbones() -> None:
     console.print(table)
 
 
-def read_dataset(csv_path: Path, image_root: Optional[Path], data_format: str, uncertainty: str):
+def read_dataset(csv_path: Path, image_root: Optional[Path], data_format: str, uncertainty: str, allow_outside_root: bool = False):
     """Read a label CSV through the reader registry (shared by every command that takes data)."""
     from retune.data.readers import read_table
 
-    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty)
+    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty, allow_outside_root=allow_outside_root)
 
 
 CSV_ARGUMENT = typer.Argument(..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id.")
-IMAGE_ROOT = typer.Option(None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it.")
+IMAGE_ROOT = typer.Option(None, help="Folder that image paths resolve against (default: the CSV's folder). Paths may not escape it: "
+                                       "'..', absolute paths and symlinks must resolve inside it (see --allow-outside-root).")
+ALLOW_OUTSIDE_ROOT = typer.Option(False, "--allow-outside-root", help="Also read image paths that resolve outside --image-root "
+                                  "(a CSV of absolute paths); off by default.")
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
 UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
 BACKBONE = typer.Option("default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM).")
@@ -85,6 +88,7 @@ def embed(
     backbone: str = BACKBONE,
     store: Path = STORE,
     image_root: Optional[Path] = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str = DATA_FORMAT,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
@@ -99,7 +103,7 @@ def embed(
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
-    table = read_dataset(csv_path, image_root, data_format, "ignore")
+    table = read_dataset(csv_path, image_root, data_format, "ignore", allow_outside_root)
     model = create_backbone(backbone, device=device)
     summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())
     for path, reason in summary.errors.itertuples(index=False):
@@ -175,6 +179,7 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...)."),
     store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Optional[Path] = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
     prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
     objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
@@ -191,7 +196,8 @@ def train(
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
     settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
-                                   "data": {"csv": data, "image_root": image_root, "format": data_format}})
+                                   "data": {"csv": data, "image_root": image_root, "format": data_format,
+                                            "allow_outside_root": allow_outside_root or None}})
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
     metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
@@ -209,13 +215,15 @@ def evaluate(
     split: str = typer.Option("auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."),
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
     image_root: Optional[Path] = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
     """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
     from retune.inference import evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
+    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap,
+                           show_progress=sys.stderr.isatty(), allow_outside_root=allow_outside_root)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:

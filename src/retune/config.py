@@ -58,6 +58,8 @@ class DataConfig(StrictModel):
 
     csv: Optional[Path] = None
     image_root: Optional[Path] = None
+    allow_outside_root: bool = Field(False, description="Read image paths that resolve outside image_root (absolute paths, "
+                                     "symlinks); by default such rows are refused.")
     format: str = "auto"
     uncertainty: Literal["ignore", "ones", "zeros"] = "ignore"
     classes: Optional[list[str]] = None

@@ -55,8 +55,10 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
 
 
 def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 n_bootstrap: int = 1000, show_progress: bool = False) -> dict:
-    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
+                 n_bootstrap: int = 1000, show_progress: bool = False, allow_outside_root: bool = False) -> dict:
+    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
+
+    Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so)."""
     run = open_run(run_dir, store_dir, show_progress=show_progress)
     train_config = run.facts["train_config"]
     same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
@@ -64,7 +66,8 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
         split = "test" if same_csv else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"])
+    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"],
+                       allow_outside_root=allow_outside_root or bool(train_config["data"].get("allow_outside_root")))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")

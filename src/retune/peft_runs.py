@@ -85,7 +85,8 @@ def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
     """The labelled table the config names."""
     if config.data.csv is None:
         raise ConfigError("no training data: set data.csv in the config")
-    return read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    return read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes,
+                      allow_outside_root=config.data.allow_outside_root)
 
 
 def _image_inputs(backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray, dict | None]:

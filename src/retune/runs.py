@@ -95,7 +95,8 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     if config.data.csv is None:
         raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes,
+                      allow_outside_root=config.data.allow_outside_root)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)

@@ -64,7 +64,8 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
     unknown = [m for m in config.methods if m not in available_methods()]
     if unknown:
         raise ConfigError(f"unknown method '{unknown[0]}'; valid method names: {', '.join(available_methods())}")
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes,
+                      allow_outside_root=config.data.allow_outside_root)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)

@@ -20,7 +20,7 @@ from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
-from retune.methods.checkpoint import load_checkpoint
+from retune.methods.checkpoint import RunFacts, load_checkpoint
 from retune.peft_runs import load_tuned_run
 from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
 
@@ -40,7 +40,7 @@ class SavedRun:
 
 def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False) -> SavedRun:
     """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir, RunFacts)
     if "tuning" in checkpoint[1]:
         tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
 

@@ -17,14 +17,14 @@ import torch
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import OptimConfig, PeftExperimentConfig
+from retune.config import OptimConfig, PeftExperimentConfig, parse_config
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
 from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import load_checkpoint, save_checkpoint
+from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, load_checkpoint, save_checkpoint
 from retune.methods.peft_tuning import (
     TunedReTune,
     apply_tuning,
@@ -287,17 +287,25 @@ def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, dev
                    checkpoint: tuple[dict, dict] | None = None) -> TunedRun:
     """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors loaded;
     ``checkpoint``: the run's ``load_checkpoint`` result when the caller has already read it."""
-    tensors, facts = checkpoint or load_checkpoint(run_dir)
-    config = PeftExperimentConfig.model_validate(facts["train_config"])
+    tensors, facts = checkpoint or load_checkpoint(run_dir, RunFacts)
+    config = parse_config(facts["train_config"], PeftExperimentConfig, f"{Path(run_dir) / CONFIG}: train_config")
+    name = method_name(config)
+    where = Path(run_dir) / CHECKPOINT
+    saved = {key: torch.as_tensor(value) for key, value in tensors.get(name, {}).items()}
+    for key in ("head.positive", "head.negative"):
+        if key not in saved or saved[key].ndim != 2 or len(saved[key]) != len(facts["classes"]):
+            shape = tuple(saved[key].shape) if key in saved else "missing"
+            raise StoreError(f"{where}: tensor '{name}/{key}' ({shape}) does not hold one row per class of {CONFIG} ({len(facts['classes'])})")
     backbone = checked_backbone(run_dir, facts, device)
     frozen, use_cache = tune_backbone(backbone, config)
-    name = method_name(config)
-    saved = {key: torch.as_tensor(value) for key, value in tensors[name].items()}
     head = ReTuneModel(backbone.image_dim, backbone.text_dim, config.retune)
     head.positive, head.negative = torch.zeros_like(saved["head.positive"]), torch.zeros_like(saved["head.negative"])
     model = TunedReTune(head.to(backbone.device), image_features_fn(backbone, frozen.get("image", 0), inputs_are_prefix=use_cache), None,
                         trainable_encoder_parameters(backbone))
-    missing, unexpected = model.load_state_dict(saved, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(saved, strict=False)
+    except RuntimeError as error:  # a tensor of the wrong shape
+        raise StoreError(f"{where}: tensors do not fit the tuned model ({' '.join(str(error).split())[:300]})") from error
     missing = [name for name in missing if name != "head.logit_bias"]  # runs saved before the siglip objective existed
     if missing or unexpected:
         raise StoreError(f"{run_dir}: checkpoint does not match the tuned model ({len(missing)} tensors missing, {len(unexpected)} unexpected; e.g. {(missing + unexpected)[0]})")

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import ReTuneConfig, TrainConfig
+from retune.config import TrainConfig, parse_config
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
-from retune.errors import ConfigError, StoreError, unknown_name
+from retune.errors import ConfigError, RetuneError, StoreError, unknown_name
 from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
-from retune.methods.checkpoint import load_checkpoint, save_checkpoint
+from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, load_checkpoint, save_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
@@ -164,17 +166,34 @@ def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
              checkpoint: tuple[dict, dict] | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
     """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
     the run's ``load_checkpoint`` result when the caller has already read it."""
-    tensors, facts = checkpoint or load_checkpoint(run_dir)
+    tensors, facts = checkpoint or load_checkpoint(run_dir, RunFacts)
+    train_config = parse_config(facts["train_config"], TrainConfig, f"{Path(run_dir) / CONFIG}: train_config")
     backbone = checked_backbone(run_dir, facts, device)
-    store = EmbeddingStore(store_dir or facts["train_config"]["store"], create=False)
-    context = method_context(backbone, PromptBank(), int(facts["train_config"]["seed"]))
-    config = ReTuneConfig.model_validate(facts["train_config"]["retune"])
+    store = EmbeddingStore(store_dir or train_config.store, create=False)
+    context = method_context(backbone, PromptBank(), train_config.seed)
     methods = {}
     for name, method_facts in facts["methods"].items():
-        method = create_method(name, context, config)
-        method.load_state(tensors.get(name, {}), method_facts)
+        method = create_method(name, context, train_config.retune)
+        checked_load(Path(run_dir), name, facts["classes"], backbone.image_dim,
+                     partial(method.load_state, tensors.get(name, {}), method_facts), method.predict)
         methods[name] = method
     return methods, facts, backbone, store
+
+
+def checked_load(run_dir: Path, name: str, classes: list[str], image_dim: int, load: Callable[[], None],
+                 predict: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Load a method's saved tensors and prove them on a probe batch: tensors that do not fit the model (wrong shapes,
+    a class count unlike config.json's) are a one-line StoreError naming the checkpoint, not a traceback later."""
+    where = run_dir / CHECKPOINT
+    try:
+        load()
+        probe = predict(np.zeros((2, image_dim), dtype=np.float32))
+    except RetuneError as error:
+        raise StoreError(f"{where}: method '{name}': {error}") from error
+    except Exception as error:  # torch/numpy shape errors from tensors that do not match the model
+        raise StoreError(f"{where}: method '{name}' does not fit its saved tensors ({' '.join(str(error).split())[:300]})") from error
+    if np.shape(probe) != (2, len(classes)):
+        raise StoreError(f"{where}: method '{name}' predicts {np.shape(probe)[-1]} classes, but {CONFIG} lists {len(classes)}")
 
 
 def score_embedded(methods: dict[str, Method], backbone: Backbone, store: EmbeddingStore, table: ImageTable, show_progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:

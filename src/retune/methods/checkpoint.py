@@ -12,7 +12,7 @@ import hashlib
 import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,7 +33,7 @@ class CheckpointFacts(BaseModel):
 
     methods: dict[str, dict] = Field(description="Per saved method: its JSON facts (classes, temperature, ...).")
     versions: dict[str, str] = Field(default_factory=dict)
-    weights_sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of checkpoint.safetensors.")
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of checkpoint.safetensors.")
 
 
 class BackboneFacts(BaseModel):

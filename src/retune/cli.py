@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from retune.data.images import DEFAULT_LIMITS
 from retune.errors import RetuneError
 
 app = typer.Typer(
@@ -93,19 +94,28 @@ def embed(
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
     tokens: bool = typer.Option(False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."),
+    max_file_mb: float = typer.Option(DEFAULT_LIMITS.max_bytes / 2**20, min=0, help="Largest image file read, in MiB."),
+    max_pixels: int = typer.Option(DEFAULT_LIMITS.max_pixels, min=1, help="Pixel budget of one image (frame), checked from its header."),
+    max_aspect_ratio: float = typer.Option(DEFAULT_LIMITS.max_aspect_ratio, min=1, help="Longest side / shortest side allowed."),
     device: Optional[str] = DEVICE,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
-    Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
+    Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
+    budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
+
+    Example: retune embed labels.csv --store retune-store --max-pixels 40000000
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.images import DecodeLimits
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
     table = read_dataset(csv_path, image_root, data_format, "ignore", allow_outside_root)
     model = create_backbone(backbone, device=device)
-    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())
+    limits = DecodeLimits(max_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
+    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens,
+                          show_progress=sys.stderr.isatty(), limits=limits)
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)

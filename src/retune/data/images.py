@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,15 @@ import pydicom
 import pydicom.errors
 from PIL import Image, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from retune.errors import DataError
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 _DICOM_MAGIC_OFFSET = 128
 _HASH_CHUNK = 1 << 20
+_MAX_BYTES_PER_PIXEL = 8  # 64-bit float or 3 x 16-bit samples
+_DICOM_HEADER_ALLOWANCE = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class DecodeLimits:
     """
 
     max_bytes: int = 1 << 30
-    max_pixels: int = 1 << 26
+    max_pixels: int = 1 << 25
     max_aspect_ratio: float = 20.0
 
     def check_shape(self, path: Path, width: int, height: int) -> None:
@@ -61,6 +65,7 @@ _DICOM_ERRORS = (
     KeyError,
     NotImplementedError,
     RuntimeError,
+    zlib.error,
 )
 
 
@@ -161,6 +166,7 @@ def _load_dicom(path: Path, limits: DecodeLimits) -> Image.Image:
     Rows x Columns are checked against ``limits`` before the pixel data is read (it is deferred until then).
     """
     try:
+        _check_deflated_size(path, limits)
         ds = pydicom.dcmread(path, defer_size="64 KB")
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             raise DataError(f"{path}: DICOM file holds no image (no Pixel Data element)")
@@ -177,12 +183,33 @@ def _load_dicom(path: Path, limits: DecodeLimits) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(rgb))
     if pixels.ndim != 2:
         raise DataError(f"{path}: unsupported DICOM pixel array shape {pixels.shape}")
-    values = apply_modality_lut(pixels, ds)
+    grey = _scale_to_uint8(_windowed(apply_modality_lut(pixels, ds), ds))  # no name holds the float64 copies
     del pixels
-    grey = _scale_to_uint8(_windowed(values, ds))
     if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
         grey = 255 - grey
     return _grey_to_rgb(grey)
+
+
+def _check_deflated_size(path: Path, limits: DecodeLimits) -> None:
+    """Refuse a deflated DICOM whose inflated dataset is larger than the pixel budget can need, counting it in
+    constant memory: pydicom inflates the whole dataset before its header can be read (a 141 KB file can hold
+    a 12000 x 12000 image)."""
+    if pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(_DICOM_MAGIC_OFFSET + 4)
+        group = handle.read(12)  # (0002,0000) UL: the length of the rest of the file meta group
+        handle.seek(_DICOM_MAGIC_OFFSET + 4 + len(group) + int.from_bytes(group[8:12], "little"))
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        allowed = limits.max_pixels * _MAX_BYTES_PER_PIXEL + _DICOM_HEADER_ALLOWANCE
+        inflated = 0
+        while chunk := handle.read(_HASH_CHUNK):
+            while chunk and inflated <= allowed:
+                inflated += len(inflater.decompress(chunk, _HASH_CHUNK))
+                chunk = inflater.unconsumed_tail
+            if inflated > allowed:
+                raise DataError(f"{path}: deflated DICOM inflates to over {allowed} bytes, more than the pixel budget of "
+                                f"{limits.max_pixels} can need; not decoded")
 
 
 def _windowed(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:

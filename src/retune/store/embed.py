@@ -35,9 +35,6 @@ CPU_ENCODE_CHUNK = 8
 FLUSH_SECONDS = 30.0
 
 
-class _DecoderDied(Exception):
-    """A DataLoader worker was killed (e.g. by the OOM killer) while decoding."""
-
 
 @dataclass
 class EmbedSummary:
@@ -202,19 +199,16 @@ def _missing(hashes: dict[str, str], store: EmbeddingStore, fingerprint: str, ki
     return todo
 
 
-def _decoded_batches(loader: DataLoader) -> Iterator[list]:
-    """The loader's batches; a killed decoding worker becomes ``_DecoderDied`` instead of torch's RuntimeError."""
-    iterator = iter(loader)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except RuntimeError as error:
-            if "DataLoader worker" not in str(error):
-                raise
-            raise _DecoderDied(str(error).strip().splitlines()[0]) from error
-        yield batch
+def _worker_death(error: BaseException) -> str | None:
+    """The reason when ``error`` is how a killed DataLoader worker surfaces in the main process, else None.
+
+    torch raises RuntimeError (from the queue or from its SIGCHLD handler, at any point of the loop); a worker
+    killed while handing over a batch can also surface as a reset connection."""
+    if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
+        return str(error).strip().splitlines()[0]
+    if isinstance(error, (ConnectionError, EOFError)):
+        return f"{type(error).__name__} while receiving a decoded batch"
+    return None
 
 
 def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[str, str], backbone: Backbone,
@@ -258,14 +252,11 @@ def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[
         for values in pending.values():
             values.clear()
 
+    batches = iter(loader)
     with progress_bar("embedding", total=len(todo), enabled=show_progress, unit="images") as advance:
         try:
-            for batch in _decoded_batches(loader):
+            for batch in batches:
                 good = [item for item in batch if item[2] is not None]
-                for content_hash, _, _, reason in batch:
-                    done.add(content_hash)
-                    if reason is not None:
-                        failures.update(dict.fromkeys(paths_of[content_hash], reason))
                 if good:
                     encoded = encode_in_chunks(backbone, torch.stack([item[2] for item in good]), tokens)
                     pending["keys"].extend(item[0] for item in good)
@@ -273,10 +264,18 @@ def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[
                     if tokens:
                         pending["tokens"].append(encoded.tokens.float().cpu().numpy())
                     computed += len(good)
+                for content_hash, _, _, reason in batch:
+                    done.add(content_hash)
+                    if reason is not None:
+                        failures.update(dict.fromkeys(paths_of[content_hash], reason))
                 if len(pending["keys"]) >= shard_size or time.monotonic() - last_flush >= flush_seconds:
                     flush()
                 advance(len(batch))
-        except _DecoderDied as death:
+        except (RuntimeError, ConnectionError, EOFError) as error:
+            death = _worker_death(error)
+            if death is None:
+                raise
+            getattr(batches, "_shutdown_workers", lambda: None)()  # stop the others; torch's SIGCHLD check with them
             reason = f"not embedded: a decoding worker died ({death}), e.g. killed for lack of memory; rerun to retry"
             for content_hash in todo.keys() - done:
                 failures.update(dict.fromkeys(paths_of[content_hash], reason))

@@ -40,7 +40,7 @@ def compare(ctx: Context, backbone: str, frozen: int, n_images: int, epochs: int
     frame["path"] = [str(NIH_CSV.parent / p) for p in frame["path"]]
     csv = ctx.workdir / f"prefix-nih-{n_images}.csv"
     frame.to_csv(csv, index=False)
-    config = PeftExperimentConfig(backbone=backbone, store=ctx.workdir / "prefix-store", data=DataConfig(csv=csv, classes=CLASSES),
+    config = PeftExperimentConfig(backbone=backbone, store=ctx.workdir / "prefix-store", data=DataConfig(csv=csv, classes=CLASSES, allow_outside_root=True),
                                   method="freeze", tower="image", freeze_blocks=frozen, epochs=epochs, n_bootstrap=0)
     ctx.log(f"{backbone.split('@')[0]} freeze-{frozen}: warm the prefix cache, then cached vs uncached on {n_images} images x {epochs} epochs")
     compare_prefix_caching(config)  # fills the cache, so the measured cached arm reads it

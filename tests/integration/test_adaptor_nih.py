@@ -28,7 +28,7 @@ NIH_CLASSES = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "Mass", "No_
 
 def experiment(csv: Path, root: Path, classes: list[str] | None = None, epochs: int = 12) -> AdaptorExperimentConfig:
     optim = OptimConfig(lr=1e-3, weight_decay=0.05, epochs=epochs, batch_size=32, patience=6, min_epochs=3)
-    return AdaptorExperimentConfig(store=root / "store", data=DataConfig(csv=csv, classes=classes), layers=2, width=64, embed_dim=32, heads=4, optim=optim, n_bootstrap=50)
+    return AdaptorExperimentConfig(store=root / "store", data=DataConfig(csv=csv, classes=classes, allow_outside_root=True), layers=2, width=64, embed_dim=32, heads=4, optim=optim, n_bootstrap=50)
 
 
 @pytest.fixture(scope="module")

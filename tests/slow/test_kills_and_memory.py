@@ -114,6 +114,11 @@ def finished_tasks(out: Path) -> int:
     return len(list((out / "work").glob("*/order*/task*/done.json")))
 
 
+def reached(out: Path, boundary: int, every_task: int) -> bool:
+    """Whether a run has finished ``boundary`` tasks; past the last task, whether it has started logging to MLflow."""
+    return (out / "mlruns").exists() if boundary > every_task else finished_tasks(out) >= boundary
+
+
 @pytest.mark.timeout(900)
 def test_scenario_killed_at_every_task_boundary_and_during_logging_resumes_exactly(tmp_path):
     """naive and lwf, 2 tasks each: processes are killed after naive's first task (resume inside a method), after
@@ -128,7 +133,7 @@ def test_scenario_killed_at_every_task_boundary_and_during_logging_resumes_exact
     every_task = finished_tasks(tmp_path / "reference")
     for boundary in (1, 3, every_task + 1):  # the last kill lands after every task: while logging
         process = start("scenario", "run", config, "--out", out)
-        while process.poll() is None and finished_tasks(out) < min(boundary, every_task) and not (out / "mlruns").exists():
+        while process.poll() is None and not reached(out, boundary, every_task):
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.communicate()

@@ -104,7 +104,7 @@ def test_embed_killed_again_and_again_resumes_to_one_row_per_image(tmp_path):
 def scenario_file(tmp_path: Path, csv: Path) -> Path:
     spec = {"name": "kill-loop", "store": str(tmp_path / "store"), "data": {"csv": str(csv)},
             "generate": {"kind": "class", "n_tasks": 2}, "methods": ["naive", "lwf"], "n_bootstrap": 50,
-            "retune": {"optim": {"epochs": 15, "min_epochs": 1, "patience": 15}}}
+            "retune": {"optim": {"epochs": 8, "min_epochs": 1, "patience": 8}}}
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -121,17 +121,16 @@ def reached(out: Path, boundary: int, every_task: int) -> bool:
 
 @pytest.mark.timeout(900)
 def test_scenario_killed_at_every_task_boundary_and_during_logging_resumes_exactly(tmp_path):
-    """naive and lwf, 2 tasks each: processes are killed after naive's first task (resume inside a method), after
-    lwf's first task (inside the second method) and while logging to MLflow; the resumed results.json are byte for
-    byte those of an uninterrupted run, with one MLflow run per method. (test_resume_exact.py covers every
-    boundary in-process.)"""
+    """naive and lwf, 2 tasks each: a process is killed after lwf's first task (naive finished, lwf half done), the
+    next while logging to MLflow; the resumed results.json are byte for byte those of an uninterrupted run, with one
+    MLflow run per method. (tests/unit/test_resume_exact.py resumes after every task boundary in-process.)"""
     csv = write_phantom_dataset(tmp_path / "data", n=80, seed=2, size=64)
     config = scenario_file(tmp_path, csv)
     reference = start("scenario", "run", config, "--out", tmp_path / "reference")
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
     out = tmp_path / "killed"
     every_task = finished_tasks(tmp_path / "reference")
-    for boundary in (1, 3, every_task + 1):  # the last kill lands after every task: while logging
+    for boundary in (every_task - 1, every_task + 1):  # inside lwf after naive finished; then while logging
         process = start("scenario", "run", config, "--out", out)
         while process.poll() is None and not reached(out, boundary, every_task):
             time.sleep(0.05)

@@ -106,3 +106,17 @@ def test_the_untouched_run_loads_and_its_hash_is_recorded(trained):
     assert facts["weights_sha256"] == file_sha256(trained[0] / CHECKPOINT)
     result = CliRunner().invoke(app, ["evaluate", "--run", str(trained[0]), "--data", str(trained[1]), "--n-bootstrap", "0", "--json"])
     assert result.exit_code == 0, result.output
+
+
+def test_predict_records_a_directory_and_a_fifo_and_scores_the_rest(trained, tmp_path):
+    """One bad row never stops predict: the directory and the FIFO are skipped with a reason, exit 1."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")
+    good = trained[1].parent / "images" / "phantom_00000.png"
+    result = CliRunner().invoke(app, ["predict", str(good), str(tmp_path), str(tmp_path / "fifo.png"), "--run", str(trained[0])],
+                                env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    assert "phantom_00000.png" in result.stdout and "Traceback" not in result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 2 and "a directory" in result.stderr and "not a regular file" in result.stderr

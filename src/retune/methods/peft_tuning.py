@@ -14,7 +14,7 @@ import re
 import resource
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -531,9 +531,11 @@ def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: Emb
     """
     split = image_split(backbone, k)
     fingerprint = prefix_fingerprint(backbone, k)
-    hashes, failures = hash_files(table.paths, store)
+    hashes, failures = hash_files(table.paths, store, confine_to=table.confined_root)
     computed = 0
-    with store.lock():
+    stored = store.keys(PREFIX_KIND, fingerprint)
+    # the lock (a write) only when something is missing: a fully cached read-only store serves reads
+    with store.lock() if set(hashes.values()) - stored else nullcontext():
         stored = store.keys(PREFIX_KIND, fingerprint)
         todo = {}
         for path, content_hash in hashes.items():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -30,7 +30,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-store_app = typer.Typer(help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True)
+store_app = typer.Typer(
+    help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True
+)
 app.add_typer(store_app, name="store")
 
 console = Console()
@@ -63,22 +65,29 @@ def backbones() -> None:
     console.print(table)
 
 
-def read_dataset(csv_path: Path, image_root: Optional[Path], data_format: str, uncertainty: str, allow_outside_root: bool = False):
-    """Read a label CSV through the reader registry (shared by every command that takes data)."""
-    from retune.data.readers import read_table
-
-    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty, allow_outside_root=allow_outside_root)
-
-
-CSV_ARGUMENT = typer.Argument(..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id.")
-IMAGE_ROOT = typer.Option(None, help="Folder that image paths resolve against (default: the CSV's folder). Paths may not escape it: "
-                                       "'..', absolute paths and symlinks must resolve inside it (see --allow-outside-root).")
-ALLOW_OUTSIDE_ROOT = typer.Option(False, "--allow-outside-root", help="Also read image paths that resolve outside --image-root "
-                                  "(a CSV of absolute paths); off by default.")
+CSV_ARGUMENT = typer.Argument(
+    ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
+)
+IMAGE_ROOT = typer.Option(
+    None,
+    help="Folder that image paths resolve against (default: the CSV's folder). Paths may not escape it: '..', "
+    "absolute paths and symlinks must resolve inside it (see --allow-outside-root).",
+)
+ALLOW_OUTSIDE_ROOT = typer.Option(
+    False,
+    "--allow-outside-root",
+    help="Also read image paths that resolve outside --image-root (a CSV of absolute paths); off by default.",
+)
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
-UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
-BACKBONE = typer.Option("default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM).")
-STORE = typer.Option(Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it).")
+METADATA_CSV = typer.Option(
+    None, help="--format mimic only: mimic-cxr-2.0.0-metadata.csv (which images belong to each labelled study)."
+)
+BACKBONE = typer.Option(
+    "default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM)."
+)
+STORE = typer.Option(
+    Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it)."
+)
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
 
 
@@ -88,16 +97,25 @@ def embed(
     csv_path: Path = CSV_ARGUMENT,
     backbone: str = BACKBONE,
     store: Path = STORE,
-    image_root: Optional[Path] = IMAGE_ROOT,
+    image_root: Path | None = IMAGE_ROOT,
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str = DATA_FORMAT,
+    metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
-    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
-    tokens: bool = typer.Option(False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."),
-    max_file_mb: float = typer.Option(DEFAULT_LIMITS.max_bytes / 2**20, min=0, help="Largest image file read, in MiB."),
-    max_pixels: int = typer.Option(DEFAULT_LIMITS.max_pixels, min=1, help="Pixel budget of one image (frame), checked from its header."),
-    max_aspect_ratio: float = typer.Option(DEFAULT_LIMITS.max_aspect_ratio, min=1, help="Longest side / shortest side allowed."),
-    device: Optional[str] = DEVICE,
+    workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
+    tokens: bool = typer.Option(
+        False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
+    ),
+    max_file_mb: float = typer.Option(
+        DEFAULT_LIMITS.max_bytes / 2**20, min=0, help="Largest image file read, in MiB."
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_LIMITS.max_pixels, min=1, help="Pixel budget of one image (DICOM: one frame), checked from its header."
+    ),
+    max_aspect_ratio: float = typer.Option(
+        DEFAULT_LIMITS.max_aspect_ratio, min=1, help="Longest side / shortest side allowed."
+    ),
+    device: str | None = DEVICE,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
@@ -108,14 +126,24 @@ def embed(
     """
     from retune.backbones.registry import create_backbone, resolve_spec
     from retune.data.images import DecodeLimits
+    from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
-    table = read_dataset(csv_path, image_root, data_format, "ignore", allow_outside_root)
+    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv,
+                       allow_outside_root=allow_outside_root)
     model = create_backbone(backbone, device=device)
     limits = DecodeLimits(max_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
-    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens,
-                          show_progress=sys.stderr.isatty(), limits=limits)
+    summary = embed_table(
+        table,
+        model,
+        EmbeddingStore(store),
+        batch_size=batch_size,
+        workers=workers,
+        tokens=tokens,
+        show_progress=sys.stderr.isatty(),
+        limits=limits,
+    )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)
@@ -125,7 +153,9 @@ def embed(
 
 @store_app.command("info")
 @friendly_errors
-def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")) -> None:
+def store_info(
+    store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")
+) -> None:
     """Show what a store holds: backbones, rows per kind, size on disk."""
     from retune.store import EmbeddingStore
 
@@ -163,10 +193,7 @@ def print_metrics(metrics: dict) -> None:
     methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
     table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
 
-    def cell(value, interval) -> str:
-        if value is None:
-            return "undefined"
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+    from retune.report.text import format_interval as cell
 
     for name in metrics["classes"]:
         row = [name, str(metrics["per_class"][name]["n_pos"])]
@@ -183,18 +210,25 @@ def print_metrics(metrics: dict) -> None:
 @app.command()
 @friendly_errors
 def train(
-    data: Optional[Path] = typer.Option(None, help="Label CSV to train on (overrides data.csv of --config)."),
-    out: Path = typer.Option(..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
-    image_root: Optional[Path] = IMAGE_ROOT,
+    data: Path | None = typer.Option(None, help="Label CSV to train on (overrides data.csv of --config)."),
+    out: Path = typer.Option(
+        ..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."
+    ),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    config: Path | None = typer.Option(
+        None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...)."
+    ),
+    store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
+    image_root: Path | None = IMAGE_ROOT,
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
-    data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
-    prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
-    objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
-    seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split."),
-    device: Optional[str] = DEVICE,
+    data_format: str | None = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
+    metadata_csv: Path | None = METADATA_CSV,
+    prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
+    objective: str | None = typer.Option(
+        None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."
+    ),
+    seed: int | None = typer.Option(None, help="Seed for training and the patient split."),
+    device: str | None = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train RE-tune and its baselines on cached embeddings; evaluate on a patient-level test split (70/10/20).
@@ -202,12 +236,26 @@ def train(
     Images are embedded once into the store first (skipped when already there).
     """
     from retune.config import TrainConfig, load_yaml_config, override
-    from retune.runs import train_run
+    from retune.experiments.train import train_run
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
-    settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
-                                   "data": {"csv": data, "image_root": image_root, "format": data_format,
-                                            "allow_outside_root": allow_outside_root or None}})
+    settings = override(
+        settings,
+        {
+            "backbone": backbone,
+            "store": store,
+            "device": device,
+            "seed": seed,
+            "split": {"seed": seed},
+            "data": {
+                "csv": data,
+                "image_root": image_root,
+                "format": data_format,
+                "metadata_csv": metadata_csv,
+                "allow_outside_root": allow_outside_root or None,
+            },
+        },
+    )
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
     metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
@@ -222,18 +270,29 @@ def train(
 def evaluate(
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     data: Path = typer.Option(..., help="Label CSV to evaluate on."),
-    split: str = typer.Option("auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
-    image_root: Optional[Path] = IMAGE_ROOT,
+    split: str = typer.Option(
+        "auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."
+    ),
+    store: Path | None = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
+    image_root: Path | None = IMAGE_ROOT,
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
-    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
-    from retune.inference import evaluate_run
+    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and
+    patient-bootstrap CIs."""
+    from retune.experiments.inference import evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap,
-                           show_progress=sys.stderr.isatty(), allow_outside_root=allow_outside_root)
+    metrics = evaluate_run(
+        run,
+        data,
+        split=split,
+        store_dir=store,
+        image_root=image_root,
+        n_bootstrap=n_bootstrap,
+        show_progress=sys.stderr.isatty(),
+        allow_outside_root=allow_outside_root,
+    )
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -245,12 +304,14 @@ def evaluate(
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the run's)."),
-    method: Optional[str] = typer.Option(None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."),
-    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
+    store: Path | None = typer.Option(None, help="Embedding store (default: the run's)."),
+    method: str | None = typer.Option(
+        None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."
+    ),
+    output: Path | None = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1)."""
-    from retune.inference import predict_images
+    from retune.experiments.inference import predict_images
 
     frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
     for path, reason in errors.itertuples(index=False):
@@ -287,7 +348,11 @@ def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
 
 @app.command()
 @friendly_errors
-def compare(runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft.")) -> None:
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."
+    ),
+) -> None:
     """Put any runs side by side: mean AUROC with CI, split and backbone of every method they hold."""
     from retune.errors import ConfigError
 
@@ -297,14 +362,21 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run directories (or met
         if not path.exists():
             raise ConfigError(f"{path}: no metrics.json here")
         for label, record in metric_records(json.loads(path.read_text())):
-            interval = record.get("mean_auroc_ci")
-            value = record.get("mean_auroc")
-            shown = "undefined" if value is None else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            table.add_row(escape(str(run)), escape(label), str(record.get("split", "")), escape(str(record.get("backbone", ""))), shown, str(record.get("n_images", "")))
+            shown = _mean_cell(record)
+            table.add_row(
+                escape(str(run)),
+                escape(label),
+                str(record.get("split", "")),
+                escape(str(record.get("backbone", ""))),
+                shown,
+                str(record.get("n_images", "")),
+            )
     console.print(table)
 
 
-scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True)
+scenario_app = typer.Typer(
+    help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True
+)
 app.add_typer(scenario_app, name="scenario")
 
 
@@ -314,7 +386,10 @@ def print_comparison(results: dict[str, dict]) -> None:
 
     first = next(iter(results.values()))
     header = comparison_header(results)
-    table = Table(title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, {first['n_test_images']} test images)")
+    table = Table(
+        title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
+              f"{first['n_test_images']} test images)"
+    )
     table.add_column(header[0], no_wrap=True)
     for name in header[1:]:
         table.add_column(name)
@@ -325,12 +400,18 @@ def print_comparison(results: dict[str, dict]) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True) -> dict:
+def execute_scenario(settings, out: Path, track: bool = True, restart: bool = False) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.report.tracking import log_scenario_results
     from retune.scenarios.runner import run_scenario
 
-    results = run_scenario(settings, out, show_progress=sys.stderr.isatty(), progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
+    results = run_scenario(
+        settings,
+        out,
+        show_progress=sys.stderr.isatty(),
+        progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+        restart=restart,
+    )
     print_comparison(results)
     if track:
         uri = log_scenario_results(results, out, settings.tracking_uri)
@@ -342,14 +423,27 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
 @scenario_app.command("run")
 @friendly_errors
 def scenario_run(
-    config: Path = typer.Argument(..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."),
+    config: Path = typer.Argument(
+        ..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."
+    ),
     out: Path = typer.Option(..., help="Output folder: <method>/results.json, report.html, plots/, mlruns/."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (overrides the YAML)."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (overrides the YAML), e.g. retune,linear_probe,naive."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."),
+    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
+    store: Path | None = typer.Option(None, help="Embedding store (overrides the YAML)."),
+    methods: str | None = typer.Option(
+        None, help="Comma-separated methods (overrides the YAML), e.g. retune,linear_probe,naive."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
+    ),
+    restart: bool = typer.Option(
+        False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
+    ),
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
+    """Run every method through the scenario's tasks on cached embeddings.
+
+    A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
+    results changed; otherwise it stops with one line, and --restart starts over.
+    """
     from retune.config import load_yaml_config
     from retune.scenarios.spec import ScenarioConfig
 
@@ -358,7 +452,7 @@ def scenario_run(
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=restart)
 
 
 @scenario_app.command("compare")
@@ -371,28 +465,41 @@ def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenari
         print_comparison(load_results(directory))
 
 
-adaptor_app = typer.Typer(help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.", no_args_is_help=True)
+adaptor_app = typer.Typer(
+    help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.",
+    no_args_is_help=True,
+)
 app.add_typer(adaptor_app, name="adaptor")
 
 
 @adaptor_app.command("run")
 @friendly_errors
 def adaptor_run(
-    out: Path = typer.Option(..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."),
-    config: Optional[Path] = typer.Option(None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...)."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV; its `report` column gives the texts, else sentences are built from the labels."),
-    loss: Optional[str] = typer.Option(None, help="Contrastive objective: clip (InfoNCE) or siglip (sigmoid)."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder (token embeddings are cached there)."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Pre-training epochs."),
+    out: Path = typer.Option(
+        ..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."
+    ),
+    config: Path | None = typer.Option(
+        None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...)."
+    ),
+    data: Path | None = typer.Option(
+        None, help="Label CSV; its `report` column gives the texts, else sentences are built from the labels."
+    ),
+    loss: str | None = typer.Option(None, help="Contrastive objective: clip (InfoNCE) or siglip (sigmoid)."),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Path | None = typer.Option(None, help="Embedding store folder (token embeddings are cached there)."),
+    epochs: int | None = typer.Option(None, min=1, help="Pre-training epochs."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
-    """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
-    from retune.adaptor_runs import run_adaptor_experiment
+    """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with
+    1/10/100% of the labels."""
     from retune.config import AdaptorExperimentConfig, load_yaml_config, override
+    from retune.experiments.adaptor import run_adaptor_experiment
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
-    settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
+    settings = override(
+        settings,
+        {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}},
+    )
     metrics = run_adaptor_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -408,63 +515,96 @@ def adaptor_run(
 
 
 def _mean_cell(record: dict) -> str:
-    value, interval = record.get("mean_auroc"), record.get("mean_auroc_ci")
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    from retune.report.text import format_interval
+
+    return format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci"))
 
 
-peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the first k blocks.", no_args_is_help=True)
+peft_app = typer.Typer(
+    help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the "
+         "first k blocks.",
+    no_args_is_help=True,
+)
 app.add_typer(peft_app, name="peft")
 
 
 @peft_app.command("run")
 @friendly_errors
 def peft_run(
-    out: Path = typer.Option(..., help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, config.json."),
-    config: Optional[Path] = typer.Option(None, help="YAML with PeftExperimentConfig fields."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv)."),
-    method: Optional[str] = typer.Option(None, help="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."),
-    tower: Optional[str] = typer.Option(None, help="image, text or both."),
-    freeze_blocks: Optional[float] = typer.Option(None, help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs (images pass through the tuned encoder every epoch)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."),
+    out: Path = typer.Option(
+        ...,
+        help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, "
+             "config.json.",
+    ),
+    config: Path | None = typer.Option(None, help="YAML with PeftExperimentConfig fields."),
+    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv)."),
+    method: str | None = typer.Option(
+        None, help="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."
+    ),
+    tower: str | None = typer.Option(None, help="image, text or both."),
+    freeze_blocks: float | None = typer.Option(
+        None,
+        help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store.",
+    ),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Path | None = typer.Option(None, help="Embedding store folder."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Training epochs (images pass through the tuned encoder every epoch)."
+    ),
+    lr: float | None = typer.Option(
+        None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
     from retune.config import PeftExperimentConfig, load_yaml_config, override
-    from retune.peft_runs import run_peft_experiment
+    from retune.experiments.peft import run_peft_experiment
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
-    settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
-                                   "epochs": epochs, "lr": lr, "data": {"csv": data}})
+    settings = override(
+        settings,
+        {
+            "method": method,
+            "tower": tower,
+            "freeze_blocks": freeze_blocks,
+            "backbone": backbone,
+            "store": store,
+            "epochs": epochs,
+            "lr": lr,
+            "data": {"csv": data},
+        },
+    )
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
-    console.print(f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})", highlight=False)
+    console.print(
+        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak "
+        f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
+        highlight=False,
+    )
 
 
 @app.command()
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the data, the store, the results and report.html."),
-    data: Optional[Path] = typer.Option(None, help="Your label CSV instead of synthetic phantoms (e.g. ../shared/data/nih-cxr14/labels.csv)."),
+    data: Path | None = typer.Option(
+        None, help="Your label CSV instead of synthetic phantoms (e.g. ../shared/data/nih-cxr14/labels.csv)."
+    ),
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),
-    device: Optional[str] = DEVICE,
+    device: str | None = DEVICE,
 ) -> None:
     """The main job, offline: a class-incremental scenario with every method on the default backbone.
 
     Without --data it runs on synthetic chest phantoms (made here, seeded); prints the comparison table
     and writes OUT/report.html.
     """
+    from retune.config import DataConfig
     from retune.data.phantoms import write_phantom_dataset
     from retune.scenarios.spec import GeneratorSpec, ScenarioConfig
-    from retune.config import DataConfig
 
     csv_path = data if data is not None else write_phantom_dataset(out / "phantoms", n=n_images, seed=0)
     settings = ScenarioConfig(
@@ -474,7 +614,7 @@ def demo(
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,
     )
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=True)  # a demo always starts over (its inputs may differ run to run)
 
 
 if __name__ == "__main__":

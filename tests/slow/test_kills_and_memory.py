@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -31,7 +30,9 @@ N_KILLED_EMBED = 64
 
 
 def start(*args: str | Path) -> subprocess.Popen:
-    return subprocess.Popen([*RETUNE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(
+        [*RETUNE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
 
 
 def deflated_dicom(path: Path, side: int) -> Path:
@@ -44,8 +45,14 @@ def deflated_dicom(path: Path, side: int) -> Path:
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CT"
-    ds.set_pixel_data(np.zeros((side, side), dtype=np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=16)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+        "CT",
+    )
+    ds.set_pixel_data(
+        np.zeros((side, side), dtype=np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=16
+    )
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -62,14 +69,33 @@ def test_embed_on_hostile_rows_finishes_in_bounded_time_and_memory(tmp_path):
     deflated_dicom(root / "deflated.dcm", 12000)
     frame = pd.read_csv(csv, dtype=str)
     bad = ["folder", "fifo.png", "/dev/zero", "strip.png", "deflated.dcm"]
-    extra = pd.concat([frame.iloc[[0]]] * len(bad), ignore_index=True).assign(path=bad, patient_id=[f"x{i}" for i in range(len(bad))])
+    extra = pd.concat([frame.iloc[[0]]] * len(bad), ignore_index=True).assign(
+        path=bad, patient_id=[f"x{i}" for i in range(len(bad))]
+    )
     pd.concat([frame, extra]).to_csv(root / "hostile.csv", index=False)
     store = tmp_path / "store"
-    measure = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+    measure = (
+        "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    )
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", measure, *RETUNE, "embed", str(root / "hostile.csv"), "--store", str(store),
-                           "--allow-outside-root"], capture_output=True, text=True, timeout=300, env=ENV)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            measure,
+            *RETUNE,
+            "embed",
+            str(root / "hostile.csv"),
+            "--store",
+            str(store),
+            "--allow-outside-root",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     seconds = time.monotonic() - started
     assert done.returncode == 1, done.stderr
     peak_mb = int(done.stdout.strip().splitlines()[-1]) / 1024
@@ -80,7 +106,11 @@ def test_embed_on_hostile_rows_finishes_in_bounded_time_and_memory(tmp_path):
 
 
 def store_rows(store: Path) -> list[str]:
-    return [key for shard in sorted(store.glob("images/fp=*/part-*.parquet")) for key in pq.read_table(shard).column("content_hash").to_pylist()]
+    return [
+        key
+        for shard in sorted(store.glob("images/fp=*/part-*.parquet"))
+        for key in pq.read_table(shard).column("content_hash").to_pylist()
+    ]
 
 
 @pytest.mark.timeout(900)
@@ -102,9 +132,15 @@ def test_embed_killed_again_and_again_resumes_to_one_row_per_image(tmp_path):
 
 
 def scenario_file(tmp_path: Path, csv: Path) -> Path:
-    spec = {"name": "kill-loop", "store": str(tmp_path / "store"), "data": {"csv": str(csv)},
-            "generate": {"kind": "class", "n_tasks": 2}, "methods": ["naive", "lwf"], "n_bootstrap": 50,
-            "retune": {"optim": {"epochs": 8, "min_epochs": 1, "patience": 8}}}
+    spec = {
+        "name": "kill-loop",
+        "store": str(tmp_path / "store"),
+        "data": {"csv": str(csv)},
+        "generate": {"kind": "class", "n_tasks": 2},
+        "methods": ["naive", "lwf"],
+        "n_bootstrap": 50,
+        "retune": {"optim": {"epochs": 8, "min_epochs": 1, "patience": 8}},
+    }
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -139,6 +175,8 @@ def test_scenario_killed_at_every_task_boundary_and_during_logging_resumes_exact
     resumed = start("scenario", "run", config, "--out", out)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     for method in ("naive", "lwf"):
-        assert (out / method / "results.json").read_bytes() == (tmp_path / "reference" / method / "results.json").read_bytes()
+        assert (out / method / "results.json").read_bytes() == (
+            tmp_path / "reference" / method / "results.json"
+        ).read_bytes()
     runs = [p for p in (out / "mlruns").glob("*/*/meta.yaml") if "lifecycle_stage: active" in p.read_text()]
     assert len(runs) == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from retune.runs import train_run
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
@@ -15,7 +16,6 @@ from retune.cli import app
 from retune.config import TrainConfig
 from retune.data.phantoms import write_phantom_dataset
 from retune.methods.checkpoint import CHECKPOINT, CONFIG, file_sha256
-from retune.runs import train_run
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A small RE-tune + linear-probe run on 24 phantoms with the default backbone: (run dir, labels.csv)."""
     root = tmp_path_factory.mktemp("tamper")
     csv = write_phantom_dataset(root / "data", n=24, seed=0, size=64)
-    config = TrainConfig(data={"csv": csv}, store=root / "store", baselines=["linear_probe"], n_bootstrap=0, device="cpu",
-                         retune={"optim": {"epochs": 3, "min_epochs": 1}})
+    config = TrainConfig(
+        data={"csv": csv},
+        store=root / "store",
+        baselines=["linear_probe"],
+        n_bootstrap=0,
+        device="cpu",
+        retune={"optim": {"epochs": 3, "min_epochs": 1}},
+    )
     train_run(config, root / "run")
     return root / "run", csv
 
@@ -41,7 +47,9 @@ def rewrite_tensors(run: Path, edit, keep_hash_valid: bool = True) -> None:
     tensors = load_file(str(run / CHECKPOINT))
     edit(tensors)
     save_file(tensors, str(run / CHECKPOINT))
-    if keep_hash_valid:  # an attacker (or an old checkpoint) with a matching or absent hash: the other checks still hold
+    if (
+        keep_hash_valid
+    ):  # an attacker (or an old checkpoint) with a matching or absent hash: the other checks still hold
         facts = json.loads((run / CONFIG).read_text())
         facts["weights_sha256"] = file_sha256(run / CHECKPOINT)
         (run / CONFIG).write_text(json.dumps(facts))
@@ -80,9 +88,16 @@ CASES = {
     "config is a list": (lambda run: (run / CONFIG).write_text("[1, 2]"), CONFIG, "field '(top level)'"),
     "no backbone": (lambda run: edit_config(run, without("backbone")), CONFIG, "field 'backbone': Field required"),
     "no methods": (lambda run: edit_config(run, without("methods")), CONFIG, "field 'methods': Field required"),
-    "class count": (lambda run: edit_config(run, lambda f: {**f, "classes": [*f["classes"], "Extra"]}), CHECKPOINT, "but config.json lists"),
-    "bad train_config": (lambda run: edit_config(run, lambda f: {**f, "train_config": {**f["train_config"], "seed": "x"}}), CONFIG,
-                         "field 'seed'"),
+    "class count": (
+        lambda run: edit_config(run, lambda f: {**f, "classes": [*f["classes"], "Extra"]}),
+        CHECKPOINT,
+        "but config.json lists",
+    ),
+    "bad train_config": (
+        lambda run: edit_config(run, lambda f: {**f, "train_config": {**f["train_config"], "seed": "x"}}),
+        CONFIG,
+        "field 'seed'",
+    ),
 }
 
 
@@ -92,8 +107,11 @@ def test_a_tampered_checkpoint_is_refused_in_one_line(trained, tmp_path, case, c
     change, file_named, problem = CASES[case]
     run = tampered(trained, tmp_path, change)
     csv = trained[1]
-    args = ["evaluate", "--run", run, "--data", csv, "--n-bootstrap", "0"] if command == "evaluate" else \
-        ["predict", str(csv.parent / "images" / "phantom_00000.png"), "--run", run]
+    args = (
+        ["evaluate", "--run", run, "--data", csv, "--n-bootstrap", "0"]
+        if command == "evaluate"
+        else ["predict", str(csv.parent / "images" / "phantom_00000.png"), "--run", run]
+    )
     result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "1000"})
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
@@ -104,7 +122,9 @@ def test_a_tampered_checkpoint_is_refused_in_one_line(trained, tmp_path, case, c
 def test_the_untouched_run_loads_and_its_hash_is_recorded(trained):
     facts = json.loads((trained[0] / CONFIG).read_text())
     assert facts["weights_sha256"] == file_sha256(trained[0] / CHECKPOINT)
-    result = CliRunner().invoke(app, ["evaluate", "--run", str(trained[0]), "--data", str(trained[1]), "--n-bootstrap", "0", "--json"])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--run", str(trained[0]), "--data", str(trained[1]), "--n-bootstrap", "0", "--json"]
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -114,8 +134,11 @@ def test_predict_records_a_directory_and_a_fifo_and_scores_the_rest(trained, tmp
 
     os.mkfifo(tmp_path / "fifo.png")
     good = trained[1].parent / "images" / "phantom_00000.png"
-    result = CliRunner().invoke(app, ["predict", str(good), str(tmp_path), str(tmp_path / "fifo.png"), "--run", str(trained[0])],
-                                env={"COLUMNS": "1000"})
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(good), str(tmp_path), str(tmp_path / "fifo.png"), "--run", str(trained[0])],
+        env={"COLUMNS": "1000"},
+    )
     assert result.exit_code == 1, result.output
     assert "phantom_00000.png" in result.stdout and "Traceback" not in result.output
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]

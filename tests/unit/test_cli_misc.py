@@ -12,14 +12,24 @@ runner = CliRunner()
 
 
 def _record(method: str, mean: float) -> dict:
-    return {"method": method, "backbone": "default", "split": "test", "per_class": {}, "mean_auroc": mean, "mean_auroc_ci": [mean - 0.05, mean + 0.05], "n_images": 10}
+    return {
+        "method": method,
+        "backbone": "default",
+        "split": "test",
+        "per_class": {},
+        "mean_auroc": mean,
+        "mean_auroc_ci": [mean - 0.05, mean + 0.05],
+        "n_images": 10,
+    }
 
 
 def test_compare_lists_main_and_baseline_records(tmp_path):
     """`retune compare` shows every method of every run with its mean AUROC and CI."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.json").write_text(json.dumps({**_record("retune", 0.71), "baselines": {"linear_probe": _record("linear_probe", 0.69)}}))
+    (run / "metrics.json").write_text(
+        json.dumps({**_record("retune", 0.71), "baselines": {"linear_probe": _record("linear_probe", 0.69)}})
+    )
     result = runner.invoke(app, ["compare", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "retune" in result.output and "linear_probe" in result.output
@@ -51,9 +61,11 @@ def test_train_unknown_objective_names_the_field(tmp_path):
 
 def test_peft_and_adaptor_bad_options_are_one_line(tmp_path):
     """--method / --lr / --loss outside their ranges: exit 2 naming the field, no traceback."""
-    for args, field in ((["peft", "run", "--out", str(tmp_path / "a"), "--method", "dora"], "method"),
-                        (["peft", "run", "--out", str(tmp_path / "b"), "--lr", "-1"], "lr"),
-                        (["adaptor", "run", "--out", str(tmp_path / "c"), "--loss", "triplet"], "loss")):
+    for args, field in (
+        (["peft", "run", "--out", str(tmp_path / "a"), "--method", "dora"], "method"),
+        (["peft", "run", "--out", str(tmp_path / "b"), "--lr", "-1"], "lr"),
+        (["adaptor", "run", "--out", str(tmp_path / "c"), "--loss", "triplet"], "loss"),
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert f"command line: field '{field}'" in result.output and "Traceback" not in result.output
@@ -69,11 +81,17 @@ def test_unknown_backbone_lists_valid_names(tmp_path):
 
 
 def test_help_teaches_the_flow():
-    """Top-level help names the main commands."""
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for command in ("embed", "train", "evaluate", "predict", "scenario", "demo", "store", "compare"):
-        assert command in result.output
+    """The main commands are registered (not merely named in the app's prose) and each one's --help runs."""
+    import re
+
+    import typer.main
+
+    expected = {"embed", "train", "evaluate", "predict", "scenario", "demo", "store", "compare"}
+    assert expected <= set(typer.main.get_command(app).commands)
+    for command in sorted(expected):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert re.search(rf"Usage: \S+ {command}\b", result.output), result.output
 
 
 def test_peft_run_freeze_k_on_phantoms(tmp_path):
@@ -82,17 +100,59 @@ def test_peft_run_freeze_k_on_phantoms(tmp_path):
 
     csv = write_phantom_dataset(tmp_path / "phantoms", n=40, seed=1)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["peft", "run", "--data", str(csv), "--out", str(out), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1", "--store", str(tmp_path / "store"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "peft",
+            "run",
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--method",
+            "freeze",
+            "--freeze-blocks",
+            "6",
+            "--epochs",
+            "1",
+            "--store",
+            str(tmp_path / "store"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "freeze-k" and metrics["tuning"]["learning_rate"] == 1e-4  # the freeze default
-    again = runner.invoke(app, ["peft", "run", "--data", str(csv), "--out", str(tmp_path / "lr"), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1",
-                                "--store", str(tmp_path / "store"), "--lr", "0.0005", "--json"])
+    again = runner.invoke(
+        app,
+        [
+            "peft",
+            "run",
+            "--data",
+            str(csv),
+            "--out",
+            str(tmp_path / "lr"),
+            "--method",
+            "freeze",
+            "--freeze-blocks",
+            "6",
+            "--epochs",
+            "1",
+            "--store",
+            str(tmp_path / "store"),
+            "--lr",
+            "0.0005",
+            "--json",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "lr" / "metrics.json").read_text())["tuning"]["learning_rate"] == 5e-4
     assert 0 < metrics["trainable_percent"] < 100
-    assert metrics["peak_memory_mb"] > 0
-    assert (out / "checkpoint.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["kind"] == "peft"
+    evaluate = ["evaluate", "--run", str(out), "--data", str(csv), "--n-bootstrap", "10", "--json"]
+    evaluated = runner.invoke(app, evaluate)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["method"] == "freeze-k"
 
 
 def test_adaptor_run_on_phantoms_reports_retrieval_and_fractions(tmp_path):
@@ -103,9 +163,56 @@ def test_adaptor_run_on_phantoms_reports_retrieval_and_fractions(tmp_path):
     config = tmp_path / "adaptor.yaml"
     config.write_text("layers: 1\nwidth: 32\nheads: 2\nembed_dim: 16\nn_bootstrap: 50\nlabel_fractions: [0.1, 1.0]\n")
     out = tmp_path / "run"
-    result = runner.invoke(app, ["adaptor", "run", "--data", str(csv), "--out", str(out), "--config", str(config), "--epochs", "3", "--store", str(tmp_path / "store")], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app,
+        [
+            "adaptor",
+            "run",
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--epochs",
+            "3",
+            "--store",
+            str(tmp_path / "store"),
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["label_fractions"]) == {"0.1", "1.0"}
     assert all(0.0 <= value <= 1.0 for value in metrics["retrieval"]["adaptor"]["image_to_text"].values())
     assert "retrieval" in result.output and "100%" in result.output
+    assert json.loads((out / "config.json").read_text())["kind"] == "adaptor"
+    image = next((tmp_path / "phantoms").rglob("*.png"))
+    for command in (["evaluate", "--run", str(out), "--data", str(csv)], ["predict", str(image), "--run", str(out)]):
+        refused = runner.invoke(app, command, env={"COLUMNS": "400"})
+        assert refused.exit_code == 2, refused.output
+        assert "an Adaptor run (kind 'adaptor') is evaluated by `retune adaptor run`" in refused.output
+        assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
+
+
+def test_a_train_run_records_its_kind_and_an_older_run_without_it_still_evaluates(tmp_path):
+    """config.json says kind 'retune-train'; with the field removed (runs saved before it) evaluate gives the same."""
+    from retune.data.phantoms import write_phantom_dataset
+
+    csv = write_phantom_dataset(tmp_path / "phantoms", n=48, seed=3)
+    config = tmp_path / "fast.yaml"
+    config.write_text("retune:\n  optim:\n    epochs: 3\n    min_epochs: 1\nn_bootstrap: 10\nbaselines: []\n")
+    out = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "--data", str(csv), "--out", str(out), "--config", str(config),
+                                  "--store", str(tmp_path / "store")])
+    assert trained.exit_code == 0, trained.output
+    facts = json.loads((out / "config.json").read_text())
+    assert facts["kind"] == "retune-train"
+    command = ["evaluate", "--run", str(out), "--data", str(csv), "--n-bootstrap", "10", "--json"]
+    current = runner.invoke(app, command)
+    assert current.exit_code == 0, current.output
+    del facts["kind"]
+    (out / "config.json").write_text(json.dumps(facts))
+    older = runner.invoke(app, command)
+    assert older.exit_code == 0, older.output
+    assert json.loads(older.stdout)["per_class"] == json.loads(current.stdout)["per_class"]

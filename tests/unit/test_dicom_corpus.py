@@ -26,14 +26,23 @@ def test_every_pydicom_test_file_is_embedded_or_recorded(tmp_path):
     csv = tmp_path / "pydicom.csv"
     pd.DataFrame({"path": files, "patient_id": [f"p{i}" for i in range(len(files))]}).to_csv(csv, index=False)
     store = tmp_path / "store"
-    result = CliRunner().invoke(app, ["embed", str(csv), "--store", str(store), "--allow-outside-root", "--batch-size", "8"],
-                                env={"COLUMNS": "1000"})
+    result = CliRunner().invoke(
+        app,
+        ["embed", str(csv), "--store", str(store), "--allow-outside-root", "--batch-size", "8"],
+        env={"COLUMNS": "1000"},
+    )
     assert result.exit_code in (0, 1) and isinstance(result.exception, (SystemExit, type(None))), result.output
     assert "Traceback" not in result.output
-    errors = pd.concat([pd.read_csv(p) for p in (store / "errors").glob("*.csv")]) if (store / "errors").exists() else pd.DataFrame(columns=["path"])
+    errors = (
+        pd.concat([pd.read_csv(p) for p in (store / "errors").glob("*.csv")])
+        if (store / "errors").exists()
+        else pd.DataFrame(columns=["path"])
+    )
     recorded = set(errors["path"])
     assert errors["reason"].notna().all() and (errors["reason"].str.len() > 0).all()
-    assert not errors["reason"].str.contains("plugins are missing dependencies:$", regex=True).any()  # whole reasons, not cut
+    assert (
+        not errors["reason"].str.contains("plugins are missing dependencies:$", regex=True).any()
+    )  # whole reasons, not cut
     fingerprint = create_backbone("default").fingerprint
     stored = EmbeddingStore(store, create=False).keys("images", fingerprint)
     embedded = set()

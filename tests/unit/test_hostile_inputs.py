@@ -44,16 +44,25 @@ def with_rows(csv: Path, paths: list[str], name: str = "hostile.csv") -> Path:
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width`` x ``height`` greyscale pixels, with one tiny deflated row of data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def embed(csv: Path, store: EmbeddingStore, backbone=None, **kwargs):
     kwargs.setdefault("workers", 0)
     allow = kwargs.pop("allow_outside_root", False)
-    return embed_table(read_table(csv, allow_outside_root=allow), backbone or FakeBackbone(), store, show_progress=False, **kwargs)
+    return embed_table(
+        read_table(csv, allow_outside_root=allow), backbone or FakeBackbone(), store, show_progress=False, **kwargs
+    )
 
 
 @pytest.mark.timeout(60)
@@ -83,7 +92,9 @@ def test_permission_denied_row_is_recorded(phantom_csv, tmp_path):
 def test_size_limit_applies_before_hashing(phantom_csv, tmp_path):
     big = phantom_csv.parent / "big.png"
     big.write_bytes(b"\x00" * 5000)
-    summary = embed(with_rows(phantom_csv, ["big.png"]), EmbeddingStore(tmp_path / "store"), limits=DecodeLimits(max_bytes=4096))
+    summary = embed(
+        with_rows(phantom_csv, ["big.png"]), EmbeddingStore(tmp_path / "store"), limits=DecodeLimits(max_bytes=4096)
+    )
     assert summary.n_computed == N_GOOD
     assert "over the size limit of 4096 bytes" in summary.errors["reason"].iloc[0]
 
@@ -146,7 +157,9 @@ def test_shards_flush_on_a_time_budget(phantom_csv, tmp_path):
     store = EmbeddingStore(tmp_path / "store")
     backbone = FakeBackbone()
     embed(phantom_csv, store, backbone, batch_size=2, flush_seconds=0)
-    assert len(store.shards("images", backbone.fingerprint)) == N_GOOD // 2  # one shard per batch, not one per 512 images
+    assert (
+        len(store.shards("images", backbone.fingerprint)) == N_GOOD // 2
+    )  # one shard per batch, not one per 512 images
 
 
 def test_symlink_out_of_the_root_is_refused_and_never_hashed(phantom_csv, tmp_path):
@@ -161,7 +174,11 @@ def test_symlink_out_of_the_root_is_refused_and_never_hashed(phantom_csv, tmp_pa
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 class TupleBackbone(FakeBackbone):
@@ -192,7 +209,9 @@ def test_a_fully_cached_store_is_never_written(phantom_csv, tmp_path, monkeypatc
     assert summary.n_cached == N_GOOD and summary.n_computed == 0
     assert tree_state(store_dir) == before
     Image.new("L", (32, 32), 200).save(phantom_csv.parent / "new.png")
-    with pytest.raises(StoreError, match=r"store: cannot write to the store \(Read-only file system\); the store is read-only"):
+    with pytest.raises(
+        StoreError, match=r"store: cannot write to the store \(Read-only file system\); the store is read-only"
+    ):
         embed(with_rows(phantom_csv, ["new.png"]), store, backbone)
 
 

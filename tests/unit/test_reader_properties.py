@@ -6,9 +6,9 @@ the file, the spreadsheet row (the header is row 1) and the column."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,8 @@ padded_tokens = st.tuples(padding, tokens, padding).map("".join)
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=8)
 # Printable text that is not a label once stripped (no control characters, which no CSV writer round-trips).
 not_labels = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=6).filter(
-    lambda text: text.strip() not in VALUE_OF)
+    lambda text: text.strip() not in VALUE_OF
+)
 
 
 @contextmanager
@@ -43,10 +44,12 @@ def written(frame: pd.DataFrame) -> Iterator[Path]:
 @st.composite
 def label_tables(draw) -> pd.DataFrame:
     n_rows = draw(st.integers(1, 12))
-    frame = pd.DataFrame({
-        "path": [f"{draw(names)}/{i}.png" for i in range(n_rows)],
-        "patient_id": [draw(names) for _ in range(n_rows)],
-    })
+    frame = pd.DataFrame(
+        {
+            "path": [f"{draw(names)}/{i}.png" for i in range(n_rows)],
+            "patient_id": [draw(names) for _ in range(n_rows)],
+        }
+    )
     for name in CLASSES:
         frame[name] = draw(st.lists(padded_tokens, min_size=n_rows, max_size=n_rows))
     return frame
@@ -84,18 +87,23 @@ def test_any_other_label_value_names_file_row_and_column(frame, data, bad):
 def test_paths_that_climb_out_of_the_root_are_refused_with_their_row(frame, data, depth):
     row = data.draw(st.integers(0, len(frame) - 1))
     frame.loc[row, "path"] = "../" * depth + "outside.png"
-    with written(frame) as csv, pytest.raises(DataError, match=rf"^labels.csv row {row + 2}, column 'path': .* escapes the image root"):
+    with (
+        written(frame) as csv,
+        pytest.raises(DataError, match=rf"^labels.csv row {row + 2}, column 'path': .* escapes the image root"),
+    ):
         read_csv_table(csv, classes=CLASSES, image_root=csv.parent / "images")
 
 
 @PROPERTY
 @given(st.lists(st.sets(st.sampled_from(NIH_FINDINGS), max_size=4), min_size=1, max_size=10))
 def test_nih_finding_labels_become_membership(findings):
-    frame = pd.DataFrame({
-        "Image Index": [f"{i:08d}_000.png" for i in range(len(findings))],
-        "Finding Labels": ["|".join(sorted(found)) or "No Finding" for found in findings],
-        "Patient ID": [str(i) for i in range(len(findings))],
-    })
+    frame = pd.DataFrame(
+        {
+            "Image Index": [f"{i:08d}_000.png" for i in range(len(findings))],
+            "Finding Labels": ["|".join(sorted(found)) or "No Finding" for found in findings],
+            "Patient ID": [str(i) for i in range(len(findings))],
+        }
+    )
     with written(frame) as csv:
         table = read_nih(csv)
     for column, name in enumerate(table.classes):

@@ -29,7 +29,9 @@ def learnable_scenario() -> PreparedScenario:
     tasks = generate_tasks(GeneratorSpec(kind="class", n_tasks=N_TASKS), CLASSES, seed=0)
     rows = [(chunk_rows(train, patients, t.rows, 0), chunk_rows(val, patients, t.rows, 0)) for t in tasks]
     context = MethodContext(8, 4, False, PromptBank(), fast_mean_auroc, 0)
-    return PreparedScenario(CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake")
+    return PreparedScenario(
+        CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake"
+    )
 
 
 def results_bytes(name: str, prepared: PreparedScenario, config: ScenarioConfig, work) -> bytes:

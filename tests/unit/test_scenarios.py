@@ -10,10 +10,17 @@ import pytest
 from retune.config import ReTuneConfig
 from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
+from retune.methods import registry
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
-from retune.methods.registry import register_method
 from retune.scenarios.generators import generate_tasks
-from retune.scenarios.runner import PreparedScenario, chunk_rows, run_method, summarise
+from retune.scenarios.runner import (
+    PreparedScenario,
+    chunk_rows,
+    claim_work_dir,
+    results_fingerprint,
+    run_method,
+    summarise,
+)
 from retune.scenarios.spec import GeneratorSpec, ScenarioConfig, TaskSpec, validate_tasks
 
 CLASSES = ["A", "B", "C", "D", "E", "F"]
@@ -44,7 +51,11 @@ class RecordingMethod(Method):
         self.classes = list(facts["classes"])
 
 
-register_method(RecordingMethod)
+@pytest.fixture(autouse=True)
+def recording_method(monkeypatch):
+    """RecordingMethod registered for one test only; the global registry is restored afterwards."""
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    registry.register_method(RecordingMethod)
 
 
 def prepared_scenario(kind: str, n_tasks: int = 3, n_rows: int = 300) -> PreparedScenario:
@@ -57,7 +68,9 @@ def prepared_scenario(kind: str, n_tasks: int = 3, n_rows: int = 300) -> Prepare
     tasks = generate_tasks(GeneratorSpec(kind=kind, n_tasks=n_tasks), CLASSES, seed=0)
     rows = [(chunk_rows(train, patients, t.rows, 0), chunk_rows(val, patients, t.rows, 0)) for t in tasks]
     context = MethodContext(8, 4, False, PromptBank(), fast_mean_auroc, 0)
-    return PreparedScenario(CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake")
+    return PreparedScenario(
+        CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake", "fake-print"
+    )
 
 
 def test_class_incremental_tasks_have_disjoint_classes_and_rows():
@@ -66,7 +79,7 @@ def test_class_incremental_tasks_have_disjoint_classes_and_rows():
     tasks = prepared.tasks_by_order[0]
     assert sorted(c for t in tasks for c in t.classes) == sorted(CLASSES)
     train_sets = [set(train.tolist()) for train, _ in prepared.rows_by_order[0]]
-    assert all(not (a & b) for i, a in enumerate(train_sets) for b in train_sets[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(train_sets) for b in train_sets[i + 1 :])
     assert set().union(*train_sets) == set(range(200))
 
 
@@ -120,7 +133,9 @@ def test_runner_hands_each_task_only_its_own_rows_as_copies(tmp_path):
     config = ScenarioConfig(generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"])
     run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
     assert len(RecordingMethod.received) == 3
-    for task, (train, val), spec in zip(RecordingMethod.received, prepared.rows_by_order[0], prepared.tasks_by_order[0]):
+    for task, (train, val), spec in zip(
+        RecordingMethod.received, prepared.rows_by_order[0], prepared.tasks_by_order[0]
+    ):
         assert sorted(task.train_x[:, 0].astype(int).tolist()) == sorted(train.tolist())
         assert task.classes == tuple(spec.classes)
         assert task.train_y.shape == (len(train), len(spec.classes))
@@ -144,13 +159,52 @@ def test_interrupted_run_resumes_after_last_finished_task(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_summary_has_the_documented_fields(tmp_path):
-    """results.json carries method, scenario, classes, tasks, the matrix, per-task means, final AUROC with CI, forgetting, BWT."""
+def test_saved_states_of_another_configuration_are_refused_or_restarted(tmp_path):
+    """A changed config, data or fingerprint never resumes: one-line refusal naming --restart, or a clean restart."""
     prepared = prepared_scenario("class")
-    config = ScenarioConfig(name="toy", generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], n_bootstrap=50)
+    config = ScenarioConfig(generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], seed=0)
+    fingerprint = results_fingerprint("recording", config, prepared)
+    folder = tmp_path / "recording"
+    claim_work_dir(folder, fingerprint, restart=False)
+    run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
+    claim_work_dir(folder, fingerprint, restart=False)  # same inputs: the states stay for resuming
+    assert (folder / "order0" / "task3" / "done.json").exists()
+
+    changed_config = config.model_copy(update={"seed": 1})
+    changed_data = prepared_scenario("class")
+    changed_data.labels[0, 0] = 1.0 - changed_data.labels[0, 0]
+    moved_store = config.model_copy(update={"store": tmp_path / "elsewhere"})
+    assert results_fingerprint("recording", moved_store, prepared) == fingerprint  # where it runs is not an input
+    for other in (results_fingerprint("recording", changed_config, prepared),
+                  results_fingerprint("recording", config, changed_data)):
+        assert other != fingerprint
+        with pytest.raises(ConfigError, match=r"saved task states come from another config.*rerun with --restart"):
+            claim_work_dir(folder, other, restart=False)
+    claim_work_dir(folder, results_fingerprint("recording", changed_config, prepared), restart=True)
+    assert not (folder / "order0").exists()
+
+
+def test_summary_has_the_documented_fields(tmp_path):
+    """results.json carries method, scenario, classes, tasks, the matrix, per-task means, final AUROC with CI,
+    forgetting, BWT."""
+    prepared = prepared_scenario("class")
+    config = ScenarioConfig(
+        name="toy", generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], n_bootstrap=50
+    )
     scores = run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
     result = summarise("recording", prepared, config, {0: scores})
-    for key in ("method", "scenario", "classes", "tasks", "auroc_matrix", "mean_auroc_per_task", "final_mean_auroc", "final_mean_auroc_ci", "forgetting", "bwt"):
+    for key in (
+        "method",
+        "scenario",
+        "classes",
+        "tasks",
+        "auroc_matrix",
+        "mean_auroc_per_task",
+        "final_mean_auroc",
+        "final_mean_auroc_ci",
+        "forgetting",
+        "bwt",
+    ):
         assert key in result
     assert len(result["auroc_matrix"]) == 3 and len(result["auroc_matrix"][0]) == len(CLASSES)
     first_task_classes = [CLASSES.index(c) for c in prepared.tasks_by_order[0][1].classes]

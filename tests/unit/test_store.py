@@ -18,7 +18,6 @@ from retune.data.phantoms import write_phantom_dataset
 from retune.data.readers import read_table
 from retune.errors import StoreError
 from retune.store import EmbeddingStore, embed_table, image_embeddings, purge_store, text_embeddings, text_hash
-from retune.store import store as store_module
 
 N = 24
 SIDE = 16
@@ -103,7 +102,12 @@ def embed(csv_path: Path, backbone: Backbone, store: EmbeddingStore, **kwargs):
 def add_rows(csv_path: Path, paths: list[str], name: str = "extended.csv") -> Path:
     """A copy of ``csv_path`` (same folder) with extra all-negative rows for ``paths``."""
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    extra = pd.DataFrame([{**{column: "0" for column in frame.columns}, "path": path, "patient_id": f"extra-{i}", "report": ""} for i, path in enumerate(paths)])
+    extra = pd.DataFrame(
+        [
+            {**{column: "0" for column in frame.columns}, "path": path, "patient_id": f"extra-{i}", "report": ""}
+            for i, path in enumerate(paths)
+        ]
+    )
     target = csv_path.parent / name
     pd.concat([frame, extra], ignore_index=True).to_csv(target, index=False)
     return target
@@ -203,7 +207,6 @@ def test_killed_run_leaves_whole_shards_and_resumes(phantoms, backbone, store, m
     keys = stored_hashes(store, fingerprint)
     assert len(keys) == N and len(set(keys)) == N
     assert store.summary()["rows"][fingerprint]["images"] == N
-    assert all(not shard.name.startswith(".tmp-") for shard in store.shards("images", fingerprint))
     assert len(pd.read_parquet(store.root / "images")) == N
 
 
@@ -239,7 +242,10 @@ def test_every_path_of_duplicate_unreadable_files_is_reported(phantoms, backbone
     (images / "empty_b.png").write_bytes(b"")
     csv_path = add_rows(phantoms, ["images/empty_a.png", "images/empty_b.png"])
     summary = embed(csv_path, backbone, store)
-    assert set(summary.errors["path"]) == {str((images / "empty_a.png").resolve()), str((images / "empty_b.png").resolve())}
+    assert set(summary.errors["path"]) == {
+        str((images / "empty_a.png").resolve()),
+        str((images / "empty_b.png").resolve()),
+    }
 
 
 def test_tokens_are_stored(phantoms, backbone, store):
@@ -356,10 +362,11 @@ def test_lock_refuses_second_writer(phantoms, backbone, store):
 
 
 def test_store_ignores_foreign_shard_names(phantoms, backbone, store):
-    """Only finished part-*.parquet files count as shards; temp files never do."""
+    """Only finished part-*.parquet files are read: valid Parquet copies under temp or other names add no rows."""
     embed(phantoms, backbone, store)
     folder = store.shard_dir("images", backbone.fingerprint)
-    (folder / ".tmp-part-x.parquet-123").write_bytes(b"garbage")
-    assert all(path.name.startswith("part-") for path in store.shards("images", backbone.fingerprint))
-    assert len(store.keys("images", backbone.fingerprint)) == N
-    assert store_module.pq.ParquetFile(store.shards("images", backbone.fingerprint)[0]).metadata.num_rows == N
+    (shard,) = store.shards("images", backbone.fingerprint)
+    for name in (".tmp-part-x.parquet-123", "copy.parquet", "part-copy.parquet.bak"):
+        (folder / name).write_bytes(shard.read_bytes())
+    assert len(stored_hashes(store, backbone.fingerprint)) == N
+    assert store.summary()["rows"][backbone.fingerprint]["images"] == N

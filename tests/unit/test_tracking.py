@@ -14,9 +14,18 @@ pytest.importorskip("mlflow")
 def fake_results(out_dir, methods=("naive", "lwf")) -> dict[str, dict]:
     results = {}
     for name in methods:
-        result = {"method": name, "scenario": "toy", "backbone": "fake", "kind": "class", "exemplar_free": True,
-                  "final_mean_auroc": 0.7, "forgetting": 0.1, "bwt": -0.1, "average_incremental_auroc": 0.75,
-                  "mean_auroc_per_task": [0.8, 0.7]}
+        result = {
+            "method": name,
+            "scenario": "toy",
+            "backbone": "fake",
+            "kind": "class",
+            "exemplar_free": True,
+            "final_mean_auroc": 0.7,
+            "forgetting": 0.1,
+            "bwt": -0.1,
+            "average_incremental_auroc": 0.75,
+            "mean_auroc_per_task": [0.8, 0.7],
+        }
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         (out_dir / name / "results.json").write_text(json.dumps(result))
         results[name] = result

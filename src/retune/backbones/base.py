@@ -6,11 +6,17 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+
+def names_under(*prefixes: str) -> Callable[[str], bool]:
+    """Predicate: a module/parameter name lies under one of ``prefixes`` (for ``Backbone.tower``)."""
+    return lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 @dataclass
@@ -63,18 +69,25 @@ class Backbone(ABC):
     def fingerprint_parts(self) -> dict:
         """Everything that determines the embeddings: model id, weight hashes, preprocessing."""
 
+    def tower(self, name: str) -> tuple[torch.nn.Module, Callable[[str], bool]] | None:
+        """Where encoder tower ``name`` (image, text) lives, for tuning: (module, which of its parameter/module names
+        belong to the tower), or None if it cannot be located. Default: an ``image_model`` / ``text_model``
+        attribute; families holding both towers in one module override this."""
+        module = getattr(self, f"{name}_model", None)
+        return (module, lambda _: True) if isinstance(module, torch.nn.Module) else None
+
     @property
     def modules(self) -> list[torch.nn.Module]:
         """The torch modules this backbone owns (used to move devices and to freeze)."""
         return [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
 
-    def to(self, device: str | torch.device) -> "Backbone":
+    def to(self, device: str | torch.device) -> Backbone:
         self.device = torch.device(device)
         for module in self.modules:
             module.to(self.device)
         return self
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         """Put every module in eval mode with gradients off (the encoders are never trained here)."""
         for module in self.modules:
             module.eval()

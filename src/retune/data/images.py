@@ -44,7 +44,9 @@ class DecodeLimits:
         if width <= 0 or height <= 0:
             raise DataError(f"{path}: image has no pixels ({width} x {height})")
         if width * height > self.max_pixels:
-            raise DataError(f"{path}: image of {width} x {height} pixels is over the pixel budget of {self.max_pixels}")
+            raise DataError(
+                f"{path}: image of {width} x {height} pixels is over the pixel budget of {self.max_pixels}"
+            )
         if max(width, height) / min(width, height) > self.max_aspect_ratio:
             raise DataError(f"{path}: image of {width} x {height} pixels is more elongated than the limit "
                             f"({self.max_aspect_ratio:g}:1); preprocessing would blow it up")
@@ -208,8 +210,10 @@ def _check_deflated_size(path: Path, limits: DecodeLimits) -> None:
                 inflated += len(inflater.decompress(chunk, _HASH_CHUNK))
                 chunk = inflater.unconsumed_tail
             if inflated > allowed:
-                raise DataError(f"{path}: deflated DICOM inflates to over {allowed} bytes, more than the pixel budget of "
-                                f"{limits.max_pixels} can need; not decoded")
+                raise DataError(
+                    f"{path}: deflated DICOM inflates to over {allowed} bytes, more than the pixel budget of "
+                    f"{limits.max_pixels} can need; not decoded"
+                )
 
 
 def _windowed(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:

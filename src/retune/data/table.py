@@ -46,7 +46,9 @@ class ImageTable:
         """Float32 matrix (rows x classes) with NaN where the label is masked."""
         return self.frame[classes or self.classes].to_numpy(dtype=np.float32)
 
-    def subset(self, rows: np.ndarray | list[int]) -> "ImageTable":
+    def subset(self, rows: np.ndarray | list[int]) -> ImageTable:
         """A new table with only the given row positions (order kept, index reset)."""
         frame = self.frame.iloc[np.asarray(rows, dtype=int)].reset_index(drop=True)
-        return ImageTable(frame, list(self.classes), self.source, self.image_root, dict(self.extra), self.confined_root)
+        return ImageTable(
+            frame, list(self.classes), self.source, self.image_root, dict(self.extra), self.confined_root
+        )

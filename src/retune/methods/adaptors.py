@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import nn
 
-from retune.config import AdaptorConfig
+from retune.config import AdaptorConfig, AdaptorKind
 from retune.errors import ConfigError, unknown_name
 
-ADAPTOR_KINDS = ("identity", "dense", "mlp")
+ADAPTOR_KINDS = get_args(AdaptorKind)
 
 
 class MLPAdaptor(nn.Module):
@@ -24,7 +26,9 @@ class MLPAdaptor(nn.Module):
         return out + self.skip(features) if self.skip is not None else out
 
 
-def make_adaptor(kind: str, in_dim: int, out_dim: int, hidden_dim: int = 512, residual: bool = False, dropout: float = 0.0) -> nn.Module:
+def make_adaptor(
+    kind: str, in_dim: int, out_dim: int, hidden_dim: int = 512, residual: bool = False, dropout: float = 0.0
+) -> nn.Module:
     """Build one adaptor; dropout is applied to its input (a cheap regulariser for small data)."""
     if kind not in ADAPTOR_KINDS:
         raise unknown_name("adaptor", kind, ADAPTOR_KINDS)

@@ -8,8 +8,9 @@ method gets a handle on earlier tasks' data.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class MethodContext:
     text_dim: int
     aligned: bool
     prompts: PromptBank
-    val_score: Callable[[np.ndarray, np.ndarray], "float | None"]  # (scores, labels) -> mean AUROC, for early stopping
+    val_score: Callable[[np.ndarray, np.ndarray], float | None]  # (scores, labels) -> mean AUROC, for early stopping
     seed: int = 0
 
 
@@ -57,7 +58,6 @@ class Method(ABC):
     description: ClassVar[str]
     requires_aligned: ClassVar[bool] = False  # needs image and text in one space (zero-shot)
     exemplar_free: ClassVar[bool] = True  # False only for the joint upper bound
-    trains: ClassVar[bool] = True  # False for zero-shot
 
     def __init__(self, context: MethodContext) -> None:
         torch.manual_seed(context.seed)  # weight initialisation depends on the seed only, not on earlier work

@@ -33,7 +33,7 @@ class CheckpointFacts(BaseModel):
 
     methods: dict[str, dict] = Field(description="Per saved method: its JSON facts (classes, temperature, ...).")
     versions: dict[str, str] = Field(default_factory=dict)
-    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of checkpoint.safetensors.")
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the tensors file.")
 
 
 class BackboneFacts(BaseModel):
@@ -76,19 +76,31 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(directory: str | Path, methods: dict[str, tuple[dict[str, np.ndarray], dict]], facts: dict) -> None:
+def save_checkpoint(
+    directory: str | Path, methods: dict[str, tuple[dict[str, np.ndarray], dict]], facts: dict
+) -> None:
     """Write every method's tensors (prefixed ``method/``) and the JSON facts with the tensors' SHA-256, atomically."""
     directory = Path(directory)
-    tensors = {f"{name}/{key}": np.ascontiguousarray(value) for name, (state, _) in methods.items() for key, value in state.items()}
+    tensors = {
+        f"{name}/{key}": np.ascontiguousarray(value)
+        for name, (state, _) in methods.items()
+        for key, value in state.items()
+    }
     with atomic_path(directory / CHECKPOINT) as temp:
         save_file(tensors, str(temp))
         digest = file_sha256(temp)
-    payload = {**facts, "methods": {name: method_facts for name, (_, method_facts) in methods.items()}, "versions": package_versions(),
-               "weights_sha256": digest}
+    payload = {
+        **facts,
+        "methods": {name: method_facts for name, (_, method_facts) in methods.items()},
+        "versions": package_versions(),
+        "weights_sha256": digest,
+    }
     write_json_atomic(directory / CONFIG, payload)
 
 
-def load_checkpoint(directory: str | Path, facts_model: type[FactsT] = CheckpointFacts) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+def load_checkpoint(
+    directory: str | Path, facts_model: type[FactsT] = CheckpointFacts
+) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """Read a run directory's checkpoint: ({method: tensors}, facts). Refuses anything but safetensors/JSON, a
     ``config.json`` that ``facts_model`` rejects, tensors whose SHA-256 differs from the recorded one, and
     non-finite tensors."""
@@ -101,7 +113,10 @@ def load_checkpoint(directory: str | Path, facts_model: type[FactsT] = Checkpoin
     facts = _read_facts(config, facts_model)
     recorded = facts.get("weights_sha256")
     if recorded is not None and file_sha256(checkpoint) != recorded:
-        raise StoreError(f"{checkpoint}: SHA-256 differs from the one recorded in {CONFIG} (the file is corrupt or was altered); refusing to load it")
+        raise StoreError(
+            f"{checkpoint}: SHA-256 differs from the one recorded in {CONFIG} (the file is corrupt or was altered); "
+            "refusing to load it"
+        )
     try:
         flat = load_file(str(checkpoint))
     except Exception as error:  # safetensors raises its own error types for a corrupt header
@@ -124,13 +139,18 @@ def _read_facts(config: Path, facts_model: type[CheckpointFacts]) -> dict:
         raw = json.loads(config.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise StoreError(f"{config}: unreadable ({_one_line(error)})") from error
+    return check_facts(config, raw, facts_model)
+
+
+def check_facts(config: Path, facts: object, facts_model: type[CheckpointFacts]) -> dict:
+    """``facts`` (read from ``config``) when ``facts_model`` accepts them, else one StoreError line naming a field."""
     try:
-        facts_model.model_validate(raw)
+        facts_model.model_validate(facts)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
         raise StoreError(f"{config}: field '{field}': {first['msg']}") from None
-    return raw
+    return facts
 
 
 def _one_line(error: Exception) -> str:

@@ -22,7 +22,9 @@ def _save(figure: plt.Figure, target: Path) -> Path:
     return target
 
 
-def plot_roc_curves(scores_by_method: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], target: str | Path) -> Path:
+def plot_roc_curves(
+    scores_by_method: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], target: str | Path
+) -> Path:
     """One panel per class with every method's ROC curve; undefined classes are marked, not drawn."""
     columns = min(5, len(classes))
     rows = math.ceil(len(classes) / columns)
@@ -50,14 +52,18 @@ def plot_roc_curves(scores_by_method: dict[str, np.ndarray], labels: np.ndarray,
     return _save(figure, Path(target))
 
 
-def plot_auroc_matrix(matrix: list[list[float | None]], classes: list[str], task_names: list[str], title: str, target: str | Path) -> Path:
+def plot_auroc_matrix(
+    matrix: list[list[float | None]], classes: list[str], task_names: list[str], title: str, target: str | Path
+) -> Path:
     """Heatmap of R[t][c] (AUROC after task t on class c); blank where unseen or undefined."""
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     figure, axis = plt.subplots(figsize=(0.55 * len(classes) + 2.5, 0.45 * len(task_names) + 1.8))
     image = axis.imshow(values, vmin=0.4, vmax=1.0, cmap="viridis", aspect="auto")
     for (t, c), value in np.ndenumerate(values):
         if not np.isnan(value):
-            axis.text(c, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.75 else "black")
+            axis.text(
+                c, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.75 else "black"
+            )
     axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
     axis.set_yticks(range(len(task_names)), task_names, fontsize=7)
     axis.set_xlabel("class (test split)")

@@ -10,13 +10,7 @@ import numpy as np
 
 from retune.io_utils import write_text_atomic
 from retune.report.plots import plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
-
-
-def _interval(value: float | None, interval: list[float] | None, signed: bool = False) -> str:
-    if value is None:
-        return "undefined"
-    text = f"{value:+.3f}" if signed else f"{value:.3f}"
-    return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text
+from retune.report.text import format_interval as _interval
 
 
 def _several_orders(results: dict[str, dict]) -> bool:
@@ -39,7 +33,9 @@ def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
             _interval(result["final_mean_auroc"], result["final_mean_auroc_ci"]),
             _interval(result["forgetting"], result["forgetting_ci"], signed=True),
             _interval(result["bwt"], result["bwt_ci"], signed=True),
-            "undefined" if result["average_incremental_auroc"] is None else f"{result['average_incremental_auroc']:.3f}",
+            "undefined"
+            if result["average_incremental_auroc"] is None
+            else f"{result['average_incremental_auroc']:.3f}",
         ]
         if _several_orders(results):
             row.append(f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over.get("n") else "undefined")
@@ -52,34 +48,60 @@ def _inline_png(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
 
-def write_scenario_report(results: dict[str, dict], prepared, out_dir: Path) -> Path:
-    """Plots per method and for all methods, then report.html embedding them with the tables."""
+def write_scenario_report(
+    results: dict[str, dict], prepared, out_dir: Path, final_scores: dict[str, np.ndarray]
+) -> Path:
+    """Plots per method and for all methods, then report.html embedding them with the tables; ``final_scores``:
+    each method's test scores after its last task (first order), as the runner computed them."""
     plots = out_dir / "plots"
     first = next(iter(results.values()))
     task_names = [task["name"] or f"task{i + 1}" for i, task in enumerate(first["tasks"])]
-    heatmaps = [plot_auroc_matrix(r["auroc_matrix"], r["classes"], task_names, f"{name}: AUROC after each task", plots / f"auroc_matrix_{name}.png") for name, r in results.items()]
-    curve = plot_mean_auroc_per_task({name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png")
-    final_scores = {}
-    for name in results:
-        order = results[name]["orders"][0]["order"]
-        final = np.load(out_dir / "work" / name / f"order{order}" / f"task{len(task_names)}" / "test_scores.npy")
-        final_scores[name] = np.nan_to_num(final, nan=0.5)
-    roc = plot_roc_curves(final_scores, prepared.labels[prepared.test_rows], prepared.classes, plots / "roc_curves_final.png")
+    heatmaps = [
+        plot_auroc_matrix(
+            r["auroc_matrix"],
+            r["classes"],
+            task_names,
+            f"{name}: AUROC after each task",
+            plots / f"auroc_matrix_{name}.png",
+        )
+        for name, r in results.items()
+    ]
+    curve = plot_mean_auroc_per_task(
+        {name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png"
+    )
+    roc = plot_roc_curves(
+        {name: np.nan_to_num(scores, nan=0.5) for name, scores in final_scores.items()},
+        prepared.labels[prepared.test_rows],
+        prepared.classes,
+        plots / "roc_curves_final.png",
+    )
 
-    table = "".join(f"<tr>{''.join(f'<td>{html.escape(cell)}</td>' for cell in row)}</tr>" for row in comparison_rows(results))
-    tasks = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td><td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>" for n, t in zip(task_names, first["tasks"]))
+    table = "".join(
+        f"<tr>{''.join(f'<td>{html.escape(cell)}</td>' for cell in row)}</tr>" for row in comparison_rows(results)
+    )
+    tasks = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td>"
+        f"<td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>"
+        for n, t in zip(task_names, first["tasks"])
+    )
     note = html.escape(first.get("note", ""))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>retune scenario: {html.escape(first['scenario'])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f3f3}}img{{max-width:100%;margin:0.5em 0}}.note{{color:#7a4b00}}</style></head><body>
-<h1>Scenario {html.escape(first['scenario'])} ({html.escape(str(first.get('kind')))}-incremental)</h1>
-<p>Backbone <code>{html.escape(first['backbone'])}</code>; {first['n_test_images']} test images (patient-level split, seed {first['split_seed']}); training seed {first['seed']}.
-CIs: percentile bootstrap over test patients ({first['n_bootstrap']} replicates). Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final − just-learned AUROC.</p>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>retune scenario: {html.escape(first["scenario"])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f3f3}}
+img{{max-width:100%;margin:0.5em 0}}.note{{color:#7a4b00}}</style></head><body>
+<h1>Scenario {html.escape(first["scenario"])} ({html.escape(str(first.get("kind")))}-incremental)</h1>
+<p>Backbone <code>{html.escape(first["backbone"])}</code>; {first["n_test_images"]} test images
+(patient-level split, seed {first["split_seed"]}); training seed {first["seed"]}.
+CIs: percentile bootstrap over test patients ({first["n_bootstrap"]} replicates).
+Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final − just-learned AUROC.</p>
 <p class="note">{note}</p>
-<h2>Comparison</h2><table><tr>{''.join(f'<th>{h}</th>' for h in comparison_header(results))}</tr>{table}</table>
-<h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>{tasks}</table>
+<h2>Comparison</h2><table><tr>{"".join(f"<th>{h}</th>" for h in comparison_header(results))}</tr>{table}</table>
+<h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>
+{tasks}</table>
 <h2>Mean AUROC after each task</h2>{_inline_png(curve)}
-<h2>AUROC matrices</h2>{''.join(_inline_png(p) for p in heatmaps)}
+<h2>AUROC matrices</h2>{"".join(_inline_png(p) for p in heatmaps)}
 <h2>Per-class ROC curves after the last task</h2>{_inline_png(roc)}
 </body></html>"""
     target = out_dir / "report.html"

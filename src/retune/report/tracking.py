@@ -18,7 +18,9 @@ DIGEST_TAG = "retune.results_sha256"
 COMPLETE_TAG = "retune.logged"
 
 
-def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None) -> str:
+def log_scenario_results(
+    results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None
+) -> str:
     """One MLflow run per method with its headline metrics, per-task curve and the report as artifacts.
 
     Idempotent: each run is tagged with a key of (output folder, method) and the SHA-256 of its results.json.
@@ -41,9 +43,21 @@ def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: 
         if _keep_or_clear(mlflow, experiment.experiment_id, key, digest):
             continue
         with mlflow.start_run(run_name=name, tags={KEY_TAG: key, DIGEST_TAG: digest}):
-            mlflow.log_params({"method": name, "backbone": result["backbone"], "kind": result.get("kind"), "exemplar_free": result["exemplar_free"], **(params or {})})
-            headline = {key: result[key] for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")}
-            mlflow.log_metrics({key: value for key, value in headline.items() if value is not None and not math.isnan(value)})
+            mlflow.log_params(
+                {
+                    "method": name,
+                    "backbone": result["backbone"],
+                    "kind": result.get("kind"),
+                    "exemplar_free": result["exemplar_free"],
+                    **(params or {}),
+                }
+            )
+            headline = {
+                key: result[key] for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
+            }
+            mlflow.log_metrics(
+                {key: value for key, value in headline.items() if value is not None and not math.isnan(value)}
+            )
             for step, value in enumerate(result["mean_auroc_per_task"], start=1):
                 if value is not None:
                     mlflow.log_metric("mean_auroc_seen", value, step=step)
@@ -56,7 +70,9 @@ def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: 
 
 def _keep_or_clear(mlflow, experiment_id: str, key: str, digest: str) -> bool:
     """True when a complete run of these very results exists; otherwise delete earlier runs under ``key``."""
-    runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list"
+    )
     complete = [r for r in runs if r.data.tags.get(COMPLETE_TAG) == "true" and r.data.tags.get(DIGEST_TAG) == digest]
     for run in runs:
         if not complete or run.info.run_id != complete[0].info.run_id:

@@ -40,8 +40,20 @@ from retune.io_utils import atomic_path, write_json_atomic
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("images", "tokens", "texts", "text_tokens", "prefix")
-_KEY_COLUMN = {"prefix": "content_hash", "images": "content_hash", "tokens": "content_hash", "texts": "text_hash", "text_tokens": "text_hash"}
-_VECTOR_COLUMN = {"prefix": "activation", "images": "embedding", "tokens": "tokens", "texts": "embedding", "text_tokens": "tokens"}
+_KEY_COLUMN = {
+    "prefix": "content_hash",
+    "images": "content_hash",
+    "tokens": "content_hash",
+    "texts": "text_hash",
+    "text_tokens": "text_hash",
+}
+_VECTOR_COLUMN = {
+    "prefix": "activation",
+    "images": "embedding",
+    "tokens": "tokens",
+    "texts": "embedding",
+    "text_tokens": "tokens",
+}
 
 
 def text_hash(text: str) -> str:
@@ -141,11 +153,16 @@ class EmbeddingStore:
             keys.update(pq.read_table(shard, columns=[column], memory_map=True).column(column).to_pylist())
         return keys
 
-    def write_vectors(self, kind: str, fingerprint: str, keys: list[str], vectors: np.ndarray, **extra_columns: list) -> Path:
+    def write_vectors(
+        self, kind: str, fingerprint: str, keys: list[str], vectors: np.ndarray, **extra_columns: list
+    ) -> Path:
         """Append one shard of vectors (rows of ``vectors`` match ``keys``)."""
         if len(keys) != len(vectors):
             raise ValueError("keys and vectors differ in length")
-        columns = {_KEY_COLUMN[kind]: pa.array(keys, pa.string()), _VECTOR_COLUMN[kind]: _vector_array(vectors.reshape(len(keys), -1))}
+        columns = {
+            _KEY_COLUMN[kind]: pa.array(keys, pa.string()),
+            _VECTOR_COLUMN[kind]: _vector_array(vectors.reshape(len(keys), -1)),
+        }
         columns.update({name: pa.array(values) for name, values in extra_columns.items()})
         return self._write_shard(self.shard_dir(kind, fingerprint), pa.table(columns))
 
@@ -162,7 +179,9 @@ class EmbeddingStore:
             return [], np.zeros((0, 0), dtype=np.float32)
         # Keys first (cheap), then each shard's vectors straight into one preallocated matrix:
         # peak memory is the result plus one shard, not a concatenated copy of the whole store.
-        shard_keys = [pq.read_table(s, columns=[key_column], memory_map=True).column(key_column).to_pylist() for s in shards]
+        shard_keys = [
+            pq.read_table(s, columns=[key_column], memory_map=True).column(key_column).to_pylist() for s in shards
+        ]
         wanted = list(keys) if keys is not None else [key for keys_of_shard in shard_keys for key in keys_of_shard]
         rows_of: dict[str, list[int]] = {}
         for row, key in enumerate(wanted):
@@ -182,7 +201,10 @@ class EmbeddingStore:
                 result[target] = _matrix(column, width)[source]
         if len(found) < len(rows_of):
             missing = len(rows_of) - len(found)
-            raise StoreError(f"{self.root}: {missing} of {len(rows_of)} requested {kind} are not in the store (backbone {fingerprint})")
+            raise StoreError(
+                f"{self.root}: {missing} of {len(rows_of)} requested {kind} are not in the store (backbone "
+                f"{fingerprint})"
+            )
         return wanted, result
 
     def read_column(self, kind: str, fingerprint: str, column: str, keys: list[str]) -> np.ndarray:
@@ -195,7 +217,10 @@ class EmbeddingStore:
         position = {key: row for row, key in enumerate(table.column(key_column).to_pylist())}
         missing = [key for key in keys if key not in position]
         if missing:
-            raise StoreError(f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone {fingerprint})")
+            raise StoreError(
+                f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone "
+                f"{fingerprint})"
+            )
         return table.column(column).to_numpy()[[position[key] for key in keys]]
 
     # -- file hash cache ---------------------------------------------------------------------
@@ -209,16 +234,18 @@ class EmbeddingStore:
         return cache
 
     def record_file_hashes(self, rows: list[tuple[str, int, int, str]]) -> None:
-        """Append newly hashed files to the hash cache; a read-only store skips it (the cache only saves re-reading)."""
+        """Append newly hashed files to the hash cache; a read-only store skips it (the cache only saves rereads)."""
         if not rows or not os.access(self.root, os.W_OK):
             return
         paths, sizes, mtimes, hashes = zip(*rows)
-        table = pa.table({
-            "path": pa.array(paths, pa.string()),
-            "size": pa.array(sizes, pa.int64()),
-            "mtime_ns": pa.array(mtimes, pa.int64()),
-            "content_hash": pa.array(hashes, pa.string()),
-        })
+        table = pa.table(
+            {
+                "path": pa.array(paths, pa.string()),
+                "size": pa.array(sizes, pa.int64()),
+                "mtime_ns": pa.array(mtimes, pa.int64()),
+                "content_hash": pa.array(hashes, pa.string()),
+            }
+        )
         self._write_shard(self.root / "files", table)
 
     # -- maintenance -------------------------------------------------------------------------
@@ -232,19 +259,6 @@ class EmbeddingStore:
                 counts.setdefault(fingerprint, {})[kind] = rows
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         return {"root": str(self.root), "bytes": size, "rows": counts, "backbones": self.manifest["backbones"]}
-
-    def compact(self, kind: str, fingerprint: str) -> None:
-        """Merge a backbone's shards into one (dropping duplicate keys) to speed up reads."""
-        shards = self.shards(kind, fingerprint)
-        if len(shards) < 2:
-            return
-        table = pa.concat_tables(pq.read_table(s) for s in shards)
-        keys = table.column(_KEY_COLUMN[kind]).to_pylist()
-        first = {key: row for row, key in reversed(list(enumerate(keys)))}
-        table = table.take(pa.array(sorted(first.values())))
-        self._write_shard(self.shard_dir(kind, fingerprint), table)
-        for shard in shards:
-            shard.unlink()
 
 
 def purge_store(root: str | os.PathLike) -> int:

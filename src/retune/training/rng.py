@@ -32,8 +32,10 @@ def capture_rng_state() -> tuple[dict[str, np.ndarray], dict]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         arrays["cuda"] = torch.stack(torch.cuda.get_rng_state_all()).numpy()
-    facts = {"numpy": [numpy_state[0], int(numpy_state[2]), int(numpy_state[3]), float(numpy_state[4])],
-             "python": [python_version, python_gauss]}
+    facts = {
+        "numpy": [numpy_state[0], int(numpy_state[2]), int(numpy_state[3]), float(numpy_state[4])],
+        "python": [python_version, python_gauss],
+    }
     return arrays, facts
 
 
@@ -66,6 +68,8 @@ def load_rng_state(folder: str | Path) -> bool:
     try:
         restore_rng_state(load_file(str(folder / RNG_TENSORS)), json.loads((folder / RNG_FACTS).read_text()))
     except Exception as error:  # a damaged file must not silently give a different run
-        raise StoreError(f"{folder / RNG_TENSORS}: unreadable random state ({' '.join(str(error).split())[:200]}); "
-                         f"delete {folder} to retrain that task") from error
+        raise StoreError(
+            f"{folder / RNG_TENSORS}: unreadable random state ({' '.join(str(error).split())[:200]}); "
+            f"delete {folder} to retrain that task"
+        ) from error
     return True

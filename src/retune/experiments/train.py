@@ -1,7 +1,7 @@
 """Train RE-tune and its baselines on cached embeddings as one Python API (``retune train`` calls it).
 
 A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots;
-``retune.inference`` applies it to new data.
+``retune.experiments.inference`` applies it to new data.
 RE-tune and its baselines (linear probe; zero-shot on aligned backbones) are trained and
 evaluated in the same call on the same patient-level split.
 """
@@ -9,10 +9,9 @@ evaluated in the same call on the same patient-level split.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,54 +19,27 @@ import pandas as pd
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import TrainConfig, parse_config
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, RetuneError, StoreError, unknown_name
-from retune.evaluation import evaluate_scores, fast_mean_auroc
+from retune.experiments.kinds import SavedRun, register_run_kind
+from retune.experiments.prepare import (
+    GENERAL_DOMAIN_NOTE,
+    checked_backbone,
+    embed_and_load,
+    method_context,
+    metrics_record,
+    prompt_bank,
+    read_data,
+)
 from retune.io_utils import write_json_atomic
-from retune.methods.base import Method, MethodContext, PromptBank, TaskData
-from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, load_checkpoint, save_checkpoint
+from retune.methods.base import Method, PromptBank, TaskData
+from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, check_facts, load_checkpoint, save_checkpoint
 from retune.methods.registry import available_methods, create_method
-from retune.prompts import build_prompts, prompt_texts
-from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
+from retune.store import EmbeddingStore, embed_table, image_embeddings
 
 MAIN_METHOD = "retune"
-GENERAL_DOMAIN_NOTE = "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
-
-
-@dataclass
-class EmbeddedTable:
-    """A table restricted to rows whose image is in the store, with their pooled embeddings."""
-
-    table: ImageTable
-    images: np.ndarray
-    n_failed: int
-
-
-def embed_and_load(table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False) -> EmbeddedTable:
-    """Embed what the store lacks, then return the cached vectors (failed images dropped)."""
-    summary = embed_table(table, backbone, store, show_progress=show_progress)
-    images, rows = image_embeddings(table, backbone.fingerprint, store)
-    return EmbeddedTable(table.subset(rows), images, len(table) - len(rows) if len(summary.errors) else 0)
-
-
-def prompt_bank(classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore) -> tuple[PromptBank, dict]:
-    """Embed each class's prompts once (cached in the store) and average them per side."""
-    prompts = build_prompts(prompt_spec, classes)
-    texts = prompt_texts(prompts)
-    vectors = dict(zip(texts, text_embeddings(texts, backbone, store)))
-    bank = PromptBank()
-    for name, class_prompts in prompts.items():
-        bank.positive[name] = np.mean([vectors[t] for t in class_prompts.positive], axis=0)
-        bank.negative[name] = np.mean([vectors[t] for t in class_prompts.negative], axis=0)
-    described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
-    return bank, described
-
-
-def method_context(backbone: Backbone, bank: PromptBank, seed: int) -> MethodContext:
-    """What methods may know about the backbone; early stopping uses mean validation AUROC."""
-    return MethodContext(backbone.image_dim, backbone.text_dim, backbone.aligned, bank, fast_mean_auroc, seed)
+KIND = "retune-train"
 
 
 def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
@@ -84,21 +56,13 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
     return run, skipped
 
 
-def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: np.ndarray, table: ImageTable, split: str, n_bootstrap: int, seed: int) -> dict:
-    """The metrics.json block for one method on one split."""
-    result = evaluate_scores(scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed)
-    payload = result.to_dict()
-    return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
-
-
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
     """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
     out_dir = Path(out_dir)
     if config.data.csv is None:
         raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes,
-                      allow_outside_root=config.data.allow_outside_root)
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)
@@ -110,7 +74,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     names, skipped = methods_to_run(config.baselines, backbone.aligned)
 
     def task_for(rows_train: np.ndarray, rows_val: np.ndarray) -> TaskData:
-        return TaskData(tuple(classes), images[rows_train], table.labels()[rows_train], images[rows_val], table.labels()[rows_val])
+        return TaskData(
+            tuple(classes), images[rows_train], table.labels()[rows_train], images[rows_val], table.labels()[rows_val]
+        )
 
     test = table.subset(splits["test"])
     trained: dict[str, Method] = {}
@@ -122,18 +88,31 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
         trained[name] = method
         test_scores[name] = method.predict(images[splits["test"]])
-        per_method[name] = metrics_record(name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed)
+        per_method[name] = metrics_record(
+            name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
+        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": prompts,
         "tau": training_facts[MAIN_METHOD].get("tau"),
         "train_config": config.model_dump(mode="json"),
-        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in splits.items()}, "by": PATIENT_COLUMN},
+        "split": {
+            "fractions": list(config.split.fractions),
+            "seed": config.split.seed,
+            "sizes": {k: int(len(v)) for k, v in splits.items()},
+            "by": PATIENT_COLUMN,
+        },
         "training": training_facts,
-        "data": {"csv": str(config.data.csv), "n_images": len(table), "n_failed_images": embedded.n_failed, "patient_column_missing": bool(table.extra.get("patient_column_missing"))},
+        "data": {
+            "csv": str(config.data.csv),
+            "n_images": len(table),
+            "n_failed_images": embedded.n_failed,
+            "patient_column_missing": bool(table.extra.get("patient_column_missing")),
+        },
     }
     save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
     metrics = {
@@ -144,7 +123,11 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": ["no patient column: each image is its own patient, so the split cannot keep a patient's images together"] if table.extra.get("patient_column_missing") else [],
+        "warnings": [
+            "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
+        ]
+        if table.extra.get("patient_column_missing")
+        else [],
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_roc_curves
@@ -153,20 +136,16 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     return metrics
 
 
-def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None) -> Backbone:
-    """The backbone a run was trained on; refuses one whose fingerprint changed (other weights or preprocessing)."""
-    backbone = create_backbone(facts["backbone"]["spec"], device=device)
-    expected = facts["backbone"]["fingerprint"]
-    if backbone.fingerprint != expected:
-        raise StoreError(f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has fingerprint {backbone.fingerprint} (different weights or preprocessing)")
-    return backbone
-
-
-def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
-             checkpoint: tuple[dict, dict] | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
+def load_run(
+    run_dir: str | Path,
+    store_dir: str | Path | None = None,
+    device: str | None = None,
+    checkpoint: tuple[dict, dict] | None = None,
+) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
     """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
     the run's ``load_checkpoint`` result when the caller has already read it."""
     tensors, facts = checkpoint or load_checkpoint(run_dir, RunFacts)
+    check_facts(Path(run_dir) / CONFIG, facts, RunFacts)
     train_config = parse_config(facts["train_config"], TrainConfig, f"{Path(run_dir) / CONFIG}: train_config")
     backbone = checked_backbone(run_dir, facts, device)
     store = EmbeddingStore(store_dir or train_config.store, create=False)
@@ -191,17 +170,39 @@ def checked_load(run_dir: Path, name: str, classes: list[str], image_dim: int, l
     except RetuneError as error:
         raise StoreError(f"{where}: method '{name}': {error}") from error
     except Exception as error:  # torch/numpy shape errors from tensors that do not match the model
-        raise StoreError(f"{where}: method '{name}' does not fit its saved tensors ({' '.join(str(error).split())[:300]})") from error
+        reason = " ".join(str(error).split())[:300]
+        raise StoreError(f"{where}: method '{name}' does not fit its saved tensors ({reason})") from error
     if np.shape(probe) != (2, len(classes)):
-        raise StoreError(f"{where}: method '{name}' predicts {np.shape(probe)[-1]} classes, but {CONFIG} lists {len(classes)}")
+        raise StoreError(
+            f"{where}: method '{name}' predicts {np.shape(probe)[-1]} classes, but {CONFIG} lists {len(classes)}"
+        )
 
 
-def score_embedded(methods: dict[str, Method], backbone: Backbone, store: EmbeddingStore, table: ImageTable, show_progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
-    """Every method's probabilities for the table's images (embedded through the store): (scores, rows kept, unreadable images)."""
+def score_embedded(
+    methods: dict[str, Method],
+    backbone: Backbone,
+    store: EmbeddingStore,
+    table: ImageTable,
+    show_progress: bool = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+    """Every method's probabilities for the table's images (embedded through the store): (scores, rows kept,
+    unreadable images)."""
     summary = embed_table(table, backbone, store, show_progress=show_progress)
     try:
         images, rows = image_embeddings(table, backbone.fingerprint, store)
     except StoreError:
         images, rows = np.zeros((0, backbone.image_dim), dtype=np.float32), np.zeros(0, dtype=int)
-    scores = {name: method.predict(images) if len(rows) else np.zeros((0, len(method.classes))) for name, method in methods.items()}
+    scores = {
+        name: method.predict(images) if len(rows) else np.zeros((0, len(method.classes)))
+        for name, method in methods.items()
+    }
     return scores, rows, summary.errors
+
+
+@register_run_kind(KIND)
+def open_train_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
+                   show_progress: bool) -> SavedRun:
+    """A ``retune train`` run: its methods score images through the embedding store."""
+    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
+    return SavedRun(facts, facts["train_config"], backbone, list(facts["classes"]), MAIN_METHOD,
+                    lambda table: score_embedded(methods, backbone, store, table, show_progress))

@@ -18,40 +18,38 @@ import torch
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import OptimConfig, PeftExperimentConfig, parse_config
-from retune.data.readers import read_table
+from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
+from retune.experiments.kinds import SavedRun, register_run_kind
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank, read_data
 from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, load_checkpoint, save_checkpoint
-from retune.methods.peft_tuning import (
-    TunedReTune,
-    apply_tuning,
-    can_cache_prefix,
-    PixelsOnAccess,
-    decode_pixels,
-    image_features_fn,
-    parameter_report,
-    pixel_inputs,
-    peak_memory,
-    prefix_activations,
-    prompt_features_fn,
-    timed,
-    tower_blocks,
-    tower_of,
-    trainable_encoder_parameters,
-)
+from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, check_facts, load_checkpoint, save_checkpoint
 from retune.methods.retune import ReTuneModel
+from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
 from retune.prompts import build_prompts
-from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank
 from retune.store import EmbeddingStore
+from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
+from retune.tuning.adapters import apply_tuning
+from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder_parameters
+from retune.tuning.split import can_cache_prefix, image_features_fn, image_split, prompt_features_fn
+from retune.tuning.towers import tower_blocks, tower_of
 
-__all__ = ["PeftExperimentConfig", "TunedRun", "compare_prefix_caching", "load_tuned_run", "method_name", "run_peft_experiment"]
+__all__ = [
+    "PeftExperimentConfig",
+    "TunedRun",
+    "compare_prefix_caching",
+    "load_tuned_run",
+    "method_name",
+    "run_peft_experiment",
+]
 
 PREDICT_BATCH = 32
+KIND = "peft"
 
 
 def method_name(config: PeftExperimentConfig) -> str:
@@ -85,16 +83,27 @@ def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
     """The labelled table the config names."""
     if config.data.csv is None:
         raise ConfigError("no training data: set data.csv in the config")
-    return read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes,
-                      allow_outside_root=config.data.allow_outside_root)
+    return read_data(config.data)
 
 
-def _image_inputs(backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray, dict | None]:
-    """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels (in memory, or decoded per batch)."""
+def _image_inputs(
+    backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool
+) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray, dict | None]:
+    """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels (in memory, or decoded
+    per batch)."""
     if use_cache:
         clock = timed()
-        cached = prefix_activations(table, backbone, k, store)
-        return cached.activations, cached.rows, {"fingerprint": cached.fingerprint, "n_computed": cached.n_computed, "seconds": round(clock(), 3), "activation_shape": list(cached.activations.shape[1:])}
+        cached = prefix_activations(table, backbone, k, store, image_split(backbone, k).prefix)
+        return (
+            cached.activations,
+            cached.rows,
+            {
+                "fingerprint": cached.fingerprint,
+                "n_computed": cached.n_computed,
+                "seconds": round(clock(), 3),
+                "activation_shape": list(cached.activations.shape[1:]),
+            },
+        )
     inputs, rows = pixel_inputs(table.paths, backbone)
     if not len(rows):
         raise DataError(f"{table.source}: no readable image")
@@ -108,21 +117,45 @@ def _predict(model: TunedReTune, inputs: torch.Tensor | PixelsOnAccess, rows: np
         return np.zeros((0, len(model.head.positive)), dtype=np.float32)
     model.eval()
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(model(inputs[rows[s:s + PREDICT_BATCH]])).float().cpu() for s in range(0, len(rows), PREDICT_BATCH)]).numpy()
+        return torch.cat(
+            [
+                torch.sigmoid(model(inputs[rows[s : s + PREDICT_BATCH]])).float().cpu()
+                for s in range(0, len(rows), PREDICT_BATCH)
+            ]
+        ).numpy()
 
 
-def tune_backbone(backbone: Backbone, config: PeftExperimentConfig, cache_prefix: bool | None = None) -> tuple[dict[str, int], bool]:
-    """Apply the config's tuning to the backbone in place: (frozen blocks per tower, whether the image prefix is cached)."""
+def tune_backbone(
+    backbone: Backbone, config: PeftExperimentConfig, cache_prefix: bool | None = None
+) -> tuple[dict[str, int], bool]:
+    """Apply the config's tuning to the backbone in place: (frozen blocks per tower, whether the image prefix is
+    cached)."""
     torch.manual_seed(config.seed)  # adapter initialisation (LoRA A, prefix tokens) depends on the seed only
-    frozen = apply_tuning(backbone, towers_of(config), config.method, config.freeze_blocks, config.rank, config.alpha, config.dropout,
-                          config.target_modules, config.num_virtual_tokens)
+    frozen = apply_tuning(
+        backbone,
+        towers_of(config),
+        config.method,
+        config.freeze_blocks,
+        config.rank,
+        config.alpha,
+        config.dropout,
+        config.target_modules,
+        config.num_virtual_tokens,
+    )
     k_image = frozen.get("image", 0)
     cache_prefix = config.cache_prefix if cache_prefix is None else cache_prefix
     return frozen, k_image > 0 and (can_cache_prefix(backbone, k_image) if cache_prefix is None else cache_prefix)
 
 
-def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore, cache_prefix: bool | None = None, show_progress: bool = False) -> TuningOutcome:
-    """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the test split."""
+def tune(
+    config: PeftExperimentConfig,
+    table: ImageTable,
+    store: EmbeddingStore,
+    cache_prefix: bool | None = None,
+    show_progress: bool = False,
+) -> TuningOutcome:
+    """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the
+    test split."""
     backbone = create_backbone(config.backbone, device=config.device)
     towers = towers_of(config)
     frozen, use_cache = tune_backbone(backbone, config, cache_prefix)
@@ -136,7 +169,10 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
     if "text" in towers:
         prompts = build_prompts(config.retune.prompts, classes)
         prompt_features = prompt_features_fn(backbone, prompts)
-        described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
+        described = {
+            name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source}
+            for name, p in prompts.items()
+        }
     else:
         bank, described = prompt_bank(classes, config.retune.prompts, backbone, store)
         head.add_prompts(*bank.matrices(classes))
@@ -155,26 +191,67 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
         if not len(val):
             return None
         if config.retune.optim.early_stopping == "loss":
-            return -float(np.mean([float(loss_fn(torch.as_tensor(val[s:s + PREDICT_BATCH]), labels[val[s:s + PREDICT_BATCH]]))
-                                   for s in range(0, len(val), PREDICT_BATCH)]))
+            return -float(
+                np.mean(
+                    [
+                        float(loss_fn(torch.as_tensor(val[s : s + PREDICT_BATCH]), labels[val[s : s + PREDICT_BATCH]]))
+                        for s in range(0, len(val), PREDICT_BATCH)
+                    ]
+                )
+            )
         return fast_mean_auroc(_predict(model, inputs, val), labels[val].numpy())
 
-    optim = OptimConfig(lr=config.learning_rate, weight_decay=config.retune.optim.weight_decay, epochs=config.epochs, batch_size=config.batch_size,
-                        patience=config.retune.optim.patience, min_epochs=config.retune.optim.min_epochs,
-                        early_stopping=config.retune.optim.early_stopping)
+    optim = OptimConfig(
+        lr=config.learning_rate,
+        weight_decay=config.retune.optim.weight_decay,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        patience=config.retune.optim.patience,
+        min_epochs=config.retune.optim.min_epochs,
+        early_stopping=config.retune.optim.early_stopping,
+    )
     train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
     with peak_memory(backbone.device) as memory:
         clock = timed()
-        with progress_bar(f"training {method_name(config)}", total=config.epochs * len(train_rows), enabled=show_progress, unit="images") as advance:
-            result = fit(model, model.parameters(), loss_fn, train_rows, labels[train_rows], optim, val_score, config.seed, progress=advance)
+        with progress_bar(
+            f"training {method_name(config)}",
+            total=config.epochs * len(train_rows),
+            enabled=show_progress,
+            unit="images",
+        ) as advance:
+            result = fit(
+                model,
+                model.parameters(),
+                loss_fn,
+                train_rows,
+                labels[train_rows],
+                optim,
+                val_score,
+                config.seed,
+                progress=advance,
+            )
         train_seconds = clock()
         model.freeze_prompts()
         test_scores = _predict(model, inputs, splits["test"])
-    return TuningOutcome(backbone, model, table, splits, result, test_scores, frozen, parameter_report(backbone, model), memory, round(train_seconds, 3), prefix_cache, described)
+    return TuningOutcome(
+        backbone,
+        model,
+        table,
+        splits,
+        result,
+        test_scores,
+        frozen,
+        parameter_report(backbone, model),
+        memory,
+        round(train_seconds, 3),
+        prefix_cache,
+        described,
+    )
 
 
 def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
-    """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors + config.json."""
+    """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors +
+    config.json."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     store = EmbeddingStore(config.store)
@@ -182,25 +259,47 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     backbone, table, name = outcome.backbone, outcome.table, method_name(config)
     classes = list(table.classes)
     test = table.subset(outcome.splits["test"])
-    record = metrics_record(name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed)
+    record = metrics_record(
+        name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed
+    )
     tau = float(outcome.model.head.log_tau.detach().exp())
-    tuning = {"tower": config.tower, "method": config.method, "learning_rate": config.learning_rate, "frozen_blocks": outcome.frozen_blocks,
-              "blocks": {t: len(tower_blocks(tower_of(backbone, t))[1]) for t in towers_of(config) if config.method not in ("prefix", "prompt")},
-              "trainable_encoder_tensors": len(outcome.model.encoder), "prefix_cache": outcome.prefix_cache}
+    tuning = {
+        "tower": config.tower,
+        "method": config.method,
+        "learning_rate": config.learning_rate,
+        "frozen_blocks": outcome.frozen_blocks,
+        "blocks": {
+            t: len(tower_blocks(tower_of(backbone, t))[1])
+            for t in towers_of(config)
+            if config.method not in ("prefix", "prompt")
+        },
+        "trainable_encoder_tensors": len(outcome.model.encoder),
+        "prefix_cache": outcome.prefix_cache,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
     facts = {
+        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": outcome.prompts,
         "tau": tau,
         "train_config": config.model_dump(mode="json"),
-        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in outcome.splits.items()}, "by": PATIENT_COLUMN},
+        "split": {
+            "fractions": list(config.split.fractions),
+            "seed": config.split.seed,
+            "sizes": {k: int(len(v)) for k, v in outcome.splits.items()},
+            "by": PATIENT_COLUMN,
+        },
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
     }
-    save_checkpoint(out_dir, {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})}, facts)
+    save_checkpoint(
+        out_dir,
+        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
+        facts,
+    )
     metrics = {
         **record,
         "baselines": {},
@@ -214,16 +313,23 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         **outcome.memory,
         "train_seconds": outcome.train_seconds,
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": ["no patient column: each image is its own patient, so the split cannot keep a patient's images together"] if table.extra.get("patient_column_missing") else [],
+        "warnings": [
+            "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
+        ]
+        if table.extra.get("patient_column_missing")
+        else [],
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
 
 
 def compare_prefix_caching(config: PeftExperimentConfig) -> dict:
-    """Train the same frozen-k image-tower run with cached prefix activations and re-running the frozen blocks; timings + curves."""
+    """Train the same frozen-k image-tower run with cached prefix activations and re-running the frozen blocks;
+    timings + curves."""
     if config.tower == "text" or not config.freeze_blocks or config.method in ("prefix", "prompt"):
-        raise ConfigError("prefix caching applies to the image tower with freeze_blocks > 0 (methods freeze, lora, ia3)")
+        raise ConfigError(
+            "prefix caching applies to the image tower with freeze_blocks > 0 (methods freeze, lora, ia3)"
+        )
     store = EmbeddingStore(config.store)
     table = read_experiment_table(config)
     cached = tune(config, table, store, cache_prefix=True)
@@ -244,13 +350,13 @@ def compare_prefix_caching(config: PeftExperimentConfig) -> dict:
     }
 
 
-
 # ---------------------------------------------------------------- loading a tuned run back
 
 
 @dataclass
 class TunedRun:
-    """A saved encoder-tuning run rebuilt for inference: the backbone tuned the same way, its tensors and head loaded."""
+    """A saved encoder-tuning run rebuilt for inference: the backbone tuned the same way, its tensors and head
+    loaded."""
 
     name: str
     model: TunedReTune
@@ -265,14 +371,26 @@ class TunedRun:
         return list(self.facts["classes"])
 
     def score(self, table: ImageTable) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-        """Probabilities for the table's readable images through the tuned encoder: (scores, rows kept, unreadable images)."""
+        """Probabilities for the table's readable images through the tuned encoder: (scores, rows kept, unreadable
+        images)."""
         if self.use_prefix_cache:
-            cached = prefix_activations(table, self.backbone, self.image_blocks_frozen, self.store, require_rows=False)
-            scores = _predict(self.model, cached.activations) if len(cached.rows) else np.zeros((0, len(self.classes)), dtype=np.float32)
+            cached = prefix_activations(
+                table,
+                self.backbone,
+                self.image_blocks_frozen,
+                self.store,
+                image_split(self.backbone, self.image_blocks_frozen).prefix,
+                require_rows=False,
+            )
+            scores = (
+                _predict(self.model, cached.activations)
+                if len(cached.rows)
+                else np.zeros((0, len(self.classes)), dtype=np.float32)
+            )
             return scores, cached.rows, pd.DataFrame(list(cached.failed.items()), columns=["path", "reason"])
         scores, rows, failed = [], [], []
         for start in range(0, len(table), PREDICT_BATCH):
-            paths = table.paths[start:start + PREDICT_BATCH]
+            paths = table.paths[start : start + PREDICT_BATCH]
             pixels = decode_pixels(paths, self.backbone)
             good = [i for i, tensor in enumerate(pixels) if tensor is not None]
             failed.extend((paths[i], "unreadable image") for i, tensor in enumerate(pixels) if tensor is None)
@@ -283,11 +401,17 @@ class TunedRun:
         return stacked, np.asarray(rows, dtype=int), pd.DataFrame(failed, columns=["path", "reason"])
 
 
-def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
-                   checkpoint: tuple[dict, dict] | None = None) -> TunedRun:
-    """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors loaded;
+def load_tuned_run(
+    run_dir: str | Path,
+    store_dir: str | Path | None = None,
+    device: str | None = None,
+    checkpoint: tuple[dict, dict] | None = None,
+) -> TunedRun:
+    """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors
+    loaded;
     ``checkpoint``: the run's ``load_checkpoint`` result when the caller has already read it."""
     tensors, facts = checkpoint or load_checkpoint(run_dir, RunFacts)
+    check_facts(Path(run_dir) / CONFIG, facts, RunFacts)
     config = parse_config(facts["train_config"], PeftExperimentConfig, f"{Path(run_dir) / CONFIG}: train_config")
     name = method_name(config)
     where = Path(run_dir) / CHECKPOINT
@@ -295,19 +419,43 @@ def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, dev
     for key in ("head.positive", "head.negative"):
         if key not in saved or saved[key].ndim != 2 or len(saved[key]) != len(facts["classes"]):
             shape = tuple(saved[key].shape) if key in saved else "missing"
-            raise StoreError(f"{where}: tensor '{name}/{key}' ({shape}) does not hold one row per class of {CONFIG} ({len(facts['classes'])})")
+            raise StoreError(
+                f"{where}: tensor '{name}/{key}' ({shape}) does not hold one row per class of {CONFIG} "
+                f"({len(facts['classes'])})"
+            )
     backbone = checked_backbone(run_dir, facts, device)
     frozen, use_cache = tune_backbone(backbone, config)
     head = ReTuneModel(backbone.image_dim, backbone.text_dim, config.retune)
     head.positive, head.negative = torch.zeros_like(saved["head.positive"]), torch.zeros_like(saved["head.negative"])
-    model = TunedReTune(head.to(backbone.device), image_features_fn(backbone, frozen.get("image", 0), inputs_are_prefix=use_cache), None,
-                        trainable_encoder_parameters(backbone))
+    model = TunedReTune(
+        head.to(backbone.device),
+        image_features_fn(backbone, frozen.get("image", 0), inputs_are_prefix=use_cache),
+        None,
+        trainable_encoder_parameters(backbone),
+    )
     try:
         missing, unexpected = model.load_state_dict(saved, strict=False)
     except RuntimeError as error:  # a tensor of the wrong shape
-        raise StoreError(f"{where}: tensors do not fit the tuned model ({' '.join(str(error).split())[:300]})") from error
+        reason = " ".join(str(error).split())[:300]
+        raise StoreError(f"{where}: tensors do not fit the tuned model ({reason})") from error
     missing = [name for name in missing if name != "head.logit_bias"]  # runs saved before the siglip objective existed
     if missing or unexpected:
-        raise StoreError(f"{run_dir}: checkpoint does not match the tuned model ({len(missing)} tensors missing, {len(unexpected)} unexpected; e.g. {(missing + unexpected)[0]})")
+        raise StoreError(
+            f"{run_dir}: checkpoint does not match the tuned model ({len(missing)} tensors missing, {len(unexpected)} "
+            f"unexpected; e.g. {(missing + unexpected)[0]})"
+        )
     store = EmbeddingStore(store_dir or config.store)
     return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)
+
+
+@register_run_kind(KIND)
+def open_peft_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
+                  show_progress: bool) -> SavedRun:
+    """A ``retune peft run`` run: images go through the rebuilt, tuned encoder."""
+    tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
+
+    def score(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+        scores, rows, errors = tuned.score(table)
+        return {tuned.name: scores}, rows, errors
+
+    return SavedRun(tuned.facts, tuned.facts["train_config"], tuned.backbone, tuned.classes, tuned.name, score)

@@ -1,0 +1,113 @@
+"""What every experiment shares: embedding a table through the store, prompt banks, method context, run records.
+
+Data flows one way: a table is read, embedded once by a frozen backbone into the content-keyed store,
+split by patient, and handed to methods with the prompts' embeddings; the builders here write the
+``metrics.json`` blocks that ``retune compare`` and the reports read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retune.backbones.base import Backbone
+from retune.backbones.registry import create_backbone
+from retune.config import DataConfig
+from retune.data.readers import read_table
+from retune.data.table import ImageTable
+from retune.errors import ConfigError, StoreError
+from retune.evaluation import evaluate_scores, fast_mean_auroc
+from retune.methods.base import MethodContext, PromptBank
+from retune.prompts import build_prompts, prompt_texts
+from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
+
+GENERAL_DOMAIN_NOTE = (
+    "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
+)
+
+
+def read_data(data: DataConfig) -> ImageTable:
+    """The labelled table a data config names, through the reader registry."""
+    if data.csv is None:
+        raise ConfigError("no data: pass --data CSV or set data.csv in the config")
+    return read_table(data.csv, data.format, image_root=data.image_root, uncertainty=data.uncertainty,
+                      classes=data.classes, metadata_csv=data.metadata_csv, allow_outside_root=data.allow_outside_root)
+
+
+@dataclass
+class EmbeddedTable:
+    """A table restricted to rows whose image is in the store, with their pooled embeddings."""
+
+    table: ImageTable
+    images: np.ndarray
+    n_failed: int
+
+
+def embed_and_load(
+    table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False
+) -> EmbeddedTable:
+    """Embed what the store lacks, then return the cached vectors (failed images dropped)."""
+    summary = embed_table(table, backbone, store, show_progress=show_progress)
+    images, rows = image_embeddings(table, backbone.fingerprint, store)
+    return EmbeddedTable(table.subset(rows), images, len(table) - len(rows) if len(summary.errors) else 0)
+
+
+def prompt_bank(
+    classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore
+) -> tuple[PromptBank, dict]:
+    """Embed each class's prompts once (cached in the store) and average them per side."""
+    prompts = build_prompts(prompt_spec, classes)
+    texts = prompt_texts(prompts)
+    vectors = dict(zip(texts, text_embeddings(texts, backbone, store)))
+    bank = PromptBank()
+    for name, class_prompts in prompts.items():
+        bank.positive[name] = np.mean([vectors[t] for t in class_prompts.positive], axis=0)
+        bank.negative[name] = np.mean([vectors[t] for t in class_prompts.negative], axis=0)
+    described = {
+        name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source}
+        for name, p in prompts.items()
+    }
+    return bank, described
+
+
+def method_context(backbone: Backbone, bank: PromptBank, seed: int) -> MethodContext:
+    """What methods may know about the backbone; early stopping uses mean validation AUROC."""
+    return MethodContext(backbone.image_dim, backbone.text_dim, backbone.aligned, bank, fast_mean_auroc, seed)
+
+
+def metrics_record(
+    method: str,
+    backbone: Backbone,
+    classes: list[str],
+    scores: np.ndarray,
+    table: ImageTable,
+    split: str,
+    n_bootstrap: int,
+    seed: int,
+) -> dict:
+    """The metrics.json block for one method on one split."""
+    result = evaluate_scores(
+        scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed
+    )
+    payload = result.to_dict()
+    return {
+        "method": method,
+        "backbone": backbone.spec,
+        "backbone_fingerprint": backbone.fingerprint,
+        "split": split,
+        **payload,
+    }
+
+
+def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None) -> Backbone:
+    """The backbone a run was trained on; refuses one whose fingerprint changed (other weights or preprocessing)."""
+    backbone = create_backbone(facts["backbone"]["spec"], device=device)
+    expected = facts["backbone"]["fingerprint"]
+    if backbone.fingerprint != expected:
+        raise StoreError(
+            f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has "
+            f"fingerprint {backbone.fingerprint} (different weights or preprocessing)"
+        )
+    return backbone

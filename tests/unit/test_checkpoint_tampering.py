@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from retune.runs import train_run
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
 from retune.cli import app
 from retune.config import TrainConfig
 from retune.data.phantoms import write_phantom_dataset
+from retune.experiments.train import train_run
 from retune.methods.checkpoint import CHECKPOINT, CONFIG, file_sha256
 
 

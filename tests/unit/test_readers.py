@@ -346,9 +346,11 @@ def test_a_registered_reader_is_used_by_read_table_and_auto_detection(generic_cs
     calls = []
 
     @readers.register_reader("mine", detect=lambda columns: "Pneumonia" in columns)
-    def read_mine(csv_path, *, image_root=None, uncertainty="ignore", classes=None, metadata_csv=None):
+    def read_mine(csv_path, *, image_root=None, uncertainty="ignore", classes=None, metadata_csv=None,
+                  allow_outside_root=False):
         calls.append((uncertainty, classes))
-        return read_csv_table(csv_path, image_root=image_root, uncertainty=uncertainty, classes=classes)
+        return read_csv_table(csv_path, image_root=image_root, uncertainty=uncertainty, classes=classes,
+                              allow_outside_root=allow_outside_root)
 
     assert detect_format(generic_csv) == "mine"
     assert read_table(generic_csv, uncertainty="zeros", classes=["Effusion"]).classes == ["Effusion"]

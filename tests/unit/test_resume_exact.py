@@ -30,7 +30,7 @@ def learnable_scenario() -> PreparedScenario:
     rows = [(chunk_rows(train, patients, t.rows, 0), chunk_rows(val, patients, t.rows, 0)) for t in tasks]
     context = MethodContext(8, 4, False, PromptBank(), fast_mean_auroc, 0)
     return PreparedScenario(
-        CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake"
+        CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake", "fake-print"
     )
 
 

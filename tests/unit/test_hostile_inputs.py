@@ -80,11 +80,20 @@ def test_non_regular_files_are_recorded_and_the_good_rows_embedded(phantom_csv, 
     assert "not a regular file" in reasons["/dev/zero"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_permission_denied_row_is_recorded(phantom_csv, tmp_path):
+def test_permission_denied_row_is_recorded(phantom_csv, tmp_path, monkeypatch):
+    """A file the process may not read (simulated for root, who reads everything) is one recorded row."""
     locked = phantom_csv.parent / "locked.png"
     Image.new("L", (32, 32)).save(locked)
     locked.chmod(0)
+    if os.geteuid() == 0:
+        real_open = Path.open
+
+        def denied(self, *args, **kwargs):
+            if self.name == "locked.png":
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", denied)
     summary = embed(with_rows(phantom_csv, ["locked.png"]), EmbeddingStore(tmp_path / "store"))
     assert summary.n_computed == N_GOOD and "permission denied" in summary.errors["reason"].iloc[0].lower()
 

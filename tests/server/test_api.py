@@ -149,13 +149,13 @@ BAD_INPUTS = [
         "DICOM without pixel data",
         lambda png: {"files": [("images", ("nopixels.dcm", dicom_bytes(None)))]},
         400,
-        r"nopixels\.dcm: cannot decode DICOM",
+        r"nopixels\.dcm: .*(no Pixel Data|cannot decode DICOM)",
     ),
     (
         "20000x20000 PNG",
         lambda png: {"files": [("images", ("bomb.png", huge_png_header()))]},
         400,
-        r"bomb\.png: .*(exceeds limit|decompression bomb)",
+        r"bomb\.png: .*(pixel budget|decompression bomb)",
     ),
     (
         "empty multipart",

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from retune.data.images import DEFAULT_LIMITS
 from retune.errors import RetuneError
 
 app = typer.Typer(
@@ -81,7 +82,14 @@ CSV_ARGUMENT = typer.Argument(
     ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
 )
 IMAGE_ROOT = typer.Option(
-    None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
+    None,
+    help="Folder that image paths resolve against (default: the CSV's folder). Paths may not escape it: '..', "
+    "absolute paths and symlinks must resolve inside it (see --allow-outside-root).",
+)
+ALLOW_OUTSIDE_ROOT = typer.Option(
+    False,
+    "--allow-outside-root",
+    help="Also read image paths that resolve outside --image-root (a CSV of absolute paths); off by default.",
 )
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
 METADATA_CSV = typer.Option(
@@ -110,6 +118,7 @@ def embed(
     backbone: str = BACKBONE,
     store: Path = STORE,
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str = DATA_FORMAT,
     metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
@@ -117,19 +126,34 @@ def embed(
     tokens: bool = typer.Option(
         False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
     ),
+    max_file_mb: float = typer.Option(
+        DEFAULT_LIMITS.max_bytes / 2**20, min=0, help="Largest image file read, in MiB."
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_LIMITS.max_pixels, min=1, help="Pixel budget of one image (DICOM: one frame), checked from its header."
+    ),
+    max_aspect_ratio: float = typer.Option(
+        DEFAULT_LIMITS.max_aspect_ratio, min=1, help="Longest side / shortest side allowed."
+    ),
     device: str | None = DEVICE,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
-    Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
+    Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
+    budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
+
+    Example: retune embed labels.csv --store retune-store --max-pixels 40000000
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.images import DecodeLimits
     from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
-    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv)
+    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv,
+                       allow_outside_root=allow_outside_root)
     model = create_backbone(backbone, device=device)
+    limits = DecodeLimits(max_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
     summary = embed_table(
         table,
         model,
@@ -138,6 +162,7 @@ def embed(
         workers=workers,
         tokens=tokens,
         show_progress=sys.stderr.isatty(),
+        limits=limits,
     )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
@@ -223,6 +248,7 @@ def train(
     ),
     store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str | None = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
     metadata_csv: Path | None = METADATA_CSV,
     prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
@@ -251,7 +277,13 @@ def train(
             "seed": seed,
             "split": {"seed": seed},
             "min_positives": min_positives,
-            "data": {"csv": data, "image_root": image_root, "format": data_format, "metadata_csv": metadata_csv},
+            "data": {
+                "csv": data,
+                "image_root": image_root,
+                "format": data_format,
+                "metadata_csv": metadata_csv,
+                "allow_outside_root": allow_outside_root or None,
+            },
         },
     )
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
@@ -273,6 +305,7 @@ def evaluate(
     ),
     store: Path | None = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     min_positives: int = typer.Option(
         10,
@@ -295,6 +328,7 @@ def evaluate(
         n_bootstrap=n_bootstrap,
         show_progress=sys.stderr.isatty(),
         min_positives=min_positives,
+        allow_outside_root=allow_outside_root,
     )
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -330,6 +364,52 @@ def predict(
             frame.to_parquet(temp, index=False) if output.suffix == ".parquet" else frame.to_csv(temp, index=False)
     if len(errors):
         raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def serve(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories made by `retune train` or `retune peft run` (served by folder name)."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. Any non-loopback address requires --token."),
+    port: int = typer.Option(8000, help="TCP port."),
+    token: str | None = typer.Option(
+        None,
+        envvar="RETUNE_TOKEN",
+        help="Bearer token (16+ characters) required on every API call and page; or set RETUNE_TOKEN.",
+    ),
+    max_upload_mb: float = typer.Option(64.0, help="Largest upload accepted, in MiB (413 above)."),
+    batch_window_ms: float = typer.Option(5.0, help="How long a queued image waits for others to share its batch."),
+    max_batch: int = typer.Option(32, help="Most images per encoder batch (1 turns batching off)."),
+    store: Path | None = typer.Option(
+        None, help="Embedding store of `retune train` runs (default: the one each run was trained with)."
+    ),
+    device: str | None = DEVICE,
+) -> None:
+    """Serve runs over HTTP: a web page (/) to drop an X-ray and see findings and an explanation map, a runs page
+    (/runs), and a JSON API under /v1 with local docs at /docs. Each run is loaded once at startup.
+
+    Example: `retune serve runs/nih`, then open http://127.0.0.1:8000/ or
+    `curl -F images=@chest.png http://127.0.0.1:8000/v1/runs/nih/predict`.
+    """
+    from retune.config import override
+    from retune.server import ServeConfig
+    from retune.server.app import serve as serve_runs
+
+    settings = override(
+        ServeConfig(),
+        {
+            "host": host,
+            "port": port,
+            "token": token,
+            "max_upload_mb": max_upload_mb,
+            "batch_window_ms": batch_window_ms,
+            "max_batch": max_batch,
+            "device": device,
+        },
+    )
+    serve_runs(runs, settings, store, announce=lambda line: err_console.print(escape(line), highlight=False))
 
 
 def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
@@ -524,6 +604,7 @@ def scenario_evaluate(
     ),
     store: Path | None = typer.Option(None, help="Embedding store (default: the scenario's)."),
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the first run's CIs."),
     min_positives: int | None = MIN_POSITIVES,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON to stdout."),
@@ -543,6 +624,7 @@ def scenario_evaluate(
         n_bootstrap=n_bootstrap,
         min_positives=min_positives,
         show_progress=sys.stderr.isatty(),
+        allow_outside_root=allow_outside_root,
     )
     if as_json:
         print(json.dumps(payload, indent=2))

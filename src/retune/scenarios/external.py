@@ -39,6 +39,7 @@ def evaluate_scenario(
     n_bootstrap: int = 1000,
     min_positives: int | None = None,
     show_progress: bool = False,
+    allow_outside_root: bool = False,
 ) -> dict:
     """Per method: the first run's metrics with CIs on the CSV, mean ± sd of mean AUROC over runs; saved as JSON."""
     results_dir = Path(results_dir)
@@ -53,9 +54,9 @@ def evaluate_scenario(
     first = next(iter(results.values()))
     learned = {c for task in first["orders"][0]["tasks"] for c in task["classes"]}
     classes = [c for c in first["classes"] if c in learned]  # the data's order, the scenario's classes
-    table = read_data(
-        config.data.model_copy(update={"csv": Path(csv_path), "image_root": image_root, "classes": None})
-    )
+    other = {"csv": Path(csv_path), "image_root": image_root, "classes": None,
+             "allow_outside_root": allow_outside_root or config.data.allow_outside_root}
+    table = read_data(config.data.model_copy(update=other))
     missing = [c for c in classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for scenario class(es) {', '.join(missing)}")

@@ -123,7 +123,7 @@ class SharedCovarianceGaussian(ClassMeans):
     def learn(self, task: TaskData) -> dict:
         self.accumulate(task)
         images = np.asarray(task.train_x, dtype=np.float64)
-        self.second_moment += images.T @ images
+        self.second_moment = self.second_moment + images.T @ images  # not in place: state() hands the array out
         self._spectrum = None
         chosen = DEFAULT_SHRINKAGE
         if task.val_x is not None and len(task.val_x):

@@ -54,6 +54,7 @@ class RecordingMethod(Method):
 @pytest.fixture(autouse=True)
 def recording_method(monkeypatch):
     """RecordingMethod registered for one test only; the global registry is restored afterwards."""
+    registry.available_methods()  # built-ins registered before the copy, so restoring keeps them
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     registry.register_method(RecordingMethod)
 

@@ -64,13 +64,6 @@ def backbones() -> None:
     console.print(table)
 
 
-def read_dataset(csv_path: Path, image_root: Path | None, data_format: str, uncertainty: str):
-    """Read a label CSV through the reader registry (shared by every command that takes data)."""
-    from retune.data.readers import read_table
-
-    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty)
-
-
 CSV_ARGUMENT = typer.Argument(
     ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
 )
@@ -78,7 +71,9 @@ IMAGE_ROOT = typer.Option(
     None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
 )
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
-UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
+METADATA_CSV = typer.Option(
+    None, help="--format mimic only: mimic-cxr-2.0.0-metadata.csv (which images belong to each labelled study)."
+)
 BACKBONE = typer.Option(
     "default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM)."
 )
@@ -96,6 +91,7 @@ def embed(
     store: Path = STORE,
     image_root: Path | None = IMAGE_ROOT,
     data_format: str = DATA_FORMAT,
+    metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
     workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
     tokens: bool = typer.Option(
@@ -108,10 +104,11 @@ def embed(
     Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
-    table = read_dataset(csv_path, image_root, data_format, "ignore")
+    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv)
     model = create_backbone(backbone, device=device)
     summary = embed_table(
         table,
@@ -171,10 +168,7 @@ def print_metrics(metrics: dict) -> None:
     methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
     table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
 
-    def cell(value, interval) -> str:
-        if value is None:
-            return "undefined"
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+    from retune.report.text import format_interval as cell
 
     for name in metrics["classes"]:
         row = [name, str(metrics["per_class"][name]["n_pos"])]
@@ -202,6 +196,7 @@ def train(
     store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Path | None = IMAGE_ROOT,
     data_format: str | None = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
+    metadata_csv: Path | None = METADATA_CSV,
     prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
     objective: str | None = typer.Option(
         None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."
@@ -226,7 +221,7 @@ def train(
             "device": device,
             "seed": seed,
             "split": {"seed": seed},
-            "data": {"csv": data, "image_root": image_root, "format": data_format},
+            "data": {"csv": data, "image_root": image_root, "format": data_format, "metadata_csv": metadata_csv},
         },
     )
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
@@ -333,13 +328,7 @@ def compare(
         if not path.exists():
             raise ConfigError(f"{path}: no metrics.json here")
         for label, record in metric_records(json.loads(path.read_text())):
-            interval = record.get("mean_auroc_ci")
-            value = record.get("mean_auroc")
-            shown = (
-                "undefined"
-                if value is None
-                else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            )
+            shown = _mean_cell(record)
             table.add_row(
                 escape(str(run)),
                 escape(label),
@@ -377,7 +366,7 @@ def print_comparison(results: dict[str, dict]) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True) -> dict:
+def execute_scenario(settings, out: Path, track: bool = True, restart: bool = False) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.report.tracking import log_scenario_results
     from retune.scenarios.runner import run_scenario
@@ -387,6 +376,7 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
         out,
         show_progress=sys.stderr.isatty(),
         progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+        restart=restart,
     )
     print_comparison(results)
     if track:
@@ -411,8 +401,15 @@ def scenario_run(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
     ),
+    restart: bool = typer.Option(
+        False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
+    ),
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
+    """Run every method through the scenario's tasks on cached embeddings.
+
+    A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
+    results changed; otherwise it stops with one line, and --restart starts over.
+    """
     from retune.config import load_yaml_config
     from retune.scenarios.spec import ScenarioConfig
 
@@ -421,7 +418,7 @@ def scenario_run(
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=restart)
 
 
 @scenario_app.command("compare")
@@ -484,10 +481,9 @@ def adaptor_run(
 
 
 def _mean_cell(record: dict) -> str:
-    value, interval = record.get("mean_auroc"), record.get("mean_auroc_ci")
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    from retune.report.text import format_interval
+
+    return format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci"))
 
 
 peft_app = typer.Typer(
@@ -584,7 +580,7 @@ def demo(
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,
     )
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=True)  # a demo always starts over (its inputs may differ run to run)
 
 
 if __name__ == "__main__":

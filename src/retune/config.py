@@ -48,8 +48,8 @@ class OptimConfig(StrictModel):
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "auto",
         description="Arithmetic of the training steps: fp32; bf16 autocast (fp32 master weights); auto = bf16 where "
-                    "the CPU (AVX-512 BF16/AMX) or GPU runs it natively, else fp32 (NIH final AUROC: bf16 - fp32 = "
-                    "+0.0008, benchmarks/results/training.json).",
+                    "the CPU (AVX-512 BF16/AMX) or GPU runs it natively, else fp32 (NIH final AUROC of retune: bf16 - "
+                    "fp32 = +0.0008, benchmarks/results/training.json). Encoder tuning (PEFT) keeps fp32.",
     )
     early_stopping: Literal["auroc", "loss"] = Field(
         "auroc",

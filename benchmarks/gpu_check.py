@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     checks: list = []
     try:
         for name, run in (
-            ("embedding", lambda: check_embedding(ctx, device, 40 if args.smoke else 500)),
-            ("training", lambda: check_training(device, 20_000 if args.smoke else 224_000)),
+            ("embedding", lambda: check_embedding(ctx, device, 8 if args.smoke else 500)),
+            ("training", lambda: check_training(device, 8_192 if args.smoke else 224_000)),
             ("peft_lora", lambda: check_peft(ctx, device, args.smoke)),
         ):
             ctx.log(f"gpu_check: {name}")

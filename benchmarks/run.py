@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # executed as a script: make `benchmarks` importa
 from benchmarks.common import ROOT, Context, fmt, print_table, write_result  # noqa: E402
 
 # Cheapest first, so a quick run shows numbers early; quality last (it may embed the NIH subset).
-BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "quality"]
+BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "quality", "distributed"]
 MODULES = {
     "training": "bench_training",
     "memory": "bench_memory",
@@ -28,6 +28,7 @@ MODULES = {
     "scenario": "bench_scenario",
     "prefix": "bench_prefix",
     "quality": "bench_quality",
+    "distributed": "bench_distributed",
 }
 
 

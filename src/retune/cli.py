@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from retune.errors import RetuneError
+from retune.errors import ConfigError, RetuneError
 
 app = typer.Typer(
     help=(
@@ -86,6 +86,21 @@ STORE = typer.Option(
     Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it)."
 )
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
+ENGINE = typer.Option(
+    "local", help="local (this process, the default) or ray (a local Ray instance, or the cluster at --address)."
+)
+ADDRESS = typer.Option(
+    None, help="--engine ray: a cluster to join (auto, HOST:PORT or ray://HOST:PORT); default: start Ray here."
+)
+
+
+def check_engine(engine: str, address: str | None) -> str:
+    """``engine`` if known; --address only with --engine ray (one line otherwise)."""
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine: unknown engine '{engine}'; valid engine names: local, ray")
+    if address and engine != "ray":
+        raise ConfigError("--address needs --engine ray")
+    return engine
 
 
 @app.command()
@@ -97,20 +112,35 @@ def embed(
     image_root: Path | None = IMAGE_ROOT,
     data_format: str = DATA_FORMAT,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
-    workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
+    workers: int | None = typer.Option(
+        None,
+        min=0,
+        help="local: DataLoader decoding workers (default: cores - 1); "
+        "ray: encoder actors (default: one per GPU, else one per 8 CPUs).",
+    ),
     tokens: bool = typer.Option(
         False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
     ),
     device: str | None = DEVICE,
+    engine: str = ENGINE,
+    address: str | None = ADDRESS,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
     Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
+    `--engine ray` decodes in Ray tasks and encodes in a pool of encoder actors (GPU actors on a GPU cluster),
+    writing the same store; e.g. `retune embed labels.csv --store S --engine ray --workers 2` on this machine,
+    or `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
     """
     from retune.backbones.registry import create_backbone, resolve_spec
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
+    encoder = None
+    if check_engine(engine, address) == "ray":
+        from retune.distributed.ray_embed import ray_encoder
+
+        encoder, device = ray_encoder(address, workers), device or "cpu"  # the driver only hashes and writes
     table = read_dataset(csv_path, image_root, data_format, "ignore")
     model = create_backbone(backbone, device=device)
     summary = embed_table(
@@ -121,6 +151,7 @@ def embed(
         workers=workers,
         tokens=tokens,
         show_progress=sys.stderr.isatty(),
+        encoder=encoder,
     )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
@@ -377,15 +408,23 @@ def print_comparison(results: dict[str, dict]) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True) -> dict:
+def execute_scenario(
+    settings, out: Path, track: bool = True, engine: str = "local", address: str | None = None
+) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.report.tracking import log_scenario_results
-    from retune.scenarios.runner import run_scenario
+    from retune.scenarios.runner import run_scenario, run_sequentially
 
+    sweep = run_sequentially
+    if check_engine(engine, address) == "ray":
+        from retune.distributed.ray_sweep import ray_sweep
+
+        sweep = ray_sweep(address)
     results = run_scenario(
         settings,
         out,
         show_progress=sys.stderr.isatty(),
+        engine=sweep,
         progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
     )
     print_comparison(results)
@@ -411,17 +450,24 @@ def scenario_run(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
     ),
+    engine: str = ENGINE,
+    address: str | None = ADDRESS,
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
+    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task.
+
+    `--engine ray` runs every (method, order) as a Ray task over the same code: results.json holds the same numbers
+    as a local run (OUT and the store on a shared filesystem when --address names a cluster).
+    """
     from retune.config import load_yaml_config
     from retune.scenarios.spec import ScenarioConfig
 
+    check_engine(engine, address)
     settings = load_yaml_config(config, ScenarioConfig)
     updates = {"store": store, "tracking_uri": tracking_uri, "methods": methods.split(",") if methods else None}
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, engine=engine, address=address)
 
 
 @scenario_app.command("compare")
@@ -554,6 +600,38 @@ def peft_run(
         f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
         highlight=False,
     )
+
+
+@app.command()
+@friendly_errors
+def tune(
+    config: Path = typer.Argument(
+        ..., help="YAML: a `retune train` config plus search (ranges/choices), trials, searcher, scheduler."
+    ),
+    out: Path = typer.Option(
+        ..., help="Output folder: best.yaml (a `retune train --config` file), trials.csv, search.json."
+    ),
+    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
+    trials: int | None = typer.Option(None, min=1, help="Configurations to try (overrides the YAML; default 8)."),
+    address: str | None = ADDRESS,
+) -> None:
+    """Search RE-tune's learning rate, weight decay, input dropout, adaptor width and epochs with Ray Tune.
+
+    Optuna proposes configurations, ASHA stops trials whose validation mean AUROC lags; trials train on cached
+    embeddings and are scored on the validation split only (the test split never reaches them). Example:
+    `retune tune search.yaml --out tuned && retune train --config tuned/best.yaml --out run`.
+    """
+    from retune.config import load_yaml_config, override
+    from retune.distributed.ray_tune import TuneConfig, tune_run
+
+    settings = override(load_yaml_config(config, TuneConfig), {"trials": trials, "data": {"csv": data}})
+    summary = tune_run(settings, out, address=address, show_progress=sys.stderr.isatty())
+    best = f"validation mean AUROC {summary['best_val_mean_auroc']:.3f} with {summary['best_params']}"
+    console.print(escape(f"best of {summary['trials']} trials: {best}"), highlight=False)
+    if summary["failed_trials"]:
+        failed = f"{summary['failed_trials']} trials failed (see {escape(str(out / 'ray'))})"
+        err_console.print(f"[yellow]warning:[/] {failed}")
+    console.print(escape(f"config: {out / 'best.yaml'} (chosen on validation only)"), highlight=False)
 
 
 @app.command()

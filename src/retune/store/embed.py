@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +59,20 @@ class EmbedSummary:
         return text
 
 
+def decode_image(
+    content_hash: str, path: str, preprocess: Callable
+) -> tuple[str, str, torch.Tensor | None, str | None]:
+    """Decode and preprocess one image; a failure comes back as a reason, not a crash (shared by every engine)."""
+    try:
+        return content_hash, path, preprocess(load_image(path)), None
+    except RetuneError as error:
+        return content_hash, path, None, str(error).removeprefix(f"{path}: ")
+    except Exception as error:  # a decoder bug on one odd file must not stop the run
+        return content_hash, path, None, f"{type(error).__name__}: {error}"
+
+
 class _DecodeDataset(Dataset):
-    """Decodes and preprocesses images in workers; failures come back as a reason, not a crash."""
+    """Decodes and preprocesses images in DataLoader workers."""
 
     def __init__(self, items: list[tuple[str, str]], preprocess: Callable) -> None:
         self.items = items
@@ -70,17 +82,25 @@ class _DecodeDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[str, str, torch.Tensor | None, str | None]:
-        content_hash, path = self.items[index]
-        try:
-            return content_hash, path, self.preprocess(load_image(path)), None
-        except RetuneError as error:
-            return content_hash, path, None, str(error).removeprefix(f"{path}: ")
-        except Exception as error:  # a decoder bug on one odd file must not stop the run
-            return content_hash, path, None, f"{type(error).__name__}: {error}"
+        return decode_image(*self.items[index], self.preprocess)
 
 
 def _collate(batch: list) -> list:
     return batch
+
+
+@dataclass
+class EncodedBatch:
+    """One batch back from an encoder: vectors of the images that decoded, reasons for those that did not."""
+
+    keys: list[str]
+    pooled: np.ndarray
+    tokens: np.ndarray | None
+    failed: list[tuple[str, str]]  # (content hash, reason)
+
+
+# (items to do as (content hash, path), backbone, batch size, workers, tokens) -> encoded batches, in any order
+BatchEncoder = Callable[[list[tuple[str, str]], Backbone, int, "int | None", bool], Iterator[EncodedBatch]]
 
 
 def hash_files(paths: list[str], store: EmbeddingStore) -> tuple[dict[str, str], dict[str, str]]:
@@ -123,6 +143,32 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+def encode_decoded(backbone: Backbone, decoded: list[tuple], tokens: bool) -> EncodedBatch:
+    """Encode the images of a batch of ``decode_image`` results that decoded (shared by every engine)."""
+    good = [item for item in decoded if item[2] is not None]
+    failed = [(item[0], item[3]) for item in decoded if item[2] is None]
+    if not good:
+        return EncodedBatch([], np.zeros((0, backbone.image_dim), dtype=np.float32), None, failed)
+    encoded = encode_in_chunks(backbone, torch.stack([item[2] for item in good]), tokens)
+    token_matrix = encoded.tokens.float().cpu().numpy() if tokens else None
+    return EncodedBatch([item[0] for item in good], encoded.pooled.float().cpu().numpy(), token_matrix, failed)
+
+
+def local_batches(
+    items: list[tuple[str, str]], backbone: Backbone, batch_size: int, workers: int | None, tokens: bool
+) -> Iterator[EncodedBatch]:
+    """The local engine: decode in DataLoader workers, encode in this process."""
+    loader = DataLoader(
+        _DecodeDataset(items, backbone.preprocess),
+        batch_size=batch_size,
+        num_workers=default_workers() if workers is None else workers,
+        collate_fn=_collate,
+        pin_memory=backbone.device.type == "cuda",
+    )
+    for batch in loader:
+        yield encode_decoded(backbone, batch, tokens)
+
+
 def embed_table(
     table: ImageTable,
     backbone: Backbone,
@@ -132,8 +178,13 @@ def embed_table(
     tokens: bool = False,
     shard_size: int = 512,
     show_progress: bool = True,
+    encoder: BatchEncoder | None = None,
 ) -> EmbedSummary:
-    """Embed every image of ``table`` that the store lacks for this backbone; record failures."""
+    """Embed every image of ``table`` that the store lacks for this backbone; record failures.
+
+    ``encoder`` turns the (content hash, path) pairs still to do into ``EncodedBatch``es: ``local_batches`` by
+    default, or another engine's (``retune.distributed.ray_embed``); hashing, filtering and writing stay here.
+    """
     started = time.perf_counter()
     fingerprint = backbone.fingerprint
     store.register_backbone(backbone.describe())
@@ -148,13 +199,6 @@ def embed_table(
             if any(content_hash not in stored[kind] for kind in kinds):
                 todo.setdefault(content_hash, path)
         unique = set(hashes.values())
-        loader = DataLoader(
-            _DecodeDataset(list(todo.items()), backbone.preprocess),
-            batch_size=batch_size,
-            num_workers=default_workers() if workers is None else workers,
-            collate_fn=_collate,
-            pin_memory=backbone.device.type == "cuda",
-        )
         pending: dict[str, list] = {"keys": [], "pooled": [], "tokens": []}
         computed = 0
 
@@ -178,21 +222,18 @@ def embed_table(
                 values.clear()
 
         with progress_bar("embedding", total=len(todo), enabled=show_progress, unit="images") as advance:
-            for batch in loader:
-                good = [item for item in batch if item[2] is not None]
-                for content_hash, _, _, reason in batch:
-                    if reason is not None:
-                        failures.update(dict.fromkeys(paths_of[content_hash], reason))
-                if good:
-                    encoded = encode_in_chunks(backbone, torch.stack([item[2] for item in good]), tokens)
-                    pending["keys"].extend(item[0] for item in good)
-                    pending["pooled"].append(encoded.pooled.float().cpu().numpy())
+            for batch in (encoder or local_batches)(list(todo.items()), backbone, batch_size, workers, tokens):
+                for content_hash, reason in batch.failed:
+                    failures.update(dict.fromkeys(paths_of[content_hash], reason))
+                if batch.keys:
+                    pending["keys"].extend(batch.keys)
+                    pending["pooled"].append(batch.pooled)
                     if tokens:
-                        pending["tokens"].append(encoded.tokens.float().cpu().numpy())
-                    computed += len(good)
+                        pending["tokens"].append(batch.tokens)
+                    computed += len(batch.keys)
                     if len(pending["keys"]) >= shard_size:
                         flush()
-                advance(len(batch))
+                advance(len(batch.keys) + len(batch.failed))
             flush()
     errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
     summary = EmbedSummary(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -571,10 +572,20 @@ def peft_run(
         None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+    nproc: int | None = typer.Option(
+        None,
+        min=1,
+        help="Train with N processes (PyTorch DDP: gloo on CPU, nccl with one GPU each) through torchrun on this "
+        "machine; batch size is per process. Same as `torchrun --nproc_per_node N -m retune.cli peft run ...`.",
+    ),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
     from retune.config import PeftExperimentConfig, load_yaml_config, override
+    from retune.distributed.ddp import drop_option, launch
     from retune.experiments.peft import run_peft_experiment
+
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(launch(nproc, drop_option(sys.argv[1:], "--nproc")))
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
     settings = override(
@@ -591,6 +602,8 @@ def peft_run(
         },
     )
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
+    if not metrics:  # a DDP process other than rank 0: rank 0 reports
+        return
     if as_json:
         print(json.dumps(metrics, indent=2))
         return

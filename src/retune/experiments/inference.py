@@ -3,63 +3,32 @@
 ``retune train`` runs hold adaptors over cached embeddings, so images go through the embedding store.
 ``retune peft run`` runs hold tuned encoder tensors: the backbone is rebuilt, tuned the same way and
 loaded, and images run through it (the frozen-prefix cache still serves its frozen blocks). Both give
-the same ``metrics.json`` records, so ``retune compare`` reads them side by side.
+the same ``metrics.json`` records, so ``retune compare`` reads them side by side. The loader is the one
+registered for the run's kind (``experiments.kinds``); Adaptor runs are refused in one line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from retune.backbones.base import Backbone
-from retune.data.readers import read_table
+from retune.config import DataConfig
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
-from retune.experiments.peft import load_tuned_run
-from retune.experiments.prepare import metrics_record
-from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
+from retune.experiments import adaptor, peft, train  # noqa: F401  (importing them registers their run kinds)
+from retune.experiments.kinds import SavedRun, loader_for
+from retune.experiments.prepare import metrics_record, read_data
 from retune.methods.checkpoint import load_checkpoint
-
-Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
-
-
-@dataclass
-class SavedRun:
-    """A run ready to score images: its facts, backbone, class order, main method and a scorer for tables."""
-
-    facts: dict
-    backbone: Backbone
-    classes: list[str]
-    main: str
-    score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
 
 
 def open_run(
     run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False
 ) -> SavedRun:
-    """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
+    """Rebuild a run directory with the loader registered for the kind its config.json records."""
     checkpoint = load_checkpoint(run_dir)
-    if "tuning" in checkpoint[1]:
-        tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
-
-        def score_tuned(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
-            scores, rows, errors = tuned.score(table)
-            return {tuned.name: scores}, rows, errors
-
-        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
-    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
-    return SavedRun(
-        facts,
-        backbone,
-        list(facts["classes"]),
-        MAIN_METHOD,
-        lambda table: score_embedded(methods, backbone, store, table, show_progress),
-    )
+    return loader_for(checkpoint[1])(Path(run_dir), checkpoint, store_dir, device, show_progress)
 
 
 def evaluate_run(
@@ -73,18 +42,15 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
     run = open_run(run_dir, store_dir, show_progress=show_progress)
-    train_config = run.facts["train_config"]
+    train_config = run.config
     same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
     if split == "auto":
         split = "test" if same_csv else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(
-        csv_path,
-        format=train_config["data"]["format"],
-        image_root=image_root or train_config["data"]["image_root"],
-        uncertainty=train_config["data"]["uncertainty"],
-    )
+    data = DataConfig.model_validate(train_config["data"])
+    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None}
+    table = read_data(data.model_copy(update=other))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
         raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")

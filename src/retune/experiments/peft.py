@@ -20,13 +20,13 @@ from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import OptimConfig, PeftExperimentConfig
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.distributed.ddp import Group
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
-from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank
+from retune.experiments.kinds import SavedRun, register_run_kind
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank, read_data
 from retune.io_utils import write_json_atomic
 from retune.methods.checkpoint import load_checkpoint, save_checkpoint
 from retune.methods.retune import ReTuneModel
@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 PREDICT_BATCH = 32
+KIND = "peft"
 
 
 def method_name(config: PeftExperimentConfig) -> str:
@@ -84,13 +85,7 @@ def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
     """The labelled table the config names."""
     if config.data.csv is None:
         raise ConfigError("no training data: set data.csv in the config")
-    return read_table(
-        config.data.csv,
-        format=config.data.format,
-        image_root=config.data.image_root,
-        uncertainty=config.data.uncertainty,
-        classes=config.data.classes,
-    )
+    return read_data(config.data)
 
 
 def _image_inputs(
@@ -302,6 +297,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
     facts = {
+        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": outcome.prompts,
@@ -455,3 +451,16 @@ def load_tuned_run(
         )
     store = EmbeddingStore(store_dir or config.store)
     return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)
+
+
+@register_run_kind(KIND)
+def open_peft_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
+                  show_progress: bool) -> SavedRun:
+    """A ``retune peft run`` run: images go through the rebuilt, tuned encoder."""
+    tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
+
+    def score(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+        scores, rows, errors = tuned.score(table)
+        return {tuned.name: scores}, rows, errors
+
+    return SavedRun(tuned.facts, tuned.facts["train_config"], tuned.backbone, tuned.classes, tuned.name, score)

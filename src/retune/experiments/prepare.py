@@ -14,8 +14,10 @@ import numpy as np
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
+from retune.config import DataConfig
+from retune.data.readers import read_table
 from retune.data.table import ImageTable
-from retune.errors import StoreError
+from retune.errors import ConfigError, StoreError
 from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.methods.base import MethodContext, PromptBank
 from retune.prompts import build_prompts, prompt_texts
@@ -24,6 +26,14 @@ from retune.store import EmbeddingStore, embed_table, image_embeddings, text_emb
 GENERAL_DOMAIN_NOTE = (
     "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
 )
+
+
+def read_data(data: DataConfig) -> ImageTable:
+    """The labelled table a data config names, through the reader registry."""
+    if data.csv is None:
+        raise ConfigError("no data: pass --data CSV or set data.csv in the config")
+    return read_table(data.csv, data.format, image_root=data.image_root, uncertainty=data.uncertainty,
+                      classes=data.classes, metadata_csv=data.metadata_csv)
 
 
 @dataclass

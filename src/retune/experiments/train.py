@@ -17,10 +17,10 @@ import pandas as pd
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError, unknown_name
+from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
@@ -28,6 +28,7 @@ from retune.experiments.prepare import (
     method_context,
     metrics_record,
     prompt_bank,
+    read_data,
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
@@ -36,6 +37,7 @@ from retune.methods.registry import available_methods, create_method
 from retune.store import EmbeddingStore, embed_table, image_embeddings
 
 MAIN_METHOD = "retune"
+KIND = "retune-train"
 
 
 def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
@@ -58,13 +60,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     if config.data.csv is None:
         raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
-    table = read_table(
-        config.data.csv,
-        format=config.data.format,
-        image_root=config.data.image_root,
-        uncertainty=config.data.uncertainty,
-        classes=config.data.classes,
-    )
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)
@@ -96,6 +92,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
+        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": prompts,
@@ -177,3 +174,12 @@ def score_embedded(
         for name, method in methods.items()
     }
     return scores, rows, summary.errors
+
+
+@register_run_kind(KIND)
+def open_train_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
+                   show_progress: bool) -> SavedRun:
+    """A ``retune train`` run: its methods score images through the embedding store."""
+    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
+    return SavedRun(facts, facts["train_config"], backbone, list(facts["classes"]), MAIN_METHOD,
+                    lambda table: score_embedded(methods, backbone, store, table, show_progress))

@@ -18,6 +18,7 @@ from retune.cli import app
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_two_process_lora_run_writes_one_run_that_evaluate_loads(nih_head_csv, tmp_path: Path):
     csv_path = nih_head_csv(80, tmp_path / "nih80.csv")
     config = tmp_path / "lora.yaml"

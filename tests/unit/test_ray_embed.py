@@ -61,6 +61,7 @@ def stored(store_dir: Path, fingerprint: str, kind: str = "images") -> tuple[lis
     return [keys[i] for i in order], matrix[order]
 
 
+@pytest.mark.slow
 def test_ray_engine_writes_the_local_engines_store(ray_local, backbone, phantoms_with_broken_rows, tmp_path):
     """Same content hashes, embeddings and tokens within 1e-5, same error table; a second Ray run computes 0."""
     local = embed(phantoms_with_broken_rows, backbone, tmp_path / "local", "local", tokens=True)
@@ -82,6 +83,7 @@ def test_ray_engine_writes_the_local_engines_store(ray_local, backbone, phantoms
     assert (again.n_computed, again.n_cached) == (0, N)
 
 
+@pytest.mark.slow
 def test_interrupted_ray_run_resumes_without_loss_or_duplicates(
     ray_local, backbone, phantoms_with_broken_rows, tmp_path, monkeypatch
 ):

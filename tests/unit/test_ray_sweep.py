@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ runner = CliRunner()
 METHODS = ["retune", "linear_probe", "naive"]
 
 
+@pytest.mark.slow
 def test_ray_sweep_writes_the_sequential_runs_numbers(ray_local, tmp_path):
     """3 methods x 3 orders as Ray tasks give the local engine's results.json, from one shared store."""
     csv_path = write_phantom_dataset(tmp_path / "phantoms", n=60, seed=0)

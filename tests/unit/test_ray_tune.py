@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -18,6 +19,7 @@ from retune.experiments import prepare
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_tune_finds_a_train_config_without_touching_the_test_split(ray_local, tmp_path, monkeypatch):
     """Test-split embeddings are NaN: a trial that read one would score NaN, so a finite best proves none did."""
     csv_path = write_phantom_dataset(tmp_path / "phantoms", n=60, seed=1)

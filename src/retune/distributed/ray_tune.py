@@ -56,7 +56,6 @@ class SearchSpace(StrictModel):
 class TuneConfig(TrainConfig):
     """``retune tune``: a ``retune train`` config (its ``retune`` block is the base) plus the search."""
 
-    method: Literal["retune"] = "retune"
     search: SearchSpace = SearchSpace()
     trials: int = Field(8, ge=1, description="Configurations to try.")
     searcher: Literal["optuna", "random"] = Field("optuna", description="optuna (TPE) or random sampling.")

@@ -663,3 +663,25 @@ def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_res
     streaming = run_peft_experiment(config, tmp_path / "streamed")
     np.testing.assert_allclose(streaming["training"]["train_loss"], in_memory["training"]["train_loss"], rtol=1e-5)
     assert streaming["mean_auroc"] == pytest.approx(in_memory["mean_auroc"], abs=1e-6, nan_ok=True)
+
+
+def test_tuning_uses_the_towers_a_backbone_declares(default_backbone, monkeypatch):
+    """tower_of asks Backbone.tower: a family declaring a narrower tower gets exactly it; declaring none is refused."""
+    image = default_backbone.image_model
+    monkeypatch.setattr(default_backbone, "tower", lambda name: (image, lambda n: n.startswith("blocks")))
+    names = [name for name, _ in tower_of(default_backbone, "image").named_parameters()]
+    assert names and all(name.startswith("blocks") for name in names)
+    assert len(names) < len(list(image.named_parameters()))
+    monkeypatch.setattr(default_backbone, "tower", lambda name: None)
+    with pytest.raises(ConfigError, match="declares no text tower"):
+        tower_of(default_backbone, "text")
+
+
+def test_every_configurable_tuning_method_has_a_registered_tuner():
+    """The config's method names and the tuner registry agree, so `method:` never names a missing tuner."""
+    from typing import get_args
+
+    from retune.config import PeftMethod
+    from retune.tuning.adapters import TUNERS
+
+    assert set(get_args(PeftMethod)) == set(TUNERS)

@@ -14,15 +14,18 @@ import numpy as np
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import DataConfig
+from retune.config import DataConfig, SplitConfig
 from retune.data.readers import read_table
-from retune.data.table import ImageTable
+from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError
 from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.methods.base import MethodContext, PromptBank
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
 
+NO_PATIENT_COLUMN = (
+    "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
+)
 GENERAL_DOMAIN_NOTE = (
     "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
 )
@@ -34,6 +37,17 @@ def read_data(data: DataConfig) -> ImageTable:
         raise ConfigError("no data: pass --data CSV or set data.csv in the config")
     return read_table(data.csv, data.format, image_root=data.image_root, uncertainty=data.uncertainty,
                       classes=data.classes, metadata_csv=data.metadata_csv)
+
+
+def split_facts(split: SplitConfig, splits: dict[str, np.ndarray]) -> dict:
+    """The config.json record of a patient-level split: fractions, seed, sizes."""
+    sizes = {name: int(len(rows)) for name, rows in splits.items()}
+    return {"fractions": list(split.fractions), "seed": split.seed, "sizes": sizes, "by": PATIENT_COLUMN}
+
+
+def table_warnings(table: ImageTable) -> list[str]:
+    """What metrics.json must say about the table (a split that cannot keep patients together)."""
+    return [NO_PATIENT_COLUMN] if table.extra.get("patient_column_missing") else []
 
 
 @dataclass

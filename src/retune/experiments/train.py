@@ -18,8 +18,8 @@ from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
 from retune.data.splits import patient_split
-from retune.data.table import PATIENT_COLUMN, ImageTable
-from retune.errors import ConfigError, StoreError, unknown_name
+from retune.data.table import ImageTable
+from retune.errors import StoreError, unknown_name
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
@@ -29,6 +29,8 @@ from retune.experiments.prepare import (
     metrics_record,
     prompt_bank,
     read_data,
+    split_facts,
+    table_warnings,
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
@@ -57,8 +59,6 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
     """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
     out_dir = Path(out_dir)
-    if config.data.csv is None:
-        raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
     table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
@@ -98,12 +98,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "prompts": prompts,
         "tau": training_facts[MAIN_METHOD].get("tau"),
         "train_config": config.model_dump(mode="json"),
-        "split": {
-            "fractions": list(config.split.fractions),
-            "seed": config.split.seed,
-            "sizes": {k: int(len(v)) for k, v in splits.items()},
-            "by": PATIENT_COLUMN,
-        },
+        "split": split_facts(config.split, splits),
         "training": training_facts,
         "data": {
             "csv": str(config.data.csv),
@@ -121,11 +116,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": [
-            "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
-        ]
-        if table.extra.get("patient_column_missing")
-        else [],
+        "warnings": table_warnings(table),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_roc_curves

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from retune.data.images import DEFAULT_LIMITS
 from retune.errors import ConfigError, RetuneError
 
 app = typer.Typer(
@@ -69,7 +70,14 @@ CSV_ARGUMENT = typer.Argument(
     ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
 )
 IMAGE_ROOT = typer.Option(
-    None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
+    None,
+    help="Folder that image paths resolve against (default: the CSV's folder). Paths may not escape it: '..', "
+    "absolute paths and symlinks must resolve inside it (see --allow-outside-root).",
+)
+ALLOW_OUTSIDE_ROOT = typer.Option(
+    False,
+    "--allow-outside-root",
+    help="Also read image paths that resolve outside --image-root (a CSV of absolute paths); off by default.",
 )
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
 METADATA_CSV = typer.Option(
@@ -106,6 +114,7 @@ def embed(
     backbone: str = BACKBONE,
     store: Path = STORE,
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str = DATA_FORMAT,
     metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
@@ -118,18 +127,31 @@ def embed(
     tokens: bool = typer.Option(
         False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
     ),
+    max_file_mb: float = typer.Option(
+        DEFAULT_LIMITS.max_bytes / 2**20, min=0, help="Largest image file read, in MiB."
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_LIMITS.max_pixels, min=1, help="Pixel budget of one image (DICOM: one frame), checked from its header."
+    ),
+    max_aspect_ratio: float = typer.Option(
+        DEFAULT_LIMITS.max_aspect_ratio, min=1, help="Longest side / shortest side allowed."
+    ),
     device: str | None = DEVICE,
     engine: str = ENGINE,
     address: str | None = ADDRESS,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
-    Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
+    Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
+    budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
     `--engine ray` decodes in Ray tasks and encodes in a pool of encoder actors (GPU actors on a GPU cluster),
     writing the same store; e.g. `retune embed labels.csv --store S --engine ray --workers 2` on this machine,
     or `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
+
+    Example: retune embed labels.csv --store retune-store --max-pixels 40000000
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.images import DecodeLimits
     from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
@@ -139,8 +161,10 @@ def embed(
         from retune.distributed.ray_embed import ray_encoder
 
         encoder, device = ray_encoder(address, workers), device or "cpu"  # the driver only hashes and writes
-    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv)
+    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv,
+                       allow_outside_root=allow_outside_root)
     model = create_backbone(backbone, device=device)
+    limits = DecodeLimits(max_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
     summary = embed_table(
         table,
         model,
@@ -149,6 +173,7 @@ def embed(
         workers=workers,
         tokens=tokens,
         show_progress=sys.stderr.isatty(),
+        limits=limits,
         encoder=encoder,
     )
     for path, reason in summary.errors.itertuples(index=False):
@@ -227,6 +252,7 @@ def train(
     ),
     store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str | None = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
     metadata_csv: Path | None = METADATA_CSV,
     prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
@@ -253,7 +279,13 @@ def train(
             "device": device,
             "seed": seed,
             "split": {"seed": seed},
-            "data": {"csv": data, "image_root": image_root, "format": data_format, "metadata_csv": metadata_csv},
+            "data": {
+                "csv": data,
+                "image_root": image_root,
+                "format": data_format,
+                "metadata_csv": metadata_csv,
+                "allow_outside_root": allow_outside_root or None,
+            },
         },
     )
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
@@ -275,6 +307,7 @@ def evaluate(
     ),
     store: Path | None = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
@@ -290,6 +323,7 @@ def evaluate(
         image_root=image_root,
         n_bootstrap=n_bootstrap,
         show_progress=sys.stderr.isatty(),
+        allow_outside_root=allow_outside_root,
     )
     if as_json:
         print(json.dumps(metrics, indent=2))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from retune.backbones.base import Backbone
+from retune.data.images import DecodeLimits
 from retune.data.pixels import pixel_shape
 from retune.distributed.cluster import connect
 from retune.store.embed import BatchEncoder, EncodedBatch, decode_image, encode_decoded
@@ -37,11 +38,11 @@ def preprocessor(backbone: Backbone) -> Backbone:
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], preprocessing: Backbone, shape: tuple[int, ...]
+    batch: dict[str, np.ndarray], preprocessing: Backbone, shape: tuple[int, ...], limits: DecodeLimits
 ) -> dict[str, np.ndarray]:
     """Ray task: decode a batch of (content_hash, path) rows; an unreadable image gets zero pixels and its reason."""
     decoded = [
-        decode_image(str(key), str(path), preprocessing.preprocess)
+        decode_image(str(key), str(path), preprocessing.preprocess, limits)
         for key, path in zip(batch["content_hash"], batch["path"])
     ]
     pixels = np.stack([np.zeros(shape, np.float32) if item[2] is None else item[2].numpy() for item in decoded])
@@ -93,7 +94,12 @@ def ray_encoder(address: str | None = None, actors: int | None = None) -> BatchE
     backbone is moved to the CPU and shipped once through Ray's object store (the driver only hashes and writes)."""
 
     def encode(
-        items: list[tuple[str, str]], backbone: Backbone, batch_size: int, workers: int | None, tokens: bool
+        items: list[tuple[str, str]],
+        backbone: Backbone,
+        batch_size: int,
+        workers: int | None,
+        tokens: bool,
+        limits: DecodeLimits,
     ) -> Iterator[EncodedBatch]:
         if not items:
             return
@@ -112,7 +118,7 @@ def ray_encoder(address: str | None = None, actors: int | None = None) -> BatchE
             decode_batch,
             batch_size=batch_size,
             num_cpus=min(1.0, cpus / 2),
-            fn_kwargs={"preprocessing": preprocessor(backbone), "shape": shape},
+            fn_kwargs={"preprocessing": preprocessor(backbone), "shape": shape, "limits": limits},
         )
         dataset = dataset.map_batches(
             EncoderActor,

@@ -39,8 +39,11 @@ def evaluate_run(
     image_root: str | Path | None = None,
     n_bootstrap: int = 1000,
     show_progress: bool = False,
+    allow_outside_root: bool = False,
 ) -> dict:
-    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
+    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
+
+    Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so)."""
     run = open_run(run_dir, store_dir, show_progress=show_progress)
     train_config = run.config
     same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
@@ -49,7 +52,8 @@ def evaluate_run(
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
     data = DataConfig.model_validate(train_config["data"])
-    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None}
+    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None,
+             "allow_outside_root": allow_outside_root or data.allow_outside_root}
     table = read_data(data.model_copy(update=other))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:

@@ -36,7 +36,7 @@ def read_data(data: DataConfig) -> ImageTable:
     if data.csv is None:
         raise ConfigError("no data: pass --data CSV or set data.csv in the config")
     return read_table(data.csv, data.format, image_root=data.image_root, uncertainty=data.uncertainty,
-                      classes=data.classes, metadata_csv=data.metadata_csv)
+                      classes=data.classes, metadata_csv=data.metadata_csv, allow_outside_root=data.allow_outside_root)
 
 
 def split_facts(split: SplitConfig, splits: dict[str, np.ndarray]) -> dict:

@@ -104,7 +104,8 @@ def run_trial(params: dict, task: TaskData, context: MethodContext, base: dict) 
         dataclasses.replace(context, val_score=reporting),
         trial_options(ReTuneConfig.model_validate(base), params),
     )
-    method.learn(task)
+    # the object store hands out read-only arrays; torch wants writable ones
+    method.learn(dataclasses.replace(task, train_x=task.train_x.copy(), val_x=task.val_x.copy()))
     final = fast_mean_auroc(method.predict(task.val_x), task.val_y)
     tune.report({METRIC: math.nan if final is None else final, "final": True})
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from retune.backbones.registry import create_backbone
+from retune.cli import app
 from retune.data.phantoms import write_phantom_dataset
 from retune.data.readers import read_table
 from retune.errors import ConfigError
@@ -79,8 +81,11 @@ def test_ray_engine_writes_the_local_engines_store(ray_local, backbone, phantoms
         EmbeddingStore(tmp_path / "ray").manifest["backbones"]
         == EmbeddingStore(tmp_path / "local").manifest["backbones"]
     )
-    again = embed(phantoms_with_broken_rows, backbone, tmp_path / "ray", "ray")
-    assert (again.n_computed, again.n_cached) == (0, N)
+    store = str(tmp_path / "ray")
+    command = ["embed", str(phantoms_with_broken_rows), "--store", store, "--engine", "ray"]
+    again = CliRunner().invoke(app, command, env={"COLUMNS": "1000"})
+    assert again.exit_code == 1, again.output  # 1: the two unreadable rows are listed again
+    assert f"{N} cached, 0 computed" in again.output
 
 
 @pytest.mark.slow

@@ -26,7 +26,11 @@ def test_two_process_lora_run_writes_one_run_that_evaluate_loads(nih_head_csv, t
         yaml.safe_dump(
             {
                 "store": str(tmp_path / "store"),
-                "data": {"csv": str(csv_path), "classes": ["Atelectasis", "Effusion", "No_Finding"]},
+                "data": {
+                    "csv": str(csv_path),
+                    "classes": ["Atelectasis", "Effusion", "No_Finding"],
+                    "allow_outside_root": True,
+                },
                 "method": "lora",
                 "rank": 4,
                 "alpha": 8,

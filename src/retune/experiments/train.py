@@ -38,6 +38,7 @@ from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
 from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, check_facts, load_checkpoint, save_checkpoint
 from retune.methods.registry import available_methods, create_method
+from retune.methods.retune import ReTuneModel
 from retune.store import EmbeddingStore, embed_table, image_embeddings
 
 MAIN_METHOD = "retune"
@@ -195,5 +196,7 @@ def open_train_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str 
                    show_progress: bool) -> SavedRun:
     """A ``retune train`` run: its methods score images through the embedding store."""
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
+    main = methods[MAIN_METHOD]
+    head = main.model.eval() if isinstance(getattr(main, "model", None), ReTuneModel) else main
     return SavedRun(facts, facts["train_config"], backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress))
+                    lambda table: score_embedded(methods, backbone, store, table, show_progress), head)

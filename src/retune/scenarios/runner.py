@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,17 +264,35 @@ def summarise(
     }
 
 
+Job = tuple[str, int]  # (method, order): the leading arguments of ``run_method``
+# Runs jobs (each through ``run_method``) and yields (job, test scores after each task) as jobs finish.
+SweepEngine = Callable[
+    [list[Job], PreparedScenario, ScenarioConfig, Path, Progress], Iterator[tuple[Job, list[np.ndarray]]]
+]
+
+
+def run_sequentially(
+    jobs: list[Job], prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress
+) -> Iterator[tuple[Job, list[np.ndarray]]]:
+    """The local engine: one job after another in this process."""
+    for job in jobs:
+        yield job, run_method(*job, prepared, config, work_dir, progress)
+
+
 def run_scenario(
     config: ScenarioConfig,
     out_dir: str | Path,
     show_progress: bool = False,
     progress: Progress = lambda message: None,
     restart: bool = False,
+    engine: SweepEngine = run_sequentially,
 ) -> dict[str, dict]:
     """Run every method of a scenario; write ``<method>/results.json``, the report and the config.
 
     Resumes each method after its last finished task when its saved states have the same results fingerprint;
-    otherwise ConfigError, or with ``restart`` its states are deleted and it starts over.
+    otherwise ConfigError, or with ``restart`` its states are deleted and it starts over. ``engine`` runs the
+    (method, order) jobs: in turn here, or as Ray tasks (``retune.distributed.ray_sweep``); a method's results are
+    written as soon as all its orders are done, in the same form whatever the engine.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,16 +301,19 @@ def run_scenario(
     for name, fingerprint in fingerprints.items():
         claim_work_dir(out_dir / "work" / name, fingerprint, restart)
     write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
+    jobs = [(name, order) for name in config.methods for order in config.orders]
+    scores: dict[Job, list[np.ndarray]] = {}
     results, final_scores = {}, {}
-    for name in config.methods:
-        scores_by_order = {
-            order: run_method(name, order, prepared, config, out_dir / "work", progress) for order in config.orders
-        }
-        results[name] = summarise(name, prepared, config, scores_by_order)
-        results[name]["results_fingerprint"] = fingerprints[name]
-        final_scores[name] = scores_by_order[config.orders[0]][-1]
-        write_json_atomic(out_dir / name / "results.json", results[name])
-        progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+    for job, job_scores in engine(jobs, prepared, config, out_dir / "work", progress):
+        scores[job] = job_scores
+        name = job[0]
+        if all((name, order) in scores for order in config.orders):
+            results[name] = summarise(name, prepared, config, {order: scores[name, order] for order in config.orders})
+            results[name]["results_fingerprint"] = fingerprints[name]
+            final_scores[name] = scores[name, config.orders[0]][-1]
+            write_json_atomic(out_dir / name / "results.json", results[name])
+            progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+    results = {name: results[name] for name in config.methods}
     from retune.report.scenario_report import write_scenario_report
 
     write_scenario_report(results, prepared, out_dir, final_scores)

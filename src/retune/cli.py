@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from retune.data.images import DEFAULT_LIMITS
-from retune.errors import RetuneError
+from retune.errors import ConfigError, RetuneError
 
 app = typer.Typer(
     help=(
@@ -109,6 +110,21 @@ MIN_POSITIVES = typer.Option(
     "the rest are listed and marked.",
 )
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
+ENGINE = typer.Option(
+    "local", help="local (this process, the default) or ray (a local Ray instance, or the cluster at --address)."
+)
+ADDRESS = typer.Option(
+    None, help="--engine ray: a cluster to join (auto, HOST:PORT or ray://HOST:PORT); default: start Ray here."
+)
+
+
+def check_engine(engine: str, address: str | None) -> str:
+    """``engine`` if known; --address only with --engine ray (one line otherwise)."""
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine: unknown engine '{engine}'; valid engine names: local, ray")
+    if address and engine != "ray":
+        raise ConfigError("--address needs --engine ray")
+    return engine
 
 
 @app.command()
@@ -122,7 +138,12 @@ def embed(
     data_format: str = DATA_FORMAT,
     metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
-    workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
+    workers: int | None = typer.Option(
+        None,
+        min=0,
+        help="local: DataLoader decoding workers (default: cores - 1); "
+        "ray: encoder actors (default: one per GPU, else one per 8 CPUs).",
+    ),
     tokens: bool = typer.Option(
         False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
     ),
@@ -136,11 +157,16 @@ def embed(
         DEFAULT_LIMITS.max_aspect_ratio, min=1, help="Longest side / shortest side allowed."
     ),
     device: str | None = DEVICE,
+    engine: str = ENGINE,
+    address: str | None = ADDRESS,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
     Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
     budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
+    `--engine ray` decodes in Ray tasks and encodes in a pool of encoder actors (GPU actors on a GPU cluster),
+    writing the same store; e.g. `retune embed labels.csv --store S --engine ray --workers 2` on this machine,
+    or `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
 
     Example: retune embed labels.csv --store retune-store --max-pixels 40000000
     """
@@ -150,6 +176,11 @@ def embed(
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
+    encoder = None
+    if check_engine(engine, address) == "ray":
+        from retune.distributed.ray_embed import ray_encoder
+
+        encoder, device = ray_encoder(address, workers), device or "cpu"  # the driver only hashes and writes
     table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv,
                        allow_outside_root=allow_outside_root)
     model = create_backbone(backbone, device=device)
@@ -163,6 +194,7 @@ def embed(
         tokens=tokens,
         show_progress=sys.stderr.isatty(),
         limits=limits,
+        encoder=encoder,
     )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
@@ -508,15 +540,23 @@ def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True, restart: bool = False) -> dict:
+def execute_scenario(
+    settings, out: Path, track: bool = True, restart: bool = False, engine: str = "local", address: str | None = None
+) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.report.tracking import log_scenario_results
-    from retune.scenarios.runner import run_scenario
+    from retune.scenarios.runner import run_scenario, run_sequentially
 
+    sweep = run_sequentially
+    if check_engine(engine, address) == "ray":
+        from retune.distributed.ray_sweep import ray_sweep
+
+        sweep = ray_sweep(address)
     results = run_scenario(
         settings,
         out,
         show_progress=sys.stderr.isatty(),
+        engine=sweep,
         progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
         restart=restart,
     )
@@ -553,22 +593,27 @@ def scenario_run(
     restart: bool = typer.Option(
         False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
     ),
+    engine: str = ENGINE,
+    address: str | None = ADDRESS,
 ) -> None:
     """Run every method through the scenario's tasks on cached embeddings.
 
     A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
-    results changed; otherwise it stops with one line, and --restart starts over.
+    results changed; otherwise it stops with one line, and --restart starts over. `--engine ray` runs every
+    (method, order, seed) as a Ray task over the same code: results.json holds the same numbers as a local run (OUT
+    and the store on a shared filesystem when --address names a cluster).
     Example: retune scenario run configs/nih-class-incremental.yaml --out results/nih-class --orders 0,1,2,3,4
     Means cover classes with >= --min-positives (default 10) test positives; mean ± sd is over (order, seed) runs.
     """
     from retune.config import load_yaml_config, override
     from retune.scenarios.spec import ScenarioConfig
 
+    check_engine(engine, address)
     settings = load_yaml_config(config, ScenarioConfig)
     settings = override(settings, {"store": store, "tracking_uri": tracking_uri, "min_positives": min_positives,
                                    "methods": _comma_list(methods, str), "orders": _comma_list(orders, int),
                                    "seeds": _comma_list(seeds, int), "data": {"csv": data}})
-    execute_scenario(settings, out, restart=restart)
+    execute_scenario(settings, out, restart=restart, engine=engine, address=address)
 
 
 @scenario_app.command("compare")
@@ -748,10 +793,20 @@ def peft_run(
         None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+    nproc: int | None = typer.Option(
+        None,
+        min=1,
+        help="Train with N processes (PyTorch DDP: gloo on CPU, nccl with one GPU each) through torchrun on this "
+        "machine; batch size is per process. Same as `torchrun --nproc_per_node N -m retune.cli peft run ...`.",
+    ),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
     from retune.config import PeftExperimentConfig, load_yaml_config, override
+    from retune.distributed.ddp import drop_option, launch
     from retune.experiments.peft import run_peft_experiment
+
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(launch(nproc, drop_option(sys.argv[1:], "--nproc")))
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
     settings = override(
@@ -768,6 +823,8 @@ def peft_run(
         },
     )
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
+    if not metrics:  # a DDP process other than rank 0: rank 0 reports
+        return
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
@@ -777,6 +834,38 @@ def peft_run(
         f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
         highlight=False,
     )
+
+
+@app.command()
+@friendly_errors
+def tune(
+    config: Path = typer.Argument(
+        ..., help="YAML: a `retune train` config plus search (ranges/choices), trials, searcher, scheduler."
+    ),
+    out: Path = typer.Option(
+        ..., help="Output folder: best.yaml (a `retune train --config` file), trials.csv, search.json."
+    ),
+    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
+    trials: int | None = typer.Option(None, min=1, help="Configurations to try (overrides the YAML; default 8)."),
+    address: str | None = ADDRESS,
+) -> None:
+    """Search RE-tune's learning rate, weight decay, input dropout, adaptor width and epochs with Ray Tune.
+
+    Optuna proposes configurations, ASHA stops trials whose validation mean AUROC lags; trials train on cached
+    embeddings and are scored on the validation split only (the test split never reaches them). Example:
+    `retune tune search.yaml --out tuned && retune train --config tuned/best.yaml --out run`.
+    """
+    from retune.config import load_yaml_config, override
+    from retune.distributed.ray_tune import TuneConfig, tune_run
+
+    settings = override(load_yaml_config(config, TuneConfig), {"trials": trials, "data": {"csv": data}})
+    summary = tune_run(settings, out, address=address, show_progress=sys.stderr.isatty())
+    best = f"validation mean AUROC {summary['best_val_mean_auroc']:.3f} with {summary['best_params']}"
+    console.print(escape(f"best of {summary['trials']} trials: {best}"), highlight=False)
+    if summary["failed_trials"]:
+        failed = f"{summary['failed_trials']} trials failed (see {escape(str(out / 'ray'))})"
+        err_console.print(f"[yellow]warning:[/] {failed}")
+    console.print(escape(f"config: {out / 'best.yaml'} (chosen on validation only)"), highlight=False)
 
 
 @app.command()

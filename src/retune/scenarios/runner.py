@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,17 +300,41 @@ def summarise(
     }
 
 
+Job = tuple[str, int, int]  # (method, order, training seed): what ``run_job`` runs
+# Runs jobs (each through ``run_method``) and yields (job, test scores after each task) as jobs finish.
+SweepEngine = Callable[
+    [list[Job], PreparedScenario, ScenarioConfig, Path, Progress], Iterator[tuple[Job, list[np.ndarray]]]
+]
+
+
+def run_sequentially(
+    jobs: list[Job], prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress
+) -> Iterator[tuple[Job, list[np.ndarray]]]:
+    """The local engine: one job after another in this process."""
+    for job in jobs:
+        yield job, run_job(job, prepared, config, work_dir, progress)
+
+
+def run_job(job: Job, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress):
+    """One (method, order, seed) job through ``run_method``: test scores after each task."""
+    name, order, seed = job
+    return run_method(name, order, prepared, config, work_dir, progress, seed=seed)
+
+
 def run_scenario(
     config: ScenarioConfig,
     out_dir: str | Path,
     show_progress: bool = False,
     progress: Progress = lambda message: None,
     restart: bool = False,
+    engine: SweepEngine = run_sequentially,
 ) -> dict[str, dict]:
     """Run every method of a scenario; write ``<method>/results.json``, the report and the config.
 
     Resumes each method after its last finished task when its saved states have the same results fingerprint;
-    otherwise ConfigError, or with ``restart`` its states are deleted and it starts over.
+    otherwise ConfigError, or with ``restart`` its states are deleted and it starts over. ``engine`` runs the
+    (method, order) jobs: in turn here, or as Ray tasks (``retune.distributed.ray_sweep``); a method's results are
+    written as soon as all its orders are done, in the same form whatever the engine.
     """
     out_dir = Path(out_dir)
     check_methods(config)
@@ -320,17 +344,21 @@ def run_scenario(
     for name, fingerprint in fingerprints.items():
         claim_work_dir(out_dir / "work" / name, fingerprint, restart)
     write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
+    seeds = config.training_seeds
+    jobs = [(name, order, seed) for name in config.methods for order in config.orders for seed in seeds]
+    scores: dict[Job, list[np.ndarray]] = {}
     results, final_scores = {}, {}
-    for name in config.methods:
-        runs = [(order, seed) for order in config.orders for seed in config.training_seeds]
-        scores_by_run = {
-            run: run_method(name, run[0], prepared, config, out_dir / "work", progress, seed=run[1]) for run in runs
-        }
-        results[name] = summarise(name, prepared, config, scores_by_run)
-        results[name]["results_fingerprint"] = fingerprints[name]
-        final_scores[name] = scores_by_run[runs[0]][-1]
-        write_json_atomic(out_dir / name / "results.json", results[name])
-        progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+    runs = [(order, seed) for order in config.orders for seed in config.training_seeds]
+    for job, job_scores in engine(jobs, prepared, config, out_dir / "work", progress):
+        scores[job] = job_scores
+        name = job[0]
+        if all((name, *run) in scores for run in runs):
+            results[name] = summarise(name, prepared, config, {run: scores[(name, *run)] for run in runs})
+            results[name]["results_fingerprint"] = fingerprints[name]
+            final_scores[name] = scores[(name, *runs[0])][-1]
+            write_json_atomic(out_dir / name / "results.json", results[name])
+            progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+    results = {name: results[name] for name in config.methods}
     from retune.report.scenario_report import write_scenario_report
 
     write_scenario_report(results, prepared, out_dir, final_scores)

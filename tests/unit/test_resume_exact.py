@@ -36,7 +36,7 @@ def learnable_scenario() -> PreparedScenario:
 
 def results_bytes(name: str, prepared: PreparedScenario, config: ScenarioConfig, work) -> bytes:
     scores = run_method(name, 0, prepared, config, work, lambda message: None)
-    return json.dumps(summarise(name, prepared, config, {0: scores}), sort_keys=True).encode()
+    return json.dumps(summarise(name, prepared, config, {(0, 0): scores}), sort_keys=True).encode()
 
 
 @pytest.mark.parametrize("name", ["naive", "lwf"])
@@ -50,7 +50,7 @@ def test_resume_after_each_task_gives_identical_results(tmp_path, name):
         work = tmp_path / f"killed-after-{finished}"
         shutil.copytree(tmp_path / "full", work)
         for later in range(finished + 1, N_TASKS + 1):
-            shutil.rmtree(work / name / "order0" / f"task{later}")
+            shutil.rmtree(work / name / "order0-seed0" / f"task{later}")
         torch.manual_seed(1000 + finished)  # a fresh process starts from another random state
         np.random.seed(1000 + finished)
         assert results_bytes(name, prepared, config, work) == uninterrupted, f"resumed after task {finished}"

@@ -67,13 +67,15 @@ class SplitConfig(StrictModel):
     """Patient-level train/val/test split."""
 
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("fractions")
     @classmethod
     def _sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
-            raise ValueError(f"split fractions must be non-negative and sum to 1, got {value}")
+            raise ValueError(f"split fractions (train, val, test) must be non-negative and sum to 1, got {list(value)}")
+        if value[0] == 0 or value[2] == 0:
+            raise ValueError(f"the train and test fractions must be positive, got {list(value)}")
         return value
 
 
@@ -84,7 +86,7 @@ class ExperimentConfig(StrictModel):
     store: Path = Path("retune-store")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: Optional[str] = None
 
 

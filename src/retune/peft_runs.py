@@ -45,7 +45,7 @@ from retune.methods.peft_tuning import (
 from retune.methods.retune import ReTuneModel
 from retune.progress import progress_bar
 from retune.prompts import build_prompts
-from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, metrics_record, prompt_bank
+from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, data_warnings, metrics_record, prompt_bank
 from retune.store import EmbeddingStore
 from retune.training.loop import FitResult, fit
 
@@ -213,7 +213,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         **outcome.memory,
         "train_seconds": outcome.train_seconds,
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": ["no patient column: each image is its own patient, so the split cannot keep a patient's images together"] if table.extra.get("patient_column_missing") else [],
+        "warnings": data_warnings(table, outcome.splits["train"]),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

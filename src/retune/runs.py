@@ -20,7 +20,7 @@ from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
-from retune.data.table import PATIENT_COLUMN, ImageTable
+from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
 from retune.errors import ConfigError, StoreError, unknown_name
 from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.io_utils import write_json_atomic
@@ -89,6 +89,14 @@ def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: 
     return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
 
 
+def data_warnings(table: ImageTable, train_rows: np.ndarray) -> list[str]:
+    """What a user must know about the data before trusting a run: no patient column, one-sided training classes."""
+    warnings = one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
+    if table.extra.get("patient_column_missing"):
+        warnings.append("no patient column: each image is its own patient, so the split cannot keep a patient's images together")
+    return warnings
+
+
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
     """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
     out_dir = Path(out_dir)
@@ -141,7 +149,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": ["no patient column: each image is its own patient, so the split cannot keep a patient's images together"] if table.extra.get("patient_column_missing") else [],
+        "warnings": data_warnings(table, splits["train"]),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_roc_curves

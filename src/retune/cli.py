@@ -179,6 +179,8 @@ def train(
     prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
     objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
     seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum training epochs of RE-tune and its baselines (default 300, early stopping on validation)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default 3e-4)."),
     device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
@@ -192,7 +194,7 @@ def train(
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
     settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
                                    "data": {"csv": data, "image_root": image_root, "format": data_format}})
-    settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective})
+    settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}})
     metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -210,14 +212,22 @@ def evaluate(
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
     image_root: Optional[Path] = IMAGE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
+    exclude_overlap: bool = typer.Option(False, "--exclude-overlap", help="Drop images the run trained or validated on (matched by content) from the metrics."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
-    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs."""
+    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs.
+
+    Evaluation images that are (by content, even under another name) training or validation images of the run are
+    counted and warned about loudly, and recorded under "overlap" in the JSON; --exclude-overlap leaves them out.
+    """
     from retune.inference import evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
+    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap,
+                           show_progress=sys.stderr.isatty(), exclude_overlap=exclude_overlap)
     if as_json:
         print(json.dumps(metrics, indent=2))
+        for warning in metrics.get("warnings", []):
+            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     else:
         print_metrics(metrics)
 

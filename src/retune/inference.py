@@ -20,6 +20,7 @@ from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
+from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
 from retune.methods.checkpoint import load_checkpoint
 from retune.peft_runs import load_tuned_run
 from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
@@ -55,8 +56,12 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
 
 
 def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 n_bootstrap: int = 1000, show_progress: bool = False) -> dict:
-    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole."""
+                 n_bootstrap: int = 1000, show_progress: bool = False, exclude_overlap: bool = False) -> dict:
+    """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
+
+    Images that the run trained or validated on (by content, see ``retune.evaluation.leakage``) are counted,
+    recorded under ``overlap`` and warned about; ``exclude_overlap`` drops them from the metrics.
+    """
     run = open_run(run_dir, store_dir, show_progress=show_progress)
     train_config = run.facts["train_config"]
     same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
@@ -75,8 +80,27 @@ def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto",
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
+    overlap, warnings = check_overlap(run_dir, table, exclude_overlap)
+    if exclude_overlap and overlap["rows"] is not None:
+        kept = np.flatnonzero(~overlap["rows"])
+        if not len(kept):
+            raise DataError(f"{csv_path}: every evaluated image is a training or validation image of {run_dir}; nothing left to evaluate")
+        table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
+    del overlap["rows"]
     records = {name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"])) for name, values in scores.items()}
-    return {**records[run.main], "baselines": {k: v for k, v in records.items() if k != run.main}, "csv": str(csv_path)}
+    return {**records[run.main], "baselines": {k: v for k, v in records.items() if k != run.main}, "csv": str(csv_path),
+            "overlap": overlap, "warnings": warnings}
+
+
+def check_overlap(run_dir: str | Path, table: ImageTable, exclude: bool) -> tuple[dict, list[str]]:
+    """The leakage guard on an evaluation table: ({n_images, of, excluded, checked, rows}, warnings)."""
+    rows = overlapping_rows(run_dir, file_hashes(table.paths))
+    if rows is None:
+        return ({"checked": False, "n_images": None, "of": len(table), "excluded": False, "rows": None},
+                [f"{run_dir} has no {DIGESTS_FILE} (made before the leakage guard, or removed): overlap with training images was not checked"])
+    count = int(rows.sum())
+    warnings = [overlap_warning(count, len(table), exclude)] if count else []
+    return {"checked": True, "n_images": count, "of": len(table), "excluded": bool(exclude and count), "rows": rows}, warnings
 
 
 def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

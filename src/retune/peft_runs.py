@@ -45,7 +45,7 @@ from retune.methods.peft_tuning import (
 from retune.methods.retune import ReTuneModel
 from retune.progress import progress_bar
 from retune.prompts import build_prompts
-from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, data_warnings, metrics_record, prompt_bank
+from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, data_warnings, metrics_record, prompt_bank, record_training_digests
 from retune.store import EmbeddingStore
 from retune.training.loop import FitResult, fit
 
@@ -200,6 +200,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
     }
     save_checkpoint(out_dir, {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})}, facts)
+    record_training_digests(out_dir, table, outcome.splits, store)
     metrics = {
         **record,
         "baselines": {},

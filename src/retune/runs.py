@@ -23,12 +23,13 @@ from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
 from retune.errors import ConfigError, StoreError, unknown_name
 from retune.evaluation import evaluate_scores, fast_mean_auroc
+from retune.evaluation.leakage import write_training_digests
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import load_checkpoint, save_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.prompts import build_prompts, prompt_texts
-from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
+from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
 
 MAIN_METHOD = "retune"
 GENERAL_DOMAIN_NOTE = "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
@@ -89,6 +90,13 @@ def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: 
     return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
 
 
+def record_training_digests(out_dir: Path, table: ImageTable, splits: dict[str, np.ndarray], store: EmbeddingStore) -> int:
+    """Write the leakage guard's salted digests of the training and validation images (see ``retune.evaluation.leakage``)."""
+    rows = np.concatenate([splits["train"], splits["val"]])
+    hashes, _ = hash_files([table.paths[row] for row in rows], store)
+    return write_training_digests(out_dir, hashes.values())
+
+
 def data_warnings(table: ImageTable, train_rows: np.ndarray) -> list[str]:
     """What a user must know about the data before trusting a run: no patient column, one-sided training classes."""
     warnings = one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
@@ -141,6 +149,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "data": {"csv": str(config.data.csv), "n_images": len(table), "n_failed_images": embedded.n_failed, "patient_column_missing": bool(table.extra.get("patient_column_missing"))},
     }
     save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
+    record_training_digests(out_dir, table, splits, store)
     metrics = {
         **per_method[MAIN_METHOD],
         "baselines": {name: record for name, record in per_method.items() if name != MAIN_METHOD},

@@ -149,16 +149,11 @@ def print_metrics(metrics: dict) -> None:
     methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
     table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
 
-    def cell(value, interval) -> str:
-        if value is None:
-            return "undefined"
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
-
     for name in metrics["classes"]:
         row = [name, str(metrics["per_class"][name]["n_pos"])]
-        row += [cell(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()]
+        row += [interval_text(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()]
         table.add_row(*row)
-    table.add_row("[bold]mean", "", *[f"[bold]{cell(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()])
+    table.add_row("[bold]mean", "", *[f"[bold]{interval_text(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()])
     console.print(table)
     if metrics.get("note"):
         console.print(f"[dim]{metrics['note']}[/]")
@@ -197,7 +192,7 @@ def train(
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}})
     metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(rounded(metrics), indent=2))
     else:
         print_metrics(metrics)
         console.print(escape(f"run saved to {out}"))
@@ -225,11 +220,14 @@ def evaluate(
     metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap,
                            show_progress=sys.stderr.isatty(), exclude_overlap=exclude_overlap)
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(rounded(metrics), indent=2))
         for warning in metrics.get("warnings", []):
             err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     else:
         print_metrics(metrics)
+
+
+OUTPUT_FORMATS = (".csv", ".json", ".parquet")
 
 
 @app.command()
@@ -239,25 +237,74 @@ def predict(
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: the run's)."),
     method: Optional[str] = typer.Option(None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."),
-    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to this CSV or Parquet file."),
+    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to a .csv, .json or .parquet file (the extension decides)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the probabilities as JSON to stdout instead of a table."),
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1)."""
+    from retune.errors import ConfigError
     from retune.inference import predict_images
 
+    if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
+        raise ConfigError(f"--output {output}: unknown extension '{output.suffix}'; use one of {', '.join(OUTPUT_FORMATS)}")
     frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
     for path, reason in errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
-    table = Table("image", *frame.columns[1:])
-    for row in frame.itertuples(index=False):
-        table.add_row(Path(row[0]).name, *(f"{value:.3f}" for value in row[1:]))
-    console.print(table)
+    if as_json:
+        print(json.dumps(prediction_records(frame, digits=4), indent=2))
+    else:
+        print_predictions(frame)
     if output is not None:
-        from retune.io_utils import atomic_path
-
-        with atomic_path(output) as temp:
-            frame.to_parquet(temp, index=False) if output.suffix == ".parquet" else frame.to_csv(temp, index=False)
+        write_predictions(frame, output)
+        err_console.print(escape(f"wrote {output}"), highlight=False)
     if len(errors):
         raise typer.Exit(1)
+
+
+def prediction_records(frame, digits: int | None = None) -> list[dict]:
+    """One {"image": path, "probabilities": {class: p}} per row (rounded to ``digits`` when given)."""
+    return [{"image": row[0], "probabilities": {name: (round(float(value), digits) if digits is not None else float(value))
+                                                for name, value in zip(frame.columns[1:], row[1:])}}
+            for row in frame.itertuples(index=False)]
+
+
+def write_predictions(frame, output: Path) -> None:
+    """Write the probabilities in the format the extension names (full precision), atomically."""
+    from retune.io_utils import atomic_path
+
+    suffix = output.suffix.lower()
+    with atomic_path(output) as temp:
+        if suffix == ".parquet":
+            frame.to_parquet(temp, index=False)
+        elif suffix == ".json":
+            temp.write_text(json.dumps(prediction_records(frame), indent=2) + "\n")
+        else:
+            frame.to_csv(temp, index=False)
+
+
+def shorten_left(text: str, width: int) -> str:
+    """``text`` cut from the left to ``width`` characters (file names differ at their end)."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def print_predictions(frame) -> None:
+    """A table that stays readable at 80 columns: images as rows when the findings fit, findings as rows otherwise."""
+    names = [shorten_left(Path(path).name, 24) for path in frame["image"]]
+    classes = list(frame.columns[1:])
+    needed = max(map(len, ["image", *names])) + 4 + sum(max(len(name), 5) + 3 for name in classes)
+    if needed <= console.width:
+        table = Table("image", *classes)
+        for name, row in zip(names, frame.itertuples(index=False)):
+            table.add_row(escape(name), *(f"{value:.3f}" for value in row[1:]))
+        console.print(table)
+        return
+    label_width = max(map(len, ["finding", *classes])) + 4
+    short = [shorten_left(name, 12) for name in names]
+    per_table = max(1, (console.width - label_width) // (max(map(len, short)) + 3))  # image columns that fit beside the names
+    for start in range(0, len(names), per_table):
+        table = Table("finding", *(escape(name) for name in short[start:start + per_table]))
+        for name in classes:
+            table.add_row(escape(name), *(f"{value:.3f}" for value in frame[name].iloc[start:start + per_table]))
+        console.print(table)
 
 
 def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
@@ -277,23 +324,128 @@ def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
     return found
 
 
+def interval_text(value: float | None, interval: list | None) -> str:
+    """``0.712 [0.650, 0.770]``, or ``undefined``."""
+    if value is None:
+        return "undefined"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def flat_settings(payload: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config values as ``a.b.c -> text`` (lists and scalars as text)."""
+    flat = {}
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
+    return flat
+
+
+def run_settings(run: Path) -> dict[str, str]:
+    """What decides a run's results, flattened: its training config, backbone and methods (from config.json)."""
+    config = (run if run.is_dir() else run.parent) / "config.json"
+    if not config.exists():
+        return {}
+    facts = json.loads(config.read_text())
+    settings = flat_settings(facts.get("train_config", {}))
+    settings["backbone.fingerprint"] = str(facts.get("backbone", {}).get("fingerprint", ""))
+    settings["methods"] = ", ".join(facts.get("methods", {}))
+    if "tuning" in facts:
+        settings.update(flat_settings(facts["tuning"], "tuning."))
+    return settings
+
+
+def print_setting_differences(runs: list[Path]) -> None:
+    """Only the settings whose values differ between the runs (objective, method, backbone, options...)."""
+    settings = [run_settings(run) for run in runs]
+    keys = sorted({key for one in settings for key in one})
+    differing = [key for key in keys if len({one.get(key, "-") for one in settings}) > 1]
+    if not differing:
+        console.print("[dim]the runs' recorded settings are identical[/]")
+        return
+    table = Table("setting that differs", *(escape(shorten_left(str(run), 28)) for run in runs), title="settings")
+    for key in differing:
+        table.add_row(escape(key), *(escape(one.get(key, "-")) for one in settings))
+    console.print(table)
+
+
 @app.command()
 @friendly_errors
-def compare(runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft.")) -> None:
-    """Put any runs side by side: mean AUROC with CI, split and backbone of every method they hold."""
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV for a paired comparison of exactly two runs on the same images."),
+    split: str = typer.Option("auto", help="With --data: all, train, val, test; auto = test for the first run's training CSV, else all."),
+    n_bootstrap: int = typer.Option(1000, min=0, help="With --data: patient bootstrap replicates for the CI of the difference."),
+    as_json: bool = typer.Option(False, "--json", help="With --data: print the paired comparison as JSON."),
+) -> None:
+    """Put runs side by side: mean AUROC with CI and the settings that differ; with --data, is A better than B?
+
+    The paired comparison scores both runs' main methods on the same images (images either run trained on are left
+    out) and gives the AUROC difference A - B with a patient-bootstrap CI: a CI excluding 0 means a real difference.
+
+    Examples:
+      retune compare runs/bce runs/clip
+      retune compare runs/bce runs/clip --data ../shared/data/nih-cxr14/labels.csv
+    """
     from retune.errors import ConfigError
 
+    for run in runs:
+        path = run / "metrics.json" if run.is_dir() else run
+        if not run.exists():
+            raise ConfigError(f"{run}: does not exist")
+        if run.is_dir() and not path.exists() and any(run.glob("*/results.json")):
+            raise ConfigError(f"{run} is a scenario output folder; use `retune scenario compare {run}`")
+        if not path.exists():
+            raise ConfigError(f"{path}: no metrics.json here")
+    if data is not None:
+        if len(runs) != 2:
+            raise ConfigError(f"--data compares exactly two runs (got {len(runs)})")
+        from retune.inference import paired_comparison
+
+        result = paired_comparison(runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
+        if as_json:
+            print(json.dumps(rounded(result), indent=2))
+            return
+        print_paired(result)
+        return
     table = Table("run", "method", "split", "backbone", "mean AUROC [95% CI]", "n images")
     for run in runs:
         path = run / "metrics.json" if run.is_dir() else run
-        if not path.exists():
-            raise ConfigError(f"{path}: no metrics.json here")
         for label, record in metric_records(json.loads(path.read_text())):
-            interval = record.get("mean_auroc_ci")
-            value = record.get("mean_auroc")
-            shown = "undefined" if value is None else f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            table.add_row(escape(str(run)), escape(label), str(record.get("split", "")), escape(str(record.get("backbone", ""))), shown, str(record.get("n_images", "")))
+            table.add_row(escape(str(run)), escape(label), str(record.get("split", "")), escape(str(record.get("backbone", ""))),
+                          interval_text(record.get("mean_auroc"), record.get("mean_auroc_ci")), str(record.get("n_images", "")))
     console.print(table)
+    if len(runs) > 1:
+        print_setting_differences(runs)
+
+
+def print_paired(result: dict) -> None:
+    """Per-class and mean AUROC difference A - B with paired CIs."""
+    console.print(escape(f"A = {result['run_a']} ({result['method_a']})\nB = {result['run_b']} ({result['method_b']})\n"
+                         f"{result['n_images']} images of {result['n_patients']} patients ({result['split']} split)"), highlight=False)
+    table = Table("class", "AUROC A - B [95% CI]")
+    for name, record in result["per_class"].items():
+        table.add_row(escape(name), interval_text(record["difference"], record["difference_ci"]))
+    table.add_row(f"[bold]mean ({len(result['classes'])} classes)", "[bold]" + interval_text(result["difference"], result["difference_ci"]))
+    console.print(table)
+    console.print(escape(f"mean AUROC A {interval_text(result['mean_auroc_a'], None)}, B {interval_text(result['mean_auroc_b'], None)}; "
+                         "a CI that excludes 0 means a difference beyond resampling noise"), highlight=False)
+    for run, count in result["excluded_training_overlap"].items():
+        if count:
+            err_console.print(f"[yellow]warning:[/] {escape(f'{count} images left out: {run} trained or validated on them')}", highlight=False)
+
+
+def rounded(payload, digits: int = 4):
+    """``payload`` with every float rounded to ``digits`` decimals (for JSON printed to people)."""
+    if isinstance(payload, float):
+        return round(payload, digits)
+    if isinstance(payload, dict):
+        return {key: rounded(value, digits) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [rounded(value, digits) for value in payload]
+    return payload
 
 
 scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True)
@@ -387,23 +539,16 @@ def adaptor_run(
     settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
     metrics = run_adaptor_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(rounded(metrics), indent=2))
         return
     retrieval = metrics["retrieval"]["adaptor"]
-    console.print(escape(f"retrieval (test split, adaptor): {json.dumps(retrieval)}"), highlight=False)
+    console.print(escape(f"retrieval (test split, adaptor): {json.dumps(rounded(retrieval, 3))}"), highlight=False)
     table = Table("labels", "adaptor + probe: mean AUROC [95% CI]", "frozen + probe: mean AUROC [95% CI]")
     for fraction, records in metrics["label_fractions"].items():
-        table.add_row(f"{float(fraction):.0%}", *(_mean_cell(records[name]) for name in ("adaptor", "frozen")))
+        table.add_row(f"{float(fraction):.0%}", *(interval_text(records[name].get("mean_auroc"), records[name].get("mean_auroc_ci")) for name in ("adaptor", "frozen")))
     console.print(table)
     if metrics.get("note"):
         console.print(f"[dim]{escape(metrics['note'])}[/]")
-
-
-def _mean_cell(record: dict) -> str:
-    value, interval = record.get("mean_auroc"), record.get("mean_auroc_ci")
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the first k blocks.", no_args_is_help=True)
@@ -434,7 +579,7 @@ def peft_run(
                                    "epochs": epochs, "lr": lr, "data": {"csv": data}})
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(rounded(metrics), indent=2))
         return
     print_metrics(metrics)
     console.print(f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})", highlight=False)

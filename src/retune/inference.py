@@ -20,6 +20,7 @@ from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
+from retune.evaluation.paired import paired_auroc_difference
 from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
 from retune.methods.checkpoint import load_checkpoint
 from retune.peft_runs import load_tuned_run
@@ -101,6 +102,46 @@ def check_overlap(run_dir: str | Path, table: ImageTable, exclude: bool) -> tupl
     count = int(rows.sum())
     warnings = [overlap_warning(count, len(table), exclude)] if count else []
     return {"checked": True, "n_images": count, "of": len(table), "excluded": bool(exclude and count), "rows": rows}, warnings
+
+
+def paired_comparison(run_a: str | Path, run_b: str | Path, csv_path: str | Path, split: str = "auto", n_bootstrap: int = 1000,
+                      image_root: str | Path | None = None, show_progress: bool = False) -> dict:
+    """Main-method AUROC of run A minus run B on the same images (A's split of the CSV), with a paired patient-bootstrap CI.
+
+    The images are those both runs could score; images either run trained or validated on are left out and counted.
+    """
+    first, second = open_run(run_a, show_progress=show_progress), open_run(run_b, show_progress=show_progress)
+    train_config = first.facts["train_config"]
+    same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
+    split = ("test" if same_csv else "all") if split == "auto" else split
+    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"],
+                       uncertainty=train_config["data"]["uncertainty"])
+    if split != "all":
+        table = table.subset(patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split])
+    classes = [name for name in first.classes if name in second.classes and name in table.classes]
+    if not classes:
+        raise ConfigError(f"{run_a} and {run_b} share no class that {csv_path} labels")
+    scored = []
+    for run in (first, second):
+        scores, rows, _ = run.score(table)
+        full = np.full((len(table), len(run.classes)), np.nan)
+        full[rows] = scores[run.main]
+        scored.append(full[:, [run.classes.index(name) for name in classes]])
+    usable = ~np.isnan(scored[0]).any(axis=1) & ~np.isnan(scored[1]).any(axis=1)
+    overlaps = {}
+    for run_dir in (run_a, run_b):
+        overlap, _ = check_overlap(run_dir, table, exclude=True)
+        overlaps[str(run_dir)] = overlap["n_images"]
+        if overlap["rows"] is not None:
+            usable &= ~overlap["rows"]
+    kept = np.flatnonzero(usable)
+    if not len(kept):
+        raise DataError(f"{csv_path}: no image that both runs can score and neither trained on")
+    table = table.subset(kept)
+    result = paired_auroc_difference(scored[0][kept], scored[1][kept], table.labels(classes), classes, table.patients,
+                                     n_bootstrap, int(train_config["seed"]))
+    return {"run_a": str(run_a), "method_a": first.main, "run_b": str(run_b), "method_b": second.main, "split": split, "csv": str(csv_path),
+            "excluded_training_overlap": overlaps, **result}
 
 
 def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

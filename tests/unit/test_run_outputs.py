@@ -65,3 +65,67 @@ def test_evaluate_counts_training_images_by_content_and_can_exclude_them(phantom
 def test_training_digests_hold_no_paths(phantom_run):
     text = (phantom_run["run"] / "training_digests.json").read_text()
     assert "phantom_" not in text and ".png" not in text
+
+
+@pytest.fixture(scope="module")
+def siglip_run(phantom_run) -> Path:
+    """A second run on the same data and split that differs only in its objective."""
+    out = phantom_run["root"] / "run-siglip"
+    result = runner.invoke(app, ["train", "--data", str(phantom_run["csv"]), "--out", str(out), "--store", str(phantom_run["store"]),
+                                 "--config", str(phantom_run["root"] / "train.yaml"), "--epochs", "5", "--objective", "siglip", "--json"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _images(phantom_run, n: int) -> list[str]:
+    return [str(path) for path in sorted((phantom_run["csv"].parent / "images").glob("*.png"))[:n]]
+
+
+def test_predict_table_fits_80_columns_with_3_decimals(phantom_run):
+    result = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *_images(phantom_run, 3)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    numbers = [token for token in result.stdout.replace("│", " ").split() if token.replace(".", "", 1).isdigit() and "." in token]
+    assert numbers and all(len(token.split(".")[1]) == 3 for token in numbers)
+
+
+def test_predict_json_and_output_by_extension(phantom_run, tmp_path):
+    images = _images(phantom_run, 2)
+    result = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--json", "--output", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert [record["image"] for record in printed] == [str(Path(p).resolve()) for p in images]
+    written = json.loads((tmp_path / "p.json").read_text())  # JSON, not CSV
+    assert set(written[0]["probabilities"]) == set(printed[0]["probabilities"])
+    parquet = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--output", str(tmp_path / "p.parquet")])
+    assert parquet.exit_code == 0 and len(pd.read_parquet(tmp_path / "p.parquet")) == 2
+    refused = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--output", str(tmp_path / "p.txt")])
+    assert refused.exit_code == 2 and "'.txt'" in refused.output and not (tmp_path / "p.txt").exists()
+
+
+def test_json_to_stdout_is_rounded(phantom_run):
+    result = runner.invoke(app, ["evaluate", "--run", str(phantom_run["run"]), "--data", str(phantom_run["csv"]), "--n-bootstrap", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    floats = [token for token in result.stdout.replace(",", " ").split() if "." in token and token.lstrip("-").replace(".", "", 1).isdigit()]
+    assert floats and all(len(token.split(".")[1]) <= 4 for token in floats)
+
+
+def test_compare_shows_differing_settings_and_paired_difference(phantom_run, siglip_run):
+    run = phantom_run["run"]
+    side = runner.invoke(app, ["compare", str(run), str(siglip_run)], env={"COLUMNS": "200"})
+    assert side.exit_code == 0, side.output
+    assert "retune.objective" in side.stdout and "siglip" in side.stdout and "retune.optim.lr" in side.stdout
+    paired = runner.invoke(app, ["compare", str(run), str(siglip_run), "--data", str(phantom_run["csv"]), "--n-bootstrap", "30", "--json"])
+    assert paired.exit_code == 0, paired.output
+    result = json.loads(paired.stdout)
+    assert result["split"] == "test" and result["n_images"] > 0
+    assert result["difference"] == pytest.approx(result["mean_auroc_a"] - result["mean_auroc_b"], abs=2e-4)
+    low, high = result["difference_ci"]
+    assert low <= result["difference"] <= high
+
+
+def test_compare_on_a_scenario_folder_points_to_scenario_compare(tmp_path):
+    (tmp_path / "retune").mkdir()
+    (tmp_path / "retune" / "results.json").write_text("{}")
+    result = runner.invoke(app, ["compare", str(tmp_path)])
+    assert result.exit_code == 2 and "retune scenario compare" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: 
     """One MLflow run per method with its headline metrics, per-task curve and the report as artifacts."""
     import mlflow
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines ("Creating a new experiment") are not our output
     uri = tracking_uri or default_tracking_uri(out_dir)
     if uri.startswith("file:"):
         # MLflow 3 keeps the file store in maintenance mode behind this opt-in; a local folder is what we want.

@@ -50,6 +50,26 @@ def friendly_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def announce_store(store: Path) -> None:
+    """Say which store a command writes embeddings to (it holds patient-derived data), and whether it is new."""
+    state = "existing" if Path(store, "manifest.json").exists() else "new"
+    err_console.print(escape(f"embedding store: {Path(store).resolve()} ({state}; patient-derived data, `retune store purge` deletes it)"),
+                      highlight=False, soft_wrap=True)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from retune import __version__
+
+        print(f"retune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, help="Print the version and exit.")) -> None:
+    """Adapt frozen medical vision-language models with small adaptors."""
+
+
 @app.command()
 @friendly_errors
 def backbones() -> None:
@@ -101,6 +121,7 @@ def embed(
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
     table = read_dataset(csv_path, image_root, data_format, "ignore")
     model = create_backbone(backbone, device=device)
+    announce_store(store)
     summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
@@ -183,14 +204,15 @@ def train(
 
     Images are embedded once into the store first (skipped when already there).
     """
+    from retune.api import train as train_api
     from retune.config import TrainConfig, load_yaml_config, override
-    from retune.runs import train_run
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
     settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
                                    "data": {"csv": data, "image_root": image_root, "format": data_format}})
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}})
-    metrics = train_run(settings, out, show_progress=sys.stderr.isatty())
+    announce_store(settings.store)
+    metrics = train_api(settings, out, show_progress=sys.stderr.isatty()).metrics
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
     else:
@@ -208,6 +230,7 @@ def evaluate(
     image_root: Optional[Path] = IMAGE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     exclude_overlap: bool = typer.Option(False, "--exclude-overlap", help="Drop images the run trained or validated on (matched by content) from the metrics."),
+    cache: bool = typer.Option(False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
     """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs.
@@ -215,10 +238,10 @@ def evaluate(
     Evaluation images that are (by content, even under another name) training or validation images of the run are
     counted and warned about loudly, and recorded under "overlap" in the JSON; --exclude-overlap leaves them out.
     """
-    from retune.inference import evaluate_run
+    from retune.api import load_run
 
-    metrics = evaluate_run(run, data, split=split, store_dir=store, image_root=image_root, n_bootstrap=n_bootstrap,
-                           show_progress=sys.stderr.isatty(), exclude_overlap=exclude_overlap)
+    metrics = load_run(run, store=store, cache=cache).evaluate(data, split=split, image_root=image_root, n_bootstrap=n_bootstrap,
+                                                               show_progress=sys.stderr.isatty(), exclude_overlap=exclude_overlap)
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
         for warning in metrics.get("warnings", []):
@@ -239,15 +262,20 @@ def predict(
     method: Optional[str] = typer.Option(None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."),
     output: Optional[Path] = typer.Option(None, help="Also write the probabilities to a .csv, .json or .parquet file (the extension decides)."),
     as_json: bool = typer.Option(False, "--json", help="Print the probabilities as JSON to stdout instead of a table."),
+    cache: bool = typer.Option(False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."),
 ) -> None:
-    """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1)."""
+    """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1).
+
+    New images are embedded in memory and forgotten; nothing is added to the store unless --cache.
+    """
+    from retune.api import load_run
     from retune.errors import ConfigError
-    from retune.inference import predict_images
 
     if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
         raise ConfigError(f"--output {output}: unknown extension '{output.suffix}'; use one of {', '.join(OUTPUT_FORMATS)}")
-    frame, errors = predict_images(run, [str(p) for p in images], store_dir=store, method=method)
-    for path, reason in errors.itertuples(index=False):
+    frame = load_run(run, store=store, cache=cache).predict(images, method=method)
+    errors = frame.attrs["unreadable"]
+    for path, reason in errors:
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     if as_json:
         print(json.dumps(prediction_records(frame, digits=4), indent=2))
@@ -471,14 +499,15 @@ def print_comparison(results: dict[str, dict]) -> None:
 
 def execute_scenario(settings, out: Path, track: bool = True) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
-    from retune.report.tracking import log_scenario_results
-    from retune.scenarios.runner import run_scenario
+    from retune.api import run_scenario
+    from retune.report.tracking import default_tracking_uri
 
-    results = run_scenario(settings, out, show_progress=sys.stderr.isatty(), progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
+    announce_store(settings.store)
+    results = run_scenario(settings, out, show_progress=sys.stderr.isatty(), track=track,
+                           progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
     print_comparison(results)
     if track:
-        uri = log_scenario_results(results, out, settings.tracking_uri)
-        console.print(escape(f"MLflow: {uri}"), highlight=False)
+        console.print(escape(f"MLflow: {settings.tracking_uri or default_tracking_uri(out)} (browse: retune ui {out})"), highlight=False)
     console.print(escape(f"report: {out / 'report.html'}"), highlight=False)
     return results
 
@@ -537,6 +566,7 @@ def adaptor_run(
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
     settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
+    announce_store(settings.store)
     metrics = run_adaptor_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
@@ -577,6 +607,7 @@ def peft_run(
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
     settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
                                    "epochs": epochs, "lr": lr, "data": {"csv": data}})
+    announce_store(settings.store)
     metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
@@ -592,6 +623,7 @@ def demo(
     data: Optional[Path] = typer.Option(None, help="Your label CSV instead of synthetic phantoms (e.g. ../shared/data/nih-cxr14/labels.csv)."),
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store to reuse (default: OUT/store); with --data, pass the store you embedded that CSV into."),
     device: Optional[str] = DEVICE,
 ) -> None:
     """The main job, offline: a class-incremental scenario with every method on the default backbone.
@@ -606,7 +638,7 @@ def demo(
     csv_path = data if data is not None else write_phantom_dataset(out / "phantoms", n=n_images, seed=0)
     settings = ScenarioConfig(
         name="demo-phantoms" if data is None else f"demo-{csv_path.stem}",
-        store=out / "store",
+        store=store or out / "store",
         data=DataConfig(csv=csv_path),
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,

@@ -31,8 +31,9 @@ Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.Data
 
 @dataclass
 class SavedRun:
-    """A run ready to score images: its facts, backbone, class order, main method and a scorer for tables."""
+    """A run ready to score images: its folder, facts, backbone, class order, main method and a scorer for tables."""
 
+    path: Path
     facts: dict
     backbone: Backbone
     classes: list[str]
@@ -40,8 +41,15 @@ class SavedRun:
     score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
 
 
-def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False) -> SavedRun:
-    """Rebuild a run directory made by ``retune train`` or ``retune peft run``."""
+def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False,
+             cache: bool = False) -> SavedRun:
+    """Rebuild a run directory made by ``retune train`` or ``retune peft run``.
+
+    New images are embedded in memory unless ``cache`` (then their embeddings are added to the store).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir}: run directory does not exist")
     checkpoint = load_checkpoint(run_dir)
     if "tuning" in checkpoint[1]:
         tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
@@ -50,20 +58,24 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
             scores, rows, errors = tuned.score(table)
             return {tuned.name: scores}, rows, errors
 
-        return SavedRun(tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
-    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
-    return SavedRun(facts, backbone, list(facts["classes"]), MAIN_METHOD,
+        return SavedRun(run_dir, tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
+    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint, cache=cache)
+    return SavedRun(run_dir, facts, backbone, list(facts["classes"]), MAIN_METHOD,
                     lambda table: score_embedded(methods, backbone, store, table, show_progress))
 
 
-def evaluate_run(run_dir: str | Path, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 n_bootstrap: int = 1000, show_progress: bool = False, exclude_overlap: bool = False) -> dict:
+RunLike = str | Path | SavedRun
+
+
+def evaluate_run(run: RunLike, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
+                 n_bootstrap: int = 1000, show_progress: bool = False, exclude_overlap: bool = False, cache: bool = False) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
 
     Images that the run trained or validated on (by content, see ``retune.evaluation.leakage``) are counted,
     recorded under ``overlap`` and warned about; ``exclude_overlap`` drops them from the metrics.
     """
-    run = open_run(run_dir, store_dir, show_progress=show_progress)
+    run = run if isinstance(run, SavedRun) else open_run(run, store_dir, show_progress=show_progress, cache=cache)
+    run_dir = run.path
     train_config = run.facts["train_config"]
     same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
     if split == "auto":
@@ -144,9 +156,10 @@ def paired_comparison(run_a: str | Path, run_b: str | Path, csv_path: str | Path
             "excluded_training_overlap": overlaps, **result}
 
 
-def predict_images(run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_images(run: RunLike, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None,
+                   cache: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class probabilities for new images (default: the run's main method); also returns the unreadable images."""
-    run = open_run(run_dir, store_dir)
+    run = run if isinstance(run, SavedRun) else open_run(run, store_dir, cache=cache)
     paths = [str(Path(p).resolve()) for p in image_paths]
     scores, rows, errors = run.score(ImageTable(pd.DataFrame({PATH_COLUMN: paths, PATIENT_COLUMN: paths}), []))
     method = method or run.main

@@ -44,8 +44,9 @@ from retune.methods.peft_tuning import (
 )
 from retune.methods.retune import ReTuneModel
 from retune.progress import progress_bar
+from retune.report.run_card import write_run_card
 from retune.prompts import build_prompts
-from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, data_warnings, metrics_record, prompt_bank, record_training_digests
+from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, data_warnings, metrics_record, prompt_bank, record_training_digests, split_positives
 from retune.store import EmbeddingStore
 from retune.training.loop import FitResult, fit
 
@@ -198,6 +199,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
+        "positives": split_positives(table, outcome.splits),
     }
     save_checkpoint(out_dir, {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})}, facts)
     record_training_digests(out_dir, table, outcome.splits, store)
@@ -217,6 +219,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "warnings": data_warnings(table, outcome.splits["train"]),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
+    write_run_card(out_dir, facts, metrics, "peft")
     return metrics
 
 

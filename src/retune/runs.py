@@ -30,6 +30,7 @@ from retune.methods.checkpoint import load_checkpoint, save_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
+from retune.store.memory import MemoryOverlay
 
 MAIN_METHOD = "retune"
 GENERAL_DOMAIN_NOTE = "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
@@ -97,6 +98,11 @@ def record_training_digests(out_dir: Path, table: ImageTable, splits: dict[str, 
     return write_training_digests(out_dir, hashes.values())
 
 
+def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """Positive labels per class in each split (for the run card and the report)."""
+    return {name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes} for name, rows in splits.items()}
+
+
 def data_warnings(table: ImageTable, train_rows: np.ndarray) -> list[str]:
     """What a user must know about the data before trusting a run: no patient column, one-sided training classes."""
     warnings = one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
@@ -147,6 +153,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in splits.items()}, "by": PATIENT_COLUMN},
         "training": training_facts,
         "data": {"csv": str(config.data.csv), "n_images": len(table), "n_failed_images": embedded.n_failed, "patient_column_missing": bool(table.extra.get("patient_column_missing"))},
+        "positives": split_positives(table, splits),
     }
     save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
     record_training_digests(out_dir, table, splits, store)
@@ -162,8 +169,10 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_roc_curves
+    from retune.report.run_card import write_run_card
 
     plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png")
+    write_run_card(out_dir, facts, metrics, "train")
     return metrics
 
 
@@ -176,13 +185,21 @@ def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None
     return backbone
 
 
+def scoring_store(path: str | Path, cache: bool) -> EmbeddingStore | MemoryOverlay:
+    """The store new images are scored through: the store itself with ``cache`` (new embeddings are kept), else an
+    in-memory overlay that reads what the store already has and keeps everything new in memory."""
+    if cache:
+        return EmbeddingStore(path)
+    return MemoryOverlay(EmbeddingStore(path, create=False) if Path(path).exists() else None)
+
+
 def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
-             checkpoint: tuple[dict, dict] | None = None) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
+             checkpoint: tuple[dict, dict] | None = None, cache: bool = False) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore | MemoryOverlay]:
     """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
-    the run's ``load_checkpoint`` result when the caller has already read it."""
+    the run's ``load_checkpoint`` result when the caller has already read it; ``cache``: see ``scoring_store``."""
     tensors, facts = checkpoint or load_checkpoint(run_dir)
     backbone = checked_backbone(run_dir, facts, device)
-    store = EmbeddingStore(store_dir or facts["train_config"]["store"], create=False)
+    store = scoring_store(store_dir or facts["train_config"]["store"], cache)
     context = method_context(backbone, PromptBank(), int(facts["train_config"]["seed"]))
     config = ReTuneConfig.model_validate(facts["train_config"]["retune"])
     methods = {}

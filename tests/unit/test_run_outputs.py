@@ -129,3 +129,70 @@ def test_compare_on_a_scenario_folder_points_to_scenario_compare(tmp_path):
     (tmp_path / "retune" / "results.json").write_text("{}")
     result = runner.invoke(app, ["compare", str(tmp_path)])
     assert result.exit_code == 2 and "retune scenario compare" in result.output
+
+
+def test_python_api_readme_example(phantom_run):
+    """The README's API example: train from a dict, load the run back, predict and evaluate."""
+    import retune
+
+    assert retune.__version__ and retune.__version__[0].isdigit()
+    out = phantom_run["root"] / "api-run"
+    run = retune.train({"data": {"csv": str(phantom_run["csv"])}, "store": str(phantom_run["store"]), "n_bootstrap": 20,
+                        "baselines": [], "retune": {"optim": {"epochs": 3}}}, out=out)
+    assert run.metrics["method"] == "retune" and (out / "RUN_CARD.md").exists()
+    loaded = retune.load_run(out)
+    frame = loaded.predict(_images(phantom_run, 2))
+    assert list(frame.columns) == ["image", *loaded.classes] and len(frame) == 2
+    assert loaded.evaluate(phantom_run["csv"], n_bootstrap=0)["split"] == "test"
+    with pytest.raises(retune.api.ConfigError, match="field 'retune.optim.epochs'"):
+        retune.train({"retune": {"optim": {"epochs": 0}}}, out=out)
+
+
+def test_missing_run_directory_says_it_does_not_exist(tmp_path):
+    result = runner.invoke(app, ["predict", "--run", str(tmp_path / "nope"), str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "run directory does not exist" in result.output
+
+
+def test_version_flag():
+    import retune
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"retune {retune.__version__}"
+
+
+def test_run_card_describes_backbone_data_metrics_and_limits(phantom_run):
+    card = (phantom_run["run"] / "RUN_CARD.md").read_text()
+    metrics = json.loads((phantom_run["run"] / "metrics.json").read_text())
+    assert "General-domain backbone" in card and "## Intended use" in card
+    assert f"{metrics['mean_auroc']:.3f}" in card and all(name in card for name in metrics["classes"])
+    assert "linear_probe AUROC" in card
+
+
+def test_train_names_the_store_it_writes(phantom_run, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(phantom_run["csv"]), "--out", str(tmp_path / "r"), "--store", str(phantom_run["store"]),
+                                 "--config", str(phantom_run["root"] / "train.yaml"), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"embedding store: {phantom_run['store'].resolve()} (existing" in result.stderr.replace("\n", "")
+
+
+def test_predict_and_evaluate_add_nothing_to_the_store_without_cache(phantom_run, tmp_path):
+    """New images are embedded in memory; only --cache adds their embeddings (and hashes/paths) to the store."""
+    from retune.data.phantoms import write_phantom_dataset
+
+    fresh = write_phantom_dataset(tmp_path / "new", n=4, seed=99)
+    images = [str(path) for path in sorted((fresh.parent / "images").glob("*.png"))]
+    store = phantom_run["store"]
+
+    def files() -> set[Path]:
+        return {path for path in store.rglob("*") if path.is_file() and path.name != ".lock"}
+
+    before = files()
+    result = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--json"])
+    assert result.exit_code == 0, result.output
+    evaluated = runner.invoke(app, ["evaluate", "--run", str(phantom_run["run"]), "--data", str(fresh), "--n-bootstrap", "0", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert files() == before
+    cached = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--json", "--cache"])
+    assert cached.exit_code == 0, cached.output
+    assert files() > before
+    assert json.loads(cached.stdout) == json.loads(result.stdout)  # same numbers either way

@@ -188,7 +188,7 @@ def embed_table(
             flush()
     errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
     summary = EmbedSummary(len(table), len(unique), len(unique) - len(todo), computed, time.perf_counter() - started, errors)
-    if len(errors):
+    if len(errors) and store.persistent:
         summary.errors_file = store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
         with atomic_path(summary.errors_file) as temp:
             errors.to_csv(temp, index=False)

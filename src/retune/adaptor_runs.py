@@ -27,7 +27,7 @@ from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank, TaskData
-from retune.methods.checkpoint import save_checkpoint
+from retune.methods.checkpoint import package_versions, save_checkpoint
 from retune.methods.linear_probe import LinearProbe
 from retune.methods.xattn_adaptor import (
     CrossAttentionAdaptor,
@@ -201,6 +201,11 @@ def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path,
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
+    from retune.report.tracking import log_run, numeric_leaves
+
+    records = {f"labels{fraction}.{name}.": record for fraction, pair in fractions.items() for name, record in pair.items()}
+    log_run(out_dir, "adaptor", {**facts, "versions": package_versions()}, records, {METHOD: fitted.facts()}, config.tracking_uri,
+            numeric_leaves(retrieval, "retrieval."))
     return metrics
 
 

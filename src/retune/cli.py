@@ -476,6 +476,41 @@ def rounded(payload, digits: int = 4):
     return payload
 
 
+@app.command()
+@friendly_errors
+def ui(
+    folder: Path = typer.Argument(..., help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."),
+    port: int = typer.Option(5000, min=1, max=65535, help="Port of the web UI."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; the runs hold patient-derived metrics, so keep it local."),
+) -> None:
+    """Browse a folder's MLflow runs (settings, per-class AUROC with CIs, training curves, plots, report) in the MLflow UI.
+
+    The same as `mlflow ui --backend-store-uri file://FOLDER/mlruns --host 127.0.0.1`.
+
+    Examples:
+      retune ui runs/nih
+      retune ui results/nih-class --port 5001
+    """
+    import os
+    import subprocess
+
+    from retune.errors import ConfigError
+
+    store = folder / "mlruns" if (folder / "mlruns").is_dir() else folder
+    if not store.is_dir():
+        raise ConfigError(f"{store}: does not exist (expected a run folder with mlruns/ or an mlruns folder)")
+    if not any(store.glob("*/meta.yaml")):
+        raise ConfigError(f"{store}: not an MLflow file store (no experiment folders with meta.yaml); pass a run folder made by retune")
+    try:
+        import mlflow.server  # noqa: F401  (absent with mlflow-skinny)
+    except ImportError as error:
+        raise ConfigError(f"the MLflow UI needs the full mlflow package ({error}); pip install mlflow") from None
+    err_console.print(escape(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)"), highlight=False)
+    environment = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.resolve().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
+    raise typer.Exit(subprocess.call(command, env=environment))
+
+
 scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 

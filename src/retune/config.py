@@ -88,6 +88,7 @@ class ExperimentConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     seed: int = Field(0, ge=0)
     device: Optional[str] = None
+    tracking_uri: Optional[str] = Field(None, description="MLflow tracking URI (default: a local file store in OUT/mlruns).")
 
 
 class TrainConfig(ExperimentConfig):

@@ -24,7 +24,7 @@ from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
 from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import load_checkpoint, save_checkpoint
+from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
 from retune.methods.peft_tuning import (
     TunedReTune,
     apply_tuning,
@@ -45,6 +45,7 @@ from retune.methods.peft_tuning import (
 from retune.methods.retune import ReTuneModel
 from retune.progress import progress_bar
 from retune.report.run_card import write_run_card
+from retune.report.tracking import log_run
 from retune.prompts import build_prompts
 from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, data_warnings, metrics_record, prompt_bank, record_training_digests, split_positives
 from retune.store import EmbeddingStore
@@ -220,6 +221,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_run_card(out_dir, facts, metrics, "peft")
+    log_run(out_dir, "peft", {**facts, "versions": package_versions()}, {"": record}, facts["training"], config.tracking_uri)
     return metrics
 
 

@@ -26,7 +26,7 @@ from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.evaluation.leakage import write_training_digests
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
-from retune.methods.checkpoint import load_checkpoint, save_checkpoint
+from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
@@ -173,6 +173,11 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
 
     plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png")
     write_run_card(out_dir, facts, metrics, "train")
+    from retune.report.tracking import log_run
+
+    saved = {**facts, "versions": package_versions()}
+    log_run(out_dir, "train", saved, {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
+            training_facts, config.tracking_uri)
     return metrics
 
 

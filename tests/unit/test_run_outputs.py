@@ -196,3 +196,37 @@ def test_predict_and_evaluate_add_nothing_to_the_store_without_cache(phantom_run
     assert cached.exit_code == 0, cached.output
     assert files() > before
     assert json.loads(cached.stdout) == json.loads(result.stdout)  # same numbers either way
+
+
+def test_mlflow_run_holds_settings_per_class_cis_histories_and_artifacts(phantom_run):
+    """`retune train` logs to OUT/mlruns what a user browses: every setting, per-class AUROC + CI, curves, files."""
+    from mlflow.tracking import MlflowClient
+
+    from retune.report.tracking import default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(phantom_run["run"]))
+    (run,) = client.search_runs([client.get_experiment_by_name("retune-train").experiment_id])
+    params, metrics = run.data.params, run.data.metrics
+    assert params["config.retune.optim.lr"] == "0.001" and params["config.retune.optim.epochs"] == "5"
+    assert params["config.split.seed"] == "0" and len(params["data.csv_sha256"]) == 64
+    assert params["backbone.fingerprint"] and "version.torch" in params
+    recorded = json.loads((phantom_run["run"] / "metrics.json").read_text())
+    name = next(c for c in recorded["classes"] if recorded["per_class"][c]["auroc_ci"])
+    assert metrics[f"auroc.{name}"] == pytest.approx(recorded["per_class"][name]["auroc"])
+    assert metrics[f"auroc.{name}.ci_low"] == pytest.approx(recorded["per_class"][name]["auroc_ci"][0])
+    assert f"linear_probe.auroc.{name}" in metrics
+    history = client.get_metric_history(run.info.run_id, "retune.train_loss")
+    assert [point.step for point in history] == [1, 2, 3, 4, 5]
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "config.json", "RUN_CARD.md", "roc_curves.png"} <= artifacts
+    assert "training_digests.json" not in artifacts
+
+
+def test_ui_refuses_a_folder_without_mlflow_runs(tmp_path):
+    result = runner.invoke(app, ["ui", str(tmp_path)])
+    assert result.exit_code == 2 and "not an MLflow file store" in result.output
+
+
+def test_mlflow_ui_server_is_installed():
+    """`mlflow ui` needs the full mlflow package (mlflow-skinny lacks the server)."""
+    import mlflow.server  # noqa: F401

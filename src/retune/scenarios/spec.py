@@ -68,7 +68,6 @@ class ScenarioConfig(ExperimentConfig):
     tasks: list[TaskSpec] = Field(default_factory=list)
     generate: Optional[GeneratorSpec] = None
     n_bootstrap: int = Field(500, ge=0)
-    tracking_uri: Optional[str] = None
 
     @model_validator(mode="after")
     def _tasks_or_generator(self) -> "ScenarioConfig":

@@ -32,7 +32,10 @@ class FitResult:
     val_score: list[float | None] = field(default_factory=list)
 
     def facts(self) -> dict:
-        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_score": self.best_val_score}
+        """JSON facts, with the per-epoch curves (MLflow logs them as metric histories)."""
+        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_score": self.best_val_score,
+                "history": {"train_loss": [round(v, 6) for v in self.train_loss],
+                            "val_score": [None if v is None else round(v, 6) for v in self.val_score]}}
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -28,12 +28,18 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: switches render as flags (rich mode shows "<bool>"), examples keep their lines
 )
-store_app = typer.Typer(help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(store_app, name="store")
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def examples(*lines: str) -> str:
+    """The epilog every command's --help ends with: example command lines, kept as they are."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def friendly_errors(command: Callable) -> Callable:
@@ -70,16 +76,16 @@ def main(version: bool = typer.Option(False, "--version", callback=show_version,
     """Adapt frozen medical vision-language models with small adaptors."""
 
 
-@app.command()
+@app.command(epilog=examples('retune backbones'))
 @friendly_errors
 def backbones() -> None:
     """List the backbone families and aliases you can pass to --backbone."""
     from retune.backbones.registry import list_backbones
 
-    table = Table("name", "aligned", "example spec", "description")
     for name, info in list_backbones():
-        table.add_row(name, "yes" if info.aligned else "no", info.example, info.description)
-    console.print(table)
+        console.print(f"[bold]{escape(name)}[/] (aligned towers: {'yes' if info.aligned else 'no'})", highlight=False)
+        console.print(f"  --backbone {escape(info.example)}", highlight=False, soft_wrap=True)  # whole, never cut
+        console.print(f"  {escape(info.description)}", highlight=False, overflow="fold")
 
 
 def read_dataset(csv_path: Path, image_root: Optional[Path], data_format: str, uncertainty: str):
@@ -98,7 +104,7 @@ STORE = typer.Option(Path("retune-store"), help="Embedding store folder (patient
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
 
 
-@app.command()
+@app.command(epilog=examples('retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih', 'retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih --tokens   # for adaptor run'))
 @friendly_errors
 def embed(
     csv_path: Path = CSV_ARGUMENT,
@@ -130,7 +136,7 @@ def embed(
         raise typer.Exit(1)
 
 
-@store_app.command("info")
+@store_app.command("info", epilog=examples('retune store info stores/nih', 'retune store info stores/nih --json'))
 @friendly_errors
 def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")) -> None:
     """Show what a store holds: backbones, rows per kind, size on disk."""
@@ -150,7 +156,7 @@ def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json:
     console.print(escape(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)"))
 
 
-@store_app.command("purge")
+@store_app.command("purge", epilog=examples('retune store purge stores/nih --yes'))
 @friendly_errors
 def store_purge(
     store: Path = typer.Argument(..., help="Store folder to delete."),
@@ -182,19 +188,19 @@ def print_metrics(metrics: dict) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
-@app.command()
+@app.command(epilog=examples('retune train --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/nih', 'retune train --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/clip --objective clip --epochs 100 --lr 1e-3'))
 @friendly_errors
 def train(
-    data: Optional[Path] = typer.Option(None, help="Label CSV to train on (overrides data.csv of --config)."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV to train on (default: data.csv of --config; one of the two is needed)."),
     out: Path = typer.Option(..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."),
     backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...); default: built-in defaults."),
     store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Optional[Path] = IMAGE_ROOT,
-    data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic."),
-    prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file."),
-    objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
-    seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split."),
+    data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic (default: auto)."),
+    prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file (default: manual)."),
+    objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper; default), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
+    seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split (default: 0)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum training epochs of RE-tune and its baselines (default 300, early stopping on validation)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default 3e-4)."),
     device: Optional[str] = DEVICE,
@@ -220,7 +226,7 @@ def train(
         console.print(escape(f"run saved to {out}"))
 
 
-@app.command()
+@app.command(epilog=examples('retune evaluate --run runs/nih --data ../shared/data/nih-cxr14/labels.csv            # its test split', 'retune evaluate --run runs/nih --data other_site.csv --exclude-overlap --json'))
 @friendly_errors
 def evaluate(
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
@@ -253,14 +259,14 @@ def evaluate(
 OUTPUT_FORMATS = (".csv", ".json", ".parquet")
 
 
-@app.command()
+@app.command(epilog=examples('retune predict --run runs/nih image1.png image2.dcm', 'retune predict --run runs/nih scans/*.png --output predictions.parquet'))
 @friendly_errors
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: the run's)."),
     method: Optional[str] = typer.Option(None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."),
-    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to a .csv, .json or .parquet file (the extension decides)."),
+    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to a .csv, .json or .parquet file (the extension decides; default: print only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the probabilities as JSON to stdout instead of a table."),
     cache: bool = typer.Option(False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."),
 ) -> None:
@@ -399,11 +405,11 @@ def print_setting_differences(runs: list[Path]) -> None:
     console.print(table)
 
 
-@app.command()
+@app.command(epilog=examples('retune compare runs/bce runs/clip', 'retune compare runs/bce runs/clip --data ../shared/data/nih-cxr14/labels.csv   # paired AUROC difference'))
 @friendly_errors
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV for a paired comparison of exactly two runs on the same images."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV for a paired comparison of exactly two runs on the same images (default: side by side only)."),
     split: str = typer.Option("auto", help="With --data: all, train, val, test; auto = test for the first run's training CSV, else all."),
     n_bootstrap: int = typer.Option(1000, min=0, help="With --data: patient bootstrap replicates for the CI of the difference."),
     as_json: bool = typer.Option(False, "--json", help="With --data: print the paired comparison as JSON."),
@@ -412,10 +418,6 @@ def compare(
 
     The paired comparison scores both runs' main methods on the same images (images either run trained on are left
     out) and gives the AUROC difference A - B with a patient-bootstrap CI: a CI excluding 0 means a real difference.
-
-    Examples:
-      retune compare runs/bce runs/clip
-      retune compare runs/bce runs/clip --data ../shared/data/nih-cxr14/labels.csv
     """
     from retune.errors import ConfigError
 
@@ -476,7 +478,7 @@ def rounded(payload, digits: int = 4):
     return payload
 
 
-@app.command()
+@app.command(epilog=examples('retune ui runs/nih', 'retune ui results/nih-class --port 5001'))
 @friendly_errors
 def ui(
     folder: Path = typer.Argument(..., help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."),
@@ -486,10 +488,6 @@ def ui(
     """Browse a folder's MLflow runs (settings, per-class AUROC with CIs, training curves, plots, report) in the MLflow UI.
 
     The same as `mlflow ui --backend-store-uri file://FOLDER/mlruns --host 127.0.0.1`.
-
-    Examples:
-      retune ui runs/nih
-      retune ui results/nih-class --port 5001
     """
     import os
     import subprocess
@@ -511,7 +509,7 @@ def ui(
     raise typer.Exit(subprocess.call(command, env=environment))
 
 
-scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True)
+scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(scenario_app, name="scenario")
 
 
@@ -547,14 +545,14 @@ def execute_scenario(settings, out: Path, track: bool = True) -> dict:
     return results
 
 
-@scenario_app.command("run")
+@scenario_app.command("run", epilog=examples('retune scenario run configs/nih-class-incremental.yaml --out results/nih-class', 'retune scenario run configs/nih-data-incremental.yaml --out results/quick --methods retune,naive'))
 @friendly_errors
 def scenario_run(
     config: Path = typer.Argument(..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."),
     out: Path = typer.Option(..., help="Output folder: <method>/results.json, report.html, plots/, mlruns/."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (overrides the YAML)."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (overrides the YAML), e.g. retune,linear_probe,naive."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV (default: data.csv of the YAML)."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store (default: store of the YAML, else retune-store)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. retune,linear_probe,naive (default: methods of the YAML, else all seven)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."),
 ) -> None:
     """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
@@ -569,7 +567,7 @@ def scenario_run(
     execute_scenario(settings, out)
 
 
-@scenario_app.command("compare")
+@scenario_app.command("compare", epilog=examples('retune scenario compare results/nih-class results/nih-data'))
 @friendly_errors
 def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenario output folders.")) -> None:
     """Print the side-by-side table of one or more scenario runs."""
@@ -579,20 +577,20 @@ def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenari
         print_comparison(load_results(directory))
 
 
-adaptor_app = typer.Typer(help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.", no_args_is_help=True)
+adaptor_app = typer.Typer(help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(adaptor_app, name="adaptor")
 
 
-@adaptor_app.command("run")
+@adaptor_app.command("run", epilog=examples('retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/adaptor', 'retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --out runs/siglip --loss siglip --epochs 20'))
 @friendly_errors
 def adaptor_run(
     out: Path = typer.Option(..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."),
-    config: Optional[Path] = typer.Option(None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...)."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV; its `report` column gives the texts, else sentences are built from the labels."),
-    loss: Optional[str] = typer.Option(None, help="Contrastive objective: clip (InfoNCE) or siglip (sigmoid)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...); default: built-in defaults."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV (default: data.csv of --config); its `report` column gives the texts, else sentences are built from the labels."),
+    loss: Optional[str] = typer.Option(None, help="Contrastive objective: clip (InfoNCE; default) or siglip (sigmoid)."),
     backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder (token embeddings are cached there)."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Pre-training epochs."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store folder, token embeddings are cached there (default: retune-store)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Pre-training epochs (default: 60)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
@@ -616,22 +614,22 @@ def adaptor_run(
         console.print(f"[dim]{escape(metrics['note'])}[/]")
 
 
-peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the first k blocks.", no_args_is_help=True)
+peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the first k blocks.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(peft_app, name="peft")
 
 
-@peft_app.command("run")
+@peft_app.command("run", epilog=examples('retune peft run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/lora --method lora', 'retune peft run --data ../shared/data/nih-cxr14/labels.csv --out runs/freeze --method freeze --freeze-blocks 0.5 --lr 1e-4'))
 @friendly_errors
 def peft_run(
     out: Path = typer.Option(..., help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, config.json."),
-    config: Optional[Path] = typer.Option(None, help="YAML with PeftExperimentConfig fields."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (overrides data.csv)."),
-    method: Optional[str] = typer.Option(None, help="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."),
-    tower: Optional[str] = typer.Option(None, help="image, text or both."),
-    freeze_blocks: Optional[float] = typer.Option(None, help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store."),
+    config: Optional[Path] = typer.Option(None, help="YAML with PeftExperimentConfig fields (default: built-in defaults)."),
+    data: Optional[Path] = typer.Option(None, help="Label CSV (default: data.csv of --config)."),
+    method: Optional[str] = typer.Option(None, help="lora (default), ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."),
+    tower: Optional[str] = typer.Option(None, help="Tower to tune: image (default), text or both."),
+    freeze_blocks: Optional[float] = typer.Option(None, help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store (default: 0)."),
     backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs (images pass through the tuned encoder every epoch)."),
+    store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs; images pass through the tuned encoder every epoch (default: 2)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
@@ -651,11 +649,11 @@ def peft_run(
     console.print(f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})", highlight=False)
 
 
-@app.command()
+@app.command(epilog=examples('retune demo', 'retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo'))
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the data, the store, the results and report.html."),
-    data: Optional[Path] = typer.Option(None, help="Your label CSV instead of synthetic phantoms (e.g. ../shared/data/nih-cxr14/labels.csv)."),
+    data: Optional[Path] = typer.Option(None, help="Your label CSV instead of synthetic phantoms (default: 400 phantoms made in OUT), e.g. ../shared/data/nih-cxr14/labels.csv."),
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),
     store: Optional[Path] = typer.Option(None, help="Embedding store to reuse (default: OUT/store); with --data, pass the store you embedded that CSV into."),

@@ -63,6 +63,14 @@ def announce_store(store: Path) -> None:
                       highlight=False, soft_wrap=True)
 
 
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars (they are also off when stderr is not a terminal).")
+
+
+def progress_shown(quiet: bool) -> bool:
+    """Progress bars go to stderr, only on a terminal and without --quiet."""
+    return sys.stderr.isatty() and not quiet
+
+
 def show_version(value: bool) -> None:
     if value:
         from retune import __version__
@@ -115,6 +123,7 @@ def embed(
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
     tokens: bool = typer.Option(False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."),
+    quiet: bool = QUIET,
     device: Optional[str] = DEVICE,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
@@ -128,7 +137,7 @@ def embed(
     table = read_dataset(csv_path, image_root, data_format, "ignore")
     model = create_backbone(backbone, device=device)
     announce_store(store)
-    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=sys.stderr.isatty())
+    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=progress_shown(quiet))
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)
@@ -203,6 +212,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split (default: 0)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum training epochs of RE-tune and its baselines (default 300, early stopping on validation)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default 3e-4)."),
+    quiet: bool = QUIET,
     device: Optional[str] = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
@@ -218,7 +228,7 @@ def train(
                                    "data": {"csv": data, "image_root": image_root, "format": data_format}})
     settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}})
     announce_store(settings.store)
-    metrics = train_api(settings, out, show_progress=sys.stderr.isatty()).metrics
+    metrics = train_api(settings, out, show_progress=progress_shown(quiet)).metrics
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
     else:
@@ -237,6 +247,7 @@ def evaluate(
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     exclude_overlap: bool = typer.Option(False, "--exclude-overlap", help="Drop images the run trained or validated on (matched by content) from the metrics."),
     cache: bool = typer.Option(False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."),
+    quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
     """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs.
@@ -247,7 +258,7 @@ def evaluate(
     from retune.api import load_run
 
     metrics = load_run(run, store=store, cache=cache).evaluate(data, split=split, image_root=image_root, n_bootstrap=n_bootstrap,
-                                                               show_progress=sys.stderr.isatty(), exclude_overlap=exclude_overlap)
+                                                               show_progress=progress_shown(quiet), exclude_overlap=exclude_overlap)
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
         for warning in metrics.get("warnings", []):
@@ -434,7 +445,7 @@ def compare(
             raise ConfigError(f"--data compares exactly two runs (got {len(runs)})")
         from retune.inference import paired_comparison
 
-        result = paired_comparison(runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, show_progress=sys.stderr.isatty())
+        result = paired_comparison(runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, show_progress=progress_shown(False))
         if as_json:
             print(json.dumps(rounded(result), indent=2))
             return
@@ -530,14 +541,14 @@ def print_comparison(results: dict[str, dict]) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True) -> dict:
+def execute_scenario(settings, out: Path, track: bool = True, quiet: bool = False) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.api import run_scenario
     from retune.report.tracking import default_tracking_uri
 
     announce_store(settings.store)
-    results = run_scenario(settings, out, show_progress=sys.stderr.isatty(), track=track,
-                           progress=lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
+    results = run_scenario(settings, out, show_progress=progress_shown(quiet), track=track,
+                           progress=(lambda message: None) if quiet else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
     print_comparison(results)
     if track:
         console.print(escape(f"MLflow: {settings.tracking_uri or default_tracking_uri(out)} (browse: retune ui {out})"), highlight=False)
@@ -554,6 +565,7 @@ def scenario_run(
     store: Optional[Path] = typer.Option(None, help="Embedding store (default: store of the YAML, else retune-store)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. retune,linear_probe,naive (default: methods of the YAML, else all seven)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."),
+    quiet: bool = QUIET,
 ) -> None:
     """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
     from retune.config import load_yaml_config
@@ -564,7 +576,7 @@ def scenario_run(
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, quiet=quiet)
 
 
 @scenario_app.command("compare", epilog=examples('retune scenario compare results/nih-class results/nih-data'))
@@ -591,6 +603,7 @@ def adaptor_run(
     backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
     store: Optional[Path] = typer.Option(None, help="Embedding store folder, token embeddings are cached there (default: retune-store)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Pre-training epochs (default: 60)."),
+    quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
@@ -600,7 +613,7 @@ def adaptor_run(
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
     settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
     announce_store(settings.store)
-    metrics = run_adaptor_experiment(settings, out, show_progress=sys.stderr.isatty())
+    metrics = run_adaptor_experiment(settings, out, show_progress=progress_shown(quiet))
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
         return
@@ -631,6 +644,7 @@ def peft_run(
     store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs; images pass through the tuned encoder every epoch (default: 2)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."),
+    quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
@@ -641,7 +655,7 @@ def peft_run(
     settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
                                    "epochs": epochs, "lr": lr, "data": {"csv": data}})
     announce_store(settings.store)
-    metrics = run_peft_experiment(settings, out, show_progress=sys.stderr.isatty())
+    metrics = run_peft_experiment(settings, out, show_progress=progress_shown(quiet))
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
         return
@@ -657,6 +671,7 @@ def demo(
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),
     store: Optional[Path] = typer.Option(None, help="Embedding store to reuse (default: OUT/store); with --data, pass the store you embedded that CSV into."),
+    quiet: bool = QUIET,
     device: Optional[str] = DEVICE,
 ) -> None:
     """The main job, offline: a class-incremental scenario with every method on the default backbone.
@@ -676,7 +691,7 @@ def demo(
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,
     )
-    execute_scenario(settings, out)
+    execute_scenario(settings, out, quiet=quiet)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ evaluated in the same call on the same patient-level split.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
 from retune.methods.registry import available_methods, create_method
+from retune.progress import epoch_bar
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
 from retune.store.memory import MemoryOverlay
@@ -137,8 +138,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     per_method: dict[str, dict] = {}
     test_scores: dict[str, np.ndarray] = {}
     for name in names:
-        method = create_method(name, context, config.retune)
-        training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
+        with epoch_bar(f"training {name}", config.retune.optim.epochs, enabled=show_progress) as on_epoch:
+            method = create_method(name, replace(context, on_epoch=on_epoch), config.retune)
+            training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
         trained[name] = method
         test_scores[name] = method.predict(images[splits["test"]])
         per_method[name] = metrics_record(name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed)

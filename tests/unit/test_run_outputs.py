@@ -230,3 +230,17 @@ def test_ui_refuses_a_folder_without_mlflow_runs(tmp_path):
 def test_mlflow_ui_server_is_installed():
     """`mlflow ui` needs the full mlflow package (mlflow-skinny lacks the server)."""
     import mlflow.server  # noqa: F401
+
+
+def test_train_progress_bars_on_stderr_only_when_asked(phantom_run, capsys):
+    """Each method gets a bar (epoch, loss, validation AUROC) on stderr; the CLI shows none when stderr is not a TTY."""
+    import retune
+
+    retune.train({"data": {"csv": str(phantom_run["csv"])}, "store": str(phantom_run["store"]), "n_bootstrap": 0, "baselines": [],
+                  "retune": {"optim": {"epochs": 2, "min_epochs": 1}}}, out=phantom_run["root"] / "bars", show_progress=True)
+    captured = capsys.readouterr()
+    assert "training retune" in captured.err and "epoch 2/2" in captured.err and "val AUROC" in captured.err
+    assert "val AUROC" not in captured.out
+    result = runner.invoke(app, ["train", "--data", str(phantom_run["csv"]), "--out", str(phantom_run["root"] / "nobars"),
+                                 "--store", str(phantom_run["store"]), "--epochs", "2", "--config", str(phantom_run["root"] / "train.yaml")])
+    assert result.exit_code == 0 and "val AUROC" not in result.stderr

@@ -48,7 +48,8 @@ class TorchMethod(Method):
                 val_score = lambda: -float(loss_fn(val_x, val_y))  # noqa: E731
             else:
                 val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), data.val_y)  # noqa: E731
-        result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned)
+        result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned,
+                     on_epoch=self.context.on_epoch)
         self.tasks_learned += 1
         return result
 

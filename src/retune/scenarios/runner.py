@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,7 @@ from retune.evaluation import continual_metrics
 from retune.io_utils import atomic_path, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
+from retune.progress import epoch_bar
 from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
 from retune.scenarios.generators import generate_tasks
 from retune.scenarios.spec import RowChunk, ScenarioConfig, TaskSpec, validate_tasks
@@ -148,16 +149,20 @@ def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
     return finished
 
 
-def run_method(name: str, order: int, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress) -> list[np.ndarray]:
-    """One method through one task order; returns test scores after each task."""
+def run_method(name: str, order: int, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress,
+               show_progress: bool = False) -> list[np.ndarray]:
+    """One method through one task order; returns test scores after each task (a progress bar per task when shown)."""
     tasks, rows = prepared.tasks_by_order[order], prepared.rows_by_order[order]
-    method = create_method(name, prepared.context_factory(config.seed), config.retune)
+    bar: dict = {"update": None}
+    context = replace(prepared.context_factory(config.seed), on_epoch=lambda *values: bar["update"](*values))
+    method = create_method(name, context, config.retune)
     folder = work_dir / name / f"order{order}"
     # The joint upper bound keeps earlier tasks' rows in memory, so it restarts rather than resumes.
     scores = _resume(folder, method, len(tasks)) if method.exemplar_free else []
     for task_index in range(len(scores), len(tasks)):
         started = time.perf_counter()
-        facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
+        with epoch_bar(f"{name} task {task_index + 1}/{len(tasks)}", config.retune.optim.epochs, enabled=show_progress) as bar["update"]:
+            facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
         scores.append(test_scores(method, prepared))
         _save_task_state(folder, task_index, method, scores[-1], facts)
         progress(f"{name} order {order} task {task_index + 1}/{len(tasks)} done in {time.perf_counter() - started:.1f}s")
@@ -204,7 +209,7 @@ def run_scenario(config: ScenarioConfig, out_dir: str | Path, show_progress: boo
     prepared = prepare(config, show_progress)
     results = {}
     for name in config.methods:
-        scores_by_order = {order: run_method(name, order, prepared, config, out_dir / "work", progress) for order in config.orders}
+        scores_by_order = {order: run_method(name, order, prepared, config, out_dir / "work", progress, show_progress) for order in config.orders}
         results[name] = summarise(name, prepared, config, scores_by_order)
         write_json_atomic(out_dir / name / "results.json", results[name])
         progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")

@@ -55,11 +55,13 @@ def fit(
     val_score: ScoreFn | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, float, float | None], None] | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(x_batch, y_batch)``; keep the weights with the best ``val_score()``.
 
     Without a validation score the last epoch is kept. ``module`` is left in eval mode.
-    ``progress(n)`` is called after each batch with its number of rows (for a progress bar).
+    ``progress(n)`` is called after each batch with its number of rows (for a progress bar);
+    ``on_epoch(epoch, train_loss, val_score)`` after each epoch.
     """
     generator = seed_everything(seed)
     parameters = [p for p in parameters if p.requires_grad]
@@ -89,11 +91,15 @@ def fit(
         result.train_loss.append(float(total) / max(n_rows, 1))
         result.epochs_run = epoch
         if val_score is None:
+            if on_epoch is not None:
+                on_epoch(epoch, result.train_loss[-1], None)
             continue
         module.eval()
         with torch.no_grad():
             score = val_score()
         result.val_score.append(score)
+        if on_epoch is not None:
+            on_epoch(epoch, result.train_loss[-1], score)
         if epoch < min(optim.min_epochs, optim.epochs):
             continue
         if score is not None and score > best + 1e-6:

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 ARTIFACT_SUFFIXES = (".json", ".md", ".png", ".html", ".yaml")
@@ -82,8 +83,14 @@ def run_params(facts: dict) -> dict[str, str]:
     return params
 
 
+def metric_name(name: str) -> str:
+    """``name`` with the characters MLflow refuses in metric names (``R@1``, ``+``) made underscores."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def _finite(values: dict[str, float | None]) -> dict[str, float]:
-    return {key: float(value) for key, value in values.items() if value is not None and not math.isnan(value)}
+    """The defined values, under names MLflow accepts (undefined AUROCs stay out rather than becoming 0)."""
+    return {metric_name(key): float(value) for key, value in values.items() if value is not None and not math.isnan(value)}
 
 
 def record_metrics(record: dict, prefix: str) -> dict[str, float]:
@@ -107,7 +114,7 @@ def _log_histories(mlflow, training: dict) -> None:
         for name in ("train_loss", "val_score"):
             for epoch, value in enumerate(history.get(name, []), start=1):
                 if value is not None and not math.isnan(value):
-                    mlflow.log_metric(f"{method}.{name}", value, step=epoch)
+                    mlflow.log_metric(metric_name(f"{method}.{name}"), value, step=epoch)
 
 
 def _log_artifacts(mlflow, folder: Path) -> None:

@@ -1,7 +1,7 @@
 """(6) Partial freezing: training the unfrozen top of the image tower from cached prefix activations
 against re-running the frozen blocks every step (same data, seed and epochs; results must agree).
 
-Uses ``retune.peft_runs.compare_prefix_caching`` on NIH images, twice: the default backbone with the
+Uses ``retune.experiments.peft.compare_prefix_caching`` on NIH images, twice: the default backbone with the
 first 5 of its 7 EfficientNet stages frozen, and a ViT-B/16 open_clip image tower (BiomedCLIP's image
 architecture) with 10 of its 12 blocks frozen. The ViT's weights are random (no hub here): its row
 measures time only, never accuracy. The one-time cost of filling the cache is reported separately
@@ -34,7 +34,7 @@ def random_vit_b16(ctx: Context) -> str:
 
 def compare(ctx: Context, backbone: str, frozen: int, n_images: int, epochs: int) -> dict:
     from retune.config import DataConfig, PeftExperimentConfig
-    from retune.peft_runs import compare_prefix_caching
+    from retune.experiments.peft import compare_prefix_caching
 
     frame = pd.read_csv(NIH_CSV).head(n_images)
     frame["path"] = [str(NIH_CSV.parent / p) for p in frame["path"]]

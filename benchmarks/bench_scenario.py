@@ -179,7 +179,7 @@ def metrics(scores: list[np.ndarray], table, splits, n_bootstrap: int) -> dict:
 
 def run(ctx: Context) -> dict:
     from retune.backbones.registry import create_backbone
-    from retune.runs import method_context, prompt_bank
+    from retune.experiments.prepare import method_context, prompt_bank
     from retune.store import EmbeddingStore, embed_table
 
     n_images = 128 if ctx.quick else 1050

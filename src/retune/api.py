@@ -62,7 +62,7 @@ class Run:
         return list(self.facts["classes"])
 
     def _saved(self, show_progress: bool = False):
-        from retune.inference import open_run
+        from retune.experiments.inference import open_run
 
         if self._opened is None:
             self._opened = open_run(self.path, self.store, self.device, show_progress=show_progress, cache=self.cache)
@@ -73,7 +73,7 @@ class Run:
 
         Unreadable images are left out and listed in ``frame.attrs["unreadable"]`` as (path, reason) pairs.
         """
-        from retune.inference import predict_images
+        from retune.experiments.inference import predict_images
 
         frame, errors = predict_images(self._saved(), [str(path) for path in images], method=method)
         frame.attrs["unreadable"] = [(str(path), str(reason)) for path, reason in errors.itertuples(index=False)]
@@ -85,7 +85,7 @@ class Run:
 
         ``result["overlap"]`` counts evaluation images the run trained or validated on; ``exclude_overlap`` drops them.
         """
-        from retune.inference import evaluate_run
+        from retune.experiments.inference import evaluate_run
 
         return evaluate_run(self._saved(show_progress), csv, split=split, image_root=image_root, n_bootstrap=n_bootstrap,
                             exclude_overlap=exclude_overlap)
@@ -104,7 +104,7 @@ def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> R
 
     ``out`` gets checkpoint.safetensors, config.json, metrics.json, RUN_CARD.md, report.html and plots.
     """
-    from retune.runs import train_run
+    from retune.experiments.train import train_run
 
     train_run(as_config(config, TrainConfig), out, show_progress=show_progress)
     return Run(out)

@@ -443,7 +443,7 @@ def compare(
     if data is not None:
         if len(runs) != 2:
             raise ConfigError(f"--data compares exactly two runs (got {len(runs)})")
-        from retune.inference import paired_comparison
+        from retune.experiments.inference import paired_comparison
 
         result = paired_comparison(runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, show_progress=progress_shown(False))
         if as_json:
@@ -607,8 +607,8 @@ def adaptor_run(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
-    from retune.adaptor_runs import run_adaptor_experiment
     from retune.config import AdaptorExperimentConfig, load_yaml_config, override
+    from retune.experiments.adaptor import run_adaptor_experiment
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
     settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
@@ -649,7 +649,7 @@ def peft_run(
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
     from retune.config import PeftExperimentConfig, load_yaml_config, override
-    from retune.peft_runs import run_peft_experiment
+    from retune.experiments.peft import run_peft_experiment
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
     settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
@@ -679,9 +679,9 @@ def demo(
     Without --data it runs on synthetic chest phantoms (made here, seeded); prints the comparison table
     and writes OUT/report.html.
     """
+    from retune.config import DataConfig
     from retune.data.phantoms import write_phantom_dataset
     from retune.scenarios.spec import GeneratorSpec, ScenarioConfig
-    from retune.config import DataConfig
 
     csv_path = data if data is not None else write_phantom_dataset(out / "phantoms", n=n_images, seed=0)
     settings = ScenarioConfig(

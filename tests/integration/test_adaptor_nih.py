@@ -15,10 +15,10 @@ import yaml
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from retune.adaptor_runs import run_adaptor_experiment
 from retune.cli import app
 from retune.config import AdaptorExperimentConfig, DataConfig, OptimConfig
 from retune.data.phantoms import write_phantom_dataset
+from retune.experiments.adaptor import run_adaptor_experiment
 from retune.store import EmbeddingStore
 
 FRACTIONS = ["0.01", "0.1", "1.0"]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from retune.cli import app
 from retune.config import PeftExperimentConfig
-from retune.peft_runs import compare_prefix_caching, run_peft_experiment
+from retune.experiments.peft import compare_prefix_caching, run_peft_experiment
 
 pytestmark = pytest.mark.integration
 

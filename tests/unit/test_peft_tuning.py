@@ -19,23 +19,15 @@ from retune.config import PeftExperimentConfig, ReTuneConfig
 from retune.data.phantoms import write_phantom_dataset
 from retune.data.readers import read_table
 from retune.errors import ConfigError
-from retune.methods.peft_tuning import (
-    TunedReTune,
-    apply_tuning,
-    image_features_fn,
-    image_split,
-    parameter_report,
-    prefix_activations,
-    prompt_features_fn,
-    resolve_freeze_blocks,
-    tower_blocks,
-    tower_of,
-    trainable_encoder_parameters,
-)
+from retune.experiments.peft import compare_prefix_caching, run_peft_experiment
 from retune.methods.retune import ReTuneModel
-from retune.peft_runs import compare_prefix_caching, run_peft_experiment
 from retune.prompts import build_prompts
 from retune.store import EmbeddingStore
+from retune.store.prefix import prefix_activations
+from retune.tuning.adapters import apply_tuning
+from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder_parameters
+from retune.tuning.split import image_features_fn, image_split, prompt_features_fn
+from retune.tuning.towers import resolve_freeze_blocks, tower_blocks, tower_of
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "lung", "effusion", "opacity", "normal", "chest", "x", "ray", "of", "the"]
 CLASSES = ["Effusion", "Mass"]
@@ -114,7 +106,7 @@ def tiny_backbone(kind: str, tmp_path: Path):
 
 
 def tuned_model(backbone, towers: list[str]) -> TunedReTune:
-    """RE-tune head over the backbone's current (tuned) towers, as ``peft_runs.tune`` builds it."""
+    """RE-tune head over the backbone's current (tuned) towers, as ``experiments.peft.tune`` builds it."""
     torch.manual_seed(0)
     head = ReTuneModel(backbone.image_dim, backbone.text_dim, SMALL_HEAD)
     prompts = build_prompts("template", CLASSES)
@@ -348,12 +340,12 @@ def test_freeze_k_trains_only_the_top_of_the_tower(tmp_path):
 def test_prefix_cache_computes_once(default_backbone, phantom_csv, tmp_path):
     table = read_table(phantom_csv)
     store = EmbeddingStore(tmp_path / "store")
-    first = prefix_activations(table, default_backbone, 5, store)
-    again = prefix_activations(table, default_backbone, 5, store)
+    first = prefix_activations(table, default_backbone, 5, store, image_split(default_backbone, 5).prefix)
+    again = prefix_activations(table, default_backbone, 5, store, image_split(default_backbone, 5).prefix)
     assert (first.n_computed, again.n_computed) == (len(table), 0)
     assert tuple(first.activations.shape) == (len(table), 112, 14, 14)  # stage-5 output at 224 px
     torch.testing.assert_close(first.activations, again.activations)
-    assert prefix_activations(table, default_backbone, 3, store).n_computed == len(table)  # k is part of the key
+    assert prefix_activations(table, default_backbone, 3, store, image_split(default_backbone, 3).prefix).n_computed == len(table)  # k is part of the key
 
 
 def test_cached_and_uncached_freeze_k_train_the_same(phantom_csv, tmp_path):
@@ -425,8 +417,8 @@ def test_open_clip_runs_end_to_end_with_the_frozen_block_cached(phantom_csv, tmp
 @pytest.mark.parametrize("kind", ["default", "open_clip", "hf_clip_prompt"])
 def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_path):
     """The loaded run gives the trained model's probabilities; evaluate_run reproduces its metrics; predict_images reports bad images."""
-    from retune.inference import evaluate_run, predict_images
-    from retune.peft_runs import load_tuned_run, tune
+    from retune.experiments.inference import evaluate_run, predict_images
+    from retune.experiments.peft import load_tuned_run, tune
 
     if kind == "default":  # LoRA above 6 frozen stages: the loaded run computes the prefix cache afresh in its own store
         settings = dict(method="lora", rank=2, freeze_blocks=6)
@@ -461,8 +453,8 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
 
 def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_result(phantom_csv, tmp_path, monkeypatch):
     """A zero budget streams pixels (PixelsOnAccess) and trains exactly as the in-memory path; unreadable rows are dropped."""
-    import retune.peft_runs as peft_runs
-    from retune.methods.peft_tuning import PixelsOnAccess, pixel_inputs
+    import retune.experiments.peft as peft_experiment
+    from retune.data.pixels import PixelsOnAccess, pixel_inputs
 
     backbone = tiny_backbone("hf_clip", tmp_path)
     paths = read_table(phantom_csv).paths[:5]
@@ -477,7 +469,7 @@ def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_res
     config = PeftExperimentConfig(backbone=backbone.spec, store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2,
                                   epochs=2, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
     in_memory = run_peft_experiment(config, tmp_path / "held")
-    monkeypatch.setattr(peft_runs, "pixel_inputs", lambda paths, backbone: pixel_inputs(paths, backbone, memory_budget=0))
+    monkeypatch.setattr(peft_experiment, "pixel_inputs", lambda paths, backbone: pixel_inputs(paths, backbone, memory_budget=0))
     streaming = run_peft_experiment(config, tmp_path / "streamed")
     np.testing.assert_allclose(streaming["training"]["train_loss"], in_memory["training"]["train_loss"], rtol=1e-5)
     assert streaming["mean_auroc"] == pytest.approx(in_memory["mean_auroc"], abs=1e-6, nan_ok=True)

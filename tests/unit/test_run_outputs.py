@@ -244,3 +244,12 @@ def test_train_progress_bars_on_stderr_only_when_asked(phantom_run, capsys):
     result = runner.invoke(app, ["train", "--data", str(phantom_run["csv"]), "--out", str(phantom_run["root"] / "nobars"),
                                  "--store", str(phantom_run["store"]), "--epochs", "2", "--config", str(phantom_run["root"] / "train.yaml")])
     assert result.exit_code == 0 and "val AUROC" not in result.stderr
+
+
+def test_train_writes_a_self_contained_report_with_operating_points(phantom_run):
+    report = (phantom_run["run"] / "report.html").read_text()
+    metrics = json.loads((phantom_run["run"] / "metrics.json").read_text())
+    assert report.count('src="data:image/png;base64,') == 2  # ROC curves and calibration
+    assert all(f"<td>{name}</td>" in report for name in metrics["classes"])
+    assert "Youden" in report and "sensitivity" in report and "ECE" in report
+    assert set(metrics["operating_points"]) == set(metrics["classes"]) and set(metrics["calibration_ece"]) == {"retune", "linear_probe"}

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file
 
-from retune.adaptor_runs import fraction_rows, label_sentences, pair_texts
 from retune.backbones.base import Backbone, Encoded
 from retune.config import AdaptorExperimentConfig, OptimConfig
 from retune.data.table import ImageTable
 from retune.errors import StoreError
+from retune.evaluation.retrieval import retrieval_metrics
+from retune.experiments.adaptor import fraction_rows, label_sentences, pair_texts
 from retune.methods.checkpoint import save_checkpoint
 from retune.methods.xattn_adaptor import (
     CrossAttentionAdaptor,
@@ -23,7 +24,6 @@ from retune.methods.xattn_adaptor import (
     adaptor_retrieval,
     model_state,
     pretrain_adaptor,
-    retrieval_metrics,
 )
 from retune.store import EmbeddingStore
 from retune.store.embed import text_token_embeddings
@@ -266,9 +266,9 @@ class TinyAlignedBackbone(WordBackbone):
 
 
 def test_experiment_on_an_aligned_fake_backbone_reports_frozen_retrieval(tmp_path):
-    from retune.adaptor_runs import run_adaptor_experiment
     from retune.config import DataConfig
     from retune.data.phantoms import write_phantom_dataset
+    from retune.experiments.adaptor import run_adaptor_experiment
 
     csv = write_phantom_dataset(tmp_path / "data", n=40, size=32)
     optim = OptimConfig(lr=1e-3, epochs=2, batch_size=16, patience=2, min_epochs=1)

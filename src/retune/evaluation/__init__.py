@@ -8,9 +8,9 @@ from retune.evaluation.metrics import (
     evaluate_scores,
     fast_mean_auroc,
     forgetting_and_bwt,
-    recall_at_k,
     roc_curve_points,
 )
+from retune.evaluation.retrieval import recall_at_k, retrieval_metrics
 
 __all__ = [
     "ClassMetrics",
@@ -21,5 +21,6 @@ __all__ = [
     "fast_mean_auroc",
     "forgetting_and_bwt",
     "recall_at_k",
+    "retrieval_metrics",
     "roc_curve_points",
 ]

@@ -130,25 +130,6 @@ def roc_curve_points(scores_col: np.ndarray, labels_col: np.ndarray) -> tuple[np
     return fpr, tpr
 
 
-def recall_at_k(
-    similarity: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), positives: np.ndarray | None = None
-) -> dict[str, float]:
-    """Share of queries whose correct candidate is in the top k (ties counted against the query, so constant scores earn nothing).
-
-    ``similarity`` is queries x candidates; query i's correct candidate is ``positives[i]`` (default i).
-    """
-    similarity = np.asarray(similarity, dtype=np.float64)
-    if similarity.ndim != 2 or not np.isfinite(similarity).all():
-        raise ValueError("similarity must be a finite 2-D array (queries x candidates)")
-    n_queries, n_candidates = similarity.shape
-    positives = np.arange(n_queries) if positives is None else np.asarray(positives, dtype=int)
-    if positives.shape != (n_queries,) or (positives < 0).any() or (positives >= n_candidates).any():
-        raise ValueError("positives must give one candidate index per query, within range")
-    correct = similarity[np.arange(n_queries), positives][:, None]
-    rank = (similarity >= correct).sum(axis=1)  # 1-based rank, ties placed above the correct candidate
-    return {f"R@{k}": float((rank <= k).mean()) for k in ks}
-
-
 def forgetting_and_bwt(matrix: np.ndarray) -> tuple[float | None, float | None]:
     """Average forgetting and backward transfer from R[t][c] = AUROC after task t on class c (NaN = unseen/undefined).
 

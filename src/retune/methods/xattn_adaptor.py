@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retune.config import OptimConfig
-from retune.evaluation.metrics import recall_at_k
+from retune.evaluation.retrieval import retrieval_metrics
 from retune.losses import clip_loss, sigmoid_pair_loss
 from retune.training.loop import FitResult, fit
 
@@ -178,28 +178,6 @@ class PairData:
 def batched(function: Callable[..., torch.Tensor], *inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Apply ``function`` to row batches of ``inputs`` without gradients and concatenate the results."""
     return torch.cat([function(*(x[start:start + batch_size] for x in inputs)) for start in range(0, len(inputs[0]), batch_size)])
-
-
-def retrieval_metrics(image: np.ndarray, text: np.ndarray, text_index: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
-    """Image->text and text->image R@K over unique texts; a text query is right if any of its images is in the top k."""
-    similarity = np.asarray(image, dtype=np.float64) @ np.asarray(text, dtype=np.float64).T  # N x U
-    used = np.unique(text_index)  # texts without an image in this split are neither candidates nor queries
-    similarity = similarity[:, used]
-    column = np.searchsorted(used, text_index)
-    text_to_image = similarity.T.copy()
-    owners = column[None, :] == np.arange(len(used))[:, None]  # U' x N: image n belongs to text u
-    best = np.where(owners, text_to_image, -np.inf).argmax(axis=1)
-    floor = text_to_image.min() - 1.0
-    text_to_image[owners & (np.arange(len(image))[None, :] != best[:, None])] = floor  # other own images never outrank
-    i2t = recall_at_k(similarity, ks, column)
-    t2i = recall_at_k(text_to_image, ks, best)
-    return {
-        "image_to_text": i2t,
-        "text_to_image": t2i,
-        "mean_recall": float(np.mean([*i2t.values(), *t2i.values()])),
-        "n_images": int(len(image)),
-        "n_texts": int(len(used)),
-    }
 
 
 def adaptor_retrieval(model: CrossAttentionAdaptor, pairs: PairData, batch_size: int = 256) -> dict:

@@ -79,3 +79,26 @@ def plot_mean_auroc_per_task(curves: dict[str, list[float | None]], target: str 
     axis.legend(fontsize=8)
     figure.tight_layout()
     return _save(figure, Path(target))
+
+
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def plot_calibration(bins_by_method: dict[str, dict], target: str | Path) -> Path:
+    """Reliability diagram: observed positive rate against mean predicted probability per bin, one line per method."""
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8, label="perfectly calibrated")
+    for index, (method, bins) in enumerate(bins_by_method.items()):
+        points = [(p, o) for p, o in zip(bins["mean_predicted"], bins["observed"]) if p is not None]
+        if points:
+            axis.plot(*zip(*points), marker=MARKERS[index % len(MARKERS)], linestyle=LINE_STYLES[index % len(LINE_STYLES)],
+                      label=f"{method} (ECE {bins['ece']:.3f})")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("mean predicted probability (bin)")
+    axis.set_ylabel("observed positive rate (test)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    return _save(figure, Path(target))

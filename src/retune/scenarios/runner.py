@@ -21,11 +21,11 @@ from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.errors import ConfigError
 from retune.evaluation import continual_metrics
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
 from retune.io_utils import atomic_path, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
 from retune.progress import epoch_bar
-from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
 from retune.scenarios.generators import generate_tasks
 from retune.scenarios.spec import RowChunk, ScenarioConfig, TaskSpec, validate_tasks
 from retune.store import EmbeddingStore

@@ -20,11 +20,12 @@ from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
-from retune.evaluation.paired import paired_auroc_difference
 from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
+from retune.evaluation.paired import paired_auroc_difference
+from retune.experiments.peft import load_tuned_run
+from retune.experiments.prepare import metrics_record
+from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
 from retune.methods.checkpoint import load_checkpoint
-from retune.peft_runs import load_tuned_run
-from retune.runs import MAIN_METHOD, load_run, metrics_record, score_embedded
 
 Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
 

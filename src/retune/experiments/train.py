@@ -1,7 +1,7 @@
 """Train RE-tune and its baselines on cached embeddings as one Python API (``retune train`` calls it).
 
 A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots;
-``retune.inference`` applies it to new data.
+``retune.experiments.inference`` applies it to new data.
 RE-tune and its baselines (linear probe; zero-shot on aligned backbones) are trained and
 evaluated in the same call on the same patient-level split.
 """
@@ -9,7 +9,7 @@ evaluated in the same call on the same patient-level split.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,55 +20,29 @@ from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
-from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
+from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError, unknown_name
-from retune.evaluation import evaluate_scores, fast_mean_auroc
-from retune.evaluation.leakage import write_training_digests
+from retune.evaluation.operating_point import calibration_bins, operating_points
+from retune.experiments.prepare import (
+    GENERAL_DOMAIN_NOTE,
+    checked_backbone,
+    data_warnings,
+    embed_and_load,
+    method_context,
+    metrics_record,
+    prompt_bank,
+    record_training_digests,
+    split_positives,
+)
 from retune.io_utils import write_json_atomic
-from retune.methods.base import Method, MethodContext, PromptBank, TaskData
+from retune.methods.base import Method, PromptBank, TaskData
 from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.progress import epoch_bar
-from retune.prompts import build_prompts, prompt_texts
-from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
+from retune.store import EmbeddingStore, embed_table, image_embeddings
 from retune.store.memory import MemoryOverlay
 
 MAIN_METHOD = "retune"
-GENERAL_DOMAIN_NOTE = "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
-
-
-@dataclass
-class EmbeddedTable:
-    """A table restricted to rows whose image is in the store, with their pooled embeddings."""
-
-    table: ImageTable
-    images: np.ndarray
-    n_failed: int
-
-
-def embed_and_load(table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False) -> EmbeddedTable:
-    """Embed what the store lacks, then return the cached vectors (failed images dropped)."""
-    summary = embed_table(table, backbone, store, show_progress=show_progress)
-    images, rows = image_embeddings(table, backbone.fingerprint, store)
-    return EmbeddedTable(table.subset(rows), images, len(table) - len(rows) if len(summary.errors) else 0)
-
-
-def prompt_bank(classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore) -> tuple[PromptBank, dict]:
-    """Embed each class's prompts once (cached in the store) and average them per side."""
-    prompts = build_prompts(prompt_spec, classes)
-    texts = prompt_texts(prompts)
-    vectors = dict(zip(texts, text_embeddings(texts, backbone, store)))
-    bank = PromptBank()
-    for name, class_prompts in prompts.items():
-        bank.positive[name] = np.mean([vectors[t] for t in class_prompts.positive], axis=0)
-        bank.negative[name] = np.mean([vectors[t] for t in class_prompts.negative], axis=0)
-    described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
-    return bank, described
-
-
-def method_context(backbone: Backbone, bank: PromptBank, seed: int) -> MethodContext:
-    """What methods may know about the backbone; early stopping uses mean validation AUROC."""
-    return MethodContext(backbone.image_dim, backbone.text_dim, backbone.aligned, bank, fast_mean_auroc, seed)
 
 
 def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
@@ -83,33 +57,6 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
         elif name not in run:
             run.append(name)
     return run, skipped
-
-
-def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: np.ndarray, table: ImageTable, split: str, n_bootstrap: int, seed: int) -> dict:
-    """The metrics.json block for one method on one split."""
-    result = evaluate_scores(scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed)
-    payload = result.to_dict()
-    return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
-
-
-def record_training_digests(out_dir: Path, table: ImageTable, splits: dict[str, np.ndarray], store: EmbeddingStore) -> int:
-    """Write the leakage guard's salted digests of the training and validation images (see ``retune.evaluation.leakage``)."""
-    rows = np.concatenate([splits["train"], splits["val"]])
-    hashes, _ = hash_files([table.paths[row] for row in rows], store)
-    return write_training_digests(out_dir, hashes.values())
-
-
-def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
-    """Positive labels per class in each split (for the run card and the report)."""
-    return {name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes} for name, rows in splits.items()}
-
-
-def data_warnings(table: ImageTable, train_rows: np.ndarray) -> list[str]:
-    """What a user must know about the data before trusting a run: no patient column, one-sided training classes."""
-    warnings = one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
-    if table.extra.get("patient_column_missing"):
-        warnings.append("no patient column: each image is its own patient, so the split cannot keep a patient's images together")
-    return warnings
 
 
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
@@ -169,27 +116,24 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": data_warnings(table, splits["train"]),
     }
+    val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
+    metrics["operating_points"] = operating_points(val_scores, table.labels()[splits["val"]], test_scores[MAIN_METHOD], test.labels(classes), classes)
+    calibration = {name: calibration_bins(scores, test.labels(classes)) for name, scores in test_scores.items()}
+    metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
     write_json_atomic(out_dir / "metrics.json", metrics)
-    from retune.report.plots import plot_roc_curves
+    from retune.report.plots import plot_calibration, plot_roc_curves
     from retune.report.run_card import write_run_card
-
-    plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png")
-    write_run_card(out_dir, facts, metrics, "train")
+    from retune.report.run_report import write_run_report
     from retune.report.tracking import log_run
 
+    plots = [plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png"),
+             plot_calibration(calibration, out_dir / "calibration.png")]
+    write_run_report(out_dir, metrics, metrics["operating_points"], plots)
+    write_run_card(out_dir, facts, metrics, "train")
     saved = {**facts, "versions": package_versions()}
     log_run(out_dir, "train", saved, {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
             training_facts, config.tracking_uri)
     return metrics
-
-
-def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None) -> Backbone:
-    """The backbone a run was trained on; refuses one whose fingerprint changed (other weights or preprocessing)."""
-    backbone = create_backbone(facts["backbone"]["spec"], device=device)
-    expected = facts["backbone"]["fingerprint"]
-    if backbone.fingerprint != expected:
-        raise StoreError(f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has fingerprint {backbone.fingerprint} (different weights or preprocessing)")
-    return backbone
 
 
 def scoring_store(path: str | Path, cache: bool) -> EmbeddingStore | MemoryOverlay:

@@ -18,38 +18,36 @@ import torch
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import OptimConfig, PeftExperimentConfig
+from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
 from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
+from retune.experiments.prepare import (
+    GENERAL_DOMAIN_NOTE,
+    checked_backbone,
+    data_warnings,
+    metrics_record,
+    prompt_bank,
+    record_training_digests,
+    split_positives,
+)
 from retune.io_utils import write_json_atomic
 from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
-from retune.methods.peft_tuning import (
-    TunedReTune,
-    apply_tuning,
-    can_cache_prefix,
-    PixelsOnAccess,
-    decode_pixels,
-    image_features_fn,
-    parameter_report,
-    pixel_inputs,
-    peak_memory,
-    prefix_activations,
-    prompt_features_fn,
-    timed,
-    tower_blocks,
-    tower_of,
-    trainable_encoder_parameters,
-)
 from retune.methods.retune import ReTuneModel
+from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
 from retune.report.run_card import write_run_card
 from retune.report.tracking import log_run
 from retune.prompts import build_prompts
-from retune.runs import GENERAL_DOMAIN_NOTE, checked_backbone, data_warnings, metrics_record, prompt_bank, record_training_digests, split_positives
 from retune.store import EmbeddingStore
+from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
+from retune.tuning.adapters import apply_tuning
+from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder_parameters
+from retune.tuning.split import can_cache_prefix, image_features_fn, image_split, prompt_features_fn
+from retune.tuning.towers import tower_blocks, tower_of
 
 __all__ = ["PeftExperimentConfig", "TunedRun", "compare_prefix_caching", "load_tuned_run", "method_name", "run_peft_experiment"]
 
@@ -94,7 +92,7 @@ def _image_inputs(backbone: Backbone, table: ImageTable, store: EmbeddingStore, 
     """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels (in memory, or decoded per batch)."""
     if use_cache:
         clock = timed()
-        cached = prefix_activations(table, backbone, k, store)
+        cached = prefix_activations(table, backbone, k, store, image_split(backbone, k).prefix)
         return cached.activations, cached.rows, {"fingerprint": cached.fingerprint, "n_computed": cached.n_computed, "seconds": round(clock(), 3), "activation_shape": list(cached.activations.shape[1:])}
     inputs, rows = pixel_inputs(table.paths, backbone)
     if not len(rows):
@@ -272,7 +270,8 @@ class TunedRun:
     def score(self, table: ImageTable) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """Probabilities for the table's readable images through the tuned encoder: (scores, rows kept, unreadable images)."""
         if self.use_prefix_cache:
-            cached = prefix_activations(table, self.backbone, self.image_blocks_frozen, self.store, require_rows=False)
+            cached = prefix_activations(table, self.backbone, self.image_blocks_frozen, self.store,
+                                        image_split(self.backbone, self.image_blocks_frozen).prefix, require_rows=False)
             scores = _predict(self.model, cached.activations) if len(cached.rows) else np.zeros((0, len(self.classes)), dtype=np.float32)
             return scores, cached.rows, pd.DataFrame(list(cached.failed.items()), columns=["path", "reason"])
         scores, rows, failed = [], [], []

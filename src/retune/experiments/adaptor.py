@@ -25,6 +25,7 @@ from retune.data.splits import patient_split, subset_patients
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import package_versions, save_checkpoint
@@ -40,7 +41,6 @@ from retune.methods.xattn_adaptor import (
     trainable_parameters,
 )
 from retune.progress import progress_bar
-from retune.runs import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record
 from retune.store import EmbeddingStore, embed_table, hash_files, text_embeddings
 from retune.store.embed import text_token_embeddings
 

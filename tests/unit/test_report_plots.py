@@ -1,0 +1,51 @@
+"""The scenario report explains itself: integer task ticks, legends off the panels, staircase order, n/a vs not yet learned."""
+
+from __future__ import annotations
+
+import pytest
+
+from retune.report import plots
+from retune.report.scenario_report import per_class_table, staircase_order
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The figures the plot functions would save, kept open for inspection."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, target: figures.append(figure) or target)
+    yield figures
+    for figure in figures:
+        plots.plt.close(figure)
+
+
+def test_task_axis_has_integer_ticks_and_the_legend_is_beside_the_panel(captured):
+    plots.plot_mean_auroc_per_task({"retune": [0.6, 0.65, 0.7], "naive": [0.6, 0.64, 0.7]}, "unused.png")
+    axis = captured[0].axes[0]
+    assert list(axis.get_xticks()) == [1, 2, 3]
+    lines = axis.get_lines()
+    assert lines[0].get_marker() != lines[1].get_marker() and lines[0].get_linestyle() != lines[1].get_linestyle()
+    captured[0].canvas.draw()
+    legend = axis.get_legend().get_window_extent()
+    assert legend.x0 >= axis.get_window_extent().x1  # never over the lines
+
+
+def test_matrix_draws_not_yet_learned_and_undefined_differently(captured):
+    matrix = [[0.7, None, None], [0.68, 0.8, None]]  # class C: learned in task 2 but undefined; class B: not learned in task 1
+    plots.plot_auroc_matrix(matrix, ["A", "B", "C"], ["task1", "task2"], "retune", "unused.png", introduced=[0, 1, 1])
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in captured[0].axes[0].texts}
+    assert texts[(1, 0)] == "·" and texts[(2, 0)] == "·"
+    assert texts[(2, 1)] == "n/a" and texts[(1, 1)] == "0.80"
+
+
+def test_staircase_order_follows_the_tasks_and_leaves_untrained_classes_out():
+    tasks = [{"classes": ["C", "A"]}, {"classes": ["B"]}]
+    order, introduced = staircase_order(tasks, ["A", "B", "C", "D"])
+    assert order == ["A", "C", "B"] and introduced == [0, 0, 1]
+
+
+def test_per_class_table_lists_final_auroc_of_every_method():
+    results = {"retune": {"classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.66, None]]},
+               "naive": {"classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.61, 0.9]]}}
+    table = per_class_table(results, ["A", "B"], [0, 1], ["task1", "task2"])
+    assert "<td>A</td><td>task1</td><td>0.660</td><td>0.610</td>" in table
+    assert "<td>B</td><td>task2</td><td>undefined</td><td>0.900</td>" in table

@@ -21,6 +21,7 @@ demo: venv
 	$(BIN)/retune demo --out demo-output
 
 test: venv-test
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
 
 # Benchmarks (outside `make test`): benchmarks/README.md. Extra options: make bench BENCH_ARGS="--only embed".

@@ -88,7 +88,9 @@ def embed_run(paths: list[Path], backbone, scratch: Path, batch_size: int, worke
     try:
         store = EmbeddingStore(root)
         table = image_table(paths)
-        seconds, summary = timed(lambda: embed_table(table, backbone, store, batch_size=batch_size, workers=workers, show_progress=False))
+        seconds, summary = timed(
+            lambda: embed_table(table, backbone, store, batch_size=batch_size, workers=workers, show_progress=False)
+        )
         if summary.n_computed != len(paths):
             raise RuntimeError(f"embed_table computed {summary.n_computed} of {len(paths)} images")
         vectors, _ = image_embeddings(table, backbone.fingerprint, store)
@@ -139,23 +141,33 @@ def run(ctx: Context) -> dict:
         sets = {"256": small, "1024": large}
         headline = {}
         for label, paths in sets.items():
-            ctx.log(f"{label}px: naive loop vs embed_table (batch {default_batch}, {workers} workers), {repeats} interleaved repeats")
+            ctx.log(
+                f"{label}px: naive loop vs embed_table (batch {default_batch}, {workers} workers), {repeats} "
+                "interleaved repeats"
+            )
             headline[label] = compare(paths, backbone, scratch, repeats, default_batch, workers)
-            ctx.log(f"{label}px: naive {headline[label]['naive_images_per_second']:.1f} img/s, embed {headline[label]['embed_images_per_second']:.1f} img/s -> {headline[label]['embed_vs_naive']:.2f}x")
+            ctx.log(
+                f"{label}px: naive {headline[label]['naive_images_per_second']:.1f} img/s, embed "
+                f"{headline[label]['embed_images_per_second']:.1f} img/s -> {headline[label]['embed_vs_naive']:.2f}x"
+            )
         # The same comparison with one torch thread: on 2 cores the default (2 intra-op threads plus
         # a decoding worker) oversubscribes, which a machine shared with other work exaggerates.
         default_threads = torch.get_num_threads()
         one_thread = {}
         torch.set_num_threads(1)
         try:
-            for label in (["256"] if ctx.quick else ["256", "1024"]):
+            for label in ["256"] if ctx.quick else ["256", "1024"]:
                 one_thread[label] = compare(sets[label], backbone, scratch, repeats, default_batch, workers)
-                ctx.log(f"{label}px, 1 torch thread: naive {one_thread[label]['naive_images_per_second']:.1f} img/s, embed {one_thread[label]['embed_images_per_second']:.1f} img/s -> {one_thread[label]['embed_vs_naive']:.2f}x")
+                ctx.log(
+                    f"{label}px, 1 torch thread: naive {one_thread[label]['naive_images_per_second']:.1f} img/s, "
+                    f"embed {one_thread[label]['embed_images_per_second']:.1f} img/s -> "
+                    f"{one_thread[label]['embed_vs_naive']:.2f}x"
+                )
         finally:
             torch.set_num_threads(default_threads)
         scaling = {}
         grid_threads = [default_threads] if ctx.quick else list(dict.fromkeys([default_threads, 1]))
-        for label in (["256"] if ctx.quick else ["256", "1024"]):
+        for label in ["256"] if ctx.quick else ["256", "1024"]:
             rows = []
             for threads in grid_threads:
                 torch.set_num_threads(threads)
@@ -163,12 +175,27 @@ def run(ctx: Context) -> dict:
                     for batch_size in grid_batches:
                         for n_workers in grid_workers:
                             seconds, _ = embed_run(sets[label], backbone, scratch, batch_size, n_workers)
-                            rows.append({"torch_threads": threads, "batch_size": batch_size, "workers": n_workers, "seconds": seconds, "images_per_second": len(sets[label]) / seconds})
-                            ctx.log(f"{label}px threads {threads} batch {batch_size:>2} workers {n_workers}: {len(sets[label]) / seconds:.1f} img/s")
+                            rows.append(
+                                {
+                                    "torch_threads": threads,
+                                    "batch_size": batch_size,
+                                    "workers": n_workers,
+                                    "seconds": seconds,
+                                    "images_per_second": len(sets[label]) / seconds,
+                                }
+                            )
+                            ctx.log(
+                                f"{label}px threads {threads} batch {batch_size:>2} workers {n_workers}: "
+                                f"{len(sets[label]) / seconds:.1f} img/s"
+                            )
                 finally:
                     torch.set_num_threads(default_threads)
             scaling[label] = rows
-        gpu = {"available": torch.cuda.is_available(), "path": "CUDA: pinned-memory DataLoader, non_blocking copy, channels_last input, bf16 autocast (fp16 fallback), float32 pooled output"}
+        gpu = {
+            "available": torch.cuda.is_available(),
+            "path": "CUDA: pinned-memory DataLoader, non_blocking copy, channels_last input, "
+            "bf16 autocast (fp16 fallback), float32 pooled output",
+        }
         if torch.cuda.is_available():
             cuda_backbone = create_backbone("default", device="cuda")
             gpu["compare_256"] = compare(small, cuda_backbone, scratch, repeats, 64, workers)
@@ -186,17 +213,33 @@ def run(ctx: Context) -> dict:
         ratios[f"embed_vs_naive_{label}_threads1"] = result["embed_vs_naive"]
     for label, rows in scaling.items():  # the grid's own spread, measured back to back (not against the naive loop)
         ratios[f"grid_best_vs_workers0_batch8_{label}"] = max(r["images_per_second"] for r in rows) / next(
-            r["images_per_second"] for r in rows if r["workers"] == 0 and r["batch_size"] == 8 and r["torch_threads"] == default_threads)
+            r["images_per_second"]
+            for r in rows
+            if r["workers"] == 0 and r["batch_size"] == 8 and r["torch_threads"] == default_threads
+        )
     if torch.cuda.is_available():
         ratios["cuda_embed_vs_naive_256"] = gpu["compare_256"]["embed_vs_naive"]
         ratios["cuda_embed_vs_naive_1024"] = gpu["compare_1024"]["embed_vs_naive"]
     worst = min(ratio_256, ratio_1024)
     return {
         "ratios": ratios,
-        "targets": [target("embed_table / naive loop images/s on CPU (worse of 256 and 1024 px)", worst, ">= 1.5", worst >= 1.5)],
-        "params": {"backbone": "default", "images": n_images, "repeats": repeats, "default_batch_size": default_batch, "default_workers": workers,
-                   "grid_batch_sizes": grid_batches, "grid_workers": grid_workers, "device": "cpu", "torch_threads": torch.get_num_threads(),
-                   "naive": "one image at a time, main-thread decode, eager image_model.forward_features under no_grad, fp32"},
+        "targets": [
+            target(
+                "embed_table / naive loop images/s on CPU (worse of 256 and 1024 px)", worst, ">= 1.5", worst >= 1.5
+            )
+        ],
+        "params": {
+            "backbone": "default",
+            "images": n_images,
+            "repeats": repeats,
+            "default_batch_size": default_batch,
+            "default_workers": workers,
+            "grid_batch_sizes": grid_batches,
+            "grid_workers": grid_workers,
+            "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "naive": "one image at a time, main-thread decode, eager image_model.forward_features under no_grad, fp32",
+        },
         "timings": {"headline": headline, "headline_threads1": one_thread, "scaling": scaling},
         "gpu": gpu,
     }

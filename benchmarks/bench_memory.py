@@ -41,7 +41,16 @@ def write_store(root: Path, n_rows: int, seed: int = 0) -> dict:
     if root.exists():
         shutil.rmtree(root)
     store = EmbeddingStore(root)
-    store.register_backbone({"fingerprint": FINGERPRINT, "spec": "synthetic", "image_dim": IMAGE_DIM, "text_dim": 384, "aligned": False, "parts": {}})
+    store.register_backbone(
+        {
+            "fingerprint": FINGERPRINT,
+            "spec": "synthetic",
+            "image_dim": IMAGE_DIM,
+            "text_dim": 384,
+            "aligned": False,
+            "parts": {},
+        }
+    )
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     for start in range(0, n_rows, SHARD_ROWS):
@@ -62,16 +71,15 @@ def write_store(root: Path, n_rows: int, seed: int = 0) -> dict:
 
 def child(args: argparse.Namespace) -> dict:
     """Runs in its own process: read the vectors (and train), report peak RSS after each phase."""
-    from benchmarks.common import peak_rss_bytes, rss_bytes
-
     import torch
 
+    from benchmarks.common import peak_rss_bytes, rss_bytes
+
     torch.set_num_threads(args.threads)
+    from benchmarks.bench_training import method_context, retune_config
     from retune.methods.base import TaskData
     from retune.methods.registry import create_method
     from retune.store import EmbeddingStore
-
-    from benchmarks.bench_training import method_context, retune_config
 
     report = {"phase": args.phase, "after_imports": {"rss": rss_bytes(), "peak": peak_rss_bytes()}}
     store = EmbeddingStore(args.store, create=False)
@@ -91,21 +99,45 @@ def child(args: argparse.Namespace) -> dict:
         report["train_seconds"] = time.perf_counter() - started
         parameters = [p for p in method.model.parameters()]
         trainable = sum(p.numel() * p.element_size() for p in parameters if p.requires_grad)
-        weights = sum(p.numel() * p.element_size() for p in parameters) + sum(b.numel() * b.element_size() for b in method.model.buffers())
-        report["model_bytes"] = {"weights_and_buffers": weights, "adamw_state": 2 * trainable, "gradients": trainable, "total": weights + 3 * trainable}
+        weights = sum(p.numel() * p.element_size() for p in parameters) + sum(
+            b.numel() * b.element_size() for b in method.model.buffers()
+        )
+        report["model_bytes"] = {
+            "weights_and_buffers": weights,
+            "adamw_state": 2 * trainable,
+            "gradients": trainable,
+            "total": weights + 3 * trainable,
+        }
         report["after_train"] = {"rss": rss_bytes(), "peak": peak_rss_bytes()}
     return report
 
 
 def run_child(ctx: Context, store_root: Path, n_rows: int, phase: str, epochs: int) -> dict:
     command = [
-        sys.executable, "-m", "benchmarks.bench_memory", "--child", "--store", str(store_root), "--rows", str(n_rows),
-        "--phase", phase, "--epochs", str(epochs), "--batch-size", "4096", "--threads", str(ctx.threads or 1),
+        sys.executable,
+        "-m",
+        "benchmarks.bench_memory",
+        "--child",
+        "--store",
+        str(store_root),
+        "--rows",
+        str(n_rows),
+        "--phase",
+        phase,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "4096",
+        "--threads",
+        str(ctx.threads or 1),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"memory child ({phase}) failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        raise RuntimeError(
+            f"memory child ({phase}) failed: "
+            f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -115,13 +147,23 @@ def run(ctx: Context) -> dict:
     store_root = ctx.workdir / "memory-store"
     ctx.log(f"writing {n_rows:,} synthetic vectors into a store ({SHARD_ROWS}-row shards)")
     store_facts = write_store(store_root, n_rows)
-    ctx.log(f"store: {store_facts['store_bytes'] / 2**20:,.0f} MiB on disk in {store_facts['shards']} shards ({store_facts['write_seconds']:.1f} s)")
+    ctx.log(
+        f"store: {store_facts['store_bytes'] / 2**20:,.0f} MiB on disk in {store_facts['shards']} shards "
+        f"({store_facts['write_seconds']:.1f} s)"
+    )
     try:
         training = run_child(ctx, store_root, n_rows, "train", epochs)
-        ctx.log(f"read + train: peak RSS {training['after_train']['peak'] / 2**20:,.0f} MiB (after read {training['after_read']['peak'] / 2**20:,.0f} MiB, imports {training['after_imports']['peak'] / 2**20:,.0f} MiB)")
+        ctx.log(
+            f"read + train: peak RSS {training['after_train']['peak'] / 2**20:,.0f} MiB (after read "
+            f"{training['after_read']['peak'] / 2**20:,.0f} MiB, "
+            f"imports {training['after_imports']['peak'] / 2**20:,.0f} MiB)"
+        )
         read_keys = run_child(ctx, store_root, n_rows, "read-keys", epochs)
         read_all = run_child(ctx, store_root, n_rows, "read-all", epochs)
-        ctx.log(f"read only: peak {read_keys['after_read']['peak'] / 2**20:,.0f} MiB with keys, {read_all['after_read']['peak'] / 2**20:,.0f} MiB without")
+        ctx.log(
+            f"read only: peak {read_keys['after_read']['peak'] / 2**20:,.0f} MiB with keys, "
+            f"{read_all['after_read']['peak'] / 2**20:,.0f} MiB without"
+        )
     finally:
         shutil.rmtree(store_root, ignore_errors=True)
     store_bytes = store_facts["store_bytes"]
@@ -132,16 +174,34 @@ def run(ctx: Context) -> dict:
     ratios = {
         "peak_rss_vs_store_plus_model": ratio,
         "peak_rss_above_imports_vs_store_plus_model": (peak - baseline) / (store_bytes + model_bytes),
-        "read_with_keys_peak_vs_store": (read_keys["after_read"]["peak"] - read_keys["after_imports"]["peak"]) / store_bytes,
-        "read_without_keys_peak_vs_store": (read_all["after_read"]["peak"] - read_all["after_imports"]["peak"]) / store_bytes,
+        "read_with_keys_peak_vs_store": (read_keys["after_read"]["peak"] - read_keys["after_imports"]["peak"])
+        / store_bytes,
+        "read_without_keys_peak_vs_store": (read_all["after_read"]["peak"] - read_all["after_imports"]["peak"])
+        / store_bytes,
         "store_bytes_vs_raw_float32": store_bytes / store_facts["raw_float32_bytes"],
     }
     return {
         "ratios": ratios,
-        "targets": [target("peak RSS / (store size + model)", ratio, "<= 1.5", ratio <= 1.5,
-                           "peak includes the interpreter + torch import baseline; see peak_rss_above_imports_vs_store_plus_model")],
-        "params": {"rows": n_rows, "image_dim": IMAGE_DIM, "shard_rows": SHARD_ROWS, "epochs": epochs, "batch_size": 4096, "torch_threads": ctx.threads or 1,
-                   "measure": "peak RSS (VmHWM) of a fresh subprocess that reads through EmbeddingStore.read_vectors (keys in table order, as image_embeddings does) and runs ReTune.learn"},
+        "targets": [
+            target(
+                "peak RSS / (store size + model)",
+                ratio,
+                "<= 1.5",
+                ratio <= 1.5,
+                "peak includes the interpreter + torch import baseline; see "
+                "peak_rss_above_imports_vs_store_plus_model",
+            )
+        ],
+        "params": {
+            "rows": n_rows,
+            "image_dim": IMAGE_DIM,
+            "shard_rows": SHARD_ROWS,
+            "epochs": epochs,
+            "batch_size": 4096,
+            "torch_threads": ctx.threads or 1,
+            "measure": "peak RSS (VmHWM) of a fresh subprocess that reads through EmbeddingStore.read_vectors "
+            "(keys in table order, as image_embeddings does) and runs ReTune.learn",
+        },
         "store": store_facts,
         "timings": {"train_child": training, "read_with_keys_child": read_keys, "read_without_keys_child": read_all},
     }

@@ -40,9 +40,20 @@ def compare(ctx: Context, backbone: str, frozen: int, n_images: int, epochs: int
     frame["path"] = [str(NIH_CSV.parent / p) for p in frame["path"]]
     csv = ctx.workdir / f"prefix-nih-{n_images}.csv"
     frame.to_csv(csv, index=False)
-    config = PeftExperimentConfig(backbone=backbone, store=ctx.workdir / "prefix-store", data=DataConfig(csv=csv, classes=CLASSES),
-                                  method="freeze", tower="image", freeze_blocks=frozen, epochs=epochs, n_bootstrap=0)
-    ctx.log(f"{backbone.split('@')[0]} freeze-{frozen}: warm the prefix cache, then cached vs uncached on {n_images} images x {epochs} epochs")
+    config = PeftExperimentConfig(
+        backbone=backbone,
+        store=ctx.workdir / "prefix-store",
+        data=DataConfig(csv=csv, classes=CLASSES),
+        method="freeze",
+        tower="image",
+        freeze_blocks=frozen,
+        epochs=epochs,
+        n_bootstrap=0,
+    )
+    ctx.log(
+        f"{backbone.split('@')[0]} freeze-{frozen}: warm the prefix cache, then cached vs uncached on {n_images} "
+        f"images x {epochs} epochs"
+    )
     compare_prefix_caching(config)  # fills the cache, so the measured cached arm reads it
     return compare_prefix_caching(config)
 
@@ -52,12 +63,35 @@ def run(ctx: Context) -> dict:
     default = compare(ctx, "default", 5, n_images, epochs)
     vit = compare(ctx, random_vit_b16(ctx), 10, n_images // 3, epochs)
     return {
-        "ratios": {"freeze_k_uncached_vs_cached_prefix": default["speedup"], "vit_b16_freeze_10_uncached_vs_cached_prefix": vit["speedup"]},
-        "figures": {"max_test_score_difference": default["max_test_score_difference"], "vit_b16_max_test_score_difference": vit["max_test_score_difference"]},
+        "ratios": {
+            "freeze_k_uncached_vs_cached_prefix": default["speedup"],
+            "vit_b16_freeze_10_uncached_vs_cached_prefix": vit["speedup"],
+        },
+        "figures": {
+            "max_test_score_difference": default["max_test_score_difference"],
+            "vit_b16_max_test_score_difference": vit["max_test_score_difference"],
+        },
         "targets": [
-            target("partially-frozen training faster with the prefix cache (default, 5 of 7 stages frozen)", default["speedup"], "> 1", default["speedup"] > 1),
-            target("partially-frozen training faster with the prefix cache (ViT-B/16, 10 of 12 blocks frozen, random weights)", vit["speedup"], "> 1", vit["speedup"] > 1),
+            target(
+                "partially-frozen training faster with the prefix cache (default, 5 of 7 stages frozen)",
+                default["speedup"],
+                "> 1",
+                default["speedup"] > 1,
+            ),
+            target(
+                "partially-frozen training faster with the prefix cache (ViT-B/16, 10 of 12 blocks frozen, random "
+                "weights)",
+                vit["speedup"],
+                "> 1",
+                vit["speedup"] > 1,
+            ),
         ],
-        "params": {"n_images": n_images, "vit_n_images": n_images // 3, "epochs": epochs, "default_frozen_stages": 5, "vit_frozen_blocks": 10},
+        "params": {
+            "n_images": n_images,
+            "vit_n_images": n_images // 3,
+            "epochs": epochs,
+            "default_frozen_stages": 5,
+            "vit_frozen_blocks": 10,
+        },
         "timings": {"default": default, "vit_b16_random_weights": vit},
     }

@@ -57,7 +57,10 @@ def run(ctx: Context) -> dict:
             config.n_bootstrap = 200
         out = ctx.workdir / "quality" / config.name
         shutil.rmtree(out, ignore_errors=True)
-        ctx.log(f"running {CONFIG.relative_to(ROOT)} ({', '.join(config.methods)}; n_bootstrap {config.n_bootstrap}) -> {out}")
+        ctx.log(
+            f"running {CONFIG.relative_to(ROOT)} ({', '.join(config.methods)}; n_bootstrap {config.n_bootstrap}) -> "
+            f"{out}"
+        )
         seconds, results = timed(lambda: run_scenario(config, out, progress=ctx.log))
         rows.extend(summarise(results))
         sources.append(str(out))
@@ -65,7 +68,11 @@ def run(ctx: Context) -> dict:
         "ratios": {},  # quality has no ratios; its rows are printed in the same run's table
         "targets": [],
         "rows": rows,
-        "params": {"sources": sources, "config": str(CONFIG.relative_to(ROOT)) if not ctx.scenario_results else None,
-                   "note": "default backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not medical; small biased subset: read the CIs"},
+        "params": {
+            "sources": sources,
+            "config": str(CONFIG.relative_to(ROOT)) if not ctx.scenario_results else None,
+            "note": "default backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not medical; "
+            "small biased subset: read the CIs",
+        },
         "timings": {"scenario_seconds": seconds},
     }

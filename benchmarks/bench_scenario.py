@@ -116,9 +116,15 @@ def cached_arm(store_root: Path, table, fingerprint: str, context, splits, tasks
     if len(present) != len(table):
         raise RuntimeError(f"{len(table) - len(present)} images are missing from the store")
     prepared = PreparedScenario(
-        classes=list(table.classes), images=images, labels=table.labels(), patients=table.patients, test_rows=splits["test"],
-        tasks_by_order={0: tasks}, rows_by_order={0: [(train, np.zeros(0, dtype=int)) for train in rows]},
-        context_factory=lambda seed: context, backbone_spec="default",
+        classes=list(table.classes),
+        images=images,
+        labels=table.labels(),
+        patients=table.patients,
+        test_rows=splits["test"],
+        tasks_by_order={0: tasks},
+        rows_by_order={0: [(train, np.zeros(0, dtype=int)) for train in rows]},
+        context_factory=lambda seed: context,
+        backbone_spec="default",
     )
     method = create_method("retune", context, method_config())
     scores = []
@@ -149,18 +155,31 @@ def uncached_arm(table, backbone, context, splits, tasks, rows, clock: dict) -> 
             columns = torch.tensor([method.classes.index(c) for c in task.classes])
             train_y = torch.as_tensor(labels[np.ix_(train, [classes.index(c) for c in task.classes])])
 
-            def loss_fn(x: torch.Tensor | EncodeOnAccess, y: torch.Tensor) -> torch.Tensor:
+            def loss_fn(x: torch.Tensor | EncodeOnAccess, y: torch.Tensor, columns=columns) -> torch.Tensor:
                 if isinstance(x, EncodeOnAccess):  # a full batch is handed over whole: encode all of its rows now
                     x = x[torch.arange(len(x))]
                 return masked_bce(method.model(x)[:, columns], y)
 
             started = time.perf_counter()
-            fit(method.model, method.model.parameters(), loss_fn, EncodeOnAccess([paths[r] for r in train], backbone, pool, clock),
-                train_y, method.config.optim, None, context.seed + method.tasks_learned)
+            fit(
+                method.model,
+                method.model.parameters(),
+                loss_fn,
+                EncodeOnAccess([paths[r] for r in train], backbone, pool, clock),
+                train_y,
+                method.config.optim,
+                None,
+                context.seed + method.tasks_learned,
+            )
             clock["train"] += time.perf_counter() - started
             method.tasks_learned += 1
             started = time.perf_counter()
-            test_x = torch.cat([encode_paths(test_paths[i:i + BATCH], backbone, pool, clock) for i in range(0, len(test_paths), BATCH)])
+            test_x = torch.cat(
+                [
+                    encode_paths(test_paths[i : i + BATCH], backbone, pool, clock)
+                    for i in range(0, len(test_paths), BATCH)
+                ]
+            )
             task_scores = np.full((len(test_paths), len(classes)), np.nan, dtype=np.float32)
             task_scores[:, [classes.index(c) for c in method.classes]] = method.predict(test_x.numpy())
             scores.append(task_scores)
@@ -173,7 +192,15 @@ def metrics(scores: list[np.ndarray], table, splits, n_bootstrap: int) -> dict:
 
     test = splits["test"]
     result = continual_metrics(scores, table.labels()[test], table.patients[test], n_bootstrap=n_bootstrap, seed=0)
-    keep = ("final_mean_auroc", "final_mean_auroc_ci", "forgetting", "forgetting_ci", "bwt", "average_incremental_auroc", "mean_auroc_per_task")
+    keep = (
+        "final_mean_auroc",
+        "final_mean_auroc_ci",
+        "forgetting",
+        "forgetting_ci",
+        "bwt",
+        "average_incremental_auroc",
+        "mean_auroc_per_task",
+    )
     return {key: result[key] for key in keep}
 
 
@@ -192,8 +219,11 @@ def run(ctx: Context) -> dict:
 
     table = pick_table(n_images)
     splits, tasks, rows = build_scenario(table)
-    ctx.log(f"{len(table)} NIH images (256 px) of {len(np.unique(table.patients))} patients; train/val/test {[len(splits[k]) for k in ('train', 'val', 'test')]}; "
-            f"{N_TASKS} tasks x {EPOCHS} epochs, batch {BATCH}; task train rows {[len(r) for r in rows]}")
+    ctx.log(
+        f"{len(table)} NIH images (256 px) of {len(np.unique(table.patients))} patients; train/val/test "
+        f"{[len(splits[k]) for k in ('train', 'val', 'test')]}; "
+        f"{N_TASKS} tasks x {EPOCHS} epochs, batch {BATCH}; task train rows {[len(r) for r in rows]}"
+    )
     backbone = create_backbone("default", device="cpu")
     bank, _ = prompt_bank(list(table.classes), method_config().prompts, backbone, EmbeddingStore(work / "prompts"))
     context = method_context(backbone, bank, 0)
@@ -227,11 +257,19 @@ def run(ctx: Context) -> dict:
             warm_1t_seconds.append(timed(warm_one_thread)[0])
         if repeat < uncached_repeats:
             clock = {"decode": 0.0, "encode": 0.0, "images": 0, "train": 0.0, "test": 0.0}
-            seconds, uncached_scores = timed(lambda: uncached_arm(table, backbone, context, splits, tasks, rows, clock))
+            seconds, uncached_scores = timed(
+                lambda clock=clock: uncached_arm(table, backbone, context, splits, tasks, rows, clock)
+            )
             uncached_seconds.append(seconds)
             clocks.append(clock)
-            ctx.log(f"uncached reference loop: {seconds:.1f} s ({clock['images']} encoder passes; decode {clock['decode']:.1f} s, encode {clock['encode']:.1f} s)")
-    ctx.log(f"cached, warm store: median {median(warm_seconds):.2f} s ({default_threads} torch threads), {median(warm_1t_seconds):.2f} s (1 thread)")
+            ctx.log(
+                f"uncached reference loop: {seconds:.1f} s ({clock['images']} encoder passes; decode "
+                f"{clock['decode']:.1f} s, encode {clock['encode']:.1f} s)"
+            )
+    ctx.log(
+        f"cached, warm store: median {median(warm_seconds):.2f} s ({default_threads} torch threads), "
+        f"{median(warm_1t_seconds):.2f} s (1 thread)"
+    )
 
     cached_metrics = metrics(cached_scores, table, splits, n_bootstrap)
     uncached_metrics = metrics(uncached_scores, table, splits, n_bootstrap)
@@ -243,13 +281,17 @@ def run(ctx: Context) -> dict:
     cold_ratio = median(uncached_seconds) / cold_seconds
     n_train = int(sum(len(r) for r in rows))
     encodes_per_image = (EPOCHS * n_train + N_TASKS * len(splits["test"])) / len(table)
+
     def shown(result: dict) -> str:
         ci = result["final_mean_auroc_ci"]
         text = f"{result['final_mean_auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         return text + (f", forgetting {result['forgetting']:.3f}" if result["forgetting"] is not None else "")
 
     return {
-        "figures": {"final mean AUROC [95% CI], cached arm": shown(cached_metrics), "final mean AUROC [95% CI], uncached arm": shown(uncached_metrics)},
+        "figures": {
+            "final mean AUROC [95% CI], cached arm": shown(cached_metrics),
+            "final mean AUROC [95% CI], uncached arm": shown(uncached_metrics),
+        },
         "ratios": {
             "scenario_cached_vs_uncached": ratio,
             "scenario_cached_1thread_vs_uncached": ratio_1t,
@@ -257,17 +299,52 @@ def run(ctx: Context) -> dict:
             "uncached_encoder_passes_per_image": encodes_per_image,
         },
         "targets": [
-            target(f"uncached / cached wall time, {N_TASKS} tasks x {EPOCHS} epochs (store filled, same torch settings)", ratio, ">= 25", ratio >= 25,
-                   "scenario_cached_1thread_vs_uncached: the cached arm with torch.set_num_threads(1), which suits its 32-row minibatches"),
-            target("uncached / cached incl. the one-time embedding (fresh store)", cold_ratio, "(no target; bounded by encoder passes per image)", None,
-                   f"the reference loop makes {encodes_per_image:.1f} encoder passes per image, the cold cached arm 1"),
+            target(
+                f"uncached / cached wall time, {N_TASKS} tasks x {EPOCHS} epochs (store filled, same torch settings)",
+                ratio,
+                ">= 25",
+                ratio >= 25,
+                "scenario_cached_1thread_vs_uncached: the cached arm with torch.set_num_threads(1), which suits its "
+                "32-row minibatches",
+            ),
+            target(
+                "uncached / cached incl. the one-time embedding (fresh store)",
+                cold_ratio,
+                "(no target; bounded by encoder passes per image)",
+                None,
+                f"the reference loop makes {encodes_per_image:.1f} encoder passes per image, the cold cached arm 1",
+            ),
             target("final mean AUROC equal within noise (|difference| <= 0.01)", final_difference, "<= 0.01", same),
         ],
-        "metrics": {"cached": cached_metrics, "uncached": uncached_metrics, "final_mean_auroc_abs_difference": final_difference,
-                    "final_test_probability_max_abs_difference": probability_difference, "same_within_noise": same},
-        "params": {"images": len(table), "image_size": 256, "backbone": "default", "tasks": N_TASKS, "epochs": EPOCHS, "batch_size": BATCH,
-                   "early_stopping": False, "seed": 0, "n_bootstrap": n_bootstrap, "task_train_rows": [len(r) for r in rows],
-                   "test_rows": len(splits["test"]), "warm_repeats": len(warm_seconds), "default_torch_threads": default_threads, "uncached_repeats": uncached_repeats,
-                   "tasks_classes": [t.classes for t in tasks]},
-        "timings": {"cached_warm_seconds": warm_seconds, "cached_warm_1thread_seconds": warm_1t_seconds, "cached_cold_seconds": cold_seconds, "uncached_seconds": uncached_seconds, "uncached_breakdown": clocks},
+        "metrics": {
+            "cached": cached_metrics,
+            "uncached": uncached_metrics,
+            "final_mean_auroc_abs_difference": final_difference,
+            "final_test_probability_max_abs_difference": probability_difference,
+            "same_within_noise": same,
+        },
+        "params": {
+            "images": len(table),
+            "image_size": 256,
+            "backbone": "default",
+            "tasks": N_TASKS,
+            "epochs": EPOCHS,
+            "batch_size": BATCH,
+            "early_stopping": False,
+            "seed": 0,
+            "n_bootstrap": n_bootstrap,
+            "task_train_rows": [len(r) for r in rows],
+            "test_rows": len(splits["test"]),
+            "warm_repeats": len(warm_seconds),
+            "default_torch_threads": default_threads,
+            "uncached_repeats": uncached_repeats,
+            "tasks_classes": [t.classes for t in tasks],
+        },
+        "timings": {
+            "cached_warm_seconds": warm_seconds,
+            "cached_warm_1thread_seconds": warm_1t_seconds,
+            "cached_cold_seconds": cold_seconds,
+            "uncached_seconds": uncached_seconds,
+            "uncached_breakdown": clocks,
+        },
     }

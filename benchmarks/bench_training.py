@@ -73,7 +73,9 @@ def epoch_seconds(x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int
     return seconds / epochs
 
 
-def incremental_run(x: np.ndarray, y: np.ndarray, n_tasks: int, epochs: int, batch_size: int, method_name: str = "retune") -> list[float]:
+def incremental_run(
+    x: np.ndarray, y: np.ndarray, n_tasks: int, epochs: int, batch_size: int, method_name: str = "retune"
+) -> list[float]:
     """Seconds of ``learn`` per task in a class-incremental run with equal-sized disjoint row chunks."""
     from retune.methods.base import TaskData
     from retune.methods.registry import create_method
@@ -86,7 +88,7 @@ def incremental_run(x: np.ndarray, y: np.ndarray, n_tasks: int, epochs: int, bat
     for task, rows in zip(tasks, chunks):
         columns = [NIH_FINDINGS.index(c) for c in task.classes]
         data = TaskData(tuple(task.classes), x[rows].copy(), y[np.ix_(rows, columns)].copy())
-        seconds.append(timed(lambda: method.learn(data))[0])
+        seconds.append(timed(lambda data=data: method.learn(data))[0])
     return seconds
 
 
@@ -116,7 +118,14 @@ def profile_steps(x: torch.Tensor, y: torch.Tensor, steps: int = 5, batch_size: 
     events = prof.key_averages()
     total = sum(event.self_cpu_time_total for event in events) or 1.0
     top = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:8]
-    return [{"op": event.key, "self_cpu_share": event.self_cpu_time_total / total, "self_cpu_ms_per_step": event.self_cpu_time_total / 1000 / steps} for event in top]
+    return [
+        {
+            "op": event.key,
+            "self_cpu_share": event.self_cpu_time_total / total,
+            "self_cpu_ms_per_step": event.self_cpu_time_total / 1000 / steps,
+        }
+        for event in top
+    ]
 
 
 def run(ctx: Context) -> dict:
@@ -148,10 +157,17 @@ def _run(ctx: Context) -> dict:
                 for label, batch_size in (("batch4096", 4096), ("full_batch", 0)):
                     seconds.setdefault(f"{label}_threads{threads}", []).append(epoch_seconds(x, y, batch_size))
         throughput[str(n_rows)] = {
-            key: {"epoch_seconds": values, "epoch_seconds_median": median(values), "samples_per_second": n_rows / median(values)}
+            key: {
+                "epoch_seconds": values,
+                "epoch_seconds_median": median(values),
+                "samples_per_second": n_rows / median(values),
+            }
             for key, values in seconds.items()
         }
-        ctx.log(f"{n_rows:>7,} rows, s/epoch: " + ", ".join(f"{key} {median(values):.2f}" for key, values in seconds.items()))
+        ctx.log(
+            f"{n_rows:>7,} rows, s/epoch: "
+            + ", ".join(f"{key} {median(values):.2f}" for key, values in seconds.items())
+        )
 
     largest = throughput[str(max(sizes))]
     task_threads = min(thread_counts, key=lambda t: largest[f"batch4096_threads{t}"]["epoch_seconds_median"])
@@ -162,7 +178,10 @@ def _run(ctx: Context) -> dict:
         runs = []
         for repeat in range(task_repeats):
             runs.append(incremental_run(x_all, y_all, n_tasks, task_epochs, 4096, name))
-            ctx.log(f"{name} 10-task run {repeat + 1}/{task_repeats} ({task_threads} threads), s per task: " + " ".join(f"{s:.2f}" for s in runs[-1]))
+            ctx.log(
+                f"{name} 10-task run {repeat + 1}/{task_repeats} ({task_threads} threads), s per task: "
+                + " ".join(f"{s:.2f}" for s in runs[-1])
+            )
         by_index = [median([r[t] for r in runs]) for t in range(n_tasks)]
         per_task[name] = {
             "seconds_per_task_runs": runs,
@@ -171,32 +190,57 @@ def _run(ctx: Context) -> dict:
             "last3_over_first3": median(by_index[-3:]) / median(by_index[:3]),
         }
     breakdown = profile_steps(torch.from_numpy(x_all), torch.from_numpy(y_all))
-    ctx.log("batch-4096 step, top ops by self CPU time: " + ", ".join(f"{row['op']} {row['self_cpu_share']:.0%}" for row in breakdown[:4]))
+    ctx.log(
+        "batch-4096 step, top ops by self CPU time: "
+        + ", ".join(f"{row['op']} {row['self_cpu_share']:.0%}" for row in breakdown[:4])
+    )
     main_threads = thread_counts[0]
     best_key = min(largest, key=lambda key: largest[key]["epoch_seconds_median"])
     best_epoch = largest[best_key]["epoch_seconds_median"]
     flat = per_task["retune"]["task10_over_task1"]
     ratios = {
-        f"epoch_224k_seconds_batch4096_threads{main_threads}": largest[f"batch4096_threads{main_threads}"]["epoch_seconds_median"],
-        f"epoch_224k_seconds_full_batch_threads{main_threads}": largest[f"full_batch_threads{main_threads}"]["epoch_seconds_median"],
+        f"epoch_224k_seconds_batch4096_threads{main_threads}": largest[f"batch4096_threads{main_threads}"][
+            "epoch_seconds_median"
+        ],
+        f"epoch_224k_seconds_full_batch_threads{main_threads}": largest[f"full_batch_threads{main_threads}"][
+            "epoch_seconds_median"
+        ],
         "epoch_224k_seconds_best": best_epoch,
         "samples_per_second_224k_best": max(sizes) / best_epoch,
-        f"threads{main_threads}_vs_threads1_batch4096_speedup": largest["batch4096_threads1"]["epoch_seconds_median"] / largest[f"batch4096_threads{main_threads}"]["epoch_seconds_median"],
-        "batch4096_vs_full_batch_speedup": largest[f"full_batch_threads{main_threads}"]["epoch_seconds_median"] / largest[f"batch4096_threads{main_threads}"]["epoch_seconds_median"],
+        f"threads{main_threads}_vs_threads1_batch4096_speedup": largest["batch4096_threads1"]["epoch_seconds_median"]
+        / largest[f"batch4096_threads{main_threads}"]["epoch_seconds_median"],
+        "batch4096_vs_full_batch_speedup": largest[f"full_batch_threads{main_threads}"]["epoch_seconds_median"]
+        / largest[f"batch4096_threads{main_threads}"]["epoch_seconds_median"],
         "task10_vs_task1_update_time": flat,
         "task_last3_vs_first3_update_time": per_task["retune"]["last3_over_first3"],
     }
     return {
         "ratios": ratios,
         "targets": [
-            target("one epoch over 224k embeddings, seconds (best configuration)", best_epoch, "< 2 s on 2 cores", best_epoch < 2.0, best_key),
+            target(
+                "one epoch over 224k embeddings, seconds (best configuration)",
+                best_epoch,
+                "< 2 s on 2 cores",
+                best_epoch < 2.0,
+                best_key,
+            ),
             target("task-10 / task-1 update time (retune, 10 equal tasks)", flat, "<= 1.2", flat <= 1.2),
         ],
         "params": {
-            "image_dim": IMAGE_DIM, "text_dim": TEXT_DIM, "classes": N_CLASSES, "sizes": sizes, "repeats": repeats,
-            "torch_threads": thread_counts, "adaptor": "ReTuneConfig() defaults (dense 1280->256 and 384->256, input dropout 0.5)",
-            "n_tasks": n_tasks, "rows_per_task": rows_per_task, "task_epochs": task_epochs, "task_batch_size": 4096,
-            "task_repeats": task_repeats, "task_torch_threads": task_threads, "methods": methods,
+            "image_dim": IMAGE_DIM,
+            "text_dim": TEXT_DIM,
+            "classes": N_CLASSES,
+            "sizes": sizes,
+            "repeats": repeats,
+            "torch_threads": thread_counts,
+            "adaptor": "ReTuneConfig() defaults (dense 1280->256 and 384->256, input dropout 0.5)",
+            "n_tasks": n_tasks,
+            "rows_per_task": rows_per_task,
+            "task_epochs": task_epochs,
+            "task_batch_size": 4096,
+            "task_repeats": task_repeats,
+            "task_torch_threads": task_threads,
+            "methods": methods,
         },
         "timings": {"throughput": throughput, "per_task": per_task},
         "profile_batch4096_step": {"torch_threads": task_threads, "top_ops": breakdown},

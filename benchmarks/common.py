@@ -13,9 +13,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = (ROOT.parent / "shared" / "data").resolve()
@@ -71,7 +72,11 @@ def machine() -> dict:
         affinity = os.cpu_count()
     gpu = None
     if torch.cuda.is_available():
-        gpu = {"name": torch.cuda.get_device_name(0), "bf16": torch.cuda.is_bf16_supported(), "cuda": torch.version.cuda}
+        gpu = {
+            "name": torch.cuda.get_device_name(0),
+            "bf16": torch.cuda.is_bf16_supported(),
+            "cuda": torch.version.cuda,
+        }
     try:
         from importlib.metadata import version
 

@@ -52,7 +52,8 @@ def label_tables(shared_data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def nih_head_csv(nih_dir: Path):
-    """Writer of the first n NIH rows, image paths made absolute, to a CSV: ``nih_head_csv(n_rows, target) -> target``."""
+    """Writer of the first n NIH rows, image paths made absolute, to a CSV: ``nih_head_csv(n_rows, target) ->
+    target``."""
     import pandas as pd
 
     def write(n_rows: int, target: Path) -> Path:

@@ -15,8 +15,9 @@ Configs may be given as the pydantic model, a dict of its fields or a YAML file;
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -40,7 +41,9 @@ def as_config(config: ConfigLike, model: type) -> Any:
 class Run:
     """A trained run directory (``retune train`` or ``retune peft run``): its metrics, and scoring of new images."""
 
-    def __init__(self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise ConfigError(f"{self.path}: run directory does not exist")
@@ -79,16 +82,29 @@ class Run:
         frame.attrs["unreadable"] = [(str(path), str(reason)) for path, reason in errors.itertuples(index=False)]
         return frame
 
-    def evaluate(self, csv: str | Path, split: str = "auto", n_bootstrap: int = 1000, exclude_overlap: bool = False,
-                 image_root: str | Path | None = None, show_progress: bool = False) -> dict:
+    def evaluate(
+        self,
+        csv: str | Path,
+        split: str = "auto",
+        n_bootstrap: int = 1000,
+        exclude_overlap: bool = False,
+        image_root: str | Path | None = None,
+        show_progress: bool = False,
+    ) -> dict:
         """Per-class AUROC/AUPRC with patient-bootstrap CIs on a labelled CSV (the training CSV: its test split).
 
         ``result["overlap"]`` counts evaluation images the run trained or validated on; ``exclude_overlap`` drops them.
         """
         from retune.experiments.inference import evaluate_run
 
-        return evaluate_run(self._saved(show_progress), csv, split=split, image_root=image_root, n_bootstrap=n_bootstrap,
-                            exclude_overlap=exclude_overlap)
+        return evaluate_run(
+            self._saved(show_progress),
+            csv,
+            split=split,
+            image_root=image_root,
+            n_bootstrap=n_bootstrap,
+            exclude_overlap=exclude_overlap,
+        )
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -100,7 +116,7 @@ def load_run(path: str | Path, store: str | Path | None = None, device: str | No
 
 
 def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> Run:
-    """Train RE-tune and its baselines (``TrainConfig``) on a patient split, evaluate on test, write the run to ``out``.
+    """Train RE-tune and its baselines (``TrainConfig``) on a patient split, evaluate on test, write the run to out.
 
     ``out`` gets checkpoint.safetensors, config.json, metrics.json, RUN_CARD.md, report.html and plots.
     """
@@ -110,8 +126,13 @@ def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> R
     return Run(out)
 
 
-def run_scenario(config: ConfigLike, out: str | Path, show_progress: bool = False, progress: Callable[[str], None] | None = None,
-                 track: bool = True) -> dict[str, dict]:
+def run_scenario(
+    config: ConfigLike,
+    out: str | Path,
+    show_progress: bool = False,
+    progress: Callable[[str], None] | None = None,
+    track: bool = True,
+) -> dict[str, dict]:
     """Run an exemplar-free incremental scenario (``ScenarioConfig``) with every method; resumes finished tasks.
 
     Returns {method: results} and writes OUT/<method>/results.json, OUT/report.html and (``track``) MLflow runs.

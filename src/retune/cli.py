@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -28,9 +28,13 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain click help: switches render as flags (rich mode shows "<bool>"), examples keep their lines
+    rich_markup_mode=None,  # plain click help: switches render as flags (rich shows "<bool>"), examples keep lines
 )
-store_app = typer.Typer(help="Inspect or delete an embedding store (it holds patient-derived data).", no_args_is_help=True, rich_markup_mode=None)
+store_app = typer.Typer(
+    help="Inspect or delete an embedding store (it holds patient-derived data).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(store_app, name="store")
 
 console = Console()
@@ -59,11 +63,19 @@ def friendly_errors(command: Callable) -> Callable:
 def announce_store(store: Path) -> None:
     """Say which store a command writes embeddings to (it holds patient-derived data), and whether it is new."""
     state = "existing" if Path(store, "manifest.json").exists() else "new"
-    err_console.print(escape(f"embedding store: {Path(store).resolve()} ({state}; patient-derived data, `retune store purge` deletes it)"),
-                      highlight=False, soft_wrap=True)
+    err_console.print(
+        escape(
+            f"embedding store: {Path(store).resolve()} ({state}; patient-derived data, "
+            "`retune store purge` deletes it)"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars (they are also off when stderr is not a terminal).")
+QUIET = typer.Option(
+    False, "--quiet", "-q", help="No progress bars (they are also off when stderr is not a terminal)."
+)
 
 
 def progress_shown(quiet: bool) -> bool:
@@ -80,11 +92,15 @@ def show_version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, help="Print the version and exit.")) -> None:
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Adapt frozen medical vision-language models with small adaptors."""
 
 
-@app.command(epilog=examples('retune backbones'))
+@app.command(epilog=examples("retune backbones"))
 @friendly_errors
 def backbones() -> None:
     """List the backbone families and aliases you can pass to --backbone."""
@@ -96,48 +112,70 @@ def backbones() -> None:
         console.print(f"  {escape(info.description)}", highlight=False, overflow="fold")
 
 
-def read_dataset(csv_path: Path, image_root: Optional[Path], data_format: str, uncertainty: str):
-    """Read a label CSV through the reader registry (shared by every command that takes data)."""
-    from retune.data.readers import read_table
-
-    return read_table(csv_path, format=data_format, image_root=image_root, uncertainty=uncertainty)
-
-
-CSV_ARGUMENT = typer.Argument(..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id.")
-IMAGE_ROOT = typer.Option(None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it.")
+CSV_ARGUMENT = typer.Argument(
+    ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
+)
+IMAGE_ROOT = typer.Option(
+    None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
+)
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
-UNCERTAINTY = typer.Option("ignore", help="CheXpert -1 labels: ignore (masked out), ones, zeros.")
-BACKBONE = typer.Option("default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM).")
-STORE = typer.Option(Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it).")
+METADATA_CSV = typer.Option(
+    None,
+    help="--format mimic only (and required there): mimic-cxr-2.0.0-metadata.csv, which images belong to each "
+    "labelled study (default: none).",
+)
+BACKBONE = typer.Option(
+    "default", help="Backbone spec; see `retune backbones`. The default is general-domain (ImageNet + MiniLM)."
+)
+STORE = typer.Option(
+    Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it)."
+)
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
 
 
-@app.command(epilog=examples('retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih', 'retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih --tokens   # for adaptor run'))
+@app.command(
+    epilog=examples(
+        "retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih",
+        "retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih --tokens   # for adaptor run",
+    )
+)
 @friendly_errors
 def embed(
     csv_path: Path = CSV_ARGUMENT,
     backbone: str = BACKBONE,
     store: Path = STORE,
-    image_root: Optional[Path] = IMAGE_ROOT,
+    image_root: Path | None = IMAGE_ROOT,
     data_format: str = DATA_FORMAT,
+    metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
-    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
-    tokens: bool = typer.Option(False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."),
+    workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
+    tokens: bool = typer.Option(
+        False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
+    ),
     quiet: bool = QUIET,
-    device: Optional[str] = DEVICE,
+    device: str | None = DEVICE,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
     Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
-    table = read_dataset(csv_path, image_root, data_format, "ignore")
+    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv)
     model = create_backbone(backbone, device=device)
     announce_store(store)
-    summary = embed_table(table, model, EmbeddingStore(store), batch_size=batch_size, workers=workers, tokens=tokens, show_progress=progress_shown(quiet))
+    summary = embed_table(
+        table,
+        model,
+        EmbeddingStore(store),
+        batch_size=batch_size,
+        workers=workers,
+        tokens=tokens,
+        show_progress=progress_shown(quiet),
+    )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)
@@ -145,9 +183,11 @@ def embed(
         raise typer.Exit(1)
 
 
-@store_app.command("info", epilog=examples('retune store info stores/nih', 'retune store info stores/nih --json'))
+@store_app.command("info", epilog=examples("retune store info stores/nih", "retune store info stores/nih --json"))
 @friendly_errors
-def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")) -> None:
+def store_info(
+    store: Path = typer.Argument(..., help="Store folder."), as_json: bool = typer.Option(False, "--json")
+) -> None:
     """Show what a store holds: backbones, rows per kind, size on disk."""
     from retune.store import EmbeddingStore
 
@@ -165,7 +205,7 @@ def store_info(store: Path = typer.Argument(..., help="Store folder."), as_json:
     console.print(escape(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)"))
 
 
-@store_app.command("purge", epilog=examples('retune store purge stores/nih --yes'))
+@store_app.command("purge", epilog=examples("retune store purge stores/nih --yes"))
 @friendly_errors
 def store_purge(
     store: Path = typer.Argument(..., help="Store folder to delete."),
@@ -187,9 +227,13 @@ def print_metrics(metrics: dict) -> None:
 
     for name in metrics["classes"]:
         row = [name, str(metrics["per_class"][name]["n_pos"])]
-        row += [interval_text(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()]
+        row += [
+            interval_text(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()
+        ]
         table.add_row(*row)
-    table.add_row("[bold]mean", "", *[f"[bold]{interval_text(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()])
+    table.add_row(
+        "[bold]mean", "", *[f"[bold]{interval_text(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()]
+    )
     console.print(table)
     if metrics.get("note"):
         console.print(f"[dim]{metrics['note']}[/]")
@@ -197,23 +241,44 @@ def print_metrics(metrics: dict) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
-@app.command(epilog=examples('retune train --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/nih', 'retune train --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/clip --objective clip --epochs 100 --lr 1e-3'))
+@app.command(
+    epilog=examples(
+        "retune train --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/nih",
+        "retune train --data ../shared/data/nih-cxr14/labels.csv --out runs/clip --objective clip --lr 1e-3",
+    )
+)
 @friendly_errors
 def train(
-    data: Optional[Path] = typer.Option(None, help="Label CSV to train on (default: data.csv of --config; one of the two is needed)."),
-    out: Path = typer.Option(..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    config: Optional[Path] = typer.Option(None, help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...); default: built-in defaults."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
-    image_root: Optional[Path] = IMAGE_ROOT,
-    data_format: Optional[str] = typer.Option(None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic (default: auto)."),
-    prompts: Optional[str] = typer.Option(None, help="Prompt set: manual, template, or a YAML file (default: manual)."),
-    objective: Optional[str] = typer.Option(None, help="RE-tune loss: bce (the paper; default), clip (InfoNCE on label-defined image-prompt pairs) or siglip."),
-    seed: Optional[int] = typer.Option(None, help="Seed for training and the patient split (default: 0)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum training epochs of RE-tune and its baselines (default 300, early stopping on validation)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default 3e-4)."),
+    data: Path | None = typer.Option(
+        None, help="Label CSV to train on (default: data.csv of --config; one of the two is needed)."
+    ),
+    out: Path = typer.Option(
+        ..., help="Run directory: checkpoint.safetensors, config.json, metrics.json, roc_curves.png."
+    ),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    config: Path | None = typer.Option(
+        None,
+        help="YAML with any TrainConfig fields (retune.adaptor, retune.optim, split, baselines...); "
+        "default: built-in defaults.",
+    ),
+    store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
+    image_root: Path | None = IMAGE_ROOT,
+    data_format: str | None = typer.Option(
+        None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic (default: auto)."
+    ),
+    metadata_csv: Path | None = METADATA_CSV,
+    prompts: str | None = typer.Option(None, help="Prompt set: manual, template, or a YAML file (default: manual)."),
+    objective: str | None = typer.Option(
+        None,
+        help="RE-tune loss: bce (the paper; default), clip (InfoNCE on label-defined image-prompt pairs) or siglip.",
+    ),
+    seed: int | None = typer.Option(None, help="Seed for training and the patient split (default: 0)."),
+    epochs: int | None = typer.Option(
+        None, help="Maximum training epochs of RE-tune and its baselines (default 300, early stopping on validation)."
+    ),
+    lr: float | None = typer.Option(None, help="Learning rate (default 3e-4)."),
     quiet: bool = QUIET,
-    device: Optional[str] = DEVICE,
+    device: str | None = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
     """Train RE-tune and its baselines on cached embeddings; evaluate on a patient-level test split (70/10/20).
@@ -224,9 +289,20 @@ def train(
     from retune.config import TrainConfig, load_yaml_config, override
 
     settings = load_yaml_config(config, TrainConfig) if config else TrainConfig()
-    settings = override(settings, {"backbone": backbone, "store": store, "device": device, "seed": seed, "split": {"seed": seed},
-                                   "data": {"csv": data, "image_root": image_root, "format": data_format}})
-    settings.retune = override(settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}})
+    settings = override(
+        settings,
+        {
+            "backbone": backbone,
+            "store": store,
+            "device": device,
+            "seed": seed,
+            "split": {"seed": seed},
+            "data": {"csv": data, "image_root": image_root, "format": data_format, "metadata_csv": metadata_csv},
+        },
+    )
+    settings.retune = override(
+        settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}}
+    )
     announce_store(settings.store)
     metrics = train_api(settings, out, show_progress=progress_shown(quiet)).metrics
     if as_json:
@@ -236,29 +312,48 @@ def train(
         console.print(escape(f"run saved to {out}"))
 
 
-@app.command(epilog=examples('retune evaluate --run runs/nih --data ../shared/data/nih-cxr14/labels.csv            # its test split', 'retune evaluate --run runs/nih --data other_site.csv --exclude-overlap --json'))
+@app.command(
+    epilog=examples(
+        "retune evaluate --run runs/nih --data ../shared/data/nih-cxr14/labels.csv            # its test split",
+        "retune evaluate --run runs/nih --data other_site.csv --exclude-overlap --json",
+    )
+)
 @friendly_errors
 def evaluate(
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     data: Path = typer.Option(..., help="Label CSV to evaluate on."),
-    split: str = typer.Option("auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
-    image_root: Optional[Path] = IMAGE_ROOT,
+    split: str = typer.Option(
+        "auto", help="all, train, val, test; auto = test for the training CSV, all for another CSV."
+    ),
+    store: Path | None = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
+    image_root: Path | None = IMAGE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
-    exclude_overlap: bool = typer.Option(False, "--exclude-overlap", help="Drop images the run trained or validated on (matched by content) from the metrics."),
-    cache: bool = typer.Option(False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."),
+    exclude_overlap: bool = typer.Option(
+        False,
+        "--exclude-overlap",
+        help="Drop images the run trained or validated on (matched by content) from the metrics.",
+    ),
+    cache: bool = typer.Option(
+        False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."
+    ),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
 ) -> None:
-    """Evaluate a trained run (RE-tune and its baselines, or a PEFT run) with per-class AUROC/AUPRC and patient-bootstrap CIs.
+    """Evaluate a trained run (RE-tune and baselines, or a PEFT run): per-class AUROC/AUPRC, patient-bootstrap CIs.
 
     Evaluation images that are (by content, even under another name) training or validation images of the run are
     counted and warned about loudly, and recorded under "overlap" in the JSON; --exclude-overlap leaves them out.
     """
     from retune.api import load_run
 
-    metrics = load_run(run, store=store, cache=cache).evaluate(data, split=split, image_root=image_root, n_bootstrap=n_bootstrap,
-                                                               show_progress=progress_shown(quiet), exclude_overlap=exclude_overlap)
+    metrics = load_run(run, store=store, cache=cache).evaluate(
+        data,
+        split=split,
+        image_root=image_root,
+        n_bootstrap=n_bootstrap,
+        show_progress=progress_shown(quiet),
+        exclude_overlap=exclude_overlap,
+    )
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
         for warning in metrics.get("warnings", []):
@@ -270,16 +365,31 @@ def evaluate(
 OUTPUT_FORMATS = (".csv", ".json", ".parquet")
 
 
-@app.command(epilog=examples('retune predict --run runs/nih image1.png image2.dcm', 'retune predict --run runs/nih scans/*.png --output predictions.parquet'))
+@app.command(
+    epilog=examples(
+        "retune predict --run runs/nih image1.png image2.dcm",
+        "retune predict --run runs/nih scans/*.png --output predictions.parquet",
+    )
+)
 @friendly_errors
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (default: the run's)."),
-    method: Optional[str] = typer.Option(None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."),
-    output: Optional[Path] = typer.Option(None, help="Also write the probabilities to a .csv, .json or .parquet file (the extension decides; default: print only)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the probabilities as JSON to stdout instead of a table."),
-    cache: bool = typer.Option(False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."),
+    store: Path | None = typer.Option(None, help="Embedding store (default: the run's)."),
+    method: str | None = typer.Option(
+        None, help="Which of the run's methods predicts (default: its main one, e.g. retune or peft-lora)."
+    ),
+    output: Path | None = typer.Option(
+        None,
+        help="Also write the probabilities to a .csv, .json or .parquet file (the extension decides; "
+        "default: print only).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the probabilities as JSON to stdout instead of a table."
+    ),
+    cache: bool = typer.Option(
+        False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."
+    ),
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1).
 
@@ -289,7 +399,9 @@ def predict(
     from retune.errors import ConfigError
 
     if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
-        raise ConfigError(f"--output {output}: unknown extension '{output.suffix}'; use one of {', '.join(OUTPUT_FORMATS)}")
+        raise ConfigError(
+            f"--output {output}: unknown extension '{output.suffix}'; use one of {', '.join(OUTPUT_FORMATS)}"
+        )
     frame = load_run(run, store=store, cache=cache).predict(images, method=method)
     errors = frame.attrs["unreadable"]
     for path, reason in errors:
@@ -307,9 +419,16 @@ def predict(
 
 def prediction_records(frame, digits: int | None = None) -> list[dict]:
     """One {"image": path, "probabilities": {class: p}} per row (rounded to ``digits`` when given)."""
-    return [{"image": row[0], "probabilities": {name: (round(float(value), digits) if digits is not None else float(value))
-                                                for name, value in zip(frame.columns[1:], row[1:])}}
-            for row in frame.itertuples(index=False)]
+    return [
+        {
+            "image": row[0],
+            "probabilities": {
+                name: (round(float(value), digits) if digits is not None else float(value))
+                for name, value in zip(frame.columns[1:], row[1:])
+            },
+        }
+        for row in frame.itertuples(index=False)
+    ]
 
 
 def write_predictions(frame, output: Path) -> None:
@@ -328,7 +447,7 @@ def write_predictions(frame, output: Path) -> None:
 
 def shorten_left(text: str, width: int) -> str:
     """``text`` cut from the left to ``width`` characters (file names differ at their end)."""
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def print_predictions(frame) -> None:
@@ -344,11 +463,13 @@ def print_predictions(frame) -> None:
         return
     label_width = max(map(len, ["finding", *classes])) + 4
     short = [shorten_left(name, 12) for name in names]
-    per_table = max(1, (console.width - label_width) // (max(map(len, short)) + 3))  # image columns that fit beside the names
+    per_table = max(
+        1, (console.width - label_width) // (max(map(len, short)) + 3)
+    )  # image columns that fit beside the names
     for start in range(0, len(names), per_table):
-        table = Table("finding", *(escape(name) for name in short[start:start + per_table]))
+        table = Table("finding", *(escape(name) for name in short[start : start + per_table]))
         for name in classes:
-            table.add_row(escape(name), *(f"{value:.3f}" for value in frame[name].iloc[start:start + per_table]))
+            table.add_row(escape(name), *(f"{value:.3f}" for value in frame[name].iloc[start : start + per_table]))
         console.print(table)
 
 
@@ -416,13 +537,27 @@ def print_setting_differences(runs: list[Path]) -> None:
     console.print(table)
 
 
-@app.command(epilog=examples('retune compare runs/bce runs/clip', 'retune compare runs/bce runs/clip --data ../shared/data/nih-cxr14/labels.csv   # paired AUROC difference'))
+@app.command(
+    epilog=examples(
+        "retune compare runs/bce runs/clip",
+        "retune compare runs/bce runs/clip --data ../shared/data/nih-cxr14/labels.csv   # paired AUROC difference",
+    )
+)
 @friendly_errors
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV for a paired comparison of exactly two runs on the same images (default: side by side only)."),
-    split: str = typer.Option("auto", help="With --data: all, train, val, test; auto = test for the first run's training CSV, else all."),
-    n_bootstrap: int = typer.Option(1000, min=0, help="With --data: patient bootstrap replicates for the CI of the difference."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Label CSV for a paired comparison of exactly two runs on the same images (default: side by side only).",
+    ),
+    split: str = typer.Option(
+        "auto", help="With --data: all, train, val, test; auto = test for the first run's training CSV, else all."
+    ),
+    n_bootstrap: int = typer.Option(
+        1000, min=0, help="With --data: patient bootstrap replicates for the CI of the difference."
+    ),
     as_json: bool = typer.Option(False, "--json", help="With --data: print the paired comparison as JSON."),
 ) -> None:
     """Put runs side by side: mean AUROC with CI and the settings that differ; with --data, is A better than B?
@@ -445,7 +580,9 @@ def compare(
             raise ConfigError(f"--data compares exactly two runs (got {len(runs)})")
         from retune.experiments.inference import paired_comparison
 
-        result = paired_comparison(runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, show_progress=progress_shown(False))
+        result = paired_comparison(
+            runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, show_progress=progress_shown(False)
+        )
         if as_json:
             print(json.dumps(rounded(result), indent=2))
             return
@@ -455,8 +592,14 @@ def compare(
     for run in runs:
         path = run / "metrics.json" if run.is_dir() else run
         for label, record in metric_records(json.loads(path.read_text())):
-            table.add_row(escape(str(run)), escape(label), str(record.get("split", "")), escape(str(record.get("backbone", ""))),
-                          interval_text(record.get("mean_auroc"), record.get("mean_auroc_ci")), str(record.get("n_images", "")))
+            table.add_row(
+                escape(str(run)),
+                escape(label),
+                str(record.get("split", "")),
+                escape(str(record.get("backbone", ""))),
+                interval_text(record.get("mean_auroc"), record.get("mean_auroc_ci")),
+                str(record.get("n_images", "")),
+            )
     console.print(table)
     if len(runs) > 1:
         print_setting_differences(runs)
@@ -464,18 +607,35 @@ def compare(
 
 def print_paired(result: dict) -> None:
     """Per-class and mean AUROC difference A - B with paired CIs."""
-    console.print(escape(f"A = {result['run_a']} ({result['method_a']})\nB = {result['run_b']} ({result['method_b']})\n"
-                         f"{result['n_images']} images of {result['n_patients']} patients ({result['split']} split)"), highlight=False)
+    console.print(
+        escape(
+            f"A = {result['run_a']} ({result['method_a']})\nB = {result['run_b']} ({result['method_b']})\n"
+            f"{result['n_images']} images of {result['n_patients']} patients ({result['split']} split)"
+        ),
+        highlight=False,
+    )
     table = Table("class", "AUROC A - B [95% CI]")
     for name, record in result["per_class"].items():
         table.add_row(escape(name), interval_text(record["difference"], record["difference_ci"]))
-    table.add_row(f"[bold]mean ({len(result['classes'])} classes)", "[bold]" + interval_text(result["difference"], result["difference_ci"]))
+    table.add_row(
+        f"[bold]mean ({len(result['classes'])} classes)",
+        "[bold]" + interval_text(result["difference"], result["difference_ci"]),
+    )
     console.print(table)
-    console.print(escape(f"mean AUROC A {interval_text(result['mean_auroc_a'], None)}, B {interval_text(result['mean_auroc_b'], None)}; "
-                         "a CI that excludes 0 means a difference beyond resampling noise"), highlight=False)
+    console.print(
+        escape(
+            f"mean AUROC A {interval_text(result['mean_auroc_a'], None)}, "
+            f"B {interval_text(result['mean_auroc_b'], None)}; "
+            "a CI that excludes 0 means a difference beyond resampling noise"
+        ),
+        highlight=False,
+    )
     for run, count in result["excluded_training_overlap"].items():
         if count:
-            err_console.print(f"[yellow]warning:[/] {escape(f'{count} images left out: {run} trained or validated on them')}", highlight=False)
+            err_console.print(
+                f"[yellow]warning:[/] {escape(f'{count} images left out: {run} trained or validated on them')}",
+                highlight=False,
+            )
 
 
 def rounded(payload, digits: int = 4):
@@ -489,14 +649,18 @@ def rounded(payload, digits: int = 4):
     return payload
 
 
-@app.command(epilog=examples('retune ui runs/nih', 'retune ui results/nih-class --port 5001'))
+@app.command(epilog=examples("retune ui runs/nih", "retune ui results/nih-class --port 5001"))
 @friendly_errors
 def ui(
-    folder: Path = typer.Argument(..., help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."),
+    folder: Path = typer.Argument(
+        ..., help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."
+    ),
     port: int = typer.Option(5000, min=1, max=65535, help="Port of the web UI."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind; the runs hold patient-derived metrics, so keep it local."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; the runs hold patient-derived metrics, so keep it local."
+    ),
 ) -> None:
-    """Browse a folder's MLflow runs (settings, per-class AUROC with CIs, training curves, plots, report) in the MLflow UI.
+    """Browse a folder's MLflow runs (settings, per-class AUROC with CIs, curves, plots, report) in the MLflow UI.
 
     The same as `mlflow ui --backend-store-uri file://FOLDER/mlruns --host 127.0.0.1`.
     """
@@ -509,18 +673,40 @@ def ui(
     if not store.is_dir():
         raise ConfigError(f"{store}: does not exist (expected a run folder with mlruns/ or an mlruns folder)")
     if not any(store.glob("*/meta.yaml")):
-        raise ConfigError(f"{store}: not an MLflow file store (no experiment folders with meta.yaml); pass a run folder made by retune")
+        raise ConfigError(
+            f"{store}: not an MLflow file store (no experiment folders with meta.yaml); "
+            "pass a run folder made by retune"
+        )
     try:
         import mlflow.server  # noqa: F401  (absent with mlflow-skinny)
     except ImportError as error:
         raise ConfigError(f"the MLflow UI needs the full mlflow package ({error}); pip install mlflow") from None
-    err_console.print(escape(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)"), highlight=False)
+    err_console.print(
+        escape(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)"), highlight=False
+    )
     environment = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.resolve().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        store.resolve().as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     raise typer.Exit(subprocess.call(command, env=environment))
 
 
-scenario_app = typer.Typer(help="Exemplar-free incremental learning: run a scenario, compare results.", no_args_is_help=True, rich_markup_mode=None)
+scenario_app = typer.Typer(
+    help="Exemplar-free incremental learning: run a scenario, compare results.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(scenario_app, name="scenario")
 
 
@@ -530,7 +716,10 @@ def print_comparison(results: dict[str, dict]) -> None:
 
     first = next(iter(results.values()))
     header = comparison_header(results)
-    table = Table(title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, {first['n_test_images']} test images)")
+    table = Table(
+        title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
+        f"{first['n_test_images']} test images)"
+    )
     table.add_column(header[0], no_wrap=True)
     for name in header[1:]:
         table.add_column(name)
@@ -547,24 +736,47 @@ def execute_scenario(settings, out: Path, track: bool = True, quiet: bool = Fals
     from retune.report.tracking import default_tracking_uri
 
     announce_store(settings.store)
-    results = run_scenario(settings, out, show_progress=progress_shown(quiet), track=track,
-                           progress=(lambda message: None) if quiet else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False))
+    results = run_scenario(
+        settings,
+        out,
+        show_progress=progress_shown(quiet),
+        track=track,
+        progress=(lambda message: None)
+        if quiet
+        else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+    )
     print_comparison(results)
     if track:
-        console.print(escape(f"MLflow: {settings.tracking_uri or default_tracking_uri(out)} (browse: retune ui {out})"), highlight=False)
+        console.print(
+            escape(f"MLflow: {settings.tracking_uri or default_tracking_uri(out)} (browse: retune ui {out})"),
+            highlight=False,
+        )
     console.print(escape(f"report: {out / 'report.html'}"), highlight=False)
     return results
 
 
-@scenario_app.command("run", epilog=examples('retune scenario run configs/nih-class-incremental.yaml --out results/nih-class', 'retune scenario run configs/nih-data-incremental.yaml --out results/quick --methods retune,naive'))
+@scenario_app.command(
+    "run",
+    epilog=examples(
+        "retune scenario run configs/nih-class-incremental.yaml --out results/nih-class",
+        "retune scenario run configs/nih-data-incremental.yaml --out results/quick --methods retune,naive",
+    ),
+)
 @friendly_errors
 def scenario_run(
-    config: Path = typer.Argument(..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."),
+    config: Path = typer.Argument(
+        ..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."
+    ),
     out: Path = typer.Option(..., help="Output folder: <method>/results.json, report.html, plots/, mlruns/."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (default: data.csv of the YAML)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store (default: store of the YAML, else retune-store)."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. retune,linear_probe,naive (default: methods of the YAML, else all seven)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."),
+    data: Path | None = typer.Option(None, help="Label CSV (default: data.csv of the YAML)."),
+    store: Path | None = typer.Option(None, help="Embedding store (default: store of the YAML, else retune-store)."),
+    methods: str | None = typer.Option(
+        None,
+        help="Comma-separated methods, e.g. retune,linear_probe,naive (default: methods of the YAML, else all seven).",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
@@ -579,7 +791,7 @@ def scenario_run(
     execute_scenario(settings, out, quiet=quiet)
 
 
-@scenario_app.command("compare", epilog=examples('retune scenario compare results/nih-class results/nih-data'))
+@scenario_app.command("compare", epilog=examples("retune scenario compare results/nih-class results/nih-data"))
 @friendly_errors
 def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenario output folders.")) -> None:
     """Print the side-by-side table of one or more scenario runs."""
@@ -589,29 +801,55 @@ def scenario_compare(directories: list[Path] = typer.Argument(..., help="Scenari
         print_comparison(load_results(directory))
 
 
-adaptor_app = typer.Typer(help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.", no_args_is_help=True, rich_markup_mode=None)
+adaptor_app = typer.Typer(
+    help="The Adaptor framework: a cross-attention adaptor pre-trained on cached image and text tokens.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(adaptor_app, name="adaptor")
 
 
-@adaptor_app.command("run", epilog=examples('retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/adaptor', 'retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --out runs/siglip --loss siglip --epochs 20'))
+@adaptor_app.command(
+    "run",
+    epilog=examples(
+        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/adaptor",
+        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --out runs/siglip --loss siglip --epochs 20",
+    ),
+)
 @friendly_errors
 def adaptor_run(
-    out: Path = typer.Option(..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."),
-    config: Optional[Path] = typer.Option(None, help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...); default: built-in defaults."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (default: data.csv of --config); its `report` column gives the texts, else sentences are built from the labels."),
-    loss: Optional[str] = typer.Option(None, help="Contrastive objective: clip (InfoNCE; default) or siglip (sigmoid)."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder, token embeddings are cached there (default: retune-store)."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Pre-training epochs (default: 60)."),
+    out: Path = typer.Option(
+        ..., help="Run directory: metrics.json (retrieval R@K, probes at each label fraction), checkpoint.safetensors."
+    ),
+    config: Path | None = typer.Option(
+        None,
+        help="YAML with AdaptorExperimentConfig fields (layers, heads, width, loss, label_fractions...); "
+        "default: built-in defaults.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Label CSV (default: data.csv of --config); its `report` column gives the texts, "
+        "else sentences are built from the labels.",
+    ),
+    loss: str | None = typer.Option(None, help="Contrastive objective: clip (InfoNCE; default) or siglip (sigmoid)."),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Path | None = typer.Option(
+        None, help="Embedding store folder, token embeddings are cached there (default: retune-store)."
+    ),
+    epochs: int | None = typer.Option(None, min=1, help="Pre-training epochs (default: 60)."),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
-    """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with 1/10/100% of the labels."""
+    """Pre-train the Adaptor contrastively from cached tokens, then report retrieval R@1/5/10 and probes with
+    1/10/100% of the labels."""
     from retune.config import AdaptorExperimentConfig, load_yaml_config, override
     from retune.experiments.adaptor import run_adaptor_experiment
 
     settings = load_yaml_config(config, AdaptorExperimentConfig) if config else AdaptorExperimentConfig()
-    settings = override(settings, {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}})
+    settings = override(
+        settings,
+        {"loss": loss, "backbone": backbone, "store": store, "data": {"csv": data}, "optim": {"epochs": epochs}},
+    )
     announce_store(settings.store)
     metrics = run_adaptor_experiment(settings, out, show_progress=progress_shown(quiet))
     if as_json:
@@ -621,29 +859,63 @@ def adaptor_run(
     console.print(escape(f"retrieval (test split, adaptor): {json.dumps(rounded(retrieval, 3))}"), highlight=False)
     table = Table("labels", "adaptor + probe: mean AUROC [95% CI]", "frozen + probe: mean AUROC [95% CI]")
     for fraction, records in metrics["label_fractions"].items():
-        table.add_row(f"{float(fraction):.0%}", *(interval_text(records[name].get("mean_auroc"), records[name].get("mean_auroc_ci")) for name in ("adaptor", "frozen")))
+        table.add_row(
+            f"{float(fraction):.0%}",
+            *(
+                interval_text(records[name].get("mean_auroc"), records[name].get("mean_auroc_ci"))
+                for name in ("adaptor", "frozen")
+            ),
+        )
     console.print(table)
     if metrics.get("note"):
         console.print(f"[dim]{escape(metrics['note'])}[/]")
 
 
-peft_app = typer.Typer(help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, or freezing the first k blocks.", no_args_is_help=True, rich_markup_mode=None)
+peft_app = typer.Typer(
+    help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, "
+    "or freezing the first k blocks.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(peft_app, name="peft")
 
 
-@peft_app.command("run", epilog=examples('retune peft run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/lora --method lora', 'retune peft run --data ../shared/data/nih-cxr14/labels.csv --out runs/freeze --method freeze --freeze-blocks 0.5 --lr 1e-4'))
+@peft_app.command(
+    "run",
+    epilog=examples(
+        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/lora --method lora",
+        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --out runs/f6 --method freeze --freeze-blocks 6",
+    ),
+)
 @friendly_errors
 def peft_run(
-    out: Path = typer.Option(..., help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, config.json."),
-    config: Optional[Path] = typer.Option(None, help="YAML with PeftExperimentConfig fields (default: built-in defaults)."),
-    data: Optional[Path] = typer.Option(None, help="Label CSV (default: data.csv of --config)."),
-    method: Optional[str] = typer.Option(None, help="lora (default), ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze."),
-    tower: Optional[str] = typer.Option(None, help="Tower to tune: image (default), text or both."),
-    freeze_blocks: Optional[float] = typer.Option(None, help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store (default: 0)."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store folder (default: retune-store)."),
-    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs; images pass through the tuned encoder every epoch (default: 2)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."),
+    out: Path = typer.Option(
+        ...,
+        help="Run directory: metrics.json (with trainable parameters and peak memory), checkpoint.safetensors, "
+        "config.json.",
+    ),
+    config: Path | None = typer.Option(
+        None, help="YAML with PeftExperimentConfig fields (default: built-in defaults)."
+    ),
+    data: Path | None = typer.Option(None, help="Label CSV (default: data.csv of --config)."),
+    method: str | None = typer.Option(
+        None,
+        help="lora (default), ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze.",
+    ),
+    tower: str | None = typer.Option(None, help="Tower to tune: image (default), text or both."),
+    freeze_blocks: float | None = typer.Option(
+        None,
+        help="Freeze the first k blocks (int) or a fraction of them; frozen image blocks are cached in the store "
+        "(default: 0).",
+    ),
+    backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
+    store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Training epochs; images pass through the tuned encoder every epoch (default: 2)."
+    ),
+    lr: float | None = typer.Option(
+        None, help="Learning rate (default: 1e-3 for adapters and prompts, 1e-4 for freeze)."
+    ),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
 ) -> None:
@@ -652,27 +924,54 @@ def peft_run(
     from retune.experiments.peft import run_peft_experiment
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
-    settings = override(settings, {"method": method, "tower": tower, "freeze_blocks": freeze_blocks, "backbone": backbone, "store": store,
-                                   "epochs": epochs, "lr": lr, "data": {"csv": data}})
+    settings = override(
+        settings,
+        {
+            "method": method,
+            "tower": tower,
+            "freeze_blocks": freeze_blocks,
+            "backbone": backbone,
+            "store": store,
+            "epochs": epochs,
+            "lr": lr,
+            "data": {"csv": data},
+        },
+    )
     announce_store(settings.store)
     metrics = run_peft_experiment(settings, out, show_progress=progress_shown(quiet))
     if as_json:
         print(json.dumps(rounded(metrics), indent=2))
         return
     print_metrics(metrics)
-    console.print(f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})", highlight=False)
+    console.print(
+        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak "
+        f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
+        highlight=False,
+    )
 
 
-@app.command(epilog=examples('retune demo', 'retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo'))
+@app.command(
+    epilog=examples(
+        "retune demo",
+        "retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo",
+    )
+)
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the data, the store, the results and report.html."),
-    data: Optional[Path] = typer.Option(None, help="Your label CSV instead of synthetic phantoms (default: 400 phantoms made in OUT), e.g. ../shared/data/nih-cxr14/labels.csv."),
+    data: Path | None = typer.Option(
+        None,
+        help="Your label CSV instead of synthetic phantoms (default: 400 phantoms made in OUT), "
+        "e.g. ../shared/data/nih-cxr14/labels.csv.",
+    ),
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),
-    store: Optional[Path] = typer.Option(None, help="Embedding store to reuse (default: OUT/store); with --data, pass the store you embedded that CSV into."),
+    store: Path | None = typer.Option(
+        None,
+        help="Embedding store to reuse (default: OUT/store); with --data, pass the store you embedded that CSV into.",
+    ),
     quiet: bool = QUIET,
-    device: Optional[str] = DEVICE,
+    device: str | None = DEVICE,
 ) -> None:
     """The main job, offline: a class-incremental scenario with every method on the default backbone.
 

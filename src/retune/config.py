@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, TypeVar
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -36,8 +36,14 @@ class OptimConfig(StrictModel):
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(0, ge=0, description="0 = full batch (fastest on cached vectors).")
     patience: int = Field(40, ge=1, description="Epochs without validation improvement before stopping.")
-    min_epochs: int = Field(30, ge=1, description="Epochs before early stopping may keep or stop (small validation sets are noisy).")
-    early_stopping: Literal["auroc", "loss"] = Field("auroc", description="Validation criterion: mean AUROC, or the training loss on the validation rows (smoother on small validation sets).")
+    min_epochs: int = Field(
+        30, ge=1, description="Epochs before early stopping may keep or stop (small validation sets are noisy)."
+    )
+    early_stopping: Literal["auroc", "loss"] = Field(
+        "auroc",
+        description="Validation criterion: mean AUROC, or the training loss on the validation rows (smoother on small "
+        "validation sets).",
+    )
 
 
 class ReTuneConfig(StrictModel):
@@ -46,8 +52,12 @@ class ReTuneConfig(StrictModel):
     prompts: str = Field("manual", description="Prompt set name (template, manual) or a YAML file.")
     adaptor: AdaptorConfig = AdaptorConfig()
     objective: Literal["bce", "clip", "siglip"] = Field(
-        "bce", description="Training loss on the prompt similarities: bce (the paper), clip (symmetric InfoNCE on label-defined "
-        "image-prompt pairs) or siglip (sigmoid loss on every image-prompt pair, learnable bias). Prediction is the same for all.")
+        "bce",
+        description="Training loss on the prompt similarities: bce (the paper), clip (symmetric InfoNCE on "
+        "label-defined "
+        "image-prompt pairs) or siglip (sigmoid loss on every image-prompt pair, learnable bias). Prediction is the "
+        "same for all.",
+    )
     tau: float = Field(10.0, gt=0, description="Initial logit scale applied to (s+ - s-).")
     learn_tau: bool = True
     optim: OptimConfig = OptimConfig()
@@ -56,11 +66,21 @@ class ReTuneConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where the labelled images are and how to read them."""
 
-    csv: Optional[Path] = None
-    image_root: Optional[Path] = None
-    format: str = "auto"
+    csv: Path | None = None
+    image_root: Path | None = None
+    format: str = Field("auto", description="A registered reader (csv, chexpert, nih, mimic, ...) or auto.")
     uncertainty: Literal["ignore", "ones", "zeros"] = "ignore"
-    classes: Optional[list[str]] = None
+    classes: list[str] | None = None
+    metadata_csv: Path | None = Field(None, description="mimic only: mimic-cxr-2.0.0-metadata.csv (images per study).")
+
+    @field_validator("format")
+    @classmethod
+    def _registered_format(cls, value: str) -> str:
+        from retune.data.readers import READERS
+
+        if value != "auto" and value not in READERS:
+            raise ValueError(f"unknown format '{value}'; valid: auto, {', '.join(READERS)}")
+        return value
 
 
 class SplitConfig(StrictModel):
@@ -73,7 +93,9 @@ class SplitConfig(StrictModel):
     @classmethod
     def _sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
-            raise ValueError(f"split fractions (train, val, test) must be non-negative and sum to 1, got {list(value)}")
+            raise ValueError(
+                f"split fractions (train, val, test) must be non-negative and sum to 1, got {list(value)}"
+            )
         if value[0] == 0 or value[2] == 0:
             raise ValueError(f"the train and test fractions must be positive, got {list(value)}")
         return value
@@ -87,8 +109,10 @@ class ExperimentConfig(StrictModel):
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     seed: int = Field(0, ge=0)
-    device: Optional[str] = None
-    tracking_uri: Optional[str] = Field(None, description="MLflow tracking URI (default: a local file store in OUT/mlruns).")
+    device: str | None = None
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: a local file store in OUT/mlruns)."
+    )
 
 
 class TrainConfig(ExperimentConfig):
@@ -123,7 +147,8 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def override(config: ModelT, updates: dict, where: str = "command line") -> ModelT:
-    """``config`` with the non-None ``updates`` applied (a dict value updates that sub-config), validated like a YAML file."""
+    """``config`` with the non-None ``updates`` applied (a dict value updates that sub-config), validated like a YAML
+    file."""
     merged = config.model_dump()
     for key, value in updates.items():
         if isinstance(value, dict):
@@ -137,13 +162,17 @@ class AdaptorExperimentConfig(ExperimentConfig):
     """Adaptor pre-training (a small transformer on frozen towers' tokens) + label-efficiency probes + retrieval."""
 
     layers: int = Field(2, ge=1, description="Self-attention layers per modality (used at inference).")
-    fusion_layers: int = Field(1, ge=0, description="Bi-directional cross-attention layers, used only by the image-text matching loss.")
+    fusion_layers: int = Field(
+        1, ge=0, description="Bi-directional cross-attention layers, used only by the image-text matching loss."
+    )
     heads: int = Field(4, ge=1)
     width: int = Field(256, ge=1, description="Transformer width; must be divisible by heads.")
     embed_dim: int = Field(128, ge=1, description="Shared image-text embedding dimension.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     loss: Literal["clip", "siglip"] = "clip"
-    itm_weight: float = Field(1.0, ge=0.0, description="Weight of the image-text matching loss (0 = contrastive only).")
+    itm_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the image-text matching loss (0 = contrastive only)."
+    )
     max_text_tokens: int = Field(64, ge=1, description="Text tokens kept (and cached) per text.")
     optim: OptimConfig = OptimConfig(lr=3e-4, weight_decay=0.05, epochs=60, batch_size=64, patience=10, min_epochs=5)
     label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
@@ -169,17 +198,39 @@ class PeftExperimentConfig(ExperimentConfig):
     """Encoder tuning under the RE-tune head: PEFT (LoRA, IA3, prefix) or freezing the first k blocks."""
 
     tower: Literal["image", "text", "both"] = "image"
-    method: Literal["lora", "ia3", "prefix", "prompt", "freeze"] = Field("lora", description="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze (train only the unfrozen top blocks).")
+    method: Literal["lora", "ia3", "prefix", "prompt", "freeze"] = Field(
+        "lora",
+        description="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze (train "
+        "only the unfrozen top blocks).",
+    )
     rank: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout (encoders run in eval mode, so it is inactive).")
-    target_modules: Optional[list[str]] = Field(None, description="Regexes on module names to adapt; default: every Linear and ungrouped Conv2d of the tuned blocks.")
-    num_virtual_tokens: int = Field(8, ge=1, description="Prefix tuning: virtual key/value tokens per layer; prompt tuning: prompt tokens.")
-    freeze_blocks: float = Field(0, ge=0, description="Freeze the first k blocks of the tuned tower(s): an int k, or a fraction in (0, 1).")
-    cache_prefix: Optional[bool] = Field(None, description="Image tower with freeze_blocks: cache the frozen blocks' output in the store (true: required, false: re-run them every step, null: cache where the tower supports it).")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="LoRA dropout (encoders run in eval mode, so it is inactive)."
+    )
+    target_modules: list[str] | None = Field(
+        None,
+        description="Regexes on module names to adapt; default: every Linear and ungrouped Conv2d of the tuned "
+        "blocks.",
+    )
+    num_virtual_tokens: int = Field(
+        8, ge=1, description="Prefix tuning: virtual key/value tokens per layer; prompt tuning: prompt tokens."
+    )
+    freeze_blocks: float = Field(
+        0, ge=0, description="Freeze the first k blocks of the tuned tower(s): an int k, or a fraction in (0, 1)."
+    )
+    cache_prefix: bool | None = Field(
+        None,
+        description="Image tower with freeze_blocks: cache the frozen blocks' output in the store (true: required, "
+        "false: re-run them every step, null: cache where the tower supports it).",
+    )
     epochs: int = Field(2, ge=1)
-    lr: Optional[float] = Field(None, gt=0, description="Learning rate; default 1e-3 for adapters (lora, ia3, prefix), 1e-4 for freeze "
-                                "(whole weights of the unfrozen blocks: 1e-3 wrecked the ImageNet features on NIH, mean AUROC 0.54 vs 0.70).")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="Learning rate; default 1e-3 for adapters (lora, ia3, prefix), 1e-4 for freeze "
+        "(whole weights of the unfrozen blocks: 1e-3 wrecked the ImageNet features on NIH, mean AUROC 0.54 vs 0.70).",
+    )
     batch_size: int = Field(16, ge=1)
     retune: ReTuneConfig = ReTuneConfig()
     n_bootstrap: int = Field(1000, ge=0)

@@ -23,8 +23,11 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (losses * valid).sum() / valid.sum().clamp(min=1)
 
 
-def multi_positive_info_nce(logits: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """One direction of CLIP's InfoNCE: each row's softmax over its valid columns against a uniform target on its positives.
+def multi_positive_info_nce(
+    logits: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One direction of CLIP's InfoNCE: each row's softmax over its valid columns against a uniform target on its
+    positives.
 
     With one positive per row (the diagonal) this is exactly CLIP's cross-entropy; repeated texts or shared labels
     make several positives. Rows without a positive are skipped.
@@ -53,8 +56,14 @@ def sigmoid_pair_loss(logits: torch.Tensor, positive: torch.Tensor, valid: torch
     return -(terms * valid).sum() / valid.any(1).sum().clamp(min=1)
 
 
-def prompt_objective(objective: str, positive_sim: torch.Tensor, negative_sim: torch.Tensor, labels: torch.Tensor,
-                     scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def prompt_objective(
+    objective: str,
+    positive_sim: torch.Tensor,
+    negative_sim: torch.Tensor,
+    labels: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
     """RE-tune's training loss on (image x class) cosine similarities to each class's positive and negative prompt.
 
     ``bce`` (the paper): masked BCE on scale * (s+ - s-), i.e. a 2-way softmax over the class's two prompts.

@@ -23,7 +23,10 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
         torch.cuda.synchronize(device)
         report["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         report["peak_memory_above_start_mb"] = round((torch.cuda.max_memory_allocated(device) - start) / 2**20, 1)
-        report["peak_memory_source"] = "CUDA: torch.cuda.max_memory_allocated during training + evaluation (peak_memory_above_start_mb: minus what was allocated at start)"
+        report["peak_memory_source"] = (
+            "CUDA: torch.cuda.max_memory_allocated during training + evaluation (peak_memory_above_start_mb: minus "
+            "what was allocated at start)"
+        )
         return
     start, peak, done = _rss_bytes(), [0], threading.Event()
 
@@ -43,8 +46,10 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
         report["peak_memory_mb"] = round(peak[0] / 2**20, 1)
         report["peak_memory_above_start_mb"] = round(max(peak[0] - start, 0) / 2**20, 1)
         report["peak_memory_source"] = (
-            "CPU: process RSS sampled every 5 ms (/proc/self/statm) during training + evaluation; peak_memory_mb is the whole "
-            "process, peak_memory_above_start_mb the growth (0 when memory freed by an earlier run in the process is reused)"
+            "CPU: process RSS sampled every 5 ms (/proc/self/statm) during training + evaluation; peak_memory_mb is "
+            "the whole "
+            "process, peak_memory_above_start_mb the growth (0 when memory freed by an earlier run in the process is "
+            "reused)"
         )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,7 +17,9 @@ def _stderr() -> Console:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "items") -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    description: str, total: int, enabled: bool = True, unit: str = "items"
+) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; shows done/total, rate in ``unit``/s, elapsed and remaining time."""
     if not enabled or total == 0:
         yield lambda n: None

@@ -28,7 +28,16 @@ NIH_CLASSES = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "Mass", "No_
 
 def experiment(csv: Path, root: Path, classes: list[str] | None = None, epochs: int = 12) -> AdaptorExperimentConfig:
     optim = OptimConfig(lr=1e-3, weight_decay=0.05, epochs=epochs, batch_size=32, patience=6, min_epochs=3)
-    return AdaptorExperimentConfig(store=root / "store", data=DataConfig(csv=csv, classes=classes), layers=2, width=64, embed_dim=32, heads=4, optim=optim, n_bootstrap=50)
+    return AdaptorExperimentConfig(
+        store=root / "store",
+        data=DataConfig(csv=csv, classes=classes),
+        layers=2,
+        width=64,
+        embed_dim=32,
+        heads=4,
+        optim=optim,
+        n_bootstrap=50,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,9 @@ def nih_run(nih_head_csv, tmp_path_factory) -> tuple[dict, Path, AdaptorExperime
     config = experiment(csv, root, NIH_CLASSES)
     config_file = root / "adaptor.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    result = CliRunner().invoke(app, ["adaptor", "run", "--config", str(config_file), "--out", str(root / "run")], env={"COLUMNS": "1000"})
+    result = CliRunner().invoke(
+        app, ["adaptor", "run", "--config", str(config_file), "--out", str(root / "run")], env={"COLUMNS": "1000"}
+    )
     assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
     assert "R@1" in result.output  # the CLI prints the retrieval table
     return json.loads((root / "run" / "metrics.json").read_text()), root / "run", config
@@ -55,7 +66,11 @@ def nih_run(nih_head_csv, tmp_path_factory) -> tuple[dict, Path, AdaptorExperime
 def check_metrics_file(metrics: dict, run_dir: Path, text_source: str) -> None:
     """Fields exist, recalls are shares, every fraction has adaptor + frozen records, nested train sets."""
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
-    assert metrics["method"] == "xattn_adaptor" and metrics["backbone"] == "default" and "general-domain" in metrics["note"]
+    assert (
+        metrics["method"] == "xattn_adaptor"
+        and metrics["backbone"] == "default"
+        and "general-domain" in metrics["note"]
+    )
     retrieval = metrics["retrieval"]
     assert retrieval["text_source"] == text_source
     assert retrieval["frozen"] is None  # default towers are not aligned
@@ -68,7 +83,9 @@ def check_metrics_file(metrics: dict, run_dir: Path, text_source: str) -> None:
     sizes = []
     for fraction in FRACTIONS:
         block = metrics["label_fractions"][fraction]
-        assert block["adaptor"]["method"] == "xattn_adaptor+linear_probe" and block["frozen"]["method"] == "linear_probe"
+        assert (
+            block["adaptor"]["method"] == "xattn_adaptor+linear_probe" and block["frozen"]["method"] == "linear_probe"
+        )
         assert block["adaptor"]["split"] == "test" and block["adaptor"]["n_images"] == block["frozen"]["n_images"]
         assert block["adaptor"]["n_train_images"] == block["frozen"]["n_train_images"]
         sizes.append(block["adaptor"]["n_train_images"])

@@ -107,7 +107,8 @@ def test_embed_stores_300_rows_then_computes_nothing(small_csv: Path, store: Pat
 
 
 def csv_with_empty_image(source: Path, n_rows: int, broken: Path, patient: str, target: Path) -> Path:
-    """The first ``n_rows`` of ``source`` plus one row (patient ``patient``) whose image ``broken`` is a zero-byte file."""
+    """The first ``n_rows`` of ``source`` plus one row (patient ``patient``) whose image ``broken`` is a zero-byte
+    file."""
     broken.write_bytes(b"")
     frame = pd.read_csv(source, dtype=str, keep_default_na=False).head(n_rows)
     extra = frame.iloc[[0]].copy()
@@ -180,7 +181,8 @@ def test_skipped_line_keeps_square_brackets_in_paths(small_csv: Path, work: Path
 
 
 def test_train_writes_run_and_honest_metrics(trained_run, store: Path):
-    """`retune train` writes the run files; metrics.json has per-class AUROC/CI, null for undefined classes, and the linear probe."""
+    """`retune train` writes the run files; metrics.json has per-class AUROC/CI, null for undefined classes, and the
+    linear probe."""
     run, result = trained_run
     assert result.exit_code == 0, describe(result)
     for name in ("checkpoint.safetensors", "config.json", "metrics.json", "roc_curves.png"):
@@ -219,16 +221,34 @@ def test_train_writes_run_and_honest_metrics(trained_run, store: Path):
     assert Path(config["train_config"]["store"]) == store
 
 
-def test_train_with_the_siglip_objective_records_it_and_evaluates_back(small_csv: Path, store: Path, first_embed, train_config: Path, work: Path):
-    """`retune train --objective siglip` trains on the cached embeddings, saves the objective and the learnt bias; evaluate reproduces it."""
+def test_train_with_the_siglip_objective_records_it_and_evaluates_back(
+    small_csv: Path, store: Path, first_embed, train_config: Path, work: Path
+):
+    """`retune train --objective siglip` trains on the cached embeddings, saves the objective and the learnt bias;
+    evaluate reproduces it."""
     run = work / "run-siglip"
-    result = invoke("train", "--data", small_csv, "--out", run, "--store", store, "--config", train_config, "--objective", "siglip", "--json")
+    result = invoke(
+        "train",
+        "--data",
+        small_csv,
+        "--out",
+        run,
+        "--store",
+        store,
+        "--config",
+        train_config,
+        "--objective",
+        "siglip",
+        "--json",
+    )
     assert result.exit_code == 0, describe(result)
     metrics = json.loads(result.stdout)
     assert metrics["method"] == "retune" and metrics["mean_auroc"] is not None and 0.0 <= metrics["mean_auroc"] <= 1.0
     assert json.loads((run / "config.json").read_text())["train_config"]["retune"]["objective"] == "siglip"
     assert load_file(str(run / "checkpoint.safetensors"))["retune/logit_bias"] != 0.0
-    evaluated = json.loads(invoke("evaluate", "--run", run, "--data", small_csv, "--json", "--n-bootstrap", "0").stdout)
+    evaluated = json.loads(
+        invoke("evaluate", "--run", run, "--data", small_csv, "--json", "--n-bootstrap", "0").stdout
+    )
     assert evaluated["mean_auroc"] == pytest.approx(metrics["mean_auroc"], abs=1e-6)
 
 
@@ -327,7 +347,8 @@ def _retune_executable() -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_embed_killed_with_sigkill_resumes_without_duplicates(nih_dir: Path, tmp_path: Path):
-    """kill -9 of `retune embed` after its first shard, then a rerun, leaves one row per unique image, no duplicates (~1-5 min)."""
+    """kill -9 of `retune embed` after its first shard, then a rerun, leaves one row per unique image, no duplicates
+    (~1-5 min)."""
     # The 1,599 files hold 1,598 distinct images: 00002658_001.png and 00002658_002.png are byte-identical,
     # and the store is keyed by content, so the expected row count is the number of distinct file hashes.
     frame = pd.read_csv(nih_dir / "labels.csv", dtype=str)

@@ -25,8 +25,29 @@ pytestmark = pytest.mark.integration
 
 N_ROWS = 120
 CLASSES = ["Atelectasis", "Effusion", "Infiltration", "No_Finding"]
-STANDARD_FIELDS = {"method", "backbone", "backbone_fingerprint", "split", "classes", "per_class", "mean_auroc", "mean_auroc_ci", "n_images", "seed", "note"}
-EXTRA_FIELDS = {"trainable_parameters", "total_parameters", "trainable_percent", "peak_memory_mb", "peak_memory_source", "seconds", "train_seconds", "tuning"}
+STANDARD_FIELDS = {
+    "method",
+    "backbone",
+    "backbone_fingerprint",
+    "split",
+    "classes",
+    "per_class",
+    "mean_auroc",
+    "mean_auroc_ci",
+    "n_images",
+    "seed",
+    "note",
+}
+EXTRA_FIELDS = {
+    "trainable_parameters",
+    "total_parameters",
+    "trainable_percent",
+    "peak_memory_mb",
+    "peak_memory_source",
+    "seconds",
+    "train_seconds",
+    "tuning",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +62,14 @@ def nih_csv(nih_head_csv, work: Path) -> Path:
 
 
 def experiment(work: Path, nih_csv: Path, **overrides) -> PeftExperimentConfig:
-    settings = dict(store=work / "store", data={"csv": nih_csv, "classes": CLASSES}, epochs=1, batch_size=16, n_bootstrap=50, device="cpu")
+    settings = dict(
+        store=work / "store",
+        data={"csv": nih_csv, "classes": CLASSES},
+        epochs=1,
+        batch_size=16,
+        n_bootstrap=50,
+        device="cpu",
+    )
     return PeftExperimentConfig(**{**settings, **overrides})
 
 
@@ -54,7 +82,11 @@ def check_run(metrics: dict, run_dir: Path, method: str) -> dict:
     assert 0 < saved["trainable_parameters"] < saved["total_parameters"]
     assert saved["peak_memory_mb"] > 0 and saved["seconds"] >= saved["train_seconds"] > 0
     tensors = load_file(str(run_dir / "checkpoint.safetensors"))
-    assert sum(v.size for k, v in tensors.items() if not k.endswith(("positive", "negative", "logit_bias"))) == saved["trainable_parameters"]  # bias trains for siglip only
+    # bias trains for siglip only
+    assert (
+        sum(v.size for k, v in tensors.items() if not k.endswith(("positive", "negative", "logit_bias")))
+        == saved["trainable_parameters"]
+    )
     assert json.loads((run_dir / "config.json").read_text())["train_config"]["method"] == saved["tuning"]["method"]
     return saved
 
@@ -67,7 +99,8 @@ def invoke(*args) -> str:
 
 
 def test_lora_on_the_image_tower_then_evaluate_and_predict_from_the_cli(work, nih_csv):
-    """``retune peft run`` trains, ``retune evaluate`` reproduces its test metrics from the checkpoint, ``retune predict`` scores images."""
+    """``retune peft run`` trains, ``retune evaluate`` reproduces its test metrics from the checkpoint, ``retune
+    predict`` scores images."""
     run_dir = work / "lora"
     config_file = work / "lora.yaml"
     config_file.write_text(yaml.safe_dump(experiment(work, nih_csv, rank=4, alpha=8).model_dump(mode="json")))
@@ -83,8 +116,10 @@ def test_lora_on_the_image_tower_then_evaluate_and_predict_from_the_cli(work, ni
     predictions = pd.read_parquet(work / "lora-predictions.parquet")
     assert list(predictions.columns) == ["image", *CLASSES] and len(predictions) == 4
     assert ((predictions[CLASSES] >= 0) & (predictions[CLASSES] <= 1)).all().all()
-    print(f"\nLoRA r=4 image tower: {saved['trainable_parameters']} trainable ({saved['trainable_percent']}%), "
-          f"peak {saved['peak_memory_mb']} MB, train {saved['train_seconds']} s")
+    print(
+        f"\nLoRA r=4 image tower: {saved['trainable_parameters']} trainable ({saved['trainable_percent']}%), "
+        f"peak {saved['peak_memory_mb']} MB, train {saved['train_seconds']} s"
+    )
 
 
 def test_freeze_first_five_stages_with_cached_prefix(work, nih_csv):
@@ -92,7 +127,9 @@ def test_freeze_first_five_stages_with_cached_prefix(work, nih_csv):
     run_dir = work / "freeze"
     saved = check_run(run_peft_experiment(config, run_dir), run_dir, "freeze-k")
     assert saved["tuning"]["frozen_blocks"] == {"image": 5} and saved["tuning"]["blocks"]["image"] == 7
-    assert saved["tuning"]["prefix_cache"]["n_computed"] == N_ROWS and saved["tuning"]["prefix_cache"]["activation_shape"] == [112, 14, 14]
+    assert saved["tuning"]["prefix_cache"]["n_computed"] == N_ROWS and saved["tuning"]["prefix_cache"][
+        "activation_shape"
+    ] == [112, 14, 14]
 
     comparison = compare_prefix_caching(config)
     assert comparison["prefix_cache"]["n_computed"] == 0  # filled by the run above
@@ -102,6 +139,9 @@ def test_freeze_first_five_stages_with_cached_prefix(work, nih_csv):
     # 3.7M unfrozen weights amplifies that to ~1e-2 in test probabilities after 2 epochs, never more than a few %
     assert comparison["max_test_score_difference"] < 0.03
     (work / "freeze" / "prefix_cache_speed.json").write_text(json.dumps(comparison))
-    print(f"\nfreeze-k5: {saved['trainable_percent']}% trainable; cached {comparison['cached_train_seconds']} s vs "
-          f"uncached {comparison['uncached_train_seconds']} s (x{comparison['speedup']}); peak "
-          f"{comparison['cached_peak_memory_mb']} vs {comparison['uncached_peak_memory_mb']} MB; growth {comparison['cached_memory_growth_mb']} vs {comparison['uncached_memory_growth_mb']} MB")
+    print(
+        f"\nfreeze-k5: {saved['trainable_percent']}% trainable; cached {comparison['cached_train_seconds']} s vs "
+        f"uncached {comparison['uncached_train_seconds']} s (x{comparison['speedup']}); peak "
+        f"{comparison['cached_peak_memory_mb']} vs {comparison['uncached_peak_memory_mb']} MB; growth "
+        f"{comparison['cached_memory_growth_mb']} vs {comparison['uncached_memory_growth_mb']} MB"
+    )

@@ -47,7 +47,11 @@ def _scenario(tmp_path: Path, csv: Path, **overrides) -> Path:
         "name": "nih-small",
         "store": str(tmp_path / "store"),
         "data": {"csv": str(csv)},
-        "generate": {"kind": "class", "n_tasks": 3, "classes": ["Atelectasis", "Effusion", "Infiltration", "Pneumonia", "Edema", "No_Finding"]},
+        "generate": {
+            "kind": "class",
+            "n_tasks": 3,
+            "classes": ["Atelectasis", "Effusion", "Infiltration", "Pneumonia", "Edema", "No_Finding"],
+        },
         "methods": ["retune", "retune-distill", "linear_probe", "naive"],
         "n_bootstrap": 100,
         "retune": {"optim": {"epochs": 40}},
@@ -66,8 +70,13 @@ def test_scenario_run_and_compare_on_real_nih_images(tmp_path, nih_subset):
     assert first.exit_code == 0, first.output
     result = json.loads((out / "retune" / "results.json").read_text())
     assert result["scenario"] == "nih-small" and len(result["tasks"]) == 3
-    assert result["final_mean_auroc_ci"] is None or result["final_mean_auroc_ci"][0] <= result["final_mean_auroc"] <= result["final_mean_auroc_ci"][1]
-    assert json.loads((out / "linear_probe" / "results.json").read_text())["forgetting"] == pytest.approx(0.0, abs=1e-9)
+    assert (
+        result["final_mean_auroc_ci"] is None
+        or result["final_mean_auroc_ci"][0] <= result["final_mean_auroc"] <= result["final_mean_auroc_ci"][1]
+    )
+    assert json.loads((out / "linear_probe" / "results.json").read_text())["forgetting"] == pytest.approx(
+        0.0, abs=1e-9
+    )
     assert (out / "plots" / "mean_auroc_per_task.png").exists()
     assert (out / "scenario.json").exists()
 
@@ -82,7 +91,9 @@ def test_scenario_run_and_compare_on_real_nih_images(tmp_path, nih_subset):
 
 def test_scenario_with_unknown_class_fails_before_training(tmp_path, nih_subset):
     """A task naming an unknown class exits 2 with one line naming the task and class."""
-    config = _scenario(tmp_path, nih_subset, generate=None, tasks=[{"classes": ["Effusion"]}, {"classes": ["Heartache"]}])
+    config = _scenario(
+        tmp_path, nih_subset, generate=None, tasks=[{"classes": ["Effusion"]}, {"classes": ["Heartache"]}]
+    )
     result = runner.invoke(app, ["scenario", "run", str(config), "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2
     assert "task 2: unknown class 'Heartache'" in result.output

@@ -19,8 +19,12 @@ from retune.backbones.registry import create_backbone, list_backbones
 from retune.errors import ConfigError, WeightsNotFoundError
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "lung", "x", "ray", "normal", "effusion"]
-TINY_TEXT = dict(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+TINY_TEXT = dict(
+    vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+)
+TINY_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+)
 OPEN_CLIP_HUB_ID = "test-org/tiny-openclip"
 FAKE_COMMIT = "0" * 40
 
@@ -54,8 +58,13 @@ def tiny_tokenizer():
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", VOCAB.index("[CLS]")), ("[SEP]", VOCAB.index("[SEP]"))]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=16,
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=16,
     )
 
 
@@ -70,13 +79,31 @@ def save_open_clip(directory: Path, seed: int, hf_text: bool = False) -> Path:
     if hf_text:
         bert_dir = directory / "bert-config"
         BertConfig(**TINY_TEXT, max_position_embeddings=32).save_pretrained(bert_dir)
-        vision_cfg = {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 160}
-        text_cfg = {"hf_model_name": str(bert_dir), "hf_tokenizer_name": OPEN_CLIP_HUB_ID, "hf_model_pretrained": False,
-                    "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 16}
+        vision_cfg = {
+            "timm_model_name": "test_vit",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 160,
+        }
+        text_cfg = {
+            "hf_model_name": str(bert_dir),
+            "hf_tokenizer_name": OPEN_CLIP_HUB_ID,
+            "hf_model_pretrained": False,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": 16,
+        }
     else:
         vision_cfg = {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8}
-        text_cfg = {"context_length": 16, "vocab_size": len(VOCAB), "width": 32, "heads": 2, "layers": 2,
-                    "hf_tokenizer_name": OPEN_CLIP_HUB_ID}
+        text_cfg = {
+            "context_length": 16,
+            "vocab_size": len(VOCAB),
+            "width": 32,
+            "heads": 2,
+            "layers": 2,
+            "hf_tokenizer_name": OPEN_CLIP_HUB_ID,
+        }
     model_cfg = {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
     (directory / "open_clip_config.json").write_text(json.dumps(config))
@@ -112,7 +139,11 @@ def save_hf_pair(root: Path, seed: int) -> tuple[Path, Path]:
 
     torch.manual_seed(seed)
     image_dir, text_dir = root / "image", root / "text"
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8)).save_pretrained(image_dir)
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8
+        )
+    ).save_pretrained(image_dir)
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(image_dir)
     BertModel(BertConfig(**TINY_TEXT, max_position_embeddings=32)).save_pretrained(text_dir)
     tiny_tokenizer().save_pretrained(text_dir)
@@ -146,7 +177,13 @@ def sample_images() -> list[Image.Image]:
 
 
 # kind -> (image_dim, text_dim, aligned)
-KINDS = {"open_clip": (16, 16, True), "open_clip_hf_text": (16, 16, True), "clip": (24, 24, True), "siglip": (32, 32, True), "pair": (32, 32, False)}
+KINDS = {
+    "open_clip": (16, 16, True),
+    "open_clip_hf_text": (16, 16, True),
+    "clip": (24, 24, True),
+    "siglip": (32, 32, True),
+    "pair": (32, 32, False),
+}
 
 
 def test_list_backbones_includes_families_and_biomedclip_alias():
@@ -243,7 +280,8 @@ def test_open_clip_dir_without_weights_is_refused_not_randomly_initialised(tmp_p
 def test_open_clip_names_a_missing_hf_text_tower_repo(tmp_path):
     directory = save_open_clip(tmp_path / "oc", seed=0, hf_text=True)
     config = json.loads((directory / "open_clip_config.json").read_text())
-    config["model_cfg"]["text_cfg"]["hf_model_name"] = "test-org/tiny-bert"  # BiomedCLIP reads its BERT config from the hub
+    # BiomedCLIP reads its BERT config from the hub
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = "test-org/tiny-bert"
     (directory / "open_clip_config.json").write_text(json.dumps(config))
     with pytest.raises(WeightsNotFoundError, match="also needs test-org/tiny-bert"):
         create_backbone(f"open_clip:{directory}", device="cpu")

@@ -12,14 +12,24 @@ runner = CliRunner()
 
 
 def _record(method: str, mean: float) -> dict:
-    return {"method": method, "backbone": "default", "split": "test", "per_class": {}, "mean_auroc": mean, "mean_auroc_ci": [mean - 0.05, mean + 0.05], "n_images": 10}
+    return {
+        "method": method,
+        "backbone": "default",
+        "split": "test",
+        "per_class": {},
+        "mean_auroc": mean,
+        "mean_auroc_ci": [mean - 0.05, mean + 0.05],
+        "n_images": 10,
+    }
 
 
 def test_compare_lists_main_and_baseline_records(tmp_path):
     """`retune compare` shows every method of every run with its mean AUROC and CI."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.json").write_text(json.dumps({**_record("retune", 0.71), "baselines": {"linear_probe": _record("linear_probe", 0.69)}}))
+    (run / "metrics.json").write_text(
+        json.dumps({**_record("retune", 0.71), "baselines": {"linear_probe": _record("linear_probe", 0.69)}})
+    )
     result = runner.invoke(app, ["compare", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "retune" in result.output and "linear_probe" in result.output
@@ -51,9 +61,11 @@ def test_train_unknown_objective_names_the_field(tmp_path):
 
 def test_peft_and_adaptor_bad_options_are_one_line(tmp_path):
     """--method / --lr / --loss outside their ranges: exit 2 naming the field, no traceback."""
-    for args, field in ((["peft", "run", "--out", str(tmp_path / "a"), "--method", "dora"], "method"),
-                        (["peft", "run", "--out", str(tmp_path / "b"), "--lr", "-1"], "lr"),
-                        (["adaptor", "run", "--out", str(tmp_path / "c"), "--loss", "triplet"], "loss")):
+    for args, field in (
+        (["peft", "run", "--out", str(tmp_path / "a"), "--method", "dora"], "method"),
+        (["peft", "run", "--out", str(tmp_path / "b"), "--lr", "-1"], "lr"),
+        (["adaptor", "run", "--out", str(tmp_path / "c"), "--loss", "triplet"], "loss"),
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert f"command line: field '{field}'" in result.output and "Traceback" not in result.output
@@ -82,12 +94,51 @@ def test_peft_run_freeze_k_on_phantoms(tmp_path):
 
     csv = write_phantom_dataset(tmp_path / "phantoms", n=40, seed=1)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["peft", "run", "--data", str(csv), "--out", str(out), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1", "--store", str(tmp_path / "store"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "peft",
+            "run",
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--method",
+            "freeze",
+            "--freeze-blocks",
+            "6",
+            "--epochs",
+            "1",
+            "--store",
+            str(tmp_path / "store"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "freeze-k" and metrics["tuning"]["learning_rate"] == 1e-4  # the freeze default
-    again = runner.invoke(app, ["peft", "run", "--data", str(csv), "--out", str(tmp_path / "lr"), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1",
-                                "--store", str(tmp_path / "store"), "--lr", "0.0005", "--json"])
+    again = runner.invoke(
+        app,
+        [
+            "peft",
+            "run",
+            "--data",
+            str(csv),
+            "--out",
+            str(tmp_path / "lr"),
+            "--method",
+            "freeze",
+            "--freeze-blocks",
+            "6",
+            "--epochs",
+            "1",
+            "--store",
+            str(tmp_path / "store"),
+            "--lr",
+            "0.0005",
+            "--json",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "lr" / "metrics.json").read_text())["tuning"]["learning_rate"] == 5e-4
     assert 0 < metrics["trainable_percent"] < 100
@@ -103,9 +154,34 @@ def test_adaptor_run_on_phantoms_reports_retrieval_and_fractions(tmp_path):
     config = tmp_path / "adaptor.yaml"
     config.write_text("layers: 1\nwidth: 32\nheads: 2\nembed_dim: 16\nn_bootstrap: 50\nlabel_fractions: [0.1, 1.0]\n")
     out = tmp_path / "run"
-    result = runner.invoke(app, ["adaptor", "run", "--data", str(csv), "--out", str(out), "--config", str(config), "--epochs", "3", "--store", str(tmp_path / "store")], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app,
+        [
+            "adaptor",
+            "run",
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--epochs",
+            "3",
+            "--store",
+            str(tmp_path / "store"),
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["label_fractions"]) == {"0.1", "1.0"}
     assert all(0.0 <= value <= 1.0 for value in metrics["retrieval"]["adaptor"]["image_to_text"].values())
     assert "retrieval" in result.output and "100%" in result.output
+    card = (out / "RUN_CARD.md").read_text()
+    assert "## Intended use" in card and "| 10% |" in card and "General-domain backbone" in card
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("retune-adaptor").experiment_id])
+    assert run.data.params["config.loss"] == "clip" and "retrieval.adaptor.image_to_text.R_1" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "xattn_adaptor.train_loss")) == 3

@@ -38,11 +38,13 @@ def toy_tasks(seed: int = 0) -> tuple[list[TaskData], list[tuple[np.ndarray, np.
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(rng.normal(size=(DIM, DIM)))[0]
     own, nuisance = basis[:, :6], basis[:, 6:10]
-    directions = [own[:, 0], own[:, 1]] + [OVERLAP * nuisance[:, c - 2] + np.sqrt(1 - OVERLAP**2) * own[:, c] for c in range(2, 6)]
+    directions = [own[:, 0], own[:, 1]] + [
+        OVERLAP * nuisance[:, c - 2] + np.sqrt(1 - OVERLAP**2) * own[:, c] for c in range(2, 6)
+    ]
 
     def sample(task: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         labels = (rng.random((n, 2)) < 0.5).astype(np.float32)
-        images = rng.normal(size=(n, DIM)) + SIGNAL * labels @ np.stack(directions[2 * task:2 * task + 2])
+        images = rng.normal(size=(n, DIM)) + SIGNAL * labels @ np.stack(directions[2 * task : 2 * task + 2])
         if task == 0:
             images += (rng.normal(size=(n, nuisance.shape[1])) * NUISANCE_STD) @ nuisance.T
         return images.astype(np.float32), labels
@@ -61,7 +63,7 @@ def context(seed: int = 0) -> MethodContext:
 
 def task_auroc(method: Method, test: tuple[np.ndarray, np.ndarray], task: int) -> float:
     images, labels = test
-    return fast_mean_auroc(method.predict(images)[:, 2 * task:2 * task + 2], labels)
+    return fast_mean_auroc(method.predict(images)[:, 2 * task : 2 * task + 2], labels)
 
 
 @dataclass

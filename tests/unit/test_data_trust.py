@@ -33,7 +33,9 @@ def test_stray_label_value_is_rejected_naming_file_row_column(tmp_path, bad_valu
 def test_stray_label_value_stops_train_before_work(tmp_path):
     """`retune train` exits 2 with one line (no store is created: the error comes before any work)."""
     csv = _labels_csv(tmp_path / "labels.csv", "2")
-    result = runner.invoke(app, ["train", "--data", str(csv), "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store")])
+    result = runner.invoke(
+        app, ["train", "--data", str(csv), "--out", str(tmp_path / "run"), "--store", str(tmp_path / "store")]
+    )
     assert result.exit_code == 2, result.output
     assert "row 9, column 'Effusion'" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "store").exists()
@@ -45,14 +47,17 @@ def test_one_sided_class_is_named_not_dropped():
     assert len(warnings) == 1 and "'Hernia' has no positives in the training split" in warnings[0]
 
 
-@pytest.mark.parametrize(("raw", "field"), [
-    ({"retune": {"optim": {"epochs": -5}}}, "retune.optim.epochs"),
-    ({"retune": {"optim": {"lr": -0.1}}}, "retune.optim.lr"),
-    ({"split": {"fractions": [0.5, 0.3, 0.3]}}, "split.fractions"),
-    ({"split": {"fractions": [0.9, 0.1, 0.0]}}, "split.fractions"),
-    ({"seed": -1}, "seed"),
-    ({"split": {"seed": -3}}, "split.seed"),
-])
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"retune": {"optim": {"epochs": -5}}}, "retune.optim.epochs"),
+        ({"retune": {"optim": {"lr": -0.1}}}, "retune.optim.lr"),
+        ({"split": {"fractions": [0.5, 0.3, 0.3]}}, "split.fractions"),
+        ({"split": {"fractions": [0.9, 0.1, 0.0]}}, "split.fractions"),
+        ({"seed": -1}, "seed"),
+        ({"split": {"seed": -3}}, "split.seed"),
+    ],
+)
 def test_invalid_train_config_values_name_the_field(raw, field):
     with pytest.raises(ConfigError, match=rf"field '{field}'"):
         parse_config(raw, TrainConfig, "train.yaml")

@@ -1,4 +1,5 @@
-"""The real offline default backbone (EfficientNet-Lite0 + all-MiniLM-L6-v2) and phantom learnability on its features."""
+"""The real offline default backbone (EfficientNet-Lite0 + all-MiniLM-L6-v2) and phantom learnability on its
+features."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def backbone():
 
 def test_pooled_and_token_image_embeddings(backbone):
     """Pooled image vectors are 1280-d and tokens are 7x7=49 patches of 1280, with pooled = mean of tokens."""
-    pixels = torch.stack([backbone.preprocess(Image.new("RGB", (224, 224), (value, value, value))) for value in (30, 200)])
+    pixels = torch.stack(
+        [backbone.preprocess(Image.new("RGB", (224, 224), (value, value, value))) for value in (30, 200)]
+    )
     encoded = backbone.encode_images(pixels, tokens=True)
     assert backbone.image_dim == 1280
     assert encoded.pooled.shape == (2, 1280)

@@ -132,7 +132,11 @@ def test_dicom_found_by_magic_without_suffix(tmp_path):
     ("name", "content", "reason"),
     [
         ("empty.png", b"", "empty file"),
-        ("noise.png", bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)), "not a recognised image"),
+        (
+            "noise.png",
+            bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)),
+            "not a recognised image",
+        ),
         ("noise.dcm", bytes(np.random.default_rng(2).integers(0, 256, 4096, dtype=np.uint8)), "not a DICOM file"),
     ],
 )

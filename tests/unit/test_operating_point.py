@@ -21,7 +21,9 @@ def test_threshold_comes_from_validation_and_is_applied_unchanged_to_test():
 
 
 def test_operating_point_is_undefined_without_both_classes_in_validation():
-    point = operating_points(np.array([[0.3], [0.4]]), np.array([[0], [np.nan]]), np.array([[0.3]]), np.array([[1.0]]), ["Hernia"])
+    point = operating_points(
+        np.array([[0.3], [0.4]]), np.array([[0], [np.nan]]), np.array([[0.3]]), np.array([[1.0]]), ["Hernia"]
+    )
     assert point["Hernia"] == {"threshold": None, "sensitivity": None, "specificity": None}
 
 

@@ -29,7 +29,23 @@ from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder
 from retune.tuning.split import image_features_fn, image_split, prompt_features_fn
 from retune.tuning.towers import resolve_freeze_blocks, tower_blocks, tower_of
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "lung", "effusion", "opacity", "normal", "chest", "x", "ray", "of", "the"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "no",
+    "lung",
+    "effusion",
+    "opacity",
+    "normal",
+    "chest",
+    "x",
+    "ray",
+    "of",
+    "the",
+]
 CLASSES = ["Effusion", "Mass"]
 SMALL_HEAD = ReTuneConfig(prompts="template", adaptor={"shared_dim": 8, "dropout": 0.0})
 
@@ -52,9 +68,18 @@ def tiny_tokenizer():
     core = Tokenizer(models.WordPiece({token: i for i, token in enumerate(VOCAB)}, unk_token="[UNK]"))
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=16)
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=16,
+    )
 
 
 def tiny_open_clip(directory: Path) -> str:
@@ -63,9 +88,21 @@ def tiny_open_clip(directory: Path) -> str:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True)
-    model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-                 "text_cfg": {"context_length": 16, "vocab_size": len(VOCAB), "width": 32, "heads": 2, "layers": 2, "hf_tokenizer_name": "test-org/tiny"}}
-    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    model_cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": len(VOCAB),
+            "width": 32,
+            "heads": 2,
+            "layers": 2,
+            "hf_tokenizer_name": "test-org/tiny",
+        },
+    }
+    (directory / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    )
     tiny_tokenizer().save_pretrained(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))
     torch.manual_seed(0)
@@ -79,8 +116,20 @@ def tiny_hf_clip(directory: Path) -> str:
 
     layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=dict(layers, vocab_size=len(VOCAB), max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3),
-                         vision_config=dict(layers, image_size=32, patch_size=8), projection_dim=24)).save_pretrained(directory)
+    CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                layers,
+                vocab_size=len(VOCAB),
+                max_position_embeddings=16,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=3,
+            ),
+            vision_config=dict(layers, image_size=32, patch_size=8),
+            projection_dim=24,
+        )
+    ).save_pretrained(directory)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return f"hf:{directory}"
@@ -91,9 +140,24 @@ def tiny_hf_pair(root: Path) -> str:
     from transformers import BertConfig, BertModel, BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8)).save_pretrained(root / "image")
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "image")
-    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32)).save_pretrained(root / "text")
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8
+        )
+    ).save_pretrained(root / "image")
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        root / "image"
+    )
+    BertModel(
+        BertConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        )
+    ).save_pretrained(root / "text")
     tiny_tokenizer().save_pretrained(root / "text")
     return f"hf-pair:{root / 'image'}+{root / 'text'}"
 
@@ -113,10 +177,19 @@ def tuned_model(backbone, towers: list[str]) -> TunedReTune:
     if "text" in towers:
         prompt_features = prompt_features_fn(backbone, prompts)
     else:
-        head.add_prompts(*(backbone.encode_texts([p.positive[0] for p in prompts.values()]).pooled.numpy(),
-                           backbone.encode_texts([p.negative[0] for p in prompts.values()]).pooled.numpy()))
+        head.add_prompts(
+            *(
+                backbone.encode_texts([p.positive[0] for p in prompts.values()]).pooled.numpy(),
+                backbone.encode_texts([p.negative[0] for p in prompts.values()]).pooled.numpy(),
+            )
+        )
         prompt_features = None
-    model = TunedReTune(head, image_features_fn(backbone, 0, inputs_are_prefix=False), prompt_features, trainable_encoder_parameters(backbone))
+    model = TunedReTune(
+        head,
+        image_features_fn(backbone, 0, inputs_are_prefix=False),
+        prompt_features,
+        trainable_encoder_parameters(backbone),
+    )
     model.freeze_prompts()
     return model
 
@@ -197,23 +270,30 @@ def test_lora_on_the_default_image_tower_is_a_small_fraction(default_backbone):
     assert report["trainable_percent"] < 3.0
     names = trainable_encoder_parameters(backbone)
     assert any(".conv_pw.lora_A" in n for n in names)  # LoRA on timm's pointwise Conv2d
-    assert not any("conv_dw" in n or "classifier" in n for n in names)  # depthwise convs and the unused classifier are skipped
+    # depthwise convs and the unused classifier are skipped
+    assert not any("conv_dw" in n or "classifier" in n for n in names)
     pixels = random_pixels(backbone, 2)
     with torch.no_grad():  # LoRA starts as the identity: same features as the frozen encoder
-        torch.testing.assert_close(model.image_features(pixels), default_backbone.encode_images(pixels).pooled, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model.image_features(pixels), default_backbone.encode_images(pixels).pooled, atol=1e-4, rtol=1e-4
+        )
 
 
 def test_lora_reaches_open_clip_fused_attention_and_starts_as_the_identity(tmp_path):
-    """nn.MultiheadAttention (q/k/v in one in_proj_weight) gets LoRA through peft; IA3 leaves it alone; a step moves its adapter."""
+    """nn.MultiheadAttention (q/k/v in one in_proj_weight) gets LoRA through peft; IA3 leaves it alone; a step moves
+    its adapter."""
     reference = tiny_backbone("open_clip", tmp_path)
     backbone = create_backbone(reference.spec, device="cpu")
     apply_tuning(backbone, "image", "lora", rank=2, target_modules=[r"\.attn$"])
     adapted = {n.rsplit(".lora_", 1)[0] for n in trainable_encoder_parameters(backbone)}
     attention = {f"model.visual.transformer.resblocks.{i}.attn" for i in range(2)}
-    assert adapted == attention | {f"{name}.base_layer.out_proj" for name in attention}  # peft adapts in_proj (q/k/v) and out_proj
+    # peft adapts in_proj (q/k/v) and out_proj
+    assert adapted == attention | {f"{name}.base_layer.out_proj" for name in attention}
     pixels = random_pixels(backbone)
     with torch.no_grad():
-        torch.testing.assert_close(backbone.encode_images(pixels).pooled, reference.encode_images(pixels).pooled, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            backbone.encode_images(pixels).pooled, reference.encode_images(pixels).pooled, atol=1e-5, rtol=1e-5
+        )
     model = tuned_model(backbone, ["image"])
     before = snapshot(backbone)
     one_step(model, pixels)
@@ -262,11 +342,14 @@ def test_prefix_tuning_on_a_transformers_text_tower(tmp_path):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder_trainable.values())
 
 
-@pytest.mark.parametrize(("kind", "tower", "message"), [
-    ("hf_pair", "image", "does not apply to the image tower"),
-    ("open_clip", "text", "use lora or ia3"),
-    ("hf_clip", "text", "use lora or ia3"),
-])
+@pytest.mark.parametrize(
+    ("kind", "tower", "message"),
+    [
+        ("hf_pair", "image", "does not apply to the image tower"),
+        ("open_clip", "text", "use lora or ia3"),
+        ("hf_clip", "text", "use lora or ia3"),
+    ],
+)
 def test_prefix_where_it_cannot_apply_raises_config_error(kind, tower, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         apply_tuning(tiny_backbone(kind, tmp_path), tower, "prefix")
@@ -277,7 +360,8 @@ def test_prefix_where_it_cannot_apply_raises_config_error(kind, tower, message, 
 
 @pytest.mark.parametrize("kind", ["open_clip", "hf_clip", "hf_pair"])
 def test_visual_prompt_tuning_trains_only_the_prompt_tokens(kind, tmp_path):
-    """method prompt: n tokens x width trainable on the image tower, they change the features, a step moves only them and the head."""
+    """method prompt: n tokens x width trainable on the image tower, they change the features, a step moves only them
+    and the head."""
     reference = tiny_backbone(kind, tmp_path)
     backbone = create_backbone(reference.spec, device="cpu")
     assert apply_tuning(backbone, "image", "prompt", num_virtual_tokens=3) == {"image": 0}
@@ -286,7 +370,9 @@ def test_visual_prompt_tuning_trains_only_the_prompt_tokens(kind, tmp_path):
     assert next(iter(encoder_trainable.values())).shape == (3, 32)
     pixels = random_pixels(backbone)
     with torch.no_grad():
-        assert not torch.allclose(backbone.encode_images(pixels).pooled, reference.encode_images(pixels).pooled, atol=1e-6)
+        assert not torch.allclose(
+            backbone.encode_images(pixels).pooled, reference.encode_images(pixels).pooled, atol=1e-6
+        )
     model = tuned_model(backbone, ["image"])
     before = snapshot(backbone)
     one_step(model, pixels)
@@ -302,9 +388,19 @@ def test_visual_prompt_tuning_twice_on_one_backbone_is_refused(tmp_path):
 
 
 def test_peft_run_can_stop_early_on_validation_loss(phantom_csv, tmp_path):
-    config = PeftExperimentConfig(backbone=tiny_hf_clip(tmp_path / "hf"), store=tmp_path / "store", data={"csv": phantom_csv}, method="prompt",
-                                  epochs=2, batch_size=8, device="cpu", n_bootstrap=0,
-                                  retune=SMALL_HEAD.model_copy(update={"optim": SMALL_HEAD.optim.model_copy(update={"early_stopping": "loss", "min_epochs": 1})}))
+    config = PeftExperimentConfig(
+        backbone=tiny_hf_clip(tmp_path / "hf"),
+        store=tmp_path / "store",
+        data={"csv": phantom_csv},
+        method="prompt",
+        epochs=2,
+        batch_size=8,
+        device="cpu",
+        n_bootstrap=0,
+        retune=SMALL_HEAD.model_copy(
+            update={"optim": SMALL_HEAD.optim.model_copy(update={"early_stopping": "loss", "min_epochs": 1})}
+        ),
+    )
     metrics = run_peft_experiment(config, tmp_path / "run")
     assert metrics["training"]["best_val_score"] < 0  # minus the validation loss
 
@@ -333,7 +429,9 @@ def test_freeze_k_trains_only_the_top_of_the_tower(tmp_path):
     assert apply_tuning(backbone, "image", "freeze", freeze_blocks=0.5) == {"image": 1}
     trainable = {n for n, p in image.named_parameters() if p.requires_grad}
     assert any(n.startswith(f"{container}.1.") for n in trainable)
-    assert not any(n.startswith(f"{container}.0.") or "embedding" in n or n.startswith("visual.conv1") for n in trainable)
+    assert not any(
+        n.startswith(f"{container}.0.") or "embedding" in n or n.startswith("visual.conv1") for n in trainable
+    )
     assert not any(p.requires_grad for _, p in tower_of(backbone, "text").named_parameters())
 
 
@@ -345,12 +443,24 @@ def test_prefix_cache_computes_once(default_backbone, phantom_csv, tmp_path):
     assert (first.n_computed, again.n_computed) == (len(table), 0)
     assert tuple(first.activations.shape) == (len(table), 112, 14, 14)  # stage-5 output at 224 px
     torch.testing.assert_close(first.activations, again.activations)
-    assert prefix_activations(table, default_backbone, 3, store, image_split(default_backbone, 3).prefix).n_computed == len(table)  # k is part of the key
+    # k is part of the key
+    assert prefix_activations(
+        table, default_backbone, 3, store, image_split(default_backbone, 3).prefix
+    ).n_computed == len(table)
 
 
 def test_cached_and_uncached_freeze_k_train_the_same(phantom_csv, tmp_path):
-    config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, method="freeze", freeze_blocks=6, epochs=2,
-                                  batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    config = PeftExperimentConfig(
+        store=tmp_path / "store",
+        data={"csv": phantom_csv},
+        method="freeze",
+        freeze_blocks=6,
+        epochs=2,
+        batch_size=8,
+        retune=SMALL_HEAD,
+        device="cpu",
+        n_bootstrap=0,
+    )
     result = compare_prefix_caching(config)
     assert result["frozen_blocks"] == 6 and result["prefix_cache"]["n_computed"] == 24
     np.testing.assert_allclose(result["cached_train_loss"], result["uncached_train_loss"], rtol=1e-3)
@@ -360,21 +470,35 @@ def test_cached_and_uncached_freeze_k_train_the_same(phantom_csv, tmp_path):
 
 @pytest.mark.parametrize("kind", ["open_clip", "hf_clip", "hf_pair"])
 def test_cached_prefix_gives_the_same_features_as_the_full_tower(kind, tmp_path):
-    """top(prefix(x)) equals the tower's own forward on every tiny transformer family; the stand-ins are removed afterwards."""
+    """top(prefix(x)) equals the tower's own forward on every tiny transformer family; the stand-ins are removed
+    afterwards."""
     backbone = tiny_backbone(kind, tmp_path)
     pixels = random_pixels(backbone)
     split = image_split(backbone, 1)
     before = list(tower_blocks(tower_of(backbone, "image"))[1])
     with torch.no_grad():
-        torch.testing.assert_close(split.top(split.prefix(pixels)), backbone.encode_images(pixels).pooled, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            split.top(split.prefix(pixels)), backbone.encode_images(pixels).pooled, rtol=1e-4, atol=1e-5
+        )
     assert list(tower_blocks(tower_of(backbone, "image"))[1]) == before
 
 
 @pytest.mark.parametrize("kind", ["hf_clip", "hf_pair"])
 def test_cached_and_uncached_freeze_k_train_the_same_on_hf_towers(kind, phantom_csv, tmp_path):
     spec = BUILDERS[kind](tmp_path / kind)
-    config = PeftExperimentConfig(backbone=spec, store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2, freeze_blocks=1,
-                                  epochs=2, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    config = PeftExperimentConfig(
+        backbone=spec,
+        store=tmp_path / "store",
+        data={"csv": phantom_csv},
+        method="lora",
+        rank=2,
+        freeze_blocks=1,
+        epochs=2,
+        batch_size=8,
+        retune=SMALL_HEAD,
+        device="cpu",
+        n_bootstrap=0,
+    )
     result = compare_prefix_caching(config)
     assert result["frozen_blocks"] == 1 and result["prefix_cache"]["n_computed"] == 24
     np.testing.assert_allclose(result["cached_train_loss"], result["uncached_train_loss"], rtol=1e-4)
@@ -382,32 +506,67 @@ def test_cached_and_uncached_freeze_k_train_the_same_on_hf_towers(kind, phantom_
 
 
 def test_run_reports_parameters_memory_and_saves_only_trainable_tensors(phantom_csv, tmp_path):
-    config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2, epochs=1, batch_size=8,
-                                  retune=SMALL_HEAD, device="cpu", n_bootstrap=0, freeze_blocks=6)
+    config = PeftExperimentConfig(
+        store=tmp_path / "store",
+        data={"csv": phantom_csv},
+        method="lora",
+        rank=2,
+        epochs=1,
+        batch_size=8,
+        retune=SMALL_HEAD,
+        device="cpu",
+        n_bootstrap=0,
+        freeze_blocks=6,
+    )
     metrics = run_peft_experiment(config, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["method"] == "peft-lora" and saved["split"] == "test" and "per_class" in saved and "mean_auroc" in saved
+    assert (
+        saved["method"] == "peft-lora" and saved["split"] == "test" and "per_class" in saved and "mean_auroc" in saved
+    )
     assert 0 < saved["trainable_percent"] < 3 and saved["trainable_parameters"] < saved["total_parameters"]
     assert saved["peak_memory_mb"] >= 0 and "peak_memory_source" in saved and saved["seconds"] > 0
     assert saved["tuning"]["frozen_blocks"] == {"image": 6} and metrics["tuning"]["prefix_cache"]["n_computed"] == 24
     tensors = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
-    assert tensors and all(k.startswith("peft-lora/head.") or (k.startswith("peft-lora/encoder.") and "lora_" in k) for k in tensors)
+    assert tensors and all(
+        k.startswith("peft-lora/head.") or (k.startswith("peft-lora/encoder.") and "lora_" in k) for k in tensors
+    )
     assert any("lora_B" in k for k in tensors)
     n_images = 24
     assert not any(value.ndim and value.shape[0] == n_images for value in tensors.values())  # nothing per image
-    assert sum(v.size for k, v in tensors.items() if k not in ("peft-lora/head.positive", "peft-lora/head.negative", "peft-lora/head.logit_bias")) == saved["trainable_parameters"]  # bias trains for siglip only
+    # bias trains for siglip only
+    assert (
+        sum(
+            v.size
+            for k, v in tensors.items()
+            if k not in ("peft-lora/head.positive", "peft-lora/head.negative", "peft-lora/head.logit_bias")
+        )
+        == saved["trainable_parameters"]
+    )
 
 
 def test_open_clip_runs_end_to_end_with_the_frozen_block_cached(phantom_csv, tmp_path):
     spec = tiny_open_clip(tmp_path / "oc")
-    settings = dict(backbone=spec, store=tmp_path / "store", data={"csv": phantom_csv}, epochs=1, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    settings = dict(
+        backbone=spec,
+        store=tmp_path / "store",
+        data={"csv": phantom_csv},
+        epochs=1,
+        batch_size=8,
+        retune=SMALL_HEAD,
+        device="cpu",
+        n_bootstrap=0,
+    )
     freeze = PeftExperimentConfig(**settings, tower="image", method="freeze", freeze_blocks=1)
     metrics = run_peft_experiment(freeze, tmp_path / "freeze")  # cache_prefix unset: cached because the ViT splits
     assert metrics["tuning"]["frozen_blocks"] == {"image": 1} and metrics["tuning"]["prefix_cache"]["n_computed"] == 24
     assert metrics["tuning"]["prefix_cache"]["activation_shape"] == [17, 32]  # 16 patches + class token, width 32
-    both = run_peft_experiment(PeftExperimentConfig(**settings, tower="both", method="lora", rank=2), tmp_path / "lora")
+    both = run_peft_experiment(
+        PeftExperimentConfig(**settings, tower="both", method="lora", rank=2), tmp_path / "lora"
+    )
     tensors = load_file(str(tmp_path / "lora" / "checkpoint.safetensors"))
-    assert any(k.startswith("peft-lora/encoder.model__visual") for k in tensors) and any(k.startswith("peft-lora/encoder.model__transformer") for k in tensors)
+    assert any(k.startswith("peft-lora/encoder.model__visual") for k in tensors) and any(
+        k.startswith("peft-lora/encoder.model__transformer") for k in tensors
+    )
     assert both["trainable_parameters"] < both["total_parameters"]
 
 
@@ -416,21 +575,33 @@ def test_open_clip_runs_end_to_end_with_the_frozen_block_cached(phantom_csv, tmp
 
 @pytest.mark.parametrize("kind", ["default", "open_clip", "hf_clip_prompt"])
 def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_path):
-    """The loaded run gives the trained model's probabilities; evaluate_run reproduces its metrics; predict_images reports bad images."""
+    """The loaded run gives the trained model's probabilities; evaluate_run reproduces its metrics; predict_images
+    reports bad images."""
     from retune.experiments.inference import evaluate_run, predict_images
     from retune.experiments.peft import load_tuned_run, tune
 
-    if kind == "default":  # LoRA above 6 frozen stages: the loaded run computes the prefix cache afresh in its own store
+    # LoRA above 6 frozen stages: the loaded run computes the prefix cache afresh in its own store
+    if kind == "default":
         settings = dict(method="lora", rank=2, freeze_blocks=6)
-    elif kind == "open_clip":  # LoRA on both towers of a ViT CLIP: the loaded run streams pixels through the tuned image tower
+    # LoRA on both towers of a ViT CLIP: the loaded run streams pixels through the tuned image tower
+    elif kind == "open_clip":
         settings = dict(backbone=tiny_open_clip(tmp_path / "oc"), tower="both", method="lora", rank=2)
     else:  # visual prompt tokens on an HF CLIP image tower
         settings = dict(backbone=tiny_hf_clip(tmp_path / "hf"), method="prompt", num_virtual_tokens=4)
-    config = PeftExperimentConfig(store=tmp_path / "store", data={"csv": phantom_csv}, epochs=1, batch_size=8, retune=SMALL_HEAD,
-                                  device="cpu", n_bootstrap=0, **settings)
+    config = PeftExperimentConfig(
+        store=tmp_path / "store",
+        data={"csv": phantom_csv},
+        epochs=1,
+        batch_size=8,
+        retune=SMALL_HEAD,
+        device="cpu",
+        n_bootstrap=0,
+        **settings,
+    )
     trained = run_peft_experiment(config, tmp_path / "run")
     table = read_table(phantom_csv)
-    retrained = tune(config, table, EmbeddingStore(tmp_path / "store"))  # same seed: the same model, and its test-split probabilities
+    # same seed: the same model, and its test-split probabilities
+    retrained = tune(config, table, EmbeddingStore(tmp_path / "store"))
     loaded = load_tuned_run(tmp_path / "run", store_dir=tmp_path / "fresh-store")
     scores, rows, errors = loaded.score(table.subset(retrained.splits["test"]))
     assert len(rows) == len(retrained.splits["test"]) and errors.empty
@@ -438,7 +609,11 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
     assert loaded.use_prefix_cache == (kind == "default")
 
     evaluated = evaluate_run(tmp_path / "run", phantom_csv, n_bootstrap=0)
-    assert evaluated["method"] == trained["method"] and evaluated["split"] == "test" and evaluated["n_images"] == trained["n_images"]
+    assert (
+        evaluated["method"] == trained["method"]
+        and evaluated["split"] == "test"
+        and evaluated["n_images"] == trained["n_images"]
+    )
     for name, record in trained["per_class"].items():
         assert evaluated["per_class"][name]["auroc"] == pytest.approx(record["auroc"], abs=1e-6, nan_ok=True)
     broken = tmp_path / "broken.png"
@@ -451,8 +626,11 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
     assert only_broken.empty and len(errors) == 1
 
 
-def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_result(phantom_csv, tmp_path, monkeypatch):
-    """A zero budget streams pixels (PixelsOnAccess) and trains exactly as the in-memory path; unreadable rows are dropped."""
+def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_result(
+    phantom_csv, tmp_path, monkeypatch
+):
+    """A zero budget streams pixels (PixelsOnAccess) and trains exactly as the in-memory path; unreadable rows are
+    dropped."""
     import retune.experiments.peft as peft_experiment
     from retune.data.pixels import PixelsOnAccess, pixel_inputs
 
@@ -466,10 +644,22 @@ def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_res
     assert list(held_rows) == list(streamed_rows) == [0, 1, 2, 3, 4]
     torch.testing.assert_close(streamed[torch.tensor([4, 1])], held[[4, 1]])
 
-    config = PeftExperimentConfig(backbone=backbone.spec, store=tmp_path / "store", data={"csv": phantom_csv}, method="lora", rank=2,
-                                  epochs=2, batch_size=8, retune=SMALL_HEAD, device="cpu", n_bootstrap=0)
+    config = PeftExperimentConfig(
+        backbone=backbone.spec,
+        store=tmp_path / "store",
+        data={"csv": phantom_csv},
+        method="lora",
+        rank=2,
+        epochs=2,
+        batch_size=8,
+        retune=SMALL_HEAD,
+        device="cpu",
+        n_bootstrap=0,
+    )
     in_memory = run_peft_experiment(config, tmp_path / "held")
-    monkeypatch.setattr(peft_experiment, "pixel_inputs", lambda paths, backbone: pixel_inputs(paths, backbone, memory_budget=0))
+    monkeypatch.setattr(
+        peft_experiment, "pixel_inputs", lambda paths, backbone: pixel_inputs(paths, backbone, memory_budget=0)
+    )
     streaming = run_peft_experiment(config, tmp_path / "streamed")
     np.testing.assert_allclose(streaming["training"]["train_loss"], in_memory["training"]["train_loss"], rtol=1e-5)
     assert streaming["mean_auroc"] == pytest.approx(in_memory["mean_auroc"], abs=1e-6, nan_ok=True)

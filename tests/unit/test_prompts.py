@@ -31,7 +31,9 @@ CHEXPERT_CLASSES = [
 PHANTOM_CLASSES = ["Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Opacity"]
 
 
-@pytest.mark.parametrize("classes", [NIH_CLASSES, CHEXPERT_CLASSES, PHANTOM_CLASSES], ids=["nih", "chexpert", "phantom"])
+@pytest.mark.parametrize(
+    "classes", [NIH_CLASSES, CHEXPERT_CLASSES, PHANTOM_CLASSES], ids=["nih", "chexpert", "phantom"]
+)
 def test_manual_set_covers_every_dataset_class(classes):
     prompts = build_prompts("manual", classes)
     assert list(prompts) == classes
@@ -52,8 +54,12 @@ def test_phantom_classes_match_the_phantom_generator():
 
 
 def test_manual_prompts_are_clinically_specific():
-    prompts = build_prompts("manual", ["Cardiomegaly", "Pneumothorax", "Hernia", "Effusion", "Edema", "Support Devices"])
-    assert "Enlarged cardiac silhouette with cardiothoracic ratio greater than 0.5." in prompts["Cardiomegaly"].positive
+    prompts = build_prompts(
+        "manual", ["Cardiomegaly", "Pneumothorax", "Hernia", "Effusion", "Edema", "Support Devices"]
+    )
+    assert (
+        "Enlarged cardiac silhouette with cardiothoracic ratio greater than 0.5." in prompts["Cardiomegaly"].positive
+    )
     assert "Normal heart size." in prompts["Cardiomegaly"].negative
     assert any("pleural line" in t for t in prompts["Pneumothorax"].positive)
     assert all("hiatal hernia" in t.lower() or "retrocardiac" in t.lower() for t in prompts["Hernia"].positive)
@@ -80,7 +86,11 @@ def test_manual_yaml_keys_are_normalised_and_shipped_as_package_data():
 
 
 def test_name_normalisation_matches_nih_and_chexpert_spellings():
-    assert normalise_class_name("Pleural_Thickening") == normalise_class_name("pleural  thickening") == "pleural thickening"
+    assert (
+        normalise_class_name("Pleural_Thickening")
+        == normalise_class_name("pleural  thickening")
+        == "pleural thickening"
+    )
     assert normalise_class_name("No_Finding") == normalise_class_name("No Finding") == "no finding"
     a = build_prompts("manual", ["Pleural_Thickening", "No_Finding"])
     b = build_prompts("manual", ["Pleural Thickening", "No Finding"])

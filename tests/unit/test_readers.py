@@ -1,4 +1,5 @@
-"""CSV readers: label parsing and policies, path resolution, patient ids, and one-line errors naming file/row/column."""
+"""CSV readers: label parsing and policies, path resolution, patient ids, and one-line errors naming
+file/row/column."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retune.data import readers
 from retune.data.readers import (
     CHEXPERT_FINDINGS,
     NIH_FINDINGS,
@@ -182,7 +184,9 @@ def test_chexpert_reader_parses_patients_and_policies(tmp_path):
 def test_chexpert_path_without_patient_is_an_error(tmp_path):
     blank = "," * (len(CHEXPERT_FINDINGS) - 1)
     csv = _write(tmp_path / "train.csv", CHEXPERT_HEADER, f"train/study1/view1.jpg,Male,40,Frontal,PA,{blank}")
-    with pytest.raises(DataError, match=r"train.csv row 2, column 'Path': 'train/study1/view1.jpg' has no 'patientNNNNN'"):
+    with pytest.raises(
+        DataError, match=r"train.csv row 2, column 'Path': 'train/study1/view1.jpg' has no 'patientNNNNN'"
+    ):
         read_chexpert(csv)
 
 
@@ -215,8 +219,15 @@ def test_nih_reader_one_hot_encodes_findings(nih_csv):
 
 
 def test_nih_unknown_finding_names_the_row(nih_csv):
-    _write(nih_csv, NIH_HEADER, "00000001_000.png,Cardiomegaly,0,1,57,M,PA", "00000001_001.png,Effusion|Pneumonitis,1,1,58,M,PA")
-    with pytest.raises(DataError, match=r"Data_Entry_2017.csv row 3, column 'Finding Labels': 'Pneumonitis' is not an NIH finding"):
+    _write(
+        nih_csv,
+        NIH_HEADER,
+        "00000001_000.png,Cardiomegaly,0,1,57,M,PA",
+        "00000001_001.png,Effusion|Pneumonitis,1,1,58,M,PA",
+    )
+    with pytest.raises(
+        DataError, match=r"Data_Entry_2017.csv row 3, column 'Finding Labels': 'Pneumonitis' is not an NIH finding"
+    ):
         read_nih(nih_csv)
 
 
@@ -256,27 +267,30 @@ def mimic_csvs(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_mimic_reader_joins_labels_to_images(mimic_csvs, tmp_path):
     label_csv, metadata_csv = mimic_csvs
-    table = read_mimic(label_csv, metadata_csv, image_root=tmp_path / "mimic", uncertainty="ones")
+    table = read_mimic(label_csv, metadata_csv=metadata_csv, image_root=tmp_path / "mimic", uncertainty="ones")
     root = (tmp_path / "mimic").resolve()
     assert table.paths[0] == str(root / "files/p10/p10000032/s50414267/02aa804e-bde0afdd.jpg")
     assert len(table) == 4 and table.extra["unlabelled_images_dropped"] == 1
     assert table.patients.tolist() == ["10000032", "10000032", "10000032", "10000764"]
     assert _labels(table, "Pneumonia") == [1.0, 1.0, 1.0, 0.0]
-    assert math.isnan(_labels(read_mimic(label_csv, metadata_csv, tmp_path), "Pneumonia")[2])
+    assert math.isnan(_labels(read_mimic(label_csv, metadata_csv=metadata_csv, image_root=tmp_path), "Pneumonia")[2])
 
 
 def test_mimic_views_filter(mimic_csvs, tmp_path):
-    table = read_mimic(*mimic_csvs, image_root=tmp_path, views=("PA", "AP"))
+    label_csv, metadata_csv = mimic_csvs
+    table = read_mimic(label_csv, metadata_csv=metadata_csv, image_root=tmp_path, views=("PA", "AP"))
     assert len(table) == 3 and not any("174413ec" in path for path in table.paths)
     with pytest.raises(DataError, match="no images with ViewPosition in"):
-        read_mimic(*mimic_csvs, image_root=tmp_path, views=("LL",))
+        read_mimic(label_csv, metadata_csv=metadata_csv, image_root=tmp_path, views=("LL",))
 
 
 def test_mimic_bad_subject_id_names_row(mimic_csvs, tmp_path):
     label_csv, metadata_csv = mimic_csvs
     _write(metadata_csv, "dicom_id,subject_id,study_id,ViewPosition", "a,10000032,50414267,PA", "b,p1000,50414267,PA")
-    with pytest.raises(DataError, match=r"mimic-cxr-2.0.0-metadata.csv row 3, column 'subject_id': 'p1000' is not a numeric id"):
-        read_mimic(label_csv, metadata_csv, tmp_path)
+    with pytest.raises(
+        DataError, match=r"mimic-cxr-2.0.0-metadata.csv row 3, column 'subject_id': 'p1000' is not a numeric id"
+    ):
+        read_mimic(label_csv, metadata_csv=metadata_csv, image_root=tmp_path)
 
 
 def test_read_table_dispatch(generic_csv):
@@ -286,3 +300,45 @@ def test_read_table_dispatch(generic_csv):
     assert set(READERS) == {"csv", "chexpert", "nih", "mimic"}
     with pytest.raises(ConfigError, match="unknown format 'parquet'"):
         read_table(generic_csv, format="parquet")
+
+
+@pytest.mark.parametrize("format", ["csv", "chexpert", "nih", "mimic"])
+def test_every_reader_takes_the_shared_keywords(format, generic_csv, mimic_csvs, tmp_path):
+    """read_table passes image_root, uncertainty, classes and metadata_csv to every registered reader alike."""
+    label_csv, metadata_csv = mimic_csvs
+    sources = {
+        "csv": (generic_csv, ["Effusion"], None),
+        "chexpert": (_write(tmp_path / "train.csv", "Path,Frontal/Lateral,Edema", "CheXpert/patient00001/a.jpg,F,-1"),
+                     ["Edema"], None),
+        "nih": (_write(tmp_path / "Data_Entry.csv", "Image Index,Finding Labels,Patient ID", "a.png,Mass,1"),
+                ["Mass"], None),
+        "mimic": (label_csv, ["Pneumonia"], metadata_csv),
+    }
+    csv_path, classes, metadata = sources[format]
+    table = read_table(csv_path, format, image_root=tmp_path, uncertainty="ones", classes=classes,
+                       metadata_csv=metadata)
+    assert table.classes == classes and len(table) >= 1
+
+
+def test_metadata_csv_is_refused_where_it_does_not_apply_and_required_for_mimic(generic_csv, mimic_csvs):
+    """No silent drop: metadata_csv given to a non-mimic reader, or missing for mimic, is a one-line ConfigError."""
+    with pytest.raises(ConfigError, match="metadata_csv applies to the mimic format only, not to 'csv'"):
+        read_table(generic_csv, "csv", metadata_csv=mimic_csvs[1])
+    with pytest.raises(ConfigError, match="the mimic format needs metadata_csv"):
+        read_table(mimic_csvs[0], "mimic")
+
+
+def test_a_registered_reader_is_used_by_read_table_and_auto_detection(generic_csv, monkeypatch):
+    """register_reader adds a --format name and, with a detector, an auto-detected header (registry restored)."""
+    monkeypatch.setattr(readers, "READERS", dict(READERS))
+    monkeypatch.setattr(readers, "_DETECTORS", dict(readers._DETECTORS))
+    calls = []
+
+    @readers.register_reader("mine", detect=lambda columns: "Pneumonia" in columns)
+    def read_mine(csv_path, *, image_root=None, uncertainty="ignore", classes=None, metadata_csv=None):
+        calls.append((uncertainty, classes))
+        return read_csv_table(csv_path, image_root=image_root, uncertainty=uncertainty, classes=classes)
+
+    assert detect_format(generic_csv) == "mine"
+    assert read_table(generic_csv, uncertainty="zeros", classes=["Effusion"]).classes == ["Effusion"]
+    assert calls == [("zeros", ["Effusion"])]

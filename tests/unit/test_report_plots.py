@@ -1,4 +1,4 @@
-"""The scenario report explains itself: integer task ticks, legends off the panels, staircase order, n/a vs not yet learned."""
+"""The scenario report explains itself: integer task ticks, legends off panels, staircase order, n/a vs not learned."""
 
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ def test_task_axis_has_integer_ticks_and_the_legend_is_beside_the_panel(captured
 
 
 def test_matrix_draws_not_yet_learned_and_undefined_differently(captured):
-    matrix = [[0.7, None, None], [0.68, 0.8, None]]  # class C: learned in task 2 but undefined; class B: not learned in task 1
+    matrix = [
+        [0.7, None, None],
+        [0.68, 0.8, None],
+    ]  # class C: learned in task 2 but undefined; class B: not learned in task 1
     plots.plot_auroc_matrix(matrix, ["A", "B", "C"], ["task1", "task2"], "retune", "unused.png", introduced=[0, 1, 1])
     texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in captured[0].axes[0].texts}
     assert texts[(1, 0)] == "·" and texts[(2, 0)] == "·"
@@ -44,8 +47,10 @@ def test_staircase_order_follows_the_tasks_and_leaves_untrained_classes_out():
 
 
 def test_per_class_table_lists_final_auroc_of_every_method():
-    results = {"retune": {"classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.66, None]]},
-               "naive": {"classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.61, 0.9]]}}
+    results = {
+        "retune": {"classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.66, None]]},
+        "naive": {"classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.61, 0.9]]},
+    }
     table = per_class_table(results, ["A", "B"], [0, 1], ["task1", "task2"])
     assert "<td>A</td><td>task1</td><td>0.660</td><td>0.610</td>" in table
     assert "<td>B</td><td>task2</td><td>undefined</td><td>0.900</td>" in table

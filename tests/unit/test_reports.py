@@ -67,7 +67,10 @@ DOCTYPE_XML = b"""<?xml version="1.0"?>
 
 def test_mimic_style_sections_split_and_other_headers_dropped() -> None:
     report = parse_report_text(MIMIC_STYLE, source="s1.txt")
-    assert report.findings == "There is no focal consolidation, pleural effusion or pneumothorax. Bilateral nodular opacities."
+    assert (
+        report.findings
+        == "There is no focal consolidation, pleural effusion or pneumothorax. Bilateral nodular opacities."
+    )
     assert report.impression == "No acute cardiopulmonary process."
     assert report.indication == "___F with new onset ascites // eval for infection"  # placeholder kept verbatim
     assert report.comparison == "None."
@@ -84,7 +87,9 @@ def test_title_case_headers_without_colon_alone_on_their_line() -> None:
 
 
 def test_lowercase_headers_with_colon_and_synonyms() -> None:
-    report = parse_report_text("clinical history: cough\nfinding: clear lungs\nConclusion: no XXXX disease\nComparisons: 2010")
+    report = parse_report_text(
+        "clinical history: cough\nfinding: clear lungs\nConclusion: no XXXX disease\nComparisons: 2010"
+    )
     assert (report.indication, report.findings, report.impression, report.comparison) == (
         "cough",
         "clear lungs",

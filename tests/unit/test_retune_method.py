@@ -41,7 +41,9 @@ def context(image_dim=IMAGE_DIM, text_dim=TEXT_DIM, aligned=False, seed=0) -> Me
 
 
 def config(epochs=150, image="dense", text="dense", dropout=0.0, **optim) -> ReTuneConfig:
-    return ReTuneConfig(adaptor=AdaptorConfig(image=image, text=text, dropout=dropout), optim=OptimConfig(epochs=epochs, **optim))
+    return ReTuneConfig(
+        adaptor=AdaptorConfig(image=image, text=text, dropout=dropout), optim=OptimConfig(epochs=epochs, **optim)
+    )
 
 
 def toy_data(n: int, image_dim=IMAGE_DIM, seed=0, direction_seed=42) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +92,11 @@ def test_retune_same_seed_same_predictions():
 
 
 def test_retune_seed_independent_of_global_rng():
-    """Same context seed gives identical predictions even if the global torch RNG was advanced before creating the method."""
-    np.testing.assert_array_equal(seeded_predictions(7, global_seed=123, advance=0), seeded_predictions(7, global_seed=123, advance=1000))
+    """Same context seed gives identical predictions even if the global torch RNG was advanced before creating the
+    method."""
+    np.testing.assert_array_equal(
+        seeded_predictions(7, global_seed=123, advance=0), seeded_predictions(7, global_seed=123, advance=1000)
+    )
 
 
 def test_retune_different_seeds_differ():
@@ -103,7 +108,9 @@ def test_masked_bce_ignores_nan_labels():
     """masked_bce equals BCE over labelled entries; logits under NaN labels get no gradient."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 3, generator=generator, requires_grad=True)
-    labels = torch.tensor([[1, 0, float("nan")], [0, float("nan"), 1], [1, 1, 0], [float("nan")] * 3, [0, 0, 0], [1, float("nan"), 0]])
+    labels = torch.tensor(
+        [[1, 0, float("nan")], [0, float("nan"), 1], [1, 1, 0], [float("nan")] * 3, [0, 0, 0], [1, float("nan"), 0]]
+    )
     loss = masked_bce(logits, labels)
     valid = ~torch.isnan(labels)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[valid], labels[valid])
@@ -119,19 +126,37 @@ def test_masked_bce_ignores_nan_labels():
 
 
 def test_prompt_objectives_on_a_hand_worked_example():
-    """bce is a 2-way softmax over a class's prompts; clip adds the prompt -> image softmax; siglip scores every pair."""
+    """bce is a 2-way softmax over a class's prompts; clip adds the prompt -> image softmax; siglip scores every
+    pair."""
     pos, neg = torch.tensor([[0.9, 0.1], [0.2, 0.4]]), torch.tensor([[0.1, 0.3], [0.6, 0.0]])
     labels = torch.tensor([[1.0, 0.0], [0.0, float("nan")]])
     scale, bias = torch.tensor(10.0), torch.tensor(-1.0)
-    two_way = torch.stack([torch.nn.functional.cross_entropy(10 * torch.stack([pos[i, c], neg[i, c]])[None], torch.tensor([0 if labels[i, c] else 1]))
-                           for i, c in [(0, 0), (0, 1), (1, 0)]]).mean()
+    two_way = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(
+                10 * torch.stack([pos[i, c], neg[i, c]])[None], torch.tensor([0 if labels[i, c] else 1])
+            )
+            for i, c in [(0, 0), (0, 1), (1, 0)]
+        ]
+    ).mean()
     torch.testing.assert_close(prompt_objective("bce", pos, neg, labels, scale, bias), two_way)
-    # prompt -> image over the images labelled for that class: p0+ matches image 0, p0- image 1, p1- image 0 (image 1 unlabelled)
+    # prompt -> image over the images labelled for that class:
+    # p0+ matches image 0, p0- image 1, p1- image 0 (image 1 unlabelled)
     log_softmax = torch.log_softmax
-    to_image = -torch.stack([log_softmax(10 * pos[:, 0], 0)[0], log_softmax(10 * neg[:, 0], 0)[1], torch.tensor(0.0)]).sum() / 3
+    to_image = (
+        -torch.stack([log_softmax(10 * pos[:, 0], 0)[0], log_softmax(10 * neg[:, 0], 0)[1], torch.tensor(0.0)]).sum()
+        / 3
+    )
     torch.testing.assert_close(prompt_objective("clip", pos, neg, labels, scale, bias), (two_way + to_image) / 2)
     logsig = torch.nn.functional.logsigmoid
-    pairs = [(10 * pos[0, 0] - 1, 1), (10 * neg[0, 0] - 1, -1), (10 * pos[0, 1] - 1, -1), (10 * neg[0, 1] - 1, 1), (10 * pos[1, 0] - 1, -1), (10 * neg[1, 0] - 1, 1)]
+    pairs = [
+        (10 * pos[0, 0] - 1, 1),
+        (10 * neg[0, 0] - 1, -1),
+        (10 * pos[0, 1] - 1, -1),
+        (10 * neg[0, 1] - 1, 1),
+        (10 * pos[1, 0] - 1, -1),
+        (10 * neg[1, 0] - 1, 1),
+    ]
     siglip = -sum(logsig(sign * logit) for logit, sign in pairs) / 2
     torch.testing.assert_close(prompt_objective("siglip", pos, neg, labels, scale, bias), siglip)
     with pytest.raises(ValueError, match="bce, clip, siglip"):
@@ -140,7 +165,8 @@ def test_prompt_objectives_on_a_hand_worked_example():
 
 @pytest.mark.parametrize("objective", ["clip", "siglip"])
 def test_retune_learns_with_contrastive_objectives(objective):
-    """The contrastive objectives train RE-tune to the same quality on the separable toy problem; siglip learns its bias."""
+    """The contrastive objectives train RE-tune to the same quality on the separable toy problem; siglip learns its
+    bias."""
     method = ReTune(context(), config().model_copy(update={"objective": objective}))
     method.learn(toy_task())
     test_x, test_y = toy_data(400, seed=3)
@@ -155,7 +181,9 @@ def test_masked_rows_do_not_change_training(objective):
     task = toy_task()
     junk_x = np.random.default_rng(9).normal(scale=5.0, size=(60, IMAGE_DIM)).astype(np.float32)
     junk_y = np.full((60, len(CLASSES)), np.nan, dtype=np.float32)
-    padded = TaskData(CLASSES, np.concatenate([task.train_x, junk_x]), np.concatenate([task.train_y, junk_y]), task.val_x, task.val_y)
+    padded = TaskData(
+        CLASSES, np.concatenate([task.train_x, junk_x]), np.concatenate([task.train_y, junk_y]), task.val_x, task.val_y
+    )
     test_x, _ = toy_data(50, seed=3)
     runs = []
     for data in (task, padded):
@@ -231,7 +259,8 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
 
 
 def test_checkpoint_from_before_the_siglip_bias_still_loads_but_a_missing_adaptor_does_not():
-    """A RE-tune state without ``logit_bias`` (saved by an earlier version) loads with the bias at 0; other gaps are StoreError."""
+    """A RE-tune state without ``logit_bias`` (saved by an earlier version) loads with the bias at 0; other gaps are
+    StoreError."""
     retune, _ = trained_pair()
     tensors, facts = retune.state()
     older = {name: value for name, value in tensors.items() if name != "logit_bias"}
@@ -267,7 +296,8 @@ class _Booby:
 
 
 def test_load_checkpoint_refuses_pickles(tmp_path):
-    """A folder holding only model.pt / a pickle is refused with 'pickled files are never loaded'; nothing is unpickled."""
+    """A folder holding only model.pt / a pickle is refused with 'pickled files are never loaded'; nothing is
+    unpickled."""
     marker = tmp_path / "unpickled.txt"
     (tmp_path / "model.pt").write_bytes(pickle.dumps(_Booby(str(marker))))
     (tmp_path / "extra.pkl").write_bytes(pickle.dumps(_Booby(str(marker))))
@@ -354,14 +384,22 @@ def test_fit_reports_every_trained_row_to_the_progress_callback(batch_size):
     task = toy_task()
     model = torch.nn.Linear(IMAGE_DIM, len(CLASSES))
     seen = []
-    result = fit(model, model.parameters(), lambda x, y: masked_bce(model(x), y), torch.as_tensor(task.train_x), torch.as_tensor(task.train_y),
-                 OptimConfig(epochs=7, batch_size=batch_size), progress=seen.append)
+    result = fit(
+        model,
+        model.parameters(),
+        lambda x, y: masked_bce(model(x), y),
+        torch.as_tensor(task.train_x),
+        torch.as_tensor(task.train_y),
+        OptimConfig(epochs=7, batch_size=batch_size),
+        progress=seen.append,
+    )
     assert result.epochs_run == 7 and sum(seen) == 7 * len(task.train_x)
     assert len(seen) == 7 * (1 if batch_size == 0 else -(-len(task.train_x) // batch_size))
 
 
 def test_early_stopping_on_validation_loss():
-    """early_stopping: loss keeps the epoch with the lowest validation loss (reported as its negative) and still learns."""
+    """early_stopping: loss keeps the epoch with the lowest validation loss (reported as its negative) and still
+    learns."""
     method = ReTune(context(), config(epochs=120, early_stopping="loss", min_epochs=5, patience=10))
     facts = method.learn(toy_task())
     assert facts["best_val_score"] < 0 and 5 <= facts["best_epoch"] <= facts["epochs_run"]

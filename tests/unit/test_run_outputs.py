@@ -1,4 +1,4 @@
-"""A trained run on phantoms, read the way users read it: leakage guard, predict output, API, run card, compare, MLflow."""
+"""A trained run on phantoms, read the way users read it: leakage guard, predict, API, run card, compare, MLflow."""
 
 from __future__ import annotations
 
@@ -25,8 +25,25 @@ def phantom_run(tmp_path_factory) -> dict[str, Path]:
     config = root / "train.yaml"
     config.write_text("n_bootstrap: 50\nbaselines: [linear_probe]\n")
     out = root / "run"
-    result = runner.invoke(app, ["train", "--data", str(csv), "--out", str(out), "--store", str(root / "store"), "--config", str(config),
-                                 "--epochs", "5", "--lr", "0.001", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--store",
+            str(root / "store"),
+            "--config",
+            str(config),
+            "--epochs",
+            "5",
+            "--lr",
+            "0.001",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return {"root": root, "csv": csv, "run": out, "store": root / "store"}
 
@@ -48,7 +65,9 @@ def test_evaluate_counts_training_images_by_content_and_can_exclude_them(phantom
     renamed = tmp_path / "renamed.csv"
     frame.to_csv(renamed, index=False)
 
-    result = runner.invoke(app, ["evaluate", "--run", str(run), "--data", str(renamed), "--n-bootstrap", "20", "--json"])
+    result = runner.invoke(
+        app, ["evaluate", "--run", str(run), "--data", str(renamed), "--n-bootstrap", "20", "--json"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     sizes = json.loads((run / "training_digests.json").read_text())
@@ -56,7 +75,10 @@ def test_evaluate_counts_training_images_by_content_and_can_exclude_them(phantom
     assert overlap["checked"] and overlap["n_images"] == len(sizes["digests"]) and overlap["of"] == len(frame)
     assert not overlap["excluded"] and "LEAKAGE" in result.stderr
 
-    excluded = runner.invoke(app, ["evaluate", "--run", str(run), "--data", str(renamed), "--n-bootstrap", "20", "--json", "--exclude-overlap"])
+    excluded = runner.invoke(
+        app,
+        ["evaluate", "--run", str(run), "--data", str(renamed), "--n-bootstrap", "20", "--json", "--exclude-overlap"],
+    )
     assert excluded.exit_code == 0, excluded.output
     kept = json.loads(excluded.stdout)
     assert kept["overlap"]["excluded"] and kept["n_images"] == len(frame) - overlap["n_images"]
@@ -71,8 +93,25 @@ def test_training_digests_hold_no_paths(phantom_run):
 def siglip_run(phantom_run) -> Path:
     """A second run on the same data and split that differs only in its objective."""
     out = phantom_run["root"] / "run-siglip"
-    result = runner.invoke(app, ["train", "--data", str(phantom_run["csv"]), "--out", str(out), "--store", str(phantom_run["store"]),
-                                 "--config", str(phantom_run["root"] / "train.yaml"), "--epochs", "5", "--objective", "siglip", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(phantom_run["csv"]),
+            "--out",
+            str(out),
+            "--store",
+            str(phantom_run["store"]),
+            "--config",
+            str(phantom_run["root"] / "train.yaml"),
+            "--epochs",
+            "5",
+            "--objective",
+            "siglip",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -82,31 +121,59 @@ def _images(phantom_run, n: int) -> list[str]:
 
 
 def test_predict_table_fits_80_columns_with_3_decimals(phantom_run):
-    result = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *_images(phantom_run, 3)], env={"COLUMNS": "80"})
+    result = runner.invoke(
+        app, ["predict", "--run", str(phantom_run["run"]), *_images(phantom_run, 3)], env={"COLUMNS": "80"}
+    )
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
-    numbers = [token for token in result.stdout.replace("│", " ").split() if token.replace(".", "", 1).isdigit() and "." in token]
+    numbers = [
+        token
+        for token in result.stdout.replace("│", " ").split()
+        if token.replace(".", "", 1).isdigit() and "." in token
+    ]
     assert numbers and all(len(token.split(".")[1]) == 3 for token in numbers)
 
 
 def test_predict_json_and_output_by_extension(phantom_run, tmp_path):
     images = _images(phantom_run, 2)
-    result = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--json", "--output", str(tmp_path / "p.json")])
+    result = runner.invoke(
+        app, ["predict", "--run", str(phantom_run["run"]), *images, "--json", "--output", str(tmp_path / "p.json")]
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert [record["image"] for record in printed] == [str(Path(p).resolve()) for p in images]
     written = json.loads((tmp_path / "p.json").read_text())  # JSON, not CSV
     assert set(written[0]["probabilities"]) == set(printed[0]["probabilities"])
-    parquet = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--output", str(tmp_path / "p.parquet")])
+    parquet = runner.invoke(
+        app, ["predict", "--run", str(phantom_run["run"]), *images, "--output", str(tmp_path / "p.parquet")]
+    )
     assert parquet.exit_code == 0 and len(pd.read_parquet(tmp_path / "p.parquet")) == 2
-    refused = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--output", str(tmp_path / "p.txt")])
+    refused = runner.invoke(
+        app, ["predict", "--run", str(phantom_run["run"]), *images, "--output", str(tmp_path / "p.txt")]
+    )
     assert refused.exit_code == 2 and "'.txt'" in refused.output and not (tmp_path / "p.txt").exists()
 
 
 def test_json_to_stdout_is_rounded(phantom_run):
-    result = runner.invoke(app, ["evaluate", "--run", str(phantom_run["run"]), "--data", str(phantom_run["csv"]), "--n-bootstrap", "20", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--run",
+            str(phantom_run["run"]),
+            "--data",
+            str(phantom_run["csv"]),
+            "--n-bootstrap",
+            "20",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    floats = [token for token in result.stdout.replace(",", " ").split() if "." in token and token.lstrip("-").replace(".", "", 1).isdigit()]
+    floats = [
+        token
+        for token in result.stdout.replace(",", " ").split()
+        if "." in token and token.lstrip("-").replace(".", "", 1).isdigit()
+    ]
     assert floats and all(len(token.split(".")[1]) <= 4 for token in floats)
 
 
@@ -115,7 +182,9 @@ def test_compare_shows_differing_settings_and_paired_difference(phantom_run, sig
     side = runner.invoke(app, ["compare", str(run), str(siglip_run)], env={"COLUMNS": "200"})
     assert side.exit_code == 0, side.output
     assert "retune.objective" in side.stdout and "siglip" in side.stdout and "retune.optim.lr" in side.stdout
-    paired = runner.invoke(app, ["compare", str(run), str(siglip_run), "--data", str(phantom_run["csv"]), "--n-bootstrap", "30", "--json"])
+    paired = runner.invoke(
+        app, ["compare", str(run), str(siglip_run), "--data", str(phantom_run["csv"]), "--n-bootstrap", "30", "--json"]
+    )
     assert paired.exit_code == 0, paired.output
     result = json.loads(paired.stdout)
     assert result["split"] == "test" and result["n_images"] > 0
@@ -137,8 +206,16 @@ def test_python_api_readme_example(phantom_run):
 
     assert retune.__version__ and retune.__version__[0].isdigit()
     out = phantom_run["root"] / "api-run"
-    run = retune.train({"data": {"csv": str(phantom_run["csv"])}, "store": str(phantom_run["store"]), "n_bootstrap": 20,
-                        "baselines": [], "retune": {"optim": {"epochs": 3}}}, out=out)
+    run = retune.train(
+        {
+            "data": {"csv": str(phantom_run["csv"])},
+            "store": str(phantom_run["store"]),
+            "n_bootstrap": 20,
+            "baselines": [],
+            "retune": {"optim": {"epochs": 3}},
+        },
+        out=out,
+    )
     assert run.metrics["method"] == "retune" and (out / "RUN_CARD.md").exists()
     loaded = retune.load_run(out)
     frame = loaded.predict(_images(phantom_run, 2))
@@ -169,8 +246,22 @@ def test_run_card_describes_backbone_data_metrics_and_limits(phantom_run):
 
 
 def test_train_names_the_store_it_writes(phantom_run, tmp_path):
-    result = runner.invoke(app, ["train", "--data", str(phantom_run["csv"]), "--out", str(tmp_path / "r"), "--store", str(phantom_run["store"]),
-                                 "--config", str(phantom_run["root"] / "train.yaml"), "--epochs", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(phantom_run["csv"]),
+            "--out",
+            str(tmp_path / "r"),
+            "--store",
+            str(phantom_run["store"]),
+            "--config",
+            str(phantom_run["root"] / "train.yaml"),
+            "--epochs",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"embedding store: {phantom_run['store'].resolve()} (existing" in result.stderr.replace("\n", "")
 
@@ -189,7 +280,9 @@ def test_predict_and_evaluate_add_nothing_to_the_store_without_cache(phantom_run
     before = files()
     result = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--json"])
     assert result.exit_code == 0, result.output
-    evaluated = runner.invoke(app, ["evaluate", "--run", str(phantom_run["run"]), "--data", str(fresh), "--n-bootstrap", "0", "--json"])
+    evaluated = runner.invoke(
+        app, ["evaluate", "--run", str(phantom_run["run"]), "--data", str(fresh), "--n-bootstrap", "0", "--json"]
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert files() == before
     cached = runner.invoke(app, ["predict", "--run", str(phantom_run["run"]), *images, "--json", "--cache"])
@@ -233,16 +326,39 @@ def test_mlflow_ui_server_is_installed():
 
 
 def test_train_progress_bars_on_stderr_only_when_asked(phantom_run, capsys):
-    """Each method gets a bar (epoch, loss, validation AUROC) on stderr; the CLI shows none when stderr is not a TTY."""
+    """Each method gets a bar (epoch, loss, validation AUROC) on stderr; the CLI shows none when not on a TTY."""
     import retune
 
-    retune.train({"data": {"csv": str(phantom_run["csv"])}, "store": str(phantom_run["store"]), "n_bootstrap": 0, "baselines": [],
-                  "retune": {"optim": {"epochs": 2, "min_epochs": 1}}}, out=phantom_run["root"] / "bars", show_progress=True)
+    retune.train(
+        {
+            "data": {"csv": str(phantom_run["csv"])},
+            "store": str(phantom_run["store"]),
+            "n_bootstrap": 0,
+            "baselines": [],
+            "retune": {"optim": {"epochs": 2, "min_epochs": 1}},
+        },
+        out=phantom_run["root"] / "bars",
+        show_progress=True,
+    )
     captured = capsys.readouterr()
     assert "training retune" in captured.err and "epoch 2/2" in captured.err and "val AUROC" in captured.err
     assert "val AUROC" not in captured.out
-    result = runner.invoke(app, ["train", "--data", str(phantom_run["csv"]), "--out", str(phantom_run["root"] / "nobars"),
-                                 "--store", str(phantom_run["store"]), "--epochs", "2", "--config", str(phantom_run["root"] / "train.yaml")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(phantom_run["csv"]),
+            "--out",
+            str(phantom_run["root"] / "nobars"),
+            "--store",
+            str(phantom_run["store"]),
+            "--epochs",
+            "2",
+            "--config",
+            str(phantom_run["root"] / "train.yaml"),
+        ],
+    )
     assert result.exit_code == 0 and "val AUROC" not in result.stderr
 
 
@@ -252,4 +368,7 @@ def test_train_writes_a_self_contained_report_with_operating_points(phantom_run)
     assert report.count('src="data:image/png;base64,') == 2  # ROC curves and calibration
     assert all(f"<td>{name}</td>" in report for name in metrics["classes"])
     assert "Youden" in report and "sensitivity" in report and "ECE" in report
-    assert set(metrics["operating_points"]) == set(metrics["classes"]) and set(metrics["calibration_ece"]) == {"retune", "linear_probe"}
+    assert set(metrics["operating_points"]) == set(metrics["classes"]) and set(metrics["calibration_ece"]) == {
+        "retune",
+        "linear_probe",
+    }

@@ -57,7 +57,9 @@ def prepared_scenario(kind: str, n_tasks: int = 3, n_rows: int = 300) -> Prepare
     tasks = generate_tasks(GeneratorSpec(kind=kind, n_tasks=n_tasks), CLASSES, seed=0)
     rows = [(chunk_rows(train, patients, t.rows, 0), chunk_rows(val, patients, t.rows, 0)) for t in tasks]
     context = MethodContext(8, 4, False, PromptBank(), fast_mean_auroc, 0)
-    return PreparedScenario(CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake")
+    return PreparedScenario(
+        CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake"
+    )
 
 
 def test_class_incremental_tasks_have_disjoint_classes_and_rows():
@@ -66,7 +68,7 @@ def test_class_incremental_tasks_have_disjoint_classes_and_rows():
     tasks = prepared.tasks_by_order[0]
     assert sorted(c for t in tasks for c in t.classes) == sorted(CLASSES)
     train_sets = [set(train.tolist()) for train, _ in prepared.rows_by_order[0]]
-    assert all(not (a & b) for i, a in enumerate(train_sets) for b in train_sets[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(train_sets) for b in train_sets[i + 1 :])
     assert set().union(*train_sets) == set(range(200))
 
 
@@ -120,7 +122,9 @@ def test_runner_hands_each_task_only_its_own_rows_as_copies(tmp_path):
     config = ScenarioConfig(generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"])
     run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
     assert len(RecordingMethod.received) == 3
-    for task, (train, val), spec in zip(RecordingMethod.received, prepared.rows_by_order[0], prepared.tasks_by_order[0]):
+    for task, (train, val), spec in zip(
+        RecordingMethod.received, prepared.rows_by_order[0], prepared.tasks_by_order[0]
+    ):
         assert sorted(task.train_x[:, 0].astype(int).tolist()) == sorted(train.tolist())
         assert task.classes == tuple(spec.classes)
         assert task.train_y.shape == (len(train), len(spec.classes))
@@ -145,12 +149,26 @@ def test_interrupted_run_resumes_after_last_finished_task(tmp_path):
 
 
 def test_summary_has_the_documented_fields(tmp_path):
-    """results.json carries method, scenario, classes, tasks, the matrix, per-task means, final AUROC with CI, forgetting, BWT."""
+    """results.json carries method, scenario, classes, tasks, the matrix, per-task means, final AUROC with CI,
+    forgetting, BWT."""
     prepared = prepared_scenario("class")
-    config = ScenarioConfig(name="toy", generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], n_bootstrap=50)
+    config = ScenarioConfig(
+        name="toy", generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], n_bootstrap=50
+    )
     scores = run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
     result = summarise("recording", prepared, config, {0: scores})
-    for key in ("method", "scenario", "classes", "tasks", "auroc_matrix", "mean_auroc_per_task", "final_mean_auroc", "final_mean_auroc_ci", "forgetting", "bwt"):
+    for key in (
+        "method",
+        "scenario",
+        "classes",
+        "tasks",
+        "auroc_matrix",
+        "mean_auroc_per_task",
+        "final_mean_auroc",
+        "final_mean_auroc_ci",
+        "forgetting",
+        "bwt",
+    ):
         assert key in result
     assert len(result["auroc_matrix"]) == 3 and len(result["auroc_matrix"][0]) == len(CLASSES)
     first_task_classes = [CLASSES.index(c) for c in prepared.tasks_by_order[0][1].classes]
@@ -162,7 +180,9 @@ def test_each_task_shows_a_progress_bar_on_stderr(tmp_path, capsys):
     """A bar per task with epoch, training loss and validation AUROC, on stderr only; none when not shown."""
     prepared = prepared_scenario("class", n_tasks=2)
     optim = {"epochs": 3, "min_epochs": 1}
-    config = ScenarioConfig(generate=GeneratorSpec(kind="class", n_tasks=2), methods=["naive"], retune={"optim": optim})
+    config = ScenarioConfig(
+        generate=GeneratorSpec(kind="class", n_tasks=2), methods=["naive"], retune={"optim": optim}
+    )
     run_method("naive", 0, prepared, config, tmp_path / "shown", lambda message: None, show_progress=True)
     captured = capsys.readouterr()
     assert "naive task 1/2" in captured.err and "naive task 2/2" in captured.err

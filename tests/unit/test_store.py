@@ -103,7 +103,12 @@ def embed(csv_path: Path, backbone: Backbone, store: EmbeddingStore, **kwargs):
 def add_rows(csv_path: Path, paths: list[str], name: str = "extended.csv") -> Path:
     """A copy of ``csv_path`` (same folder) with extra all-negative rows for ``paths``."""
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    extra = pd.DataFrame([{**{column: "0" for column in frame.columns}, "path": path, "patient_id": f"extra-{i}", "report": ""} for i, path in enumerate(paths)])
+    extra = pd.DataFrame(
+        [
+            {**{column: "0" for column in frame.columns}, "path": path, "patient_id": f"extra-{i}", "report": ""}
+            for i, path in enumerate(paths)
+        ]
+    )
     target = csv_path.parent / name
     pd.concat([frame, extra], ignore_index=True).to_csv(target, index=False)
     return target
@@ -239,7 +244,10 @@ def test_every_path_of_duplicate_unreadable_files_is_reported(phantoms, backbone
     (images / "empty_b.png").write_bytes(b"")
     csv_path = add_rows(phantoms, ["images/empty_a.png", "images/empty_b.png"])
     summary = embed(csv_path, backbone, store)
-    assert set(summary.errors["path"]) == {str((images / "empty_a.png").resolve()), str((images / "empty_b.png").resolve())}
+    assert set(summary.errors["path"]) == {
+        str((images / "empty_a.png").resolve()),
+        str((images / "empty_b.png").resolve()),
+    }
 
 
 def test_tokens_are_stored(phantoms, backbone, store):

@@ -1,4 +1,5 @@
-"""Cross-attention adaptor on synthetic tokens: shapes, unimodal encoding, losses, pre-training, checkpoints, text-token cache."""
+"""Cross-attention adaptor on synthetic tokens: shapes, unimodal encoding, losses, pre-training, checkpoints,
+text-token cache."""
 
 from __future__ import annotations
 
@@ -71,11 +72,13 @@ def test_each_modality_encodes_alone_and_ignores_padding():
     pairs = toy_pairs(6)
     with torch.no_grad():
         together = model.encode_image(pairs.image_tokens)
-        alone = torch.cat([model.encode_image(pairs.image_tokens[i:i + 1]) for i in range(6)])
+        alone = torch.cat([model.encode_image(pairs.image_tokens[i : i + 1]) for i in range(6)])
         assert torch.allclose(together, alone, atol=1e-5)
         noisy = pairs.text_tokens.clone()
         noisy[~pairs.text_mask] = 100.0
-        assert torch.allclose(model.encode_text(pairs.text_tokens, pairs.text_mask), model.encode_text(noisy, pairs.text_mask), atol=1e-5)
+        assert torch.allclose(
+            model.encode_text(pairs.text_tokens, pairs.text_mask), model.encode_text(noisy, pairs.text_mask), atol=1e-5
+        )
         unmasked = model.encode_text(noisy, torch.ones_like(pairs.text_mask))
         assert not torch.allclose(unmasked, model.encode_text(noisy, pairs.text_mask), atol=1e-3)
 
@@ -97,9 +100,19 @@ def test_contrastive_loss_matches_textbook_losses_on_distinct_texts():
     text = F.normalize(torch.randn(5, EMBED), dim=1)
     distinct = torch.eye(5, dtype=torch.bool)
     clip, sig = tiny_model("clip"), tiny_model("siglip")
-    assert torch.isclose(clip.contrastive_loss(image, text, distinct), textbook_clip(image, text, clip.scale()), atol=1e-5)
-    assert torch.isclose(sig.contrastive_loss(image, text, distinct), textbook_siglip(image, text, sig.scale(), sig.logit_bias), atol=1e-5)
-    assert abs(clip.scale().item() - 1 / 0.07) < 1e-3 and abs(sig.scale().item() - 10.0) < 1e-4 and sig.logit_bias.item() == -10.0
+    assert torch.isclose(
+        clip.contrastive_loss(image, text, distinct), textbook_clip(image, text, clip.scale()), atol=1e-5
+    )
+    assert torch.isclose(
+        sig.contrastive_loss(image, text, distinct),
+        textbook_siglip(image, text, sig.scale(), sig.logit_bias),
+        atol=1e-5,
+    )
+    assert (
+        abs(clip.scale().item() - 1 / 0.07) < 1e-3
+        and abs(sig.scale().item() - 10.0) < 1e-4
+        and sig.logit_bias.item() == -10.0
+    )
 
 
 def test_repeated_text_is_a_positive_not_a_negative():
@@ -127,7 +140,9 @@ def test_itm_branch_trains_only_when_weighted():
     pairs = toy_pairs(8)
     for weight, expect_grad in ((1.0, True), (0.0, False)):
         model = tiny_model()
-        model.pretraining_loss(pairs.image_tokens, pairs.text_tokens, pairs.text_mask, pairs.text_index, itm_weight=weight).backward()
+        model.pretraining_loss(
+            pairs.image_tokens, pairs.text_tokens, pairs.text_mask, pairs.text_index, itm_weight=weight
+        ).backward()
         grad = model.itm_head.weight.grad
         assert (grad is not None and grad.abs().sum() > 0) == expect_grad
 
@@ -137,7 +152,14 @@ def test_pretraining_lowers_loss_and_retrieval_beats_chance(loss):
     train, val, test = toy_pairs(96, seed=1), toy_pairs(24, seed=2), toy_pairs(32, seed=3)
     model = tiny_model(loss)
     before = adaptor_retrieval(model, test)
-    result = pretrain_adaptor(model, train, val, OptimConfig(lr=3e-3, weight_decay=0.0, epochs=25, batch_size=32, patience=25, min_epochs=1), itm_weight=0.5, seed=0)
+    result = pretrain_adaptor(
+        model,
+        train,
+        val,
+        OptimConfig(lr=3e-3, weight_decay=0.0, epochs=25, batch_size=32, patience=25, min_epochs=1),
+        itm_weight=0.5,
+        seed=0,
+    )
     after = adaptor_retrieval(model, test)
     assert result.train_loss[-1] < 0.8 * result.train_loss[0]
     assert after["image_to_text"]["R@1"] > 3 / 32  # chance is 1/32
@@ -148,7 +170,13 @@ def test_pretraining_lowers_loss_and_retrieval_beats_chance(loss):
 def test_pretraining_can_stop_early_on_validation_loss():
     """optim.early_stopping: loss scores epochs by minus the validation pairs' pre-training loss, not by recall."""
     train, val = toy_pairs(64, seed=1), toy_pairs(24, seed=2)
-    result = pretrain_adaptor(tiny_model(), train, val, OptimConfig(lr=3e-3, epochs=6, batch_size=32, min_epochs=1, early_stopping="loss"), seed=0)
+    result = pretrain_adaptor(
+        tiny_model(),
+        train,
+        val,
+        OptimConfig(lr=3e-3, epochs=6, batch_size=32, min_epochs=1, early_stopping="loss"),
+        seed=0,
+    )
     assert all(score < 0 for score in result.val_score) and result.best_val_score == max(result.val_score)
 
 
@@ -222,7 +250,10 @@ class WordBackbone(Backbone):
         hidden = torch.zeros(len(texts), max(len(w) for w in words), self.text_dim)
         for row, row_words in enumerate(words):
             for col, word in enumerate(row_words):
-                hidden[row, col] = torch.tensor(list(hashlib.sha256(word.encode()).digest()[: self.text_dim]), dtype=torch.float32) + 1
+                hidden[row, col] = (
+                    torch.tensor(list(hashlib.sha256(word.encode()).digest()[: self.text_dim]), dtype=torch.float32)
+                    + 1
+                )
         return Encoded(hidden.mean(1), hidden if tokens else None)
 
     def fingerprint_parts(self) -> dict:
@@ -234,9 +265,15 @@ def test_text_token_cache_pads_masks_and_computes_only_missing(tmp_path):
     tokens, mask = text_token_embeddings(["no finding", "small left effusion here"], backbone, store, max_tokens=3)
     assert tokens.shape == (2, 3, 3) and mask.tolist() == [[True, True, False], [True, True, True]]
     assert (tokens[0, 2] == 0).all() and (tokens[1] != 0).all()  # padded / truncated to 3 tokens
-    again, mask_again = text_token_embeddings(["small left effusion here", "heart", "no finding"], backbone, store, max_tokens=3)
+    again, mask_again = text_token_embeddings(
+        ["small left effusion here", "heart", "no finding"], backbone, store, max_tokens=3
+    )
     assert backbone.texts_encoded == 3  # only "heart" was new
-    assert np.array_equal(again[0], tokens[1]) and np.array_equal(again[2], tokens[0]) and mask_again[1].tolist() == [True, False, False]
+    assert (
+        np.array_equal(again[0], tokens[1])
+        and np.array_equal(again[2], tokens[0])
+        and mask_again[1].tolist() == [True, False, False]
+    )
     with pytest.raises(StoreError, match="padded to 3"):
         text_token_embeddings(["heart"], backbone, store, max_tokens=4)
 
@@ -272,7 +309,17 @@ def test_experiment_on_an_aligned_fake_backbone_reports_frozen_retrieval(tmp_pat
 
     csv = write_phantom_dataset(tmp_path / "data", n=40, size=32)
     optim = OptimConfig(lr=1e-3, epochs=2, batch_size=16, patience=2, min_epochs=1)
-    config = AdaptorExperimentConfig(store=tmp_path / "store", data=DataConfig(csv=csv), layers=1, heads=2, width=8, embed_dim=4, optim=optim, n_bootstrap=0, label_fractions=[0.5, 1.0])
+    config = AdaptorExperimentConfig(
+        store=tmp_path / "store",
+        data=DataConfig(csv=csv),
+        layers=1,
+        heads=2,
+        width=8,
+        embed_dim=4,
+        optim=optim,
+        n_bootstrap=0,
+        label_fractions=[0.5, 1.0],
+    )
     metrics = run_adaptor_experiment(config, tmp_path / "run", backbone=TinyAlignedBackbone())
     frozen = metrics["retrieval"]["frozen"]
     assert frozen is not None and set(frozen["image_to_text"]) == {"R@1", "R@5", "R@10"}

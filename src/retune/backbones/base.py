@@ -68,13 +68,13 @@ class Backbone(ABC):
         """The torch modules this backbone owns (used to move devices and to freeze)."""
         return [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
 
-    def to(self, device: str | torch.device) -> "Backbone":
+    def to(self, device: str | torch.device) -> Backbone:
         self.device = torch.device(device)
         for module in self.modules:
             module.to(self.device)
         return self
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         """Put every module in eval mode with gradients off (the encoders are never trained here)."""
         for module in self.modules:
             module.eval()

@@ -9,8 +9,8 @@ Aliases map friendly names (``biomedclip``) to full specs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from retune.backbones.base import Backbone, BackboneInfo
 from retune.errors import unknown_name

@@ -236,7 +236,9 @@ def _draw(layout: _Layout, labels: dict[str, int], size: int) -> Image.Image:
     nearest_lung_radius = np.minimum(lung_radius[-1], lung_radius[1])
 
     crescent, pleural_line = (
-        _pneumothorax(layout, u, v, air[layout.pneumothorax_side], soft, size) if labels["Pneumothorax"] else (0.0, 0.0)
+        _pneumothorax(layout, u, v, air[layout.pneumothorax_side], soft, size)
+        if labels["Pneumothorax"]
+        else (0.0, 0.0)
     )
     hilum_weight = np.clip(1.3 - 0.8 * nearest_lung_radius, 0.3, 1.0)
     markings = (_upsample(layout.markings, size) - 0.5) * hilum_weight * all_air * (1.0 - crescent)
@@ -300,12 +302,16 @@ def _report(layout: _Layout, labels: dict[str, int]) -> str:
     if labels["Nodule"]:
         u, v = layout.nodule_centres[0]
         count = ("A small nodule", "Two small nodules including one", "Three small nodules including one")
-        sentences.append(f"{count[layout.nodule_count - 1]} in the {_side_word(int(np.sign(u)))} {_zone_word(v)} zone.")
+        sentences.append(
+            f"{count[layout.nodule_count - 1]} in the {_side_word(int(np.sign(u)))} {_zone_word(v)} zone."
+        )
     if labels["Mass"]:
         u, v = layout.mass_centre
         sentences.append(f"Irregular mass in the {_side_word(int(np.sign(u)))} {_zone_word(v)} zone.")
     if labels["Pneumothorax"]:
-        sentences.append(f"{_side_word(layout.pneumothorax_side).capitalize()} pneumothorax with visible pleural line.")
+        sentences.append(
+            f"{_side_word(layout.pneumothorax_side).capitalize()} pneumothorax with visible pleural line."
+        )
     if labels["Opacity"]:
         sentences.append(f"Patchy airspace opacity in the {_side_word(layout.opacity_side)} lung.")
     if not labels["Effusion"]:
@@ -338,8 +344,10 @@ def _iter_phantom_cases(
 ) -> Iterator[PhantomCase]:
     """Yield the cases of :func:`make_phantom_cases` one at a time, so large datasets need not fit in memory."""
     if n < 0 or images_per_patient < 1 or size < 16:
-        raise ConfigError(f"need n >= 0, images_per_patient >= 1 and size >= 16; got n={n}, "
-                          f"images_per_patient={images_per_patient}, size={size}")
+        raise ConfigError(
+            f"need n >= 0, images_per_patient >= 1 and size >= 16; got n={n}, "
+            f"images_per_patient={images_per_patient}, size={size}"
+        )
     label_seed, image_seed = np.random.SeedSequence(seed).spawn(2)
     label_rng = np.random.default_rng(label_seed)
     present = label_rng.random((n, len(PHANTOM_FINDINGS))) < _prevalences(prevalence)
@@ -369,7 +377,8 @@ def make_phantom_cases(
 
 
 def _replace_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(temp_path)`` on a temp file beside ``target``, then move it into place: no reader sees half a file."""
+    """Run ``write(temp_path)`` on a temp file beside ``target``, then move it into place: no reader sees half a
+    file."""
     temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         write(temp)

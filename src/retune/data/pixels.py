@@ -30,7 +30,8 @@ def decode_pixels(paths: list[str], backbone: Backbone) -> list[torch.Tensor | N
 
 
 class PixelsOnAccess:
-    """Preprocessed pixels of a fixed list of images, decoded when rows are indexed: memory is one batch, not the data set."""
+    """Preprocessed pixels of a fixed list of images, decoded when rows are indexed: memory is one batch, not the data
+    set."""
 
     def __init__(self, paths: list[str], backbone: Backbone) -> None:
         self.paths, self.backbone = list(paths), backbone
@@ -43,13 +44,18 @@ class PixelsOnAccess:
         return torch.stack([self.backbone.preprocess(load_image(self.paths[i])) for i in indices])
 
 
-def pixel_inputs(paths: list[str], backbone: Backbone, memory_budget: int = PIXEL_MEMORY_BUDGET) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray]:
+def pixel_inputs(
+    paths: list[str], backbone: Backbone, memory_budget: int = PIXEL_MEMORY_BUDGET
+) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray]:
     """(inputs indexable by row, readable rows): decoded pixels held in memory while they fit ``memory_budget`` bytes,
     else decoded again batch by batch (every image is decoded once up front to find the unreadable ones)."""
     per_image = int(np.prod(pixel_shape(backbone))) * 4  # float32 pixels of one image
     if per_image * len(paths) <= memory_budget:
         pixels = decode_pixels(paths, backbone)
         rows = np.asarray([row for row, tensor in enumerate(pixels) if tensor is not None], dtype=int)
-        return (torch.stack([pixels[row] for row in rows]) if len(rows) else torch.zeros(0)), rows  # peak: about twice the budget
-    rows = np.asarray([row for row, path in enumerate(paths) if decode_pixels([path], backbone)[0] is not None], dtype=int)
+        # peak: about twice the budget
+        return (torch.stack([pixels[row] for row in rows]) if len(rows) else torch.zeros(0)), rows
+    rows = np.asarray(
+        [row for row, path in enumerate(paths) if decode_pixels([path], backbone)[0] is not None], dtype=int
+    )
     return PixelsOnAccess([paths[row] for row in rows], backbone), rows

@@ -1,14 +1,16 @@
 """CSV readers for generic, CheXpert, NIH ChestX-ray14 and MIMIC-CXR-JPG label tables.
 
-Every reader validates the whole file first (columns, label values, image paths) and returns an
-``ImageTable``; problems raise a one-line ``DataError`` naming the file, spreadsheet row and column.
+Readers register with ``register_reader`` and all take the same keyword arguments (``image_root``, ``uncertainty``,
+``classes``, ``metadata_csv``). Every reader validates the whole file first (columns, label values, image paths)
+and returns an ``ImageTable``; problems raise a one-line ``DataError`` naming the file, spreadsheet row and column.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -70,13 +72,46 @@ _METADATA_COLUMNS = frozenset(
 )
 
 
+class Reader(Protocol):
+    """A label-table reader: every one takes the same keyword arguments (those it has no use for must be None)."""
+
+    def __call__(
+        self,
+        csv_path: str | Path,
+        *,
+        image_root: str | Path | None = None,
+        uncertainty: str = "ignore",
+        classes: list[str] | None = None,
+        metadata_csv: str | Path | None = None,
+    ) -> ImageTable: ...
+
+
+READERS: dict[str, Reader] = {}
+_DETECTORS: dict[str, Callable[[set[str]], bool]] = {}
+
+
+def register_reader(name: str, detect: Callable[[set[str]], bool] | None = None) -> Callable[[Reader], Reader]:
+    """Register a reader under ``name`` (``--format NAME``); ``detect(header columns)`` lets ``auto`` pick it."""
+
+    def decorator(reader: Reader) -> Reader:
+        READERS[name] = reader
+        if detect is not None:
+            _DETECTORS[name] = detect
+        return reader
+
+    return decorator
+
+
+@register_reader("csv")
 def read_csv_table(
     csv_path: str | Path,
+    *,
     image_root: str | Path | None = None,
+    uncertainty: str = "ignore",
+    classes: list[str] | None = None,
+    metadata_csv: str | Path | None = None,
     path_column: str = "path",
     patient_column: str | None = "patient_id",
-    classes: list[str] | None = None,
-    uncertainty: str = "ignore",
     report_column: str | None = None,
 ) -> ImageTable:
     """Read a generic CSV of image paths, optional patient ids, 1/0/-1/blank labels and an optional report.
@@ -88,6 +123,7 @@ def read_csv_table(
     """
     csv_path = Path(csv_path)
     source = csv_path.name
+    _no_metadata_csv(metadata_csv, "csv")
     uncertain_value = _uncertainty_value(uncertainty)
     raw = _read_csv(csv_path)
     _require_columns(raw, [path_column], source)
@@ -115,11 +151,14 @@ def read_csv_table(
     return table
 
 
+@register_reader("chexpert", detect=lambda columns: {"Path", "Frontal/Lateral"} <= columns)
 def read_chexpert(
     csv_path: str | Path,
+    *,
     image_root: str | Path | None = None,
     uncertainty: str = "ignore",
     classes: list[str] | None = None,
+    metadata_csv: str | Path | None = None,
 ) -> ImageTable:
     """Read a CheXpert ``train.csv``/``valid.csv``; the patient id is the ``patientNNNNN`` path component.
 
@@ -128,6 +167,7 @@ def read_chexpert(
     """
     csv_path = Path(csv_path)
     source = csv_path.name
+    _no_metadata_csv(metadata_csv, "chexpert")
     uncertain_value = _uncertainty_value(uncertainty)
     classes = list(classes or CHEXPERT_FINDINGS)
     _check_class_names(classes)
@@ -143,18 +183,25 @@ def read_chexpert(
     return ImageTable(_assemble(paths, patients, labels), classes, source=csv_path, image_root=root)
 
 
+@register_reader("nih", detect=lambda columns: {"Image Index", "Finding Labels"} <= columns)
 def read_nih(
     csv_path: str | Path,
+    *,
     image_root: str | Path | None = None,
+    uncertainty: str = "ignore",
     classes: list[str] | None = None,
+    metadata_csv: str | Path | None = None,
 ) -> ImageTable:
     """Read NIH ChestX-ray14 ``Data_Entry_2017*.csv`` (``|``-joined ``Finding Labels``) as 0/1 labels.
 
     Images are ``image_root/<Image Index>``; the default root is ``images/`` beside the CSV if it
     exists, else the CSV's folder. ``classes`` may be any of ``NIH_FINDINGS`` and ``"No Finding"``.
+    NIH labels are never uncertain, so every ``uncertainty`` policy reads them the same.
     """
     csv_path = Path(csv_path)
     source = csv_path.name
+    _no_metadata_csv(metadata_csv, "nih")
+    _uncertainty_value(uncertainty)
     known = (*NIH_FINDINGS, NIH_NO_FINDING)
     classes = list(classes or NIH_FINDINGS)
     for name in classes:
@@ -179,21 +226,29 @@ def read_nih(
     return ImageTable(_assemble(paths, patients, labels), classes, source=csv_path, image_root=root)
 
 
+@register_reader("mimic")
 def read_mimic(
-    label_csv: str | Path,
-    metadata_csv: str | Path,
-    image_root: str | Path,
+    csv_path: str | Path,
+    *,
+    image_root: str | Path | None = None,
     uncertainty: str = "ignore",
     classes: list[str] | None = None,
+    metadata_csv: str | Path | None = None,
     views: Iterable[str] | None = None,
 ) -> ImageTable:
     """Read MIMIC-CXR-JPG: ``mimic-cxr-2.0.0-chexpert.csv`` (or ``-negbio``) joined with ``-metadata.csv``.
 
     One row per metadata image whose (subject_id, study_id) has labels, optionally only ``views``
     (``ViewPosition``, e.g. ``("PA", "AP")``); images are
-    ``image_root/files/p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg``; patient = subject_id.
+    ``image_root/files/p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg`` (default root: the label
+    CSV's folder); patient = subject_id.
     """
-    label_csv, metadata_csv = Path(label_csv), Path(metadata_csv)
+    if metadata_csv is None:
+        raise ConfigError(
+            f"{Path(csv_path).name}: the mimic format needs metadata_csv (data.metadata_csv in the config, "
+            "--metadata-csv on the command line): the mimic-cxr-2.0.0-metadata.csv that maps studies to images"
+        )
+    label_csv, metadata_csv = Path(csv_path), Path(metadata_csv)
     label_source, meta_source = label_csv.name, metadata_csv.name
     uncertain_value = _uncertainty_value(uncertainty)
     classes = list(classes or CHEXPERT_FINDINGS)
@@ -208,15 +263,22 @@ def read_mimic(
     for frame, source in ((label_raw, label_source), (meta, meta_source)):
         for column in ("subject_id", "study_id"):
             frame[column] = frame[column].str.strip()
-            _raise_first_bad(~frame[column].str.fullmatch(r"\d+"), frame[column], source, column, "is not a numeric id")
+            not_numeric = ~frame[column].str.fullmatch(r"\d+")
+            _raise_first_bad(not_numeric, frame[column], source, column, "is not a numeric id")
     meta["dicom_id"] = meta["dicom_id"].str.strip()
     _raise_first_bad(
         ~meta["dicom_id"].str.fullmatch(r"[^/\\]+") | meta["dicom_id"].isin([".", ".."]),
-        meta["dicom_id"], meta_source, "dicom_id", "is not a valid DICOM id",
+        meta["dicom_id"],
+        meta_source,
+        "dicom_id",
+        "is not a valid DICOM id",
     )
     keys = ["subject_id", "study_id"]
     _raise_first_bad(
-        label_raw.duplicated(keys), label_raw["study_id"], label_source, "study_id",
+        label_raw.duplicated(keys),
+        label_raw["study_id"],
+        label_source,
+        "study_id",
         "repeats an earlier (subject_id, study_id) pair",
     )
     labels = pd.DataFrame(_parse_labels(label_raw, classes, uncertain_value, label_source), index=label_raw.index)
@@ -231,7 +293,7 @@ def read_mimic(
 
     subject, study = joined["subject_id"], joined["study_id"]
     relative = "files/p" + subject.str[:2] + "/p" + subject + "/s" + study + "/" + joined["dicom_id"] + ".jpg"
-    root = _absolute(image_root)
+    root = _absolute(image_root or label_csv.parent)
     paths = _resolve_paths(relative, root, meta_source, "dicom_id")
     table = ImageTable(
         _assemble(paths, subject, {name: joined[name].to_numpy() for name in classes}),
@@ -244,25 +306,32 @@ def read_mimic(
 
 
 def detect_format(csv_path: str | Path) -> str:
-    """Guess the reader from the header: ``nih``, ``chexpert`` or the generic ``csv``."""
+    """Guess the reader from the header: the first registered reader whose detector accepts it, else ``csv``."""
     columns = set(_read_csv(Path(csv_path), header_only=True).columns)
-    if {"Image Index", "Finding Labels"} <= columns:
-        return "nih"
-    if {"Path", "Frontal/Lateral"} <= columns:
-        return "chexpert"
-    return "csv"
+    return next((name for name, detect in _DETECTORS.items() if detect(columns)), "csv")
 
 
-def read_table(path: str | Path, format: str = "auto", **kwargs) -> ImageTable:
+def read_table(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    image_root: str | Path | None = None,
+    uncertainty: str = "ignore",
+    classes: list[str] | None = None,
+    metadata_csv: str | Path | None = None,
+) -> ImageTable:
     """Read a label table with the named reader (``READERS``), or the one ``detect_format`` picks."""
     if format == "auto":
         format = detect_format(path)
     if format not in READERS:
         raise unknown_name("format", format, [*READERS, "auto"])
-    return READERS[format](path, **kwargs)
+    options = {"image_root": image_root, "uncertainty": uncertainty, "classes": classes, "metadata_csv": metadata_csv}
+    return READERS[format](path, **options)
 
 
-READERS = {"csv": read_csv_table, "chexpert": read_chexpert, "nih": read_nih, "mimic": read_mimic}
+def _no_metadata_csv(metadata_csv: str | Path | None, format: str) -> None:
+    if metadata_csv is not None:
+        raise ConfigError(f"metadata_csv applies to the mimic format only, not to '{format}'")
 
 
 def _read_csv(path: Path, header_only: bool = False) -> pd.DataFrame:

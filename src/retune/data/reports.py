@@ -14,9 +14,9 @@ import tarfile
 import warnings
 import xml.etree.ElementTree as ET
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pandas as pd
 
@@ -75,7 +75,12 @@ _HEADER_RE = re.compile(
     rf"(?m)^[ \t]*(?i:(?P<line>{_NAMES}))[ \t]*(?::|$)|(?<=\s)(?P<inline>{_NAMES}):"
 )
 
-_OPENI_SECTIONS = {"FINDINGS": "findings", "IMPRESSION": "impression", "INDICATION": "indication", "COMPARISON": "comparison"}
+_OPENI_SECTIONS = {
+    "FINDINGS": "findings",
+    "IMPRESSION": "impression",
+    "INDICATION": "indication",
+    "COMPARISON": "comparison",
+}
 _MAX_MEMBER_BYTES = 10_000_000  # an Open-i report is a few kB; anything this large is not one
 
 _NO_FINDING_SENTENCE = "No acute cardiopulmonary abnormality."
@@ -96,7 +101,8 @@ class ParsedReport:
 
     @property
     def text(self) -> str | None:
-        """Findings then impression, the text paired with the image in contrastive training; ``None`` if both absent."""
+        """Findings then impression, the text paired with the image in contrastive training; ``None`` if both
+        absent."""
         parts = [part for part in (self.findings, self.impression) if part]
         return " ".join(parts) if parts else None
 
@@ -129,7 +135,8 @@ class _DoctypeForbidden(Exception):
 
 
 class _SafeTreeBuilder(ET.TreeBuilder):
-    """A tree builder that refuses DOCTYPE declarations, the carrier of entity-expansion and external-entity attacks."""
+    """A tree builder that refuses DOCTYPE declarations, the carrier of entity-expansion and external-entity
+    attacks."""
 
     def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
         raise _DoctypeForbidden(name)

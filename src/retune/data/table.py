@@ -44,7 +44,7 @@ class ImageTable:
         """Float32 matrix (rows x classes) with NaN where the label is masked."""
         return self.frame[classes or self.classes].to_numpy(dtype=np.float32)
 
-    def subset(self, rows: np.ndarray | list[int]) -> "ImageTable":
+    def subset(self, rows: np.ndarray | list[int]) -> ImageTable:
         """A new table with only the given row positions (order kept, index reset)."""
         frame = self.frame.iloc[np.asarray(rows, dtype=int)].reset_index(drop=True)
         return ImageTable(frame, list(self.classes), self.source, self.image_root, dict(self.extra))
@@ -61,6 +61,8 @@ def one_sided_classes(labels: np.ndarray, classes: list[str], where: str) -> lis
         positives, negatives = int(np.sum(values == 1)), int(np.sum(values == 0))
         if positives == 0 or negatives == 0:
             missing = "positives" if positives == 0 else "negatives"
-            warnings.append(f"class '{name}' has no {missing} in {where} ({positives} positive, {negatives} negative labels); "
-                            "it is kept but cannot be learned or evaluated properly")
+            warnings.append(
+                f"class '{name}' has no {missing} in {where} ({positives} positive, {negatives} negative labels); "
+                "it is kept but cannot be learned or evaluated properly"
+            )
     return warnings

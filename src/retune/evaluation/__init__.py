@@ -1,4 +1,5 @@
-"""Honest evaluation: masked multi-label metrics with patient-level bootstrap CIs, retrieval and continual-learning scores."""
+"""Honest evaluation: masked multi-label metrics with patient-level bootstrap CIs, retrieval and continual-learning
+scores."""
 
 from retune.evaluation.metrics import (
     ClassMetrics,

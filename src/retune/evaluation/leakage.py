@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -38,11 +38,14 @@ def write_training_digests(run_dir: str | Path, content_hashes: Iterable[str]) -
     """Record salted digests of the run's training and validation images; returns how many distinct images."""
     salt = secrets.token_hex(16)
     digests = sorted({_digest(salt, value) for value in content_hashes})
-    write_json_atomic(Path(run_dir) / DIGESTS_FILE, {
-        "about": "salted SHA-256 digests of the training and validation images' content, for the leakage guard only",
-        "salt": salt,
-        "digests": digests,
-    })
+    write_json_atomic(
+        Path(run_dir) / DIGESTS_FILE,
+        {
+            "about": "salted SHA-256 digests of the training and validation images' content (leakage guard only)",
+            "salt": salt,
+            "digests": digests,
+        },
+    )
     return len(digests)
 
 
@@ -70,6 +73,13 @@ def overlapping_rows(run_dir: str | Path, content_hashes: list[str | None]) -> n
 
 def overlap_warning(n_overlap: int, n_images: int, excluded: bool) -> str:
     """The loud line a user sees when evaluation images overlap the run's training or validation images."""
-    action = "they were EXCLUDED from the metrics" if excluded else "metrics are OPTIMISTIC; rerun with --exclude-overlap to drop them"
-    return (f"LEAKAGE: {n_overlap} of {n_images} evaluation images are (by content) training or validation images of this run; "
-            f"{action}")
+    action = (
+        "they were EXCLUDED from the metrics"
+        if excluded
+        else "metrics are OPTIMISTIC; rerun with --exclude-overlap to drop them"
+    )
+    return (
+        f"LEAKAGE: {n_overlap} of {n_images} evaluation images are (by content) training or validation images "
+        "of this run; "
+        f"{action}"
+    )

@@ -196,7 +196,9 @@ def continual_metrics(
         "final_mean_auroc": _final_mean(matrix),
         "final_mean_auroc_ci": _ci_to_list(_percentile_ci(replicates[:, 0], n_bootstrap, ci)),
         "forgetting": forgetting,
-        "forgetting_ci": _ci_to_list(_percentile_ci(replicates[:, 1], n_bootstrap, ci)) if forgetting is not None else None,
+        "forgetting_ci": _ci_to_list(_percentile_ci(replicates[:, 1], n_bootstrap, ci))
+        if forgetting is not None
+        else None,
         "bwt": bwt,
         "bwt_ci": _ci_to_list(_percentile_ci(replicates[:, 2], n_bootstrap, ci)) if bwt is not None else None,
         "n_bootstrap": n_bootstrap,

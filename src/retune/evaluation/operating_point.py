@@ -21,7 +21,9 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(min(thresholds[best], 1.0))
 
 
-def sensitivity_specificity(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+def sensitivity_specificity(
+    scores: np.ndarray, labels: np.ndarray, threshold: float
+) -> tuple[float | None, float | None]:
     """(sensitivity, specificity) of ``scores >= threshold`` on the labelled rows; None where undefined."""
     valid = ~np.isnan(labels)
     predicted, truth = scores[valid] >= threshold, labels[valid] == 1
@@ -31,13 +33,22 @@ def sensitivity_specificity(scores: np.ndarray, labels: np.ndarray, threshold: f
     return sensitivity, specificity
 
 
-def operating_points(val_scores: np.ndarray, val_labels: np.ndarray, test_scores: np.ndarray, test_labels: np.ndarray,
-                     classes: list[str]) -> dict[str, dict]:
+def operating_points(
+    val_scores: np.ndarray,
+    val_labels: np.ndarray,
+    test_scores: np.ndarray,
+    test_labels: np.ndarray,
+    classes: list[str],
+) -> dict[str, dict]:
     """Per class: the validation-chosen threshold and the test sensitivity/specificity at it."""
     points = {}
     for column, name in enumerate(classes):
         threshold = youden_threshold(val_scores[:, column], val_labels[:, column])
-        sensitivity, specificity = (None, None) if threshold is None else sensitivity_specificity(test_scores[:, column], test_labels[:, column], threshold)
+        sensitivity, specificity = (
+            (None, None)
+            if threshold is None
+            else sensitivity_specificity(test_scores[:, column], test_labels[:, column], threshold)
+        )
         points[name] = {"threshold": threshold, "sensitivity": sensitivity, "specificity": specificity}
     return points
 

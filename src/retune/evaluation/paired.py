@@ -11,13 +11,23 @@ import numpy as np
 from retune.evaluation.metrics import _patient_codes, _percentile_ci, _rank_auroc_auprc, patient_resamples
 
 
-def paired_auroc_difference(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, classes: list[str],
-                            patients: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95) -> dict:
+def paired_auroc_difference(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    patients: np.ndarray | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict:
     """Mean AUROC of A minus B over the classes defined for both, per-class differences, and their paired CIs."""
     scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     if scores_a.shape != labels.shape or scores_b.shape != labels.shape:
-        raise ValueError(f"scores {scores_a.shape} / {scores_b.shape} and labels {labels.shape} must have the same shape")
+        raise ValueError(
+            f"scores {scores_a.shape} / {scores_b.shape} and labels {labels.shape} must have the same shape"
+        )
     codes = _patient_codes(patients, len(labels))
     auroc_a, _ = _rank_auroc_auprc(scores_a, labels)
     auroc_b, _ = _rank_auroc_auprc(scores_b, labels)
@@ -33,8 +43,10 @@ def paired_auroc_difference(scores_a: np.ndarray, scores_b: np.ndarray, labels: 
     per_class = {}
     for column, name in enumerate(classes):
         interval = _percentile_ci(boot_class[:, column], n_bootstrap, ci) if defined[column] else None
-        per_class[name] = {"difference": float(auroc_a[column] - auroc_b[column]) if defined[column] else None,
-                           "difference_ci": list(interval) if interval else None}
+        per_class[name] = {
+            "difference": float(auroc_a[column] - auroc_b[column]) if defined[column] else None,
+            "difference_ci": list(interval) if interval else None,
+        }
     mean_interval = _percentile_ci(boot_mean, n_bootstrap, ci) if defined.any() else None
     return {
         "mean_auroc_a": float(auroc_a[defined].mean()) if defined.any() else None,

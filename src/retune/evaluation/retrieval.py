@@ -1,4 +1,5 @@
-"""Retrieval metrics: Recall@K for a similarity matrix, and image<->text R@K over unique texts (repeated texts allowed)."""
+"""Retrieval metrics: Recall@K for a similarity matrix, and image<->text R@K over unique texts (repeated texts
+allowed)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 def recall_at_k(
     similarity: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), positives: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Share of queries whose correct candidate is in the top k (ties counted against the query, so constant scores earn nothing).
+    """Share of queries whose correct candidate is in the top k (ties counted against the query, so constant scores
+    earn nothing).
 
     ``similarity`` is queries x candidates; query i's correct candidate is ``positives[i]`` (default i).
     """
@@ -24,8 +26,11 @@ def recall_at_k(
     return {f"R@{k}": float((rank <= k).mean()) for k in ks}
 
 
-def retrieval_metrics(image: np.ndarray, text: np.ndarray, text_index: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
-    """Image->text and text->image R@K over unique texts; a text query is right if any of its images is in the top k."""
+def retrieval_metrics(
+    image: np.ndarray, text: np.ndarray, text_index: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict:
+    """Image->text and text->image R@K over unique texts; a text query is right if any of its images is in the top
+    k."""
     similarity = np.asarray(image, dtype=np.float64) @ np.asarray(text, dtype=np.float64).T  # N x U
     used = np.unique(text_index)  # texts without an image in this split are neither candidates nor queries
     similarity = similarity[:, used]

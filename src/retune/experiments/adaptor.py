@@ -19,13 +19,12 @@ import torch.nn.functional as F
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import AdaptorExperimentConfig, ReTuneConfig
-from retune.data.readers import read_table
 from retune.data.reports import label_sentence
 from retune.data.splits import patient_split, subset_patients
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
-from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record, read_data
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import package_versions, save_checkpoint
@@ -71,7 +70,10 @@ def image_tokens(table: ImageTable, backbone: Backbone, store: EmbeddingStore) -
     _, flat = store.read_vectors("tokens", backbone.fingerprint, keys)
     n_tokens = store.read_column("tokens", backbone.fingerprint, "n_tokens", keys)
     if len(set(n_tokens.tolist())) > 1:
-        raise ConfigError(f"{store.root}: image token counts differ between images ({sorted(set(n_tokens.tolist()))}); the adaptor needs one count")
+        raise ConfigError(
+            f"{store.root}: image token counts differ between images ({sorted(set(n_tokens.tolist()))}); the adaptor "
+            "needs one count"
+        )
     return flat.reshape(len(keys), int(n_tokens[0]), -1)
 
 
@@ -92,7 +94,9 @@ class CachedPairs:
     n_failed: int
 
 
-def cached_pairs(table: ImageTable, backbone: Backbone, store: EmbeddingStore, max_text_tokens: int, show_progress: bool = False) -> CachedPairs:
+def cached_pairs(
+    table: ImageTable, backbone: Backbone, store: EmbeddingStore, max_text_tokens: int, show_progress: bool = False
+) -> CachedPairs:
     """Embed images (with tokens) and paired texts through the store once; return everything as cached tensors."""
     embed_table(table, backbone, store, tokens=True, show_progress=show_progress)
     embedded = embed_and_load(table, backbone, store, show_progress=False)  # all cached now; drops failed images
@@ -114,8 +118,15 @@ def _probe_context(dim: int, seed: int) -> MethodContext:
     return MethodContext(dim, 0, False, PromptBank(), fast_mean_auroc, seed)
 
 
-def label_efficiency(features: dict[str, np.ndarray], table: ImageTable, splits: dict[str, np.ndarray], config: AdaptorExperimentConfig, backbone: Backbone) -> tuple[dict, dict]:
-    """Linear probes per feature set and label fraction (nested patient-level train subsets); test metrics and probe states.
+def label_efficiency(
+    features: dict[str, np.ndarray],
+    table: ImageTable,
+    splits: dict[str, np.ndarray],
+    config: AdaptorExperimentConfig,
+    backbone: Backbone,
+) -> tuple[dict, dict]:
+    """Linear probes per feature set and label fraction (nested patient-level train subsets); test metrics and probe
+    states.
 
     C is chosen on the whole validation split at every fraction.
     """
@@ -131,16 +142,34 @@ def label_efficiency(features: dict[str, np.ndarray], table: ImageTable, splits:
         results[key] = {}
         for name, matrix in features.items():
             probe = LinearProbe(_probe_context(matrix.shape[1], config.seed), ReTuneConfig())
-            facts = probe.learn(TaskData(tuple(classes), matrix[rows], labels[rows], matrix[splits["val"]], labels[splits["val"]]))
-            record = metrics_record(method_names[name], backbone, classes, probe.predict(matrix[splits["test"]]), test, "test", config.n_bootstrap, config.seed)
-            record.update(n_train_images=int(len(rows)), n_train_patients=int(len(np.unique(table.patients[rows]))), probe_C=facts["C"])
+            facts = probe.learn(
+                TaskData(tuple(classes), matrix[rows], labels[rows], matrix[splits["val"]], labels[splits["val"]])
+            )
+            record = metrics_record(
+                method_names[name],
+                backbone,
+                classes,
+                probe.predict(matrix[splits["test"]]),
+                test,
+                "test",
+                config.n_bootstrap,
+                config.seed,
+            )
+            record.update(
+                n_train_images=int(len(rows)),
+                n_train_patients=int(len(np.unique(table.patients[rows]))),
+                probe_C=facts["C"],
+            )
             results[key][name] = record
             states[f"probe_{name}@{key}"] = probe.state()
     return results, states
 
 
-def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path, show_progress: bool = False, backbone: Backbone | None = None) -> dict:
-    """Embed (tokens, once), pre-train the adaptor, evaluate probes and retrieval on test; write metrics.json + checkpoint.
+def run_adaptor_experiment(
+    config: AdaptorExperimentConfig, out_dir: str | Path, show_progress: bool = False, backbone: Backbone | None = None
+) -> dict:
+    """Embed (tokens, once), pre-train the adaptor, evaluate probes and retrieval on test; write metrics.json +
+    checkpoint.
 
     ``backbone`` overrides building ``config.backbone`` (an already loaded one, or a test double).
     """
@@ -148,7 +177,7 @@ def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path,
     if config.data.csv is None:
         raise ConfigError("no data: set data.csv in the adaptor config")
     started = time.perf_counter()
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_data(config.data)
     backbone = backbone or create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     cached = cached_pairs(table, backbone, store, config.max_text_tokens, show_progress)
@@ -156,10 +185,33 @@ def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path,
     unique_texts, text_source, text_index = cached.texts, cached.text_source, pairs.text_index.cpu().numpy()
     splits = patient_split(table.patients, config.split.fractions, config.split.seed)
     torch.manual_seed(config.seed)
-    model = CrossAttentionAdaptor(pairs.image_tokens.shape[2], pairs.text_tokens.shape[2], config.width, config.embed_dim, config.layers, config.heads, config.fusion_layers, config.dropout, config.loss).to(backbone.device)
+    model = CrossAttentionAdaptor(
+        pairs.image_tokens.shape[2],
+        pairs.text_tokens.shape[2],
+        config.width,
+        config.embed_dim,
+        config.layers,
+        config.heads,
+        config.fusion_layers,
+        config.dropout,
+        config.loss,
+    ).to(backbone.device)
     train_pairs = pairs.subset(splits["train"])
-    with progress_bar("adaptor pre-training", total=config.optim.epochs * len(train_pairs.image_tokens), enabled=show_progress, unit="pairs") as advance:
-        fitted = pretrain_adaptor(model, train_pairs, pairs.subset(splits["val"]), config.optim, config.itm_weight, config.seed, progress=advance)
+    with progress_bar(
+        "adaptor pre-training",
+        total=config.optim.epochs * len(train_pairs.image_tokens),
+        enabled=show_progress,
+        unit="pairs",
+    ) as advance:
+        fitted = pretrain_adaptor(
+            model,
+            train_pairs,
+            pairs.subset(splits["val"]),
+            config.optim,
+            config.itm_weight,
+            config.seed,
+            progress=advance,
+        )
 
     test_pairs = pairs.subset(splits["test"])
     retrieval = {"adaptor": adaptor_retrieval(model, test_pairs), "text_source": text_source}
@@ -174,18 +226,41 @@ def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path,
     fractions, probe_states = label_efficiency({"adaptor": adapted, "frozen": pooled}, table, splits, config, backbone)
 
     image_shape, text_shape = pairs.image_tokens.shape, pairs.text_tokens.shape
-    model_facts = {"image_token_dim": image_shape[2], "text_token_dim": text_shape[2], "n_image_tokens": image_shape[1], "max_text_tokens": config.max_text_tokens}
-    pretraining = {**fitted.facts(), "final_train_loss": fitted.train_loss[-1] if fitted.train_loss else None, "train_loss": fitted.train_loss,
-                   "val_mean_recall": fitted.val_score, "loss": config.loss, "itm_weight": config.itm_weight, "trainable_parameters": trainable_parameters(model),
-                   "n_pairs": int(len(splits["train"])), "n_unique_texts": int(len(np.unique(text_index[splits["train"]])))}
+    model_facts = {
+        "image_token_dim": image_shape[2],
+        "text_token_dim": text_shape[2],
+        "n_image_tokens": image_shape[1],
+        "max_text_tokens": config.max_text_tokens,
+    }
+    pretraining = {
+        **fitted.facts(),
+        "final_train_loss": fitted.train_loss[-1] if fitted.train_loss else None,
+        "train_loss": fitted.train_loss,
+        "val_mean_recall": fitted.val_score,
+        "loss": config.loss,
+        "itm_weight": config.itm_weight,
+        "trainable_parameters": trainable_parameters(model),
+        "n_pairs": int(len(splits["train"])),
+        "n_unique_texts": int(len(np.unique(text_index[splits["train"]]))),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
         "backbone": backbone.describe(),
         "classes": list(table.classes),
         "adaptor_config": config.model_dump(mode="json"),
-        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in splits.items()}, "by": PATIENT_COLUMN},
+        "split": {
+            "fractions": list(config.split.fractions),
+            "seed": config.split.seed,
+            "sizes": {k: int(len(v)) for k, v in splits.items()},
+            "by": PATIENT_COLUMN,
+        },
         "pretraining": {k: v for k, v in pretraining.items() if k not in ("train_loss", "val_mean_recall")},
-        "data": {"csv": str(config.data.csv), "n_images": len(table), "n_failed_images": cached.n_failed, "text_source": text_source},
+        "data": {
+            "csv": str(config.data.csv),
+            "n_images": len(table),
+            "n_failed_images": cached.n_failed,
+            "text_source": text_source,
+        },
     }
     save_checkpoint(out_dir, {METHOD: (model_state(model), model_facts), **probe_states}, facts)
     metrics = {
@@ -201,11 +276,23 @@ def run_adaptor_experiment(config: AdaptorExperimentConfig, out_dir: str | Path,
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
+    from retune.report.run_card import write_run_card
     from retune.report.tracking import log_run, numeric_leaves
 
-    records = {f"labels{fraction}.{name}.": record for fraction, pair in fractions.items() for name, record in pair.items()}
-    log_run(out_dir, "adaptor", {**facts, "versions": package_versions()}, records, {METHOD: fitted.facts()}, config.tracking_uri,
-            numeric_leaves(retrieval, "retrieval."))
+    write_run_card(out_dir, facts, metrics, "adaptor")
+
+    records = {
+        f"labels{fraction}.{name}.": record for fraction, pair in fractions.items() for name, record in pair.items()
+    }
+    log_run(
+        out_dir,
+        "adaptor",
+        {**facts, "versions": package_versions()},
+        records,
+        {METHOD: fitted.facts()},
+        config.tracking_uri,
+        numeric_leaves(retrieval, "retrieval."),
+    )
     return metrics
 
 

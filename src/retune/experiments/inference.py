@@ -8,22 +8,22 @@ the same ``metrics.json`` records, so ``retune compare`` reads them side by side
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from retune.backbones.base import Backbone
-from retune.data.readers import read_table
+from retune.config import DataConfig
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
 from retune.evaluation.paired import paired_auroc_difference
 from retune.experiments.peft import load_tuned_run
-from retune.experiments.prepare import metrics_record
+from retune.experiments.prepare import metrics_record, read_data
 from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
 from retune.methods.checkpoint import load_checkpoint
 
@@ -42,8 +42,13 @@ class SavedRun:
     score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
 
 
-def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False,
-             cache: bool = False) -> SavedRun:
+def open_run(
+    run_dir: str | Path,
+    store_dir: str | Path | None = None,
+    device: str | None = None,
+    show_progress: bool = False,
+    cache: bool = False,
+) -> SavedRun:
     """Rebuild a run directory made by ``retune train`` or ``retune peft run``.
 
     New images are embedded in memory unless ``cache`` (then their embeddings are added to the store).
@@ -61,32 +66,56 @@ def open_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
 
         return SavedRun(run_dir, tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint, cache=cache)
-    return SavedRun(run_dir, facts, backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress))
+    return SavedRun(
+        run_dir,
+        facts,
+        backbone,
+        list(facts["classes"]),
+        MAIN_METHOD,
+        lambda table: score_embedded(methods, backbone, store, table, show_progress),
+    )
 
 
 RunLike = str | Path | SavedRun
 
 
-def evaluate_run(run: RunLike, csv_path: str | Path, split: str = "auto", store_dir: str | Path | None = None, image_root: str | Path | None = None,
-                 n_bootstrap: int = 1000, show_progress: bool = False, exclude_overlap: bool = False, cache: bool = False) -> dict:
+def evaluation_table(
+    run: SavedRun, csv_path: str | Path, split: str, image_root: str | Path | None
+) -> tuple[ImageTable, str]:
+    """The labelled table to evaluate, read like the run's training data, and the split (``auto`` resolved)."""
+    train_config = run.facts["train_config"]
+    if split == "auto":
+        split = "test" if Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve() else "all"
+    if split not in ("all", "train", "val", "test"):
+        raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
+    data = DataConfig.model_validate(train_config["data"])
+    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None}
+    table = read_data(data.model_copy(update=other))
+    missing = [c for c in run.classes if c not in table.classes]
+    if missing:
+        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
+    return table, split
+
+
+def evaluate_run(
+    run: RunLike,
+    csv_path: str | Path,
+    split: str = "auto",
+    store_dir: str | Path | None = None,
+    image_root: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    show_progress: bool = False,
+    exclude_overlap: bool = False,
+    cache: bool = False,
+) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
 
     Images that the run trained or validated on (by content, see ``retune.evaluation.leakage``) are counted,
     recorded under ``overlap`` and warned about; ``exclude_overlap`` drops them from the metrics.
     """
     run = run if isinstance(run, SavedRun) else open_run(run, store_dir, show_progress=show_progress, cache=cache)
-    run_dir = run.path
     train_config = run.facts["train_config"]
-    same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
-    if split == "auto":
-        split = "test" if same_csv else "all"
-    if split not in ("all", "train", "val", "test"):
-        raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"], uncertainty=train_config["data"]["uncertainty"])
-    missing = [c for c in run.classes if c not in table.classes]
-    if missing:
-        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
+    table, split = evaluation_table(run, csv_path, split, image_root)
     scores, rows, errors = run.score(table)
     if not len(rows):
         raise DataError(f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable)")
@@ -94,46 +123,67 @@ def evaluate_run(run: RunLike, csv_path: str | Path, split: str = "auto", store_
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
-    overlap, warnings = check_overlap(run_dir, table, exclude_overlap)
+    overlap, warnings = check_overlap(run.path, table, exclude_overlap)
     if exclude_overlap and overlap["rows"] is not None:
         kept = np.flatnonzero(~overlap["rows"])
         if not len(kept):
-            raise DataError(f"{csv_path}: every evaluated image is a training or validation image of {run_dir}; nothing left to evaluate")
+            raise DataError(f"{csv_path}: every evaluated image is a training or validation image of {run.path}")
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
     del overlap["rows"]
-    records = {name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"])) for name, values in scores.items()}
-    return {**records[run.main], "baselines": {k: v for k, v in records.items() if k != run.main}, "csv": str(csv_path),
-            "overlap": overlap, "warnings": warnings}
+    seed = int(train_config["seed"])
+    records = {
+        name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, seed)
+        for name, values in scores.items()
+    }
+    return {
+        **records[run.main],
+        "baselines": {k: v for k, v in records.items() if k != run.main},
+        "csv": str(csv_path),
+        "overlap": overlap,
+        "warnings": warnings,
+    }
 
 
 def check_overlap(run_dir: str | Path, table: ImageTable, exclude: bool) -> tuple[dict, list[str]]:
     """The leakage guard on an evaluation table: ({n_images, of, excluded, checked, rows}, warnings)."""
     rows = overlapping_rows(run_dir, file_hashes(table.paths))
     if rows is None:
-        return ({"checked": False, "n_images": None, "of": len(table), "excluded": False, "rows": None},
-                [f"{run_dir} has no {DIGESTS_FILE} (made before the leakage guard, or removed): overlap with training images was not checked"])
+        unchecked = {"checked": False, "n_images": None, "of": len(table), "excluded": False, "rows": None}
+        return unchecked, [
+            f"{run_dir} has no {DIGESTS_FILE} (made before the leakage guard, or removed): "
+            "overlap with training images was not checked"
+        ]
     count = int(rows.sum())
     warnings = [overlap_warning(count, len(table), exclude)] if count else []
-    return {"checked": True, "n_images": count, "of": len(table), "excluded": bool(exclude and count), "rows": rows}, warnings
+    return {
+        "checked": True,
+        "n_images": count,
+        "of": len(table),
+        "excluded": bool(exclude and count),
+        "rows": rows,
+    }, warnings
 
 
-def paired_comparison(run_a: str | Path, run_b: str | Path, csv_path: str | Path, split: str = "auto", n_bootstrap: int = 1000,
-                      image_root: str | Path | None = None, show_progress: bool = False) -> dict:
-    """Main-method AUROC of run A minus run B on the same images (A's split of the CSV), with a paired patient-bootstrap CI.
+def paired_comparison(
+    run_a: str | Path,
+    run_b: str | Path,
+    csv_path: str | Path,
+    split: str = "auto",
+    n_bootstrap: int = 1000,
+    image_root: str | Path | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Main-method AUROC of run A minus run B on the same images (A's split of the CSV), paired patient-bootstrap CI.
 
     The images are those both runs could score; images either run trained or validated on are left out and counted.
     """
     first, second = open_run(run_a, show_progress=show_progress), open_run(run_b, show_progress=show_progress)
     train_config = first.facts["train_config"]
-    same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
-    split = ("test" if same_csv else "all") if split == "auto" else split
-    table = read_table(csv_path, format=train_config["data"]["format"], image_root=image_root or train_config["data"]["image_root"],
-                       uncertainty=train_config["data"]["uncertainty"])
+    table, split = evaluation_table(first, csv_path, split, image_root)
     if split != "all":
-        table = table.subset(patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split])
-    classes = [name for name in first.classes if name in second.classes and name in table.classes]
-    if not classes:
-        raise ConfigError(f"{run_a} and {run_b} share no class that {csv_path} labels")
+        fractions, seed = train_config["split"]["fractions"], train_config["split"]["seed"]
+        table = table.subset(patient_split(table.patients, fractions, seed)[split])
+    classes = [name for name in first.classes if name in second.classes]
     scored = []
     for run in (first, second):
         scores, rows, _ = run.score(table)
@@ -151,14 +201,34 @@ def paired_comparison(run_a: str | Path, run_b: str | Path, csv_path: str | Path
     if not len(kept):
         raise DataError(f"{csv_path}: no image that both runs can score and neither trained on")
     table = table.subset(kept)
-    result = paired_auroc_difference(scored[0][kept], scored[1][kept], table.labels(classes), classes, table.patients,
-                                     n_bootstrap, int(train_config["seed"]))
-    return {"run_a": str(run_a), "method_a": first.main, "run_b": str(run_b), "method_b": second.main, "split": split, "csv": str(csv_path),
-            "excluded_training_overlap": overlaps, **result}
+    result = paired_auroc_difference(
+        scored[0][kept],
+        scored[1][kept],
+        table.labels(classes),
+        classes,
+        table.patients,
+        n_bootstrap,
+        int(train_config["seed"]),
+    )
+    return {
+        "run_a": str(run_a),
+        "method_a": first.main,
+        "run_b": str(run_b),
+        "method_b": second.main,
+        "split": split,
+        "csv": str(csv_path),
+        "excluded_training_overlap": overlaps,
+        **result,
+    }
 
 
-def predict_images(run: RunLike, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None,
-                   cache: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_images(
+    run: RunLike,
+    image_paths: list[str | Path],
+    store_dir: str | Path | None = None,
+    method: str | None = None,
+    cache: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class probabilities for new images (default: the run's main method); also returns the unreadable images."""
     run = run if isinstance(run, SavedRun) else open_run(run, store_dir, cache=cache)
     paths = [str(Path(p).resolve()) for p in image_paths]

@@ -19,7 +19,6 @@ from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import OptimConfig, PeftExperimentConfig
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, StoreError
@@ -30,6 +29,7 @@ from retune.experiments.prepare import (
     data_warnings,
     metrics_record,
     prompt_bank,
+    read_data,
     record_training_digests,
     split_positives,
 )
@@ -38,9 +38,9 @@ from retune.methods.checkpoint import load_checkpoint, package_versions, save_ch
 from retune.methods.retune import ReTuneModel
 from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
+from retune.prompts import build_prompts
 from retune.report.run_card import write_run_card
 from retune.report.tracking import log_run
-from retune.prompts import build_prompts
 from retune.store import EmbeddingStore
 from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
@@ -49,7 +49,14 @@ from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder
 from retune.tuning.split import can_cache_prefix, image_features_fn, image_split, prompt_features_fn
 from retune.tuning.towers import tower_blocks, tower_of
 
-__all__ = ["PeftExperimentConfig", "TunedRun", "compare_prefix_caching", "load_tuned_run", "method_name", "run_peft_experiment"]
+__all__ = [
+    "PeftExperimentConfig",
+    "TunedRun",
+    "compare_prefix_caching",
+    "load_tuned_run",
+    "method_name",
+    "run_peft_experiment",
+]
 
 PREDICT_BATCH = 32
 
@@ -85,15 +92,27 @@ def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
     """The labelled table the config names."""
     if config.data.csv is None:
         raise ConfigError("no training data: set data.csv in the config")
-    return read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    return read_data(config.data)
 
 
-def _image_inputs(backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray, dict | None]:
-    """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels (in memory, or decoded per batch)."""
+def _image_inputs(
+    backbone: Backbone, table: ImageTable, store: EmbeddingStore, k: int, use_cache: bool
+) -> tuple[torch.Tensor | PixelsOnAccess, np.ndarray, dict | None]:
+    """Model inputs per readable row: cached first-k-block activations, or preprocessed pixels (in memory, or decoded
+    per batch)."""
     if use_cache:
         clock = timed()
         cached = prefix_activations(table, backbone, k, store, image_split(backbone, k).prefix)
-        return cached.activations, cached.rows, {"fingerprint": cached.fingerprint, "n_computed": cached.n_computed, "seconds": round(clock(), 3), "activation_shape": list(cached.activations.shape[1:])}
+        return (
+            cached.activations,
+            cached.rows,
+            {
+                "fingerprint": cached.fingerprint,
+                "n_computed": cached.n_computed,
+                "seconds": round(clock(), 3),
+                "activation_shape": list(cached.activations.shape[1:]),
+            },
+        )
     inputs, rows = pixel_inputs(table.paths, backbone)
     if not len(rows):
         raise DataError(f"{table.source}: no readable image")
@@ -107,21 +126,45 @@ def _predict(model: TunedReTune, inputs: torch.Tensor | PixelsOnAccess, rows: np
         return np.zeros((0, len(model.head.positive)), dtype=np.float32)
     model.eval()
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(model(inputs[rows[s:s + PREDICT_BATCH]])).float().cpu() for s in range(0, len(rows), PREDICT_BATCH)]).numpy()
+        return torch.cat(
+            [
+                torch.sigmoid(model(inputs[rows[s : s + PREDICT_BATCH]])).float().cpu()
+                for s in range(0, len(rows), PREDICT_BATCH)
+            ]
+        ).numpy()
 
 
-def tune_backbone(backbone: Backbone, config: PeftExperimentConfig, cache_prefix: bool | None = None) -> tuple[dict[str, int], bool]:
-    """Apply the config's tuning to the backbone in place: (frozen blocks per tower, whether the image prefix is cached)."""
+def tune_backbone(
+    backbone: Backbone, config: PeftExperimentConfig, cache_prefix: bool | None = None
+) -> tuple[dict[str, int], bool]:
+    """Apply the config's tuning to the backbone in place: (frozen blocks per tower, whether the image prefix is
+    cached)."""
     torch.manual_seed(config.seed)  # adapter initialisation (LoRA A, prefix tokens) depends on the seed only
-    frozen = apply_tuning(backbone, towers_of(config), config.method, config.freeze_blocks, config.rank, config.alpha, config.dropout,
-                          config.target_modules, config.num_virtual_tokens)
+    frozen = apply_tuning(
+        backbone,
+        towers_of(config),
+        config.method,
+        config.freeze_blocks,
+        config.rank,
+        config.alpha,
+        config.dropout,
+        config.target_modules,
+        config.num_virtual_tokens,
+    )
     k_image = frozen.get("image", 0)
     cache_prefix = config.cache_prefix if cache_prefix is None else cache_prefix
     return frozen, k_image > 0 and (can_cache_prefix(backbone, k_image) if cache_prefix is None else cache_prefix)
 
 
-def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore, cache_prefix: bool | None = None, show_progress: bool = False) -> TuningOutcome:
-    """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the test split."""
+def tune(
+    config: PeftExperimentConfig,
+    table: ImageTable,
+    store: EmbeddingStore,
+    cache_prefix: bool | None = None,
+    show_progress: bool = False,
+) -> TuningOutcome:
+    """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the
+    test split."""
     backbone = create_backbone(config.backbone, device=config.device)
     towers = towers_of(config)
     frozen, use_cache = tune_backbone(backbone, config, cache_prefix)
@@ -135,7 +178,10 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
     if "text" in towers:
         prompts = build_prompts(config.retune.prompts, classes)
         prompt_features = prompt_features_fn(backbone, prompts)
-        described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
+        described = {
+            name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source}
+            for name, p in prompts.items()
+        }
     else:
         bank, described = prompt_bank(classes, config.retune.prompts, backbone, store)
         head.add_prompts(*bank.matrices(classes))
@@ -154,26 +200,67 @@ def tune(config: PeftExperimentConfig, table: ImageTable, store: EmbeddingStore,
         if not len(val):
             return None
         if config.retune.optim.early_stopping == "loss":
-            return -float(np.mean([float(loss_fn(torch.as_tensor(val[s:s + PREDICT_BATCH]), labels[val[s:s + PREDICT_BATCH]]))
-                                   for s in range(0, len(val), PREDICT_BATCH)]))
+            return -float(
+                np.mean(
+                    [
+                        float(loss_fn(torch.as_tensor(val[s : s + PREDICT_BATCH]), labels[val[s : s + PREDICT_BATCH]]))
+                        for s in range(0, len(val), PREDICT_BATCH)
+                    ]
+                )
+            )
         return fast_mean_auroc(_predict(model, inputs, val), labels[val].numpy())
 
-    optim = OptimConfig(lr=config.learning_rate, weight_decay=config.retune.optim.weight_decay, epochs=config.epochs, batch_size=config.batch_size,
-                        patience=config.retune.optim.patience, min_epochs=config.retune.optim.min_epochs,
-                        early_stopping=config.retune.optim.early_stopping)
+    optim = OptimConfig(
+        lr=config.learning_rate,
+        weight_decay=config.retune.optim.weight_decay,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        patience=config.retune.optim.patience,
+        min_epochs=config.retune.optim.min_epochs,
+        early_stopping=config.retune.optim.early_stopping,
+    )
     train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
     with peak_memory(backbone.device) as memory:
         clock = timed()
-        with progress_bar(f"training {method_name(config)}", total=config.epochs * len(train_rows), enabled=show_progress, unit="images") as advance:
-            result = fit(model, model.parameters(), loss_fn, train_rows, labels[train_rows], optim, val_score, config.seed, progress=advance)
+        with progress_bar(
+            f"training {method_name(config)}",
+            total=config.epochs * len(train_rows),
+            enabled=show_progress,
+            unit="images",
+        ) as advance:
+            result = fit(
+                model,
+                model.parameters(),
+                loss_fn,
+                train_rows,
+                labels[train_rows],
+                optim,
+                val_score,
+                config.seed,
+                progress=advance,
+            )
         train_seconds = clock()
         model.freeze_prompts()
         test_scores = _predict(model, inputs, splits["test"])
-    return TuningOutcome(backbone, model, table, splits, result, test_scores, frozen, parameter_report(backbone, model), memory, round(train_seconds, 3), prefix_cache, described)
+    return TuningOutcome(
+        backbone,
+        model,
+        table,
+        splits,
+        result,
+        test_scores,
+        frozen,
+        parameter_report(backbone, model),
+        memory,
+        round(train_seconds, 3),
+        prefix_cache,
+        described,
+    )
 
 
 def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
-    """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors + config.json."""
+    """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors +
+    config.json."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     store = EmbeddingStore(config.store)
@@ -181,11 +268,23 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     backbone, table, name = outcome.backbone, outcome.table, method_name(config)
     classes = list(table.classes)
     test = table.subset(outcome.splits["test"])
-    record = metrics_record(name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed)
+    record = metrics_record(
+        name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed
+    )
     tau = float(outcome.model.head.log_tau.detach().exp())
-    tuning = {"tower": config.tower, "method": config.method, "learning_rate": config.learning_rate, "frozen_blocks": outcome.frozen_blocks,
-              "blocks": {t: len(tower_blocks(tower_of(backbone, t))[1]) for t in towers_of(config) if config.method not in ("prefix", "prompt")},
-              "trainable_encoder_tensors": len(outcome.model.encoder), "prefix_cache": outcome.prefix_cache}
+    tuning = {
+        "tower": config.tower,
+        "method": config.method,
+        "learning_rate": config.learning_rate,
+        "frozen_blocks": outcome.frozen_blocks,
+        "blocks": {
+            t: len(tower_blocks(tower_of(backbone, t))[1])
+            for t in towers_of(config)
+            if config.method not in ("prefix", "prompt")
+        },
+        "trainable_encoder_tensors": len(outcome.model.encoder),
+        "prefix_cache": outcome.prefix_cache,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
     facts = {
@@ -194,13 +293,22 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "prompts": outcome.prompts,
         "tau": tau,
         "train_config": config.model_dump(mode="json"),
-        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in outcome.splits.items()}, "by": PATIENT_COLUMN},
+        "split": {
+            "fractions": list(config.split.fractions),
+            "seed": config.split.seed,
+            "sizes": {k: int(len(v)) for k, v in outcome.splits.items()},
+            "by": PATIENT_COLUMN,
+        },
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
         "positives": split_positives(table, outcome.splits),
     }
-    save_checkpoint(out_dir, {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})}, facts)
+    save_checkpoint(
+        out_dir,
+        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
+        facts,
+    )
     record_training_digests(out_dir, table, outcome.splits, store)
     metrics = {
         **record,
@@ -219,14 +327,24 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_run_card(out_dir, facts, metrics, "peft")
-    log_run(out_dir, "peft", {**facts, "versions": package_versions()}, {"": record}, facts["training"], config.tracking_uri)
+    log_run(
+        out_dir,
+        "peft",
+        {**facts, "versions": package_versions()},
+        {"": record},
+        facts["training"],
+        config.tracking_uri,
+    )
     return metrics
 
 
 def compare_prefix_caching(config: PeftExperimentConfig) -> dict:
-    """Train the same frozen-k image-tower run with cached prefix activations and re-running the frozen blocks; timings + curves."""
+    """Train the same frozen-k image-tower run with cached prefix activations and re-running the frozen blocks;
+    timings + curves."""
     if config.tower == "text" or not config.freeze_blocks or config.method in ("prefix", "prompt"):
-        raise ConfigError("prefix caching applies to the image tower with freeze_blocks > 0 (methods freeze, lora, ia3)")
+        raise ConfigError(
+            "prefix caching applies to the image tower with freeze_blocks > 0 (methods freeze, lora, ia3)"
+        )
     store = EmbeddingStore(config.store)
     table = read_experiment_table(config)
     cached = tune(config, table, store, cache_prefix=True)
@@ -247,13 +365,13 @@ def compare_prefix_caching(config: PeftExperimentConfig) -> dict:
     }
 
 
-
 # ---------------------------------------------------------------- loading a tuned run back
 
 
 @dataclass
 class TunedRun:
-    """A saved encoder-tuning run rebuilt for inference: the backbone tuned the same way, its tensors and head loaded."""
+    """A saved encoder-tuning run rebuilt for inference: the backbone tuned the same way, its tensors and head
+    loaded."""
 
     name: str
     model: TunedReTune
@@ -268,15 +386,26 @@ class TunedRun:
         return list(self.facts["classes"])
 
     def score(self, table: ImageTable) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-        """Probabilities for the table's readable images through the tuned encoder: (scores, rows kept, unreadable images)."""
+        """Probabilities for the table's readable images through the tuned encoder: (scores, rows kept, unreadable
+        images)."""
         if self.use_prefix_cache:
-            cached = prefix_activations(table, self.backbone, self.image_blocks_frozen, self.store,
-                                        image_split(self.backbone, self.image_blocks_frozen).prefix, require_rows=False)
-            scores = _predict(self.model, cached.activations) if len(cached.rows) else np.zeros((0, len(self.classes)), dtype=np.float32)
+            cached = prefix_activations(
+                table,
+                self.backbone,
+                self.image_blocks_frozen,
+                self.store,
+                image_split(self.backbone, self.image_blocks_frozen).prefix,
+                require_rows=False,
+            )
+            scores = (
+                _predict(self.model, cached.activations)
+                if len(cached.rows)
+                else np.zeros((0, len(self.classes)), dtype=np.float32)
+            )
             return scores, cached.rows, pd.DataFrame(list(cached.failed.items()), columns=["path", "reason"])
         scores, rows, failed = [], [], []
         for start in range(0, len(table), PREDICT_BATCH):
-            paths = table.paths[start:start + PREDICT_BATCH]
+            paths = table.paths[start : start + PREDICT_BATCH]
             pixels = decode_pixels(paths, self.backbone)
             good = [i for i, tensor in enumerate(pixels) if tensor is not None]
             failed.extend((paths[i], "unreadable image") for i, tensor in enumerate(pixels) if tensor is None)
@@ -287,9 +416,14 @@ class TunedRun:
         return stacked, np.asarray(rows, dtype=int), pd.DataFrame(failed, columns=["path", "reason"])
 
 
-def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
-                   checkpoint: tuple[dict, dict] | None = None) -> TunedRun:
-    """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors loaded;
+def load_tuned_run(
+    run_dir: str | Path,
+    store_dir: str | Path | None = None,
+    device: str | None = None,
+    checkpoint: tuple[dict, dict] | None = None,
+) -> TunedRun:
+    """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors
+    loaded;
     ``checkpoint``: the run's ``load_checkpoint`` result when the caller has already read it."""
     tensors, facts = checkpoint or load_checkpoint(run_dir)
     config = PeftExperimentConfig.model_validate(facts["train_config"])
@@ -299,11 +433,18 @@ def load_tuned_run(run_dir: str | Path, store_dir: str | Path | None = None, dev
     saved = {key: torch.as_tensor(value) for key, value in tensors[name].items()}
     head = ReTuneModel(backbone.image_dim, backbone.text_dim, config.retune)
     head.positive, head.negative = torch.zeros_like(saved["head.positive"]), torch.zeros_like(saved["head.negative"])
-    model = TunedReTune(head.to(backbone.device), image_features_fn(backbone, frozen.get("image", 0), inputs_are_prefix=use_cache), None,
-                        trainable_encoder_parameters(backbone))
+    model = TunedReTune(
+        head.to(backbone.device),
+        image_features_fn(backbone, frozen.get("image", 0), inputs_are_prefix=use_cache),
+        None,
+        trainable_encoder_parameters(backbone),
+    )
     missing, unexpected = model.load_state_dict(saved, strict=False)
     missing = [name for name in missing if name != "head.logit_bias"]  # runs saved before the siglip objective existed
     if missing or unexpected:
-        raise StoreError(f"{run_dir}: checkpoint does not match the tuned model ({len(missing)} tensors missing, {len(unexpected)} unexpected; e.g. {(missing + unexpected)[0]})")
+        raise StoreError(
+            f"{run_dir}: checkpoint does not match the tuned model ({len(missing)} tensors missing, {len(unexpected)} "
+            f"unexpected; e.g. {(missing + unexpected)[0]})"
+        )
     store = EmbeddingStore(store_dir or config.store)
     return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)

@@ -14,15 +14,33 @@ import numpy as np
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
+from retune.config import DataConfig
+from retune.data.readers import read_table
 from retune.data.table import ImageTable, one_sided_classes
-from retune.errors import StoreError
+from retune.errors import ConfigError, StoreError
 from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.evaluation.leakage import write_training_digests
 from retune.methods.base import MethodContext, PromptBank
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
 
-GENERAL_DOMAIN_NOTE = "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
+GENERAL_DOMAIN_NOTE = (
+    "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
+)
+
+
+def read_data(data: DataConfig) -> ImageTable:
+    """The labelled table a data config names, through the reader registry."""
+    if data.csv is None:
+        raise ConfigError("no data: pass --data CSV or set data.csv in the config")
+    return read_table(
+        data.csv,
+        data.format,
+        image_root=data.image_root,
+        uncertainty=data.uncertainty,
+        classes=data.classes,
+        metadata_csv=data.metadata_csv,
+    )
 
 
 @dataclass
@@ -34,14 +52,18 @@ class EmbeddedTable:
     n_failed: int
 
 
-def embed_and_load(table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False) -> EmbeddedTable:
+def embed_and_load(
+    table: ImageTable, backbone: Backbone, store: EmbeddingStore, show_progress: bool = False
+) -> EmbeddedTable:
     """Embed what the store lacks, then return the cached vectors (failed images dropped)."""
     summary = embed_table(table, backbone, store, show_progress=show_progress)
     images, rows = image_embeddings(table, backbone.fingerprint, store)
     return EmbeddedTable(table.subset(rows), images, len(table) - len(rows) if len(summary.errors) else 0)
 
 
-def prompt_bank(classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore) -> tuple[PromptBank, dict]:
+def prompt_bank(
+    classes: list[str], prompt_spec: str, backbone: Backbone, store: EmbeddingStore
+) -> tuple[PromptBank, dict]:
     """Embed each class's prompts once (cached in the store) and average them per side."""
     prompts = build_prompts(prompt_spec, classes)
     texts = prompt_texts(prompts)
@@ -50,7 +72,10 @@ def prompt_bank(classes: list[str], prompt_spec: str, backbone: Backbone, store:
     for name, class_prompts in prompts.items():
         bank.positive[name] = np.mean([vectors[t] for t in class_prompts.positive], axis=0)
         bank.negative[name] = np.mean([vectors[t] for t in class_prompts.negative], axis=0)
-    described = {name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source} for name, p in prompts.items()}
+    described = {
+        name: {"positive": list(p.positive), "negative": list(p.negative), "source": p.source}
+        for name, p in prompts.items()
+    }
     return bank, described
 
 
@@ -59,11 +84,28 @@ def method_context(backbone: Backbone, bank: PromptBank, seed: int) -> MethodCon
     return MethodContext(backbone.image_dim, backbone.text_dim, backbone.aligned, bank, fast_mean_auroc, seed)
 
 
-def metrics_record(method: str, backbone: Backbone, classes: list[str], scores: np.ndarray, table: ImageTable, split: str, n_bootstrap: int, seed: int) -> dict:
+def metrics_record(
+    method: str,
+    backbone: Backbone,
+    classes: list[str],
+    scores: np.ndarray,
+    table: ImageTable,
+    split: str,
+    n_bootstrap: int,
+    seed: int,
+) -> dict:
     """The metrics.json block for one method on one split."""
-    result = evaluate_scores(scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed)
+    result = evaluate_scores(
+        scores, table.labels(classes), classes, table.patients, n_bootstrap=n_bootstrap, seed=seed
+    )
     payload = result.to_dict()
-    return {"method": method, "backbone": backbone.spec, "backbone_fingerprint": backbone.fingerprint, "split": split, **payload}
+    return {
+        "method": method,
+        "backbone": backbone.spec,
+        "backbone_fingerprint": backbone.fingerprint,
+        "split": split,
+        **payload,
+    }
 
 
 def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None) -> Backbone:
@@ -71,12 +113,17 @@ def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None
     backbone = create_backbone(facts["backbone"]["spec"], device=device)
     expected = facts["backbone"]["fingerprint"]
     if backbone.fingerprint != expected:
-        raise StoreError(f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has fingerprint {backbone.fingerprint} (different weights or preprocessing)")
+        raise StoreError(
+            f"{run_dir}: checkpoint was trained on backbone fingerprint {expected}, but '{backbone.spec}' now has "
+            f"fingerprint {backbone.fingerprint} (different weights or preprocessing)"
+        )
     return backbone
 
 
-def record_training_digests(out_dir: Path, table: ImageTable, splits: dict[str, np.ndarray], store: EmbeddingStore) -> int:
-    """Write the leakage guard's salted digests of the training and validation images (see ``retune.evaluation.leakage``)."""
+def record_training_digests(
+    out_dir: Path, table: ImageTable, splits: dict[str, np.ndarray], store: EmbeddingStore
+) -> int:
+    """Write the leakage guard's salted digests of the training and validation images (retune.evaluation.leakage)."""
     rows = np.concatenate([splits["train"], splits["val"]])
     hashes, _ = hash_files([table.paths[row] for row in rows], store)
     return write_training_digests(out_dir, hashes.values())
@@ -84,12 +131,17 @@ def record_training_digests(out_dir: Path, table: ImageTable, splits: dict[str, 
 
 def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
     """Positive labels per class in each split (for the run card and the report)."""
-    return {name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes} for name, rows in splits.items()}
+    return {
+        name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes}
+        for name, rows in splits.items()
+    }
 
 
 def data_warnings(table: ImageTable, train_rows: np.ndarray) -> list[str]:
     """What a user must know about the data before trusting a run: no patient column, one-sided training classes."""
     warnings = one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
     if table.extra.get("patient_column_missing"):
-        warnings.append("no patient column: each image is its own patient, so the split cannot keep a patient's images together")
+        warnings.append(
+            "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
+        )
     return warnings

@@ -18,7 +18,6 @@ import pandas as pd
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError, unknown_name
@@ -31,6 +30,7 @@ from retune.experiments.prepare import (
     method_context,
     metrics_record,
     prompt_bank,
+    read_data,
     record_training_digests,
     split_positives,
 )
@@ -65,7 +65,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     if config.data.csv is None:
         raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)
@@ -77,7 +77,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     names, skipped = methods_to_run(config.baselines, backbone.aligned)
 
     def task_for(rows_train: np.ndarray, rows_val: np.ndarray) -> TaskData:
-        return TaskData(tuple(classes), images[rows_train], table.labels()[rows_train], images[rows_val], table.labels()[rows_val])
+        return TaskData(
+            tuple(classes), images[rows_train], table.labels()[rows_train], images[rows_val], table.labels()[rows_val]
+        )
 
     test = table.subset(splits["test"])
     trained: dict[str, Method] = {}
@@ -90,7 +92,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
             training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
         trained[name] = method
         test_scores[name] = method.predict(images[splits["test"]])
-        per_method[name] = metrics_record(name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed)
+        per_method[name] = metrics_record(
+            name, backbone, classes, test_scores[name], test, "test", config.n_bootstrap, config.seed
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
@@ -99,9 +103,19 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "prompts": prompts,
         "tau": training_facts[MAIN_METHOD].get("tau"),
         "train_config": config.model_dump(mode="json"),
-        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed, "sizes": {k: int(len(v)) for k, v in splits.items()}, "by": PATIENT_COLUMN},
+        "split": {
+            "fractions": list(config.split.fractions),
+            "seed": config.split.seed,
+            "sizes": {k: int(len(v)) for k, v in splits.items()},
+            "by": PATIENT_COLUMN,
+        },
         "training": training_facts,
-        "data": {"csv": str(config.data.csv), "n_images": len(table), "n_failed_images": embedded.n_failed, "patient_column_missing": bool(table.extra.get("patient_column_missing"))},
+        "data": {
+            "csv": str(config.data.csv),
+            "n_images": len(table),
+            "n_failed_images": embedded.n_failed,
+            "patient_column_missing": bool(table.extra.get("patient_column_missing")),
+        },
         "positives": split_positives(table, splits),
     }
     save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
@@ -117,7 +131,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "warnings": data_warnings(table, splits["train"]),
     }
     val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
-    metrics["operating_points"] = operating_points(val_scores, table.labels()[splits["val"]], test_scores[MAIN_METHOD], test.labels(classes), classes)
+    metrics["operating_points"] = operating_points(
+        val_scores, table.labels()[splits["val"]], test_scores[MAIN_METHOD], test.labels(classes), classes
+    )
     calibration = {name: calibration_bins(scores, test.labels(classes)) for name, scores in test_scores.items()}
     metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -126,13 +142,21 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     from retune.report.run_report import write_run_report
     from retune.report.tracking import log_run
 
-    plots = [plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png"),
-             plot_calibration(calibration, out_dir / "calibration.png")]
+    plots = [
+        plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png"),
+        plot_calibration(calibration, out_dir / "calibration.png"),
+    ]
     write_run_report(out_dir, metrics, metrics["operating_points"], plots)
     write_run_card(out_dir, facts, metrics, "train")
     saved = {**facts, "versions": package_versions()}
-    log_run(out_dir, "train", saved, {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
-            training_facts, config.tracking_uri)
+    log_run(
+        out_dir,
+        "train",
+        saved,
+        {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
+        training_facts,
+        config.tracking_uri,
+    )
     return metrics
 
 
@@ -144,8 +168,13 @@ def scoring_store(path: str | Path, cache: bool) -> EmbeddingStore | MemoryOverl
     return MemoryOverlay(EmbeddingStore(path, create=False) if Path(path).exists() else None)
 
 
-def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None,
-             checkpoint: tuple[dict, dict] | None = None, cache: bool = False) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore | MemoryOverlay]:
+def load_run(
+    run_dir: str | Path,
+    store_dir: str | Path | None = None,
+    device: str | None = None,
+    checkpoint: tuple[dict, dict] | None = None,
+    cache: bool = False,
+) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore | MemoryOverlay]:
     """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
     the run's ``load_checkpoint`` result when the caller has already read it; ``cache``: see ``scoring_store``."""
     tensors, facts = checkpoint or load_checkpoint(run_dir)
@@ -161,12 +190,22 @@ def load_run(run_dir: str | Path, store_dir: str | Path | None = None, device: s
     return methods, facts, backbone, store
 
 
-def score_embedded(methods: dict[str, Method], backbone: Backbone, store: EmbeddingStore, table: ImageTable, show_progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
-    """Every method's probabilities for the table's images (embedded through the store): (scores, rows kept, unreadable images)."""
+def score_embedded(
+    methods: dict[str, Method],
+    backbone: Backbone,
+    store: EmbeddingStore,
+    table: ImageTable,
+    show_progress: bool = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+    """Every method's probabilities for the table's images (embedded through the store): (scores, rows kept,
+    unreadable images)."""
     summary = embed_table(table, backbone, store, show_progress=show_progress)
     try:
         images, rows = image_embeddings(table, backbone.fingerprint, store)
     except StoreError:
         images, rows = np.zeros((0, backbone.image_dim), dtype=np.float32), np.zeros(0, dtype=int)
-    scores = {name: method.predict(images) if len(rows) else np.zeros((0, len(method.classes))) for name, method in methods.items()}
+    scores = {
+        name: method.predict(images) if len(rows) else np.zeros((0, len(method.classes)))
+        for name, method in methods.items()
+    }
     return scores, rows, summary.errors

@@ -24,7 +24,9 @@ class MLPAdaptor(nn.Module):
         return out + self.skip(features) if self.skip is not None else out
 
 
-def make_adaptor(kind: str, in_dim: int, out_dim: int, hidden_dim: int = 512, residual: bool = False, dropout: float = 0.0) -> nn.Module:
+def make_adaptor(
+    kind: str, in_dim: int, out_dim: int, hidden_dim: int = 512, residual: bool = False, dropout: float = 0.0
+) -> nn.Module:
     """Build one adaptor; dropout is applied to its input (a cheap regulariser for small data)."""
     if kind not in ADAPTOR_KINDS:
         raise unknown_name("adaptor", kind, ADAPTOR_KINDS)

@@ -8,8 +8,9 @@ method gets a handle on earlier tasks' data.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -46,9 +47,11 @@ class MethodContext:
     text_dim: int
     aligned: bool
     prompts: PromptBank
-    val_score: Callable[[np.ndarray, np.ndarray], "float | None"]  # (scores, labels) -> mean AUROC, for early stopping
+    val_score: Callable[[np.ndarray, np.ndarray], float | None]  # (scores, labels) -> mean AUROC, for early stopping
     seed: int = 0
-    on_epoch: "Callable[[int, float, float | None], None] | None" = None  # (epoch, train loss, val score): progress display
+    on_epoch: Callable[[int, float, float | None], None] | None = (
+        None  # (epoch, train loss, val score): progress display
+    )
 
 
 class Method(ABC):

@@ -31,13 +31,23 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def save_checkpoint(directory: str | Path, methods: dict[str, tuple[dict[str, np.ndarray], dict]], facts: dict) -> None:
+def save_checkpoint(
+    directory: str | Path, methods: dict[str, tuple[dict[str, np.ndarray], dict]], facts: dict
+) -> None:
     """Write every method's tensors (prefixed ``method/``) and the JSON facts, atomically."""
     directory = Path(directory)
-    tensors = {f"{name}/{key}": np.ascontiguousarray(value) for name, (state, _) in methods.items() for key, value in state.items()}
+    tensors = {
+        f"{name}/{key}": np.ascontiguousarray(value)
+        for name, (state, _) in methods.items()
+        for key, value in state.items()
+    }
     with atomic_path(directory / CHECKPOINT) as temp:
         save_file(tensors, str(temp))
-    payload = {**facts, "methods": {name: method_facts for name, (_, method_facts) in methods.items()}, "versions": package_versions()}
+    payload = {
+        **facts,
+        "methods": {name: method_facts for name, (_, method_facts) in methods.items()},
+        "versions": package_versions(),
+    }
     write_json_atomic(directory / CONFIG, payload)
 
 

@@ -9,7 +9,8 @@ restarts from scratch each task (joint).
 from __future__ import annotations
 
 import copy
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -58,7 +59,9 @@ def row_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (losses * valid).sum() / valid.sum().clamp(min=1)
 
 
-def empirical_fisher(model: nn.Module, columns: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def empirical_fisher(
+    model: nn.Module, columns: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher: mean over rows of each parameter's squared per-row gradient of the masked BCE."""
     model.eval()
     parameters = {name: value.detach() for name, value in model.named_parameters()}
@@ -69,7 +72,7 @@ def empirical_fisher(model: nn.Module, columns: torch.Tensor, images: torch.Tens
     per_row_grads = vmap(grad(loss_of_row), in_dims=(None, 0, 0))
     fisher = {name: torch.zeros_like(value) for name, value in parameters.items()}
     for start in range(0, len(images), FISHER_CHUNK):
-        grads = per_row_grads(parameters, images[start:start + FISHER_CHUNK], labels[start:start + FISHER_CHUNK])
+        grads = per_row_grads(parameters, images[start : start + FISHER_CHUNK], labels[start : start + FISHER_CHUNK])
         for name, value in grads.items():
             fisher[name] += value.pow(2).sum(dim=0)
     return {name: value / max(len(images), 1) for name, value in fisher.items()}
@@ -163,8 +166,11 @@ class EWC(SharedHeadMethod):
     """
 
     name: ClassVar[str] = "ewc"
-    description: ClassVar[str] = "Elastic Weight Consolidation: quadratic penalty weighted by the summed diagonal Fisher"
-    ewc_lambda: ClassVar[float] = 1000.0  # the penalty is averaged over anchored parameters, so lambda does not grow with model size
+    description: ClassVar[str] = (
+        "Elastic Weight Consolidation: quadratic penalty weighted by the summed diagonal Fisher"
+    )
+    # the penalty is averaged over anchored parameters, so lambda does not grow with model size
+    ewc_lambda: ClassVar[float] = 1000.0
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context, config)
@@ -187,7 +193,12 @@ class EWC(SharedHeadMethod):
         return penalty
 
     def after_fit(self, data: TaskData, columns: torch.Tensor) -> None:
-        task_fisher = empirical_fisher(self.model, columns, torch.as_tensor(data.train_x, dtype=torch.float32), torch.as_tensor(data.train_y, dtype=torch.float32))
+        task_fisher = empirical_fisher(
+            self.model,
+            columns,
+            torch.as_tensor(data.train_x, dtype=torch.float32),
+            torch.as_tensor(data.train_y, dtype=torch.float32),
+        )
         nonzero = torch.cat([value[value > 0] for value in task_fisher.values()])
         scale = nonzero.mean() if len(nonzero) else torch.tensor(1.0)
         for name, value in task_fisher.items():
@@ -206,8 +217,12 @@ class EWC(SharedHeadMethod):
     def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
         super().load_state(tensors, facts)
         names = [name for name, _ in self.model.named_parameters()]
-        self.fisher = {name: torch.as_tensor(tensors["fisher." + name]) for name in names if "fisher." + name in tensors}
-        self.anchor = {name: torch.as_tensor(tensors["anchor." + name]) for name in names if "anchor." + name in tensors}
+        self.fisher = {
+            name: torch.as_tensor(tensors["fisher." + name]) for name in names if "fisher." + name in tensors
+        }
+        self.anchor = {
+            name: torch.as_tensor(tensors["anchor." + name]) for name in names if "anchor." + name in tensors
+        }
 
 
 @register_method
@@ -215,7 +230,9 @@ class Joint(SharedHeadMethod):
     """Upper bound: keeps every task's rows and retrains a fresh model on their union after each task."""
 
     name: ClassVar[str] = "joint"
-    description: ClassVar[str] = "Joint training on all tasks' rows so far (upper bound; stores data, not exemplar-free)"
+    description: ClassVar[str] = (
+        "Joint training on all tasks' rows so far (upper bound; stores data, not exemplar-free)"
+    )
     exemplar_free: ClassVar[bool] = False
     restart_each_task: ClassVar[bool] = True
 

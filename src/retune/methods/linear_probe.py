@@ -48,10 +48,14 @@ class LinearProbe(Method):
         val_x = self._standardise(task.val_x) if task.val_x is not None and len(task.val_x) else None
         chosen = {}
         for column, name in enumerate(task.classes):
-            chosen[name] = self._fit_class(name, train_x, task.train_y[:, column], val_x, None if val_x is None else task.val_y[:, column])
+            chosen[name] = self._fit_class(
+                name, train_x, task.train_y[:, column], val_x, None if val_x is None else task.val_y[:, column]
+            )
         return {"C": chosen}
 
-    def _fit_class(self, name: str, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None) -> float | None:
+    def _fit_class(
+        self, name: str, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None
+    ) -> float | None:
         valid = ~np.isnan(train_y)
         y = train_y[valid]
         if len(np.unique(y)) < 2:  # nothing to learn: predict the training prevalence
@@ -63,7 +67,11 @@ class LinearProbe(Method):
         best: tuple[float, float, LogisticRegression] | None = None
         for c_value in grid:
             model = LogisticRegression(C=c_value, max_iter=2000, random_state=self.context.seed).fit(train_x[valid], y)
-            score = -np.inf if val_x is None else self.context.val_score(model.decision_function(val_x)[:, None], val_y[:, None])
+            score = (
+                -np.inf
+                if val_x is None
+                else self.context.val_score(model.decision_function(val_x)[:, None], val_y[:, None])
+            )
             score = -np.inf if score is None else score
             if best is None or score > best[0]:
                 best = (score, c_value, model)
@@ -78,7 +86,12 @@ class LinearProbe(Method):
         return expit(logits)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        tensors = {"mean": self.mean, "scale": self.scale, "weights": np.stack([self.weights[c] for c in self.classes]), "bias": np.array([self.bias[c] for c in self.classes])}
+        tensors = {
+            "mean": self.mean,
+            "scale": self.scale,
+            "weights": np.stack([self.weights[c] for c in self.classes]),
+            "bias": np.array([self.bias[c] for c in self.classes]),
+        }
         return tensors, {"classes": self.classes}
 
     def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:

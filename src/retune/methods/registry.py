@@ -32,5 +32,8 @@ def create_method(name: str, context: MethodContext, config: ReTuneConfig | None
         raise unknown_name("method", name, list(methods))
     cls = methods[name]
     if cls.requires_aligned and not context.aligned:
-        raise ConfigError(f"method '{name}' needs an aligned image-text backbone (CLIP-style); this backbone's towers are not aligned")
+        raise ConfigError(
+            f"method '{name}' needs an aligned image-text backbone (CLIP-style); this backbone's towers are not "
+            "aligned"
+        )
     return cls(context, config or ReTuneConfig())

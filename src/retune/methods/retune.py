@@ -46,7 +46,8 @@ class ReTuneModel(nn.Module):
         self.negative = torch.cat([self.negative, torch.as_tensor(negative, dtype=torch.float32)])
 
     def similarities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cosine similarity of each adapted image to each class's adapted positive and negative prompt (N x C each)."""
+        """Cosine similarity of each adapted image to each class's adapted positive and negative prompt (N x C
+        each)."""
         image = F.normalize(self.image_adaptor(images), dim=-1)
         positive = F.normalize(self.text_adaptor(self.positive), dim=-1)
         negative = F.normalize(self.text_adaptor(self.negative), dim=-1)
@@ -56,8 +57,11 @@ class ReTuneModel(nn.Module):
         positive, negative = self.similarities(images)
         return self.log_tau.exp() * (positive - negative)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor, objective: str, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(training loss on the task's ``columns``, logits of every class): the logits feed distillation of earlier classes."""
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor, objective: str, columns: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss on the task's ``columns``, logits of every class): the logits feed distillation of earlier
+        classes."""
         positive, negative = self.similarities(images)
         scale = self.log_tau.exp()
         loss = prompt_objective(objective, positive[:, columns], negative[:, columns], labels, scale, self.logit_bias)
@@ -69,7 +73,9 @@ class ReTune(TorchMethod):
     """RE-tune: prompt-anchored image and text adaptors trained with masked BCE (or a contrastive objective)."""
 
     name: ClassVar[str] = "retune"
-    description: ClassVar[str] = "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827); objective bce, clip or siglip"
+    description: ClassVar[str] = (
+        "RE-tune adaptors with positive/negative prompts (arXiv 2410.17827); objective bce, clip or siglip"
+    )
     distill_weight: ClassVar[float] = 0.0
     freeze_image_after_first_task: ClassVar[bool] = False
     optional_tensors: ClassVar[tuple[str, ...]] = ("logit_bias",)  # runs saved before the siglip objective existed

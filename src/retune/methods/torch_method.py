@@ -5,7 +5,7 @@ safetensors state of the module's tensors plus JSON facts."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -18,9 +18,11 @@ from retune.training.loop import FitResult, fit
 
 
 class TorchMethod(Method):
-    """A method whose whole state is ``self.model`` (an nn.Module whose forward gives logits per class) and its class list."""
+    """A method whose whole state is ``self.model`` (an nn.Module whose forward gives logits per class) and its class
+    list."""
 
-    optional_tensors: tuple[str, ...] = ()  # added in later versions: a checkpoint without them keeps the fresh model's values
+    # added in later versions: a checkpoint without them keeps the fresh model's values
+    optional_tensors: tuple[str, ...] = ()
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context)
@@ -36,8 +38,11 @@ class TorchMethod(Method):
     def shape_for(self, tensors: dict[str, np.ndarray]) -> None:
         """Grow ``self.model`` to the saved shapes (prompt rows, output rows) before its tensors are loaded."""
 
-    def fit_task(self, data: TaskData, columns: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> FitResult:
-        """Fit ``self.model`` on one task's rows; early stopping scores the task's ``columns`` on its validation rows."""
+    def fit_task(
+        self, data: TaskData, columns: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> FitResult:
+        """Fit ``self.model`` on one task's rows; early stopping scores the task's ``columns`` on its validation
+        rows."""
         train_x = torch.as_tensor(data.train_x, dtype=torch.float32)
         train_y = torch.as_tensor(data.train_y, dtype=torch.float32)
         val_score = None
@@ -48,8 +53,17 @@ class TorchMethod(Method):
                 val_score = lambda: -float(loss_fn(val_x, val_y))  # noqa: E731
             else:
                 val_score = lambda: self.context.val_score(self.model(val_x)[:, columns].numpy(), data.val_y)  # noqa: E731
-        result = fit(self.model, self.model.parameters(), loss_fn, train_x, train_y, self.config.optim, val_score, self.context.seed + self.tasks_learned,
-                     on_epoch=self.context.on_epoch)
+        result = fit(
+            self.model,
+            self.model.parameters(),
+            loss_fn,
+            train_x,
+            train_y,
+            self.config.optim,
+            val_score,
+            self.context.seed + self.tasks_learned,
+            on_epoch=self.context.on_epoch,
+        )
         self.tasks_learned += 1
         return result
 
@@ -74,4 +88,6 @@ class TorchMethod(Method):
         missing = [name for name in fresh if name not in tensors and name not in self.optional_tensors]
         if missing:
             raise StoreError(f"checkpoint of method {self.name} lacks tensor(s) {', '.join(missing)}")
-        self.model.load_state_dict({name: torch.as_tensor(tensors[name]) if name in tensors else value for name, value in fresh.items()})
+        self.model.load_state_dict(
+            {name: torch.as_tensor(tensors[name]) if name in tensors else value for name, value in fresh.items()}
+        )

@@ -1,4 +1,5 @@
-"""Cross-attention Adaptor (after arXiv 2401.01179, "Freeze the backbones"): a small transformer on frozen towers' tokens.
+"""Cross-attention Adaptor (after arXiv 2401.01179, "Freeze the backbones"): a small transformer on frozen towers'
+tokens.
 
 Design: retrieval and probes need each modality encodable alone, so inference uses modality-specific
 towers only (input projection, ``layers`` pre-LN self-attention blocks, learned-query attention pooling,
@@ -13,8 +14,9 @@ positives of each other, not negatives.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,13 +44,30 @@ class _Block(nn.Module):
         self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.cross_norm = nn.LayerNorm(width) if cross else None
         self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True) if cross else None
-        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, 4 * width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * width, width),
+        )
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor | None, other: torch.Tensor | None = None, other_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding: torch.Tensor | None,
+        other: torch.Tensor | None = None,
+        other_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         h = self.self_norm(x)
         x = x + self.self_attn(h, h, h, key_padding_mask=padding, need_weights=False)[0]
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_norm(x), other, other, key_padding_mask=other_padding, need_weights=False)[0]
+            x = (
+                x
+                + self.cross_attn(
+                    self.cross_norm(x), other, other, key_padding_mask=other_padding, need_weights=False
+                )[0]
+            )
         return x + self.mlp(x)
 
 
@@ -83,10 +102,21 @@ class _Tower(nn.Module):
 
 
 class CrossAttentionAdaptor(nn.Module):
-    """Image and text towers on frozen tokens into one L2-normalised space, plus a pre-training-only fusion/ITM branch."""
+    """Image and text towers on frozen tokens into one L2-normalised space, plus a pre-training-only fusion/ITM
+    branch."""
 
-    def __init__(self, image_dim: int, text_dim: int, width: int = 256, embed_dim: int = 128, layers: int = 2, heads: int = 4,
-                 fusion_layers: int = 1, dropout: float = 0.1, loss: LossName = "clip") -> None:
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        width: int = 256,
+        embed_dim: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        fusion_layers: int = 1,
+        dropout: float = 0.1,
+        loss: LossName = "clip",
+    ) -> None:
         super().__init__()
         if loss not in ("clip", "siglip"):
             raise ValueError(f"loss must be 'clip' or 'siglip', got {loss!r}")
@@ -113,7 +143,8 @@ class CrossAttentionAdaptor(nn.Module):
         return F.normalize(self.image_head(self.image_features(tokens)), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised text embeddings (N x embed_dim) from text tokens (N x T x D_txt); ``mask`` True = real token."""
+        """L2-normalised text embeddings (N x embed_dim) from text tokens (N x T x D_txt); ``mask`` True = real
+        token."""
         return F.normalize(self.text_head(self.text_tower(tokens, ~mask)[1]), dim=-1)
 
     # -- pre-training ------------------------------------------------------------------------
@@ -121,21 +152,34 @@ class CrossAttentionAdaptor(nn.Module):
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def contrastive_loss(self, image: torch.Tensor, text: torch.Tensor, same_text: torch.Tensor) -> torch.Tensor:
-        """CLIP or SigLIP loss where ``same_text[i, j]`` marks pairs that are positives (the diagonal and repeated texts)."""
+        """CLIP or SigLIP loss where ``same_text[i, j]`` marks pairs that are positives (the diagonal and repeated
+        texts)."""
         logits = self.scale() * image @ text.T
         if self.loss_name == "siglip":
             return sigmoid_pair_loss(logits + self.logit_bias, same_text)
         return clip_loss(logits, same_text)
 
-    def match_logits(self, image_states: torch.Tensor, text_states: torch.Tensor, text_padding: torch.Tensor) -> torch.Tensor:
+    def match_logits(
+        self, image_states: torch.Tensor, text_states: torch.Tensor, text_padding: torch.Tensor
+    ) -> torch.Tensor:
         """ITM logit per (image, text) row pair, after bi-directional cross-attention between the two token sets."""
         image_x, text_x = image_states, text_states
         for image_block, text_block in zip(self.image_fusion, self.text_fusion):
-            image_x, text_x = image_block(image_x, None, text_x, text_padding), text_block(text_x, text_padding, image_x, None)
+            image_x, text_x = (
+                image_block(image_x, None, text_x, text_padding),
+                text_block(text_x, text_padding, image_x, None),
+            )
         fused = torch.cat([self.fused_pool(image_x, None), self.fused_pool(text_x, text_padding)], dim=-1)
         return self.itm_head(fused)[:, 0]
 
-    def pretraining_loss(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_ids: torch.Tensor, itm_weight: float = 1.0) -> torch.Tensor:
+    def pretraining_loss(
+        self,
+        image_tokens: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        text_ids: torch.Tensor,
+        itm_weight: float = 1.0,
+    ) -> torch.Tensor:
         """Contrastive loss + ``itm_weight`` x ITM loss on hardest in-batch negatives (pairs with a distinct text)."""
         padding = ~text_mask
         image_states, image_pooled = self.image_tower(image_tokens, None)
@@ -168,7 +212,7 @@ class PairData:
     text_mask: torch.Tensor  # U x T_txt, True = real token
     text_index: torch.Tensor  # N, long
 
-    def subset(self, rows: np.ndarray) -> "PairData":
+    def subset(self, rows: np.ndarray) -> PairData:
         """The pairs of the given image rows (texts are kept whole)."""
         rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         return PairData(self.image_tokens[rows_t], self.text_tokens, self.text_mask, self.text_index[rows_t])
@@ -177,7 +221,9 @@ class PairData:
 @torch.no_grad()
 def batched(function: Callable[..., torch.Tensor], *inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Apply ``function`` to row batches of ``inputs`` without gradients and concatenate the results."""
-    return torch.cat([function(*(x[start:start + batch_size] for x in inputs)) for start in range(0, len(inputs[0]), batch_size)])
+    return torch.cat(
+        [function(*(x[start : start + batch_size] for x in inputs)) for start in range(0, len(inputs[0]), batch_size)]
+    )
 
 
 def adaptor_retrieval(model: CrossAttentionAdaptor, pairs: PairData, batch_size: int = 256) -> dict:
@@ -188,21 +234,37 @@ def adaptor_retrieval(model: CrossAttentionAdaptor, pairs: PairData, batch_size:
     return retrieval_metrics(image.cpu().numpy(), text.cpu().numpy(), pairs.text_index.cpu().numpy())
 
 
-def pretrain_adaptor(model: CrossAttentionAdaptor, train: PairData, val: PairData | None, optim: OptimConfig, itm_weight: float = 1.0, seed: int = 0,
-                     progress: Callable[[int], None] | None = None) -> FitResult:
+def pretrain_adaptor(
+    model: CrossAttentionAdaptor,
+    train: PairData,
+    val: PairData | None,
+    optim: OptimConfig,
+    itm_weight: float = 1.0,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> FitResult:
     """Contrastive (+ITM) pre-training on cached tokens with ``fit``; early stopping on validation mean recall
     (``optim.early_stopping: loss``: on the pre-training loss of the validation pairs, taken as one batch)."""
+
     def pair_loss(pairs: PairData, rows: torch.Tensor) -> torch.Tensor:
         texts = pairs.text_index[rows]
-        return model.pretraining_loss(pairs.image_tokens[rows], pairs.text_tokens[texts], pairs.text_mask[texts], texts, itm_weight)
+        return model.pretraining_loss(
+            pairs.image_tokens[rows], pairs.text_tokens[texts], pairs.text_mask[texts], texts, itm_weight
+        )
 
     rows = torch.arange(len(train.image_tokens), device=train.image_tokens.device)
     val_score = None
     if val is not None and len(val.image_tokens):
         val_rows = torch.arange(len(val.image_tokens), device=val.image_tokens.device)
-        val_score = (lambda: -float(pair_loss(val, val_rows))) if optim.early_stopping == "loss" else (lambda: adaptor_retrieval(model, val)["mean_recall"])
+        val_score = (
+            (lambda: -float(pair_loss(val, val_rows)))
+            if optim.early_stopping == "loss"
+            else (lambda: adaptor_retrieval(model, val)["mean_recall"])
+        )
     loss_fn = lambda batch_rows, _: pair_loss(train, batch_rows)  # noqa: E731
-    return fit(model, model.parameters(), loss_fn, rows, rows, optim, val_score=val_score, seed=seed, progress=progress)
+    return fit(
+        model, model.parameters(), loss_fn, rows, rows, optim, val_score=val_score, seed=seed, progress=progress
+    )
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -36,15 +36,15 @@ become one space) so that NIH-style (``No_Finding``) and CheXpert-style (``No Fi
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from retune.errors import ConfigError, unknown_name
-
 
 SIDES: tuple[str, str] = ("positive", "negative")
 _NO_FINDING = "no finding"
@@ -216,7 +216,9 @@ def _parse_table(raw: Any, where: str, source: Callable[[str], str]) -> dict[str
         class_name = str(key)
         norm = normalise_class_name(class_name)
         if norm in original:
-            raise ConfigError(f"{where}: classes '{original[norm]}' and '{class_name}' are the same after normalisation")
+            raise ConfigError(
+                f"{where}: classes '{original[norm]}' and '{class_name}' are the same after normalisation"
+            )
         original[norm] = class_name
         if not isinstance(entry, dict):
             raise ConfigError(

@@ -14,7 +14,12 @@ import numpy as np  # noqa: E402
 from retune.evaluation import roc_curve_points  # noqa: E402
 from retune.io_utils import atomic_path  # noqa: E402
 
-LINE_STYLES = ("-", "--", "-.", ":")  # with MARKERS, keeps overlapping methods apart in print and for colour-blind readers
+LINE_STYLES = (
+    "-",
+    "--",
+    "-.",
+    ":",
+)  # with MARKERS, keeps overlapping methods apart in print and for colour-blind readers
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
@@ -25,7 +30,9 @@ def _save(figure: plt.Figure, target: Path) -> Path:
     return target
 
 
-def plot_roc_curves(scores_by_method: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], target: str | Path) -> Path:
+def plot_roc_curves(
+    scores_by_method: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], target: str | Path
+) -> Path:
     """One panel per class with every method's ROC curve; undefined classes are marked, not drawn."""
     columns = min(5, len(classes))
     rows = math.ceil(len(classes) / columns)
@@ -46,28 +53,41 @@ def plot_roc_curves(scores_by_method: dict[str, np.ndarray], labels: np.ndarray,
         axis.tick_params(labelsize=7)
     for index in range(len(classes), rows * columns):
         axes[index // columns][index % columns].axis("off")
-    handles, names = next((a.get_legend_handles_labels() for a in axes.flat if a.get_legend_handles_labels()[0]), ([], []))
+    handles, names = next(
+        (a.get_legend_handles_labels() for a in axes.flat if a.get_legend_handles_labels()[0]), ([], [])
+    )
     figure.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     if handles:  # below the panels, in the space kept free for it
         figure.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
     return _save(figure, Path(target))
 
 
-def plot_auroc_matrix(matrix: list[list[float | None]], classes: list[str], task_names: list[str], title: str, target: str | Path,
-                      introduced: list[int] | None = None) -> Path:
-    """Heatmap of R[t][c] (AUROC after task t on class c). ``introduced[c]`` (0-based task that first trained class c)
-    separates "not yet learned" (light grey, "·") from "undefined" (learned, but no positives or negatives: hatched, "n/a")."""
+def plot_auroc_matrix(
+    matrix: list[list[float | None]],
+    classes: list[str],
+    task_names: list[str],
+    title: str,
+    target: str | Path,
+    introduced: list[int] | None = None,
+) -> Path:
+    """Heatmap of R[t][c] (AUROC after task t on class c). ``introduced[c]``, the 0-based task that first trained
+    class c, separates "not yet learned" (light grey, "·") from "undefined" (learned, but no test positives or
+    negatives: hatched, "n/a")."""
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     figure, axis = plt.subplots(figsize=(0.55 * len(classes) + 2.5, 0.45 * len(task_names) + 2.2))
     image = axis.imshow(values, vmin=0.4, vmax=1.0, cmap="viridis", aspect="auto")
     for (t, c), value in np.ndenumerate(values):
         if not np.isnan(value):
-            axis.text(c, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.75 else "black")
+            colour = "white" if value < 0.75 else "black"
+            axis.text(c, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour)
         elif introduced is not None and t < introduced[c]:
             axis.add_patch(plt.Rectangle((c - 0.5, t - 0.5), 1, 1, facecolor="#eeeeee", edgecolor="white"))
             axis.text(c, t, "·", ha="center", va="center", fontsize=8, color="#888888")
         else:
-            axis.add_patch(plt.Rectangle((c - 0.5, t - 0.5), 1, 1, facecolor="white", edgecolor="#cc6666", hatch="///", linewidth=0))
+            hatched = plt.Rectangle(
+                (c - 0.5, t - 0.5), 1, 1, facecolor="white", edgecolor="#cc6666", hatch="///", linewidth=0
+            )
+            axis.add_patch(hatched)
             axis.text(c, t, "n/a", ha="center", va="center", fontsize=6, color="#aa3333")
     axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
     axis.set_yticks(range(len(task_names)), task_names, fontsize=7)
@@ -84,8 +104,13 @@ def plot_mean_auroc_per_task(curves: dict[str, list[float | None]], target: str 
     figure, axis = plt.subplots(figsize=(7.5, 4))
     n_tasks = max((len(values) for values in curves.values()), default=1)
     for index, (method, values) in enumerate(curves.items()):
-        axis.plot(range(1, len(values) + 1), [np.nan if v is None else v for v in values], marker=MARKERS[index % len(MARKERS)],
-                  linestyle=LINE_STYLES[index % len(LINE_STYLES)], label=method)
+        axis.plot(
+            range(1, len(values) + 1),
+            [np.nan if v is None else v for v in values],
+            marker=MARKERS[index % len(MARKERS)],
+            linestyle=LINE_STYLES[index % len(LINE_STYLES)],
+            label=method,
+        )
     axis.set_xticks(range(1, n_tasks + 1))
     axis.set_xlabel("after task")
     axis.set_ylabel("mean AUROC over seen classes (test)")
@@ -102,8 +127,12 @@ def plot_calibration(bins_by_method: dict[str, dict], target: str | Path) -> Pat
     for index, (method, bins) in enumerate(bins_by_method.items()):
         points = [(p, o) for p, o in zip(bins["mean_predicted"], bins["observed"]) if p is not None]
         if points:
-            axis.plot(*zip(*points), marker=MARKERS[index % len(MARKERS)], linestyle=LINE_STYLES[index % len(LINE_STYLES)],
-                      label=f"{method} (ECE {bins['ece']:.3f})")
+            axis.plot(
+                *zip(*points),
+                marker=MARKERS[index % len(MARKERS)],
+                linestyle=LINE_STYLES[index % len(LINE_STYLES)],
+                label=f"{method} (ECE {bins['ece']:.3f})",
+            )
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     axis.set_xlabel("mean predicted probability (bin)")

@@ -39,7 +39,9 @@ def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
             _interval(result["final_mean_auroc"], result["final_mean_auroc_ci"]),
             _interval(result["forgetting"], result["forgetting_ci"], signed=True),
             _interval(result["bwt"], result["bwt_ci"], signed=True),
-            "undefined" if result["average_incremental_auroc"] is None else f"{result['average_incremental_auroc']:.3f}",
+            "undefined"
+            if result["average_incremental_auroc"] is None
+            else f"{result['average_incremental_auroc']:.3f}",
         ]
         if _several_orders(results):
             row.append(f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over.get("n") else "undefined")
@@ -49,15 +51,27 @@ def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
 
 DEFINITIONS = (
     ("AUROC", "probability that a random positive test image scores above a random negative one (0.5 = chance)."),
-    ("final mean AUROC", "mean over the classes learned by the end, after the last task (undefined classes left out)."),
-    ("forgetting", "per class learned before the last task, its best AUROC after any earlier task minus its final AUROC, "
-                   "averaged; lower is better, 0 = nothing forgotten."),
-    ("BWT (backward transfer)", "per class learned before the last task, final AUROC minus its AUROC right after the task "
-                                "that introduced it, averaged; negative = forgetting."),
+    (
+        "final mean AUROC",
+        "mean over the classes learned by the end, after the last task (undefined classes left out).",
+    ),
+    (
+        "forgetting",
+        "per class learned before the last task, its best AUROC after any earlier task minus its final AUROC, "
+        "averaged; lower is better, 0 = nothing forgotten.",
+    ),
+    (
+        "BWT (backward transfer)",
+        "per class learned before the last task, final AUROC minus its AUROC right after the task "
+        "that introduced it, averaged; negative = forgetting.",
+    ),
     ("average incremental AUROC", "mean over tasks of the mean AUROC over the classes seen so far."),
     ("95% CI", "2.5th-97.5th percentile over bootstrap resamples of test patients."),
-    ("· / n/a in the matrices", "· = the class is not yet learned at that task; n/a = learned, but AUROC undefined "
-                                "(no positives or no negatives among the test images)."),
+    (
+        "· / n/a in the matrices",
+        "· = the class is not yet learned at that task; n/a = learned, but AUROC undefined "
+        "(no positives or no negatives among the test images).",
+    ),
 )
 
 
@@ -97,36 +111,63 @@ def write_scenario_report(results: dict[str, dict], prepared, out_dir: Path) -> 
     task_names = [task["name"] or f"task{i + 1}" for i, task in enumerate(first["tasks"])]
     order, introduced = staircase_order(first["tasks"], first["classes"])
     columns = [first["classes"].index(name) for name in order]
-    heatmaps = [plot_auroc_matrix([[row[c] for c in columns] for row in r["auroc_matrix"]], order, task_names, f"{name}: AUROC after each task",
-                                  plots / f"auroc_matrix_{name}.png", introduced) for name, r in results.items()]
-    curve = plot_mean_auroc_per_task({name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png")
+    heatmaps = [
+        plot_auroc_matrix(
+            [[row[c] for c in columns] for row in r["auroc_matrix"]],
+            order,
+            task_names,
+            f"{name}: AUROC after each task",
+            plots / f"auroc_matrix_{name}.png",
+            introduced,
+        )
+        for name, r in results.items()
+    ]
+    curve = plot_mean_auroc_per_task(
+        {name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png"
+    )
     final_scores = {}
     for name in results:
         order = results[name]["orders"][0]["order"]
         final = np.load(out_dir / "work" / name / f"order{order}" / f"task{len(task_names)}" / "test_scores.npy")
         final_scores[name] = np.nan_to_num(final, nan=0.5)
     trained = [prepared.classes.index(name) for name in order]  # classes never trained are left out
-    roc = plot_roc_curves({name: scores[:, trained] for name, scores in final_scores.items()}, prepared.labels[prepared.test_rows][:, trained],
-                          order, plots / "roc_curves_final.png")
+    roc = plot_roc_curves(
+        {name: scores[:, trained] for name, scores in final_scores.items()},
+        prepared.labels[prepared.test_rows][:, trained],
+        order,
+        plots / "roc_curves_final.png",
+    )
     per_class = per_class_table(results, order, introduced, task_names)
+    definitions = "".join(f"<li><b>{html.escape(term)}</b>: {html.escape(text)}</li>" for term, text in DEFINITIONS)
 
-    table = "".join(f"<tr>{''.join(f'<td>{html.escape(cell)}</td>' for cell in row)}</tr>" for row in comparison_rows(results))
-    tasks = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td><td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>" for n, t in zip(task_names, first["tasks"]))
+    table = "".join(
+        f"<tr>{''.join(f'<td>{html.escape(cell)}</td>' for cell in row)}</tr>" for row in comparison_rows(results)
+    )
+    tasks = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{html.escape(', '.join(t['classes']))}</td>"
+        f"<td>{t['n_train_rows']}</td><td>{t['n_val_rows']}</td></tr>"
+        for n, t in zip(task_names, first["tasks"])
+    )
     note = html.escape(first.get("note", ""))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>retune scenario: {html.escape(first['scenario'])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f3f3}}img{{max-width:100%;margin:0.5em 0}}.note{{color:#7a4b00}}</style></head><body>
-<h1>Scenario {html.escape(first['scenario'])} ({html.escape(str(first.get('kind')))}-incremental)</h1>
-<p>Backbone <code>{html.escape(first['backbone'])}</code>; {first['n_test_images']} test images (patient-level split, seed {first['split_seed']}); training seed {first['seed']}.
-CIs: percentile bootstrap over test patients ({first['n_bootstrap']} replicates).</p>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>retune scenario: {html.escape(first["scenario"])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f3f3}}
+img{{max-width:100%;margin:0.5em 0}}.note{{color:#7a4b00}}</style></head><body>
+<h1>Scenario {html.escape(first["scenario"])} ({html.escape(str(first.get("kind")))}-incremental)</h1>
+<p>Backbone <code>{html.escape(first["backbone"])}</code>; {first["n_test_images"]} test images
+(patient-level split, seed {first["split_seed"]}); training seed {first["seed"]}.
+CIs: percentile bootstrap over test patients ({first["n_bootstrap"]} replicates); definitions at the end.</p>
 <p class="note">{note}</p>
-<h2>Comparison</h2><table><tr>{''.join(f'<th>{h}</th>' for h in comparison_header(results))}</tr>{table}</table>
-<h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>{tasks}</table>
+<h2>Comparison</h2><table><tr>{"".join(f"<th>{h}</th>" for h in comparison_header(results))}</tr>{table}</table>
+<h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>
+{tasks}</table>
 <h2>Mean AUROC after each task</h2>{_inline_png(curve)}
-<h2>AUROC matrices</h2>{''.join(_inline_png(p) for p in heatmaps)}
+<h2>AUROC matrices</h2>{"".join(_inline_png(p) for p in heatmaps)}
 <h2>Final AUROC per class (test split, after the last task)</h2>{per_class}
 <h2>Per-class ROC curves after the last task</h2>{_inline_png(roc)}
-<h2>What the numbers mean</h2><ul>{''.join(f'<li><b>{html.escape(term)}</b>: {html.escape(text)}</li>' for term, text in DEFINITIONS)}</ul>
+<h2>What the numbers mean</h2><ul>{definitions}</ul>
 </body></html>"""
     target = out_dir / "report.html"
     write_text_atomic(target, page)

@@ -76,7 +76,9 @@ def run_params(facts: dict) -> dict[str, str]:
     params["backbone.fingerprint"] = str(backbone.get("fingerprint"))
     params.update(flat_params(facts.get("versions", {}), "version."))
     params.update(flat_params(facts.get("tuning", {}), "tuning."))
-    params.update({f"split.{name}_images": str(size) for name, size in facts.get("split", {}).get("sizes", {}).items()})
+    params.update(
+        {f"split.{name}_images": str(size) for name, size in facts.get("split", {}).get("sizes", {}).items()}
+    )
     csv = config.get("data", {}).get("csv")
     if csv:
         params["data.csv_sha256"] = file_digest(csv)
@@ -90,7 +92,9 @@ def metric_name(name: str) -> str:
 
 def _finite(values: dict[str, float | None]) -> dict[str, float]:
     """The defined values, under names MLflow accepts (undefined AUROCs stay out rather than becoming 0)."""
-    return {metric_name(key): float(value) for key, value in values.items() if value is not None and not math.isnan(value)}
+    return {
+        metric_name(key): float(value) for key, value in values.items() if value is not None and not math.isnan(value)
+    }
 
 
 def record_metrics(record: dict, prefix: str) -> dict[str, float]:
@@ -120,12 +124,26 @@ def _log_histories(mlflow, training: dict) -> None:
 def _log_artifacts(mlflow, folder: Path) -> None:
     """The run's small readable files (JSON, card, plots, report), never the leakage digests."""
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix in ARTIFACT_SUFFIXES and path.name not in PRIVATE_ARTIFACTS and "mlruns" not in path.parts:
-            mlflow.log_artifact(str(path), artifact_path=str(path.parent.relative_to(folder)) if path.parent != folder else None)
+        if (
+            path.is_file()
+            and path.suffix in ARTIFACT_SUFFIXES
+            and path.name not in PRIVATE_ARTIFACTS
+            and "mlruns" not in path.parts
+        ):
+            mlflow.log_artifact(
+                str(path), artifact_path=str(path.parent.relative_to(folder)) if path.parent != folder else None
+            )
 
 
-def log_run(out_dir: str | Path, kind: str, facts: dict, records: dict[str, dict], histories: dict[str, dict],
-            tracking_uri: str | None = None, extra_metrics: dict[str, float | None] | None = None) -> str:
+def log_run(
+    out_dir: str | Path,
+    kind: str,
+    facts: dict,
+    records: dict[str, dict],
+    histories: dict[str, dict],
+    tracking_uri: str | None = None,
+    extra_metrics: dict[str, float | None] | None = None,
+) -> str:
     """One MLflow run for a run directory: its settings, ``records`` (metric prefix -> metrics record), ``histories``
     (method -> facts holding a per-epoch ``history``), extra metrics and artifacts. Returns the tracking URI."""
     out_dir = Path(out_dir)
@@ -144,7 +162,9 @@ def log_run(out_dir: str | Path, kind: str, facts: dict, records: dict[str, dict
     return uri
 
 
-def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None) -> str:
+def log_scenario_results(
+    results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None
+) -> str:
     """One MLflow run per method: the scenario config, headline metrics with CIs, per-task curve, final per-class
     AUROC, per-task training histories and the report as artifacts."""
     import json
@@ -159,14 +179,27 @@ def log_scenario_results(results: dict[str, dict], out_dir: Path, tracking_uri: 
     csv = json.loads(scenario_file.read_text()).get("data", {}).get("csv") if scenario_file.exists() else None
     for name, result in results.items():
         with mlflow.start_run(run_name=name):
-            mlflow.log_params({"method": name, "backbone": result["backbone"], "kind": result.get("kind"), "exemplar_free": result["exemplar_free"],
-                               **config, **({"data.csv_sha256": file_digest(csv)} if csv else {}), **(params or {})})
-            headline = {key: result.get(key) for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")}
+            mlflow.log_params(
+                {
+                    "method": name,
+                    "backbone": result["backbone"],
+                    "kind": result.get("kind"),
+                    "exemplar_free": result["exemplar_free"],
+                    **config,
+                    **({"data.csv_sha256": file_digest(csv)} if csv else {}),
+                    **(params or {}),
+                }
+            )
+            headline = {
+                key: result.get(key) for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
+            }
             for key in ("final_mean_auroc", "forgetting", "bwt"):
                 if result.get(f"{key}_ci"):
                     headline[f"{key}_ci_low"], headline[f"{key}_ci_high"] = result[f"{key}_ci"]
             final_row = (result.get("auroc_matrix") or [[]])[-1]
-            headline.update({f"final_auroc.{cls.replace(' ', '_')}": value for cls, value in zip(result["classes"], final_row)})
+            headline.update(
+                {f"final_auroc.{cls}": value for cls, value in zip(result["classes"], final_row, strict=False)}
+            )
             mlflow.log_metrics(_finite(headline))
             for step, value in enumerate(result["mean_auroc_per_task"], start=1):
                 if value is not None:

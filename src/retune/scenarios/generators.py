@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,7 +34,10 @@ def _class_groups(classes: list[str], n_tasks: int, seed: int) -> list[list[str]
 def class_incremental(classes: list[str], n_tasks: int, seed: int) -> list[TaskSpec]:
     """Disjoint class groups in a seeded order; task t brings chunk t of the training patients."""
     groups = _class_groups(classes, n_tasks, seed)
-    return [TaskSpec(name=f"task{t + 1}", classes=group, rows=RowChunk(chunk=t + 1, of=n_tasks)) for t, group in enumerate(groups)]
+    return [
+        TaskSpec(name=f"task{t + 1}", classes=group, rows=RowChunk(chunk=t + 1, of=n_tasks))
+        for t, group in enumerate(groups)
+    ]
 
 
 @register_generator("label")
@@ -47,7 +50,10 @@ def label_incremental(classes: list[str], n_tasks: int, seed: int) -> list[TaskS
 @register_generator("data")
 def data_incremental(classes: list[str], n_tasks: int, seed: int) -> list[TaskSpec]:
     """Every class in every task; training data arrive in ``n_tasks`` patient-level chunks."""
-    return [TaskSpec(name=f"chunk{t + 1}", classes=list(classes), rows=RowChunk(chunk=t + 1, of=n_tasks)) for t in range(n_tasks)]
+    return [
+        TaskSpec(name=f"chunk{t + 1}", classes=list(classes), rows=RowChunk(chunk=t + 1, of=n_tasks))
+        for t in range(n_tasks)
+    ]
 
 
 def generate_tasks(spec: GeneratorSpec, data_classes: list[str], seed: int) -> list[TaskSpec]:

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from retune.backbones.registry import create_backbone
-from retune.data.readers import read_table
 from retune.data.splits import patient_split
 from retune.errors import ConfigError
 from retune.evaluation import continual_metrics
-from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank
+from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
 from retune.io_utils import atomic_path, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
@@ -65,7 +64,7 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
     unknown = [m for m in config.methods if m not in available_methods()]
     if unknown:
         raise ConfigError(f"unknown method '{unknown[0]}'; valid method names: {', '.join(available_methods())}")
-    table = read_table(config.data.csv, format=config.data.format, image_root=config.data.image_root, uncertainty=config.data.uncertainty, classes=config.data.classes)
+    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
     embedded = embed_and_load(table, backbone, store, show_progress)
@@ -84,10 +83,15 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
             val = chunk_rows(splits["val"], patients, task.rows, seed=order)
             columns = [classes.index(c) for c in task.classes]
             if len(train) == 0 or np.isnan(labels[np.ix_(train, columns)]).all():
-                raise ConfigError(f"task {number} ({task.name or ', '.join(task.classes)}): no training rows with labels for its classes")
+                raise ConfigError(
+                    f"task {number} ({task.name or ', '.join(task.classes)}): no training rows with labels for its "
+                    "classes"
+                )
             rows.append((train, val))
         tasks_by_order[order], rows_by_order[order] = tasks, rows
-    needed = sorted({c for tasks in tasks_by_order.values() for task in tasks for c in task.classes}, key=classes.index)
+    needed = sorted(
+        {c for tasks in tasks_by_order.values() for task in tasks for c in task.classes}, key=classes.index
+    )
     bank, _ = prompt_bank(needed, config.retune.prompts, backbone, store)
     return PreparedScenario(
         classes=classes,
@@ -149,8 +153,15 @@ def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
     return finished
 
 
-def run_method(name: str, order: int, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress,
-               show_progress: bool = False) -> list[np.ndarray]:
+def run_method(
+    name: str,
+    order: int,
+    prepared: PreparedScenario,
+    config: ScenarioConfig,
+    work_dir: Path,
+    progress: Progress,
+    show_progress: bool = False,
+) -> list[np.ndarray]:
     """One method through one task order; returns test scores after each task (a progress bar per task when shown)."""
     tasks, rows = prepared.tasks_by_order[order], prepared.rows_by_order[order]
     bar: dict = {"update": None}
@@ -161,22 +172,31 @@ def run_method(name: str, order: int, prepared: PreparedScenario, config: Scenar
     scores = _resume(folder, method, len(tasks)) if method.exemplar_free else []
     for task_index in range(len(scores), len(tasks)):
         started = time.perf_counter()
-        with epoch_bar(f"{name} task {task_index + 1}/{len(tasks)}", config.retune.optim.epochs, enabled=show_progress) as bar["update"]:
+        with epoch_bar(
+            f"{name} task {task_index + 1}/{len(tasks)}", config.retune.optim.epochs, enabled=show_progress
+        ) as bar["update"]:
             facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
         scores.append(test_scores(method, prepared))
         _save_task_state(folder, task_index, method, scores[-1], facts)
-        progress(f"{name} order {order} task {task_index + 1}/{len(tasks)} done in {time.perf_counter() - started:.1f}s")
+        progress(
+            f"{name} order {order} task {task_index + 1}/{len(tasks)} done in {time.perf_counter() - started:.1f}s"
+        )
     return scores
 
 
-def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, scores_by_order: dict[int, list[np.ndarray]]) -> dict:
+def summarise(
+    name: str, prepared: PreparedScenario, config: ScenarioConfig, scores_by_order: dict[int, list[np.ndarray]]
+) -> dict:
     """results.json for one method: metrics of the first order on top, every order below, mean over orders."""
     labels = prepared.labels[prepared.test_rows]
     patients = prepared.patients[prepared.test_rows]
     per_order = []
     for order, scores in scores_by_order.items():
         metrics = continual_metrics(scores, labels, patients, n_bootstrap=config.n_bootstrap, seed=config.seed)
-        tasks = [{"name": t.name, "classes": t.classes, "n_train_rows": int(len(r[0])), "n_val_rows": int(len(r[1]))} for t, r in zip(prepared.tasks_by_order[order], prepared.rows_by_order[order])]
+        tasks = [
+            {"name": t.name, "classes": t.classes, "n_train_rows": int(len(r[0])), "n_val_rows": int(len(r[1]))}
+            for t, r in zip(prepared.tasks_by_order[order], prepared.rows_by_order[order])
+        ]
         per_order.append({"order": order, "tasks": tasks, **metrics})
     first = per_order[0]
     finals = [o["final_mean_auroc"] for o in per_order if o["final_mean_auroc"] is not None]
@@ -192,8 +212,16 @@ def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, sco
         "classes": prepared.classes,
         **first,
         "orders": per_order,
-        "final_mean_auroc_over_orders": {"mean": float(np.mean(finals)) if finals else None, "std": float(np.std(finals)) if finals else None, "n": len(finals)},
-        "forgetting_over_orders": {"mean": float(np.mean(forgettings)) if forgettings else None, "std": float(np.std(forgettings)) if forgettings else None, "n": len(forgettings)},
+        "final_mean_auroc_over_orders": {
+            "mean": float(np.mean(finals)) if finals else None,
+            "std": float(np.std(finals)) if finals else None,
+            "n": len(finals),
+        },
+        "forgetting_over_orders": {
+            "mean": float(np.mean(forgettings)) if forgettings else None,
+            "std": float(np.std(forgettings)) if forgettings else None,
+            "n": len(forgettings),
+        },
         "n_test_images": int(len(prepared.test_rows)),
         "seed": config.seed,
         "split_seed": config.split.seed,
@@ -201,7 +229,9 @@ def summarise(name: str, prepared: PreparedScenario, config: ScenarioConfig, sco
     }
 
 
-def run_scenario(config: ScenarioConfig, out_dir: str | Path, show_progress: bool = False, progress: Progress = lambda message: None) -> dict[str, dict]:
+def run_scenario(
+    config: ScenarioConfig, out_dir: str | Path, show_progress: bool = False, progress: Progress = lambda message: None
+) -> dict[str, dict]:
     """Run every method of a scenario; write ``<method>/results.json``, the report and the config."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +239,10 @@ def run_scenario(config: ScenarioConfig, out_dir: str | Path, show_progress: boo
     prepared = prepare(config, show_progress)
     results = {}
     for name in config.methods:
-        scores_by_order = {order: run_method(name, order, prepared, config, out_dir / "work", progress, show_progress) for order in config.orders}
+        scores_by_order = {
+            order: run_method(name, order, prepared, config, out_dir / "work", progress, show_progress)
+            for order in config.orders
+        }
         results[name] = summarise(name, prepared, config, scores_by_order)
         write_json_atomic(out_dir / name / "results.json", results[name])
         progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")

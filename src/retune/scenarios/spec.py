@@ -17,7 +17,7 @@ partition. Or let a generator write the tasks: ``generate: {kind: class, n_tasks
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -34,7 +34,7 @@ class RowChunk(StrictModel):
     of: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _in_range(self) -> "RowChunk":
+    def _in_range(self) -> RowChunk:
         if self.chunk > self.of:
             raise ValueError(f"chunk {self.chunk} of {self.of} does not exist")
         return self
@@ -43,9 +43,9 @@ class RowChunk(StrictModel):
 class TaskSpec(StrictModel):
     """One task: the classes whose labels it reveals and which training rows it brings."""
 
-    name: Optional[str] = None
+    name: str | None = None
     classes: list[str] = Field(min_length=1)
-    rows: Union[Literal["all"], RowChunk] = "all"
+    rows: Literal["all"] | RowChunk = "all"
 
 
 class GeneratorSpec(StrictModel):
@@ -53,7 +53,7 @@ class GeneratorSpec(StrictModel):
 
     kind: ScenarioKind
     n_tasks: int = Field(5, ge=1)
-    classes: Optional[list[str]] = None  # default: every class of the data
+    classes: list[str] | None = None  # default: every class of the data
     seed: int = 0
 
 
@@ -61,16 +61,20 @@ class ScenarioConfig(ExperimentConfig):
     """Everything ``retune scenario run`` needs; saved next to the results."""
 
     name: str = "scenario"
-    kind: Optional[ScenarioKind] = None
+    kind: ScenarioKind | None = None
     retune: ReTuneConfig = ReTuneConfig()
-    methods: list[str] = Field(default_factory=lambda: ["retune", "retune-distill", "linear_probe", "naive", "lwf", "ewc", "joint"])
-    orders: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Seeds for class order / chunking; one run per seed.")
+    methods: list[str] = Field(
+        default_factory=lambda: ["retune", "retune-distill", "linear_probe", "naive", "lwf", "ewc", "joint"]
+    )
+    orders: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="Seeds for class order / chunking; one run per seed."
+    )
     tasks: list[TaskSpec] = Field(default_factory=list)
-    generate: Optional[GeneratorSpec] = None
+    generate: GeneratorSpec | None = None
     n_bootstrap: int = Field(500, ge=0)
 
     @model_validator(mode="after")
-    def _tasks_or_generator(self) -> "ScenarioConfig":
+    def _tasks_or_generator(self) -> ScenarioConfig:
         if not self.tasks and self.generate is None:
             raise ValueError("give either 'tasks' or 'generate'")
         if self.tasks and self.generate is not None:
@@ -93,5 +97,8 @@ def validate_tasks(tasks: list[TaskSpec], kind: ScenarioKind | None, known_class
             if name not in known_classes:
                 raise ConfigError(f"task {number}: unknown class '{name}'; the data has: {', '.join(known_classes)}")
             if kind == "class" and name in seen:
-                raise ConfigError(f"task {number}: class '{name}' is already in task {seen[name]}; class-incremental tasks must not share classes")
+                raise ConfigError(
+                    f"task {number}: class '{name}' is already in task {seen[name]}; class-incremental tasks must not "
+                    "share classes"
+                )
             seen.setdefault(name, number)

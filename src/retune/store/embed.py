@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -112,7 +112,9 @@ def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> 
     """Encode a decoded batch; on CPU in chunks of ``CPU_ENCODE_CHUNK`` images, whose activations stay in cache
     (measured on 2 cores: faster per image than one batch of 32), on GPU in one call."""
     chunk = len(pixels) if backbone.device.type == "cuda" else CPU_ENCODE_CHUNK
-    parts = [backbone.encode_images(pixels[start:start + chunk], tokens=tokens) for start in range(0, len(pixels), chunk)]
+    parts = [
+        backbone.encode_images(pixels[start : start + chunk], tokens=tokens) for start in range(0, len(pixels), chunk)
+    ]
     return Encoded(torch.cat([p.pooled for p in parts]), torch.cat([p.tokens for p in parts]) if tokens else None)
 
 
@@ -165,7 +167,13 @@ def embed_table(
                 store.write_vectors("images", fingerprint, [pending["keys"][row] for row in fresh], pooled[fresh])
             if tokens:
                 token_matrix = np.concatenate(pending["tokens"])
-                store.write_vectors("tokens", fingerprint, pending["keys"], token_matrix, n_tokens=[token_matrix.shape[1]] * len(token_matrix))
+                store.write_vectors(
+                    "tokens",
+                    fingerprint,
+                    pending["keys"],
+                    token_matrix,
+                    n_tokens=[token_matrix.shape[1]] * len(token_matrix),
+                )
             for values in pending.values():
                 values.clear()
 
@@ -187,9 +195,13 @@ def embed_table(
                 advance(len(batch))
             flush()
     errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
-    summary = EmbedSummary(len(table), len(unique), len(unique) - len(todo), computed, time.perf_counter() - started, errors)
+    summary = EmbedSummary(
+        len(table), len(unique), len(unique) - len(todo), computed, time.perf_counter() - started, errors
+    )
     if len(errors) and store.persistent:
-        summary.errors_file = store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+        summary.errors_file = (
+            store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+        )
         with atomic_path(summary.errors_file) as temp:
             errors.to_csv(temp, index=False)
     return summary
@@ -204,7 +216,9 @@ def image_embeddings(table: ImageTable, fingerprint: str, store: EmbeddingStore)
     stored = store.keys("images", fingerprint)
     rows = [row for row, path in enumerate(table.paths) if hashes.get(path) in stored]
     if not rows:
-        raise StoreError(f"{store.root}: none of the {len(table)} images of {table.source} are embedded for backbone {fingerprint}")
+        raise StoreError(
+            f"{store.root}: none of the {len(table)} images of {table.source} are embedded for backbone {fingerprint}"
+        )
     _, matrix = store.read_vectors("images", fingerprint, [hashes[table.paths[row]] for row in rows])
     return matrix, np.asarray(rows, dtype=int)
 
@@ -217,15 +231,19 @@ def text_embeddings(texts: list[str], backbone: Backbone, store: EmbeddingStore,
     missing = list(dict.fromkeys(text for text, key in zip(texts, keys) if key not in stored))
     if missing:
         store.register_backbone(backbone.describe())
-        vectors = np.concatenate([
-            backbone.encode_texts(missing[start:start + batch_size]).pooled.float().cpu().numpy()
-            for start in range(0, len(missing), batch_size)
-        ])
+        vectors = np.concatenate(
+            [
+                backbone.encode_texts(missing[start : start + batch_size]).pooled.float().cpu().numpy()
+                for start in range(0, len(missing), batch_size)
+            ]
+        )
         store.write_vectors("texts", fingerprint, [text_hash(t) for t in missing], vectors, text=missing)
     return store.read_vectors("texts", fingerprint, keys)[1]
 
 
-def text_token_embeddings(texts: list[str], backbone: Backbone, store: EmbeddingStore, max_tokens: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def text_token_embeddings(
+    texts: list[str], backbone: Backbone, store: EmbeddingStore, max_tokens: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """Text-tower token vectors (N x max_tokens x D, zero-padded) and their mask (N x max_tokens, True = real token).
 
     Only texts the store lacks are encoded, one at a time so that each text's token count is its own
@@ -237,7 +255,10 @@ def text_token_embeddings(texts: list[str], backbone: Backbone, store: Embedding
     if shards:
         stored_length = pq.read_table(shards[0], columns=["max_tokens"]).column("max_tokens")[0].as_py()
         if stored_length != max_tokens:
-            raise StoreError(f"{store.root}: text tokens are stored padded to {stored_length} for backbone {fingerprint}, not {max_tokens}; use max_tokens={stored_length} or another store")
+            raise StoreError(
+                f"{store.root}: text tokens are stored padded to {stored_length} for backbone {fingerprint}, not "
+                f"{max_tokens}; use max_tokens={stored_length} or another store"
+            )
     keys = [text_hash(text) for text in texts]
     stored = store.keys("text_tokens", fingerprint)
     missing = list(dict.fromkeys(text for text, key in zip(texts, keys) if key not in stored))
@@ -250,7 +271,14 @@ def text_token_embeddings(texts: list[str], backbone: Backbone, store: Embedding
             row[: len(hidden)] = hidden
             padded.append(row)
             counts.append(len(hidden))
-        store.write_vectors("text_tokens", fingerprint, [text_hash(t) for t in missing], np.stack(padded), n_tokens=counts, max_tokens=[max_tokens] * len(counts))
+        store.write_vectors(
+            "text_tokens",
+            fingerprint,
+            [text_hash(t) for t in missing],
+            np.stack(padded),
+            n_tokens=counts,
+            max_tokens=[max_tokens] * len(counts),
+        )
     _, flat = store.read_vectors("text_tokens", fingerprint, keys)
     counts = store.read_column("text_tokens", fingerprint, "n_tokens", keys)
     tokens = flat.reshape(len(keys), max_tokens, -1)

@@ -6,9 +6,9 @@ content hashes or file paths of those images to disk: the store holds only what 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -44,8 +44,12 @@ class MemoryOverlay:
         stored = self.base.keys(kind, fingerprint) if self.base else set()
         return stored | set(self._vectors.get((kind, fingerprint), {}))
 
-    def write_vectors(self, kind: str, fingerprint: str, keys: list[str], vectors: np.ndarray, **extra_columns: list) -> None:
-        self._vectors.setdefault((kind, fingerprint), {}).update(zip(keys, np.asarray(vectors, dtype=np.float32).reshape(len(keys), -1)))
+    def write_vectors(
+        self, kind: str, fingerprint: str, keys: list[str], vectors: np.ndarray, **extra_columns: list
+    ) -> None:
+        self._vectors.setdefault((kind, fingerprint), {}).update(
+            zip(keys, np.asarray(vectors, dtype=np.float32).reshape(len(keys), -1))
+        )
 
     def read_vectors(self, kind: str, fingerprint: str, keys: list[str]) -> tuple[list[str], np.ndarray]:
         """Vectors for ``keys`` in that order, from memory first, then from the base store."""

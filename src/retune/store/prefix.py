@@ -1,4 +1,5 @@
-"""The frozen-block activation cache: the image tower's first-k-block output per image, kept in the store (kind ``prefix``)."""
+"""The frozen-block activation cache: the image tower's first-k-block output per image, kept in the store (kind
+``prefix``)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,17 @@ class PrefixActivations:
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
 
 
-def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: EmbeddingStore, compute: Callable[[torch.Tensor], torch.Tensor],
-                       batch_size: int = 16, require_rows: bool = True) -> PrefixActivations:
-    """Output of the image tower's first k blocks per row (``compute``: pixels -> activations), only what the store lacks.
+def prefix_activations(
+    table: ImageTable,
+    backbone: Backbone,
+    k: int,
+    store: EmbeddingStore,
+    compute: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 16,
+    require_rows: bool = True,
+) -> PrefixActivations:
+    """Output of the image tower's first k blocks per row (``compute``: pixels -> activations), only what the store
+    lacks.
 
     With no readable image: DataError, or with ``require_rows=False`` an empty result that lists the failures.
     """
@@ -51,14 +60,21 @@ def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: Emb
                 todo.setdefault(content_hash, path)
         items = list(todo.items())
         for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
+            batch = items[start : start + batch_size]
             pixels = decode_pixels([path for _, path in batch], backbone)
             good = [(key, tensor) for (key, _), tensor in zip(batch, pixels) if tensor is not None]
             failures.update({path: "unreadable image" for (_, path), tensor in zip(batch, pixels) if tensor is None})
             if not good:
                 continue
             activations = compute(torch.stack([t for _, t in good])).cpu()
-            store.register_backbone({**backbone.describe(), "fingerprint": fingerprint, "prefix_blocks": k, "activation_shape": list(activations.shape[1:])})
+            store.register_backbone(
+                {
+                    **backbone.describe(),
+                    "fingerprint": fingerprint,
+                    "prefix_blocks": k,
+                    "activation_shape": list(activations.shape[1:]),
+                }
+            )
             store.write_vectors(PREFIX_KIND, fingerprint, [key for key, _ in good], activations.numpy())
             stored.update(key for key, _ in good)
             computed += len(good)
@@ -69,4 +85,10 @@ def prefix_activations(table: ImageTable, backbone: Backbone, k: int, store: Emb
         return PrefixActivations(torch.zeros(0), rows, computed, fingerprint, dict(sorted(failures.items())))
     shape = store.manifest["backbones"][fingerprint]["activation_shape"]
     _, flat = store.read_vectors(PREFIX_KIND, fingerprint, [hashes[table.paths[row]] for row in rows])
-    return PrefixActivations(torch.from_numpy(np.ascontiguousarray(flat)).view(len(rows), *shape), rows, computed, fingerprint, dict(sorted(failures.items())))
+    return PrefixActivations(
+        torch.from_numpy(np.ascontiguousarray(flat)).view(len(rows), *shape),
+        rows,
+        computed,
+        fingerprint,
+        dict(sorted(failures.items())),
+    )

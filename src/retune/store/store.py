@@ -24,9 +24,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -38,8 +38,20 @@ from retune.io_utils import atomic_path, write_json_atomic
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("images", "tokens", "texts", "text_tokens", "prefix")
-_KEY_COLUMN = {"prefix": "content_hash", "images": "content_hash", "tokens": "content_hash", "texts": "text_hash", "text_tokens": "text_hash"}
-_VECTOR_COLUMN = {"prefix": "activation", "images": "embedding", "tokens": "tokens", "texts": "embedding", "text_tokens": "tokens"}
+_KEY_COLUMN = {
+    "prefix": "content_hash",
+    "images": "content_hash",
+    "tokens": "content_hash",
+    "texts": "text_hash",
+    "text_tokens": "text_hash",
+}
+_VECTOR_COLUMN = {
+    "prefix": "activation",
+    "images": "embedding",
+    "tokens": "tokens",
+    "texts": "embedding",
+    "text_tokens": "tokens",
+}
 
 
 def text_hash(text: str) -> str:
@@ -141,11 +153,16 @@ class EmbeddingStore:
             keys.update(pq.read_table(shard, columns=[column], memory_map=True).column(column).to_pylist())
         return keys
 
-    def write_vectors(self, kind: str, fingerprint: str, keys: list[str], vectors: np.ndarray, **extra_columns: list) -> Path:
+    def write_vectors(
+        self, kind: str, fingerprint: str, keys: list[str], vectors: np.ndarray, **extra_columns: list
+    ) -> Path:
         """Append one shard of vectors (rows of ``vectors`` match ``keys``)."""
         if len(keys) != len(vectors):
             raise ValueError("keys and vectors differ in length")
-        columns = {_KEY_COLUMN[kind]: pa.array(keys, pa.string()), _VECTOR_COLUMN[kind]: _vector_array(vectors.reshape(len(keys), -1))}
+        columns = {
+            _KEY_COLUMN[kind]: pa.array(keys, pa.string()),
+            _VECTOR_COLUMN[kind]: _vector_array(vectors.reshape(len(keys), -1)),
+        }
         columns.update({name: pa.array(values) for name, values in extra_columns.items()})
         return self._write_shard(self.shard_dir(kind, fingerprint), pa.table(columns))
 
@@ -162,7 +179,9 @@ class EmbeddingStore:
             return [], np.zeros((0, 0), dtype=np.float32)
         # Keys first (cheap), then each shard's vectors straight into one preallocated matrix:
         # peak memory is the result plus one shard, not a concatenated copy of the whole store.
-        shard_keys = [pq.read_table(s, columns=[key_column], memory_map=True).column(key_column).to_pylist() for s in shards]
+        shard_keys = [
+            pq.read_table(s, columns=[key_column], memory_map=True).column(key_column).to_pylist() for s in shards
+        ]
         wanted = list(keys) if keys is not None else [key for keys_of_shard in shard_keys for key in keys_of_shard]
         rows_of: dict[str, list[int]] = {}
         for row, key in enumerate(wanted):
@@ -182,7 +201,10 @@ class EmbeddingStore:
                 result[target] = _matrix(column, width)[source]
         if len(found) < len(rows_of):
             missing = len(rows_of) - len(found)
-            raise StoreError(f"{self.root}: {missing} of {len(rows_of)} requested {kind} are not in the store (backbone {fingerprint})")
+            raise StoreError(
+                f"{self.root}: {missing} of {len(rows_of)} requested {kind} are not in the store (backbone "
+                f"{fingerprint})"
+            )
         return wanted, result
 
     def read_column(self, kind: str, fingerprint: str, column: str, keys: list[str]) -> np.ndarray:
@@ -195,7 +217,10 @@ class EmbeddingStore:
         position = {key: row for row, key in enumerate(table.column(key_column).to_pylist())}
         missing = [key for key in keys if key not in position]
         if missing:
-            raise StoreError(f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone {fingerprint})")
+            raise StoreError(
+                f"{self.root}: {len(missing)} of {len(keys)} requested {kind} are not in the store (backbone "
+                f"{fingerprint})"
+            )
         return table.column(column).to_numpy()[[position[key] for key in keys]]
 
     # -- file hash cache ---------------------------------------------------------------------
@@ -213,12 +238,14 @@ class EmbeddingStore:
         if not rows:
             return
         paths, sizes, mtimes, hashes = zip(*rows)
-        table = pa.table({
-            "path": pa.array(paths, pa.string()),
-            "size": pa.array(sizes, pa.int64()),
-            "mtime_ns": pa.array(mtimes, pa.int64()),
-            "content_hash": pa.array(hashes, pa.string()),
-        })
+        table = pa.table(
+            {
+                "path": pa.array(paths, pa.string()),
+                "size": pa.array(sizes, pa.int64()),
+                "mtime_ns": pa.array(mtimes, pa.int64()),
+                "content_hash": pa.array(hashes, pa.string()),
+            }
+        )
         self._write_shard(self.root / "files", table)
 
     # -- maintenance -------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -66,7 +66,10 @@ def fit(
     generator = seed_everything(seed)
     parameters = [p for p in parameters if p.requires_grad]
     # scalars (logit scale, SigLIP bias) are not decayed towards 0, as in CLIP and SigLIP training
-    groups = [{"params": [p for p in parameters if p.ndim > 0]}, {"params": [p for p in parameters if p.ndim == 0], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in parameters if p.ndim > 0]},
+        {"params": [p for p in parameters if p.ndim == 0], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, weight_decay=optim.weight_decay)
     n_rows = len(train_x)
     batch_size = optim.batch_size or n_rows
@@ -77,7 +80,11 @@ def fit(
     for epoch in range(1, optim.epochs + 1):
         module.train()
         # full batch: the training matrix itself, never a copy; minibatches: gathered one at a time
-        batches = torch.randperm(n_rows, generator=generator).to(train_x.device).split(batch_size) if batch_size < n_rows else [None]
+        batches = (
+            torch.randperm(n_rows, generator=generator).to(train_x.device).split(batch_size)
+            if batch_size < n_rows
+            else [None]
+        )
         total = 0.0  # becomes a tensor on the loss's device: one host sync per epoch
         for rows in batches:
             batch_x, batch_y = (train_x, train_y) if rows is None else (train_x[rows], train_y[rows])

@@ -21,15 +21,18 @@ from retune.errors import ConfigError
 from retune.tuning.towers import Tower, frozen_names, resolve_freeze_blocks, tower_blocks, tower_of
 
 PEFT_METHODS = ("lora", "ia3", "prefix", "prompt", "freeze")
-UNUSED_OUTPUT_HEADS = re.compile(r"(^|\.)(classifier|pooler)(\.|$)")  # ImageNet classifier, BERT pooler: not in the pooled features
+# ImageNet classifier, BERT pooler: not in the pooled features
+UNUSED_OUTPUT_HEADS = re.compile(r"(^|\.)(classifier|pooler)(\.|$)")
 
 
 def _is_adaptable(module: nn.Module, parent: nn.Module | None, method: str) -> bool:
     """Linear and ungrouped Conv2d layers; for LoRA also whole ``nn.MultiheadAttention`` modules (open_clip, CheXzero),
     whose q/k/v live in one fused ``in_proj_weight`` that peft's LoRA MultiheadAttention layer adapts."""
-    if isinstance(parent, nn.MultiheadAttention):  # out_proj's weight is read directly by the parent, an adapter would be bypassed
+    # out_proj's weight is read directly by the parent, an adapter would be bypassed
+    if isinstance(parent, nn.MultiheadAttention):
         return False
-    if isinstance(module, nn.MultiheadAttention):  # peft merges the adapter into the frozen weights around each forward (fp32 drift ~1e-8)
+    # peft merges the adapter into the frozen weights around each forward (fp32 drift ~1e-8)
+    if isinstance(module, nn.MultiheadAttention):
         return method == "lora" and module._qkv_same_embed_dim
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
@@ -40,13 +43,20 @@ def adapter_targets(tower: Tower, patterns: list[str] | None, frozen: set[str], 
     targets = []
     for name, module in tower.named_modules():
         parent = modules.get(name.rpartition(".")[0]) if "." in name else tower.root
-        if not _is_adaptable(module, parent, method) or UNUSED_OUTPUT_HEADS.search(name) or any(p.startswith(name + ".") for p in frozen):
+        if (
+            not _is_adaptable(module, parent, method)
+            or UNUSED_OUTPUT_HEADS.search(name)
+            or any(p.startswith(name + ".") for p in frozen)
+        ):
             continue
         if patterns and not any(re.search(pattern, name) for pattern in patterns):
             continue
         targets.append(name)
     if not targets:
-        raise ConfigError(f"{tower.name} tower: no module to adapt with {method}" + (f" matches target_modules {patterns}" if patterns else ""))
+        raise ConfigError(
+            f"{tower.name} tower: no module to adapt with {method}"
+            + (f" matches target_modules {patterns}" if patterns else "")
+        )
     return targets
 
 
@@ -55,13 +65,17 @@ def _prefix_tuning_slot(backbone: Backbone, tower: str) -> tuple[object, str]:
     from transformers import PreTrainedModel
 
     if tower != "text":
-        raise ConfigError("prefix tuning prepends key/value tokens to a transformers text model's attention; it does not apply to the image tower")
+        raise ConfigError(
+            "prefix tuning prepends key/value tokens to a transformers text model's attention; it does not apply to "
+            "the image tower"
+        )
     slots = [(backbone, "text_model"), (getattr(getattr(backbone, "model", None), "text", None), "transformer")]
     for owner, attribute in slots:
         if isinstance(getattr(owner, attribute, None), PreTrainedModel):
             return owner, attribute
     raise ConfigError(
-        f"prefix tuning needs the text tower to be a transformers model (default, hf-pair, open_clip with an HF text tower); "
+        "prefix tuning needs the text tower to be a transformers model (default, hf-pair, open_clip with an HF text "
+        "tower); "
         f"backbone '{backbone.spec}' has another text tower: use lora or ia3"
     )
 
@@ -69,7 +83,8 @@ def _prefix_tuning_slot(backbone: Backbone, tower: str) -> tuple[object, str]:
 class VisualPrompts(nn.Module):
     """Visual prompt tuning (VPT-shallow, Jia et al. 2022): learnable tokens inserted after the first token (the class
     token of a ViT) before the tower's first block, so the patch tokens stay last, as RoPE ViTs expect. Class-token
-    pooling reads the image as before; pooling over all tokens (mean, attention pool) also sees the prompts, as in VPT."""
+    pooling reads the image as before; pooling over all tokens (mean, attention pool) also sees the prompts, as in
+    VPT."""
 
     def __init__(self, n_tokens: int, width: int) -> None:
         super().__init__()
@@ -90,7 +105,9 @@ def _attach_visual_prompts(backbone: Backbone, n_tokens: int) -> None:
     parent_name = container_name.rpartition(".")[0]
     parent = dict(tower.root.named_modules())[parent_name] if parent_name else tower.root
     if hasattr(parent, "visual_prompts"):
-        raise ConfigError(f"backbone '{backbone.spec}' already has visual prompts: load a fresh backbone to tune it again")
+        raise ConfigError(
+            f"backbone '{backbone.spec}' already has visual prompts: load a fresh backbone to tune it again"
+        )
     blank = torch.zeros(2, *pixel_shape(backbone))
     seen: list[torch.Size] = []
     probe = blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
@@ -99,52 +116,82 @@ def _attach_visual_prompts(backbone: Backbone, n_tokens: int) -> None:
     finally:
         probe.remove()
     if not seen or len(seen[0]) != 3 or seen[0][0] != 2:
-        raise ConfigError(f"prompt tuning needs an image tower whose blocks take (batch, tokens, width) sequences (ViT); "
-                          f"backbone '{backbone.spec}' gives {tuple(seen[0]) if seen else 'nothing'}: use lora or ia3")
+        raise ConfigError(
+            f"prompt tuning needs an image tower whose blocks take (batch, tokens, width) sequences (ViT); "
+            f"backbone '{backbone.spec}' gives {tuple(seen[0]) if seen else 'nothing'}: use lora or ia3"
+        )
     prompts = VisualPrompts(n_tokens, seen[0][2]).to(backbone.device)
     hook = blocks[0].register_forward_pre_hook(prompts.insert, with_kwargs=True)
     try:
         prompted = backbone.encode_images(blank).pooled
         if prompted.shape != pooled.shape:
-            raise RuntimeError(f"pooled features change shape with prompts ({tuple(pooled.shape)} -> {tuple(prompted.shape)})")
+            raise RuntimeError(
+                f"pooled features change shape with prompts ({tuple(pooled.shape)} -> {tuple(prompted.shape)})"
+            )
     except Exception as error:  # e.g. fixed relative-position tables, windowed blocks: refuse before any training
         hook.remove()
-        raise ConfigError(f"backbone '{backbone.spec}': its image tower does not take extra prompt tokens ({type(error).__name__}: {error}); use lora or ia3") from None
+        raise ConfigError(
+            f"backbone '{backbone.spec}': its image tower does not take extra prompt tokens ({type(error).__name__}: "
+            f"{error}); use lora or ia3"
+        ) from None
     parent.add_module("visual_prompts", prompts)
 
 
-def apply_tuning(backbone: Backbone, towers: str | list[str], method: str, freeze_blocks: float = 0, rank: int = 8, alpha: float = 16.0,
-                 dropout: float = 0.0, target_modules: list[str] | None = None, num_virtual_tokens: int = 8) -> dict[str, int]:
-    """Make the tower(s) partly trainable in place (adapters or unfrozen top blocks); returns the frozen block count per tower."""
+def apply_tuning(
+    backbone: Backbone,
+    towers: str | list[str],
+    method: str,
+    freeze_blocks: float = 0,
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    num_virtual_tokens: int = 8,
+) -> dict[str, int]:
+    """Make the tower(s) partly trainable in place (adapters or unfrozen top blocks); returns the frozen block count
+    per tower."""
     towers = [towers] if isinstance(towers, str) else list(towers)
     if method not in PEFT_METHODS:
         raise ConfigError(f"unknown tuning method '{method}'; valid: {', '.join(PEFT_METHODS)}")
     if method in ("prefix", "prompt") and freeze_blocks:
-        raise ConfigError(f"freeze_blocks applies to lora, ia3 and freeze; {method} tuning adds tokens that every block sees")
+        raise ConfigError(
+            f"freeze_blocks applies to lora, ia3 and freeze; {method} tuning adds tokens that every block sees"
+        )
     if method == "prompt":
         if towers != ["image"]:
-            raise ConfigError("prompt tuning (visual prompts) applies to the image tower; for the text tower use prefix")
+            raise ConfigError(
+                "prompt tuning (visual prompts) applies to the image tower; for the text tower use prefix"
+            )
         _attach_visual_prompts(backbone, num_virtual_tokens)
         return {"image": 0}
     if method == "prefix":
         from peft import PrefixTuningConfig, get_peft_model
 
-        slots = [_prefix_tuning_slot(backbone, tower) for tower in towers]  # refuses the image tower before changing anything
+        # refuses the image tower before changing anything
+        slots = [_prefix_tuning_slot(backbone, tower) for tower in towers]
         for owner, attribute in slots:
-            wrapped = get_peft_model(getattr(owner, attribute), PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=num_virtual_tokens))
+            wrapped = get_peft_model(
+                getattr(owner, attribute),
+                PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=num_virtual_tokens),
+            )
             setattr(owner, attribute, wrapped.eval())
         return dict.fromkeys(towers, 0)
     frozen_blocks: dict[str, int] = {}
-    targets: dict[int, tuple[nn.Module, list[str]]] = {}  # one injection per root module (open_clip/CLIP hold both towers)
+    # one injection per root module (open_clip/CLIP hold both towers)
+    targets: dict[int, tuple[nn.Module, list[str]]] = {}
     for name in towers:
         tower = tower_of(backbone, name)
         k = resolve_freeze_blocks(freeze_blocks, len(tower_blocks(tower)[1]), name) if freeze_blocks else 0
         frozen_blocks[name], frozen = k, frozen_names(tower, k)
         if method == "freeze":
             for parameter_name, parameter in tower.named_parameters():
-                parameter.requires_grad_(parameter_name not in frozen and not UNUSED_OUTPUT_HEADS.search(parameter_name))
+                parameter.requires_grad_(
+                    parameter_name not in frozen and not UNUSED_OUTPUT_HEADS.search(parameter_name)
+                )
         else:
-            targets.setdefault(id(tower.root), (tower.root, []))[1].extend(adapter_targets(tower, target_modules, frozen, method))
+            targets.setdefault(id(tower.root), (tower.root, []))[1].extend(
+                adapter_targets(tower, target_modules, frozen, method)
+            )
     if targets:
         from peft import IA3Config, LoraConfig, inject_adapter_in_model
 

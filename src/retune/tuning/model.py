@@ -16,12 +16,20 @@ def _key(name: str) -> str:
 
 
 class TunedReTune(nn.Module):
-    """RE-tune head on partly trainable encoders; ``state_dict`` holds the head and the trainable encoder tensors only."""
+    """RE-tune head on partly trainable encoders; ``state_dict`` holds the head and the trainable encoder tensors
+    only."""
 
-    def __init__(self, head: ReTuneModel, image_features: Callable, prompt_features: Callable | None, encoder_parameters: dict[str, nn.Parameter]) -> None:
+    def __init__(
+        self,
+        head: ReTuneModel,
+        image_features: Callable,
+        prompt_features: Callable | None,
+        encoder_parameters: dict[str, nn.Parameter],
+    ) -> None:
         super().__init__()
         self.head = head
-        self.encoder = nn.ParameterDict({_key(name): p for name, p in encoder_parameters.items()})  # shared with the backbone
+        # shared with the backbone
+        self.encoder = nn.ParameterDict({_key(name): p for name, p in encoder_parameters.items()})
         self.image_features = image_features
         self.prompt_features = prompt_features
 
@@ -59,4 +67,8 @@ def parameter_report(backbone: Backbone, model: TunedReTune) -> dict:
     unique = {id(p): p for module in [*backbone.modules, model] for p in module.parameters()}
     total = sum(p.numel() for p in unique.values())
     trainable = sum(p.numel() for p in unique.values() if p.requires_grad)
-    return {"trainable_parameters": trainable, "total_parameters": total, "trainable_percent": round(100.0 * trainable / total, 4)}
+    return {
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_percent": round(100.0 * trainable / total, 4),
+    }

@@ -15,14 +15,18 @@ from retune.tuning.towers import tower_blocks, tower_of
 
 
 def differentiable(encode: Callable) -> Callable:
-    """A backbone's ``encode_images``/``encode_texts`` without its ``inference_mode`` decorator (same code, with grads)."""
+    """A backbone's ``encode_images``/``encode_texts`` without its ``inference_mode`` decorator (same code, with
+    grads)."""
     inner = getattr(encode.__func__, "__wrapped__", None)
     if inner is None:
-        raise ConfigError(f"{encode.__qualname__} is not an inference-mode wrapped encoder; cannot run it with gradients")
+        raise ConfigError(
+            f"{encode.__qualname__} is not an inference-mode wrapped encoder; cannot run it with gradients"
+        )
     return inner.__get__(encode.__self__)
 
 
-_SPLIT_LOCK = threading.RLock()  # BlockSplit hooks and swaps modules of a shared backbone: serialise them across threads
+# BlockSplit hooks and swaps modules of a shared backbone: serialise them across threads
+_SPLIT_LOCK = threading.RLock()
 
 
 class _PrefixReached(Exception):
@@ -30,7 +34,8 @@ class _PrefixReached(Exception):
 
 
 class _Emit(nn.Module):
-    """Stand-in for block 0: ignores its input and emits the cached activations (as a 1-tuple where blocks return tuples)."""
+    """Stand-in for block 0: ignores its input and emits the cached activations (as a 1-tuple where blocks return
+    tuples)."""
 
     def __init__(self, activations: torch.Tensor, as_tuple: bool) -> None:
         super().__init__()
@@ -53,7 +58,8 @@ class _PassThrough(nn.Module):
 
 
 class BlockSplit:
-    """The image tower cut after block k, for any tower whose blocks run in sequence (timm convnets, ViTs, HF encoders).
+    """The image tower cut after block k, for any tower whose blocks run in sequence (timm convnets, ViTs, HF
+    encoders).
 
     ``prefix``: the first k blocks' output, captured by a forward hook that stops the pass there. ``top``: the
     tower's own forward with blocks[:k] swapped for stand-ins that emit the cached activations, so what follows
@@ -72,7 +78,8 @@ class BlockSplit:
         probe, self.as_tuple = self._capture(torch.zeros(2, *self.pixel_shape))
         if probe.shape[0] != 2:
             raise ConfigError(
-                f"backbone '{backbone.spec}': block {k} of the image tower does not put the batch first (shape {tuple(probe.shape)}), "
+                f"backbone '{backbone.spec}': block {k} of the image tower does not put the batch first (shape "
+                f"{tuple(probe.shape)}), "
                 "so its activations cannot be cached per image: set cache_prefix: false"
             )
         self.activation_shape = tuple(probe.shape[1:])
@@ -93,7 +100,10 @@ class BlockSplit:
             finally:
                 handle.remove()
         if not captured:
-            raise ConfigError(f"backbone '{self.backbone.spec}': encode_images never ran image block {self.k - 1}, so its output cannot be cached")
+            raise ConfigError(
+                f"backbone '{self.backbone.spec}': encode_images never ran image block {self.k - 1}, so its output "
+                "cannot be cached"
+            )
         output = captured[0]
         as_tuple = isinstance(output, tuple)
         return (output[0] if as_tuple else output).float().clone(), as_tuple
@@ -119,7 +129,8 @@ class BlockSplit:
 
 
 def image_split(backbone: Backbone, k: int) -> BlockSplit:
-    """The forward split used to cache the first k image blocks, or ConfigError saying why this tower cannot be split."""
+    """The forward split used to cache the first k image blocks, or ConfigError saying why this tower cannot be
+    split."""
     try:
         return BlockSplit(backbone, k)
     except ConfigError as error:
@@ -147,7 +158,8 @@ def image_features_fn(backbone: Backbone, k: int, inputs_are_prefix: bool) -> Ca
 
 
 def prompt_features_fn(backbone: Backbone, prompts: dict) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-    """Re-encode every class's prompts through the (trainable) text tower; returns averaged positive and negative rows."""
+    """Re-encode every class's prompts through the (trainable) text tower; returns averaged positive and negative
+    rows."""
     encode = differentiable(backbone.encode_texts)
     texts = list(dict.fromkeys(t for p in prompts.values() for t in (*p.positive, *p.negative)))
     index = {t: i for i, t in enumerate(texts)}

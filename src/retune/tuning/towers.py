@@ -1,4 +1,5 @@
-"""An encoder tower (image or text) of a backbone, its block sequence, and which parameters freezing the first k blocks fixes."""
+"""An encoder tower (image or text) of a backbone, its block sequence, and which parameters freezing the first k
+blocks fixes."""
 
 from __future__ import annotations
 
@@ -41,14 +42,22 @@ def tower_of(backbone: Backbone, tower: str) -> Tower:
     if isinstance(own_module, nn.Module):
         return Tower(tower, own_module, lambda name: True)
     model = getattr(backbone, "model", None)
-    if isinstance(model, nn.Module) and hasattr(model, "visual"):  # open_clip: visual vs everything else but logit scale/bias
+    # open_clip: visual vs everything else but logit scale/bias
+    if isinstance(model, nn.Module) and hasattr(model, "visual"):
         in_image = _starts("visual")
         owns = in_image if tower == "image" else (lambda n: not in_image(n) and not n.startswith("logit_"))
         return Tower(tower, model, owns)
     if isinstance(model, nn.Module) and hasattr(model, "vision_model"):  # HF CLIP / SigLIP
-        owns = _starts("vision_model", "visual_projection") if tower == "image" else _starts("text_model", "text_projection")
+        owns = (
+            _starts("vision_model", "visual_projection")
+            if tower == "image"
+            else _starts("text_model", "text_projection")
+        )
         return Tower(tower, model, owns)
-    raise ConfigError(f"backbone '{backbone.spec}': cannot locate its {tower} tower for tuning (supported: default, open_clip, hf, hf-pair)")
+    raise ConfigError(
+        f"backbone '{backbone.spec}': cannot locate its {tower} tower for tuning (supported: default, open_clip, hf, "
+        "hf-pair)"
+    )
 
 
 def tower_blocks(tower: Tower) -> tuple[str, list[nn.Module]]:
@@ -56,7 +65,9 @@ def tower_blocks(tower: Tower) -> tuple[str, list[nn.Module]]:
     candidates = [
         (sum(p.numel() for p in module.parameters()), name, module)
         for name, module in tower.named_modules()
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and name.rsplit(".", 1)[-1] in BLOCK_CONTAINER_NAMES and len(module) >= 2
+        if isinstance(module, (nn.ModuleList, nn.Sequential))
+        and name.rsplit(".", 1)[-1] in BLOCK_CONTAINER_NAMES
+        and len(module) >= 2
     ]
     if not candidates:
         raise ConfigError(f"{tower.name} tower ({type(tower.root).__name__}): no block sequence found to freeze")
@@ -69,7 +80,10 @@ def resolve_freeze_blocks(value: float, n_blocks: int, tower: str) -> int:
     if 0 < value < 1:
         return int(round(value * n_blocks))
     if value != int(value) or value > n_blocks:
-        raise ConfigError(f"freeze_blocks={value}: the {tower} tower has {n_blocks} blocks; give an int 0..{n_blocks} or a fraction in (0, 1)")
+        raise ConfigError(
+            f"freeze_blocks={value}: the {tower} tower has {n_blocks} blocks; give an int 0..{n_blocks} or a fraction "
+            "in (0, 1)"
+        )
     return int(value)
 
 

@@ -1,4 +1,5 @@
-"""BioViL and BioViL-T (Microsoft) through the optional ``hi-ml-multimodal`` package: ResNet-50 + CXR-BERT, 128-d joint space.
+"""BioViL and BioViL-T (Microsoft) through the optional ``hi-ml-multimodal`` package: ResNet-50 + CXR-BERT, 128-d joint
+space.
 
 Weights: ``biovil`` / ``biovil-t`` read the pinned hub revision from the HF cache (downloaded there when online);
 ``biovil:/path/to/dir`` reads a local copy of that repo (the image ``.pt`` checkpoint plus the CXR-BERT files,
@@ -42,8 +43,12 @@ def _variants() -> dict[str, _Variant]:
     from health_multimodal.image.model import pretrained as hm
 
     return {
-        "biovil": _Variant(hm.BIOMED_VLP_CXR_BERT_SPECIALIZED, hm.CXR_BERT_COMMIT_TAG, hm.BIOVIL_IMAGE_WEIGHTS_NAME, "resnet50", 480),
-        "biovil-t": _Variant(hm.BIOMED_VLP_BIOVIL_T, hm.BIOVIL_T_COMMIT_TAG, hm.BIOVIL_T_IMAGE_WEIGHTS_NAME, "resnet50_multi_image", 448),
+        "biovil": _Variant(
+            hm.BIOMED_VLP_CXR_BERT_SPECIALIZED, hm.CXR_BERT_COMMIT_TAG, hm.BIOVIL_IMAGE_WEIGHTS_NAME, "resnet50", 480
+        ),
+        "biovil-t": _Variant(
+            hm.BIOMED_VLP_BIOVIL_T, hm.BIOVIL_T_COMMIT_TAG, hm.BIOVIL_T_IMAGE_WEIGHTS_NAME, "resnet50_multi_image", 448
+        ),
     }
 
 
@@ -69,7 +74,8 @@ def _model_dir(spec: str, variant: _Variant, source: str) -> Path:
     try:
         return Path(snapshot_download(variant.repo_id, revision=variant.revision, local_files_only=offline_mode()))
     except (OSError, ValueError) as error:
-        hint = f"needs revision {variant.revision}: huggingface-cli download {variant.repo_id} --revision {variant.revision}"
+        download = f"huggingface-cli download {variant.repo_id} --revision {variant.revision}"
+        hint = f"needs revision {variant.revision}: {download}"
         raise weights_not_found(spec, variant.repo_id, f"{hint}; {error}") from error
 
 
@@ -114,7 +120,9 @@ class BioViLBackbone(Backbone):
             self.text_model = CXRBertModel.from_pretrained(text_dir)
             self.tokenizer = CXRBertTokenizer.from_pretrained(text_dir)
         self.image_dim = self.text_dim = JOINT_FEATURE_SIZE
-        self.transform = create_chest_xray_transform_for_inference(resize=RESIZE, center_crop_size=self.variant.crop_size)
+        self.transform = create_chest_xray_transform_for_inference(
+            resize=RESIZE, center_crop_size=self.variant.crop_size
+        )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Grayscale, stretched to 0-255 (as the package's ``load_image``), resized, cropped, copied to 3 channels."""
@@ -135,7 +143,9 @@ class BioViLBackbone(Backbone):
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], tokens: bool = False) -> Encoded:
         prompts = [text.rstrip(TRAILING_PUNCTUATION) for text in texts]
-        batch = self.tokenizer(prompts, add_special_tokens=True, padding="longest", return_tensors="pt").to(self.device)
+        batch = self.tokenizer(prompts, add_special_tokens=True, padding="longest", return_tensors="pt").to(
+            self.device
+        )
         with autocast_for(self.device):
             output = self.text_model(
                 input_ids=batch["input_ids"],
@@ -166,4 +176,6 @@ def _register(family: str, description: str) -> None:
 
 
 _register("biovil", "BioViL ResNet-50 + CXR-BERT-specialized, 128-d joint space (optional extra: retune[biovil])")
-_register("biovil-t", "BioViL-T multi-image ResNet-50 + its CXR-BERT, 128-d joint space (optional extra: retune[biovil])")
+_register(
+    "biovil-t", "BioViL-T multi-image ResNet-50 + its CXR-BERT, 128-d joint space (optional extra: retune[biovil])"
+)

@@ -56,7 +56,10 @@ def load_efficientnet_lite0(weights_path: str) -> torch.nn.Module:
     renamed = {}
     for (name, tensor), (source_name, source_tensor) in zip(target.items(), source.items()):
         if tensor.shape != source_tensor.shape:
-            raise WeightsNotFoundError(f"{weights_path}: tensor {source_name} has shape {tuple(source_tensor.shape)}, expected {tuple(tensor.shape)} for {name}")
+            raise WeightsNotFoundError(
+                f"{weights_path}: tensor {source_name} has shape {tuple(source_tensor.shape)}, expected "
+                f"{tuple(tensor.shape)} for {name}"
+            )
         renamed[name] = source_tensor
     model.load_state_dict(renamed)
     return model
@@ -79,13 +82,15 @@ class DefaultBackbone(Backbone):
         self.image_model = load_efficientnet_lite0(self.image_weights).to(memory_format=torch.channels_last)
         self.text_model = AutoModel.from_pretrained(self.text_dir, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(self.text_dir, local_files_only=True)
-        self.transform = T.Compose([
-            T.PILToTensor(),
-            T.Resize(IMAGE_SIZE, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-            T.CenterCrop(IMAGE_SIZE),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(MEAN, STD),
-        ])
+        self.transform = T.Compose(
+            [
+                T.PILToTensor(),
+                T.Resize(IMAGE_SIZE, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                T.CenterCrop(IMAGE_SIZE),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(MEAN, STD),
+            ]
+        )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image.convert("RGB"))
@@ -102,7 +107,9 @@ class DefaultBackbone(Backbone):
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], tokens: bool = False) -> Encoded:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TEXT_TOKENS, return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=MAX_TEXT_TOKENS, return_tensors="pt"
+        ).to(self.device)
         with autocast_for(self.device):
             hidden = self.text_model(**batch).last_hidden_state
         hidden = hidden.float()
@@ -125,7 +132,8 @@ class DefaultBackbone(Backbone):
     "default",
     BackboneInfo(
         family="default",
-        description="Offline from PyPI: ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2 (general-domain, not medical; towers not aligned)",
+        description="Offline from PyPI: ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2 (general-domain, not medical; "
+                    "towers not aligned)",
         example="default",
         aligned=False,
     ),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,8 @@ TRUST_REMOTE_CODE_ENV = "RETUNE_TRUST_REMOTE_CODE"
 MAX_TEXT_TOKENS = 512
 # Dual-encoder model types and the text padding each was trained with (SigLIP: fixed length).
 DUAL_ENCODER_PADDING = {"clip": "longest", "siglip": "max_length"}
-LOCAL_FORMS = {"hf-pair": "hf-pair:/path/to/image_dir+/path/to/text_dir"}  # how to pass local dirs, when not FAMILY:DIR
+# how to pass local dirs, when not FAMILY:DIR
+LOCAL_FORMS = {"hf-pair": "hf-pair:/path/to/image_dir+/path/to/text_dir"}
 
 
 # ---------------------------------------------------------------- shared hub helpers
@@ -75,7 +76,9 @@ def model_dir_sha256(source: str) -> dict[str, str]:
     """Hashes of the weight files of a loaded model, found in its local dir or cache snapshot."""
     directory = locate_model_dir(source)
     if directory is None:
-        raise WeightsNotFoundError(f"'{source}' loaded but its files are not in {hub_cache_dir()}; cannot fingerprint it")
+        raise WeightsNotFoundError(
+            f"'{source}' loaded but its files are not in {hub_cache_dir()}; cannot fingerprint it"
+        )
     return weight_files_sha256(directory)
 
 
@@ -104,7 +107,9 @@ def weights_not_found(
         )
     if also:
         fix += f"; it also needs {', '.join(also)} in the same cache (`huggingface-cli download` each)"
-    message = f"{spec}: weights for '{source}' not found; looked in {where}; offline mode {'on' if offline else 'off'} (HF_HUB_OFFLINE); to fix: {fix}"
+    mode = "on" if offline else "off"
+    message = f"{spec}: weights for '{source}' not found; looked in {where}; offline mode {mode} (HF_HUB_OFFLINE)"
+    message += f"; to fix: {fix}"
     if cause:
         message += f" [{_first_line(cause) if isinstance(cause, BaseException) else cause}]"
     return WeightsNotFoundError(message)
@@ -149,7 +154,7 @@ def patch_tokens(hidden: torch.Tensor, pixels: torch.Tensor, patch_size: int | N
     if not patch_size:
         return hidden
     count = (pixels.shape[-2] // patch_size) * (pixels.shape[-1] // patch_size)
-    return hidden[:, hidden.shape[1] - count:]
+    return hidden[:, hidden.shape[1] - count :]
 
 
 def _projected_and_hidden(output) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -190,7 +195,9 @@ class HFDualEncoder(Backbone):
         self.max_text_tokens = config.text_config.max_position_embeddings
         projection = getattr(config, "projection_dim", None)
         self.image_dim = projection or config.vision_config.hidden_size
-        self.text_dim = projection or getattr(config.text_config, "projection_size", None) or config.text_config.hidden_size
+        self.text_dim = (
+            projection or getattr(config.text_config, "projection_size", None) or config.text_config.hidden_size
+        )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return processor_pixels(self.image_processor, image)
@@ -224,7 +231,11 @@ class HFDualEncoder(Backbone):
             "model_type": self.model_type,
             "weights_sha256": model_dir_sha256(self.source),
             "preprocess": processor_fingerprint(self.image_processor),
-            "text": {"tokenizer": type(self.tokenizer).__name__, "padding": self.padding, "max_tokens": self.max_text_tokens},
+            "text": {
+                "tokenizer": type(self.tokenizer).__name__,
+                "padding": self.padding,
+                "max_tokens": self.max_text_tokens,
+            },
         }
 
 
@@ -279,7 +290,9 @@ class HFPair(Backbone):
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], tokens: bool = False) -> Encoded:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+        )
         batch = {key: value.to(self.device) for key, value in batch.items()}
         with autocast_for(self.device):
             hidden = self.text_model(**batch).last_hidden_state
@@ -325,7 +338,8 @@ def create_hf(source: str) -> Backbone:
     "hf-pair",
     BackboneInfo(
         family="hf-pair",
-        description="Separate HF image model + HF text model (towers not aligned); CXR-BERT needs RETUNE_TRUST_REMOTE_CODE=1",
+        description="Separate HF image model + HF text model (towers not aligned); CXR-BERT needs "
+                    "RETUNE_TRUST_REMOTE_CODE=1",
         example="hf-pair:microsoft/rad-dino+microsoft/BiomedVLP-CXR-BERT-specialized",
         aligned=False,
     ),

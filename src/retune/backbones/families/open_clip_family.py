@@ -74,7 +74,9 @@ def _resolve_hub(spec: str, repo_id: str) -> _Resolved:
             missing = error
     else:
         raise weights_not_found(spec, repo_id, missing)
-    return _Resolved(HF_HUB_PREFIX + repo_id, {Path(weights).name: file_sha256(weights)}, _model_cfg(spec, config), repo_id)
+    return _Resolved(
+        HF_HUB_PREFIX + repo_id, {Path(weights).name: file_sha256(weights)}, _model_cfg(spec, config), repo_id
+    )
 
 
 def _resolve_dir(spec: str, directory: str) -> _Resolved:
@@ -135,9 +137,9 @@ def _model_cfg(spec: str, config: dict) -> dict:
 def resolve_source(spec: str, source: str) -> _Resolved:
     """Dispatch on the source form (see the module docstring)."""
     if source.startswith(HF_HUB_PREFIX):
-        return _resolve_hub(spec, source[len(HF_HUB_PREFIX):])
+        return _resolve_hub(spec, source[len(HF_HUB_PREFIX) :])
     if source.startswith(LOCAL_DIR_PREFIX):
-        return _resolve_dir(spec, source[len(LOCAL_DIR_PREFIX):])
+        return _resolve_dir(spec, source[len(LOCAL_DIR_PREFIX) :])
     if "@" not in source and looks_like_path(source):
         return _resolve_dir(spec, source)
     return _resolve_builtin(spec, source)
@@ -223,7 +225,10 @@ class OpenClipBackbone(Backbone):
             "weights_sha256": self.resolved.weights_sha256,
             "model_cfg": self.resolved.model_cfg,
             "preprocess": dict(self.model.visual.preprocess_cfg),
-            "tokenizer": {"class": type(self.tokenizer).__name__, "context_length": getattr(self.tokenizer, "context_length", None)},
+            "tokenizer": {
+                "class": type(self.tokenizer).__name__,
+                "context_length": getattr(self.tokenizer, "context_length", None),
+            },
         }
 
 
@@ -231,7 +236,8 @@ class OpenClipBackbone(Backbone):
     "open_clip",
     BackboneInfo(
         family="open_clip",
-        description="open_clip model: hf-hub:ORG/REPO, a local dir with open_clip_config.json + weights, or NAME@TAG_OR_PATH",
+        description="open_clip model: hf-hub:ORG/REPO, a local dir with open_clip_config.json + weights, or "
+                    "NAME@TAG_OR_PATH",
         example="open_clip:ViT-B-32-quickgelu@/path/to/chexzero.pt",
         aligned=True,
     ),

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import NIH_CSV, NIH_FINDINGS, Context, median, target, timed
+from retune.report.text import format_interval
 
 NAME = "scenario"
 N_TASKS, EPOCHS, BATCH = 5, 10, 32
@@ -283,8 +284,7 @@ def run(ctx: Context) -> dict:
     encodes_per_image = (EPOCHS * n_train + N_TASKS * len(splits["test"])) / len(table)
 
     def shown(result: dict) -> str:
-        ci = result["final_mean_auroc_ci"]
-        text = f"{result['final_mean_auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        text = format_interval(result["final_mean_auroc"], result["final_mean_auroc_ci"])
         return text + (f", forgetting {result['forgetting']:.3f}" if result["forgetting"] is not None else "")
 
     return {

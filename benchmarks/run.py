@@ -72,10 +72,7 @@ def ratio_rows(name: str, payload: dict) -> list[list]:
 
 
 def quality_rows(payload: dict) -> list[list]:
-    def interval(value, ci):
-        if value is None:
-            return "undefined"
-        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+    from retune.report.text import format_interval as interval
 
     return [
         [

@@ -132,8 +132,10 @@ def run_scenario(
     show_progress: bool = False,
     progress: Callable[[str], None] | None = None,
     track: bool = True,
+    restart: bool = False,
 ) -> dict[str, dict]:
-    """Run an exemplar-free incremental scenario (``ScenarioConfig``) with every method; resumes finished tasks.
+    """Run an exemplar-free incremental scenario (``ScenarioConfig``) with every method; resumes finished tasks
+    (``restart`` starts over). ``progress(message)`` hears about each finished task.
 
     Returns {method: results} and writes OUT/<method>/results.json, OUT/report.html and (``track``) MLflow runs.
     """
@@ -143,7 +145,9 @@ def run_scenario(
 
     settings = as_config(config, ScenarioConfig)
     out = Path(out)
-    results = run(settings, out, show_progress=show_progress, progress=progress)
+    results = run(
+        settings, out, show_progress=show_progress, progress=progress or (lambda message: None), restart=restart
+    )
     if track:
         log_scenario_results(results, out, settings.tracking_uri)
     return results

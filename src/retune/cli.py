@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from retune.errors import RetuneError
+from retune.report.text import format_interval
 
 app = typer.Typer(
     help=(
@@ -228,11 +229,11 @@ def print_metrics(metrics: dict) -> None:
     for name in metrics["classes"]:
         row = [name, str(metrics["per_class"][name]["n_pos"])]
         row += [
-            interval_text(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()
+            format_interval(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()
         ]
         table.add_row(*row)
     table.add_row(
-        "[bold]mean", "", *[f"[bold]{interval_text(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()]
+        "[bold]mean", "", *[f"[bold]{format_interval(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()]
     )
     console.print(table)
     if metrics.get("note"):
@@ -490,13 +491,6 @@ def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
     return found
 
 
-def interval_text(value: float | None, interval: list | None) -> str:
-    """``0.712 [0.650, 0.770]``, or ``undefined``."""
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
 def flat_settings(payload: dict, prefix: str = "") -> dict[str, str]:
     """Nested config values as ``a.b.c -> text`` (lists and scalars as text)."""
     flat = {}
@@ -597,7 +591,7 @@ def compare(
                 escape(label),
                 str(record.get("split", "")),
                 escape(str(record.get("backbone", ""))),
-                interval_text(record.get("mean_auroc"), record.get("mean_auroc_ci")),
+                format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci")),
                 str(record.get("n_images", "")),
             )
     console.print(table)
@@ -616,16 +610,16 @@ def print_paired(result: dict) -> None:
     )
     table = Table("class", "AUROC A - B [95% CI]")
     for name, record in result["per_class"].items():
-        table.add_row(escape(name), interval_text(record["difference"], record["difference_ci"]))
+        table.add_row(escape(name), format_interval(record["difference"], record["difference_ci"]))
     table.add_row(
         f"[bold]mean ({len(result['classes'])} classes)",
-        "[bold]" + interval_text(result["difference"], result["difference_ci"]),
+        "[bold]" + format_interval(result["difference"], result["difference_ci"]),
     )
     console.print(table)
     console.print(
         escape(
-            f"mean AUROC A {interval_text(result['mean_auroc_a'], None)}, "
-            f"B {interval_text(result['mean_auroc_b'], None)}; "
+            f"mean AUROC A {format_interval(result['mean_auroc_a'], None)}, "
+            f"B {format_interval(result['mean_auroc_b'], None)}; "
             "a CI that excludes 0 means a difference beyond resampling noise"
         ),
         highlight=False,
@@ -730,7 +724,7 @@ def print_comparison(results: dict[str, dict]) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True, quiet: bool = False) -> dict:
+def execute_scenario(settings, out: Path, track: bool = True, restart: bool = False, quiet: bool = False) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.api import run_scenario
     from retune.report.tracking import default_tracking_uri
@@ -741,6 +735,7 @@ def execute_scenario(settings, out: Path, track: bool = True, quiet: bool = Fals
         out,
         show_progress=progress_shown(quiet),
         track=track,
+        restart=restart,
         progress=(lambda message: None)
         if quiet
         else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
@@ -777,9 +772,16 @@ def scenario_run(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: a local file store in OUT/mlruns)."
     ),
+    restart: bool = typer.Option(
+        False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
+    ),
     quiet: bool = QUIET,
 ) -> None:
-    """Run every method through the scenario's tasks on cached embeddings; resumes after the last finished task."""
+    """Run every method through the scenario's tasks on cached embeddings.
+
+    A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
+    results changed; otherwise it stops with one line, and --restart starts over.
+    """
     from retune.config import load_yaml_config
     from retune.scenarios.spec import ScenarioConfig
 
@@ -788,7 +790,7 @@ def scenario_run(
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out, quiet=quiet)
+    execute_scenario(settings, out, restart=restart, quiet=quiet)
 
 
 @scenario_app.command("compare", epilog=examples("retune scenario compare results/nih-class results/nih-data"))
@@ -862,7 +864,7 @@ def adaptor_run(
         table.add_row(
             f"{float(fraction):.0%}",
             *(
-                interval_text(records[name].get("mean_auroc"), records[name].get("mean_auroc_ci"))
+                format_interval(records[name].get("mean_auroc"), records[name].get("mean_auroc_ci"))
                 for name in ("adaptor", "frozen")
             ),
         )
@@ -990,7 +992,7 @@ def demo(
         generate=GeneratorSpec(kind="class", n_tasks=n_tasks),
         device=device,
     )
-    execute_scenario(settings, out, quiet=quiet)
+    execute_scenario(settings, out, restart=True, quiet=quiet)  # a demo always starts over (its inputs may differ)
 
 
 if __name__ == "__main__":

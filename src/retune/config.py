@@ -10,6 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from retune.errors import ConfigError
 
+# The names each choice accepts, declared once: code that dispatches on them reads get_args() of these.
+AdaptorKind = Literal["identity", "dense", "mlp"]
+PromptObjective = Literal["bce", "clip", "siglip"]
+PairLoss = Literal["clip", "siglip"]
+PeftMethod = Literal["lora", "ia3", "prefix", "prompt", "freeze"]
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors, so a typo in a YAML file is reported instead of ignored."""
@@ -20,8 +26,8 @@ class StrictModel(BaseModel):
 class AdaptorConfig(StrictModel):
     """Image and text adaptors mapping both towers into one shared space."""
 
-    image: Literal["identity", "dense", "mlp"] = "dense"
-    text: Literal["identity", "dense", "mlp"] = "dense"
+    image: AdaptorKind = "dense"
+    text: AdaptorKind = "dense"
     shared_dim: int = Field(256, ge=1, description="Width of the shared space (ignored on a side that is identity).")
     hidden_dim: int = Field(512, ge=1, description="Hidden width of mlp adaptors.")
     residual: bool = Field(False, description="mlp only: add a linear skip path.")
@@ -46,12 +52,23 @@ class OptimConfig(StrictModel):
     )
 
 
+class ContinualConfig(StrictModel):
+    """Strengths of the continual regularisers (LwF / RE-tune distillation, EWC)."""
+
+    distill_temperature: float = Field(
+        2.0, gt=0, description="Softening temperature of logit distillation (lwf, retune-distill)."
+    )
+    ewc_lambda: float = Field(
+        1000.0, gt=0, description="EWC penalty weight (the penalty is averaged over anchored parameters)."
+    )
+
+
 class ReTuneConfig(StrictModel):
     """The RE-tune method: prompts, adaptors, temperature and optimisation."""
 
     prompts: str = Field("manual", description="Prompt set name (template, manual) or a YAML file.")
     adaptor: AdaptorConfig = AdaptorConfig()
-    objective: Literal["bce", "clip", "siglip"] = Field(
+    objective: PromptObjective = Field(
         "bce",
         description="Training loss on the prompt similarities: bce (the paper), clip (symmetric InfoNCE on "
         "label-defined "
@@ -61,6 +78,7 @@ class ReTuneConfig(StrictModel):
     tau: float = Field(10.0, gt=0, description="Initial logit scale applied to (s+ - s-).")
     learn_tau: bool = True
     optim: OptimConfig = OptimConfig()
+    continual: ContinualConfig = ContinualConfig()
 
 
 class DataConfig(StrictModel):
@@ -169,7 +187,7 @@ class AdaptorExperimentConfig(ExperimentConfig):
     width: int = Field(256, ge=1, description="Transformer width; must be divisible by heads.")
     embed_dim: int = Field(128, ge=1, description="Shared image-text embedding dimension.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    loss: Literal["clip", "siglip"] = "clip"
+    loss: PairLoss = "clip"
     itm_weight: float = Field(
         1.0, ge=0.0, description="Weight of the image-text matching loss (0 = contrastive only)."
     )
@@ -198,7 +216,7 @@ class PeftExperimentConfig(ExperimentConfig):
     """Encoder tuning under the RE-tune head: PEFT (LoRA, IA3, prefix) or freezing the first k blocks."""
 
     tower: Literal["image", "text", "both"] = "image"
-    method: Literal["lora", "ia3", "prefix", "prompt", "freeze"] = Field(
+    method: PeftMethod = Field(
         "lora",
         description="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze (train "
         "only the unfrozen top blocks).",

@@ -3,20 +3,26 @@ positives per row, RE-tune's prompt objectives built from them, and LwF distilla
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from collections.abc import Callable
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-PromptObjective = Literal["bce", "clip", "siglip"]
-PROMPT_OBJECTIVES: tuple[str, ...] = ("bce", "clip", "siglip")
+from retune.config import PromptObjective
+
+PROMPT_OBJECTIVES: tuple[str, ...] = get_args(PromptObjective)
+Regulariser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, logits) -> extra loss
 EXCLUDED_LOGIT = -1e4  # finite stand-in for -inf: exp() is 0, and rows with nothing valid stay NaN-free
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """BCE over the labelled entries only: NaN labels (uncertain / ignored) contribute nothing.
 
-    Written with masks rather than boolean indexing, so it never waits on the GPU (no data-dependent shapes).
+    Written with masks rather than boolean indexing, so it never waits on the GPU (no data-dependent shapes)
+    and runs under ``vmap`` on single rows (EWC's per-row gradients).
     """
     valid = ~torch.isnan(labels)
     losses = F.binary_cross_entropy_with_logits(logits, torch.where(valid, labels, 0.0), reduction="none")
@@ -92,3 +98,20 @@ def distillation_bce(logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     """Multi-label knowledge distillation: BCE against the teacher's softened sigmoid outputs (LwF)."""
     targets = torch.sigmoid(teacher_logits / temperature)
     return F.binary_cross_entropy_with_logits(logits / temperature, targets)
+
+
+def logit_distillation(
+    model: nn.Module, old_columns: torch.Tensor, weight: float, temperature: float
+) -> Regulariser | None:
+    """LwF's regulariser: freeze a copy of ``model`` now; the term distils its ``old_columns`` logits on each batch's
+    images into the model being trained (None when there is nothing to protect)."""
+    if weight <= 0 or not len(old_columns):
+        return None
+    teacher = copy.deepcopy(model).eval()
+
+    def distill(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(images)[:, old_columns]
+        return weight * distillation_bce(logits[:, old_columns], teacher_logits, temperature)
+
+    return distill

@@ -44,10 +44,6 @@ def _image_bytes(cases: list[PhantomCase]) -> list[bytes]:
     return [case.image.tobytes() for case in cases]
 
 
-def test_findings_include_the_required_six():
-    assert set(PHANTOM_FINDINGS) >= {"Cardiomegaly", "Effusion", "Nodule", "Mass", "Pneumothorax", "Opacity"}
-
-
 def test_same_seed_gives_identical_cases_and_another_seed_differs():
     first = make_phantom_cases(6, seed=3, size=64)
     again = make_phantom_cases(6, seed=3, size=64)

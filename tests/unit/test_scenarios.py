@@ -10,10 +10,17 @@ import pytest
 from retune.config import ReTuneConfig
 from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
+from retune.methods import registry
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
-from retune.methods.registry import register_method
 from retune.scenarios.generators import generate_tasks
-from retune.scenarios.runner import PreparedScenario, chunk_rows, run_method, summarise
+from retune.scenarios.runner import (
+    PreparedScenario,
+    chunk_rows,
+    claim_work_dir,
+    results_fingerprint,
+    run_method,
+    summarise,
+)
 from retune.scenarios.spec import GeneratorSpec, ScenarioConfig, TaskSpec, validate_tasks
 
 CLASSES = ["A", "B", "C", "D", "E", "F"]
@@ -44,7 +51,11 @@ class RecordingMethod(Method):
         self.classes = list(facts["classes"])
 
 
-register_method(RecordingMethod)
+@pytest.fixture(autouse=True)
+def recording_method(monkeypatch):
+    """RecordingMethod registered for one test only; the global registry is restored afterwards."""
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    registry.register_method(RecordingMethod)
 
 
 def prepared_scenario(kind: str, n_tasks: int = 3, n_rows: int = 300) -> PreparedScenario:
@@ -58,7 +69,7 @@ def prepared_scenario(kind: str, n_tasks: int = 3, n_rows: int = 300) -> Prepare
     rows = [(chunk_rows(train, patients, t.rows, 0), chunk_rows(val, patients, t.rows, 0)) for t in tasks]
     context = MethodContext(8, 4, False, PromptBank(), fast_mean_auroc, 0)
     return PreparedScenario(
-        CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake"
+        CLASSES, images, labels, patients, test, {0: tasks}, {0: rows}, lambda seed: context, "fake", "fake-print"
     )
 
 
@@ -146,6 +157,31 @@ def test_interrupted_run_resumes_after_last_finished_task(tmp_path):
     assert RecordingMethod.received[0].classes == tuple(prepared.tasks_by_order[0][2].classes)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+def test_saved_states_of_another_configuration_are_refused_or_restarted(tmp_path):
+    """A changed config, data or fingerprint never resumes: one-line refusal naming --restart, or a clean restart."""
+    prepared = prepared_scenario("class")
+    config = ScenarioConfig(generate=GeneratorSpec(kind="class", n_tasks=3), methods=["recording"], seed=0)
+    fingerprint = results_fingerprint("recording", config, prepared)
+    folder = tmp_path / "recording"
+    claim_work_dir(folder, fingerprint, restart=False)
+    run_method("recording", 0, prepared, config, tmp_path, lambda message: None)
+    claim_work_dir(folder, fingerprint, restart=False)  # same inputs: the states stay for resuming
+    assert (folder / "order0" / "task3" / "done.json").exists()
+
+    changed_config = config.model_copy(update={"seed": 1})
+    changed_data = prepared_scenario("class")
+    changed_data.labels[0, 0] = 1.0 - changed_data.labels[0, 0]
+    moved_store = config.model_copy(update={"store": tmp_path / "elsewhere"})
+    assert results_fingerprint("recording", moved_store, prepared) == fingerprint  # where it runs is not an input
+    for other in (results_fingerprint("recording", changed_config, prepared),
+                  results_fingerprint("recording", config, changed_data)):
+        assert other != fingerprint
+        with pytest.raises(ConfigError, match=r"saved task states come from another config.*rerun with --restart"):
+            claim_work_dir(folder, other, restart=False)
+    claim_work_dir(folder, results_fingerprint("recording", changed_config, prepared), restart=True)
+    assert not (folder / "order0").exists()
 
 
 def test_summary_has_the_documented_fields(tmp_path):

@@ -6,11 +6,17 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+
+def names_under(*prefixes: str) -> Callable[[str], bool]:
+    """Predicate: a module/parameter name lies under one of ``prefixes`` (for ``Backbone.tower``)."""
+    return lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 @dataclass
@@ -62,6 +68,13 @@ class Backbone(ABC):
     @abstractmethod
     def fingerprint_parts(self) -> dict:
         """Everything that determines the embeddings: model id, weight hashes, preprocessing."""
+
+    def tower(self, name: str) -> tuple[torch.nn.Module, Callable[[str], bool]] | None:
+        """Where encoder tower ``name`` (image, text) lives, for tuning: (module, which of its parameter/module names
+        belong to the tower), or None if it cannot be located. Default: an ``image_model`` / ``text_model``
+        attribute; families holding both towers in one module override this."""
+        module = getattr(self, f"{name}_model", None)
+        return (module, lambda _: True) if isinstance(module, torch.nn.Module) else None
 
     @property
     def modules(self) -> list[torch.nn.Module]:

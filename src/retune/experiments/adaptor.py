@@ -24,6 +24,7 @@ from retune.data.splits import patient_split, subset_patients
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
+from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record, read_data
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank, TaskData
@@ -44,6 +45,7 @@ from retune.store import EmbeddingStore, embed_table, hash_files, text_embedding
 from retune.store.embed import text_token_embeddings
 
 METHOD = "xattn_adaptor"
+KIND = "adaptor"
 REPORT_COLUMN = "report"
 EMPTY_LABELS_TEXT = "Chest radiograph."  # label_sentence gives "" when every label is masked
 
@@ -245,6 +247,7 @@ def run_adaptor_experiment(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
+        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": list(table.classes),
         "adaptor_config": config.model_dump(mode="json"),
@@ -298,3 +301,20 @@ def run_adaptor_experiment(
 
 def _l2(matrix: np.ndarray) -> np.ndarray:
     return F.normalize(torch.as_tensor(np.asarray(matrix, dtype=np.float32)), dim=-1).numpy()
+
+
+@register_run_kind(KIND)
+def open_adaptor_run(
+    run_dir: Path,
+    checkpoint: tuple[dict, dict],
+    store_dir: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    cache: bool = False,
+) -> SavedRun:
+    """Refused in one line: an Adaptor run holds a pre-trained adaptor and label-fraction probes, evaluated on its
+    test split when it ran (metrics.json), not one classifier to apply to new data."""
+    raise ConfigError(
+        f"{run_dir}: an Adaptor run (kind 'adaptor') is evaluated by `retune adaptor run` itself (its metrics.json); "
+        "evaluate and predict apply to `retune train` and `retune peft run` runs"
+    )

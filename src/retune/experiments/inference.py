@@ -3,43 +3,29 @@
 ``retune train`` runs hold adaptors over cached embeddings, so images go through the embedding store.
 ``retune peft run`` runs hold tuned encoder tensors: the backbone is rebuilt, tuned the same way and
 loaded, and images run through it (the frozen-prefix cache still serves its frozen blocks). Both give
-the same ``metrics.json`` records, so ``retune compare`` reads them side by side.
+the same ``metrics.json`` records, so ``retune compare`` reads them side by side. The loader is the one
+registered for the run's kind (``experiments.kinds``); Adaptor runs are refused in one line. Evaluation
+counts images the run trained or validated on (the leakage guard, ``retune.evaluation.leakage``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from retune.backbones.base import Backbone
 from retune.config import DataConfig
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
 from retune.evaluation.paired import paired_auroc_difference
-from retune.experiments.peft import load_tuned_run
+from retune.experiments import adaptor, peft, train  # noqa: F401  (importing them registers their run kinds)
+from retune.experiments.kinds import SavedRun, loader_for
 from retune.experiments.prepare import metrics_record, read_data
-from retune.experiments.train import MAIN_METHOD, load_run, score_embedded
 from retune.methods.checkpoint import load_checkpoint
-
-Scorer = Callable[[ImageTable], tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]]
-
-
-@dataclass
-class SavedRun:
-    """A run ready to score images: its folder, facts, backbone, class order, main method and a scorer for tables."""
-
-    path: Path
-    facts: dict
-    backbone: Backbone
-    classes: list[str]
-    main: str
-    score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
 
 
 def open_run(
@@ -49,7 +35,7 @@ def open_run(
     show_progress: bool = False,
     cache: bool = False,
 ) -> SavedRun:
-    """Rebuild a run directory made by ``retune train`` or ``retune peft run``.
+    """Rebuild a run directory with the loader registered for the kind its config.json records.
 
     New images are embedded in memory unless ``cache`` (then their embeddings are added to the store).
     """
@@ -57,23 +43,8 @@ def open_run(
     if not run_dir.exists():
         raise ConfigError(f"{run_dir}: run directory does not exist")
     checkpoint = load_checkpoint(run_dir)
-    if "tuning" in checkpoint[1]:
-        tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
-
-        def score_tuned(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
-            scores, rows, errors = tuned.score(table)
-            return {tuned.name: scores}, rows, errors
-
-        return SavedRun(run_dir, tuned.facts, tuned.backbone, tuned.classes, tuned.name, score_tuned)
-    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint, cache=cache)
-    return SavedRun(
-        run_dir,
-        facts,
-        backbone,
-        list(facts["classes"]),
-        MAIN_METHOD,
-        lambda table: score_embedded(methods, backbone, store, table, show_progress),
-    )
+    saved = loader_for(checkpoint[1])(run_dir, checkpoint, store_dir, device, show_progress, cache=cache)
+    return replace(saved, path=run_dir)
 
 
 RunLike = str | Path | SavedRun
@@ -83,7 +54,7 @@ def evaluation_table(
     run: SavedRun, csv_path: str | Path, split: str, image_root: str | Path | None
 ) -> tuple[ImageTable, str]:
     """The labelled table to evaluate, read like the run's training data, and the split (``auto`` resolved)."""
-    train_config = run.facts["train_config"]
+    train_config = run.config
     if split == "auto":
         split = "test" if Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve() else "all"
     if split not in ("all", "train", "val", "test"):
@@ -114,7 +85,7 @@ def evaluate_run(
     recorded under ``overlap`` and warned about; ``exclude_overlap`` drops them from the metrics.
     """
     run = run if isinstance(run, SavedRun) else open_run(run, store_dir, show_progress=show_progress, cache=cache)
-    train_config = run.facts["train_config"]
+    train_config = run.config
     table, split = evaluation_table(run, csv_path, split, image_root)
     scores, rows, errors = run.score(table)
     if not len(rows):
@@ -178,7 +149,7 @@ def paired_comparison(
     The images are those both runs could score; images either run trained or validated on are left out and counted.
     """
     first, second = open_run(run_a, show_progress=show_progress), open_run(run_b, show_progress=show_progress)
-    train_config = first.facts["train_config"]
+    train_config = first.config
     table, split = evaluation_table(first, csv_path, split, image_root)
     if split != "all":
         fractions, seed = train_config["split"]["fractions"], train_config["split"]["seed"]

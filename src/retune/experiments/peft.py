@@ -23,6 +23,7 @@ from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
+from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 PREDICT_BATCH = 32
+KIND = "peft"
 
 
 def method_name(config: PeftExperimentConfig) -> str:
@@ -288,6 +290,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
     facts = {
+        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": outcome.prompts,
@@ -448,3 +451,23 @@ def load_tuned_run(
         )
     store = EmbeddingStore(store_dir or config.store)
     return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)
+
+
+@register_run_kind(KIND)
+def open_peft_run(
+    run_dir: Path,
+    checkpoint: tuple[dict, dict],
+    store_dir: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    cache: bool = False,
+) -> SavedRun:
+    """A ``retune peft run`` run: images go through the rebuilt, tuned encoder (``cache`` does not apply: with the
+    frozen-prefix cache, block activations are written to the store)."""
+    tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
+
+    def score(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
+        scores, rows, errors = tuned.score(table)
+        return {tuned.name: scores}, rows, errors
+
+    return SavedRun(tuned.facts, tuned.facts["train_config"], tuned.backbone, tuned.classes, tuned.name, score)

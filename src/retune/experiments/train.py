@@ -22,6 +22,7 @@ from retune.data.splits import patient_split
 from retune.data.table import PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, StoreError, unknown_name
 from retune.evaluation.operating_point import calibration_bins, operating_points
+from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
@@ -43,6 +44,7 @@ from retune.store import EmbeddingStore, embed_table, image_embeddings
 from retune.store.memory import MemoryOverlay
 
 MAIN_METHOD = "retune"
+KIND = "retune-train"
 
 
 def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
@@ -98,6 +100,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
+        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": prompts,
@@ -209,3 +212,18 @@ def score_embedded(
         for name, method in methods.items()
     }
     return scores, rows, summary.errors
+
+
+@register_run_kind(KIND)
+def open_train_run(
+    run_dir: Path,
+    checkpoint: tuple[dict, dict],
+    store_dir: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    cache: bool = False,
+) -> SavedRun:
+    """A ``retune train`` run: its methods score images through the store (new images in memory unless cache)."""
+    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint, cache=cache)
+    return SavedRun(facts, facts["train_config"], backbone, list(facts["classes"]), MAIN_METHOD,
+                    lambda table: score_embedded(methods, backbone, store, table, show_progress))

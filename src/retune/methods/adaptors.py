@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import nn
 
-from retune.config import AdaptorConfig
+from retune.config import AdaptorConfig, AdaptorKind
 from retune.errors import ConfigError, unknown_name
 
-ADAPTOR_KINDS = ("identity", "dense", "mlp")
+ADAPTOR_KINDS = get_args(AdaptorKind)
 
 
 class MLPAdaptor(nn.Module):

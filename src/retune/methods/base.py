@@ -61,7 +61,6 @@ class Method(ABC):
     description: ClassVar[str]
     requires_aligned: ClassVar[bool] = False  # needs image and text in one space (zero-shot)
     exemplar_free: ClassVar[bool] = True  # False only for the joint upper bound
-    trains: ClassVar[bool] = True  # False for zero-shot
 
     def __init__(self, context: MethodContext) -> None:
         torch.manual_seed(context.seed)  # weight initialisation depends on the seed only, not on earlier work

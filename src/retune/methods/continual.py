@@ -8,8 +8,6 @@ restarts from scratch each task (joint).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -19,13 +17,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from retune.config import ReTuneConfig
-from retune.losses import distillation_bce, masked_bce
+from retune.losses import Regulariser, logit_distillation, masked_bce
 from retune.methods.adaptors import build_image_adaptor, shared_width
 from retune.methods.base import MethodContext, TaskData
 from retune.methods.registry import register_method
 from retune.methods.torch_method import TorchMethod
 
-Regulariser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, logits) -> extra loss
 NEW_OUTPUT_STD = 0.01
 FISHER_CHUNK = 64  # rows per vectorised per-sample-gradient pass
 
@@ -52,13 +49,6 @@ class SharedHeadModel(nn.Module):
         return F.linear(self.image_adaptor(images), self.head_weight, self.head_bias)
 
 
-def row_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Masked BCE of one row (mean over its labelled entries), free of data-dependent branches for vmap."""
-    valid = ~torch.isnan(labels)
-    losses = F.binary_cross_entropy_with_logits(logits, torch.where(valid, labels, 0.0), reduction="none")
-    return (losses * valid).sum() / valid.sum().clamp(min=1)
-
-
 def empirical_fisher(
     model: nn.Module, columns: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -67,7 +57,7 @@ def empirical_fisher(
     parameters = {name: value.detach() for name, value in model.named_parameters()}
 
     def loss_of_row(params: dict[str, torch.Tensor], image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return row_bce(functional_call(model, params, (image[None],))[0, columns], label)
+        return masked_bce(functional_call(model, params, (image[None],))[0, columns], label)
 
     per_row_grads = vmap(grad(loss_of_row), in_dims=(None, 0, 0))
     fisher = {name: torch.zeros_like(value) for name, value in parameters.items()}
@@ -138,28 +128,19 @@ class LwF(SharedHeadMethod):
     name: ClassVar[str] = "lwf"
     description: ClassVar[str] = "Learning without Forgetting: distil earlier classes' logits on the new task's images"
     distill_weight: ClassVar[float] = 1.0
-    temperature: ClassVar[float] = 2.0
 
     def regulariser(self, data: TaskData, previous: list[str]) -> Regulariser | None:
         # Every earlier class, relabelled ones too: in data-incremental tasks all classes recur.
         old_columns = torch.tensor([self.classes.index(c) for c in previous], dtype=torch.long)
-        if not len(old_columns):
-            return None
-        teacher = copy.deepcopy(self.model).eval()
-
-        def distill(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                teacher_logits = teacher(images)[:, old_columns]
-            return self.distill_weight * distillation_bce(logits[:, old_columns], teacher_logits, self.temperature)
-
-        return distill
+        temperature = self.config.continual.distill_temperature
+        return logit_distillation(self.model, old_columns, self.distill_weight, temperature)
 
 
 @register_method
 class EWC(SharedHeadMethod):
     """Elastic Weight Consolidation (Kirkpatrick et al. 2017) with one anchor and a summed, mean-normalised Fisher.
 
-    Each task's diagonal Fisher is divided by the mean of its non-zero entries (so ``ewc_lambda``
+    Each task's diagonal Fisher is divided by the mean of its non-zero entries (so ``continual.ewc_lambda``
     does not depend on the loss or feature scale) and added to the earlier tasks' sum; the penalty
     is averaged over the anchored parameters (so it does not depend on the adaptor's size); the
     anchor is the parameters after the latest task. Output rows added later are not penalised.
@@ -169,8 +150,6 @@ class EWC(SharedHeadMethod):
     description: ClassVar[str] = (
         "Elastic Weight Consolidation: quadratic penalty weighted by the summed diagonal Fisher"
     )
-    # the penalty is averaged over anchored parameters, so lambda does not grow with model size
-    ewc_lambda: ClassVar[float] = 1000.0
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context, config)
@@ -188,7 +167,8 @@ class EWC(SharedHeadMethod):
                 anchored = self.anchor[name]
                 total = total + (self.fisher[name] * (parameter[: len(anchored)] - anchored).pow(2)).sum()
                 count += anchored.numel()
-            return self.ewc_lambda / 2 * total / count
+            # averaged over anchored parameters, so lambda does not grow with model size
+            return self.config.continual.ewc_lambda / 2 * total / count
 
         return penalty
 

@@ -11,7 +11,6 @@ after the first task, so earlier classes can only move through their own prompts
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import ClassVar
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retune.config import ReTuneConfig
-from retune.losses import distillation_bce, prompt_objective
+from retune.losses import logit_distillation, prompt_objective
 from retune.methods.adaptors import build_image_adaptor, build_text_adaptor
 from retune.methods.base import TaskData
 from retune.methods.registry import register_method
@@ -89,7 +88,10 @@ class ReTune(TorchMethod):
 
     def learn(self, task: TaskData) -> dict:
         previous = list(self.classes)
-        teacher = copy.deepcopy(self.model).eval() if self.distill_weight > 0 and previous else None
+        # Distil every earlier class, relabelled ones too: in data-incremental tasks all classes recur.
+        old_columns = torch.tensor([self.classes.index(c) for c in previous], dtype=torch.long)
+        temperature = self.config.continual.distill_temperature
+        distill = logit_distillation(self.model, old_columns, self.distill_weight, temperature)  # before new prompts
         new = self.add_classes(task.classes)
         if new:
             self.model.add_prompts(*self.context.prompts.matrices(new))
@@ -97,16 +99,10 @@ class ReTune(TorchMethod):
             for parameter in self.model.image_adaptor.parameters():
                 parameter.requires_grad_(False)
         columns = torch.tensor([self.classes.index(c) for c in task.classes])
-        # Distil every earlier class, relabelled ones too: in data-incremental tasks all classes recur.
-        old_columns = torch.tensor([self.classes.index(c) for c in previous], dtype=torch.long)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             loss, logits = self.model.loss(x, y, self.config.objective, columns)
-            if teacher is not None and len(old_columns):
-                with torch.no_grad():
-                    teacher_logits = teacher(x)[:, old_columns]
-                loss = loss + self.distill_weight * distillation_bce(logits[:, old_columns], teacher_logits)
-            return loss
+            return loss + distill(x, logits) if distill is not None else loss
 
         result = self.fit_task(task, columns, loss_fn)
         return {**result.facts(), "tau": self.tau}

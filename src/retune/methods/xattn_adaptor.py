@@ -16,19 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retune.config import OptimConfig
+from retune.config import OptimConfig, PairLoss
 from retune.evaluation.retrieval import retrieval_metrics
 from retune.losses import clip_loss, sigmoid_pair_loss
 from retune.training.loop import FitResult, fit
 
-LossName = Literal["clip", "siglip"]
 CLIP_INIT_TEMPERATURE = 0.07
 MAX_LOGIT_SCALE = 100.0
 SIGLIP_INIT_SCALE = math.log(10.0)
@@ -115,10 +114,10 @@ class CrossAttentionAdaptor(nn.Module):
         heads: int = 4,
         fusion_layers: int = 1,
         dropout: float = 0.1,
-        loss: LossName = "clip",
+        loss: PairLoss = "clip",
     ) -> None:
         super().__init__()
-        if loss not in ("clip", "siglip"):
+        if loss not in get_args(PairLoss):
             raise ValueError(f"loss must be 'clip' or 'siglip', got {loss!r}")
         self.loss_name = loss
         self.image_tower = _Tower(image_dim, width, layers, heads, dropout)

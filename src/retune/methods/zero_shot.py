@@ -28,7 +28,6 @@ class ZeroShot(Method):
     name: ClassVar[str] = "zero_shot"
     description: ClassVar[str] = "Positive vs negative prompt softmax, no training (aligned backbones only)"
     requires_aligned: ClassVar[bool] = True
-    trains: ClassVar[bool] = False
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context)

@@ -10,13 +10,7 @@ import numpy as np
 
 from retune.io_utils import write_text_atomic
 from retune.report.plots import plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
-
-
-def _interval(value: float | None, interval: list[float] | None, signed: bool = False) -> str:
-    if value is None:
-        return "undefined"
-    text = f"{value:+.3f}" if signed else f"{value:.3f}"
-    return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text
+from retune.report.text import format_interval as _interval
 
 
 def _several_orders(results: dict[str, dict]) -> bool:
@@ -104,8 +98,11 @@ def _inline_png(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
 
-def write_scenario_report(results: dict[str, dict], prepared, out_dir: Path) -> Path:
-    """Plots per method and for all methods, then report.html embedding them with the tables."""
+def write_scenario_report(
+    results: dict[str, dict], prepared, out_dir: Path, final_scores: dict[str, np.ndarray]
+) -> Path:
+    """Plots per method and for all methods, then report.html embedding them with the tables; ``final_scores``:
+    each method's test scores after its last task (first order), as the runner computed them."""
     plots = out_dir / "plots"
     first = next(iter(results.values()))
     task_names = [task["name"] or f"task{i + 1}" for i, task in enumerate(first["tasks"])]
@@ -125,14 +122,9 @@ def write_scenario_report(results: dict[str, dict], prepared, out_dir: Path) -> 
     curve = plot_mean_auroc_per_task(
         {name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png"
     )
-    final_scores = {}
-    for name in results:
-        order = results[name]["orders"][0]["order"]
-        final = np.load(out_dir / "work" / name / f"order{order}" / f"task{len(task_names)}" / "test_scores.npy")
-        final_scores[name] = np.nan_to_num(final, nan=0.5)
     trained = [prepared.classes.index(name) for name in order]  # classes never trained are left out
     roc = plot_roc_curves(
-        {name: scores[:, trained] for name, scores in final_scores.items()},
+        {name: np.nan_to_num(scores[:, trained], nan=0.5) for name, scores in final_scores.items()},
         prepared.labels[prepared.test_rows][:, trained],
         order,
         plots / "roc_curves_final.png",

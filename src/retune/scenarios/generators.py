@@ -61,7 +61,3 @@ def generate_tasks(spec: GeneratorSpec, data_classes: list[str], seed: int) -> l
     if spec.kind not in _GENERATORS:
         raise unknown_name("scenario kind", spec.kind, list(_GENERATORS))
     return _GENERATORS[spec.kind](list(spec.classes or data_classes), spec.n_tasks, seed)
-
-
-def available_generators() -> list[str]:
-    return sorted(_GENERATORS)

@@ -3,12 +3,16 @@
 Exemplar-free by construction: for task t the runner slices task t's rows out of the embedding
 matrix (a copy) and hands only that ``TaskData`` to ``method.learn``; no method ever receives
 the full matrix or earlier tasks' rows. After each task the method scores the fixed test split,
-and the state is saved, so an interrupted run resumes after the last finished task.
+and the state is saved, so an interrupted run resumes after the last finished task. Saved states are
+kept under a fingerprint of everything that determines the results (config, embedded data, backbone,
+method code); a rerun with another fingerprint is refused (or, with ``restart``, starts over), never mixed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -45,6 +49,7 @@ class PreparedScenario:
     rows_by_order: dict[int, list[tuple[np.ndarray, np.ndarray]]]  # per task: (train rows, val rows)
     context_factory: Callable[[int], object]
     backbone_spec: str
+    backbone_fingerprint: str
 
 
 def chunk_rows(rows: np.ndarray, patients: np.ndarray, selector: RowChunk | str, seed: int) -> np.ndarray:
@@ -103,6 +108,7 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
         rows_by_order=rows_by_order,
         context_factory=lambda seed: method_context(backbone, bank, seed),
         backbone_spec=backbone.spec,
+        backbone_fingerprint=backbone.fingerprint,
     )
 
 
@@ -151,6 +157,44 @@ def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
         tensors, facts = load_checkpoint(folder / f"task{len(finished)}")
         method.load_state(tensors.get(method.name, {}), facts["methods"][method.name])
     return finished
+
+
+NOT_RESULT_FIELDS = {"methods", "store", "tracking_uri", "device"}  # where and how it runs, not what it computes
+
+
+def results_fingerprint(name: str, config: ScenarioConfig, prepared: PreparedScenario) -> str:
+    """Hash of what determines one method's scenario results: the config, the embedded data and labels, the
+    backbone fingerprint, and the code of the methods and training loop."""
+    from retune import losses, methods, training
+
+    digest = hashlib.sha256()
+    settings = config.model_dump(mode="json", exclude=NOT_RESULT_FIELDS)
+    digest.update(json.dumps({"method": name, "config": settings, "classes": prepared.classes,
+                              "backbone": prepared.backbone_fingerprint},
+                             sort_keys=True).encode())
+    for array in (prepared.images, prepared.labels, prepared.patients.astype(str), prepared.test_rows):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    code = [Path(losses.__file__), *sorted(Path(methods.__file__).parent.glob("*.py")),
+            *sorted(Path(training.__file__).parent.glob("*.py"))]
+    for path in code:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def claim_work_dir(folder: Path, fingerprint: str, restart: bool) -> None:
+    """Make ``folder`` hold states of this fingerprint only: refuse saved states of another one (or any saved
+    without a fingerprint), or with ``restart`` delete them first."""
+    marker = folder / "fingerprint.json"
+    saved = json.loads(marker.read_text())["fingerprint"] if marker.exists() else None
+    if folder.exists() and saved != fingerprint:
+        if not restart:
+            raise ConfigError(
+                f"{folder}: saved task states come from another config, data, backbone or code version "
+                f"(fingerprint {saved or 'none'}, now {fingerprint}); rerun with --restart to start over"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"fingerprint": fingerprint})
 
 
 def run_method(
@@ -230,25 +274,38 @@ def summarise(
 
 
 def run_scenario(
-    config: ScenarioConfig, out_dir: str | Path, show_progress: bool = False, progress: Progress = lambda message: None
+    config: ScenarioConfig,
+    out_dir: str | Path,
+    show_progress: bool = False,
+    progress: Progress = lambda message: None,
+    restart: bool = False,
 ) -> dict[str, dict]:
-    """Run every method of a scenario; write ``<method>/results.json``, the report and the config."""
+    """Run every method of a scenario; write ``<method>/results.json``, the report and the config.
+
+    Resumes each method after its last finished task when its saved states have the same results fingerprint;
+    otherwise ConfigError, or with ``restart`` its states are deleted and it starts over.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
     prepared = prepare(config, show_progress)
-    results = {}
+    fingerprints = {name: results_fingerprint(name, config, prepared) for name in config.methods}
+    for name, fingerprint in fingerprints.items():
+        claim_work_dir(out_dir / "work" / name, fingerprint, restart)
+    write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
+    results, final_scores = {}, {}
     for name in config.methods:
         scores_by_order = {
             order: run_method(name, order, prepared, config, out_dir / "work", progress, show_progress)
             for order in config.orders
         }
         results[name] = summarise(name, prepared, config, scores_by_order)
+        results[name]["results_fingerprint"] = fingerprints[name]
+        final_scores[name] = scores_by_order[config.orders[0]][-1]
         write_json_atomic(out_dir / name / "results.json", results[name])
         progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
     from retune.report.scenario_report import write_scenario_report
 
-    write_scenario_report(results, prepared, out_dir)
+    write_scenario_report(results, prepared, out_dir, final_scores)
     return results
 
 

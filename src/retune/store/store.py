@@ -260,19 +260,6 @@ class EmbeddingStore:
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         return {"root": str(self.root), "bytes": size, "rows": counts, "backbones": self.manifest["backbones"]}
 
-    def compact(self, kind: str, fingerprint: str) -> None:
-        """Merge a backbone's shards into one (dropping duplicate keys) to speed up reads."""
-        shards = self.shards(kind, fingerprint)
-        if len(shards) < 2:
-            return
-        table = pa.concat_tables(pq.read_table(s) for s in shards)
-        keys = table.column(_KEY_COLUMN[kind]).to_pylist()
-        first = {key: row for row, key in reversed(list(enumerate(keys)))}
-        table = table.take(pa.array(sorted(first.values())))
-        self._write_shard(self.shard_dir(kind, fingerprint), table)
-        for shard in shards:
-            shard.unlink()
-
 
 def purge_store(root: str | os.PathLike) -> int:
     """Delete a whole store (patient-derived data); returns bytes freed. Refuses non-store folders."""

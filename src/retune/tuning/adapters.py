@@ -11,16 +11,18 @@ store (kind ``prefix``) so training runs only the unfrozen top. Encoders always 
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import torch
 from torch import nn
 
 from retune.backbones.base import Backbone
+from retune.config import PeftMethod
 from retune.data.pixels import pixel_shape
 from retune.errors import ConfigError
 from retune.tuning.towers import Tower, frozen_names, resolve_freeze_blocks, tower_blocks, tower_of
 
-PEFT_METHODS = ("lora", "ia3", "prefix", "prompt", "freeze")
+PEFT_METHODS = get_args(PeftMethod)
 # ImageNet classifier, BERT pooler: not in the pooled features
 UNUSED_OUTPUT_HEADS = re.compile(r"(^|\.)(classifier|pooler)(\.|$)")
 

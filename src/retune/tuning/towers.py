@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from retune.backbones.base import Backbone
+from retune.backbones.base import Backbone, names_under
 from retune.errors import ConfigError
 
 TOWERS = ("image", "text")
@@ -30,34 +30,14 @@ class Tower:
         return ((n, p) for n, p in self.root.named_parameters() if self.owns(n))
 
 
-def _starts(*prefixes: str) -> Callable[[str], bool]:
-    return lambda name: any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 def tower_of(backbone: Backbone, tower: str) -> Tower:
-    """Locate a tower: ``image_model``/``text_model`` attributes, open_clip's ``visual`` split, or HF CLIP's towers."""
+    """The tower the backbone declares (``Backbone.tower``), or ConfigError if it declares none."""
     if tower not in TOWERS:
         raise ConfigError(f"unknown tower '{tower}'; valid towers: image, text")
-    own_module = getattr(backbone, f"{tower}_model", None)
-    if isinstance(own_module, nn.Module):
-        return Tower(tower, own_module, lambda name: True)
-    model = getattr(backbone, "model", None)
-    # open_clip: visual vs everything else but logit scale/bias
-    if isinstance(model, nn.Module) and hasattr(model, "visual"):
-        in_image = _starts("visual")
-        owns = in_image if tower == "image" else (lambda n: not in_image(n) and not n.startswith("logit_"))
-        return Tower(tower, model, owns)
-    if isinstance(model, nn.Module) and hasattr(model, "vision_model"):  # HF CLIP / SigLIP
-        owns = (
-            _starts("vision_model", "visual_projection")
-            if tower == "image"
-            else _starts("text_model", "text_projection")
-        )
-        return Tower(tower, model, owns)
-    raise ConfigError(
-        f"backbone '{backbone.spec}': cannot locate its {tower} tower for tuning (supported: default, open_clip, hf, "
-        "hf-pair)"
-    )
+    declared = backbone.tower(tower)
+    if declared is None:
+        raise ConfigError(f"backbone '{backbone.spec}': it declares no {tower} tower for tuning (Backbone.tower)")
+    return Tower(tower, *declared)
 
 
 def tower_blocks(tower: Tower) -> tuple[str, list[nn.Module]]:
@@ -93,10 +73,10 @@ def frozen_names(tower: Tower, k: int) -> set[str]:
         return set()
     container, blocks = tower_blocks(tower)
     frozen_blocks = tuple(f"{container}.{i}" for i in range(k))
-    in_blocks = _starts(container)
+    in_blocks = names_under(container)
     frozen, seen_blocks = set(), False
     for name, _ in tower.named_parameters():
         seen_blocks = seen_blocks or in_blocks(name)
-        if not seen_blocks or "embed" in name or _starts(*frozen_blocks)(name):
+        if not seen_blocks or "embed" in name or names_under(*frozen_blocks)(name):
             frozen.add(name)
     return frozen

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from retune.backbones.base import Backbone, BackboneInfo, Encoded, mean_pool, weight_files_sha256
+from retune.backbones.base import Backbone, BackboneInfo, Encoded, mean_pool, names_under, weight_files_sha256
 from retune.backbones.registry import register_backbone
 from retune.devices import autocast_for
 from retune.errors import ConfigError, WeightsNotFoundError
@@ -223,6 +223,13 @@ class HFDualEncoder(Backbone):
             if tokens and hidden is None:
                 hidden = self.model.text_model(**inputs).last_hidden_state
         return Encoded(F.normalize(pooled.float(), dim=-1), hidden.float() if tokens else None)
+
+    def tower(self, name: str) -> tuple[torch.nn.Module, Callable[[str], bool]] | None:
+        """CLIP / SigLIP hold both towers in one model: vision_model (+ projection) and text_model (+ projection)."""
+        if not hasattr(self.model, "vision_model"):
+            return None
+        side = "vision" if name == "image" else "text"
+        return self.model, names_under(f"{side}_model", "visual_projection" if side == "vision" else "text_projection")
 
     def fingerprint_parts(self) -> dict:
         return {

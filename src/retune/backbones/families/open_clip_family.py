@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from retune.backbones.base import Backbone, BackboneInfo, Encoded, file_sha256, weight_files_sha256
+from retune.backbones.base import (
+    Backbone,
+    BackboneInfo,
+    Encoded,
+    file_sha256,
+    names_under,
+    weight_files_sha256,
+)
 from retune.backbones.families.hf_family import (
     looks_like_path,
     offline_mode,
@@ -216,6 +224,14 @@ class OpenClipBackbone(Backbone):
             else:
                 pooled, hidden = self.model.encode_text(ids), None
         return Encoded(F.normalize(pooled.float(), dim=-1), hidden.float() if tokens else None)
+
+    def tower(self, name: str) -> tuple[torch.nn.Module, Callable[[str], bool]] | None:
+        """One open_clip model holds both towers: ``visual`` is the image tower, the rest (but the logit scale and
+        bias) the text tower."""
+        in_image = names_under("visual")
+        if name == "image":
+            return self.model, in_image
+        return self.model, lambda n: not in_image(n) and not n.startswith("logit_")
 
     def fingerprint_parts(self) -> dict:
         return {

@@ -307,7 +307,7 @@ def train(
     announce_store(settings.store)
     metrics = train_api(settings, out, show_progress=progress_shown(quiet)).metrics
     if as_json:
-        print(json.dumps(rounded(metrics), indent=2))
+        print(json.dumps(metrics, indent=2))
     else:
         print_metrics(metrics)
         console.print(escape(f"run saved to {out}"))
@@ -356,7 +356,7 @@ def evaluate(
         exclude_overlap=exclude_overlap,
     )
     if as_json:
-        print(json.dumps(rounded(metrics), indent=2))
+        print(json.dumps(metrics, indent=2))
         for warning in metrics.get("warnings", []):
             err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     else:
@@ -408,7 +408,7 @@ def predict(
     for path, reason in errors:
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     if as_json:
-        print(json.dumps(prediction_records(frame, digits=4), indent=2))
+        print(json.dumps(prediction_records(frame), indent=2))
     else:
         print_predictions(frame)
     if output is not None:
@@ -418,16 +418,10 @@ def predict(
         raise typer.Exit(1)
 
 
-def prediction_records(frame, digits: int | None = None) -> list[dict]:
-    """One {"image": path, "probabilities": {class: p}} per row (rounded to ``digits`` when given)."""
+def prediction_records(frame) -> list[dict]:
+    """One {"image": path, "probabilities": {class: p}} per row, full precision (for --json and .json files)."""
     return [
-        {
-            "image": row[0],
-            "probabilities": {
-                name: (round(float(value), digits) if digits is not None else float(value))
-                for name, value in zip(frame.columns[1:], row[1:])
-            },
-        }
+        {"image": row[0], "probabilities": {name: float(value) for name, value in zip(frame.columns[1:], row[1:])}}
         for row in frame.itertuples(index=False)
     ]
 
@@ -578,7 +572,7 @@ def compare(
             runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, show_progress=progress_shown(False)
         )
         if as_json:
-            print(json.dumps(rounded(result), indent=2))
+            print(json.dumps(result, indent=2))
             return
         print_paired(result)
         return
@@ -632,8 +626,8 @@ def print_paired(result: dict) -> None:
             )
 
 
-def rounded(payload, digits: int = 4):
-    """``payload`` with every float rounded to ``digits`` decimals (for JSON printed to people)."""
+def rounded(payload, digits: int = 3):
+    """``payload`` with every float rounded to ``digits`` decimals (for numbers inside human-readable lines)."""
     if isinstance(payload, float):
         return round(payload, digits)
     if isinstance(payload, dict):
@@ -855,10 +849,10 @@ def adaptor_run(
     announce_store(settings.store)
     metrics = run_adaptor_experiment(settings, out, show_progress=progress_shown(quiet))
     if as_json:
-        print(json.dumps(rounded(metrics), indent=2))
+        print(json.dumps(metrics, indent=2))
         return
     retrieval = metrics["retrieval"]["adaptor"]
-    console.print(escape(f"retrieval (test split, adaptor): {json.dumps(rounded(retrieval, 3))}"), highlight=False)
+    console.print(escape(f"retrieval (test split, adaptor): {json.dumps(rounded(retrieval))}"), highlight=False)
     table = Table("labels", "adaptor + probe: mean AUROC [95% CI]", "frozen + probe: mean AUROC [95% CI]")
     for fraction, records in metrics["label_fractions"].items():
         table.add_row(
@@ -942,7 +936,7 @@ def peft_run(
     announce_store(settings.store)
     metrics = run_peft_experiment(settings, out, show_progress=progress_shown(quiet))
     if as_json:
-        print(json.dumps(rounded(metrics), indent=2))
+        print(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
     console.print(

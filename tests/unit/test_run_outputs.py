@@ -154,27 +154,19 @@ def test_predict_json_and_output_by_extension(phantom_run, tmp_path):
     assert refused.exit_code == 2 and "'.txt'" in refused.output and not (tmp_path / "p.txt").exists()
 
 
-def test_json_to_stdout_is_rounded(phantom_run):
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--run",
-            str(phantom_run["run"]),
-            "--data",
-            str(phantom_run["csv"]),
-            "--n-bootstrap",
-            "20",
-            "--json",
-        ],
+def test_printed_tables_round_every_number_and_json_keeps_full_precision(phantom_run):
+    """Tables show 3 decimals (no 0.6612842463140874); --json is the data interface and matches metrics.json."""
+    run, csv = str(phantom_run["run"]), str(phantom_run["csv"])
+    table = runner.invoke(
+        app, ["evaluate", "--run", run, "--data", csv, "--n-bootstrap", "50"], env={"COLUMNS": "200"}
     )
-    assert result.exit_code == 0, result.output
-    floats = [
-        token
-        for token in result.stdout.replace(",", " ").split()
-        if "." in token and token.lstrip("-").replace(".", "", 1).isdigit()
-    ]
-    assert floats and all(len(token.split(".")[1]) <= 4 for token in floats)
+    assert table.exit_code == 0, table.output
+    numbers = [token.strip("[],") for token in table.stdout.replace("│", " ").split()]
+    decimals = [token for token in numbers if token.replace(".", "", 1).replace("-", "", 1).isdigit() and "." in token]
+    assert decimals and all(len(token.split(".")[1]) == 3 for token in decimals)
+    printed = runner.invoke(app, ["evaluate", "--run", run, "--data", csv, "--n-bootstrap", "50", "--json"])
+    saved = json.loads((phantom_run["run"] / "metrics.json").read_text())
+    assert json.loads(printed.stdout)["mean_auroc"] == saved["mean_auroc"]
 
 
 def test_compare_shows_differing_settings_and_paired_difference(phantom_run, siglip_run):

@@ -66,3 +66,15 @@ def test_invalid_train_config_values_name_the_field(raw, field):
 def test_invalid_peft_config_values_name_the_field():
     with pytest.raises(ConfigError, match=r"field 'epochs'"):
         parse_config({"epochs": 0}, PeftExperimentConfig, "peft.yaml")
+
+
+def test_run_warnings_name_a_class_without_training_positives(tmp_path):
+    """train/peft runs record in metrics.json each class that has no positives (or negatives) among training rows."""
+    from retune.experiments.prepare import table_warnings
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,patient_id,Effusion,Hernia\n" + "".join(f"{i}.png,p{i},{i % 2},{int(i == 5)}\n" for i in range(6)))
+    table = read_csv_table(csv)
+    warnings = table_warnings(table, np.arange(4))  # Hernia's only positive (row 5) is not in training
+    assert len(warnings) == 1 and "'Hernia' has no positives in the training split" in warnings[0]
+    assert table.classes == ["Effusion", "Hernia"]  # kept, not dropped

@@ -675,3 +675,13 @@ def test_tuning_uses_the_towers_a_backbone_declares(default_backbone, monkeypatc
     monkeypatch.setattr(default_backbone, "tower", lambda name: None)
     with pytest.raises(ConfigError, match="declares no text tower"):
         tower_of(default_backbone, "text")
+
+
+def test_every_configurable_tuning_method_has_a_registered_tuner():
+    """The config's method names and the tuner registry agree, so `method:` never names a missing tuner."""
+    from typing import get_args
+
+    from retune.config import PeftMethod
+    from retune.tuning.adapters import TUNERS
+
+    assert set(get_args(PeftMethod)) == set(TUNERS)

@@ -21,11 +21,17 @@ from retune.backbones.registry import create_backbone
 from retune.config import AdaptorExperimentConfig, ReTuneConfig
 from retune.data.reports import label_sentence
 from retune.data.splits import patient_split, subset_patients
-from retune.data.table import PATIENT_COLUMN, ImageTable
+from retune.data.table import ImageTable
 from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
 from retune.experiments.kinds import SavedRun, register_run_kind
-from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, metrics_record, read_data
+from retune.experiments.prepare import (
+    GENERAL_DOMAIN_NOTE,
+    embed_and_load,
+    metrics_record,
+    read_data,
+    split_facts,
+)
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import package_versions, save_checkpoint
@@ -176,8 +182,6 @@ def run_adaptor_experiment(
     ``backbone`` overrides building ``config.backbone`` (an already loaded one, or a test double).
     """
     out_dir = Path(out_dir)
-    if config.data.csv is None:
-        raise ConfigError("no data: set data.csv in the adaptor config")
     started = time.perf_counter()
     table = read_data(config.data)
     backbone = backbone or create_backbone(config.backbone, device=config.device)
@@ -251,12 +255,7 @@ def run_adaptor_experiment(
         "backbone": backbone.describe(),
         "classes": list(table.classes),
         "adaptor_config": config.model_dump(mode="json"),
-        "split": {
-            "fractions": list(config.split.fractions),
-            "seed": config.split.seed,
-            "sizes": {k: int(len(v)) for k, v in splits.items()},
-            "by": PATIENT_COLUMN,
-        },
+        "split": split_facts(config.split, splits),
         "pretraining": {k: v for k, v in pretraining.items() if k not in ("train_loss", "val_mean_recall")},
         "data": {
             "csv": str(config.data.csv),

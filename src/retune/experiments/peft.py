@@ -20,19 +20,20 @@ from retune.backbones.registry import create_backbone
 from retune.config import OptimConfig, PeftExperimentConfig
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
 from retune.data.splits import patient_split
-from retune.data.table import PATIENT_COLUMN, ImageTable
+from retune.data.table import ImageTable
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
-    data_warnings,
     metrics_record,
     prompt_bank,
     read_data,
     record_training_digests,
+    split_facts,
     split_positives,
+    table_warnings,
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
@@ -92,8 +93,6 @@ class TuningOutcome:
 
 def read_experiment_table(config: PeftExperimentConfig) -> ImageTable:
     """The labelled table the config names."""
-    if config.data.csv is None:
-        raise ConfigError("no training data: set data.csv in the config")
     return read_data(config.data)
 
 
@@ -296,12 +295,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "prompts": outcome.prompts,
         "tau": tau,
         "train_config": config.model_dump(mode="json"),
-        "split": {
-            "fractions": list(config.split.fractions),
-            "seed": config.split.seed,
-            "sizes": {k: int(len(v)) for k, v in outcome.splits.items()},
-            "by": PATIENT_COLUMN,
-        },
+        "split": split_facts(config.split, outcome.splits),
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
@@ -326,7 +320,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         **outcome.memory,
         "train_seconds": outcome.train_seconds,
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": data_warnings(table, outcome.splits["train"]),
+        "warnings": table_warnings(table, outcome.splits["train"]),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_run_card(out_dir, facts, metrics, "peft")

@@ -14,9 +14,9 @@ import numpy as np
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import DataConfig
+from retune.config import DataConfig, SplitConfig
 from retune.data.readers import read_table
-from retune.data.table import ImageTable, one_sided_classes
+from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
 from retune.errors import ConfigError, StoreError
 from retune.evaluation import evaluate_scores, fast_mean_auroc
 from retune.evaluation.leakage import write_training_digests
@@ -24,6 +24,9 @@ from retune.methods.base import MethodContext, PromptBank
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
 
+NO_PATIENT_COLUMN = (
+    "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
+)
 GENERAL_DOMAIN_NOTE = (
     "The 'default' backbone is general-domain (ImageNet EfficientNet-Lite0 + MiniLM), not a medical model."
 )
@@ -41,6 +44,21 @@ def read_data(data: DataConfig) -> ImageTable:
         classes=data.classes,
         metadata_csv=data.metadata_csv,
     )
+
+
+def split_facts(split: SplitConfig, splits: dict[str, np.ndarray]) -> dict:
+    """The config.json record of a patient-level split: fractions, seed, sizes."""
+    sizes = {name: int(len(rows)) for name, rows in splits.items()}
+    return {"fractions": list(split.fractions), "seed": split.seed, "sizes": sizes, "by": PATIENT_COLUMN}
+
+
+def table_warnings(table: ImageTable, train_rows: np.ndarray | None = None) -> list[str]:
+    """What metrics.json must say about the table: a split that cannot keep patients together and, given the training
+    rows, each class with no positives or no negatives there (kept, never dropped silently)."""
+    warnings = [NO_PATIENT_COLUMN] if table.extra.get("patient_column_missing") else []
+    if train_rows is not None:
+        warnings += one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
+    return warnings
 
 
 @dataclass
@@ -135,13 +153,3 @@ def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[st
         name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes}
         for name, rows in splits.items()
     }
-
-
-def data_warnings(table: ImageTable, train_rows: np.ndarray) -> list[str]:
-    """What a user must know about the data before trusting a run: no patient column, one-sided training classes."""
-    warnings = one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
-    if table.extra.get("patient_column_missing"):
-        warnings.append(
-            "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
-        )
-    return warnings

@@ -19,21 +19,22 @@ from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import ReTuneConfig, TrainConfig
 from retune.data.splits import patient_split
-from retune.data.table import PATIENT_COLUMN, ImageTable
-from retune.errors import ConfigError, StoreError, unknown_name
+from retune.data.table import ImageTable
+from retune.errors import StoreError, unknown_name
 from retune.evaluation.operating_point import calibration_bins, operating_points
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
-    data_warnings,
     embed_and_load,
     method_context,
     metrics_record,
     prompt_bank,
     read_data,
     record_training_digests,
+    split_facts,
     split_positives,
+    table_warnings,
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
@@ -64,8 +65,6 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
     """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
     out_dir = Path(out_dir)
-    if config.data.csv is None:
-        raise ConfigError("no training data: pass --data CSV or set data.csv in the config")
     started = time.perf_counter()
     table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
@@ -106,12 +105,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "prompts": prompts,
         "tau": training_facts[MAIN_METHOD].get("tau"),
         "train_config": config.model_dump(mode="json"),
-        "split": {
-            "fractions": list(config.split.fractions),
-            "seed": config.split.seed,
-            "sizes": {k: int(len(v)) for k, v in splits.items()},
-            "by": PATIENT_COLUMN,
-        },
+        "split": split_facts(config.split, splits),
         "training": training_facts,
         "data": {
             "csv": str(config.data.csv),
@@ -131,7 +125,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": data_warnings(table, splits["train"]),
+        "warnings": table_warnings(table, splits["train"]),
     }
     val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
     metrics["operating_points"] = operating_points(

@@ -11,18 +11,17 @@ store (kind ``prefix``) so training runs only the unfrozen top. Encoders always 
 from __future__ import annotations
 
 import re
-from typing import get_args
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from retune.backbones.base import Backbone
-from retune.config import PeftMethod
 from retune.data.pixels import pixel_shape
-from retune.errors import ConfigError
+from retune.errors import ConfigError, unknown_name
 from retune.tuning.towers import Tower, frozen_names, resolve_freeze_blocks, tower_blocks, tower_of
 
-PEFT_METHODS = get_args(PeftMethod)
 # ImageNet classifier, BERT pooler: not in the pooled features
 UNUSED_OUTPUT_HEADS = re.compile(r"(^|\.)(classifier|pooler)(\.|$)")
 
@@ -139,6 +138,33 @@ def _attach_visual_prompts(backbone: Backbone, n_tokens: int) -> None:
     parent.add_module("visual_prompts", prompts)
 
 
+@dataclass
+class TuningRequest:
+    """What every tuner is given: the towers to tune and the options of ``PeftExperimentConfig``."""
+
+    towers: list[str]
+    freeze_blocks: float = 0
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+    num_virtual_tokens: int = 8
+
+
+Tuner = Callable[[Backbone, TuningRequest], dict[str, int]]  # -> frozen block count per tower
+TUNERS: dict[str, Tuner] = {}
+
+
+def register_tuner(name: str) -> Callable[[Tuner], Tuner]:
+    """Register a way of making towers partly trainable under ``method: name``."""
+
+    def decorator(tuner: Tuner) -> Tuner:
+        TUNERS[name] = tuner
+        return tuner
+
+    return decorator
+
+
 def apply_tuning(
     backbone: Backbone,
     towers: str | list[str],
@@ -150,58 +176,96 @@ def apply_tuning(
     target_modules: list[str] | None = None,
     num_virtual_tokens: int = 8,
 ) -> dict[str, int]:
-    """Make the tower(s) partly trainable in place (adapters or unfrozen top blocks); returns the frozen block count
-    per tower."""
+    """Make the tower(s) partly trainable in place with the registered tuner ``method``; returns the frozen block
+    count per tower."""
+    if method not in TUNERS:
+        raise unknown_name("tuning method", method, list(TUNERS))
     towers = [towers] if isinstance(towers, str) else list(towers)
-    if method not in PEFT_METHODS:
-        raise ConfigError(f"unknown tuning method '{method}'; valid: {', '.join(PEFT_METHODS)}")
-    if method in ("prefix", "prompt") and freeze_blocks:
+    request = TuningRequest(towers, freeze_blocks, rank, alpha, dropout, target_modules, num_virtual_tokens)
+    return TUNERS[method](backbone, request)
+
+
+def _no_freezing(request: TuningRequest, method: str) -> None:
+    if request.freeze_blocks:
         raise ConfigError(
             f"freeze_blocks applies to lora, ia3 and freeze; {method} tuning adds tokens that every block sees"
         )
-    if method == "prompt":
-        if towers != ["image"]:
-            raise ConfigError(
-                "prompt tuning (visual prompts) applies to the image tower; for the text tower use prefix"
-            )
-        _attach_visual_prompts(backbone, num_virtual_tokens)
-        return {"image": 0}
-    if method == "prefix":
-        from peft import PrefixTuningConfig, get_peft_model
 
-        # refuses the image tower before changing anything
-        slots = [_prefix_tuning_slot(backbone, tower) for tower in towers]
-        for owner, attribute in slots:
-            wrapped = get_peft_model(
-                getattr(owner, attribute),
-                PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=num_virtual_tokens),
-            )
-            setattr(owner, attribute, wrapped.eval())
-        return dict.fromkeys(towers, 0)
-    frozen_blocks: dict[str, int] = {}
-    # one injection per root module (open_clip/CLIP hold both towers)
-    targets: dict[int, tuple[nn.Module, list[str]]] = {}
-    for name in towers:
+
+@register_tuner("prompt")
+def visual_prompt_tuning(backbone: Backbone, request: TuningRequest) -> dict[str, int]:
+    """VPT-shallow: trainable prompt tokens before the image tower's first block."""
+    _no_freezing(request, "prompt")
+    if request.towers != ["image"]:
+        raise ConfigError("prompt tuning (visual prompts) applies to the image tower; for the text tower use prefix")
+    _attach_visual_prompts(backbone, request.num_virtual_tokens)
+    return {"image": 0}
+
+
+@register_tuner("prefix")
+def prefix_tuning(backbone: Backbone, request: TuningRequest) -> dict[str, int]:
+    """peft prefix tuning of a transformers text tower: trainable key/value tokens in every attention layer."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    _no_freezing(request, "prefix")
+    slots = [_prefix_tuning_slot(backbone, tower) for tower in request.towers]  # refuses before changing anything
+    for owner, attribute in slots:
+        wrapped = get_peft_model(
+            getattr(owner, attribute),
+            PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=request.num_virtual_tokens),
+        )
+        setattr(owner, attribute, wrapped.eval())
+    return dict.fromkeys(request.towers, 0)
+
+
+@register_tuner("freeze")
+def freeze_tuning(backbone: Backbone, request: TuningRequest) -> dict[str, int]:
+    """Train the tower(s) above the first k blocks (stem included in the frozen part); no adapters."""
+    frozen_blocks = {}
+    for name in request.towers:
         tower = tower_of(backbone, name)
-        k = resolve_freeze_blocks(freeze_blocks, len(tower_blocks(tower)[1]), name) if freeze_blocks else 0
-        frozen_blocks[name], frozen = k, frozen_names(tower, k)
-        if method == "freeze":
-            for parameter_name, parameter in tower.named_parameters():
-                parameter.requires_grad_(
-                    parameter_name not in frozen and not UNUSED_OUTPUT_HEADS.search(parameter_name)
-                )
-        else:
-            targets.setdefault(id(tower.root), (tower.root, []))[1].extend(
-                adapter_targets(tower, target_modules, frozen, method)
-            )
-    if targets:
-        from peft import IA3Config, LoraConfig, inject_adapter_in_model
+        frozen_blocks[name], frozen = _frozen_part(tower, request.freeze_blocks)
+        for parameter_name, parameter in tower.named_parameters():
+            parameter.requires_grad_(parameter_name not in frozen and not UNUSED_OUTPUT_HEADS.search(parameter_name))
+    return frozen_blocks
 
-        for root, names in targets.values():
-            if method == "lora":
-                config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names)
-            else:
-                config = IA3Config(target_modules=names, feedforward_modules=[])
-            inject_adapter_in_model(config, root)
-            root.eval()
+
+@register_tuner("lora")
+def lora_tuning(backbone: Backbone, request: TuningRequest) -> dict[str, int]:
+    """LoRA adapters (peft) on the unfrozen part's Linear, Conv2d and fused attention layers."""
+    from peft import LoraConfig
+
+    return _inject_adapters(backbone, request, "lora", lambda names: LoraConfig(
+        r=request.rank, lora_alpha=request.alpha, lora_dropout=request.dropout, target_modules=names))
+
+
+@register_tuner("ia3")
+def ia3_tuning(backbone: Backbone, request: TuningRequest) -> dict[str, int]:
+    """IA3 (peft): learned rescaling of the unfrozen part's Linear and Conv2d outputs."""
+    from peft import IA3Config
+
+    return _inject_adapters(backbone, request, "ia3", lambda names: IA3Config(target_modules=names,
+                                                                                 feedforward_modules=[]))
+
+
+def _frozen_part(tower: Tower, freeze_blocks: float) -> tuple[int, set[str]]:
+    k = resolve_freeze_blocks(freeze_blocks, len(tower_blocks(tower)[1]), tower.name) if freeze_blocks else 0
+    return k, frozen_names(tower, k)
+
+
+def _inject_adapters(backbone: Backbone, request: TuningRequest, method: str,
+                     adapter_config: Callable[[list[str]], object]) -> dict[str, int]:
+    from peft import inject_adapter_in_model
+
+    frozen_blocks: dict[str, int] = {}
+    targets: dict[int, tuple[nn.Module, list[str]]] = {}  # one injection per root module (open_clip/CLIP: both)
+    for name in request.towers:
+        tower = tower_of(backbone, name)
+        frozen_blocks[name], frozen = _frozen_part(tower, request.freeze_blocks)
+        targets.setdefault(id(tower.root), (tower.root, []))[1].extend(
+            adapter_targets(tower, request.target_modules, frozen, method)
+        )
+    for root, names in targets.values():
+        inject_adapter_in_model(adapter_config(names), root)
+        root.eval()
     return frozen_blocks

@@ -73,7 +73,8 @@ def test_run_warnings_name_a_class_without_training_positives(tmp_path):
     from retune.experiments.prepare import table_warnings
 
     csv = tmp_path / "labels.csv"
-    csv.write_text("path,patient_id,Effusion,Hernia\n" + "".join(f"{i}.png,p{i},{i % 2},{int(i == 5)}\n" for i in range(6)))
+    rows = "".join(f"{i}.png,p{i},{i % 2},{int(i == 5)}\n" for i in range(6))
+    csv.write_text("path,patient_id,Effusion,Hernia\n" + rows)
     table = read_csv_table(csv)
     warnings = table_warnings(table, np.arange(4))  # Hernia's only positive (row 5) is not in training
     assert len(warnings) == 1 and "'Hernia' has no positives in the training split" in warnings[0]

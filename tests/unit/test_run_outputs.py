@@ -364,3 +364,14 @@ def test_train_writes_a_self_contained_report_with_operating_points(phantom_run)
         "retune",
         "linear_probe",
     }
+
+
+def test_default_store_creation_is_announced(tmp_path, monkeypatch):
+    """Without --store the default ./retune-store is created: the command says so, with its absolute path."""
+    from retune.data.phantoms import write_phantom_dataset
+
+    csv = write_phantom_dataset(tmp_path / "phantoms", n=3, seed=5)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["embed", str(csv), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"embedding store: {(tmp_path / 'retune-store').resolve()} (new;" in result.stderr.replace("\n", "")

@@ -310,7 +310,8 @@ def train(
         print(json.dumps(metrics, indent=2))
     else:
         print_metrics(metrics)
-        console.print(escape(f"run saved to {out} (report.html, RUN_CARD.md; MLflow: retune ui {out})"), highlight=False)
+        saved = f"run saved to {out} (report.html, RUN_CARD.md; MLflow: retune ui {out})"
+        console.print(escape(saved), highlight=False)
 
 
 @app.command(

@@ -651,7 +651,7 @@ def ui(
 ) -> None:
     """Browse a folder's MLflow runs (settings, per-class AUROC with CIs, curves, plots, report) in the MLflow UI.
 
-    The same as `mlflow ui --backend-store-uri file://FOLDER/mlruns --host 127.0.0.1`.
+    The same as `MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri file://FOLDER/mlruns --host 127.0.0.1`.
     """
     import os
     import subprocess

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +47,9 @@ def test_nih_full_data_entry_table(label_tables: Path):
 
 def test_chexpert_train_table_under_each_uncertainty_policy(label_tables: Path):
     csv = label_tables / "chexpert_train.csv.gz"
-    started = time.perf_counter()
     ignore = read_chexpert(csv, uncertainty="ignore")
-    seconds = time.perf_counter() - started
     ones = read_chexpert(csv, uncertainty="ones")
     zeros = read_chexpert(csv, uncertainty="zeros")
-    assert seconds < 5, f"read_chexpert took {seconds:.1f} s on 223k rows"
     assert len(ignore) == 223_414 and ignore.classes == list(CHEXPERT_FINDINGS)
     assert len(set(ignore.patients)) == 64_540
 

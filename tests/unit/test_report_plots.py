@@ -54,3 +54,31 @@ def test_per_class_table_lists_final_auroc_of_every_method():
     table = per_class_table(results, ["A", "B"], [0, 1], ["task1", "task2"])
     assert "<td>A</td><td>task1</td><td>0.660</td><td>0.610</td>" in table
     assert "<td>B</td><td>task2</td><td>undefined</td><td>0.900</td>" in table
+
+
+def test_scenario_mlflow_runs_hold_config_cis_per_class_finals_and_task_histories(tmp_path, monkeypatch):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from retune.report.tracking import log_scenario_results
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    (tmp_path / "scenario.json").write_text(json.dumps({"name": "toy", "retune": {"optim": {"lr": 0.001}}}))
+    (tmp_path / "retune").mkdir()
+    (tmp_path / "retune" / "results.json").write_text("{}")
+    task = tmp_path / "work" / "retune" / "order0" / "task1"
+    task.mkdir(parents=True)
+    history = {"train_loss": [0.9, 0.7], "val_score": [0.6, 0.7]}
+    (task / "config.json").write_text(json.dumps({"learn": {"history": history}}))
+    result = {"scenario": "toy", "backbone": "default", "kind": "class", "exemplar_free": True, "order": 0,
+              "classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.66, 0.8]], "mean_auroc_per_task": [0.7, 0.73],
+              "final_mean_auroc": 0.73, "final_mean_auroc_ci": [0.6, 0.8],
+              "forgetting": 0.04, "forgetting_ci": [0.0, 0.1],
+              "bwt": -0.04, "bwt_ci": [-0.1, 0.0], "average_incremental_auroc": 0.715}
+    uri = log_scenario_results({"retune": result}, tmp_path)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("retune-scenario-toy").experiment_id])
+    assert run.data.params["config.retune.optim.lr"] == "0.001"
+    assert run.data.metrics["final_mean_auroc_ci_low"] == 0.6 and run.data.metrics["final_auroc.B"] == 0.8
+    assert [p.value for p in client.get_metric_history(run.info.run_id, "task1.train_loss")] == [0.9, 0.7]

@@ -43,7 +43,7 @@ def compare(ctx: Context, backbone: str, frozen: int, n_images: int, epochs: int
     config = PeftExperimentConfig(
         backbone=backbone,
         store=ctx.workdir / "prefix-store",
-        data=DataConfig(csv=csv, classes=CLASSES),
+        data=DataConfig(csv=csv, classes=CLASSES, allow_outside_root=True),
         method="freeze",
         tower="image",
         freeze_blocks=frozen,

@@ -53,7 +53,7 @@ def label_tables(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def nih_head_csv(nih_dir: Path):
     """Writer of the first n NIH rows, image paths made absolute, to a CSV: ``nih_head_csv(n_rows, target) ->
-    target``."""
+    target`` (paths outside the CSV's folder: read it with ``allow_outside_root`` or ``--allow-outside-root``)."""
     import pandas as pd
 
     def write(n_rows: int, target: Path) -> Path:

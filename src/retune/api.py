@@ -90,10 +90,12 @@ class Run:
         exclude_overlap: bool = False,
         image_root: str | Path | None = None,
         show_progress: bool = False,
+        allow_outside_root: bool = False,
     ) -> dict:
         """Per-class AUROC/AUPRC with patient-bootstrap CIs on a labelled CSV (the training CSV: its test split).
 
         ``result["overlap"]`` counts evaluation images the run trained or validated on; ``exclude_overlap`` drops them.
+        Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so).
         """
         from retune.experiments.inference import evaluate_run
 
@@ -104,6 +106,7 @@ class Run:
             image_root=image_root,
             n_bootstrap=n_bootstrap,
             exclude_overlap=exclude_overlap,
+            allow_outside_root=allow_outside_root,
         )
 
     def __repr__(self) -> str:

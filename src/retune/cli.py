@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from retune.data.images import DEFAULT_LIMITS
 from retune.errors import RetuneError
 from retune.report.text import format_interval
 
@@ -117,7 +118,14 @@ CSV_ARGUMENT = typer.Argument(
     ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
 )
 IMAGE_ROOT = typer.Option(
-    None, help="Folder that relative image paths resolve against (default: the CSV's folder). Paths may not escape it."
+    None,
+    help="Folder that image paths resolve against (default: the CSV's folder). Paths may not escape it: '..', "
+    "absolute paths and symlinks must resolve inside it (see --allow-outside-root).",
+)
+ALLOW_OUTSIDE_ROOT = typer.Option(
+    False,
+    "--allow-outside-root",
+    help="Also read image paths that resolve outside --image-root (a CSV of absolute paths); off by default.",
 )
 DATA_FORMAT = typer.Option("auto", "--format", help="CSV format: auto, csv, chexpert, nih, mimic.")
 METADATA_CSV = typer.Option(
@@ -146,6 +154,7 @@ def embed(
     backbone: str = BACKBONE,
     store: Path = STORE,
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str = DATA_FORMAT,
     metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
@@ -153,20 +162,36 @@ def embed(
     tokens: bool = typer.Option(
         False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
     ),
+    max_file_mb: float = typer.Option(
+        DEFAULT_LIMITS.max_bytes / 2**20, min=0, help="Largest image file read, in MiB."
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_LIMITS.max_pixels, min=1, help="Pixel budget of one image (DICOM: one frame), checked from its header."
+    ),
+    max_aspect_ratio: float = typer.Option(
+        DEFAULT_LIMITS.max_aspect_ratio, min=1, help="Longest side / shortest side allowed."
+    ),
     quiet: bool = QUIET,
     device: str | None = DEVICE,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
-    Unreadable images are listed in STORE/errors/ and skipped; the exit code is then 1.
+    Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
+    budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
+
+    Example: retune embed labels.csv --store retune-store --max-pixels 40000000
     """
     from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.images import DecodeLimits
     from retune.data.readers import read_table
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
-    table = read_table(csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv)
+    table = read_table(
+        csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv, allow_outside_root=allow_outside_root
+    )
     model = create_backbone(backbone, device=device)
+    limits = DecodeLimits(max_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
     announce_store(store)
     summary = embed_table(
         table,
@@ -176,6 +201,7 @@ def embed(
         workers=workers,
         tokens=tokens,
         show_progress=progress_shown(quiet),
+        limits=limits,
     )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
@@ -264,6 +290,7 @@ def train(
     ),
     store: Path | None = typer.Option(None, help="Embedding store folder (default: retune-store)."),
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str | None = typer.Option(
         None, "--format", help="CSV format: auto, csv, chexpert, nih, mimic (default: auto)."
     ),
@@ -298,7 +325,13 @@ def train(
             "device": device,
             "seed": seed,
             "split": {"seed": seed},
-            "data": {"csv": data, "image_root": image_root, "format": data_format, "metadata_csv": metadata_csv},
+            "data": {
+                "csv": data,
+                "image_root": image_root,
+                "format": data_format,
+                "metadata_csv": metadata_csv,
+                "allow_outside_root": allow_outside_root or None,
+            },
         },
     )
     settings.retune = override(
@@ -329,6 +362,7 @@ def evaluate(
     ),
     store: Path | None = typer.Option(None, help="Embedding store (default: the one the run was trained with)."),
     image_root: Path | None = IMAGE_ROOT,
+    allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     n_bootstrap: int = typer.Option(1000, min=0, help="Patient bootstrap replicates for the CIs."),
     exclude_overlap: bool = typer.Option(
         False,
@@ -355,6 +389,7 @@ def evaluate(
         n_bootstrap=n_bootstrap,
         show_progress=progress_shown(quiet),
         exclude_overlap=exclude_overlap,
+        allow_outside_root=allow_outside_root,
     )
     if as_json:
         print(json.dumps(metrics, indent=2))

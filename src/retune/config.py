@@ -86,6 +86,9 @@ class DataConfig(StrictModel):
 
     csv: Path | None = None
     image_root: Path | None = None
+    allow_outside_root: bool = Field(
+        False, description="Also read image paths that resolve outside image_root (absolute paths, symlinks)."
+    )
     format: str = Field("auto", description="A registered reader (csv, chexpert, nih, mimic, ...) or auto.")
     uncertainty: Literal["ignore", "ones", "zeros"] = "ignore"
     classes: list[str] | None = None

@@ -30,7 +30,7 @@ def experiment(csv: Path, root: Path, classes: list[str] | None = None, epochs: 
     optim = OptimConfig(lr=1e-3, weight_decay=0.05, epochs=epochs, batch_size=32, patience=6, min_epochs=3)
     return AdaptorExperimentConfig(
         store=root / "store",
-        data=DataConfig(csv=csv, classes=classes),
+        data=DataConfig(csv=csv, classes=classes, allow_outside_root=True),
         layers=2,
         width=64,
         embed_dim=32,

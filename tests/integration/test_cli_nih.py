@@ -65,7 +65,7 @@ def store(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def first_embed(small_csv: Path, store: Path):
     """``retune embed`` of the 300-row CSV into the module store (runs once)."""
-    return invoke("embed", small_csv, "--store", store, "--workers", "0")
+    return invoke("embed", small_csv, "--store", store, "--workers", "0", "--allow-outside-root")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,9 @@ def train_config(work: Path) -> Path:
 def trained_run(small_csv: Path, store: Path, first_embed, train_config: Path, work: Path):
     """``retune train`` on the 300-row CSV (embeddings already cached); returns (run dir, result)."""
     run = work / "run"
-    result = invoke("train", "--data", small_csv, "--out", run, "--store", store, "--config", train_config)
+    result = invoke(
+        "train", "--data", small_csv, "--out", run, "--store", store, "--config", train_config, "--allow-outside-root"
+    )
     return run, result
 
 
@@ -100,7 +102,7 @@ def test_embed_stores_300_rows_then_computes_nothing(small_csv: Path, store: Pat
     (fingerprint,) = opened.summary()["rows"]
     keys, matrix = opened.read_vectors("images", fingerprint)
     assert len(keys) == len(set(keys)) == N_ROWS and matrix.shape == (N_ROWS, 1280)
-    again = invoke("embed", small_csv, "--store", store, "--workers", "0")
+    again = invoke("embed", small_csv, "--store", store, "--workers", "0", "--allow-outside-root")
     assert again.exit_code == 0, describe(again)
     assert f"{N_ROWS} cached, 0 computed" in again.stdout
     assert len(EmbeddingStore(store, create=False).read_vectors("images", fingerprint)[0]) == N_ROWS
@@ -123,7 +125,7 @@ def test_embed_corrupt_row_exits_1_and_embeds_the_rest(small_csv: Path, work: Pa
     folder.mkdir()
     broken = folder / "broken_scan.png"
     csv_path = csv_with_empty_image(small_csv, 20, broken, "corrupt-patient", folder / "with_corrupt.csv")
-    result = invoke("embed", csv_path, "--store", folder / "store", "--workers", "0")
+    result = invoke("embed", csv_path, "--store", folder / "store", "--workers", "0", "--allow-outside-root")
     assert result.exit_code == 1, describe(result)
     assert str(broken) in result.stderr
     assert "20 computed" in result.stdout and "1 failed" in result.stdout
@@ -146,7 +148,7 @@ def test_embed_missing_path_column_exits_2(small_csv: Path, work: Path):
     assert not (work / "unused-store").exists()
 
 
-def test_embed_path_escaping_image_root_exits_2(small_csv: Path, work: Path):
+def test_embed_path_escaping_image_root_exits_2(small_csv: Path, work: Path, nih_dir: Path):
     """A relative path that climbs out of the image root exits 2 naming the offending row."""
     folder = work / "escape-case"
     folder.mkdir()
@@ -154,7 +156,8 @@ def test_embed_path_escaping_image_root_exits_2(small_csv: Path, work: Path):
     frame.loc[2, "path"] = "../../outside/secret.png"
     csv_path = folder / "escaping.csv"
     frame.to_csv(csv_path, index=False)
-    result = invoke("embed", csv_path, "--store", folder / "store")
+    # the absolute rows lie inside nih_dir: only the climbing row escapes
+    result = invoke("embed", csv_path, "--store", folder / "store", "--image-root", nih_dir)
     assert result.exit_code == 2, describe(result)
     assert "Traceback" not in result.output
     assert "row 4" in result.stderr and "escapes the image root" in result.stderr
@@ -175,7 +178,7 @@ def test_skipped_line_keeps_square_brackets_in_paths(small_csv: Path, work: Path
     folder.mkdir(exist_ok=True)
     broken = folder / "broken.png"
     csv_path = csv_with_empty_image(small_csv, 2, broken, "bracket-patient", folder / "bracket.csv")
-    result = invoke("embed", csv_path, "--store", work / "bracket-store", "--workers", "0")
+    result = invoke("embed", csv_path, "--store", work / "bracket-store", "--workers", "0", "--allow-outside-root")
     assert result.exit_code == 1, describe(result)
     assert str(broken) in result.stderr, result.stderr
 
@@ -240,6 +243,7 @@ def test_train_with_the_siglip_objective_records_it_and_evaluates_back(
         "--objective",
         "siglip",
         "--json",
+        "--allow-outside-root",
     )
     assert result.exit_code == 0, describe(result)
     metrics = json.loads(result.stdout)

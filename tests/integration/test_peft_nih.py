@@ -64,7 +64,7 @@ def nih_csv(nih_head_csv, work: Path) -> Path:
 def experiment(work: Path, nih_csv: Path, **overrides) -> PeftExperimentConfig:
     settings = dict(
         store=work / "store",
-        data={"csv": nih_csv, "classes": CLASSES},
+        data={"csv": nih_csv, "classes": CLASSES, "allow_outside_root": True},
         epochs=1,
         batch_size=16,
         n_bootstrap=50,

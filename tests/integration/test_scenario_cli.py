@@ -46,7 +46,7 @@ def _scenario(tmp_path: Path, csv: Path, **overrides) -> Path:
     spec = {
         "name": "nih-small",
         "store": str(tmp_path / "store"),
-        "data": {"csv": str(csv)},
+        "data": {"csv": str(csv), "allow_outside_root": True},
         "generate": {
             "kind": "class",
             "n_tasks": 3,

@@ -175,3 +175,26 @@ def test_file_content_hash_matches_sha256_across_chunks(tmp_path):
     (tmp_path / "b.bin").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     assert file_content_hash(tmp_path / "a.bin") == hashlib.sha256(data).hexdigest()
     assert file_content_hash(tmp_path / "a.bin") != file_content_hash(tmp_path / "b.bin")
+
+
+def test_a_window_that_saturates_every_pixel_falls_back_to_the_modality_values(tmp_path):
+    """A window far above the data (exported for another tissue) would store an all-black image; the ramp survives."""
+    pixels = _ramp()
+    grey = _grey(load_image(_write_dicom(tmp_path / "saturated.dcm", pixels, window=(60000, 10))))
+    assert grey.min() == 0 and grey.max() == 255
+    assert np.all(np.diff(grey[0]) >= 0)  # still the left-to-right ramp
+
+
+def test_a_missing_decoder_is_recorded_with_its_whole_reason(tmp_path, monkeypatch):
+    """pydicom lists every missing plugin on its own line; the one-line reason keeps all of them."""
+    import pydicom
+
+    def no_plugin(self):
+        raise RuntimeError("Unable to decode the pixel data: all plugins are missing dependencies:\n"
+                           "    gdcm - requires gdcm>=3.0.10\n    pylibjpeg - requires pylibjpeg>=2.0")
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(no_plugin))
+    with pytest.raises(DataError) as caught:
+        load_image(_write_dicom(tmp_path / "compressed.dcm", _ramp()))
+    message = str(caught.value)
+    assert "\n" not in message and "gdcm>=3.0.10" in message and "pylibjpeg>=2.0" in message

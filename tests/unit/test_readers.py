@@ -95,11 +95,19 @@ def test_missing_patient_column_makes_each_image_its_own_patient(tmp_path):
     assert no_patients.patients.tolist() == no_patients.paths
 
 
-def test_absolute_paths_are_kept_and_dotted_paths_normalised(tmp_path):
+def test_absolute_paths_outside_the_root_are_refused_unless_allowed(tmp_path):
+    """Confinement by default; the opt-out keeps absolute paths as they are and leaves the table unconfined."""
     outside = tmp_path.parent / "outside.png"
-    csv = _write(tmp_path / "labels.csv", "path,Mass", f"{outside},1", "./img/../img/a.png,0")
-    table = read_csv_table(csv)
-    assert table.paths == [str(outside), str(tmp_path.resolve() / "img" / "a.png")]
+    inside = tmp_path.resolve() / "img" / "b.png"
+    csv = _write(tmp_path / "labels.csv", "path,Mass", f"{inside},1", f"{outside},1", "./img/../img/a.png,0")
+    refused = r"labels.csv row 3, column 'path': .*outside.png' escapes the image root .*--allow-outside-root"
+    with pytest.raises(DataError, match=refused):
+        read_csv_table(csv)
+    table = read_csv_table(csv, allow_outside_root=True)
+    assert table.paths == [str(inside), str(outside), str(tmp_path.resolve() / "img" / "a.png")]
+    assert table.confined_root is None
+    confined = read_csv_table(_write(tmp_path / "in.csv", "path,Mass", f"{inside},1"))
+    assert confined.paths == [str(inside)] and confined.confined_root == tmp_path.resolve()
 
 
 def test_duplicate_paths_are_allowed(tmp_path):
@@ -126,7 +134,10 @@ def test_escaping_path_names_file_row_and_column(tmp_path):
     with pytest.raises(DataError) as caught:
         read_csv_table(csv, image_root=tmp_path / "images")
     root = (tmp_path / "images").resolve()
-    assert str(caught.value) == f"labels.csv row 3, column 'path': 'sub/../../x.png' escapes the image root {root}"
+    assert str(caught.value) == (
+        f"labels.csv row 3, column 'path': 'sub/../../x.png' escapes the image root {root} "
+        "(pass --allow-outside-root to read such paths)"
+    )
 
 
 def test_bad_label_value_names_file_row_and_column(generic_csv):
@@ -335,9 +346,11 @@ def test_a_registered_reader_is_used_by_read_table_and_auto_detection(generic_cs
     calls = []
 
     @readers.register_reader("mine", detect=lambda columns: "Pneumonia" in columns)
-    def read_mine(csv_path, *, image_root=None, uncertainty="ignore", classes=None, metadata_csv=None):
+    def read_mine(csv_path, *, image_root=None, uncertainty="ignore", classes=None, metadata_csv=None,
+                  allow_outside_root=False):
         calls.append((uncertainty, classes))
-        return read_csv_table(csv_path, image_root=image_root, uncertainty=uncertainty, classes=classes)
+        return read_csv_table(csv_path, image_root=image_root, uncertainty=uncertainty, classes=classes,
+                              allow_outside_root=allow_outside_root)
 
     assert detect_format(generic_csv) == "mine"
     assert read_table(generic_csv, uncertainty="zeros", classes=["Effusion"]).classes == ["Effusion"]

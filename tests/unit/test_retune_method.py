@@ -311,7 +311,7 @@ def test_load_checkpoint_refuses_pickles(tmp_path):
 def test_load_checkpoint_corrupt_safetensors(tmp_path):
     """A corrupt checkpoint.safetensors is a StoreError naming the folder, not a crash."""
     (tmp_path / CHECKPOINT).write_bytes(b"\x00" * 20)
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"methods": {}}')
     with pytest.raises(StoreError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path)
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+import warnings
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +15,44 @@ import pydicom
 import pydicom.errors
 from PIL import Image, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from retune.errors import DataError
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 _DICOM_MAGIC_OFFSET = 128
 _HASH_CHUNK = 1 << 20
+_MAX_BYTES_PER_PIXEL = 8  # 64-bit float or 3 x 16-bit samples
+_DICOM_HEADER_ALLOWANCE = 1 << 24
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one image may cost, checked from the file system and the image header before any pixel is decoded.
+
+    ``max_bytes`` bounds every read (hashing and decoding); ``max_pixels`` bounds one frame's width x height;
+    ``max_aspect_ratio`` bounds long side / short side, since preprocessing that scales the short side up
+    would turn a 20000 x 1 strip into a billion pixels.
+    """
+
+    max_bytes: int = 1 << 30
+    max_pixels: int = 1 << 25
+    max_aspect_ratio: float = 20.0
+
+    def check_shape(self, path: Path, width: int, height: int) -> None:
+        """Raise DataError when a ``width`` x ``height`` image breaks the pixel or aspect-ratio limit."""
+        if width <= 0 or height <= 0:
+            raise DataError(f"{path}: image has no pixels ({width} x {height})")
+        if width * height > self.max_pixels:
+            raise DataError(
+                f"{path}: image of {width} x {height} pixels is over the pixel budget of {self.max_pixels}"
+            )
+        if max(width, height) / min(width, height) > self.max_aspect_ratio:
+            raise DataError(f"{path}: image of {width} x {height} pixels is more elongated than the limit "
+                            f"({self.max_aspect_ratio:g}:1); preprocessing would blow it up")
+
+
+DEFAULT_LIMITS = DecodeLimits()
 
 # What PIL raises for unreadable, truncated or corrupt files (broken PNG chunks raise SyntaxError).
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -30,24 +67,39 @@ _DICOM_ERRORS = (
     KeyError,
     NotImplementedError,
     RuntimeError,
+    zlib.error,
 )
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode a PNG, JPEG or DICOM file fully into an 8-bit RGB image.
+def load_image(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Decode a PNG, JPEG or DICOM file fully into an 8-bit RGB image, within ``limits``.
 
-    Raises ``DataError("<path>: <reason>")`` for missing, empty, truncated or corrupt files.
+    Raises ``DataError("<path>: <reason>")`` for missing, empty, non-regular, oversized, truncated or corrupt files.
     """
     path = Path(path)
+    regular_file_size(path, limits)
+    if is_dicom(path):
+        return _load_dicom(path, limits)
+    return _load_raster(path, limits)
+
+
+def regular_file_size(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
+    """The size of a non-empty regular file within ``limits.max_bytes``; anything else (a directory, a FIFO,
+    ``/dev/zero``, an unreadable file) is a DataError, so no read can block or run forever."""
     try:
-        size = path.stat().st_size
+        info = os.stat(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (device, FIFO or socket)"
+        raise DataError(f"{path}: {kind}; only regular image files are read")
+    if info.st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    if is_dicom(path):
-        return _load_dicom(path)
-    return _load_raster(path)
+    if info.st_size > limits.max_bytes:
+        raise DataError(f"{path}: file of {info.st_size} bytes is over the size limit of {limits.max_bytes} bytes")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot read file (permission denied)")
+    return info.st_size
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -63,26 +115,40 @@ def is_dicom(path: str | Path) -> bool:
     return head[_DICOM_MAGIC_OFFSET:] == b"DICM"
 
 
-def file_content_hash(path: str | Path) -> str:
-    """SHA-256 hex digest of the file's bytes, read in 1 MiB chunks (identifies an image by content)."""
+def file_content_hash(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> str:
+    """SHA-256 hex digest of a regular file's bytes, read in 1 MiB chunks and never past ``limits.max_bytes``
+    (identifies an image by content)."""
+    regular_file_size(path, limits)
     digest = hashlib.sha256()
+    remaining = limits.max_bytes + 1
     try:
         with Path(path).open("rb") as handle:
-            for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            while remaining > 0 and (chunk := handle.read(min(_HASH_CHUNK, remaining))):
                 digest.update(chunk)
+                remaining -= len(chunk)
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    if remaining <= 0:
+        raise DataError(f"{path}: file grew over the size limit of {limits.max_bytes} bytes while being read")
     return digest.hexdigest()
 
 
-def _load_raster(path: Path) -> Image.Image:
-    """Decode with PIL, forcing a full decode so truncated files fail here rather than later."""
+def _load_raster(path: Path, limits: DecodeLimits) -> Image.Image:
+    """Check the header's size against ``limits``, then decode with PIL in full so truncated files fail here.
+
+    Pillow's DecompressionBombWarning becomes this error instead of a line on stderr.
+    """
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_rgb8(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                limits.check_shape(path, *img.size)
+                img.load()
+                return _to_rgb8(img)
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not a recognised image format") from exc
+    except Image.DecompressionBombWarning as exc:
+        raise DataError(f"{path}: refused as a possible decompression bomb ({_first_line(exc)})") from exc
     except _PIL_ERRORS as exc:
         raise DataError(f"{path}: cannot decode image ({_first_line(exc)})") from exc
 
@@ -96,50 +162,101 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _load_dicom(path: Path) -> Image.Image:
-    """Decode the first frame: modality LUT, then VOI LUT/windowing, scale to 0-255, invert MONOCHROME1."""
+def _load_dicom(path: Path, limits: DecodeLimits) -> Image.Image:
+    """Decode the first frame only: modality LUT, then VOI LUT/windowing, scale to 0-255, invert MONOCHROME1.
+
+    Rows x Columns are checked against ``limits`` before the pixel data is read (it is deferred until then).
+    """
     try:
-        ds = pydicom.dcmread(path)
+        _check_deflated_size(path, limits)
+        ds = pydicom.dcmread(path, defer_size="64 KB")
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise DataError(f"{path}: DICOM file holds no image (no Pixel Data element)")
+        limits.check_shape(path, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
+        ds.pixel_array_options(index=0)  # decode one frame, not the whole multi-frame volume
         pixels = ds.pixel_array
     except pydicom.errors.InvalidDicomError as exc:
         raise DataError(f"{path}: not a DICOM file (no 'DICM' file header)") from exc
     except _DICOM_ERRORS as exc:
-        raise DataError(f"{path}: cannot decode DICOM ({_first_line(exc)})") from exc
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]
+        raise DataError(f"{path}: cannot decode DICOM ({_one_line(exc)})") from exc
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         # pixel_array already converts YBR colour to RGB.
         rgb = pixels if pixels.dtype == np.uint8 else _scale_to_uint8(pixels)
         return Image.fromarray(np.ascontiguousarray(rgb))
     if pixels.ndim != 2:
         raise DataError(f"{path}: unsupported DICOM pixel array shape {pixels.shape}")
-    values = apply_modality_lut(pixels, ds)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        try:
-            values = apply_voi_lut(values, ds)
-        except (ValueError, TypeError, IndexError, KeyError):
-            pass  # an unusable VOI/window falls back to the min-max scaling below
-    grey = _scale_to_uint8(values)
+    grey = _scale_to_uint8(_windowed(apply_modality_lut(pixels, ds), ds))  # no name holds the float64 copies
+    del pixels
     if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
         grey = 255 - grey
     return _grey_to_rgb(grey)
 
 
+def _check_deflated_size(path: Path, limits: DecodeLimits) -> None:
+    """Refuse a deflated DICOM whose inflated dataset is larger than the pixel budget can need, counting it in
+    constant memory: pydicom inflates the whole dataset before its header can be read (a 141 KB file can hold
+    a 12000 x 12000 image)."""
+    if pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(_DICOM_MAGIC_OFFSET + 4)
+        group = handle.read(12)  # (0002,0000) UL: the length of the rest of the file meta group
+        handle.seek(_DICOM_MAGIC_OFFSET + 4 + len(group) + int.from_bytes(group[8:12], "little"))
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        allowed = limits.max_pixels * _MAX_BYTES_PER_PIXEL + _DICOM_HEADER_ALLOWANCE
+        inflated = 0
+        while chunk := handle.read(_HASH_CHUNK):
+            while chunk and inflated <= allowed:
+                inflated += len(inflater.decompress(chunk, _HASH_CHUNK))
+                chunk = inflater.unconsumed_tail
+            if inflated > allowed:
+                raise DataError(
+                    f"{path}: deflated DICOM inflates to over {allowed} bytes, more than the pixel budget of "
+                    f"{limits.max_pixels} can need; not decoded"
+                )
+
+
+def _windowed(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """The VOI LUT / window of the file applied to modality values, when it leaves a usable image.
+
+    A window that saturates every pixel to one value (common on small CT files exported with a window for
+    another tissue) would store an all-black image: then the modality values are used as they are
+    (min-max scaled), which keeps the anatomy visible.
+    """
+    if "VOILUTSequence" not in ds and "WindowCenter" not in ds:
+        return values
+    try:
+        windowed = apply_voi_lut(values, ds)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        return values  # an unusable VOI/window falls back to min-max scaling
+    if np.nanmin(windowed) == np.nanmax(windowed) and np.nanmin(values) != np.nanmax(values):
+        return values
+    return windowed
+
+
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Min-max scale any numeric array to uint8 in float math; a constant image becomes all zeros."""
-    values = np.asarray(values, dtype=np.float64)
+    """Min-max scale any numeric array to uint8 in float32 math; a constant image becomes all zeros."""
+    values = np.asarray(values, dtype=np.float32)
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
     if not high > low:
         return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(np.rint(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
+    scaled = values - np.float32(low)
+    scaled *= np.float32(255.0 / (high - low))
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    np.rint(scaled, out=scaled)
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
 def _first_line(exc: Exception) -> str:
     """The first line of an exception's message (error messages here stay one line)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _one_line(exc: Exception) -> str:
+    """The whole message of an exception joined onto one line (decoder errors list every missing plugin)."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 def _grey_to_rgb(grey: np.ndarray) -> Image.Image:

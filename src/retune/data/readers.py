@@ -83,6 +83,7 @@ class Reader(Protocol):
         uncertainty: str = "ignore",
         classes: list[str] | None = None,
         metadata_csv: str | Path | None = None,
+        allow_outside_root: bool = False,
     ) -> ImageTable: ...
 
 
@@ -113,13 +114,15 @@ def read_csv_table(
     path_column: str = "path",
     patient_column: str | None = "patient_id",
     report_column: str | None = None,
+    allow_outside_root: bool = False,
 ) -> ImageTable:
     """Read a generic CSV of image paths, optional patient ids, 1/0/-1/blank labels and an optional report.
 
     Paths resolve against ``image_root`` (default: the CSV's folder). Without ``classes``, labels are
     the non-metadata columns whose non-blank values are all 1, 0 or -1. A missing patient column
     makes each image its own patient and sets ``extra["patient_column_missing"]``. ``report_column``
-    defaults to a ``report`` column when there is one.
+    defaults to a ``report`` column when there is one. Paths must stay inside the image root (absolute
+    paths and symlinks included) unless ``allow_outside_root``.
     """
     csv_path = Path(csv_path)
     source = csv_path.name
@@ -139,13 +142,15 @@ def read_csv_table(
     _check_class_names(classes)
 
     root = _absolute(image_root or csv_path.parent)
-    paths = _resolve_paths(raw[path_column], root, source, path_column)
+    paths = _resolve_paths(raw[path_column], root, source, path_column, allow_outside_root)
     patients = _patient_ids(raw[patient_column], source, patient_column) if has_patients else paths
     labels = _parse_labels(raw, classes, uncertain_value, source)
     frame = _assemble(paths, patients, labels)
     if report_column is not None:
         frame[REPORT_COLUMN] = raw[report_column].to_numpy()
-    table = ImageTable(frame, list(classes), source=csv_path, image_root=root)
+    table = ImageTable(
+        frame, list(classes), source=csv_path, image_root=root, confined_root=_confinement(root, allow_outside_root)
+    )
     if not has_patients:
         table.extra["patient_column_missing"] = True
     return table
@@ -159,6 +164,7 @@ def read_chexpert(
     uncertainty: str = "ignore",
     classes: list[str] | None = None,
     metadata_csv: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> ImageTable:
     """Read a CheXpert ``train.csv``/``valid.csv``; the patient id is the ``patientNNNNN`` path component.
 
@@ -176,11 +182,12 @@ def read_chexpert(
     _require_columns(raw, classes, source, what="class column")
 
     root = _absolute(image_root or csv_path.parent)
-    paths = _resolve_paths(raw["Path"], root, source, "Path")
+    paths = _resolve_paths(raw["Path"], root, source, "Path", allow_outside_root)
     patients = raw["Path"].str.extract(r"(?:^|/)(patient\d+)(?:/|$)", expand=False)
     _raise_first_bad(patients.isna(), raw["Path"], source, "Path", "has no 'patientNNNNN' folder")
     labels = _parse_labels(raw, classes, uncertain_value, source)
-    return ImageTable(_assemble(paths, patients, labels), classes, source=csv_path, image_root=root)
+    return ImageTable(_assemble(paths, patients, labels), classes, source=csv_path, image_root=root,
+                      confined_root=_confinement(root, allow_outside_root))
 
 
 @register_reader("nih", detect=lambda columns: {"Image Index", "Finding Labels"} <= columns)
@@ -191,6 +198,7 @@ def read_nih(
     uncertainty: str = "ignore",
     classes: list[str] | None = None,
     metadata_csv: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> ImageTable:
     """Read NIH ChestX-ray14 ``Data_Entry_2017*.csv`` (``|``-joined ``Finding Labels``) as 0/1 labels.
 
@@ -214,7 +222,7 @@ def read_nih(
     if image_root is None:
         image_root = csv_path.parent / "images" if (csv_path.parent / "images").is_dir() else csv_path.parent
     root = _absolute(image_root)
-    paths = _resolve_paths(raw["Image Index"], root, source, "Image Index")
+    paths = _resolve_paths(raw["Image Index"], root, source, "Image Index", allow_outside_root)
     patients = _patient_ids(raw["Patient ID"], source, "Patient ID")
     findings = raw["Finding Labels"].str.split("|").explode().str.strip()
     _raise_first_bad(
@@ -223,7 +231,8 @@ def read_nih(
     )
     present = pd.crosstab(findings.index, findings).reindex(index=raw.index, columns=classes, fill_value=0)
     labels = {name: (present[name] > 0).to_numpy(dtype=np.float64) for name in classes}
-    return ImageTable(_assemble(paths, patients, labels), classes, source=csv_path, image_root=root)
+    return ImageTable(_assemble(paths, patients, labels), classes, source=csv_path, image_root=root,
+                      confined_root=_confinement(root, allow_outside_root))
 
 
 @register_reader("mimic")
@@ -235,6 +244,7 @@ def read_mimic(
     classes: list[str] | None = None,
     metadata_csv: str | Path | None = None,
     views: Iterable[str] | None = None,
+    allow_outside_root: bool = False,
 ) -> ImageTable:
     """Read MIMIC-CXR-JPG: ``mimic-cxr-2.0.0-chexpert.csv`` (or ``-negbio``) joined with ``-metadata.csv``.
 
@@ -294,12 +304,13 @@ def read_mimic(
     subject, study = joined["subject_id"], joined["study_id"]
     relative = "files/p" + subject.str[:2] + "/p" + subject + "/s" + study + "/" + joined["dicom_id"] + ".jpg"
     root = _absolute(image_root or label_csv.parent)
-    paths = _resolve_paths(relative, root, meta_source, "dicom_id")
+    paths = _resolve_paths(relative, root, meta_source, "dicom_id", allow_outside_root)
     table = ImageTable(
         _assemble(paths, subject, {name: joined[name].to_numpy() for name in classes}),
         classes,
         source=label_csv,
         image_root=root,
+        confined_root=_confinement(root, allow_outside_root),
     )
     table.extra["unlabelled_images_dropped"] = int(len(meta) - len(joined))
     return table
@@ -319,13 +330,15 @@ def read_table(
     uncertainty: str = "ignore",
     classes: list[str] | None = None,
     metadata_csv: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> ImageTable:
     """Read a label table with the named reader (``READERS``), or the one ``detect_format`` picks."""
     if format == "auto":
         format = detect_format(path)
     if format not in READERS:
         raise unknown_name("format", format, [*READERS, "auto"])
-    options = {"image_root": image_root, "uncertainty": uncertainty, "classes": classes, "metadata_csv": metadata_csv}
+    options = {"image_root": image_root, "uncertainty": uncertainty, "classes": classes, "metadata_csv": metadata_csv,
+               "allow_outside_root": allow_outside_root}
     return READERS[format](path, **options)
 
 
@@ -408,8 +421,11 @@ def _parse_labels(raw: pd.DataFrame, classes: list[str], uncertain_value: float,
     return labels
 
 
-def _resolve_paths(raw_paths: pd.Series, root: Path, source: str, column: str) -> pd.Series:
-    """Join relative paths onto ``root`` (normalised); absolute paths stay; a path escaping ``root`` is an error."""
+def _resolve_paths(
+    raw_paths: pd.Series, root: Path, source: str, column: str, allow_outside_root: bool = False
+) -> pd.Series:
+    """Join relative paths onto ``root`` (normalised); absolute paths stay. A path that escapes ``root`` (``..``
+    or an absolute path elsewhere) is an error unless ``allow_outside_root``."""
     values = raw_paths.str.strip()
     _raise_first_bad(values == "", values, source, column, "is blank; an image path is required")
     root_text = str(root)
@@ -420,8 +436,12 @@ def _resolve_paths(raw_paths: pd.Series, root: Path, source: str, column: str) -
         normalised = pd.Series(
             [os.path.normpath(os.path.join(root_text, value)) for value in unusual], index=unusual.index
         )
-        escapes = ~normalised.str.startswith(prefix) & ~unusual.map(os.path.isabs).astype(bool)
-        _raise_first_bad(escapes, unusual, source, column, f"escapes the image root {root}")
+        outside = normalised[~normalised.str.startswith(prefix)]
+        # an absolute path may name the root through a symlink: compare real locations too
+        escapes = unusual.index.isin(outside.index[~outside.map(os.path.realpath).str.startswith(prefix)])
+        if not allow_outside_root:
+            _raise_first_bad(escapes, unusual, source, column,
+                             f"escapes the image root {root} (pass --allow-outside-root to read such paths)")
         resolved[unusual.index] = normalised
     return resolved
 
@@ -445,6 +465,11 @@ def _raise_first_bad(bad: pd.Series | np.ndarray, values: pd.Series, source: str
 def _assemble(paths: pd.Series, patients: pd.Series, labels: dict[str, np.ndarray]) -> pd.DataFrame:
     """The ImageTable frame: image_path, patient_id, then one float column per class."""
     return pd.DataFrame({PATH_COLUMN: paths.to_numpy(), PATIENT_COLUMN: patients.to_numpy(), **labels})
+
+
+def _confinement(root: Path, allow_outside_root: bool) -> Path | None:
+    """The folder images must really lie in (symlinks followed when they are read), or None when not confined."""
+    return None if allow_outside_root else root
 
 
 def _absolute(path: str | Path) -> Path:

@@ -20,7 +20,8 @@ class ImageTable:
     float column per class in ``classes`` holding 1.0 (positive), 0.0 (negative) or NaN (masked:
     uncertain/ignored/unlabelled; left out of losses and metrics), and optionally ``report`` (str).
     ``source`` is the file the table came from (used in error messages); ``image_root`` is the
-    folder relative paths were resolved against.
+    folder relative paths were resolved against; ``confined_root``, when set, is the folder every image
+    must really lie in (symlinks followed), checked before an image is read.
     """
 
     frame: pd.DataFrame
@@ -28,6 +29,7 @@ class ImageTable:
     source: Path | None = None
     image_root: Path | None = None
     extra: dict = field(default_factory=dict)
+    confined_root: Path | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -47,7 +49,9 @@ class ImageTable:
     def subset(self, rows: np.ndarray | list[int]) -> ImageTable:
         """A new table with only the given row positions (order kept, index reset)."""
         frame = self.frame.iloc[np.asarray(rows, dtype=int)].reset_index(drop=True)
-        return ImageTable(frame, list(self.classes), self.source, self.image_root, dict(self.extra))
+        return ImageTable(
+            frame, list(self.classes), self.source, self.image_root, dict(self.extra), self.confined_root
+        )
 
 
 def one_sided_classes(labels: np.ndarray, classes: list[str], where: str) -> list[str]:

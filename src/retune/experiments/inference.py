@@ -51,16 +51,19 @@ RunLike = str | Path | SavedRun
 
 
 def evaluation_table(
-    run: SavedRun, csv_path: str | Path, split: str, image_root: str | Path | None
+    run: SavedRun, csv_path: str | Path, split: str, image_root: str | Path | None, allow_outside_root: bool = False
 ) -> tuple[ImageTable, str]:
-    """The labelled table to evaluate, read like the run's training data, and the split (``auto`` resolved)."""
+    """The labelled table to evaluate, read like the run's training data, and the split (``auto`` resolved).
+
+    Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so)."""
     train_config = run.config
     if split == "auto":
         split = "test" if Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve() else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
     data = DataConfig.model_validate(train_config["data"])
-    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None}
+    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None,
+             "allow_outside_root": allow_outside_root or data.allow_outside_root}
     table = read_data(data.model_copy(update=other))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
@@ -78,6 +81,7 @@ def evaluate_run(
     show_progress: bool = False,
     exclude_overlap: bool = False,
     cache: bool = False,
+    allow_outside_root: bool = False,
 ) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
 
@@ -86,7 +90,7 @@ def evaluate_run(
     """
     run = run if isinstance(run, SavedRun) else open_run(run, store_dir, show_progress=show_progress, cache=cache)
     train_config = run.config
-    table, split = evaluation_table(run, csv_path, split, image_root)
+    table, split = evaluation_table(run, csv_path, split, image_root, allow_outside_root)
     scores, rows, errors = run.score(table)
     if not len(rows):
         raise DataError(f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable)")

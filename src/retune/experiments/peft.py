@@ -17,7 +17,7 @@ import torch
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import OptimConfig, PeftExperimentConfig
+from retune.config import OptimConfig, PeftExperimentConfig, parse_config
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
@@ -36,7 +36,15 @@ from retune.experiments.prepare import (
     table_warnings,
 )
 from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
+from retune.methods.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    RunFacts,
+    check_facts,
+    load_checkpoint,
+    package_versions,
+    save_checkpoint,
+)
 from retune.methods.retune import ReTuneModel
 from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
@@ -422,12 +430,21 @@ def load_tuned_run(
     """Rebuild a ``retune peft run`` checkpoint: same backbone (fingerprint checked), same tuning, saved tensors
     loaded;
     ``checkpoint``: the run's ``load_checkpoint`` result when the caller has already read it."""
-    tensors, facts = checkpoint or load_checkpoint(run_dir)
-    config = PeftExperimentConfig.model_validate(facts["train_config"])
+    tensors, facts = checkpoint or load_checkpoint(run_dir, RunFacts)
+    check_facts(Path(run_dir) / CONFIG, facts, RunFacts)
+    config = parse_config(facts["train_config"], PeftExperimentConfig, f"{Path(run_dir) / CONFIG}: train_config")
+    name = method_name(config)
+    where = Path(run_dir) / CHECKPOINT
+    saved = {key: torch.as_tensor(value) for key, value in tensors.get(name, {}).items()}
+    for key in ("head.positive", "head.negative"):
+        if key not in saved or saved[key].ndim != 2 or len(saved[key]) != len(facts["classes"]):
+            shape = tuple(saved[key].shape) if key in saved else "missing"
+            raise StoreError(
+                f"{where}: tensor '{name}/{key}' ({shape}) does not hold one row per class of {CONFIG} "
+                f"({len(facts['classes'])})"
+            )
     backbone = checked_backbone(run_dir, facts, device)
     frozen, use_cache = tune_backbone(backbone, config)
-    name = method_name(config)
-    saved = {key: torch.as_tensor(value) for key, value in tensors[name].items()}
     head = ReTuneModel(backbone.image_dim, backbone.text_dim, config.retune)
     head.positive, head.negative = torch.zeros_like(saved["head.positive"]), torch.zeros_like(saved["head.negative"])
     model = TunedReTune(
@@ -436,7 +453,11 @@ def load_tuned_run(
         None,
         trainable_encoder_parameters(backbone),
     )
-    missing, unexpected = model.load_state_dict(saved, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(saved, strict=False)
+    except RuntimeError as error:  # a tensor of the wrong shape
+        reason = " ".join(str(error).split())[:300]
+        raise StoreError(f"{where}: tensors do not fit the tuned model ({reason})") from error
     missing = [name for name in missing if name != "head.logit_bias"]  # runs saved before the siglip objective existed
     if missing or unexpected:
         raise StoreError(

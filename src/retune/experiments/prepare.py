@@ -43,6 +43,7 @@ def read_data(data: DataConfig) -> ImageTable:
         uncertainty=data.uncertainty,
         classes=data.classes,
         metadata_csv=data.metadata_csv,
+        allow_outside_root=data.allow_outside_root,
     )
 
 

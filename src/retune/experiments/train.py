@@ -9,7 +9,9 @@ evaluated in the same call on the same patient-level split.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,10 @@ import pandas as pd
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import ReTuneConfig, TrainConfig
+from retune.config import TrainConfig, parse_config
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
-from retune.errors import StoreError, unknown_name
+from retune.errors import RetuneError, StoreError, unknown_name
 from retune.evaluation.operating_point import calibration_bins, operating_points
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
@@ -38,7 +40,15 @@ from retune.experiments.prepare import (
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
-from retune.methods.checkpoint import load_checkpoint, package_versions, save_checkpoint
+from retune.methods.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    RunFacts,
+    check_facts,
+    load_checkpoint,
+    package_versions,
+    save_checkpoint,
+)
 from retune.methods.registry import available_methods, create_method
 from retune.progress import epoch_bar
 from retune.store import EmbeddingStore, embed_table, image_embeddings
@@ -174,17 +184,50 @@ def load_run(
 ) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore | MemoryOverlay]:
     """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
     the run's ``load_checkpoint`` result when the caller has already read it; ``cache``: see ``scoring_store``."""
-    tensors, facts = checkpoint or load_checkpoint(run_dir)
+    tensors, facts = checkpoint or load_checkpoint(run_dir, RunFacts)
+    check_facts(Path(run_dir) / CONFIG, facts, RunFacts)
+    train_config = parse_config(facts["train_config"], TrainConfig, f"{Path(run_dir) / CONFIG}: train_config")
     backbone = checked_backbone(run_dir, facts, device)
-    store = scoring_store(store_dir or facts["train_config"]["store"], cache)
-    context = method_context(backbone, PromptBank(), int(facts["train_config"]["seed"]))
-    config = ReTuneConfig.model_validate(facts["train_config"]["retune"])
+    store = scoring_store(store_dir or train_config.store, cache)
+    context = method_context(backbone, PromptBank(), train_config.seed)
     methods = {}
     for name, method_facts in facts["methods"].items():
-        method = create_method(name, context, config)
-        method.load_state(tensors.get(name, {}), method_facts)
+        method = create_method(name, context, train_config.retune)
+        checked_load(
+            Path(run_dir),
+            name,
+            facts["classes"],
+            backbone.image_dim,
+            partial(method.load_state, tensors.get(name, {}), method_facts),
+            method.predict,
+        )
         methods[name] = method
     return methods, facts, backbone, store
+
+
+def checked_load(
+    run_dir: Path,
+    name: str,
+    classes: list[str],
+    image_dim: int,
+    load: Callable[[], None],
+    predict: Callable[[np.ndarray], np.ndarray],
+) -> None:
+    """Load a method's saved tensors and prove them on a probe batch: tensors that do not fit the model (wrong shapes,
+    a class count unlike config.json's) are a one-line StoreError naming the checkpoint, not a traceback later."""
+    where = run_dir / CHECKPOINT
+    try:
+        load()
+        probe = predict(np.zeros((2, image_dim), dtype=np.float32))
+    except RetuneError as error:
+        raise StoreError(f"{where}: method '{name}': {error}") from error
+    except Exception as error:  # torch/numpy shape errors from tensors that do not match the model
+        reason = " ".join(str(error).split())[:300]
+        raise StoreError(f"{where}: method '{name}' does not fit its saved tensors ({reason})") from error
+    if np.shape(probe) != (2, len(classes)):
+        raise StoreError(
+            f"{where}: method '{name}' predicts {np.shape(probe)[-1]} classes, but {CONFIG} lists {len(classes)}"
+        )
 
 
 def score_embedded(
@@ -219,5 +262,11 @@ def open_train_run(
 ) -> SavedRun:
     """A ``retune train`` run: its methods score images through the store (new images in memory unless cache)."""
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint, cache=cache)
-    return SavedRun(facts, facts["train_config"], backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress))
+    return SavedRun(
+        facts,
+        facts["train_config"],
+        backbone,
+        list(facts["classes"]),
+        MAIN_METHOD,
+        lambda table: score_embedded(methods, backbone, store, table, show_progress),
+    )

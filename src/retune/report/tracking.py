@@ -162,11 +162,21 @@ def log_run(
     return uri
 
 
+KEY_TAG = "retune.results_key"
+DIGEST_TAG = "retune.results_sha256"
+COMPLETE_TAG = "retune.logged"
+
+
 def log_scenario_results(
     results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None
 ) -> str:
     """One MLflow run per method: the scenario config, headline metrics with CIs, per-task curve, final per-class
-    AUROC, per-task training histories and the report as artifacts."""
+    AUROC, per-task training histories, and the report, config and plots as artifacts.
+
+    Idempotent: each run is tagged with a key of (output folder, method) and the SHA-256 of its results.json.
+    A rerun finds it again: a complete run of the same results is kept as it is; one left half-logged by a
+    kill, or of results that changed, is deleted and logged anew, so there is always one run per method.
+    """
     import json
 
     out_dir = Path(out_dir)
@@ -174,11 +184,17 @@ def log_scenario_results(
     mlflow = _mlflow(uri)
     first = next(iter(results.values()))
     mlflow.set_experiment(f"retune-scenario-{first['scenario']}")
+    experiment = mlflow.get_experiment_by_name(f"retune-scenario-{first['scenario']}")
     scenario_file = out_dir / "scenario.json"
-    config = flat_params(json.loads(scenario_file.read_text()), "config.") if scenario_file.exists() else {}
-    csv = json.loads(scenario_file.read_text()).get("data", {}).get("csv") if scenario_file.exists() else None
+    scenario = json.loads(scenario_file.read_text()) if scenario_file.exists() else {}
+    config = flat_params(scenario, "config.")
+    csv = scenario.get("data", {}).get("csv")
     for name, result in results.items():
-        with mlflow.start_run(run_name=name):
+        key = hashlib.sha256(f"{out_dir.resolve()}\0{name}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256((out_dir / name / "results.json").read_bytes()).hexdigest()
+        if _keep_or_clear(mlflow, experiment.experiment_id, key, digest):
+            continue
+        with mlflow.start_run(run_name=name, tags={KEY_TAG: key, DIGEST_TAG: digest}):
             mlflow.log_params(
                 {
                     "method": name,
@@ -193,23 +209,34 @@ def log_scenario_results(
             headline = {
                 key: result.get(key) for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
             }
-            for key in ("final_mean_auroc", "forgetting", "bwt"):
-                if result.get(f"{key}_ci"):
-                    headline[f"{key}_ci_low"], headline[f"{key}_ci_high"] = result[f"{key}_ci"]
+            for metric in ("final_mean_auroc", "forgetting", "bwt"):
+                if result.get(f"{metric}_ci"):
+                    headline[f"{metric}_ci_low"], headline[f"{metric}_ci_high"] = result[f"{metric}_ci"]
             final_row = (result.get("auroc_matrix") or [[]])[-1]
-            headline.update(
-                {f"final_auroc.{cls}": value for cls, value in zip(result["classes"], final_row, strict=False)}
-            )
+            headline.update({f"final_auroc.{cls}": value for cls, value in zip(result["classes"], final_row)})
             mlflow.log_metrics(_finite(headline))
             for step, value in enumerate(result["mean_auroc_per_task"], start=1):
                 if value is not None:
                     mlflow.log_metric("mean_auroc_seen", value, step=step)
             for task in sorted((out_dir / "work" / name / f"order{result.get('order', 0)}").glob("task*/config.json")):
-                _log_histories(mlflow, {f"{task.parent.name}": json.loads(task.read_text()).get("learn", {})})
+                _log_histories(mlflow, {task.parent.name: json.loads(task.read_text()).get("learn", {})})
             mlflow.log_artifact(str(out_dir / name / "results.json"))
             for shared in ("report.html", "scenario.json"):
                 if (out_dir / shared).exists():
                     mlflow.log_artifact(str(out_dir / shared))
             if (out_dir / "plots").is_dir():
                 mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
+            mlflow.set_tag(COMPLETE_TAG, "true")  # last: a run without it was interrupted
     return uri
+
+
+def _keep_or_clear(mlflow, experiment_id: str, key: str, digest: str) -> bool:
+    """True when a complete run of these very results exists; otherwise delete earlier runs under ``key``."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list"
+    )
+    complete = [r for r in runs if r.data.tags.get(COMPLETE_TAG) == "true" and r.data.tags.get(DIGEST_TAG) == digest]
+    for run in runs:
+        if not complete or run.info.run_id != complete[0].info.run_id:
+            mlflow.delete_run(run.info.run_id)
+    return bool(complete)

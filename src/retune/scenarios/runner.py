@@ -32,6 +32,7 @@ from retune.progress import epoch_bar
 from retune.scenarios.generators import generate_tasks
 from retune.scenarios.spec import RowChunk, ScenarioConfig, TaskSpec, validate_tasks
 from retune.store import EmbeddingStore
+from retune.training.rng import load_rng_state, save_rng_state
 
 Progress = Callable[[str], None]
 
@@ -140,6 +141,7 @@ def _save_task_state(folder: Path, task_index: int, method: Method, scores: np.n
     with atomic_path(target / "test_scores.npy") as temp:
         with open(temp, "wb") as handle:
             np.save(handle, scores)
+    save_rng_state(target)  # a resumed run continues from the very same random state
     write_json_atomic(target / "done.json", {"task": task_index + 1})
 
 
@@ -156,6 +158,7 @@ def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
     if finished:
         tensors, facts = load_checkpoint(folder / f"task{len(finished)}")
         method.load_state(tensors.get(method.name, {}), facts["methods"][method.name])
+        load_rng_state(folder / f"task{len(finished)}")
     return finished
 
 

@@ -3,7 +3,9 @@
 Images are keyed by content hash, so renamed or duplicated files are not re-encoded; file
 hashes are themselves cached by (path, size, mtime). Decoding runs in DataLoader workers,
 encoding in batches under ``torch.inference_mode`` (and autocast on CUDA), and results are
-flushed in shards, so a killed run resumes where it stopped.
+flushed in shards (every ``shard_size`` images or ``flush_seconds``, whichever comes first), so a
+killed run resumes where it stopped and loses at most about ``flush_seconds`` of encoding.
+Only regular files within ``DecodeLimits`` are read; every other row is recorded with its reason.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from retune.backbones.base import Backbone, Encoded
-from retune.data.images import file_content_hash, load_image
+from retune.data.images import DEFAULT_LIMITS, DecodeLimits, file_content_hash, load_image
 from retune.data.table import ImageTable
 from retune.errors import RetuneError, StoreError
 from retune.io_utils import atomic_path
@@ -30,6 +32,8 @@ from retune.progress import progress_bar
 from retune.store.store import EmbeddingStore, text_hash
 
 CPU_ENCODE_CHUNK = 8
+FLUSH_SECONDS = 30.0
+
 
 
 @dataclass
@@ -62,9 +66,12 @@ class EmbedSummary:
 class _DecodeDataset(Dataset):
     """Decodes and preprocesses images in workers; failures come back as a reason, not a crash."""
 
-    def __init__(self, items: list[tuple[str, str]], preprocess: Callable) -> None:
+    def __init__(
+        self, items: list[tuple[str, str]], preprocess: Callable, limits: DecodeLimits = DEFAULT_LIMITS
+    ) -> None:
         self.items = items
         self.preprocess = preprocess
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self.items)
@@ -72,7 +79,7 @@ class _DecodeDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[str, str, torch.Tensor | None, str | None]:
         content_hash, path = self.items[index]
         try:
-            return content_hash, path, self.preprocess(load_image(path)), None
+            return content_hash, path, self.preprocess(load_image(path, self.limits)), None
         except RetuneError as error:
             return content_hash, path, None, str(error).removeprefix(f"{path}: ")
         except Exception as error:  # a decoder bug on one odd file must not stop the run
@@ -83,29 +90,44 @@ def _collate(batch: list) -> list:
     return batch
 
 
-def hash_files(paths: list[str], store: EmbeddingStore) -> tuple[dict[str, str], dict[str, str]]:
-    """Content hash per path (reusing the store's cache); also returns {path: reason} for unreadable files."""
+def hash_files(paths: list[str], store: EmbeddingStore, limits: DecodeLimits = DEFAULT_LIMITS,
+                confine_to: Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Content hash per path (reusing the store's cache); also returns {path: reason} for unreadable files.
+
+    With ``confine_to``, a path whose real location (symlinks followed) lies outside that folder is refused
+    before it is read. Newly hashed files are added to the store's cache when the store is writable.
+    """
+    hashes, failures, fresh = _hash_paths(paths, store, limits, confine_to)
+    store.record_file_hashes(fresh)
+    return hashes, failures
+
+
+def _hash_paths(paths: list[str], store: EmbeddingStore, limits: DecodeLimits,
+                confine_to: Path | None) -> tuple[dict[str, str], dict[str, str], list[tuple[str, int, int, str]]]:
+    """(hash per path, reason per failed path, newly hashed cache rows); writes nothing."""
     cache = store.cached_file_hashes()
+    root = str(confine_to).rstrip(os.sep) + os.sep if confine_to is not None else None
     hashes: dict[str, str] = {}
     failures: dict[str, str] = {}
     fresh: list[tuple[str, int, int, str]] = []
     for path in dict.fromkeys(paths):
+        if root is not None and not os.path.realpath(path).startswith(root):
+            failures[path] = f"resolves outside the image root {confine_to} (a symlink or absolute path); not read"
+            continue
         try:
-            stat = os.stat(path)
+            info = os.stat(path)
+            key = (path, info.st_size, info.st_mtime_ns)
+            if key not in cache:
+                cache[key] = file_content_hash(path, limits)
+                fresh.append((*key, cache[key]))
+        except RetuneError as error:
+            failures[path] = str(error).removeprefix(f"{path}: ")
+            continue
         except OSError as error:
             failures[path] = error.strerror or str(error)
             continue
-        key = (path, stat.st_size, stat.st_mtime_ns)
-        if key not in cache:
-            try:
-                cache[key] = file_content_hash(path)
-            except OSError as error:
-                failures[path] = error.strerror or str(error)
-                continue
-            fresh.append((*key, cache[key]))
         hashes[path] = cache[key]
-    store.record_file_hashes(fresh)
-    return hashes, failures
+    return hashes, failures, fresh
 
 
 def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> Encoded:
@@ -132,57 +154,118 @@ def embed_table(
     tokens: bool = False,
     shard_size: int = 512,
     show_progress: bool = True,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    flush_seconds: float = FLUSH_SECONDS,
 ) -> EmbedSummary:
-    """Embed every image of ``table`` that the store lacks for this backbone; record failures."""
+    """Embed every image of ``table`` that the store lacks for this backbone; record failures.
+
+    A table read with its paths confined (the default) has every path checked, symlinks followed, against its
+    image root. Nothing is written (and no lock taken) when every image is already stored, so a read-only
+    store serves fully cached tables.
+    """
     started = time.perf_counter()
     fingerprint = backbone.fingerprint
-    store.register_backbone(backbone.describe())
-    with store.lock():
-        hashes, failures = hash_files(table.paths, store)
-        kinds = ["images", "tokens"] if tokens else ["images"]
-        stored = {kind: store.keys(kind, fingerprint) for kind in kinds}
-        todo: dict[str, str] = {}
-        paths_of: dict[str, list[str]] = {}
-        for path, content_hash in hashes.items():
-            paths_of.setdefault(content_hash, []).append(path)
-            if any(content_hash not in stored[kind] for kind in kinds):
-                todo.setdefault(content_hash, path)
-        unique = set(hashes.values())
-        loader = DataLoader(
-            _DecodeDataset(list(todo.items()), backbone.preprocess),
-            batch_size=batch_size,
-            num_workers=default_workers() if workers is None else workers,
-            collate_fn=_collate,
-            pin_memory=backbone.device.type == "cuda",
+    kinds = ["images", "tokens"] if tokens else ["images"]
+    hashes, failures, fresh = _hash_paths(table.paths, store, limits, table.confined_root)
+    todo = _missing(hashes, store, fingerprint, kinds)
+    unique = set(hashes.values())
+    computed = 0
+    if not todo and not store.needs_backbone(backbone.describe()):
+        store.record_file_hashes(fresh)
+        todo_count = 0
+    else:
+        with store.lock():
+            store.register_backbone(backbone.describe())
+            store.record_file_hashes(fresh)
+            todo = _missing(hashes, store, fingerprint, kinds)  # another writer may have stored some meanwhile
+            todo_count = len(todo)
+            computed = _embed_missing(todo, hashes, failures, backbone, store, kinds, batch_size, workers, shard_size,
+                                      show_progress, limits, flush_seconds)
+    errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
+    summary = EmbedSummary(
+        len(table), len(unique), len(unique) - todo_count, computed, time.perf_counter() - started, errors
+    )
+    if len(errors) and store.persistent:
+        summary.errors_file = (
+            store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
         )
-        pending: dict[str, list] = {"keys": [], "pooled": [], "tokens": []}
-        computed = 0
+        try:
+            with atomic_path(summary.errors_file) as temp:
+                errors.to_csv(temp, index=False)
+        except OSError:
+            summary.errors_file = None  # a read-only store: the errors are still printed and returned
+    return summary
 
-        def flush() -> None:
-            if not pending["keys"]:
-                return
-            pooled = np.concatenate(pending["pooled"])
-            fresh = [row for row, key in enumerate(pending["keys"]) if key not in stored["images"]]
-            if fresh:  # an image that only lacked tokens keeps its one pooled row
-                store.write_vectors("images", fingerprint, [pending["keys"][row] for row in fresh], pooled[fresh])
-            if tokens:
-                token_matrix = np.concatenate(pending["tokens"])
-                store.write_vectors(
-                    "tokens",
-                    fingerprint,
-                    pending["keys"],
-                    token_matrix,
-                    n_tokens=[token_matrix.shape[1]] * len(token_matrix),
-                )
-            for values in pending.values():
-                values.clear()
 
-        with progress_bar("embedding", total=len(todo), enabled=show_progress, unit="images") as advance:
-            for batch in loader:
+def _missing(hashes: dict[str, str], store: EmbeddingStore, fingerprint: str, kinds: list[str]) -> dict[str, str]:
+    """{content hash: first path} of the images the store lacks in any of ``kinds``."""
+    stored = {kind: store.keys(kind, fingerprint) for kind in kinds}
+    todo: dict[str, str] = {}
+    for path, content_hash in hashes.items():
+        if any(content_hash not in stored[kind] for kind in kinds):
+            todo.setdefault(content_hash, path)
+    return todo
+
+
+def _worker_death(error: BaseException) -> str | None:
+    """The reason when ``error`` is how a killed DataLoader worker surfaces in the main process, else None.
+
+    torch raises RuntimeError (from the queue or from its SIGCHLD handler, at any point of the loop); a worker
+    killed while handing over a batch can also surface as a reset connection."""
+    if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
+        return str(error).strip().splitlines()[0]
+    if isinstance(error, (ConnectionError, EOFError)):
+        return f"{type(error).__name__} while receiving a decoded batch"
+    return None
+
+
+def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[str, str], backbone: Backbone,
+                   store: EmbeddingStore, kinds: list[str], batch_size: int, workers: int | None, shard_size: int,
+                   show_progress: bool, limits: DecodeLimits, flush_seconds: float) -> int:
+    """Decode, encode and store ``todo`` (under the store's lock); failures are added to ``failures``.
+
+    Returns how many images were computed. A decoding worker that dies (the OOM killer's way) ends the job
+    early with what was encoded so far stored and every image not yet done recorded, so a rerun resumes.
+    """
+    fingerprint = backbone.fingerprint
+    tokens = "tokens" in kinds
+    stored_images = store.keys("images", fingerprint)
+    paths_of: dict[str, list[str]] = {}
+    for path, content_hash in hashes.items():
+        paths_of.setdefault(content_hash, []).append(path)
+    loader = DataLoader(
+        _DecodeDataset(list(todo.items()), backbone.preprocess, limits),
+        batch_size=batch_size,
+        num_workers=default_workers() if workers is None else workers,
+        collate_fn=_collate,
+        pin_memory=backbone.device.type == "cuda",
+    )
+    pending: dict[str, list] = {"keys": [], "pooled": [], "tokens": []}
+    computed = 0
+    done: set[str] = set()
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        last_flush = time.monotonic()
+        if not pending["keys"]:
+            return
+        pooled = np.concatenate(pending["pooled"])
+        fresh = [row for row, key in enumerate(pending["keys"]) if key not in stored_images]
+        if fresh:  # an image that only lacked tokens keeps its one pooled row
+            store.write_vectors("images", fingerprint, [pending["keys"][row] for row in fresh], pooled[fresh])
+        if tokens:
+            token_matrix = np.concatenate(pending["tokens"])
+            n_tokens = [token_matrix.shape[1]] * len(token_matrix)
+            store.write_vectors("tokens", fingerprint, pending["keys"], token_matrix, n_tokens=n_tokens)
+        for values in pending.values():
+            values.clear()
+
+    batches = iter(loader)
+    with progress_bar("embedding", total=len(todo), enabled=show_progress, unit="images") as advance:
+        try:
+            for batch in batches:
                 good = [item for item in batch if item[2] is not None]
-                for content_hash, _, _, reason in batch:
-                    if reason is not None:
-                        failures.update(dict.fromkeys(paths_of[content_hash], reason))
                 if good:
                     encoded = encode_in_chunks(backbone, torch.stack([item[2] for item in good]), tokens)
                     pending["keys"].extend(item[0] for item in good)
@@ -190,21 +273,23 @@ def embed_table(
                     if tokens:
                         pending["tokens"].append(encoded.tokens.float().cpu().numpy())
                     computed += len(good)
-                    if len(pending["keys"]) >= shard_size:
-                        flush()
+                for content_hash, _, _, reason in batch:
+                    done.add(content_hash)
+                    if reason is not None:
+                        failures.update(dict.fromkeys(paths_of[content_hash], reason))
+                if len(pending["keys"]) >= shard_size or time.monotonic() - last_flush >= flush_seconds:
+                    flush()
                 advance(len(batch))
-            flush()
-    errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
-    summary = EmbedSummary(
-        len(table), len(unique), len(unique) - len(todo), computed, time.perf_counter() - started, errors
-    )
-    if len(errors) and store.persistent:
-        summary.errors_file = (
-            store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
-        )
-        with atomic_path(summary.errors_file) as temp:
-            errors.to_csv(temp, index=False)
-    return summary
+        except (RuntimeError, ConnectionError, EOFError) as error:
+            death = _worker_death(error)
+            if death is None:
+                raise
+            getattr(batches, "_shutdown_workers", lambda: None)()  # stop the others; torch's SIGCHLD check with them
+            reason = f"not embedded: a decoding worker died ({death}), e.g. killed for lack of memory; rerun to retry"
+            for content_hash in todo.keys() - done:
+                failures.update(dict.fromkeys(paths_of[content_hash], reason))
+        flush()
+    return computed
 
 
 def image_embeddings(table: ImageTable, fingerprint: str, store: EmbeddingStore) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +297,7 @@ def image_embeddings(table: ImageTable, fingerprint: str, store: EmbeddingStore)
 
     Rows whose image failed to embed are left out (their positions are absent from the result).
     """
-    hashes, _ = hash_files(table.paths, store)
+    hashes, _ = hash_files(table.paths, store, confine_to=table.confined_root)
     stored = store.keys("images", fingerprint)
     rows = [row for row, path in enumerate(table.paths) if hashes.get(path) in stored]
     if not rows:

@@ -27,6 +27,10 @@ class MemoryOverlay:
         self._vectors: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._hashes: dict[tuple[str, int, int], str] = {}
 
+    def needs_backbone(self, description: dict) -> bool:
+        """Never: the overlay records no backbone (it is thrown away after use)."""
+        return False
+
     def register_backbone(self, description: dict) -> None:
         """Nothing to record: the overlay is thrown away after use."""
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,9 +51,11 @@ def prefix_activations(
     With no readable image: DataError, or with ``require_rows=False`` an empty result that lists the failures.
     """
     fingerprint = prefix_fingerprint(backbone, k)
-    hashes, failures = hash_files(table.paths, store)
+    hashes, failures = hash_files(table.paths, store, confine_to=table.confined_root)
     computed = 0
-    with store.lock():
+    stored = store.keys(PREFIX_KIND, fingerprint)
+    # the lock (a write) only when something is missing: a fully cached read-only store serves reads
+    with store.lock() if set(hashes.values()) - stored else nullcontext():
         stored = store.keys(PREFIX_KIND, fingerprint)
         todo = {}
         for path, content_hash in hashes.items():

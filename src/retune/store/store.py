@@ -18,8 +18,10 @@ images (embeddings and file paths): treat it like the images, and delete it with
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -81,7 +83,8 @@ class EmbeddingStore:
         if not self.root.exists():
             if not create:
                 raise StoreError(f"{self.root}: no embedding store here (run 'retune embed' first)")
-            self.root.mkdir(parents=True)
+            with _writing(self.root, "create the store"):
+                self.root.mkdir(parents=True)
         elif not self.root.is_dir():
             raise StoreError(f"{self.root}: not a directory")
         manifest = self.root / MANIFEST
@@ -89,14 +92,13 @@ class EmbeddingStore:
             self.manifest = self._read_manifest(manifest)
         elif create:
             self.manifest = {"format_version": FORMAT_VERSION, "backbones": {}, "created": time.time()}
-            write_json_atomic(manifest, self.manifest)
+            with _writing(self.root, "create the store"):
+                write_json_atomic(manifest, self.manifest)
         else:
             raise StoreError(f"{self.root}: missing {MANIFEST}; not a retune embedding store")
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
-        import json
-
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as error:
@@ -108,27 +110,27 @@ class EmbeddingStore:
     # -- bookkeeping -------------------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive lock so two writers never interleave shards of one store."""
-        with open(self.root / ".lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                raise StoreError(f"{self.root}: another process is writing to this store") from error
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Exclusive lock so two writers never interleave shards of one store (and purge never deletes under one).
+
+        A held lock or a store that cannot be written (read-only) is a one-line StoreError.
+        """
+        with _exclusive(self.root, "write to the store"):
+            yield
+
+    def needs_backbone(self, description: dict) -> bool:
+        """Whether the manifest lacks this backbone description (compared in its JSON form: tuples are lists there)."""
+        return self.manifest["backbones"].get(description["fingerprint"]) != _as_json(description)
 
     def register_backbone(self, description: dict) -> None:
-        """Record which backbone a fingerprint stands for (shown by ``retune store info``)."""
-        fingerprint = description["fingerprint"]
-        if self.manifest["backbones"].get(fingerprint) != description:
-            self.manifest["backbones"][fingerprint] = description
+        """Record which backbone a fingerprint stands for (shown by ``retune store info``); writes only on change."""
+        if self.needs_backbone(description):
+            self.manifest["backbones"][description["fingerprint"]] = _as_json(description)
             self._save_manifest()
 
     def _save_manifest(self) -> None:
         self.manifest["updated"] = time.time()
-        write_json_atomic(self.root / MANIFEST, self.manifest)
+        with _writing(self.root, "update the store's manifest"):
+            write_json_atomic(self.root / MANIFEST, self.manifest)
 
     def shard_dir(self, kind: str, fingerprint: str) -> Path:
         return self.root / kind / f"fp={fingerprint}"
@@ -234,8 +236,8 @@ class EmbeddingStore:
         return cache
 
     def record_file_hashes(self, rows: list[tuple[str, int, int, str]]) -> None:
-        """Append newly hashed files to the hash cache."""
-        if not rows:
+        """Append newly hashed files to the hash cache; a read-only store skips it (the cache only saves rereads)."""
+        if not rows or not os.access(self.root, os.W_OK):
             return
         paths, sizes, mtimes, hashes = zip(*rows)
         table = pa.table(
@@ -262,10 +264,46 @@ class EmbeddingStore:
 
 
 def purge_store(root: str | os.PathLike) -> int:
-    """Delete a whole store (patient-derived data); returns bytes freed. Refuses non-store folders."""
+    """Delete a whole store (patient-derived data); returns bytes freed. Refuses non-store folders, and stores
+    whose writer lock is held (an ``embed`` still running)."""
     root = Path(root)
     if not (root / MANIFEST).exists():
         raise StoreError(f"{root}: not a retune embedding store (no {MANIFEST}); refusing to delete it")
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    shutil.rmtree(root)
+    with _exclusive(root, "delete the store", busy="a process is writing to this store; refusing to purge it now"):
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        with _writing(root, "delete the store"):
+            shutil.rmtree(root)
     return size
+
+
+@contextmanager
+def _exclusive(root: Path, action: str, busy: str = "another process is writing to this store") -> Iterator[None]:
+    """Hold the store's ``.lock`` (flock, non-blocking) for the block; StoreError(``busy``) when it is held, and
+    a one-line StoreError when the lock file cannot be opened to ``action`` (a read-only store)."""
+    with _writing(root, action):
+        handle = open(root / ".lock", "a")
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise StoreError(f"{root}: {busy}") from error
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _writing(root: Path, action: str) -> Iterator[None]:
+    """Turn a permission or read-only file-system error into one line naming the store and the action."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise StoreError(f"{root}: cannot {action} ({error.strerror}); the store is read-only here") from error
+
+
+def _as_json(value: dict) -> dict:
+    """``value`` as it reads back from JSON (tuples become lists), so comparisons with the manifest are fair."""
+    return json.loads(json.dumps(value, default=str))

@@ -213,7 +213,7 @@ def log_scenario_results(
                 if result.get(f"{metric}_ci"):
                     headline[f"{metric}_ci_low"], headline[f"{metric}_ci_high"] = result[f"{metric}_ci"]
             final_row = (result.get("auroc_matrix") or [[]])[-1]
-            headline.update({f"final_auroc.{cls}": value for cls, value in zip(result["classes"], final_row)})
+            headline.update({f"final_auroc.{cls}": value for cls, value in zip(result.get("classes", []), final_row)})
             mlflow.log_metrics(_finite(headline))
             for step, value in enumerate(result["mean_auroc_per_task"], start=1):
                 if value is not None:

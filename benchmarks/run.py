@@ -20,13 +20,14 @@ if __package__ in (None, ""):  # executed as a script: make `benchmarks` importa
 from benchmarks.common import ROOT, Context, fmt, print_table, write_result  # noqa: E402
 
 # Cheapest first, so a quick run shows numbers early; quality last (it may embed the NIH subset).
-BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "quality"]
+BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "serve", "quality"]
 MODULES = {
     "training": "bench_training",
     "memory": "bench_memory",
     "embed": "bench_embed",
     "scenario": "bench_scenario",
     "prefix": "bench_prefix",
+    "serve": "bench_serve",
     "quality": "bench_quality",
 }
 

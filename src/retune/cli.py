@@ -504,6 +504,58 @@ def print_predictions(frame) -> None:
         console.print(table)
 
 
+@app.command(
+    epilog=examples(
+        "retune serve runs/nih   # then open http://127.0.0.1:8000/",
+        "curl -F images=@chest.png http://127.0.0.1:8000/v1/runs/nih/predict",
+    )
+)
+@friendly_errors
+def serve(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories made by `retune train` or `retune peft run` (served by folder name)."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. Any non-loopback address requires --token."),
+    port: int = typer.Option(8000, help="TCP port."),
+    token: str | None = typer.Option(
+        None,
+        envvar="RETUNE_TOKEN",
+        help="Bearer token (16+ characters) required on every API call and page; or set RETUNE_TOKEN "
+        "(default: none, loopback only).",
+    ),
+    max_upload_mb: float = typer.Option(64.0, help="Largest upload accepted, in MiB (413 above)."),
+    batch_window_ms: float = typer.Option(5.0, help="How long a queued image waits for others to share its batch."),
+    max_batch: int = typer.Option(32, help="Most images per encoder batch (1 turns batching off)."),
+    store: Path | None = typer.Option(
+        None, help="Embedding store of `retune train` runs (default: the one each run was trained with)."
+    ),
+    device: str | None = DEVICE,
+) -> None:
+    """Serve runs over HTTP: a web page (/) to drop an X-ray and see findings and an explanation map, a runs page
+    (/runs), and a JSON API under /v1 with local docs at /docs. Each run is loaded once at startup.
+
+    Example: `retune serve runs/nih`, then open http://127.0.0.1:8000/ or
+    `curl -F images=@chest.png http://127.0.0.1:8000/v1/runs/nih/predict`.
+    """
+    from retune.config import override
+    from retune.server import ServeConfig
+    from retune.server.app import serve as serve_runs
+
+    settings = override(
+        ServeConfig(),
+        {
+            "host": host,
+            "port": port,
+            "token": token,
+            "max_upload_mb": max_upload_mb,
+            "batch_window_ms": batch_window_ms,
+            "max_batch": max_batch,
+            "device": device,
+        },
+    )
+    serve_runs(runs, settings, store, announce=lambda line: err_console.print(escape(line), highlight=False))
+
+
 def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
     """Every metrics record (a dict with mean_auroc and per_class) inside a metrics.json, with a label."""
     if "mean_auroc" in payload and "per_class" in payload:

@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from retune.data.images import file_content_hash, is_dicom, load_image
+from retune.data.images import decode_image_bytes, file_content_hash, is_dicom, load_image
 from retune.errors import DataError
 
 
@@ -198,3 +198,24 @@ def test_a_missing_decoder_is_recorded_with_its_whole_reason(tmp_path, monkeypat
         load_image(_write_dicom(tmp_path / "compressed.dcm", _ramp()))
     message = str(caught.value)
     assert "\n" not in message and "gdcm>=3.0.10" in message and "pylibjpeg>=2.0" in message
+
+
+def test_decode_image_bytes_matches_load_image(tmp_path):
+    """An upload decoded in memory equals the same file decoded from disk (PNG and DICOM)."""
+    png = tmp_path / "grey.png"
+    Image.fromarray(_ramp(high=255).astype(np.uint8)).save(png)
+    dicom = _write_dicom(tmp_path / "scan.dcm", _ramp(width=64), window=(2000, 4000))
+    for path in (png, dicom):
+        assert np.array_equal(_grey(decode_image_bytes(path.read_bytes(), path.name)), _grey(load_image(path)))
+
+
+def test_decode_image_bytes_applies_the_same_limits(tmp_path):
+    """A DICOM header declaring 20000 x 20000 pixels is refused in memory as on disk, before decoding."""
+    import pydicom
+
+    path = _write_dicom(tmp_path / "bomb.dcm", _ramp(width=64))
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DataError, match=r"^bomb\.dcm: .*pixel budget"):
+        decode_image_bytes(path.read_bytes(), "bomb.dcm")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -79,8 +81,20 @@ def load_image(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Image
     path = Path(path)
     regular_file_size(path, limits)
     if is_dicom(path):
-        return _load_dicom(path, limits)
-    return _load_raster(path, limits)
+        return _load_dicom(path, path, limits)
+    return _load_raster(path, path, limits)
+
+
+def decode_image_bytes(data: bytes, name: str, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Decode an image held in memory (an upload: never written to disk) like ``load_image``; ``name`` (the
+    client's file name, never opened) labels errors. DICOM is recognised by its suffix or the ``DICM`` magic."""
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise DataError(f"{name}: file of {len(data)} bytes is over the size limit of {limits.max_bytes} bytes")
+    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return _load_dicom(io.BytesIO(data), name, limits)
+    return _load_raster(io.BytesIO(data), name, limits)
 
 
 def regular_file_size(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
@@ -133,7 +147,7 @@ def file_content_hash(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -
     return digest.hexdigest()
 
 
-def _load_raster(path: Path, limits: DecodeLimits) -> Image.Image:
+def _load_raster(source: Path | BinaryIO, path: Path | str, limits: DecodeLimits) -> Image.Image:
     """Check the header's size against ``limits``, then decode with PIL in full so truncated files fail here.
 
     Pillow's DecompressionBombWarning becomes this error instead of a line on stderr.
@@ -141,7 +155,7 @@ def _load_raster(path: Path, limits: DecodeLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 limits.check_shape(path, *img.size)
                 img.load()
                 return _to_rgb8(img)
@@ -162,14 +176,14 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _load_dicom(path: Path, limits: DecodeLimits) -> Image.Image:
+def _load_dicom(source: Path | BinaryIO, path: Path | str, limits: DecodeLimits) -> Image.Image:
     """Decode the first frame only: modality LUT, then VOI LUT/windowing, scale to 0-255, invert MONOCHROME1.
 
     Rows x Columns are checked against ``limits`` before the pixel data is read (it is deferred until then).
     """
     try:
-        _check_deflated_size(path, limits)
-        ds = pydicom.dcmread(path, defer_size="64 KB")
+        _check_deflated_size(source, path, limits)
+        ds = pydicom.dcmread(source, defer_size="64 KB")
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             raise DataError(f"{path}: DICOM file holds no image (no Pixel Data element)")
         limits.check_shape(path, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0))
@@ -192,13 +206,19 @@ def _load_dicom(path: Path, limits: DecodeLimits) -> Image.Image:
     return _grey_to_rgb(grey)
 
 
-def _check_deflated_size(path: Path, limits: DecodeLimits) -> None:
+def _check_deflated_size(source: Path | BinaryIO, path: Path | str, limits: DecodeLimits) -> None:
     """Refuse a deflated DICOM whose inflated dataset is larger than the pixel budget can need, counting it in
     constant memory: pydicom inflates the whole dataset before its header can be read (a 141 KB file can hold
     a 12000 x 12000 image)."""
-    if pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+    if isinstance(source, Path):
+        meta = pydicom.filereader.read_file_meta_info(source)
+    else:  # what read_file_meta_info does with the file it opens
+        with _rewound(source) as handle:
+            pydicom.filereader.read_preamble(handle, False)
+            meta = pydicom.filereader._read_file_meta_info(handle)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return
-    with open(path, "rb") as handle:
+    with open(source, "rb") if isinstance(source, Path) else _rewound(source) as handle:
         handle.seek(_DICOM_MAGIC_OFFSET + 4)
         group = handle.read(12)  # (0002,0000) UL: the length of the rest of the file meta group
         handle.seek(_DICOM_MAGIC_OFFSET + 4 + len(group) + int.from_bytes(group[8:12], "little"))
@@ -214,6 +234,20 @@ def _check_deflated_size(path: Path, limits: DecodeLimits) -> None:
                     f"{path}: deflated DICOM inflates to over {allowed} bytes, more than the pixel budget of "
                     f"{limits.max_pixels} can need; not decoded"
                 )
+
+
+class _rewound:  # noqa: N801 - used like ``open``
+    """An in-memory file as a context manager that leaves it rewound for the decoder that reads it next."""
+
+    def __init__(self, buffer: BinaryIO) -> None:
+        self.buffer = buffer
+
+    def __enter__(self) -> BinaryIO:
+        self.buffer.seek(0)
+        return self.buffer
+
+    def __exit__(self, *exc_info) -> None:
+        self.buffer.seek(0)
 
 
 def _windowed(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:

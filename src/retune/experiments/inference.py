@@ -4,19 +4,24 @@
 ``retune peft run`` runs hold tuned encoder tensors: the backbone is rebuilt, tuned the same way and
 loaded, and images run through it (the frozen-prefix cache still serves its frozen blocks). Both give
 the same ``metrics.json`` records, so ``retune compare`` reads them side by side. The loader is the one
-registered for the run's kind (``experiments.kinds``); Adaptor runs are refused in one line. Evaluation
+registered for the run's kind (``experiments.kinds``); Adaptor runs are refused in one line.
+``SavedRun.score_pixels`` scores images already in memory (the server's uploads) without the store;
+``patch_scorer`` maps each patch token's prompt similarities where the backbone allows it. Evaluation
 counts images the run trained or validated on (the leakage guard, ``retune.evaluation.leakage``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from retune.config import DataConfig
+from retune.data.pixels import pixel_shape
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
@@ -26,6 +31,7 @@ from retune.experiments import adaptor, peft, train  # noqa: F401  (importing th
 from retune.experiments.kinds import SavedRun, loader_for
 from retune.experiments.prepare import metrics_record, read_data
 from retune.methods.checkpoint import load_checkpoint
+from retune.methods.retune import ReTuneModel
 
 
 def open_run(
@@ -62,8 +68,12 @@ def evaluation_table(
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
     data = DataConfig.model_validate(train_config["data"])
-    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None,
-             "allow_outside_root": allow_outside_root or data.allow_outside_root}
+    other = {
+        "csv": Path(csv_path),
+        "image_root": image_root or data.image_root,
+        "classes": None,
+        "allow_outside_root": allow_outside_root or data.allow_outside_root,
+    }
     table = read_data(data.model_copy(update=other))
     missing = [c for c in run.classes if c not in table.classes]
     if missing:
@@ -214,3 +224,33 @@ def predict_images(
     frame = pd.DataFrame(scores[method], columns=run.classes)
     frame.insert(0, "image", [paths[r] for r in rows])
     return frame, errors
+
+
+PatchScorer = Callable[[torch.Tensor], np.ndarray]  # one preprocessed image (1 x C x H x W) -> classes x rows x cols
+
+
+def patch_scorer(run: SavedRun) -> PatchScorer | None:
+    """Each patch token's similarity to every class's positive minus its negative prompt, through the RE-tune adaptors.
+
+    Offered only where it means what the pooled score means: a RE-tune head, and a backbone whose patch tokens form a
+    square grid in the pooled embedding's space with the pooled vector as their mean (the default EfficientNet's 7 x 7
+    feature map). Elsewhere (ViT hidden states before the projection, other heads) it is None.
+    """
+    backbone, head = run.backbone, run.head
+    if not isinstance(head, ReTuneModel):
+        return None
+    probe = backbone.encode_images(torch.zeros(1, *pixel_shape(backbone)), tokens=True)
+    tokens = probe.tokens
+    side = round(tokens.shape[1] ** 0.5) if tokens is not None else 0
+    if tokens is None or tokens.shape[-1] != backbone.image_dim or side * side != tokens.shape[1]:
+        return None  # no patch tokens, tokens in another space, or not a square grid
+    if not torch.allclose(tokens.float().mean(dim=1), probe.pooled.float(), atol=1e-4, rtol=1e-3):
+        return None  # the pooled vector is not the tokens' mean (e.g. a class token or a projection)
+
+    def score(pixels: torch.Tensor) -> np.ndarray:
+        patches = backbone.encode_images(pixels.to(backbone.device), tokens=True).tokens[0].float()
+        with torch.no_grad():
+            positive, negative = head.similarities(patches)
+        return (positive - negative).T.reshape(-1, side, side).cpu().numpy()
+
+    return score

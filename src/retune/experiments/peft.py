@@ -485,4 +485,12 @@ def open_peft_run(
         scores, rows, errors = tuned.score(table)
         return {tuned.name: scores}, rows, errors
 
-    return SavedRun(tuned.facts, tuned.facts["train_config"], tuned.backbone, tuned.classes, tuned.name, score)
+    return SavedRun(
+        tuned.facts,
+        tuned.facts["train_config"],
+        tuned.backbone,
+        tuned.classes,
+        tuned.name,
+        score,
+        tuned.model.head.eval(),
+    )

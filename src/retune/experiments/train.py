@@ -50,6 +50,7 @@ from retune.methods.checkpoint import (
     save_checkpoint,
 )
 from retune.methods.registry import available_methods, create_method
+from retune.methods.retune import ReTuneModel
 from retune.progress import epoch_bar
 from retune.store import EmbeddingStore, embed_table, image_embeddings
 from retune.store.memory import MemoryOverlay
@@ -262,6 +263,8 @@ def open_train_run(
 ) -> SavedRun:
     """A ``retune train`` run: its methods score images through the store (new images in memory unless cache)."""
     methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint, cache=cache)
+    main = methods[MAIN_METHOD]
+    head = main.model.eval() if isinstance(getattr(main, "model", None), ReTuneModel) else main
     return SavedRun(
         facts,
         facts["train_config"],
@@ -269,4 +272,5 @@ def open_train_run(
         list(facts["classes"]),
         MAIN_METHOD,
         lambda table: score_embedded(methods, backbone, store, table, show_progress),
+        head,
     )

@@ -1,0 +1,84 @@
+"""Runs the server holds: each opened once at startup (weights in memory), with its metrics and config for browsing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from retune.errors import ConfigError, DataError
+from retune.experiments.inference import PatchScorer, SavedRun, open_run, patch_scorer
+
+ROC_PLOT = "roc_curves.png"
+
+
+@dataclass
+class ServedRun:
+    """One served run: its name (the folder name, unique), the loaded model and what the run folder records."""
+
+    name: str
+    directory: Path
+    model: SavedRun
+    metrics: dict
+    patches: PatchScorer | None = None  # patch-to-prompt similarity maps, where the backbone allows them
+
+    @property
+    def explanations(self) -> list[str]:
+        """Explanation maps this run offers: occlusion always, patch-to-prompt similarity where possible."""
+        return ["occlusion", "patch"] if self.patches is not None else ["occlusion"]
+
+    @property
+    def kind(self) -> str:
+        """``peft`` for encoder-tuning runs, ``train`` for adaptors over cached embeddings."""
+        return "peft" if "tuning" in self.model.facts else "train"
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Decision thresholds per class, when the run stores them (none of today's run kinds does)."""
+        return {str(k): float(v) for k, v in (self.model.facts.get("thresholds") or {}).items()}
+
+    def summary(self) -> dict:
+        """Name, kind, backbone, classes and headline metrics (test-split mean AUROC with its CI)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "method": self.model.main,
+            "backbone": self.model.backbone.spec,
+            "backbone_fingerprint": self.model.backbone.fingerprint,
+            "classes": self.model.classes,
+            "headline": {
+                key: self.metrics.get(key)
+                for key in ("split", "mean_auroc", "mean_auroc_ci", "n_images", "n_patients")
+            },
+            "note": self.metrics.get("note", ""),
+            "has_roc_plot": (self.directory / ROC_PLOT).is_file(),
+            "explanations": self.explanations,
+        }
+
+    def details(self) -> dict:
+        """Summary plus the full metrics.json and the run's config (training config, prompts, split)."""
+        facts = self.model.facts
+        config = {key: facts.get(key) for key in ("train_config", "prompts", "split", "tuning", "tau") if key in facts}
+        return {**self.summary(), "metrics": self.metrics, "config": config}
+
+
+def load_served_runs(
+    directories: list[str | Path], store_dir: str | Path | None = None, device: str | None = None
+) -> dict[str, ServedRun]:
+    """Open every run directory once; names are folder names and must be unique."""
+    runs: dict[str, ServedRun] = {}
+    for directory in map(Path, directories):
+        name = directory.resolve().name
+        if name in runs:
+            raise ConfigError(
+                f"two runs are named '{name}' ({runs[name].directory} and {directory}): "
+                "serve folders with distinct names"
+            )
+        metrics_path = directory / "metrics.json"
+        try:
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        except json.JSONDecodeError as error:
+            raise DataError(f"{metrics_path}: not valid JSON ({error.msg}, line {error.lineno})") from error
+        model = open_run(directory, store_dir, device)
+        runs[name] = ServedRun(name, directory, model, metrics, patch_scorer(model))
+    return runs

@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test,dicom]'
+	$(BIN)/pip install -q -e '.[test,dicom,ray]'
 	touch $@
 
 demo: venv

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # executed as a script: make `benchmarks` importa
 from benchmarks.common import ROOT, Context, fmt, print_table, write_result  # noqa: E402
 
 # Cheapest first, so a quick run shows numbers early; quality last (it may embed the NIH subset).
-BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "serve", "quality"]
+BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed"]
 MODULES = {
     "training": "bench_training",
     "memory": "bench_memory",
@@ -29,6 +29,7 @@ MODULES = {
     "prefix": "bench_prefix",
     "serve": "bench_serve",
     "quality": "bench_quality",
+    "distributed": "bench_distributed",
 }
 
 

@@ -64,3 +64,12 @@ def nih_head_csv(nih_dir: Path):
         return target
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance (2 CPUs, no dashboard), started once for every Ray test (start-up costs seconds)."""
+    ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'retune[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

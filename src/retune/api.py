@@ -136,9 +136,11 @@ def run_scenario(
     progress: Callable[[str], None] | None = None,
     track: bool = True,
     restart: bool = False,
+    engine: Callable | None = None,
 ) -> dict[str, dict]:
     """Run an exemplar-free incremental scenario (``ScenarioConfig``) with every method; resumes finished tasks
-    (``restart`` starts over). ``progress(message)`` hears about each finished task.
+    (``restart`` starts over). ``progress(message)`` hears about each finished task; ``engine`` runs the jobs
+    (default: in this process; ``retune.distributed.ray_sweep.ray_sweep()`` for Ray).
 
     Returns {method: results} and writes OUT/<method>/results.json, OUT/report.html and (``track``) MLflow runs.
     """
@@ -149,7 +151,12 @@ def run_scenario(
     settings = as_config(config, ScenarioConfig)
     out = Path(out)
     results = run(
-        settings, out, show_progress=show_progress, progress=progress or (lambda message: None), restart=restart
+        settings,
+        out,
+        show_progress=show_progress,
+        progress=progress or (lambda message: None),
+        restart=restart,
+        engine=engine,
     )
     if track:
         log_scenario_results(results, out, settings.tracking_uri)

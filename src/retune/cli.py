@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from retune.data.images import DEFAULT_LIMITS
-from retune.errors import RetuneError
+from retune.errors import ConfigError, RetuneError
 from retune.report.text import format_interval
 
 app = typer.Typer(
@@ -140,6 +141,21 @@ STORE = typer.Option(
     Path("retune-store"), help="Embedding store folder (patient-derived data; `retune store purge` deletes it)."
 )
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
+ENGINE = typer.Option(
+    "local", help="local (this process, the default) or ray (a local Ray instance, or the cluster at --address)."
+)
+ADDRESS = typer.Option(
+    None, help="--engine ray: a cluster to join (auto, HOST:PORT or ray://HOST:PORT); default: start Ray here."
+)
+
+
+def check_engine(engine: str, address: str | None) -> str:
+    """``engine`` if known; --address only with --engine ray (one line otherwise)."""
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine: unknown engine '{engine}'; valid engine names: local, ray")
+    if address and engine != "ray":
+        raise ConfigError("--address needs --engine ray")
+    return engine
 
 
 @app.command(
@@ -158,7 +174,12 @@ def embed(
     data_format: str = DATA_FORMAT,
     metadata_csv: Path | None = METADATA_CSV,
     batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
-    workers: int | None = typer.Option(None, min=0, help="DataLoader decoding workers (default: cores - 1)."),
+    workers: int | None = typer.Option(
+        None,
+        min=0,
+        help="local: DataLoader decoding workers (default: cores - 1); "
+        "ray: encoder actors (default: one per GPU, else one per 8 CPUs).",
+    ),
     tokens: bool = typer.Option(
         False, help="Also store token/patch embeddings (needed by the cross-attention Adaptor)."
     ),
@@ -173,11 +194,16 @@ def embed(
     ),
     quiet: bool = QUIET,
     device: str | None = DEVICE,
+    engine: str = ENGINE,
+    address: str | None = ADDRESS,
 ) -> None:
     """Embed every image of a CSV once per backbone; reruns compute only what is missing.
 
     Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
     budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
+    `--engine ray` decodes in Ray tasks and encodes in a pool of encoder actors (GPU actors on a GPU cluster),
+    writing the same store; e.g. `retune embed labels.csv --store S --engine ray --workers 2` on this machine,
+    or `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
 
     Example: retune embed labels.csv --store retune-store --max-pixels 40000000
     """
@@ -187,6 +213,11 @@ def embed(
     from retune.store import EmbeddingStore, embed_table
 
     resolve_spec(backbone)  # an unknown name fails before the CSV is read
+    encoder = None
+    if check_engine(engine, address) == "ray":
+        from retune.distributed.ray_embed import ray_encoder
+
+        encoder, device = ray_encoder(address, workers), device or "cpu"  # the driver only hashes and writes
     table = read_table(
         csv_path, data_format, image_root=image_root, metadata_csv=metadata_csv, allow_outside_root=allow_outside_root
     )
@@ -202,6 +233,7 @@ def embed(
         tokens=tokens,
         show_progress=progress_shown(quiet),
         limits=limits,
+        encoder=encoder,
     )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
@@ -806,17 +838,31 @@ def print_comparison(results: dict[str, dict]) -> None:
         console.print(f"[dim]{first['note']}[/]")
 
 
-def execute_scenario(settings, out: Path, track: bool = True, restart: bool = False, quiet: bool = False) -> dict:
+def execute_scenario(
+    settings,
+    out: Path,
+    track: bool = True,
+    restart: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    quiet: bool = False,
+) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.api import run_scenario
     from retune.report.tracking import default_tracking_uri
 
+    sweep = None  # the local engine, with progress bars when shown
+    if check_engine(engine, address) == "ray":
+        from retune.distributed.ray_sweep import ray_sweep
+
+        sweep = ray_sweep(address)
     announce_store(settings.store)
     results = run_scenario(
         settings,
         out,
         show_progress=progress_shown(quiet),
         track=track,
+        engine=sweep,
         restart=restart,
         progress=(lambda message: None)
         if quiet
@@ -857,22 +903,27 @@ def scenario_run(
     restart: bool = typer.Option(
         False, help="Delete OUT's saved task states and start over (needed when config, data or code changed)."
     ),
+    engine: str = ENGINE,
+    address: str | None = ADDRESS,
     quiet: bool = QUIET,
 ) -> None:
     """Run every method through the scenario's tasks on cached embeddings.
 
     A rerun into the same OUT resumes after the last finished task, only when nothing that determines the
-    results changed; otherwise it stops with one line, and --restart starts over.
+    results changed; otherwise it stops with one line, and --restart starts over. `--engine ray` runs every
+    (method, order) as a Ray task over the same code: results.json holds the same numbers as a local run (OUT and
+    the store on a shared filesystem when --address names a cluster).
     """
     from retune.config import load_yaml_config
     from retune.scenarios.spec import ScenarioConfig
 
+    check_engine(engine, address)
     settings = load_yaml_config(config, ScenarioConfig)
     updates = {"store": store, "tracking_uri": tracking_uri, "methods": methods.split(",") if methods else None}
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if data is not None:
         settings.data = settings.data.model_copy(update={"csv": data})
-    execute_scenario(settings, out, restart=restart, quiet=quiet)
+    execute_scenario(settings, out, restart=restart, engine=engine, address=address, quiet=quiet)
 
 
 @scenario_app.command("compare", epilog=examples("retune scenario compare results/nih-class results/nih-data"))
@@ -1002,10 +1053,20 @@ def peft_run(
     ),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+    nproc: int | None = typer.Option(
+        None,
+        min=1,
+        help="Train with N processes (PyTorch DDP: gloo on CPU, nccl with one GPU each) through torchrun on this "
+        "machine; batch size is per process. Same as `torchrun --nproc_per_node N -m retune.cli peft run ...`.",
+    ),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
     from retune.config import PeftExperimentConfig, load_yaml_config, override
+    from retune.distributed.ddp import drop_option, launch
     from retune.experiments.peft import run_peft_experiment
+
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(launch(nproc, drop_option(sys.argv[1:], "--nproc")))
 
     settings = load_yaml_config(config, PeftExperimentConfig) if config else PeftExperimentConfig()
     settings = override(
@@ -1023,6 +1084,8 @@ def peft_run(
     )
     announce_store(settings.store)
     metrics = run_peft_experiment(settings, out, show_progress=progress_shown(quiet))
+    if not metrics:  # a DDP process other than rank 0: rank 0 reports
+        return
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
@@ -1040,6 +1103,38 @@ def peft_run(
         "retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo",
     )
 )
+@friendly_errors
+def tune(
+    config: Path = typer.Argument(
+        ..., help="YAML: a `retune train` config plus search (ranges/choices), trials, searcher, scheduler."
+    ),
+    out: Path = typer.Option(
+        ..., help="Output folder: best.yaml (a `retune train --config` file), trials.csv, search.json."
+    ),
+    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
+    trials: int | None = typer.Option(None, min=1, help="Configurations to try (overrides the YAML; default 8)."),
+    address: str | None = ADDRESS,
+) -> None:
+    """Search RE-tune's learning rate, weight decay, input dropout, adaptor width and epochs with Ray Tune.
+
+    Optuna proposes configurations, ASHA stops trials whose validation mean AUROC lags; trials train on cached
+    embeddings and are scored on the validation split only (the test split never reaches them). Example:
+    `retune tune search.yaml --out tuned && retune train --config tuned/best.yaml --out run`.
+    """
+    from retune.config import load_yaml_config, override
+    from retune.distributed.ray_tune import TuneConfig, tune_run
+
+    settings = override(load_yaml_config(config, TuneConfig), {"trials": trials, "data": {"csv": data}})
+    summary = tune_run(settings, out, address=address, show_progress=sys.stderr.isatty())
+    best = f"validation mean AUROC {summary['best_val_mean_auroc']:.3f} with {summary['best_params']}"
+    console.print(escape(f"best of {summary['trials']} trials: {best}"), highlight=False)
+    if summary["failed_trials"]:
+        failed = f"{summary['failed_trials']} trials failed (see {escape(str(out / 'ray'))})"
+        err_console.print(f"[yellow]warning:[/] {failed}")
+    console.print(escape(f"config: {out / 'best.yaml'} (chosen on validation only)"), highlight=False)
+
+
+@app.command()
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the data, the store, the results and report.html."),

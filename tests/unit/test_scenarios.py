@@ -53,9 +53,12 @@ class RecordingMethod(Method):
 
 @pytest.fixture(autouse=True)
 def recording_method(monkeypatch):
-    """RecordingMethod registered for one test only; the global registry is restored afterwards."""
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    registry.register_method(RecordingMethod)
+    """RecordingMethod registered for one test only; the global registry is restored afterwards.
+
+    Built-ins are loaded first: loading them into a temporary copy would leave the real registry empty.
+    """
+    registry.available_methods()
+    monkeypatch.setitem(registry._METHODS, RecordingMethod.name, RecordingMethod)
 
 
 def prepared_scenario(kind: str, n_tasks: int = 3, n_rows: int = 300) -> PreparedScenario:

@@ -8,6 +8,7 @@ blocks + head). ``compare_prefix_caching`` trains freeze-k twice, with and witho
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from retune.config import OptimConfig, PeftExperimentConfig, parse_config
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
+from retune.distributed.ddp import Group
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
 from retune.experiments.kinds import SavedRun, register_run_kind
@@ -90,7 +92,7 @@ class TuningOutcome:
     table: ImageTable
     splits: dict[str, np.ndarray]
     fit: FitResult
-    test_scores: np.ndarray
+    test_scores: np.ndarray | None  # None on DDP ranks other than 0
     frozen_blocks: dict[str, int]
     parameters: dict
     memory: dict
@@ -171,14 +173,17 @@ def tune(
     store: EmbeddingStore,
     cache_prefix: bool | None = None,
     show_progress: bool = False,
+    group: Group | None = None,
 ) -> TuningOutcome:
     """Load a fresh backbone, make the chosen tower(s) partly trainable, train encoder part + RE-tune head, score the
-    test split."""
-    backbone = create_backbone(config.backbone, device=config.device)
+    test split. With a DDP ``group`` (torchrun), each process trains on its shard of the training rows with gradients
+    averaged across processes; rank 0 alone scores validation and test (others get no test scores)."""
+    backbone = create_backbone(config.backbone, device=group.device if group else config.device)
     towers = towers_of(config)
     frozen, use_cache = tune_backbone(backbone, config, cache_prefix)
     k_image = frozen.get("image", 0)
-    inputs, rows, prefix_cache = _image_inputs(backbone, table, store, k_image, use_cache)
+    with group.in_turn() if group else nullcontext():  # store writes by one process at a time
+        inputs, rows, prefix_cache = _image_inputs(backbone, table, store, k_image, use_cache)
     table = table.subset(rows)
     classes = list(table.classes)
     splits = patient_split(table.patients, config.split.fractions, config.split.seed)
@@ -192,7 +197,8 @@ def tune(
             for name, p in prompts.items()
         }
     else:
-        bank, described = prompt_bank(classes, config.retune.prompts, backbone, store)
+        with group.in_turn() if group else nullcontext():
+            bank, described = prompt_bank(classes, config.retune.prompts, backbone, store)
         head.add_prompts(*bank.matrices(classes))
         prompt_features = None
     head.to(backbone.device)
@@ -229,28 +235,32 @@ def tune(
         early_stopping=config.retune.optim.early_stopping,
     )
     train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
+    step_loss, score = loss_fn, val_score
+    if group:
+        train_rows = group.shard_rows(train_rows, config.seed)
+        step_loss, score = group.synchronised_loss(model, loss_fn), group.rank_zero_score(val_score)
     with peak_memory(backbone.device) as memory:
         clock = timed()
         with progress_bar(
             f"training {method_name(config)}",
             total=config.epochs * len(train_rows),
-            enabled=show_progress,
+            enabled=show_progress and (group is None or group.is_main),
             unit="images",
         ) as advance:
             result = fit(
                 model,
                 model.parameters(),
-                loss_fn,
+                step_loss,
                 train_rows,
                 labels[train_rows],
                 optim,
-                val_score,
+                score,
                 config.seed,
                 progress=advance,
             )
         train_seconds = clock()
         model.freeze_prompts()
-        test_scores = _predict(model, inputs, splits["test"])
+        test_scores = _predict(model, inputs, splits["test"]) if group is None or group.is_main else None
     return TuningOutcome(
         backbone,
         model,
@@ -269,11 +279,18 @@ def tune(
 
 def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
     """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors +
-    config.json."""
+    config.json. Under torchrun every process trains (DDP); rank 0 alone evaluates and writes, the others return {}."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     store = EmbeddingStore(config.store)
-    outcome = tune(config, read_experiment_table(config), store, show_progress=show_progress)
+    group = Group.from_env()
+    try:
+        outcome = tune(config, read_experiment_table(config), store, show_progress=show_progress, group=group)
+    finally:
+        if group:
+            group.close()
+    if group and not group.is_main:
+        return {}
     backbone, table, name = outcome.backbone, outcome.table, method_name(config)
     classes = list(table.classes)
     test = table.subset(outcome.splits["test"])
@@ -293,6 +310,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         },
         "trainable_encoder_tensors": len(outcome.model.encoder),
         "prefix_cache": outcome.prefix_cache,
+        "processes": group.describe() if group else {"world_size": 1},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}

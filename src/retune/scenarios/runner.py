@@ -14,8 +14,9 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -172,13 +173,24 @@ def results_fingerprint(name: str, config: ScenarioConfig, prepared: PreparedSce
 
     digest = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude=NOT_RESULT_FIELDS)
-    digest.update(json.dumps({"method": name, "config": settings, "classes": prepared.classes,
-                              "backbone": prepared.backbone_fingerprint},
-                             sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {
+                "method": name,
+                "config": settings,
+                "classes": prepared.classes,
+                "backbone": prepared.backbone_fingerprint,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for array in (prepared.images, prepared.labels, prepared.patients.astype(str), prepared.test_rows):
         digest.update(np.ascontiguousarray(array).tobytes())
-    code = [Path(losses.__file__), *sorted(Path(methods.__file__).parent.glob("*.py")),
-            *sorted(Path(training.__file__).parent.glob("*.py"))]
+    code = [
+        Path(losses.__file__),
+        *sorted(Path(methods.__file__).parent.glob("*.py")),
+        *sorted(Path(training.__file__).parent.glob("*.py")),
+    ]
     for path in code:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -276,36 +288,63 @@ def summarise(
     }
 
 
+Job = tuple[str, int]  # (method, order): the leading arguments of ``run_method``
+# Runs jobs (each through ``run_method``) and yields (job, test scores after each task) as jobs finish.
+SweepEngine = Callable[
+    [list[Job], PreparedScenario, ScenarioConfig, Path, Progress], Iterator[tuple[Job, list[np.ndarray]]]
+]
+
+
+def run_sequentially(
+    jobs: list[Job],
+    prepared: PreparedScenario,
+    config: ScenarioConfig,
+    work_dir: Path,
+    progress: Progress,
+    show_progress: bool = False,
+) -> Iterator[tuple[Job, list[np.ndarray]]]:
+    """The local engine: one job after another in this process (a progress bar per task when shown)."""
+    for job in jobs:
+        yield job, run_method(*job, prepared, config, work_dir, progress, show_progress)
+
+
 def run_scenario(
     config: ScenarioConfig,
     out_dir: str | Path,
     show_progress: bool = False,
     progress: Progress = lambda message: None,
     restart: bool = False,
+    engine: SweepEngine | None = None,
 ) -> dict[str, dict]:
     """Run every method of a scenario; write ``<method>/results.json``, the report and the config.
 
     Resumes each method after its last finished task when its saved states have the same results fingerprint;
-    otherwise ConfigError, or with ``restart`` its states are deleted and it starts over.
+    otherwise ConfigError, or with ``restart`` its states are deleted and it starts over. ``engine`` runs the
+    (method, order) jobs: in turn here (default, with progress bars when shown), or as Ray tasks
+    (``retune.distributed.ray_sweep``); a method's results are written as soon as all its orders are done, in the
+    same form whatever the engine.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    engine = engine or partial(run_sequentially, show_progress=show_progress)
     prepared = prepare(config, show_progress)
     fingerprints = {name: results_fingerprint(name, config, prepared) for name in config.methods}
     for name, fingerprint in fingerprints.items():
         claim_work_dir(out_dir / "work" / name, fingerprint, restart)
     write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
+    jobs = [(name, order) for name in config.methods for order in config.orders]
+    scores: dict[Job, list[np.ndarray]] = {}
     results, final_scores = {}, {}
-    for name in config.methods:
-        scores_by_order = {
-            order: run_method(name, order, prepared, config, out_dir / "work", progress, show_progress)
-            for order in config.orders
-        }
-        results[name] = summarise(name, prepared, config, scores_by_order)
-        results[name]["results_fingerprint"] = fingerprints[name]
-        final_scores[name] = scores_by_order[config.orders[0]][-1]
-        write_json_atomic(out_dir / name / "results.json", results[name])
-        progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+    for job, job_scores in engine(jobs, prepared, config, out_dir / "work", progress):
+        scores[job] = job_scores
+        name = job[0]
+        if all((name, order) in scores for order in config.orders):
+            results[name] = summarise(name, prepared, config, {order: scores[name, order] for order in config.orders})
+            results[name]["results_fingerprint"] = fingerprints[name]
+            final_scores[name] = scores[name, config.orders[0]][-1]
+            write_json_atomic(out_dir / name / "results.json", results[name])
+            progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+    results = {name: results[name] for name in config.methods}
     from retune.report.scenario_report import write_scenario_report
 
     write_scenario_report(results, prepared, out_dir, final_scores)

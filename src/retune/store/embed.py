@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +63,20 @@ class EmbedSummary:
         return text
 
 
+def decode_image(
+    content_hash: str, path: str, preprocess: Callable, limits: DecodeLimits = DEFAULT_LIMITS
+) -> tuple[str, str, torch.Tensor | None, str | None]:
+    """Decode and preprocess one image; a failure comes back as a reason, not a crash (shared by every engine)."""
+    try:
+        return content_hash, path, preprocess(load_image(path, limits)), None
+    except RetuneError as error:
+        return content_hash, path, None, str(error).removeprefix(f"{path}: ")
+    except Exception as error:  # a decoder bug on one odd file must not stop the run
+        return content_hash, path, None, f"{type(error).__name__}: {error}"
+
+
 class _DecodeDataset(Dataset):
-    """Decodes and preprocesses images in workers; failures come back as a reason, not a crash."""
+    """Decodes and preprocesses images in DataLoader workers."""
 
     def __init__(
         self, items: list[tuple[str, str]], preprocess: Callable, limits: DecodeLimits = DEFAULT_LIMITS
@@ -77,17 +89,27 @@ class _DecodeDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[str, str, torch.Tensor | None, str | None]:
-        content_hash, path = self.items[index]
-        try:
-            return content_hash, path, self.preprocess(load_image(path, self.limits)), None
-        except RetuneError as error:
-            return content_hash, path, None, str(error).removeprefix(f"{path}: ")
-        except Exception as error:  # a decoder bug on one odd file must not stop the run
-            return content_hash, path, None, f"{type(error).__name__}: {error}"
+        return decode_image(*self.items[index], self.preprocess, self.limits)
 
 
 def _collate(batch: list) -> list:
     return batch
+
+
+@dataclass
+class EncodedBatch:
+    """One batch back from an encoder: vectors of the images that decoded, reasons for those that did not."""
+
+    keys: list[str]
+    pooled: np.ndarray
+    tokens: np.ndarray | None
+    failed: list[tuple[str, str]]  # (content hash, reason)
+
+
+# (items to do as (content hash, path), backbone, batch size, workers, tokens, limits) -> encoded batches, any order
+BatchEncoder = Callable[
+    [list[tuple[str, str]], Backbone, int, "int | None", bool, DecodeLimits], Iterator[EncodedBatch]
+]
 
 
 def hash_files(paths: list[str], store: EmbeddingStore, limits: DecodeLimits = DEFAULT_LIMITS,
@@ -145,6 +167,37 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+def encode_decoded(backbone: Backbone, decoded: list[tuple], tokens: bool) -> EncodedBatch:
+    """Encode the images of a batch of ``decode_image`` results that decoded (shared by every engine)."""
+    good = [item for item in decoded if item[2] is not None]
+    failed = [(item[0], item[3]) for item in decoded if item[2] is None]
+    if not good:
+        return EncodedBatch([], np.zeros((0, backbone.image_dim), dtype=np.float32), None, failed)
+    encoded = encode_in_chunks(backbone, torch.stack([item[2] for item in good]), tokens)
+    token_matrix = encoded.tokens.float().cpu().numpy() if tokens else None
+    return EncodedBatch([item[0] for item in good], encoded.pooled.float().cpu().numpy(), token_matrix, failed)
+
+
+def local_batches(
+    items: list[tuple[str, str]], backbone: Backbone, batch_size: int, workers: int | None, tokens: bool,
+    limits: DecodeLimits,
+) -> Iterator[EncodedBatch]:
+    """The local engine: decode in DataLoader workers, encode in this process."""
+    loader = DataLoader(
+        _DecodeDataset(items, backbone.preprocess, limits),
+        batch_size=batch_size,
+        num_workers=default_workers() if workers is None else workers,
+        collate_fn=_collate,
+        pin_memory=backbone.device.type == "cuda",
+    )
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            yield encode_decoded(backbone, batch, tokens)
+    finally:  # also when the caller stops early (a worker died): the other workers and torch's SIGCHLD check go
+        getattr(batches, "_shutdown_workers", lambda: None)()
+
+
 def embed_table(
     table: ImageTable,
     backbone: Backbone,
@@ -156,8 +209,12 @@ def embed_table(
     show_progress: bool = True,
     limits: DecodeLimits = DEFAULT_LIMITS,
     flush_seconds: float = FLUSH_SECONDS,
+    encoder: BatchEncoder | None = None,
 ) -> EmbedSummary:
     """Embed every image of ``table`` that the store lacks for this backbone; record failures.
+
+    ``encoder`` turns the (content hash, path) pairs still to do into ``EncodedBatch``es: ``local_batches`` by
+    default, or another engine's (``retune.distributed.ray_embed``); hashing, filtering and writing stay here.
 
     A table read with its paths confined (the default) has every path checked, symlinks followed, against its
     image root. Nothing is written (and no lock taken) when every image is already stored, so a read-only
@@ -180,7 +237,7 @@ def embed_table(
             todo = _missing(hashes, store, fingerprint, kinds)  # another writer may have stored some meanwhile
             todo_count = len(todo)
             computed = _embed_missing(todo, hashes, failures, backbone, store, kinds, batch_size, workers, shard_size,
-                                      show_progress, limits, flush_seconds)
+                                      show_progress, limits, flush_seconds, encoder or local_batches)
     errors = pd.DataFrame(sorted(failures.items()), columns=["path", "reason"])
     summary = EmbedSummary(
         len(table), len(unique), len(unique) - todo_count, computed, time.perf_counter() - started, errors
@@ -221,7 +278,7 @@ def _worker_death(error: BaseException) -> str | None:
 
 def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[str, str], backbone: Backbone,
                    store: EmbeddingStore, kinds: list[str], batch_size: int, workers: int | None, shard_size: int,
-                   show_progress: bool, limits: DecodeLimits, flush_seconds: float) -> int:
+                   show_progress: bool, limits: DecodeLimits, flush_seconds: float, encoder: BatchEncoder) -> int:
     """Decode, encode and store ``todo`` (under the store's lock); failures are added to ``failures``.
 
     Returns how many images were computed. A decoding worker that dies (the OOM killer's way) ends the job
@@ -233,13 +290,6 @@ def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[
     paths_of: dict[str, list[str]] = {}
     for path, content_hash in hashes.items():
         paths_of.setdefault(content_hash, []).append(path)
-    loader = DataLoader(
-        _DecodeDataset(list(todo.items()), backbone.preprocess, limits),
-        batch_size=batch_size,
-        num_workers=default_workers() if workers is None else workers,
-        collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda",
-    )
     pending: dict[str, list] = {"keys": [], "pooled": [], "tokens": []}
     computed = 0
     done: set[str] = set()
@@ -261,30 +311,28 @@ def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[
         for values in pending.values():
             values.clear()
 
-    batches = iter(loader)
+    batches = encoder(list(todo.items()), backbone, batch_size, workers, tokens, limits)
     with progress_bar("embedding", total=len(todo), enabled=show_progress, unit="images") as advance:
         try:
             for batch in batches:
-                good = [item for item in batch if item[2] is not None]
-                if good:
-                    encoded = encode_in_chunks(backbone, torch.stack([item[2] for item in good]), tokens)
-                    pending["keys"].extend(item[0] for item in good)
-                    pending["pooled"].append(encoded.pooled.float().cpu().numpy())
+                if batch.keys:
+                    pending["keys"].extend(batch.keys)
+                    pending["pooled"].append(batch.pooled)
                     if tokens:
-                        pending["tokens"].append(encoded.tokens.float().cpu().numpy())
-                    computed += len(good)
-                for content_hash, _, _, reason in batch:
+                        pending["tokens"].append(batch.tokens)
+                    computed += len(batch.keys)
+                done.update(batch.keys)
+                for content_hash, reason in batch.failed:
                     done.add(content_hash)
-                    if reason is not None:
-                        failures.update(dict.fromkeys(paths_of[content_hash], reason))
+                    failures.update(dict.fromkeys(paths_of[content_hash], reason))
                 if len(pending["keys"]) >= shard_size or time.monotonic() - last_flush >= flush_seconds:
                     flush()
-                advance(len(batch))
+                advance(len(batch.keys) + len(batch.failed))
         except (RuntimeError, ConnectionError, EOFError) as error:
             death = _worker_death(error)
             if death is None:
                 raise
-            getattr(batches, "_shutdown_workers", lambda: None)()  # stop the others; torch's SIGCHLD check with them
+            batches.close()  # stops the other decoding workers; torch's SIGCHLD check goes with them
             reason = f"not embedded: a decoding worker died ({death}), e.g. killed for lack of memory; rerun to retry"
             for content_hash in todo.keys() - done:
                 failures.update(dict.fromkeys(paths_of[content_hash], reason))

@@ -1057,7 +1057,8 @@ def peft_run(
         None,
         min=1,
         help="Train with N processes (PyTorch DDP: gloo on CPU, nccl with one GPU each) through torchrun on this "
-        "machine; batch size is per process. Same as `torchrun --nproc_per_node N -m retune.cli peft run ...`.",
+        "machine; batch size is per process. Same as `torchrun --nproc_per_node N -m retune.cli peft run ...` "
+        "(default: one process).",
     ),
 ) -> None:
     """Train PEFT adapters (or the unfrozen top blocks) under the RE-tune head and evaluate like `retune train`."""
@@ -1099,8 +1100,8 @@ def peft_run(
 
 @app.command(
     epilog=examples(
-        "retune demo",
-        "retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo",
+        "retune tune search.yaml --out tuned --trials 16",
+        "retune train --config tuned/best.yaml --out runs/tuned   # train with the best configuration",
     )
 )
 @friendly_errors
@@ -1111,7 +1112,7 @@ def tune(
     out: Path = typer.Option(
         ..., help="Output folder: best.yaml (a `retune train --config` file), trials.csv, search.json."
     ),
-    data: Path | None = typer.Option(None, help="Label CSV (overrides data.csv of the YAML)."),
+    data: Path | None = typer.Option(None, help="Label CSV (default: data.csv of the YAML)."),
     trials: int | None = typer.Option(None, min=1, help="Configurations to try (overrides the YAML; default 8)."),
     address: str | None = ADDRESS,
 ) -> None:
@@ -1134,7 +1135,12 @@ def tune(
     console.print(escape(f"config: {out / 'best.yaml'} (chosen on validation only)"), highlight=False)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "retune demo",
+        "retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo",
+    )
+)
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for the data, the store, the results and report.html."),

@@ -45,6 +45,12 @@ class OptimConfig(StrictModel):
     min_epochs: int = Field(
         30, ge=1, description="Epochs before early stopping may keep or stop (small validation sets are noisy)."
     )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "auto",
+        description="Arithmetic of the training steps: fp32; bf16 autocast (fp32 master weights); auto = bf16 where "
+                    "the CPU (AVX-512 BF16/AMX) or GPU runs it natively, else fp32 (NIH final AUROC of retune: bf16 - "
+                    "fp32 = +0.0008, benchmarks/results/training.json). Encoder tuning (PEFT) keeps fp32.",
+    )
     early_stopping: Literal["auroc", "loss"] = Field(
         "auroc",
         description="Validation criterion: mean AUROC, or the training loss on the validation rows (smoother on small "

@@ -233,6 +233,7 @@ def tune(
         patience=config.retune.optim.patience,
         min_epochs=config.retune.optim.min_epochs,
         early_stopping=config.retune.optim.early_stopping,
+        precision="fp32",  # the encoder's own autocast (CUDA) decides its arithmetic; bf16 was measured on adaptors
     )
     train_rows = torch.as_tensor(splits["train"], dtype=torch.long)
     step_loss, score = loss_fn, val_score

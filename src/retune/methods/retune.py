@@ -46,11 +46,14 @@ class ReTuneModel(nn.Module):
 
     def similarities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cosine similarity of each adapted image to each class's adapted positive and negative prompt (N x C
-        each)."""
-        image = F.normalize(self.image_adaptor(images), dim=-1)
-        positive = F.normalize(self.text_adaptor(self.positive), dim=-1)
-        negative = F.normalize(self.text_adaptor(self.negative), dim=-1)
-        return image @ positive.T, image @ negative.T
+        each). Under autocast only the adaptors (nearly all the FLOPs) run in bf16; norms and similarities stay
+        fp32."""
+        image = self.image_adaptor(images).float()
+        positive = self.text_adaptor(self.positive).float()
+        negative = self.text_adaptor(self.negative).float()
+        with torch.autocast(image.device.type, enabled=False):
+            image, positive, negative = (F.normalize(side, dim=-1) for side in (image, positive, negative))
+            return image @ positive.T, image @ negative.T
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         positive, negative = self.similarities(images)

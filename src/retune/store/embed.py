@@ -163,8 +163,37 @@ def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> 
 
 
 def default_workers() -> int:
-    """Decoding workers: all cores but the one that runs the encoder."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Decoding workers: one per core (at most 8); ``EncoderThreads`` keeps them and the encoder from
+    oversubscribing the cores."""
+    return min(8, os.cpu_count() or 1)
+
+
+class EncoderThreads:
+    """Torch threads of the CPU encoder beside decoding workers, set batch by batch: every core while the encoder is
+    the bottleneck (the workers then sleep on a full queue), one while it waits for decoded images (large PNGs,
+    DICOMs: the other cores are the workers'). Two busy intra-op threads on cores that workers also use make each
+    parallel region wait for a descheduled thread. The setting in force before is restored on exit."""
+
+    WAIT_SHARE = 0.2  # smoothed share of a batch's time spent waiting for the loader above which the encoder yields
+
+    def __init__(self, device: torch.device, workers: int) -> None:
+        self.active = device.type == "cpu" and workers > 0
+        self.threads = torch.get_num_threads()
+        self.waiting = 0.0
+
+    def __enter__(self) -> EncoderThreads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.active:
+            torch.set_num_threads(self.threads)
+
+    def update(self, wait_seconds: float, encode_seconds: float) -> None:
+        """Record one batch's wait for the loader and its encoding time; pick the threads for the next one."""
+        if self.active:
+            share = wait_seconds / max(wait_seconds + encode_seconds, 1e-9)
+            self.waiting = 0.7 * self.waiting + 0.3 * share
+            torch.set_num_threads(1 if self.waiting > self.WAIT_SHARE else self.threads)
 
 
 def encode_decoded(backbone: Backbone, decoded: list[tuple], tokens: bool) -> EncodedBatch:
@@ -182,18 +211,25 @@ def local_batches(
     items: list[tuple[str, str]], backbone: Backbone, batch_size: int, workers: int | None, tokens: bool,
     limits: DecodeLimits,
 ) -> Iterator[EncodedBatch]:
-    """The local engine: decode in DataLoader workers, encode in this process."""
+    """The local engine: decode in DataLoader workers, encode in this process (``EncoderThreads`` on CPU)."""
+    workers = default_workers() if workers is None else workers
     loader = DataLoader(
         _DecodeDataset(items, backbone.preprocess, limits),
         batch_size=batch_size,
-        num_workers=default_workers() if workers is None else workers,
+        num_workers=workers,
         collate_fn=_collate,
         pin_memory=backbone.device.type == "cuda",
     )
     batches = iter(loader)
     try:
-        for batch in batches:
-            yield encode_decoded(backbone, batch, tokens)
+        with EncoderThreads(backbone.device, workers) as threads:
+            waited = time.perf_counter()
+            for batch in batches:
+                encoding = time.perf_counter()
+                encoded = encode_decoded(backbone, batch, tokens)
+                threads.update(encoding - waited, time.perf_counter() - encoding)
+                yield encoded
+                waited = time.perf_counter()
     finally:  # also when the caller stops early (a worker died): the other workers and torch's SIGCHLD check go
         getattr(batches, "_shutdown_workers", lambda: None)()
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retune.errors import StoreError
@@ -179,34 +180,31 @@ class EmbeddingStore:
             if keys:
                 raise StoreError(f"{self.root}: no {kind} stored for backbone {fingerprint}; run 'retune embed' first")
             return [], np.zeros((0, 0), dtype=np.float32)
-        # Keys first (cheap), then each shard's vectors straight into one preallocated matrix:
-        # peak memory is the result plus one shard, not a concatenated copy of the whole store.
-        shard_keys = [
-            pq.read_table(s, columns=[key_column], memory_map=True).column(key_column).to_pylist() for s in shards
-        ]
-        wanted = list(keys) if keys is not None else [key for keys_of_shard in shard_keys for key in keys_of_shard]
-        rows_of: dict[str, list[int]] = {}
-        for row, key in enumerate(wanted):
-            rows_of.setdefault(key, []).append(row)
-        width = pq.read_schema(shards[0]).field(vector_column).type.list_size
-        result = np.empty((len(wanted), width), dtype=np.float32)
-        found: set[str] = set()
-        for shard, keys_of_shard in zip(shards, shard_keys):
-            source, target = [], []
-            for index, key in enumerate(keys_of_shard):
-                if key in rows_of and key not in found:  # a key stored twice: the first copy wins
-                    found.add(key)
-                    source.extend([index] * len(rows_of[key]))
-                    target.extend(rows_of[key])
-            if source:
-                column = pq.read_table(shard, columns=[vector_column], memory_map=True).column(vector_column)
-                result[target] = _matrix(column, width)[source]
-        if len(found) < len(rows_of):
-            missing = len(rows_of) - len(found)
+        # Keys first, matched in Arrow (no Python object per stored key), then each shard's vectors straight into
+        # one preallocated matrix: peak memory is the result plus one shard, never a second copy of the store.
+        shard_keys = [pq.read_table(s, columns=[key_column], memory_map=True).column(key_column) for s in shards]
+        offsets = np.cumsum([0] + [len(column) for column in shard_keys])
+        stored = pa.chunked_array([chunk for column in shard_keys for chunk in column.chunks], pa.string())
+        wanted = list(keys) if keys is not None else stored.to_pylist()
+        # a key stored twice: index_in finds the first copy, which wins
+        positions = pc.index_in(pa.array(wanted, pa.string()), value_set=stored.combine_chunks())
+        absent = positions.is_null().to_numpy(zero_copy_only=False)
+        if absent.any():
+            missing = len(set(np.asarray(wanted, dtype=object)[absent]))
             raise StoreError(
-                f"{self.root}: {missing} of {len(rows_of)} requested {kind} are not in the store (backbone "
+                f"{self.root}: {missing} of {len(set(wanted))} requested {kind} are not in the store (backbone "
                 f"{fingerprint})"
             )
+        positions = positions.to_numpy(zero_copy_only=False).astype(np.int64)
+        order = np.argsort(positions, kind="stable")
+        bounds = np.searchsorted(positions[order], offsets)
+        width = pq.read_schema(shards[0]).field(vector_column).type.list_size
+        result = np.empty((len(wanted), width), dtype=np.float32)
+        for index, shard in enumerate(shards):
+            targets = order[bounds[index]:bounds[index + 1]]
+            if len(targets):
+                column = pq.read_table(shard, columns=[vector_column], memory_map=True).column(vector_column)
+                result[targets] = _matrix(column, width)[positions[targets] - offsets[index]]
         return wanted, result
 
     def read_column(self, kind: str, fingerprint: str, column: str, keys: list[str]) -> np.ndarray:

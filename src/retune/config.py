@@ -54,7 +54,7 @@ class OptimConfig(StrictModel):
     early_stopping: Literal["auroc", "loss"] = Field(
         "auroc",
         description="Validation criterion: mean AUROC, or the training loss on the validation rows (smoother on small "
-                    "validation sets).",
+        "validation sets).",
     )
 
 
@@ -77,7 +77,7 @@ class ReTuneConfig(StrictModel):
     objective: PromptObjective = Field(
         "bce",
         description="Training loss on the prompt similarities: bce (the paper), clip (symmetric InfoNCE on "
-                    "label-defined "
+        "label-defined "
         "image-prompt pairs) or siglip (sigmoid loss on every image-prompt pair, learnable bias). Prediction is the "
         "same for all.",
     )
@@ -114,13 +114,17 @@ class SplitConfig(StrictModel):
     """Patient-level train/val/test split."""
 
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     @field_validator("fractions")
     @classmethod
     def _sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
-            raise ValueError(f"split fractions must be non-negative and sum to 1, got {value}")
+            raise ValueError(
+                f"split fractions (train, val, test) must be non-negative and sum to 1, got {list(value)}"
+            )
+        if value[0] == 0 or value[2] == 0:
+            raise ValueError(f"the train and test fractions must be positive, got {list(value)}")
         return value
 
 
@@ -131,13 +135,16 @@ class ExperimentConfig(StrictModel):
     store: Path = Path("retune-store")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str | None = None
     min_positives: int = Field(
         10,
         ge=1,
         description="Headline means cover only classes with at least this many positive test images; "
         "the others are listed, marked and left out.",
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: a local file store in OUT/mlruns)."
     )
 
 
@@ -227,7 +234,7 @@ class PeftExperimentConfig(ExperimentConfig):
     method: PeftMethod = Field(
         "lora",
         description="lora, ia3, prefix (text tower), prompt (visual prompt tokens, ViT image towers) or freeze (train "
-                    "only the unfrozen top blocks).",
+        "only the unfrozen top blocks).",
     )
     rank: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
@@ -237,7 +244,7 @@ class PeftExperimentConfig(ExperimentConfig):
     target_modules: list[str] | None = Field(
         None,
         description="Regexes on module names to adapt; default: every Linear and ungrouped Conv2d of the tuned "
-                    "blocks.",
+        "blocks.",
     )
     num_virtual_tokens: int = Field(
         8, ge=1, description="Prefix tuning: virtual key/value tokens per layer; prompt tuning: prompt tokens."
@@ -248,7 +255,7 @@ class PeftExperimentConfig(ExperimentConfig):
     cache_prefix: bool | None = Field(
         None,
         description="Image tower with freeze_blocks: cache the frozen blocks' output in the store (true: required, "
-                    "false: re-run them every step, null: cache where the tower supports it).",
+        "false: re-run them every step, null: cache where the tower supports it).",
     )
     epochs: int = Field(2, ge=1)
     lr: float | None = Field(

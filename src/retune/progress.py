@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+EpochUpdate = Callable[[int, float, "float | None"], None]
+
+
+def _stderr() -> Console:
+    """Progress goes to stderr, so stdout stays clean for tables and --json."""
+    return Console(stderr=True)
 
 
 @contextmanager
@@ -24,7 +32,7 @@ def progress_bar(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, transient=False, console=_stderr()) as progress:
         task = progress.add_task(description, total=total, rate="")
 
         def advance(n: int) -> None:
@@ -33,3 +41,29 @@ def progress_bar(
             progress.update(task, rate=f"{speed:.1f} {unit}/s" if speed else "")
 
         yield advance
+
+
+@contextmanager
+def epoch_bar(description: str, max_epochs: int, enabled: bool = True) -> Iterator[EpochUpdate]:
+    """Yield ``update(epoch, train_loss, val_score)`` for one training: epoch of max, loss, validation AUROC, time.
+
+    Early stopping ends a fit before ``max_epochs``; the bar then shows the epoch it stopped at.
+    """
+    if not enabled:
+        yield lambda epoch, loss, score: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("val AUROC {task.fields[val]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=False, console=_stderr()) as progress:
+        task = progress.add_task(description, total=max_epochs, loss="-", val="-")
+
+        def update(epoch: int, loss: float, score: float | None) -> None:
+            progress.update(task, completed=epoch, loss=f"{loss:.4f}", val="-" if score is None else f"{score:.3f}")
+
+        yield update

@@ -186,6 +186,14 @@ def test_adaptor_run_on_phantoms_reports_retrieval_and_fractions(tmp_path):
     assert set(metrics["label_fractions"]) == {"0.1", "1.0"}
     assert all(0.0 <= value <= 1.0 for value in metrics["retrieval"]["adaptor"]["image_to_text"].values())
     assert "retrieval" in result.output and "100%" in result.output
+    card = (out / "RUN_CARD.md").read_text()
+    assert "## Intended use" in card and "| 10% |" in card and "General-domain backbone" in card
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("retune-adaptor").experiment_id])
+    assert run.data.params["config.loss"] == "clip" and "retrieval.adaptor.image_to_text.R_1" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "xattn_adaptor.train_loss")) == 3
     assert json.loads((out / "config.json").read_text())["kind"] == "adaptor"
     image = next((tmp_path / "phantoms").rglob("*.png"))
     for command in (["evaluate", "--run", str(out), "--data", str(csv)], ["predict", str(image), "--run", str(out)]):

@@ -270,3 +270,18 @@ def test_compare_recomputes_means_from_saved_matrices_with_another_threshold():
     strict = with_min_positives(result, 10)
     assert strict["final_mean_auroc"] == pytest.approx(0.8) and strict["forgetting"] == pytest.approx(0.0)
     assert strict["too_few_positives"] == ["rare"]
+
+def test_each_task_shows_a_progress_bar_on_stderr(tmp_path, capsys):
+    """A bar per task with epoch, training loss and validation AUROC, on stderr only; none when not shown."""
+    prepared = prepared_scenario("class", n_tasks=2)
+    optim = {"epochs": 3, "min_epochs": 1}
+    config = ScenarioConfig(
+        generate=GeneratorSpec(kind="class", n_tasks=2), methods=["naive"], retune={"optim": optim}
+    )
+    run_method("naive", 0, prepared, config, tmp_path / "shown", lambda message: None, show_progress=True)
+    captured = capsys.readouterr()
+    assert "naive task 1/2" in captured.err and "naive task 2/2" in captured.err
+    assert "epoch 3/3" in captured.err and "val AUROC 0." in captured.err and "loss " in captured.err
+    assert captured.out == ""
+    run_method("naive", 0, prepared, config, tmp_path / "quiet", lambda message: None, show_progress=False)
+    assert capsys.readouterr().err == ""

@@ -58,6 +58,8 @@ UNCERTAINTY_POLICIES = {"ignore": float("nan"), "ones": 1.0, "zeros": 0.0}
 REPORT_COLUMN = "report"
 _LABEL_TOKENS = frozenset({"1", "1.0", "0", "0.0", "-1", "-1.0", ""})
 _UNCERTAIN = -1.0
+# A column whose filled values are at least this share of label tokens is a label column (its other values are errors).
+_LABEL_COLUMN_SHARE = 0.9
 # Paths that need os.path normalisation: ".", ".." or "" components, absolute, "~", drive letters, backslashes.
 _NEEDS_NORMALISING = r"(?:^|/)\.{1,2}(?:/|$)|//|^/|^[A-Za-z]:|\\"
 # Column names (lower-cased, spaces as underscores) never taken as labels when classes are inferred.
@@ -389,14 +391,20 @@ def _uncertainty_value(policy: str) -> float:
 
 
 def _infer_label_columns(raw: pd.DataFrame, exclude: set[str | None]) -> list[str]:
-    """Columns (bar ``exclude`` and known metadata) with at least one value and only 1/0/-1/blank values."""
+    """Label columns (bar ``exclude`` and known metadata): a known finding's name, or mostly 1/0/-1/blank values.
+
+    A stray bad value (``2``, ``yes``) must not make a finding silently vanish: such a column is still a
+    label column, and ``_parse_labels`` then rejects the value naming its row.
+    """
+    known = {name.lower().replace(" ", "_") for name in (*CHEXPERT_FINDINGS, *NIH_FINDINGS, NIH_NO_FINDING)}
     classes = []
     for column in raw.columns:
-        if column in exclude or column.lower().replace(" ", "_") in _METADATA_COLUMNS:
+        key = column.lower().replace(" ", "_")
+        if column in exclude or key in _METADATA_COLUMNS:
             continue
         values = raw[column].str.strip()
-        filled = values != ""
-        if filled.any() and values[filled].isin(_LABEL_TOKENS).all():
+        filled = values[values != ""]
+        if len(filled) and (key in known or filled.isin(_LABEL_TOKENS).mean() >= _LABEL_COLUMN_SHARE):
             classes.append(column)
     return classes
 

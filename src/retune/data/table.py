@@ -52,3 +52,21 @@ class ImageTable:
         return ImageTable(
             frame, list(self.classes), self.source, self.image_root, dict(self.extra), self.confined_root
         )
+
+
+def one_sided_classes(labels: np.ndarray, classes: list[str], where: str) -> list[str]:
+    """Warnings naming each class with no positive or no negative label among ``labels`` (rows x classes, NaN masked).
+
+    Such a class is kept (its AUROC is undefined, its head learns one side only); the warning makes it visible.
+    """
+    warnings = []
+    for column, name in enumerate(classes):
+        values = labels[:, column]
+        positives, negatives = int(np.sum(values == 1)), int(np.sum(values == 0))
+        if positives == 0 or negatives == 0:
+            missing = "positives" if positives == 0 else "negatives"
+            warnings.append(
+                f"class '{name}' has no {missing} in {where} ({positives} positive, {negatives} negative labels); "
+                "it is kept but cannot be learned or evaluated properly"
+            )
+    return warnings

@@ -34,7 +34,7 @@ from retune.experiments.prepare import (
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank, TaskData
-from retune.methods.checkpoint import save_checkpoint
+from retune.methods.checkpoint import package_versions, save_checkpoint
 from retune.methods.linear_probe import LinearProbe
 from retune.methods.xattn_adaptor import (
     CrossAttentionAdaptor,
@@ -278,6 +278,23 @@ def run_adaptor_experiment(
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
+    from retune.report.run_card import write_run_card
+    from retune.report.tracking import log_run, numeric_leaves
+
+    write_run_card(out_dir, facts, metrics, "adaptor")
+
+    records = {
+        f"labels{fraction}.{name}.": record for fraction, pair in fractions.items() for name, record in pair.items()
+    }
+    log_run(
+        out_dir,
+        "adaptor",
+        {**facts, "versions": package_versions()},
+        records,
+        {METHOD: fitted.facts()},
+        config.tracking_uri,
+        numeric_leaves(retrieval, "retrieval."),
+    )
     return metrics
 
 
@@ -286,8 +303,14 @@ def _l2(matrix: np.ndarray) -> np.ndarray:
 
 
 @register_run_kind(KIND)
-def open_adaptor_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
-                     show_progress: bool) -> SavedRun:
+def open_adaptor_run(
+    run_dir: Path,
+    checkpoint: tuple[dict, dict],
+    store_dir: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    cache: bool = False,
+) -> SavedRun:
     """Refused in one line: an Adaptor run holds a pre-trained adaptor and label-fraction probes, evaluated on its
     test split when it ran (metrics.json), not one classifier to apply to new data."""
     raise ConfigError(

@@ -6,12 +6,14 @@ loaded, and images run through it (the frozen-prefix cache still serves its froz
 the same ``metrics.json`` records, so ``retune compare`` reads them side by side. The loader is the one
 registered for the run's kind (``experiments.kinds``); Adaptor runs are refused in one line.
 ``SavedRun.score_pixels`` scores images already in memory (the server's uploads) without the store;
-``patch_scorer`` maps each patch token's prompt similarities where the backbone allows it.
+``patch_scorer`` maps each patch token's prompt similarities where the backbone allows it. Evaluation
+counts images the run trained or validated on (the leakage guard, ``retune.evaluation.leakage``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.evaluation import DEFAULT_MIN_POSITIVES
+from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
+from retune.evaluation.paired import paired_auroc_difference
 from retune.experiments import adaptor, peft, train  # noqa: F401  (importing them registers their run kinds)
 from retune.experiments.kinds import SavedRun, loader_for
 from retune.experiments.prepare import metrics_record, read_data
@@ -32,15 +36,54 @@ from retune.methods.retune import ReTuneModel
 
 
 def open_run(
-    run_dir: str | Path, store_dir: str | Path | None = None, device: str | None = None, show_progress: bool = False
+    run_dir: str | Path,
+    store_dir: str | Path | None = None,
+    device: str | None = None,
+    show_progress: bool = False,
+    cache: bool = False,
 ) -> SavedRun:
-    """Rebuild a run directory with the loader registered for the kind its config.json records."""
+    """Rebuild a run directory with the loader registered for the kind its config.json records.
+
+    New images are embedded in memory unless ``cache`` (then their embeddings are added to the store).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir}: run directory does not exist")
     checkpoint = load_checkpoint(run_dir)
-    return loader_for(checkpoint[1])(Path(run_dir), checkpoint, store_dir, device, show_progress)
+    saved = loader_for(checkpoint[1])(run_dir, checkpoint, store_dir, device, show_progress, cache=cache)
+    return replace(saved, path=run_dir)
+
+
+RunLike = str | Path | SavedRun
+
+
+def evaluation_table(
+    run: SavedRun, csv_path: str | Path, split: str, image_root: str | Path | None, allow_outside_root: bool = False
+) -> tuple[ImageTable, str]:
+    """The labelled table to evaluate, read like the run's training data, and the split (``auto`` resolved).
+
+    Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so)."""
+    train_config = run.config
+    if split == "auto":
+        split = "test" if Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve() else "all"
+    if split not in ("all", "train", "val", "test"):
+        raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
+    data = DataConfig.model_validate(train_config["data"])
+    other = {
+        "csv": Path(csv_path),
+        "image_root": image_root or data.image_root,
+        "classes": None,
+        "allow_outside_root": allow_outside_root or data.allow_outside_root,
+    }
+    table = read_data(data.model_copy(update=other))
+    missing = [c for c in run.classes if c not in table.classes]
+    if missing:
+        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
+    return table, split
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run: RunLike,
     csv_path: str | Path,
     split: str = "auto",
     store_dir: str | Path | None = None,
@@ -48,25 +91,18 @@ def evaluate_run(
     n_bootstrap: int = 1000,
     show_progress: bool = False,
     min_positives: int = DEFAULT_MIN_POSITIVES,
+    exclude_overlap: bool = False,
+    cache: bool = False,
     allow_outside_root: bool = False,
 ) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
 
-    Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so)."""
-    run = open_run(run_dir, store_dir, show_progress=show_progress)
+    Images that the run trained or validated on (by content, see ``retune.evaluation.leakage``) are counted,
+    recorded under ``overlap`` and warned about; ``exclude_overlap`` drops them from the metrics.
+    """
+    run = run if isinstance(run, SavedRun) else open_run(run, store_dir, show_progress=show_progress, cache=cache)
     train_config = run.config
-    same_csv = Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve()
-    if split == "auto":
-        split = "test" if same_csv else "all"
-    if split not in ("all", "train", "val", "test"):
-        raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
-    data = DataConfig.model_validate(train_config["data"])
-    other = {"csv": Path(csv_path), "image_root": image_root or data.image_root, "classes": None,
-             "allow_outside_root": allow_outside_root or data.allow_outside_root}
-    table = read_data(data.model_copy(update=other))
-    missing = [c for c in run.classes if c not in table.classes]
-    if missing:
-        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
+    table, split = evaluation_table(run, csv_path, split, image_root, allow_outside_root)
     scores, rows, errors = run.score(table)
     if not len(rows):
         raise DataError(f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable)")
@@ -74,25 +110,114 @@ def evaluate_run(
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
+    overlap, warnings = check_overlap(run.path, table, exclude_overlap)
+    if exclude_overlap and overlap["rows"] is not None:
+        kept = np.flatnonzero(~overlap["rows"])
+        if not len(kept):
+            raise DataError(f"{csv_path}: every evaluated image is a training or validation image of {run.path}")
+        table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
+    del overlap["rows"]
+    seed = int(train_config["seed"])
     records = {
-        name: metrics_record(
-            name, run.backbone, run.classes, values, table, split, n_bootstrap, int(train_config["seed"]),
-            min_positives,
-        )
+        name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, seed, min_positives)
         for name, values in scores.items()
     }
     return {
         **records[run.main],
         "baselines": {k: v for k, v in records.items() if k != run.main},
         "csv": str(csv_path),
+        "overlap": overlap,
+        "warnings": warnings,
+    }
+
+
+def check_overlap(run_dir: str | Path, table: ImageTable, exclude: bool) -> tuple[dict, list[str]]:
+    """The leakage guard on an evaluation table: ({n_images, of, excluded, checked, rows}, warnings)."""
+    rows = overlapping_rows(run_dir, file_hashes(table.paths))
+    if rows is None:
+        unchecked = {"checked": False, "n_images": None, "of": len(table), "excluded": False, "rows": None}
+        return unchecked, [
+            f"{run_dir} has no {DIGESTS_FILE} (made before the leakage guard, or removed): "
+            "overlap with training images was not checked"
+        ]
+    count = int(rows.sum())
+    warnings = [overlap_warning(count, len(table), exclude)] if count else []
+    return {
+        "checked": True,
+        "n_images": count,
+        "of": len(table),
+        "excluded": bool(exclude and count),
+        "rows": rows,
+    }, warnings
+
+
+def paired_comparison(
+    run_a: str | Path,
+    run_b: str | Path,
+    csv_path: str | Path,
+    split: str = "auto",
+    n_bootstrap: int = 1000,
+    image_root: str | Path | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Main-method AUROC of run A minus run B on the same images (A's split of the CSV), paired patient-bootstrap CI.
+
+    The images are those both runs could score; images either run trained or validated on are left out and counted.
+    """
+    first, second = open_run(run_a, show_progress=show_progress), open_run(run_b, show_progress=show_progress)
+    train_config = first.config
+    table, split = evaluation_table(first, csv_path, split, image_root)
+    if split != "all":
+        fractions, seed = train_config["split"]["fractions"], train_config["split"]["seed"]
+        table = table.subset(patient_split(table.patients, fractions, seed)[split])
+    classes = [name for name in first.classes if name in second.classes]
+    scored = []
+    for run in (first, second):
+        scores, rows, _ = run.score(table)
+        full = np.full((len(table), len(run.classes)), np.nan)
+        full[rows] = scores[run.main]
+        scored.append(full[:, [run.classes.index(name) for name in classes]])
+    usable = ~np.isnan(scored[0]).any(axis=1) & ~np.isnan(scored[1]).any(axis=1)
+    overlaps = {}
+    for run_dir in (run_a, run_b):
+        overlap, _ = check_overlap(run_dir, table, exclude=True)
+        overlaps[str(run_dir)] = overlap["n_images"]
+        if overlap["rows"] is not None:
+            usable &= ~overlap["rows"]
+    kept = np.flatnonzero(usable)
+    if not len(kept):
+        raise DataError(f"{csv_path}: no image that both runs can score and neither trained on")
+    table = table.subset(kept)
+    result = paired_auroc_difference(
+        scored[0][kept],
+        scored[1][kept],
+        table.labels(classes),
+        classes,
+        table.patients,
+        n_bootstrap,
+        int(train_config["seed"]),
+    )
+    return {
+        "run_a": str(run_a),
+        "method_a": first.main,
+        "run_b": str(run_b),
+        "method_b": second.main,
+        "split": split,
+        "csv": str(csv_path),
+        "excluded_training_overlap": overlaps,
+        **result,
     }
 
 
 def predict_images(
-    run_dir: str | Path, image_paths: list[str | Path], store_dir: str | Path | None = None, method: str | None = None
+    run: RunLike,
+    image_paths: list[str | Path],
+    store_dir: str | Path | None = None,
+    method: str | None = None,
+    cache: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class probabilities for new images (default: the run's main method); also returns the unreadable images."""
-    run = open_run(run_dir, store_dir)
+    run = run if isinstance(run, SavedRun) else open_run(run, store_dir, cache=cache)
     paths = [str(Path(p).resolve()) for p in image_paths]
     scores, rows, errors = run.score(ImageTable(pd.DataFrame({PATH_COLUMN: paths, PATIENT_COLUMN: paths}), []))
     method = method or run.main

@@ -43,6 +43,7 @@ class SavedRun:
     main: str
     score: Scorer  # table -> (probabilities per method, rows kept, unreadable images)
     head: Any = None  # the main method's scorer of pooled image features (a ReTuneModel or a Method), when it has one
+    path: Path | None = None  # the run directory (set by ``inference.open_run``; the leakage guard reads it)
 
     def score_pixels(self, pixels: torch.Tensor) -> PixelScores:
         """The main method's scores for preprocessed images (N x C x H x W) in memory; the store is not involved."""
@@ -58,10 +59,18 @@ class SavedRun:
 
 
 class RunLoader(Protocol):
-    """Rebuild a run directory of one kind; ``checkpoint`` is its already read ``load_checkpoint`` result."""
+    """Rebuild a run directory of one kind; ``checkpoint`` is its already read ``load_checkpoint`` result;
+    ``cache``: whether new images' embeddings may be added to the store (else they stay in memory)."""
 
-    def __call__(self, run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None,
-                 device: str | None, show_progress: bool) -> SavedRun: ...
+    def __call__(
+        self,
+        run_dir: Path,
+        checkpoint: tuple[dict, dict],
+        store_dir: str | Path | None,
+        device: str | None,
+        show_progress: bool,
+        cache: bool = False,
+    ) -> SavedRun: ...
 
 
 RUN_KINDS: dict[str, RunLoader] = {}

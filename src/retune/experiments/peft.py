@@ -32,15 +32,27 @@ from retune.experiments.prepare import (
     metrics_record,
     prompt_bank,
     read_data,
+    record_training_digests,
     split_facts,
+    split_positives,
     table_warnings,
 )
 from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, check_facts, load_checkpoint, save_checkpoint
+from retune.methods.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    RunFacts,
+    check_facts,
+    load_checkpoint,
+    package_versions,
+    save_checkpoint,
+)
 from retune.methods.retune import ReTuneModel
 from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
 from retune.prompts import build_prompts
+from retune.report.run_card import write_run_card
+from retune.report.tracking import log_run
 from retune.store import EmbeddingStore
 from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
@@ -314,12 +326,14 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
+        "positives": split_positives(table, outcome.splits),
     }
     save_checkpoint(
         out_dir,
         {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
         facts,
     )
+    record_training_digests(out_dir, table, outcome.splits, store)
     metrics = {
         **record,
         "baselines": {},
@@ -333,9 +347,18 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         **outcome.memory,
         "train_seconds": outcome.train_seconds,
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": table_warnings(table),
+        "warnings": table_warnings(table, outcome.splits["train"]),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
+    write_run_card(out_dir, facts, metrics, "peft")
+    log_run(
+        out_dir,
+        "peft",
+        {**facts, "versions": package_versions()},
+        {"": record},
+        facts["training"],
+        config.tracking_uri,
+    )
     return metrics
 
 
@@ -465,14 +488,28 @@ def load_tuned_run(
 
 
 @register_run_kind(KIND)
-def open_peft_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
-                  show_progress: bool) -> SavedRun:
-    """A ``retune peft run`` run: images go through the rebuilt, tuned encoder."""
+def open_peft_run(
+    run_dir: Path,
+    checkpoint: tuple[dict, dict],
+    store_dir: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    cache: bool = False,
+) -> SavedRun:
+    """A ``retune peft run`` run: images go through the rebuilt, tuned encoder (``cache`` does not apply: with the
+    frozen-prefix cache, block activations are written to the store)."""
     tuned = load_tuned_run(run_dir, store_dir, device, checkpoint)
 
     def score(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
         scores, rows, errors = tuned.score(table)
         return {tuned.name: scores}, rows, errors
 
-    return SavedRun(tuned.facts, tuned.facts["train_config"], tuned.backbone, tuned.classes, tuned.name, score,
-                    tuned.model.head.eval())
+    return SavedRun(
+        tuned.facts,
+        tuned.facts["train_config"],
+        tuned.backbone,
+        tuned.classes,
+        tuned.name,
+        score,
+        tuned.model.head.eval(),
+    )

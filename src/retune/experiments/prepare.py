@@ -16,12 +16,13 @@ from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import DataConfig, SplitConfig
 from retune.data.readers import read_table
-from retune.data.table import PATIENT_COLUMN, ImageTable
+from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
 from retune.errors import ConfigError, StoreError
 from retune.evaluation import DEFAULT_MIN_POSITIVES, evaluate_scores, fast_mean_auroc
+from retune.evaluation.leakage import write_training_digests
 from retune.methods.base import MethodContext, PromptBank
 from retune.prompts import build_prompts, prompt_texts
-from retune.store import EmbeddingStore, embed_table, image_embeddings, text_embeddings
+from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
 
 NO_PATIENT_COLUMN = (
     "no patient column: each image is its own patient, so the split cannot keep a patient's images together"
@@ -35,8 +36,15 @@ def read_data(data: DataConfig) -> ImageTable:
     """The labelled table a data config names, through the reader registry."""
     if data.csv is None:
         raise ConfigError("no data: pass --data CSV or set data.csv in the config")
-    return read_table(data.csv, data.format, image_root=data.image_root, uncertainty=data.uncertainty,
-                      classes=data.classes, metadata_csv=data.metadata_csv, allow_outside_root=data.allow_outside_root)
+    return read_table(
+        data.csv,
+        data.format,
+        image_root=data.image_root,
+        uncertainty=data.uncertainty,
+        classes=data.classes,
+        metadata_csv=data.metadata_csv,
+        allow_outside_root=data.allow_outside_root,
+    )
 
 
 def split_facts(split: SplitConfig, splits: dict[str, np.ndarray]) -> dict:
@@ -45,9 +53,13 @@ def split_facts(split: SplitConfig, splits: dict[str, np.ndarray]) -> dict:
     return {"fractions": list(split.fractions), "seed": split.seed, "sizes": sizes, "by": PATIENT_COLUMN}
 
 
-def table_warnings(table: ImageTable) -> list[str]:
-    """What metrics.json must say about the table (a split that cannot keep patients together)."""
-    return [NO_PATIENT_COLUMN] if table.extra.get("patient_column_missing") else []
+def table_warnings(table: ImageTable, train_rows: np.ndarray | None = None) -> list[str]:
+    """What metrics.json must say about the table: a split that cannot keep patients together and, given the training
+    rows, each class with no positives or no negatives there (kept, never dropped silently)."""
+    warnings = [NO_PATIENT_COLUMN] if table.extra.get("patient_column_missing") else []
+    if train_rows is not None:
+        warnings += one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
+    return warnings
 
 
 @dataclass
@@ -132,3 +144,20 @@ def checked_backbone(run_dir: str | Path, facts: dict, device: str | None = None
             f"fingerprint {backbone.fingerprint} (different weights or preprocessing)"
         )
     return backbone
+
+
+def record_training_digests(
+    out_dir: Path, table: ImageTable, splits: dict[str, np.ndarray], store: EmbeddingStore
+) -> int:
+    """Write the leakage guard's salted digests of the training and validation images (retune.evaluation.leakage)."""
+    rows = np.concatenate([splits["train"], splits["val"]])
+    hashes, _ = hash_files([table.paths[row] for row in rows], store)
+    return write_training_digests(out_dir, hashes.values())
+
+
+def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """Positive labels per class in each split (for the run card and the report)."""
+    return {
+        name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes}
+        for name, rows in splits.items()
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from retune.config import TrainConfig, parse_config
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
 from retune.errors import RetuneError, StoreError, unknown_name
+from retune.evaluation.operating_point import calibration_bins, operating_points
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
@@ -31,15 +33,27 @@ from retune.experiments.prepare import (
     metrics_record,
     prompt_bank,
     read_data,
+    record_training_digests,
     split_facts,
+    split_positives,
     table_warnings,
 )
 from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
-from retune.methods.checkpoint import CHECKPOINT, CONFIG, RunFacts, check_facts, load_checkpoint, save_checkpoint
+from retune.methods.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    RunFacts,
+    check_facts,
+    load_checkpoint,
+    package_versions,
+    save_checkpoint,
+)
 from retune.methods.registry import available_methods, create_method
 from retune.methods.retune import ReTuneModel
+from retune.progress import epoch_bar
 from retune.store import EmbeddingStore, embed_table, image_embeddings
+from retune.store.memory import MemoryOverlay
 
 MAIN_METHOD = "retune"
 KIND = "retune-train"
@@ -85,8 +99,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     per_method: dict[str, dict] = {}
     test_scores: dict[str, np.ndarray] = {}
     for name in names:
-        method = create_method(name, context, config.retune)
-        training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
+        with epoch_bar(f"training {name}", config.retune.optim.epochs, enabled=show_progress) as on_epoch:
+            method = create_method(name, replace(context, on_epoch=on_epoch), config.retune)
+            training_facts[name] = method.learn(task_for(splits["train"], splits["val"]))
         trained[name] = method
         test_scores[name] = method.predict(images[splits["test"]])
         per_method[name] = metrics_record(
@@ -110,8 +125,10 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
             "n_failed_images": embedded.n_failed,
             "patient_column_missing": bool(table.extra.get("patient_column_missing")),
         },
+        "positives": split_positives(table, splits),
     }
     save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
+    record_training_digests(out_dir, table, splits, store)
     metrics = {
         **per_method[MAIN_METHOD],
         "baselines": {name: record for name, record in per_method.items() if name != MAIN_METHOD},
@@ -120,13 +137,44 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split_seed": config.split.seed,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
-        "warnings": table_warnings(table),
+        "warnings": table_warnings(table, splits["train"]),
     }
+    val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
+    metrics["operating_points"] = operating_points(
+        val_scores, table.labels()[splits["val"]], test_scores[MAIN_METHOD], test.labels(classes), classes
+    )
+    calibration = {name: calibration_bins(scores, test.labels(classes)) for name, scores in test_scores.items()}
+    metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
     write_json_atomic(out_dir / "metrics.json", metrics)
-    from retune.report.plots import plot_roc_curves
+    from retune.report.plots import plot_calibration, plot_roc_curves
+    from retune.report.run_card import write_run_card
+    from retune.report.run_report import write_run_report
+    from retune.report.tracking import log_run
 
-    plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png")
+    plots = [
+        plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png"),
+        plot_calibration(calibration, out_dir / "calibration.png"),
+    ]
+    write_run_report(out_dir, metrics, metrics["operating_points"], plots)
+    write_run_card(out_dir, facts, metrics, "train")
+    saved = {**facts, "versions": package_versions()}
+    log_run(
+        out_dir,
+        "train",
+        saved,
+        {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
+        training_facts,
+        config.tracking_uri,
+    )
     return metrics
+
+
+def scoring_store(path: str | Path, cache: bool) -> EmbeddingStore | MemoryOverlay:
+    """The store new images are scored through: the store itself with ``cache`` (new embeddings are kept), else an
+    in-memory overlay that reads what the store already has and keeps everything new in memory."""
+    if cache:
+        return EmbeddingStore(path)
+    return MemoryOverlay(EmbeddingStore(path, create=False) if Path(path).exists() else None)
 
 
 def load_run(
@@ -134,26 +182,39 @@ def load_run(
     store_dir: str | Path | None = None,
     device: str | None = None,
     checkpoint: tuple[dict, dict] | None = None,
-) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore]:
+    cache: bool = False,
+) -> tuple[dict[str, Method], dict, Backbone, EmbeddingStore | MemoryOverlay]:
     """Rebuild a ``retune train`` run's methods (adaptors over cached embeddings) and its backbone; ``checkpoint``:
-    the run's ``load_checkpoint`` result when the caller has already read it."""
+    the run's ``load_checkpoint`` result when the caller has already read it; ``cache``: see ``scoring_store``."""
     tensors, facts = checkpoint or load_checkpoint(run_dir, RunFacts)
     check_facts(Path(run_dir) / CONFIG, facts, RunFacts)
     train_config = parse_config(facts["train_config"], TrainConfig, f"{Path(run_dir) / CONFIG}: train_config")
     backbone = checked_backbone(run_dir, facts, device)
-    store = EmbeddingStore(store_dir or train_config.store, create=False)
+    store = scoring_store(store_dir or train_config.store, cache)
     context = method_context(backbone, PromptBank(), train_config.seed)
     methods = {}
     for name, method_facts in facts["methods"].items():
         method = create_method(name, context, train_config.retune)
-        checked_load(Path(run_dir), name, facts["classes"], backbone.image_dim,
-                     partial(method.load_state, tensors.get(name, {}), method_facts), method.predict)
+        checked_load(
+            Path(run_dir),
+            name,
+            facts["classes"],
+            backbone.image_dim,
+            partial(method.load_state, tensors.get(name, {}), method_facts),
+            method.predict,
+        )
         methods[name] = method
     return methods, facts, backbone, store
 
 
-def checked_load(run_dir: Path, name: str, classes: list[str], image_dim: int, load: Callable[[], None],
-                 predict: Callable[[np.ndarray], np.ndarray]) -> None:
+def checked_load(
+    run_dir: Path,
+    name: str,
+    classes: list[str],
+    image_dim: int,
+    load: Callable[[], None],
+    predict: Callable[[np.ndarray], np.ndarray],
+) -> None:
     """Load a method's saved tensors and prove them on a probe batch: tensors that do not fit the model (wrong shapes,
     a class count unlike config.json's) are a one-line StoreError naming the checkpoint, not a traceback later."""
     where = run_dir / CHECKPOINT
@@ -193,11 +254,24 @@ def score_embedded(
 
 
 @register_run_kind(KIND)
-def open_train_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
-                   show_progress: bool) -> SavedRun:
-    """A ``retune train`` run: its methods score images through the embedding store."""
-    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint)
+def open_train_run(
+    run_dir: Path,
+    checkpoint: tuple[dict, dict],
+    store_dir: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    cache: bool = False,
+) -> SavedRun:
+    """A ``retune train`` run: its methods score images through the store (new images in memory unless cache)."""
+    methods, facts, backbone, store = load_run(run_dir, store_dir, device, checkpoint, cache=cache)
     main = methods[MAIN_METHOD]
     head = main.model.eval() if isinstance(getattr(main, "model", None), ReTuneModel) else main
-    return SavedRun(facts, facts["train_config"], backbone, list(facts["classes"]), MAIN_METHOD,
-                    lambda table: score_embedded(methods, backbone, store, table, show_progress), head)
+    return SavedRun(
+        facts,
+        facts["train_config"],
+        backbone,
+        list(facts["classes"]),
+        MAIN_METHOD,
+        lambda table: score_embedded(methods, backbone, store, table, show_progress),
+        head,
+    )

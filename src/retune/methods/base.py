@@ -49,6 +49,9 @@ class MethodContext:
     prompts: PromptBank
     val_score: Callable[[np.ndarray, np.ndarray], float | None]  # (scores, labels) -> mean AUROC, for early stopping
     seed: int = 0
+    on_epoch: Callable[[int, float, float | None], None] | None = (
+        None  # (epoch, train loss, val score): progress display
+    )
 
 
 class Method(ABC):

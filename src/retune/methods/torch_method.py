@@ -62,6 +62,7 @@ class TorchMethod(Method):
             self.config.optim,
             val_score,
             self.context.seed + self.tasks_learned,
+            on_epoch=self.context.on_epoch,
         )
         self.tasks_learned += 1
         return result

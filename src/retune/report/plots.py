@@ -14,6 +14,14 @@ import numpy as np  # noqa: E402
 from retune.evaluation import roc_curve_points  # noqa: E402
 from retune.io_utils import atomic_path  # noqa: E402
 
+LINE_STYLES = (
+    "-",
+    "--",
+    "-.",
+    ":",
+)  # with MARKERS, keeps overlapping methods apart in print and for colour-blind readers
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
 
 def _save(figure: plt.Figure, target: Path) -> Path:
     with atomic_path(target) as temp:
@@ -35,9 +43,9 @@ def plot_roc_curves(
         if len(np.unique(valid)) < 2:
             axis.text(0.5, 0.5, "undefined\n(no positives or\nno negatives)", ha="center", va="center")
         else:
-            for method, scores in scores_by_method.items():
+            for number, (method, scores) in enumerate(scores_by_method.items()):
                 fpr, tpr = roc_curve_points(scores[:, index], labels[:, index])
-                axis.plot(fpr, tpr, label=method, linewidth=1.2)
+                axis.plot(fpr, tpr, label=method, linewidth=1.2, linestyle=LINE_STYLES[number % len(LINE_STYLES)])
             axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
         axis.set_title(f"{name} (n+={int(np.nansum(labels[:, index]))})", fontsize=9)
         axis.set_xlabel("1 - specificity", fontsize=8)
@@ -45,43 +53,91 @@ def plot_roc_curves(
         axis.tick_params(labelsize=7)
     for index in range(len(classes), rows * columns):
         axes[index // columns][index % columns].axis("off")
-    handles, names = axes[0][0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, names, loc="upper center", ncol=len(names), bbox_to_anchor=(0.5, 1.02))
-    figure.tight_layout()
+    handles, names = next(
+        (a.get_legend_handles_labels() for a in axes.flat if a.get_legend_handles_labels()[0]), ([], [])
+    )
+    figure.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    if handles:  # below the panels, in the space kept free for it
+        figure.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
     return _save(figure, Path(target))
 
 
 def plot_auroc_matrix(
-    matrix: list[list[float | None]], classes: list[str], task_names: list[str], title: str, target: str | Path
+    matrix: list[list[float | None]],
+    classes: list[str],
+    task_names: list[str],
+    title: str,
+    target: str | Path,
+    introduced: list[int] | None = None,
 ) -> Path:
-    """Heatmap of R[t][c] (AUROC after task t on class c); blank where unseen or undefined."""
+    """Heatmap of R[t][c] (AUROC after task t on class c). ``introduced[c]``, the 0-based task that first trained
+    class c, separates "not yet learned" (light grey, "·") from "undefined" (learned, but no test positives or
+    negatives: hatched, "n/a")."""
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    figure, axis = plt.subplots(figsize=(0.55 * len(classes) + 2.5, 0.45 * len(task_names) + 1.8))
+    figure, axis = plt.subplots(figsize=(0.55 * len(classes) + 2.5, 0.45 * len(task_names) + 2.2))
     image = axis.imshow(values, vmin=0.4, vmax=1.0, cmap="viridis", aspect="auto")
     for (t, c), value in np.ndenumerate(values):
         if not np.isnan(value):
-            axis.text(
-                c, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.75 else "black"
+            colour = "white" if value < 0.75 else "black"
+            axis.text(c, t, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour)
+        elif introduced is not None and t < introduced[c]:
+            axis.add_patch(plt.Rectangle((c - 0.5, t - 0.5), 1, 1, facecolor="#eeeeee", edgecolor="white"))
+            axis.text(c, t, "·", ha="center", va="center", fontsize=8, color="#888888")
+        else:
+            hatched = plt.Rectangle(
+                (c - 0.5, t - 0.5), 1, 1, facecolor="white", edgecolor="#cc6666", hatch="///", linewidth=0
             )
+            axis.add_patch(hatched)
+            axis.text(c, t, "n/a", ha="center", va="center", fontsize=6, color="#aa3333")
     axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
     axis.set_yticks(range(len(task_names)), task_names, fontsize=7)
-    axis.set_xlabel("class (test split)")
+    axis.set_xlabel("class, in the order tasks introduced them (test split)")
     axis.set_ylabel("after task")
-    axis.set_title(title, fontsize=9)
+    axis.set_title(title + "\n· not yet learned   n/a undefined (no test positives or negatives)", fontsize=8)
     figure.colorbar(image, ax=axis, label="AUROC")
     figure.tight_layout()
     return _save(figure, Path(target))
 
 
 def plot_mean_auroc_per_task(curves: dict[str, list[float | None]], target: str | Path) -> Path:
-    """Mean AUROC over seen classes after each task, one line per method."""
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    for method, values in curves.items():
-        axis.plot(range(1, len(values) + 1), [np.nan if v is None else v for v in values], marker="o", label=method)
-    axis.set_xlabel("task")
+    """Mean AUROC over seen classes after each task, one line per method (markers and dashes tell overlaps apart)."""
+    figure, axis = plt.subplots(figsize=(7.5, 4))
+    n_tasks = max((len(values) for values in curves.values()), default=1)
+    for index, (method, values) in enumerate(curves.items()):
+        axis.plot(
+            range(1, len(values) + 1),
+            [np.nan if v is None else v for v in values],
+            marker=MARKERS[index % len(MARKERS)],
+            linestyle=LINE_STYLES[index % len(LINE_STYLES)],
+            label=method,
+        )
+    axis.set_xticks(range(1, n_tasks + 1))
+    axis.set_xlabel("after task")
     axis.set_ylabel("mean AUROC over seen classes (test)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the panel, never over the lines
+    figure.tight_layout()
+    return _save(figure, Path(target))
+
+
+def plot_calibration(bins_by_method: dict[str, dict], target: str | Path) -> Path:
+    """Reliability diagram: observed positive rate against mean predicted probability per bin, one line per method."""
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8, label="perfectly calibrated")
+    for index, (method, bins) in enumerate(bins_by_method.items()):
+        points = [(p, o) for p, o in zip(bins["mean_predicted"], bins["observed"]) if p is not None]
+        if points:
+            axis.plot(
+                *zip(*points),
+                marker=MARKERS[index % len(MARKERS)],
+                linestyle=LINE_STYLES[index % len(LINE_STYLES)],
+                label=f"{method} (ECE {bins['ece']:.3f})",
+            )
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("mean predicted probability (bin)")
+    axis.set_ylabel("observed positive rate (test)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     return _save(figure, Path(target))

@@ -134,6 +134,55 @@ def forgetting_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]
 def _html_rows(rows: list[list[str]]) -> str:
     return "".join(f"<tr>{''.join(f'<td>{html.escape(cell)}</td>' for cell in row)}</tr>" for row in rows)
 
+DEFINITIONS = (
+    ("AUROC", "probability that a random positive test image scores above a random negative one (0.5 = chance)."),
+    (
+        "final mean AUROC",
+        "mean over the classes learned by the end, after the last task (undefined classes left out).",
+    ),
+    (
+        "forgetting",
+        "per class learned before the last task, its best AUROC after any earlier task minus its final AUROC, "
+        "averaged; lower is better, 0 = nothing forgotten.",
+    ),
+    (
+        "BWT (backward transfer)",
+        "per class learned before the last task, final AUROC minus its AUROC right after the task "
+        "that introduced it, averaged; negative = forgetting.",
+    ),
+    ("average incremental AUROC", "mean over tasks of the mean AUROC over the classes seen so far."),
+    ("95% CI", "2.5th-97.5th percentile over bootstrap resamples of test patients."),
+    (
+        "· / n/a in the matrices",
+        "· = the class is not yet learned at that task; n/a = learned, but AUROC undefined "
+        "(no positives or no negatives among the test images).",
+    ),
+)
+
+
+def staircase_order(tasks: list[dict], classes: list[str]) -> tuple[list[str], list[int]]:
+    """Classes in the order the tasks introduced them (never-trained classes left out) and each one's 0-based task."""
+    order, introduced = [], []
+    for index, task in enumerate(tasks):
+        for name in sorted(task["classes"], key=classes.index):
+            if name not in order:
+                order.append(name)
+                introduced.append(index)
+    return order, introduced
+
+
+def per_class_table(results: dict[str, dict], order: list[str], introduced: list[int], task_names: list[str]) -> str:
+    """HTML table: each trained class, the task that introduced it, and every method's final AUROC."""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in results)
+    rows = []
+    for name, task in zip(order, introduced):
+        cells = []
+        for result in results.values():
+            value = result["auroc_matrix"][-1][result["classes"].index(name)]
+            cells.append(f"<td>{'undefined' if value is None else f'{value:.3f}'}</td>")
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(task_names[task])}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th>class</th><th>introduced by</th>{head}</tr>{''.join(rows)}</table>"
+
 
 def _inline_png(path: Path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -148,25 +197,31 @@ def write_scenario_report(
     plots = out_dir / "plots"
     first = next(iter(results.values()))
     task_names = [task["name"] or f"task{i + 1}" for i, task in enumerate(first["tasks"])]
+    order, introduced = staircase_order(first["tasks"], first["classes"])
+    columns = [first["classes"].index(name) for name in order]
     heatmaps = [
         plot_auroc_matrix(
-            r["auroc_matrix"],
-            r["classes"],
+            [[row[c] for c in columns] for row in r["auroc_matrix"]],
+            order,
             task_names,
             f"{name}: AUROC after each task",
             plots / f"auroc_matrix_{name}.png",
+            introduced,
         )
         for name, r in results.items()
     ]
     curve = plot_mean_auroc_per_task(
         {name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png"
     )
+    trained = [prepared.classes.index(name) for name in order]  # classes never trained are left out
     roc = plot_roc_curves(
-        {name: np.nan_to_num(scores, nan=0.5) for name, scores in final_scores.items()},
-        prepared.labels[prepared.test_rows],
-        prepared.classes,
+        {name: np.nan_to_num(scores[:, trained], nan=0.5) for name, scores in final_scores.items()},
+        prepared.labels[prepared.test_rows][:, trained],
+        order,
         plots / "roc_curves_final.png",
     )
+    per_class = per_class_table(results, order, introduced, task_names)
+    definitions = "".join(f"<li><b>{html.escape(term)}</b>: {html.escape(text)}</li>" for term, text in DEFINITIONS)
 
     table = _html_rows(comparison_rows(results))
     forgetting_header, forgetting_table = forgetting_rows(results)
@@ -187,8 +242,7 @@ img{{max-width:100%;margin:0.5em 0}}.note{{color:#7a4b00}}</style></head><body>
 <h1>Scenario {html.escape(first["scenario"])} ({html.escape(str(first.get("kind")))}-incremental)</h1>
 <p>Backbone <code>{html.escape(first["backbone"])}</code>; {first["n_test_images"]} test images
 (patient-level split, seed {first["split_seed"]}); training seed {first["seed"]}.
-CIs: percentile bootstrap over test patients ({first["n_bootstrap"]} replicates).
-Forgetting = best earlier AUROC − final AUROC (lower is better); BWT = final − just-learned AUROC.</p>
+CIs: percentile bootstrap over test patients ({first["n_bootstrap"]} replicates); definitions at the end.</p>
 <p class="note">{note}</p>
 <h2>Comparison</h2><p>{html.escape(classes_in_means(first))}. CIs are the first run's
 (order {first_run["order"]}, seed {first_run.get("seed", first["seed"])});
@@ -203,7 +257,9 @@ mean ± sd is over every (order, seed) run.</p>
 {tasks}</table>
 <h2>Mean AUROC after each task</h2>{_inline_png(curve)}
 <h2>AUROC matrices</h2>{"".join(_inline_png(p) for p in heatmaps)}
+<h2>Final AUROC per class (test split, after the last task)</h2>{per_class}
 <h2>Per-class ROC curves after the last task</h2>{_inline_png(roc)}
+<h2>What the numbers mean</h2><ul>{definitions}</ul>
 </body></html>"""
     target = out_dir / "report.html"
     write_text_atomic(target, page)

@@ -1,16 +1,165 @@
-"""MLflow tracking of scenario and training results: a local file store by default, any URI on request."""
+"""MLflow tracking of every run kind: a local file store by default (browse with ``retune ui``), any URI on request.
+
+Each MLflow run holds every setting that decides results (the whole config flattened, data CSV digest, backbone
+fingerprint, package versions), per-class AUROC with CI bounds, per-epoch training loss and validation score as
+metric histories, and the run's plots, report, card and JSON files as artifacts. Never the store, the checkpoint's
+leakage digests or any image path beyond the CSV's own.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import re
 from pathlib import Path
+
+ARTIFACT_SUFFIXES = (".json", ".md", ".png", ".html", ".yaml")
+PRIVATE_ARTIFACTS = ("training_digests.json",)
 
 
 def default_tracking_uri(out_dir: Path) -> str:
     """A local MLflow file store beside the results (``<out>/mlruns``)."""
     return (Path(out_dir).resolve() / "mlruns").as_uri()
+
+
+def _mlflow(uri: str):
+    """mlflow, pointed at ``uri``, with its INFO chatter ("Creating a new experiment") kept out of our output."""
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if uri.startswith("file:"):
+        # MLflow 3 keeps the file store in maintenance mode behind this opt-in; a local folder is what we want.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def flat_params(payload: dict, prefix: str = "") -> dict[str, str]:
+    """Nested settings as ``a.b.c -> value`` strings (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def numeric_leaves(payload: dict, prefix: str = "") -> dict[str, float]:
+    """Every number inside nested dicts as ``a.b.c -> value`` (for metrics such as retrieval R@K)."""
+    found: dict[str, float] = {}
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            found.update(numeric_leaves(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[f"{prefix}{key}"] = float(value)
+    return found
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (``missing`` when it is gone): identifies the exact label CSV a run used."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def run_params(facts: dict) -> dict[str, str]:
+    """Every result-deciding value of a run's config.json facts, flattened."""
+    config = facts.get("train_config") or facts.get("adaptor_config") or {}
+    params = flat_params(config, "config.")
+    backbone = facts.get("backbone", {})
+    params["backbone.spec"] = str(backbone.get("spec"))
+    params["backbone.fingerprint"] = str(backbone.get("fingerprint"))
+    params.update(flat_params(facts.get("versions", {}), "version."))
+    params.update(flat_params(facts.get("tuning", {}), "tuning."))
+    params.update(
+        {f"split.{name}_images": str(size) for name, size in facts.get("split", {}).get("sizes", {}).items()}
+    )
+    csv = config.get("data", {}).get("csv")
+    if csv:
+        params["data.csv_sha256"] = file_digest(csv)
+    return params
+
+
+def metric_name(name: str) -> str:
+    """``name`` with the characters MLflow refuses in metric names (``R@1``, ``+``) made underscores."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
+def _finite(values: dict[str, float | None]) -> dict[str, float]:
+    """The defined values, under names MLflow accepts (undefined AUROCs stay out rather than becoming 0)."""
+    return {
+        metric_name(key): float(value) for key, value in values.items() if value is not None and not math.isnan(value)
+    }
+
+
+def record_metrics(record: dict, prefix: str) -> dict[str, float]:
+    """Mean and per-class AUROC (and AUPRC) of one metrics record, with CI bounds, as flat MLflow metrics."""
+    values = {f"{prefix}mean_auroc": record.get("mean_auroc")}
+    if record.get("mean_auroc_ci"):
+        values[f"{prefix}mean_auroc_ci_low"], values[f"{prefix}mean_auroc_ci_high"] = record["mean_auroc_ci"]
+    for name, metrics in record.get("per_class", {}).items():
+        key = name.replace(" ", "_")
+        values[f"{prefix}auroc.{key}"] = metrics.get("auroc")
+        values[f"{prefix}auprc.{key}"] = metrics.get("auprc")
+        if metrics.get("auroc_ci"):
+            values[f"{prefix}auroc.{key}.ci_low"], values[f"{prefix}auroc.{key}.ci_high"] = metrics["auroc_ci"]
+    return _finite(values)
+
+
+def _log_histories(mlflow, training: dict) -> None:
+    """Per-epoch training loss and validation score of every method as metric histories (step = epoch)."""
+    for method, facts in training.items():
+        history = facts.get("history", {}) if isinstance(facts, dict) else {}
+        for name in ("train_loss", "val_score"):
+            for epoch, value in enumerate(history.get(name, []), start=1):
+                if value is not None and not math.isnan(value):
+                    mlflow.log_metric(metric_name(f"{method}.{name}"), value, step=epoch)
+
+
+def _log_artifacts(mlflow, folder: Path) -> None:
+    """The run's small readable files (JSON, card, plots, report), never the leakage digests."""
+    for path in sorted(folder.rglob("*")):
+        if (
+            path.is_file()
+            and path.suffix in ARTIFACT_SUFFIXES
+            and path.name not in PRIVATE_ARTIFACTS
+            and "mlruns" not in path.parts
+        ):
+            mlflow.log_artifact(
+                str(path), artifact_path=str(path.parent.relative_to(folder)) if path.parent != folder else None
+            )
+
+
+def log_run(
+    out_dir: str | Path,
+    kind: str,
+    facts: dict,
+    records: dict[str, dict],
+    histories: dict[str, dict],
+    tracking_uri: str | None = None,
+    extra_metrics: dict[str, float | None] | None = None,
+) -> str:
+    """One MLflow run for a run directory: its settings, ``records`` (metric prefix -> metrics record), ``histories``
+    (method -> facts holding a per-epoch ``history``), extra metrics and artifacts. Returns the tracking URI."""
+    out_dir = Path(out_dir)
+    uri = tracking_uri or default_tracking_uri(out_dir)
+    mlflow = _mlflow(uri)
+    mlflow.set_experiment(f"retune-{kind}")
+    with mlflow.start_run(run_name=out_dir.name):
+        mlflow.set_tags({"retune.kind": kind, "retune.run_dir": str(out_dir.resolve())})
+        mlflow.log_params(run_params(facts))
+        values = _finite(extra_metrics or {})
+        for prefix, record in records.items():
+            values.update(record_metrics(record, prefix))
+        mlflow.log_metrics(values)
+        _log_histories(mlflow, histories)
+        _log_artifacts(mlflow, out_dir)
+    return uri
 
 
 KEY_TAG = "retune.results_key"
@@ -21,24 +170,27 @@ COMPLETE_TAG = "retune.logged"
 def log_scenario_results(
     results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None
 ) -> str:
-    """One MLflow run per method with its headline metrics, per-task curve and the report as artifacts.
+    """One MLflow run per method: the scenario config, headline metrics with CIs, per-task curve, final per-class
+    AUROC, per-task training histories, and the report, config and plots as artifacts.
 
     Idempotent: each run is tagged with a key of (output folder, method) and the SHA-256 of its results.json.
     A rerun finds it again: a complete run of the same results is kept as it is; one left half-logged by a
     kill, or of results that changed, is deleted and logged anew, so there is always one run per method.
     """
-    import mlflow
+    import json
 
+    out_dir = Path(out_dir)
     uri = tracking_uri or default_tracking_uri(out_dir)
-    if uri.startswith("file:"):
-        # MLflow 3 keeps the file store in maintenance mode behind this opt-in; a local folder is what we want.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    mlflow.set_tracking_uri(uri)
+    mlflow = _mlflow(uri)
     first = next(iter(results.values()))
     mlflow.set_experiment(f"retune-scenario-{first['scenario']}")
     experiment = mlflow.get_experiment_by_name(f"retune-scenario-{first['scenario']}")
+    scenario_file = out_dir / "scenario.json"
+    scenario = json.loads(scenario_file.read_text()) if scenario_file.exists() else {}
+    config = flat_params(scenario, "config.")
+    csv = scenario.get("data", {}).get("csv")
     for name, result in results.items():
-        key = hashlib.sha256(f"{Path(out_dir).resolve()}\0{name}".encode()).hexdigest()[:32]
+        key = hashlib.sha256(f"{out_dir.resolve()}\0{name}".encode()).hexdigest()[:32]
         digest = hashlib.sha256((out_dir / name / "results.json").read_bytes()).hexdigest()
         if _keep_or_clear(mlflow, experiment.experiment_id, key, digest):
             continue
@@ -49,21 +201,31 @@ def log_scenario_results(
                     "backbone": result["backbone"],
                     "kind": result.get("kind"),
                     "exemplar_free": result["exemplar_free"],
+                    **config,
+                    **({"data.csv_sha256": file_digest(csv)} if csv else {}),
                     **(params or {}),
                 }
             )
             headline = {
-                key: result[key] for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
+                key: result.get(key) for key in ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
             }
-            mlflow.log_metrics(
-                {key: value for key, value in headline.items() if value is not None and not math.isnan(value)}
-            )
+            for metric in ("final_mean_auroc", "forgetting", "bwt"):
+                if result.get(f"{metric}_ci"):
+                    headline[f"{metric}_ci_low"], headline[f"{metric}_ci_high"] = result[f"{metric}_ci"]
+            final_row = (result.get("auroc_matrix") or [[]])[-1]
+            headline.update({f"final_auroc.{cls}": value for cls, value in zip(result.get("classes", []), final_row)})
+            mlflow.log_metrics(_finite(headline))
             for step, value in enumerate(result["mean_auroc_per_task"], start=1):
                 if value is not None:
                     mlflow.log_metric("mean_auroc_seen", value, step=step)
+            for task in sorted((out_dir / "work" / name / f"order{result.get('order', 0)}").glob("task*/config.json")):
+                _log_histories(mlflow, {task.parent.name: json.loads(task.read_text()).get("learn", {})})
             mlflow.log_artifact(str(out_dir / name / "results.json"))
-            if (out_dir / "report.html").exists():
-                mlflow.log_artifact(str(out_dir / "report.html"))
+            for shared in ("report.html", "scenario.json"):
+                if (out_dir / shared).exists():
+                    mlflow.log_artifact(str(out_dir / shared))
+            if (out_dir / "plots").is_dir():
+                mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
             mlflow.set_tag(COMPLETE_TAG, "true")  # last: a run without it was interrupted
     return uri
 

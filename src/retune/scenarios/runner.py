@@ -15,7 +15,8 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, meth
 from retune.io_utils import atomic_path, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
+from retune.progress import epoch_bar
 from retune.scenarios.generators import generate_tasks
 from retune.scenarios.spec import RowChunk, ScenarioConfig, TaskSpec, validate_tasks
 from retune.store import EmbeddingStore
@@ -181,13 +183,24 @@ def results_fingerprint(name: str, config: ScenarioConfig, prepared: PreparedSce
 
     digest = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude=NOT_RESULT_FIELDS)
-    digest.update(json.dumps({"method": name, "config": settings, "classes": prepared.classes,
-                              "backbone": prepared.backbone_fingerprint},
-                             sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {
+                "method": name,
+                "config": settings,
+                "classes": prepared.classes,
+                "backbone": prepared.backbone_fingerprint,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for array in (prepared.images, prepared.labels, prepared.patients.astype(str), prepared.test_rows):
         digest.update(np.ascontiguousarray(array).tobytes())
-    code = [Path(losses.__file__), *sorted(Path(methods.__file__).parent.glob("*.py")),
-            *sorted(Path(training.__file__).parent.glob("*.py"))]
+    code = [
+        Path(losses.__file__),
+        *sorted(Path(methods.__file__).parent.glob("*.py")),
+        *sorted(Path(training.__file__).parent.glob("*.py")),
+    ]
     for path in code:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -221,18 +234,24 @@ def run_method(
     config: ScenarioConfig,
     work_dir: Path,
     progress: Progress,
+    show_progress: bool = False,
     seed: int | None = None,
 ) -> list[np.ndarray]:
     """One method through one task order with one training seed; returns test scores after each task."""
     seed = config.seed if seed is None else seed
     tasks, rows = prepared.tasks_by_order[order], prepared.rows_by_order[order]
-    method = create_method(name, prepared.context_factory(seed), config.retune)
+    bar: dict = {"update": None}
+    context = replace(prepared.context_factory(seed), on_epoch=lambda *values: bar["update"](*values))
+    method = create_method(name, context, config.retune)
     folder = run_folder(work_dir, name, order, seed)
     # The joint upper bound keeps earlier tasks' rows in memory, so it restarts rather than resumes.
     scores = _resume(folder, method, len(tasks)) if method.exemplar_free else []
     for task_index in range(len(scores), len(tasks)):
         started = time.perf_counter()
-        facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
+        with epoch_bar(
+            f"{name} task {task_index + 1}/{len(tasks)}", config.retune.optim.epochs, enabled=show_progress
+        ) as bar["update"]:
+            facts = method.learn(task_data(prepared, tasks[task_index], *rows[task_index]))
         scores.append(test_scores(method, prepared))
         _save_task_state(folder, task_index, method, scores[-1], facts)
         elapsed = time.perf_counter() - started
@@ -308,17 +327,25 @@ SweepEngine = Callable[
 
 
 def run_sequentially(
-    jobs: list[Job], prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress
+    jobs: list[Job],
+    prepared: PreparedScenario,
+    config: ScenarioConfig,
+    work_dir: Path,
+    progress: Progress,
+    show_progress: bool = False,
 ) -> Iterator[tuple[Job, list[np.ndarray]]]:
-    """The local engine: one job after another in this process."""
+    """The local engine: one job after another in this process (a progress bar per task when shown)."""
     for job in jobs:
-        yield job, run_job(job, prepared, config, work_dir, progress)
+        yield job, run_job(job, prepared, config, work_dir, progress, show_progress)
 
 
-def run_job(job: Job, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress):
+def run_job(
+    job: Job, prepared: PreparedScenario, config: ScenarioConfig, work_dir: Path, progress: Progress,
+    show_progress: bool = False,
+) -> list[np.ndarray]:
     """One (method, order, seed) job through ``run_method``: test scores after each task."""
     name, order, seed = job
-    return run_method(name, order, prepared, config, work_dir, progress, seed=seed)
+    return run_method(name, order, prepared, config, work_dir, progress, show_progress, seed=seed)
 
 
 def run_scenario(
@@ -327,18 +354,20 @@ def run_scenario(
     show_progress: bool = False,
     progress: Progress = lambda message: None,
     restart: bool = False,
-    engine: SweepEngine = run_sequentially,
+    engine: SweepEngine | None = None,
 ) -> dict[str, dict]:
     """Run every method of a scenario; write ``<method>/results.json``, the report and the config.
 
     Resumes each method after its last finished task when its saved states have the same results fingerprint;
     otherwise ConfigError, or with ``restart`` its states are deleted and it starts over. ``engine`` runs the
-    (method, order) jobs: in turn here, or as Ray tasks (``retune.distributed.ray_sweep``); a method's results are
-    written as soon as all its orders are done, in the same form whatever the engine.
+    (method, order) jobs: in turn here (default, with progress bars when shown), or as Ray tasks
+    (``retune.distributed.ray_sweep``); a method's results are written as soon as all its orders are done, in the
+    same form whatever the engine.
     """
     out_dir = Path(out_dir)
     check_methods(config)
     out_dir.mkdir(parents=True, exist_ok=True)
+    engine = engine or partial(run_sequentially, show_progress=show_progress)
     prepared = prepare(config, show_progress)
     fingerprints = {name: results_fingerprint(name, config, prepared) for name in config.methods}
     for name, fingerprint in fingerprints.items():

@@ -83,7 +83,6 @@ class ScenarioConfig(ExperimentConfig):
     bootstrap_every_run: bool = Field(
         True, description="Patient-bootstrap CIs for every (order, seed) run; false: only for the first (faster)."
     )
-    tracking_uri: str | None = None
 
     @property
     def training_seeds(self) -> list[int]:

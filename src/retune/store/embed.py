@@ -278,7 +278,7 @@ def embed_table(
     summary = EmbedSummary(
         len(table), len(unique), len(unique) - todo_count, computed, time.perf_counter() - started, errors
     )
-    if len(errors):
+    if len(errors) and store.persistent:
         summary.errors_file = (
             store.root / "errors" / f"embed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
         )

@@ -77,6 +77,8 @@ def _matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
 class EmbeddingStore:
     """A folder of cached embeddings keyed by (backbone fingerprint, content hash)."""
 
+    persistent = True  # what it is given is kept on disk (``MemoryOverlay`` is the in-memory counterpart)
+
     def __init__(self, root: str | os.PathLike, create: bool = True) -> None:
         self.root = Path(root)
         if not self.root.exists():

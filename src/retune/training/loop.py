@@ -34,7 +34,10 @@ class FitResult:
     val_score: list[float | None] = field(default_factory=list)
 
     def facts(self) -> dict:
-        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_score": self.best_val_score}
+        """JSON facts, with the per-epoch curves (MLflow logs them as metric histories)."""
+        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "best_val_score": self.best_val_score,
+                "history": {"train_loss": [round(v, 6) for v in self.train_loss],
+                            "val_score": [None if v is None else round(v, 6) for v in self.val_score]}}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -54,11 +57,13 @@ def fit(
     val_score: ScoreFn | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, float, float | None], None] | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(x_batch, y_batch)``; keep the weights with the best ``val_score()``.
 
     Without a validation score the last epoch is kept. ``module`` is left in eval mode.
-    ``progress(n)`` is called after each batch with its number of rows (for a progress bar).
+    ``progress(n)`` is called after each batch with its number of rows (for a progress bar);
+    ``on_epoch(epoch, train_loss, val_score)`` after each epoch.
     """
     generator = seed_everything(seed)
     parameters = [p for p in parameters if p.requires_grad]
@@ -99,11 +104,15 @@ def fit(
         result.train_loss.append(float(total) / max(n_rows, 1))
         result.epochs_run = epoch
         if val_score is None:
+            if on_epoch is not None:
+                on_epoch(epoch, result.train_loss[-1], None)
             continue
         module.eval()
         with torch.no_grad():
             score = val_score()
         result.val_score.append(score)
+        if on_epoch is not None:
+            on_epoch(epoch, result.train_loss[-1], score)
         if epoch < min(optim.min_epochs, optim.epochs):
             continue
         if score is not None and score > best + 1e-6:

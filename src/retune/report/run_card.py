@@ -1,0 +1,145 @@
+"""RUN_CARD.md beside every checkpoint: a model card a reader understands without opening the JSON files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retune.io_utils import write_text_atomic
+
+RUN_CARD = "RUN_CARD.md"
+DEFAULT_BACKBONE_DOMAIN = (
+    "general-domain (ImageNet EfficientNet-Lite0 image tower + sentence-transformers MiniLM text tower, "
+    "not aligned, not trained on medical images)"
+)
+
+
+def _interval(value: float | None, interval: list | None) -> str:
+    if value is None:
+        return "undefined"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def backbone_domain(spec: str) -> str:
+    """What the backbone was trained on, as far as retune knows it."""
+    return (
+        DEFAULT_BACKBONE_DOMAIN
+        if spec == "default"
+        else "as stated by its weights' provider (check before clinical research use)"
+    )
+
+
+def _model_and_data(kind: str, main: str, methods: list[str], facts: dict) -> list[str]:
+    """Title, files, model and data sections shared by every kind of run."""
+    from retune import __version__
+
+    backbone, split = facts["backbone"], facts.get("split", {})
+    files = (
+        "`checkpoint.safetensors` (tensors only), `config.json` (settings and facts), `metrics.json` (full precision)"
+    )
+    if kind == "train":
+        files += ", `report.html`"
+    return [
+        f"# Run card: {kind} run ({main})",
+        "",
+        f"Made by retune {__version__}. Files: {files}; MLflow run in `mlruns/`.",
+        "",
+        "## Model",
+        f"- Methods: {', '.join(methods)} (main: {main}); frozen backbone `{backbone['spec']}` "
+        f"(fingerprint `{backbone['fingerprint']}`).",
+        f"- Backbone domain: {backbone_domain(backbone['spec'])}.",
+        "",
+        "## Data",
+        f"- Label CSV: `{Path(facts['data']['csv']).name}` ({facts['data']['n_images']} images).",
+        f"- Patient-level split {split.get('fractions')} (seed {split.get('seed')}): "
+        + ", ".join(f"{name} {count} images" for name, count in split.get("sizes", {}).items())
+        + ".",
+        "",
+    ]
+
+
+def _use_and_limits(spec: str, limitations: list[str]) -> list[str]:
+    """Intended use and limitations (the general-domain backbone first where it applies)."""
+    lines = [
+        "",
+        "## Intended use",
+        "Research on adapting frozen vision-language models to chest X-ray findings. Not a medical device; not for "
+        "diagnosis or triage. Validate on your own site's data before drawing any conclusion.",
+        "",
+        "## Limitations",
+    ]
+    if spec == "default":
+        lines.append(
+            "- **General-domain backbone**: the encoders never saw medical images; "
+            "a medical backbone is expected to do better."
+        )
+    lines += [f"- {line}" for line in limitations]
+    lines.append("- Hyper-parameters may have been chosen on the same data; treat the numbers as optimistic.")
+    return lines
+
+
+def run_card(facts: dict, metrics: dict, kind: str) -> str:
+    """The Markdown card of a ``train`` or ``peft`` run from its config.json facts and metrics.json."""
+    positives = facts.get("positives", {})
+    methods = [metrics["method"], *metrics.get("baselines", {})]
+    lines = _model_and_data(kind, metrics["method"], methods, facts) + [
+        "## Classes and test metrics",
+        f"AUROC on the test split ({metrics['n_images']} images of {metrics['n_patients']} patients) with "
+        f"{int(metrics.get('ci_level', 0.95) * 100)}% CIs from {metrics['n_bootstrap']} bootstrap resamples "
+        "of test patients.",
+        "",
+        "| class | train positives | test positives | " + " | ".join(f"{name} AUROC [CI]" for name in methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    records = [metrics, *metrics.get("baselines", {}).values()]
+    for name in metrics["classes"]:
+        cells = [_interval(r["per_class"][name]["auroc"], r["per_class"][name]["auroc_ci"]) for r in records]
+        lines.append(
+            f"| {name} | {positives.get('train', {}).get(name, '?')} | {metrics['per_class'][name]['n_pos']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    defined = len(metrics["classes"]) - len(metrics.get("undefined_classes", []))
+    lines.append(
+        f"| **mean ({defined} defined classes)** | | | "
+        + " | ".join(_interval(r["mean_auroc"], r["mean_auroc_ci"]) for r in records)
+        + " |"
+    )
+    limitations = []
+    undefined = metrics.get("undefined_classes", [])
+    if undefined:
+        limitations.append(f"Undefined AUROC (no positives or no negatives in test): {', '.join(undefined)}.")
+    few = [name for name in metrics["classes"] if 0 < metrics["per_class"][name]["n_pos"] < 10]
+    if few:
+        limitations.append(f"Fewer than 10 test positives (wide CIs): {', '.join(few)}.")
+    limitations += metrics.get("warnings", [])
+    return "\n".join(lines + _use_and_limits(facts["backbone"]["spec"], limitations)) + "\n"
+
+
+def adaptor_run_card(facts: dict, metrics: dict) -> str:
+    """The Markdown card of a ``retune adaptor run``: retrieval on test and probes at each label fraction."""
+    lines = _model_and_data("adaptor", metrics["method"], [metrics["method"]], facts)
+    lines += ["## Test metrics", "Retrieval on the test split (the adaptor's image and text embeddings):", ""]
+    for direction, values in metrics["retrieval"]["adaptor"].items():
+        if isinstance(values, dict):
+            lines.append(f"- {direction}: " + ", ".join(f"{key} {value:.3f}" for key, value in values.items()))
+    lines += [
+        "",
+        "| labels used | adaptor + probe mean AUROC [CI] | frozen + probe mean AUROC [CI] |",
+        "|---|---|---|",
+    ]
+    for fraction, pair in metrics["label_fractions"].items():
+        cells = [
+            _interval(pair[name].get("mean_auroc"), pair[name].get("mean_auroc_ci")) for name in ("adaptor", "frozen")
+        ]
+        lines.append(f"| {float(fraction):.0%} | " + " | ".join(cells) + " |")
+    limits = ["Retrieval texts are built from the labels when the CSV has no report column."]
+    return "\n".join(lines + _use_and_limits(facts["backbone"]["spec"], limits)) + "\n"
+
+
+def write_run_card(out_dir: str | Path, facts: dict, metrics: dict, kind: str) -> Path:
+    """Write ``RUN_CARD.md`` into the run directory."""
+    target = Path(out_dir) / RUN_CARD
+    write_text_atomic(
+        target, adaptor_run_card(facts, metrics) if kind == "adaptor" else run_card(facts, metrics, kind)
+    )
+    return target

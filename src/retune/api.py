@@ -23,6 +23,7 @@ import pandas as pd
 
 from retune.config import TrainConfig, load_yaml_config, parse_config
 from retune.errors import ConfigError
+from retune.evaluation.metrics import DEFAULT_MIN_POSITIVES
 
 ConfigLike = Any  # a pydantic config, a dict of its fields, or the path of a YAML file
 
@@ -91,8 +92,10 @@ class Run:
         image_root: str | Path | None = None,
         show_progress: bool = False,
         allow_outside_root: bool = False,
+        min_positives: int = DEFAULT_MIN_POSITIVES,
     ) -> dict:
-        """Per-class AUROC/AUPRC with patient-bootstrap CIs on a labelled CSV (the training CSV: its test split).
+        """Per-class AUROC/AUPRC with patient-bootstrap CIs on a labelled CSV (the training CSV: its test split); the
+        mean covers classes with at least ``min_positives`` positives.
 
         ``result["overlap"]`` counts evaluation images the run trained or validated on; ``exclude_overlap`` drops them.
         Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so).
@@ -107,6 +110,7 @@ class Run:
             n_bootstrap=n_bootstrap,
             exclude_overlap=exclude_overlap,
             allow_outside_root=allow_outside_root,
+            min_positives=min_positives,
         )
 
     def __repr__(self) -> str:

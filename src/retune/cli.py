@@ -103,7 +103,7 @@ def main(
     """Adapt frozen medical vision-language models with small adaptors."""
 
 
-@app.command(epilog=examples("retune backbones"))
+@app.command(epilog=examples("retune methods"))
 @friendly_errors
 def methods() -> None:
     """List the registered methods, whether each is exemplar-free, and the scenario kinds it runs in."""
@@ -116,7 +116,7 @@ def methods() -> None:
     console.print(table)
 
 
-@app.command()
+@app.command(epilog=examples("retune backbones"))
 @friendly_errors
 def backbones() -> None:
     """List the backbone families and aliases you can pass to --backbone."""
@@ -958,10 +958,10 @@ def scenario_run(
         help="Comma-separated methods, e.g. retune,ranpac,naive (default: the YAML's; `retune methods` lists all).",
     ),
     orders: str | None = typer.Option(
-        None, help="Comma-separated class-order / chunking seeds (overrides the YAML), e.g. 0,1,2,3,4."
+        None, help="Comma-separated class-order / chunking seeds, e.g. 0,1,2,3,4 (default: the YAML's orders)."
     ),
     seeds: str | None = typer.Option(
-        None, help="Comma-separated training seeds (overrides the YAML); one run per (order, seed)."
+        None, help="Comma-separated training seeds; one run per (order, seed) (default: the YAML's seeds, else seed)."
     ),
     min_positives: int | None = MIN_POSITIVES,
     tracking_uri: str | None = typer.Option(
@@ -1018,7 +1018,13 @@ def scenario_compare(
         print_comparison(results, markdown)
 
 
-@scenario_app.command("evaluate")
+@scenario_app.command(
+    "evaluate",
+    epilog=examples(
+        "retune scenario evaluate results/nih-class --data site-b/labels.csv",
+        "retune scenario evaluate results/nih-class --data site-b/labels.csv --min-positives 5 --json",
+    ),
+)
 @friendly_errors
 def scenario_evaluate(
     results: Path = typer.Argument(..., help="A finished `retune scenario run` output folder."),

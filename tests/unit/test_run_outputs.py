@@ -23,7 +23,7 @@ def phantom_run(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("phantom-run")
     csv = write_phantom_dataset(root / "phantoms", n=60, seed=3)
     config = root / "train.yaml"
-    config.write_text("n_bootstrap: 50\nbaselines: [linear_probe]\n")
+    config.write_text("n_bootstrap: 50\nbaselines: [linear_probe]\nmin_positives: 1\n")  # 60 phantoms: few positives
     out = root / "run"
     result = runner.invoke(
         app,
@@ -157,14 +157,13 @@ def test_predict_json_and_output_by_extension(phantom_run, tmp_path):
 def test_printed_tables_round_every_number_and_json_keeps_full_precision(phantom_run):
     """Tables show 3 decimals (no 0.6612842463140874); --json is the data interface and matches metrics.json."""
     run, csv = str(phantom_run["run"]), str(phantom_run["csv"])
-    table = runner.invoke(
-        app, ["evaluate", "--run", run, "--data", csv, "--n-bootstrap", "50"], env={"COLUMNS": "200"}
-    )
+    options = ["--run", run, "--data", csv, "--n-bootstrap", "50", "--min-positives", "1"]  # 60 phantoms
+    table = runner.invoke(app, ["evaluate", *options], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output
     numbers = [token.strip("[],") for token in table.stdout.replace("│", " ").split()]
     decimals = [token for token in numbers if token.replace(".", "", 1).replace("-", "", 1).isdigit() and "." in token]
     assert decimals and all(len(token.split(".")[1]) == 3 for token in decimals)
-    printed = runner.invoke(app, ["evaluate", "--run", run, "--data", csv, "--n-bootstrap", "50", "--json"])
+    printed = runner.invoke(app, ["evaluate", *options, "--json"])
     saved = json.loads((phantom_run["run"] / "metrics.json").read_text())
     assert json.loads(printed.stdout)["mean_auroc"] == saved["mean_auroc"]
 

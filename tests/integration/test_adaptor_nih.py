@@ -26,7 +26,9 @@ NIH_ROWS = 200
 NIH_CLASSES = ["Atelectasis", "Effusion", "Infiltration", "Nodule", "Mass", "No_Finding"]
 
 
-def experiment(csv: Path, root: Path, classes: list[str] | None = None, epochs: int = 12) -> AdaptorExperimentConfig:
+def experiment(
+    csv: Path, root: Path, classes: list[str] | None = None, epochs: int = 12, min_positives: int = 10
+) -> AdaptorExperimentConfig:
     optim = OptimConfig(lr=1e-3, weight_decay=0.05, epochs=epochs, batch_size=32, patience=6, min_epochs=3)
     return AdaptorExperimentConfig(
         store=root / "store",
@@ -37,13 +39,14 @@ def experiment(csv: Path, root: Path, classes: list[str] | None = None, epochs: 
         heads=4,
         optim=optim,
         n_bootstrap=50,
+        min_positives=min_positives,
     )
 
 
 @pytest.fixture(scope="module")
 def phantom_run(tmp_path_factory) -> tuple[dict, Path, AdaptorExperimentConfig]:
     root = tmp_path_factory.mktemp("adaptor-phantoms")
-    config = experiment(write_phantom_dataset(root / "data", n=80), root)
+    config = experiment(write_phantom_dataset(root / "data", n=80), root, min_positives=1)  # few test positives
     metrics = run_adaptor_experiment(config, root / "run")
     return metrics, root / "run", config
 

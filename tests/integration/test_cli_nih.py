@@ -209,8 +209,11 @@ def test_train_writes_run_and_honest_metrics(trained_run, store: Path):
             assert low <= high
     assert set(undefined) == UNDEFINED_IN_TEST
     assert sorted(metrics["undefined_classes"]) == sorted(undefined)
-    defined = [metrics["per_class"][n]["auroc"] for n in classes if n not in undefined]
-    assert math.isclose(metrics["mean_auroc"], sum(defined) / len(defined), rel_tol=1e-9)
+    enough = [n for n in classes if n not in undefined and metrics["per_class"][n]["n_pos"] >= metrics["min_positives"]]
+    assert sorted(metrics["too_few_positives"]) == sorted(set(classes) - set(undefined) - set(enough))
+    assert metrics["n_classes_in_mean"] == len(enough) > 0
+    in_mean = [metrics["per_class"][n]["auroc"] for n in enough]
+    assert math.isclose(metrics["mean_auroc"], sum(in_mean) / len(in_mean), rel_tol=1e-9)
     low, high = metrics["mean_auroc_ci"]
     assert low <= metrics["mean_auroc"] <= high
     probe = metrics["baselines"]["linear_probe"]

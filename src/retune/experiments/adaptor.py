@@ -162,6 +162,7 @@ def label_efficiency(
                 "test",
                 config.n_bootstrap,
                 config.seed,
+                config.min_positives,
             )
             record.update(
                 n_train_images=int(len(rows)),

@@ -296,7 +296,8 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     classes = list(table.classes)
     test = table.subset(outcome.splits["test"])
     record = metrics_record(
-        name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed, config.min_positives
+        name, backbone, classes, outcome.test_scores, test, "test", config.n_bootstrap, config.seed,
+        config.min_positives,
     )
     tau = float(outcome.model.head.log_tau.detach().exp())
     tuning = {

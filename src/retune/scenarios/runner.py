@@ -386,7 +386,8 @@ def run_scenario(
             results[name]["results_fingerprint"] = fingerprints[name]
             final_scores[name] = scores[(name, *runs[0])][-1]
             write_json_atomic(out_dir / name / "results.json", results[name])
-            progress(f"{name}: final mean AUROC {results[name]['final_mean_auroc']}")
+            final = results[name]["final_mean_auroc"]
+            progress(f"{name}: final mean AUROC {'undefined' if final is None else f'{final:.3f}'}")
     results = {name: results[name] for name in config.methods}
     from retune.report.scenario_report import write_scenario_report
 

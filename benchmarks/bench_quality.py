@@ -63,7 +63,7 @@ def run(ctx: Context) -> dict:
         )
         seconds, results = timed(lambda: run_scenario(config, out, progress=ctx.log))
         rows.extend(summarise(results))
-        sources.append(str(out))
+        sources.append(str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out))  # no machine paths
     return {
         "ratios": {},  # quality has no ratios; its rows are printed in the same run's table
         "targets": [],

@@ -4,6 +4,8 @@
 ``retune embed`` writes them) and read back through ``read_vectors`` in a fresh subprocess that
 then trains RE-tune on them (``ReTune.learn``), so the peak RSS is that of the read + training
 alone (``VmHWM`` of the subprocess: ``ru_maxrss`` would carry the parent's size across exec).
+Where the CPU trains in bf16 (the default precision ``auto``), the headline child reads the matrix as float16
+(``read_vectors(dtype=np.float16)``); a second child keeps float32 and fp32 steps, for the side-by-side.
 Two more subprocesses only read (with and without a key order) to show what the read path
 itself costs.
 """
@@ -21,8 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.common import NIH_FINDINGS, ROOT, Context, target
+from retune.devices import bf16_supported
 
 NAME = "memory"
 FINGERPRINT = "5e7e7e7e7e7e7e7e"  # synthetic backbone
@@ -95,14 +99,14 @@ def child(args: argparse.Namespace) -> dict:
     store = EmbeddingStore(args.store, create=False)
     keys = [row_key(r) for r in range(args.rows)] if args.phase != "read-all" else None
     started = time.perf_counter()
-    _, matrix = store.read_vectors("images", FINGERPRINT, keys)
+    _, matrix = store.read_vectors("images", FINGERPRINT, keys, dtype=np.dtype(args.matrix_dtype).type)
     report["read_seconds"] = time.perf_counter() - started
     del keys
     report["after_read"] = {"rss": rss_bytes(), "peak": peak_rss_bytes(), "matrix_bytes": int(matrix.nbytes)}
     if args.phase == "train":
         rng = np.random.default_rng(1)
         labels = (rng.random((len(matrix), len(NIH_FINDINGS))) < 0.1).astype(np.float32)
-        config = retune_config(args.epochs, args.batch_size)
+        config = retune_config(args.epochs, args.batch_size, args.precision)
         method = create_method("retune", method_context(), config)
         started = time.perf_counter()
         method.learn(TaskData(tuple(NIH_FINDINGS), matrix, labels))
@@ -122,7 +126,10 @@ def child(args: argparse.Namespace) -> dict:
     return report
 
 
-def run_child(ctx: Context, store_root: Path, n_rows: int, phase: str, epochs: int) -> dict:
+def run_child(
+    ctx: Context, store_root: Path, n_rows: int, phase: str, epochs: int, matrix_dtype: str = "float32",
+    precision: str = "fp32",
+) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -140,6 +147,10 @@ def run_child(ctx: Context, store_root: Path, n_rows: int, phase: str, epochs: i
         "4096",
         "--threads",
         str(ctx.threads or 1),
+        "--matrix-dtype",
+        matrix_dtype,
+        "--precision",
+        precision,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
@@ -161,14 +172,20 @@ def run(ctx: Context) -> dict:
         f"store: {store_facts['store_bytes'] / 2**20:,.0f} MiB on disk in {store_facts['shards']} shards "
         f"({store_facts['write_seconds']:.1f} s)"
     )
+    # The default precision (auto) trains under bf16 autocast where the CPU has it; its matmuls round inputs to
+    # bf16 anyway, so the training matrix can be read as float16 (finer than bf16) at half the memory.
+    compact = bf16_supported(torch.device("cpu"))
+    setting = ("float16", "auto") if compact else ("float32", "fp32")
     try:
-        training = run_child(ctx, store_root, n_rows, "train", epochs)
-        ctx.log(
-            f"read + train: peak RSS {training['after_train']['peak'] / 2**20:,.0f} MiB (after read "
-            f"{training['after_read']['peak'] / 2**20:,.0f} MiB, "
-            f"imports {training['after_imports']['peak'] / 2**20:,.0f} MiB, "
-            f"runtime {training['after_runtime']['peak'] / 2**20:,.0f} MiB)"
-        )
+        training = run_child(ctx, store_root, n_rows, "train", epochs, *setting)
+        full_width = run_child(ctx, store_root, n_rows, "train", epochs) if compact else training
+        for label, facts in (("float16 matrix, bf16 autocast", training), ("float32 matrix, fp32", full_width)):
+            ctx.log(
+                f"read + train ({label}): peak RSS {facts['after_train']['peak'] / 2**20:,.0f} MiB (after read "
+                f"{facts['after_read']['peak'] / 2**20:,.0f} MiB, "
+                f"imports {facts['after_imports']['peak'] / 2**20:,.0f} MiB, "
+                f"runtime {facts['after_runtime']['peak'] / 2**20:,.0f} MiB)"
+            )
         read_keys = run_child(ctx, store_root, n_rows, "read-keys", epochs)
         read_all = run_child(ctx, store_root, n_rows, "read-all", epochs)
         ctx.log(
@@ -185,6 +202,9 @@ def run(ctx: Context) -> dict:
     ratio = peak / (store_bytes + model_bytes)
     ratios = {
         "peak_rss_vs_store_plus_model": ratio,
+        "peak_rss_vs_store_plus_model_float32_matrix": full_width["after_train"]["peak"] / (store_bytes + model_bytes),
+        "train_seconds_float32_matrix_fp32": full_width["train_seconds"],
+        "train_seconds": training["train_seconds"],
         "peak_rss_above_imports_vs_store_plus_model": (peak - baseline) / (store_bytes + model_bytes),
         "peak_rss_above_runtime_vs_store_plus_model": (peak - runtime) / (store_bytes + model_bytes),
         "import_rss_vs_store": baseline / store_bytes,
@@ -203,8 +223,9 @@ def run(ctx: Context) -> dict:
                 ratio,
                 "<= 1.5",
                 ratio <= 1.5,
-                f"includes the interpreter, torch and the method's runtime ({runtime / store_bytes:.2f}x the store by "
-                "itself); the data's own cost: peak_rss_above_runtime_vs_store_plus_model",
+                f"{setting[0]} training matrix, precision {setting[1]}; includes the interpreter, torch and the "
+                f"method's runtime ({runtime / store_bytes:.2f}x the store by itself); the data's own cost: "
+                "peak_rss_above_runtime_vs_store_plus_model",
             )
         ],
         "params": {
@@ -213,12 +234,19 @@ def run(ctx: Context) -> dict:
             "shard_rows": SHARD_ROWS,
             "epochs": epochs,
             "batch_size": 4096,
+            "matrix_dtype": setting[0],
+            "precision": setting[1],
             "torch_threads": ctx.threads or 1,
             "measure": "peak RSS (VmHWM) of a fresh subprocess that reads through EmbeddingStore.read_vectors "
             "(keys in table order, as image_embeddings does) and runs ReTune.learn",
         },
         "store": store_facts,
-        "timings": {"train_child": training, "read_with_keys_child": read_keys, "read_without_keys_child": read_all},
+        "timings": {
+            "train_child": training,
+            "train_child_float32_matrix": full_width,
+            "read_with_keys_child": read_keys,
+            "read_without_keys_child": read_all,
+        },
     }
 
 
@@ -231,5 +259,7 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--matrix-dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
     arguments = parser.parse_args()
     print(json.dumps(child(arguments)))

@@ -54,3 +54,14 @@ def test_read_vectors_names_how_many_keys_are_missing(filled):
     store, _ = filled
     with pytest.raises(StoreError, match="2 of 4 requested images are not in the store"):
         store.read_vectors("images", "fp", ["k0", "nope", "gone", "nope", "k3"])
+
+
+def test_read_vectors_as_float16_converts_each_row_in_order(filled):
+    """The half-size read used for bf16 training: same rows, same order, values rounded to float16."""
+    store, vectors = filled
+    vectors = vectors * 1.001  # not exactly representable in float16: the conversion itself is checked
+    store.write_vectors("images", "fp2", ["a", "b"], vectors[:2])
+    store.write_vectors("images", "fp2", ["c"], vectors[2:3])
+    keys, matrix = store.read_vectors("images", "fp2", ["c", "a"], dtype=np.float16)
+    assert keys == ["c", "a"] and matrix.dtype == np.float16
+    np.testing.assert_array_equal(matrix, vectors[[2, 0]].astype(np.float16))

@@ -9,8 +9,11 @@ from test_retune_method import config, context, mean_auroc, toy_data, toy_task
 from torch import nn
 
 from retune.devices import bf16_supported, training_autocast
+from retune.methods import torch_method
 from retune.methods.adaptors import BlockDropout
+from retune.methods.base import TaskData
 from retune.methods.retune import ReTune, ReTuneModel
+from retune.training.loop import fit
 
 
 def test_block_dropout_small_batches_draw_what_nn_dropout_draws():
@@ -78,3 +81,26 @@ def test_bf16_training_learns_like_fp32():
         aurocs[precision] = mean_auroc(method.predict(test_x), test_y)
     assert aurocs["fp32"] > 0.9
     assert aurocs["bf16"] == pytest.approx(aurocs["fp32"], abs=0.02)
+
+
+
+def test_a_float16_training_matrix_trains_without_a_float32_copy_and_like_float32(monkeypatch):
+    """A float16 matrix (``read_vectors(dtype=np.float16)``) reaches ``fit`` as it is (same memory, no float32
+    copy) and each batch is widened: same seeds give the float32 matrix's test AUROC within 0.02."""
+    task = toy_task()
+    test_x, test_y = toy_data(400, seed=3)
+    seen = []
+
+    def recording_fit(module, parameters, loss_fn, train_x, *args, **kwargs):
+        seen.append((train_x.dtype, train_x.data_ptr()))
+        return fit(module, parameters, loss_fn, train_x, *args, **kwargs)
+
+    monkeypatch.setattr(torch_method, "fit", recording_fit)
+    aurocs = {}
+    for dtype in (np.float32, np.float16):
+        method = ReTune(context(), config(epochs=60, precision="bf16", batch_size=64))
+        train_x = task.train_x.astype(dtype)
+        method.learn(TaskData(task.classes, train_x, task.train_y, task.val_x, task.val_y))
+        aurocs[dtype] = mean_auroc(method.predict(test_x), test_y)
+    assert seen[-1] == (torch.float16, train_x.ctypes.data)
+    assert aurocs[np.float16] == pytest.approx(aurocs[np.float32], abs=0.02)

@@ -43,7 +43,9 @@ class TorchMethod(Method):
     ) -> FitResult:
         """Fit ``self.model`` on one task's rows; early stopping scores the task's ``columns`` on its validation
         rows."""
-        train_x = torch.as_tensor(data.train_x, dtype=torch.float32)
+        # float16 rows stay float16 (no float32 copy of a large matrix); ``fit`` widens each batch
+        compact = data.train_x.dtype == np.float16
+        train_x = torch.as_tensor(data.train_x, dtype=torch.float16 if compact else torch.float32)
         train_y = torch.as_tensor(data.train_y, dtype=torch.float32)
         val_score = None
         if data.val_x is not None and len(data.val_x):

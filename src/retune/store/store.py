@@ -169,17 +169,21 @@ class EmbeddingStore:
         columns.update({name: pa.array(values) for name, values in extra_columns.items()})
         return self._write_shard(self.shard_dir(kind, fingerprint), pa.table(columns))
 
-    def read_vectors(self, kind: str, fingerprint: str, keys: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    def read_vectors(
+        self, kind: str, fingerprint: str, keys: list[str] | None = None, dtype: type = np.float32
+    ) -> tuple[list[str], np.ndarray]:
         """Stored keys and their vectors (memory-mapped reads); with ``keys``, rows in that order.
 
-        A key absent from the store raises StoreError naming how many are missing.
+        ``dtype=np.float16`` converts shard by shard into a half-size matrix, for training under bf16 autocast
+        (whose matmuls round their inputs more coarsely than float16 does). A key absent from the store raises
+        StoreError naming how many are missing.
         """
         shards = self.shards(kind, fingerprint)
         key_column, vector_column = _KEY_COLUMN[kind], _VECTOR_COLUMN[kind]
         if not shards:
             if keys:
                 raise StoreError(f"{self.root}: no {kind} stored for backbone {fingerprint}; run 'retune embed' first")
-            return [], np.zeros((0, 0), dtype=np.float32)
+            return [], np.zeros((0, 0), dtype=dtype)
         # Keys first, matched in Arrow (no Python object per stored key), then each shard's vectors straight into
         # one preallocated matrix: peak memory is the result plus one shard, never a second copy of the store.
         shard_keys = [pq.read_table(s, columns=[key_column], memory_map=True).column(key_column) for s in shards]
@@ -199,7 +203,7 @@ class EmbeddingStore:
         order = np.argsort(positions, kind="stable")
         bounds = np.searchsorted(positions[order], offsets)
         width = pq.read_schema(shards[0]).field(vector_column).type.list_size
-        result = np.empty((len(wanted), width), dtype=np.float32)
+        result = np.empty((len(wanted), width), dtype=dtype)
         for index, shard in enumerate(shards):
             targets = order[bounds[index]:bounds[index + 1]]
             if len(targets):

@@ -42,14 +42,13 @@ def train_nih_run(ctx: Context) -> Path:
     from retune.experiments.train import train_run
 
     frame = pd.read_csv(NIH_CSV, dtype=str, keep_default_na=False).head(N_TRAIN_ROWS)
-    frame["path"] = [str(NIH_CSV.parent / p) for p in frame["path"]]
-    csv = ctx.workdir / f"serve-nih-{N_TRAIN_ROWS}.csv"
+    csv = ctx.workdir / f"serve-nih-{N_TRAIN_ROWS}.csv"  # paths stay relative to the shared image root
     frame.to_csv(csv, index=False)
     ctx.log(f"training a RE-tune run on {N_TRAIN_ROWS} NIH images (embedding them once)")
     train_run(
         TrainConfig.model_validate(
             {
-                "data": {"csv": str(csv)},
+                "data": {"csv": str(csv), "image_root": str(NIH_CSV.parent)},
                 "store": str(ctx.workdir / "serve-store"),
                 "n_bootstrap": 100,
                 "retune": {"optim": {"epochs": 60}},

@@ -1,11 +1,14 @@
-"""Frozen-model continual methods (simplecil, ranpac, gaussian, retune-prompt): what each promises, on toy vectors."""
+"""Frozen-model continual methods (simplecil, ranpac, gaussian, retune-prompt, retune-residual): what each promises, on
+toy vectors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from retune.config import AdaptorConfig, OptimConfig, ReTuneConfig
+from retune.errors import ConfigError
 from retune.evaluation import fast_mean_auroc
 from retune.methods.base import MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import load_checkpoint, save_checkpoint
@@ -44,7 +47,7 @@ def task(classes: list[str], seed: int, n: int = 120, mask_share: float = 0.0) -
     return TaskData(tuple(classes), train_x, train_y[:, columns], val_x, val_y[:, columns])
 
 
-@pytest.mark.parametrize("name", STATISTICS_METHODS + ("retune-prompt",))
+@pytest.mark.parametrize("name", STATISTICS_METHODS + ("retune-prompt", "retune-residual"))
 def test_learns_the_signal_and_reloads_identically(name, tmp_path):
     method = create_method(name, context(), CONFIG)
     method.learn(task(CLASSES[:2], seed=1))
@@ -60,12 +63,12 @@ def test_learns_the_signal_and_reloads_identically(name, tmp_path):
     np.testing.assert_allclose(reloaded.predict(test_x), scores, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize(("name", "tolerance"), [("ranpac", 0.0), ("retune-prompt", 1e-6)])
+@pytest.mark.parametrize(("name", "tolerance"), [("ranpac", 0.0), ("retune-residual", 0.0), ("retune-prompt", 1e-6)])
 def test_earlier_classes_outputs_do_not_move_in_a_class_incremental_stream(name, tolerance):
-    """Neither method can change a class's scores once a task without that class is learned.
+    """No such method can change a class's scores once a task without that class is learned.
 
-    RanPAC scores each class with its own product, so bit for bit; retune-prompt up to float32 rounding of batched
-    products over more prompt rows (its parameters are compared exactly below).
+    RanPAC and retune-residual score each class with its own products, so bit for bit; retune-prompt up to float32
+    rounding of batched products over more prompt rows (its parameters are compared exactly below).
     """
     method = create_method(name, context(), CONFIG)
     method.learn(task(CLASSES[:2], seed=1))
@@ -89,6 +92,30 @@ def test_retune_prompt_trains_only_new_classes_offsets_after_the_first_task():
     after = method.model.state_dict()
     assert all(np.array_equal(value.numpy(), after[key].numpy()) for key, value in adaptors.items())
     assert all(float(method.model.offsets[i].detach().abs().sum()) > 0 for i in (2, 3))
+
+
+def test_retune_residual_trains_only_the_new_classes_parameters_and_beats_its_prompt_part():
+    """After task 1 nothing shared moves and a later task trains only its own classes' offsets and residuals; on the
+    toy problem the residual adds to the prompt score it starts from (retune-prompt is that prompt part alone)."""
+    method = create_method("retune-residual", context(), CONFIG)
+    method.learn(task(CLASSES[:2], seed=1))
+    before = {key: value.clone() for key, value in method.model.state_dict().items()}
+    method.learn(task(CLASSES[2:], seed=2))
+    after = method.model.state_dict()
+    own = {f"{kind}.{index}" for kind in ("offsets", "residuals") for index in (2, 3)}
+    assert all(torch.equal(before[key], after[key]) for key in before if key not in ("positive", "negative"))
+    assert all(float(after[key].abs().sum()) > 0 for key in own)
+    test_x, test_y = sample(400, seed=3)
+    prompt_only = create_method("retune-prompt", context(), CONFIG)
+    prompt_only.learn(task(CLASSES[:2], seed=1))
+    prompt_only.learn(task(CLASSES[2:], seed=2))
+    residual_auroc = fast_mean_auroc(method.predict(test_x)[:, 2:], test_y[:, 2:])
+    assert residual_auroc > fast_mean_auroc(prompt_only.predict(test_x)[:, 2:], test_y[:, 2:]) + 0.01
+
+
+def test_retune_residual_refuses_contrastive_objectives():
+    with pytest.raises(ConfigError, match="retune-residual trains with objective bce only"):
+        create_method("retune-residual", context(), CONFIG.model_copy(update={"objective": "clip"}))
 
 
 def test_ranpac_chunked_data_equal_the_joint_solution():
@@ -122,7 +149,7 @@ def test_ranpac_masked_labels_give_each_mask_its_own_gram():
     assert len(method.train_sums.grams.groups(CLASSES)) == len(CLASSES)
 
 
-@pytest.mark.parametrize("name", STATISTICS_METHODS)
+@pytest.mark.parametrize("name", STATISTICS_METHODS + ("retune-residual",))
 @pytest.mark.parametrize("case", ["three_rows", "duplicates", "constant", "one_sided_labels"])
 def test_degenerate_statistics_never_give_nan(name, case):
     """Few rows, duplicated or constant embeddings, a class without positives: regularised, finite scores."""

@@ -9,7 +9,10 @@ logits on the new task's images, as LwF does), ``retune-freeze`` (freeze the ima
 after the first task; the shared text adaptor still moves) and ``retune-prompt`` (both adaptors and
 the temperature freeze after the first task; each class owns a learnable offset on its positive and
 negative prompt embeddings, as CoOp learns prompt vectors, and a later task trains only its own
-classes' offsets, so a class absent from a task keeps exactly the same outputs).
+classes' offsets, so a class absent from a task keeps exactly the same outputs) and ``retune-residual``
+(retune-prompt plus, per class, a linear residual on the standardised frozen image embedding:
+logit_c = tau * (s+ - s-) + w_c . z(x) + b_c, trained with the class's offsets and only in the class's tasks, under the
+same input dropout, weight decay and early stopping as the adaptors, so the prompt score is the prior it departs from).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from retune.config import ReTuneConfig
-from retune.losses import logit_distillation, prompt_objective
-from retune.methods.adaptors import build_image_adaptor, build_text_adaptor
+from retune.errors import ConfigError
+from retune.losses import logit_distillation, masked_bce, prompt_objective
+from retune.methods.adaptors import BlockDropout, build_image_adaptor, build_text_adaptor
 from retune.methods.base import TaskData
 from retune.methods.registry import register_method
 from retune.methods.torch_method import TorchMethod
@@ -95,6 +99,58 @@ class PromptOffsetModel(ReTuneModel):
             return self.positive, self.negative
         offsets = torch.stack(list(self.offsets))
         return self.positive + offsets[:, 0], self.negative + offsets[:, 1]
+
+
+class PromptResidualModel(PromptOffsetModel):
+    """PromptOffsetModel plus, per class c, a linear residual: logit_c = tau * (s+ - s-) + w_c . z(x) + b_c, z the
+    image embedding standardised with the first task's statistics (input dropout on z while training).
+
+    Each class's logit is computed from its own prompts and residual alone (no product over all classes), so adding
+    classes cannot move an earlier class's logits, not even by float rounding.
+    """
+
+    def __init__(self, image_dim: int, text_dim: int, config: ReTuneConfig) -> None:
+        if config.objective != "bce":
+            raise ConfigError(f"retune-residual trains with objective bce only (got {config.objective})")
+        super().__init__(image_dim, text_dim, config)
+        self.register_buffer("image_mean", torch.zeros(image_dim))
+        self.register_buffer("image_scale", torch.ones(image_dim))
+        self.residuals = nn.ParameterList()  # one (image_dim + 1: w_c, then b_c) parameter per class
+        self.residual_dropout = BlockDropout(config.adaptor.dropout)
+
+    def set_standardisation(self, images: np.ndarray) -> None:
+        """Fix the mean and scale of z from the first task's rows (every later residual sees the same z)."""
+        images = images.astype(np.float64)
+        self.image_mean = torch.as_tensor(images.mean(axis=0), dtype=torch.float32)
+        self.image_scale = torch.as_tensor(images.std(axis=0) + 1e-6, dtype=torch.float32)
+
+    def add_prompts(self, positive: np.ndarray, negative: np.ndarray) -> None:
+        super().add_prompts(positive, negative)
+        for _ in range(len(positive)):  # zero: a new class starts as its prompt score alone
+            self.residuals.append(nn.Parameter(torch.zeros(len(self.image_mean) + 1)))
+
+    def similarities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ReTuneModel's, but the text adaptor and the product run class by class."""
+        positive, negative = self.prompt_embeddings()
+        image = self.image_adaptor(images).float()
+        pairs = [self.text_adaptor(torch.stack([positive[c], negative[c]])).float() for c in range(len(positive))]
+        with torch.autocast(image.device.type, enabled=False):
+            image = F.normalize(image, dim=-1)
+            similarities = torch.stack([image @ F.normalize(pair, dim=-1).T for pair in pairs], dim=1)  # N x C x 2
+        return similarities[..., 0], similarities[..., 1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        positive, negative = self.similarities(images)
+        standardised = self.residual_dropout((images.float() - self.image_mean) / self.image_scale)
+        residual = torch.stack([standardised @ row[:-1] + row[-1] for row in self.residuals], dim=1)
+        return self.log_tau.exp() * (positive - negative) + residual
+
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor, objective: str, columns: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked BCE on the task's ``columns`` of the full logits (prompt term + residual), and every logit."""
+        logits = self(images)
+        return masked_bce(logits[:, columns], labels), logits
 
 
 @register_method
@@ -192,3 +248,42 @@ class ReTunePrompt(ReTune):
             parameter.requires_grad_(False)
         for index, offset in enumerate(self.model.offsets):
             offset.requires_grad_(index in trainable)
+
+
+@register_method
+class ReTuneResidual(ReTunePrompt):
+    """retune-prompt plus a per-class linear residual on the standardised frozen image embedding, trained only in the
+    class's own tasks (with its prompt offsets), so earlier classes' outputs cannot move."""
+
+    name: ClassVar[str] = "retune-residual"
+    description: ClassVar[str] = (
+        "retune-prompt + a per-class linear residual on the frozen image embedding (prompt score as its prior)"
+    )
+
+    def build_model(self) -> PromptResidualModel:
+        return PromptResidualModel(self.context.image_dim, self.context.text_dim, self.config)
+
+    def shape_for(self, tensors: dict[str, np.ndarray]) -> None:
+        super().shape_for(tensors)
+        width = tensors["image_mean"].shape[0] + 1
+        n_classes = tensors["positive"].shape[0]
+        self.model.residuals = nn.ParameterList([nn.Parameter(torch.zeros(width)) for _ in range(n_classes)])
+
+    def learn(self, task: TaskData) -> dict:
+        if self.tasks_learned == 0:
+            self.model.set_standardisation(task.train_x)
+        return super().learn(task)
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Sigmoid class by class: over the whole matrix, a vectorised sigmoid rounds an element by its position (SIMD
+        body or tail), so an earlier class's scores would depend on how many classes follow it."""
+        self.model.eval()
+        logits = self.model(torch.as_tensor(images, dtype=torch.float32))
+        return torch.stack([torch.sigmoid(logits[:, c].contiguous()) for c in range(logits.shape[1])], dim=1).numpy()
+
+    def freeze_for_later_task(self, columns: torch.Tensor) -> None:
+        super().freeze_for_later_task(columns)
+        trainable = set(columns.tolist())
+        for index, residual in enumerate(self.model.residuals):
+            residual.requires_grad_(index in trainable)

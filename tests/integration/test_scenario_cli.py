@@ -52,7 +52,7 @@ def _scenario(tmp_path: Path, csv: Path, **overrides) -> Path:
             "n_tasks": 3,
             "classes": ["Atelectasis", "Effusion", "Infiltration", "Pneumonia", "Edema", "No_Finding"],
         },
-        "methods": ["retune", "retune-distill", "retune-prompt", "linear_probe", "ranpac", "naive"],
+        "methods": ["retune", "retune-distill", "retune-prompt", "retune-residual", "linear_probe", "ranpac", "naive"],
         "n_bootstrap": 100,
         "retune": {"optim": {"epochs": 40}},
         **overrides,
@@ -74,9 +74,10 @@ def test_scenario_run_and_compare_on_real_nih_images(tmp_path, nih_subset):
         result["final_mean_auroc_ci"] is None
         or result["final_mean_auroc_ci"][0] <= result["final_mean_auroc"] <= result["final_mean_auroc_ci"][1]
     )
-    assert json.loads((out / "linear_probe" / "results.json").read_text())["forgetting"] == pytest.approx(
-        0.0, abs=1e-9
-    )
+    for cannot_forget in ("linear_probe", "retune-residual"):
+        assert json.loads((out / cannot_forget / "results.json").read_text())["forgetting"] == pytest.approx(
+            0.0, abs=1e-9
+        )
     assert (out / "plots" / "mean_auroc_per_task.png").exists()
     assert (out / "scenario.json").exists()
 

@@ -65,8 +65,8 @@ class ScenarioConfig(ExperimentConfig):
     retune: ReTuneConfig = ReTuneConfig()
     methods: list[str] = Field(
         default_factory=lambda: [
-            "retune", "retune-distill", "retune-prompt", "linear_probe", "simplecil", "ranpac", "gaussian",
-            "naive", "lwf", "ewc", "joint",
+            "retune", "retune-distill", "retune-prompt", "retune-residual", "linear_probe", "simplecil", "ranpac",
+            "gaussian", "naive", "lwf", "ewc", "joint",
         ]
     )
     orders: list[int] = Field(

@@ -53,7 +53,7 @@ def phantom_scenario(phantom_run) -> Path:
             "data": {"csv": str(csv)},
             "store": str(run_dir.parent / "store"),
             "generate": {"kind": "class", "n_tasks": 2},
-            "methods": ["linear_probe", "naive"],
+            "methods": ["simplecil", "naive"],
             "seeds": [0, 1],
             "n_bootstrap": 10,
             "min_positives": 2,

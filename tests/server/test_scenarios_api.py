@@ -35,7 +35,7 @@ def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
 def test_scenarios_list_headlines_mean_and_sd_over_runs(client, phantom_scenario):
     (summary,) = client.get("/v1/scenarios").json()["scenarios"]
     assert summary["name"] == SCENARIO and summary["scenario"] == SCENARIO and summary["kind"] == "class"
-    assert summary["methods"] == ["linear_probe", "naive"] and summary["n_tasks"] == 2
+    assert summary["methods"] == ["simplecil", "naive"] and summary["n_tasks"] == 2
     assert "general-domain" in summary["note"]
     for method in summary["methods"]:
         result = json.loads((phantom_scenario / method / "results.json").read_text())
@@ -59,7 +59,7 @@ def test_scenarios_list_headlines_mean_and_sd_over_runs(client, phantom_scenario
 
 def test_scenario_details_hold_config_and_every_results_json(client, phantom_scenario):
     details = client.get(f"/v1/scenarios/{SCENARIO}").json()
-    assert details["config"]["methods"] == ["linear_probe", "naive"] and details["config"]["seeds"] == [0, 1]
+    assert details["config"]["methods"] == ["simplecil", "naive"] and details["config"]["seeds"] == [0, 1]
     saved = json.loads((phantom_scenario / "naive" / "results.json").read_text())
     assert details["results"]["naive"]["auroc_matrix"] == saved["auroc_matrix"]
 
@@ -75,7 +75,7 @@ def test_heatmap_is_a_png_with_an_etag_the_browser_revalidates(client):
     assert response.headers["cache-control"] == "private, no-cache" and response.headers["etag"]
     again = client.get(url, headers={"If-None-Match": response.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
-    other = client.get(url.replace("naive", "linear_probe"))
+    other = client.get(url.replace("naive", "simplecil"))
     assert other.status_code == 200 and other.headers["etag"] != response.headers["etag"]
     assert client.get("/v1/scenarios").headers["cache-control"] == "no-store"  # JSON stays uncached
 
@@ -84,7 +84,7 @@ def test_runs_page_shows_each_method_row_and_heatmap(client):
     page = client.get("/runs").text
     assert "Served runs" in page and "Served scenarios" in page
     section = page[page.index('<article class="card scenario">') :]
-    for method in ("linear_probe", "naive"):
+    for method in ("simplecil", "naive"):
         assert f"<td>{method}</td>" in section
         assert f'src="/v1/scenarios/{SCENARIO}/methods/{method}/auroc_matrix.png"' in section
     assert "final mean AUROC [95% CI]" in section and "over runs (mean ± sd)" in section
@@ -106,7 +106,7 @@ def test_unknown_scenario_or_method_is_404_listing_the_served_ones(client):
     assert response.status_code == 404 and response.json()["scenarios"] == [SCENARIO]
     assert SCENARIO in response.json()["detail"]
     missing = client.get(f"/v1/scenarios/{SCENARIO}/methods/ewc/auroc_matrix.png")
-    assert missing.status_code == 404 and missing.json()["methods"] == ["linear_probe", "naive"]
+    assert missing.status_code == 404 and missing.json()["methods"] == ["simplecil", "naive"]
     assert client.get("/v1/scenarios/no-such-scenario/methods/naive/auroc_matrix.png").status_code == 404
 
 
@@ -147,7 +147,7 @@ DAMAGES = [
     ("truncated results", lambda d: (d / "naive" / "results.json").write_text('{"method": "na'), "not valid JSON"),
     ("results without a matrix", drop_matrix, "results.json: field 'auroc_matrix'"),
     ("corrupt scenario.json", lambda d: (d / "scenario.json").write_text("{"), "scenario.json: not valid JSON"),
-    ("no results at all", lambda d: [shutil.rmtree(d / m) for m in ("naive", "linear_probe")], r"no \*/results"),
+    ("no results at all", lambda d: [shutil.rmtree(d / m) for m in ("naive", "simplecil")], r"no \*/results"),
 ]
 
 
@@ -169,7 +169,7 @@ def test_serve_command_refuses_a_corrupt_scenario_folder_in_one_line(phantom_sce
 
     broken = tmp_path / "broken"
     shutil.copytree(phantom_scenario, broken, ignore=shutil.ignore_patterns("work", "mlruns"))
-    (broken / "linear_probe" / "results.json").write_text("[]")
+    (broken / "simplecil" / "results.json").write_text("[]")
     result = CliRunner().invoke(app, ["serve", str(broken)], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
-    assert "linear_probe/results.json: expected a JSON object" in result.output and "Traceback" not in result.output
+    assert "simplecil/results.json: expected a JSON object" in result.output and "Traceback" not in result.output

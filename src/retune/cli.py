@@ -583,7 +583,6 @@ def print_predictions(frame) -> None:
 def serve(
     folders: list[Path] = typer.Argument(
         ...,
-        metavar="FOLDER...",
         help="Run folders made by `retune train` or `retune peft run`, and/or scenario output folders made by "
         "`retune scenario run` (recognised by their scenario.json; shown on the runs page and under "
         "/v1/scenarios). Each is served by its folder name.",

@@ -18,6 +18,7 @@ from scipy.special import expit
 from retune.config import ReTuneConfig
 from retune.methods.base import Method, MethodContext, TaskData
 from retune.methods.registry import register_method
+from retune.methods.statistics import pack_symmetric, symmetric, unpack_symmetric
 
 PROTOTYPE_TEMPERATURE = 10.0  # logit = T · (cos to positive prototype − cos to negative prototype)
 SHRINKAGE_GRID = (0.01, 0.1, 0.5, 0.9, 0.99)  # shrinkage towards a scaled identity, chosen on validation rows
@@ -123,7 +124,8 @@ class SharedCovarianceGaussian(ClassMeans):
     def learn(self, task: TaskData) -> dict:
         self.accumulate(task)
         images = np.asarray(task.train_x, dtype=np.float64)
-        self.second_moment = self.second_moment + images.T @ images  # not in place: state() hands the array out
+        # exactly symmetric (so one stored triangle restores it bit for bit); not in place: state() hands it out
+        self.second_moment = self.second_moment + symmetric(images.T @ images)
         self._spectrum = None
         chosen = DEFAULT_SHRINKAGE
         if task.val_x is not None and len(task.val_x):
@@ -180,11 +182,11 @@ class SharedCovarianceGaussian(ClassMeans):
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors, facts = super().state()
-        tensors["second_moment"] = self.second_moment
+        tensors["second_moment"] = pack_symmetric(self.second_moment)
         return tensors, {**facts, "shrinkage": [self.shrinkage.get(c, DEFAULT_SHRINKAGE) for c in self.classes]}
 
     def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
         super().load_state(tensors, facts)
-        self.second_moment = np.asarray(tensors["second_moment"], dtype=np.float64)
+        self.second_moment = unpack_symmetric(tensors["second_moment"])
         self.shrinkage = dict(zip(self.classes, facts["shrinkage"]))
         self._heads = self._spectrum = None

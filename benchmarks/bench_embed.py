@@ -150,11 +150,15 @@ def encoder_limit_seconds(backbone, pixels: torch.Tensor, batch_size: int) -> fl
     return timed(encode_all)[0]
 
 
-def cpu_costs(paths: list[Path], backbone, pixels: torch.Tensor, n_images: int = 24) -> dict:
+def cpu_costs(
+    paths: list[Path], backbone, pixels: torch.Tensor, encoder_images_per_second: float, n_images: int = 24
+) -> dict:
     """Process-CPU milliseconds per image, one thread, main process: hashing, decoding + preprocessing, encoding.
 
-    On a machine with ``cores`` cores, embedding can at best reach cores / (hash + decode + encode) images/s; when
-    decoding costs more than encoding, that bound, not the encoder's, is what ``embed_table`` can approach.
+    On a machine with ``cores`` cores, embedding can at best reach cores / (hash + decode + encode) images/s, with
+    encode the CPU-milliseconds the encoder limit spends on all cores (cores x 1000 / its images/s: batched,
+    multi-threaded encoding costs less per image than one thread does); when decoding costs as much as encoding,
+    that bound, not the encoder's, is what ``embed_table`` can approach.
     """
     import os
     import time
@@ -179,8 +183,10 @@ def cpu_costs(paths: list[Path], backbone, pixels: torch.Tensor, n_images: int =
         torch.set_num_threads(threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     costs["cores"] = cores
-    costs["all_cores_bound_images_per_second"] = cores * 1000 / sum(costs[f"{n}_cpu_ms_per_image"]
-                                                                    for n in ("hash", "decode", "encode"))
+    costs["encoder_limit_cpu_ms_per_image"] = cores * 1000 / encoder_images_per_second
+    costs["all_cores_bound_images_per_second"] = cores * 1000 / sum(
+        costs[name] for name in ("hash_cpu_ms_per_image", "decode_cpu_ms_per_image", "encoder_limit_cpu_ms_per_image")
+    )
     return costs
 
 
@@ -235,7 +241,9 @@ def run(ctx: Context) -> dict:
                         f"workers) vs encoder limit, {n_images} images, {repeats} interleaved repeat(s)")
                 result = compare(inputs[kind], backbone, scratch, repeats, batch_size, pixels)
                 if device == "cpu":
-                    result["cpu_costs"] = cpu_costs(inputs[kind], backbone, pixels)
+                    result["cpu_costs"] = cpu_costs(
+                        inputs[kind], backbone, pixels, result["encoder_limit_images_per_second"]
+                    )
                     result["embed_vs_all_cores_bound"] = (
                         result["embed_images_per_second"] / result["cpu_costs"]["all_cores_bound_images_per_second"]
                     )

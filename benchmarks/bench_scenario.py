@@ -126,6 +126,7 @@ def cached_arm(store_root: Path, table, fingerprint: str, context, splits, tasks
         rows_by_order={0: [(train, np.zeros(0, dtype=int)) for train in rows]},
         context_factory=lambda seed: context,
         backbone_spec="default",
+        backbone_fingerprint=fingerprint,
     )
     method = create_method("retune", context, method_config())
     scores = []

@@ -575,12 +575,17 @@ def print_predictions(frame) -> None:
     epilog=examples(
         "retune serve runs/nih   # then open http://127.0.0.1:8000/",
         "curl -F images=@chest.png http://127.0.0.1:8000/v1/runs/nih/predict",
+        "retune serve runs/nih results/nih-class   # a run and a scenario's results (runs page: /runs)",
+        "curl http://127.0.0.1:8000/v1/scenarios/nih-class",
     )
 )
 @friendly_errors
 def serve(
-    runs: list[Path] = typer.Argument(
-        ..., help="Run directories made by `retune train` or `retune peft run` (served by folder name)."
+    folders: list[Path] = typer.Argument(
+        ...,
+        help="Run folders made by `retune train` or `retune peft run`, and/or scenario output folders made by "
+        "`retune scenario run` (recognised by their scenario.json; shown on the runs page and under "
+        "/v1/scenarios). Each is served by its folder name.",
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind. Any non-loopback address requires --token."),
     port: int = typer.Option(8000, help="TCP port."),
@@ -599,14 +604,15 @@ def serve(
     device: str | None = DEVICE,
 ) -> None:
     """Serve runs over HTTP: a web page (/) to drop an X-ray and see findings and an explanation map, a runs page
-    (/runs), and a JSON API under /v1 with local docs at /docs. Each run is loaded once at startup.
+    (/runs: each run's metrics and ROC curves, each scenario's comparison table and AUROC-matrix heatmaps), and a
+    JSON API under /v1 with local docs at /docs. Each folder is loaded once at startup; nothing is written to it.
 
-    Example: `retune serve runs/nih`, then open http://127.0.0.1:8000/ or
+    Example: `retune serve runs/nih results/nih-class`, then open http://127.0.0.1:8000/ or
     `curl -F images=@chest.png http://127.0.0.1:8000/v1/runs/nih/predict`.
     """
     from retune.config import override
     from retune.server import ServeConfig
-    from retune.server.app import serve as serve_runs
+    from retune.server.app import serve as serve_folders
 
     settings = override(
         ServeConfig(),
@@ -620,7 +626,7 @@ def serve(
             "device": device,
         },
     )
-    serve_runs(runs, settings, store, announce=lambda line: err_console.print(escape(line), highlight=False))
+    serve_folders(folders, settings, store, announce=lambda line: err_console.print(escape(line), highlight=False))
 
 
 def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temp file in the same folder, fsync, then rename over the target."""
+"""Atomic file writes (a temp file in the same folder, fsync, then a rename over the target) and JSON reads that
+fail in one line naming the file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from retune.errors import DataError
 
 
 @contextmanager
@@ -37,3 +40,14 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Write text so readers never see a half-written file."""
     with atomic_path(target) as temp:
         temp.write_text(text)
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """Parse a JSON file; an unreadable or invalid file is a DataError naming it (and the line), not a traceback."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot be read ({error})") from None

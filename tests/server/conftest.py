@@ -37,3 +37,37 @@ def served_runs(phantom_run):
     from retune.server import load_served_runs
 
     return load_served_runs([phantom_run[0]])
+
+
+@pytest.fixture(scope="session")
+def phantom_scenario(phantom_run) -> Path:
+    """A `retune scenario run` output folder: 2 cheap methods x 2 training seeds, 2 class-incremental tasks, on the
+    served run's phantoms and store (already embedded, so no encoder pass)."""
+    from retune.scenarios.runner import run_scenario
+    from retune.scenarios.spec import ScenarioConfig
+
+    run_dir, csv = phantom_run
+    config = ScenarioConfig.model_validate(
+        {
+            "name": "phantom-scenario",
+            "data": {"csv": str(csv)},
+            "store": str(run_dir.parent / "store"),
+            "generate": {"kind": "class", "n_tasks": 2},
+            "methods": ["simplecil", "naive"],
+            "seeds": [0, 1],
+            "n_bootstrap": 10,
+            "min_positives": 2,
+            "retune": {"optim": {"epochs": 5, "min_epochs": 2}},
+        }
+    )
+    out = run_dir.parent / "phantom-scenario"
+    run_scenario(config, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def served_scenarios(phantom_scenario):
+    """The phantom scenario read once, heatmaps drawn (as ``retune serve`` does at startup)."""
+    from retune.server import load_served_scenarios
+
+    return load_served_scenarios([phantom_scenario])

@@ -1,7 +1,8 @@
 """The web page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium).
 
 The server runs on 127.0.0.1 in a thread; the test uploads a real NIH image and checks that the findings list
-and the explanation map render, that a hostile file name stays text, and saves a screenshot in its temp dir.
+and the explanation map render, that a hostile file name stays text, that the runs page shows the scenario's table
+and heatmaps, and saves screenshots in its temp dir.
 Without Chromium it skips with the reason; under CI (RETUNE_REQUIRE_SHARED_DATA=1) it fails instead, since
 ``.ci/run`` installs the browser.
 """
@@ -32,8 +33,8 @@ if MISSING and not REQUIRE_BROWSER:
 
 
 @pytest.fixture(scope="module")
-def live_server(served_runs):
-    """The app served by uvicorn on a free 127.0.0.1 port in a background thread."""
+def live_server(served_runs, served_scenarios):
+    """The app (the phantom run and scenario) served by uvicorn on a free 127.0.0.1 port in a background thread."""
     import uvicorn
 
     from retune.server import ServeConfig, create_app
@@ -43,7 +44,10 @@ def live_server(served_runs):
         port = probe.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(served_runs, ServeConfig(port=port)), host="127.0.0.1", port=port, log_level="warning"
+            create_app(served_runs, ServeConfig(port=port), served_scenarios),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -121,6 +125,10 @@ def test_runs_and_docs_pages_render_without_errors(live_server, browser, tmp_pat
     browser.get(live_server + "/runs")
     assert browser.find_elements(By.CSS_SELECTOR, "article.run table tbody tr")
     assert browser.execute_script("return document.querySelector('img.roc').naturalWidth") > 0
+    assert len(browser.find_elements(By.CSS_SELECTOR, "article.scenario table tbody tr")) == 2  # one row per method
+    widths = browser.execute_script("return [...document.querySelectorAll('img.heatmap')].map(i => i.naturalWidth)")
+    assert len(widths) == 2 and min(widths) > 0, widths  # every method's AUROC-matrix heatmap loaded
+    browser.save_screenshot(str(tmp_path / "runs-page.png"))
     browser.get(live_server + "/docs")
     WebDriverWait(browser, 30).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock")

@@ -100,51 +100,13 @@ def test_peft_run_freeze_k_on_phantoms(tmp_path):
 
     csv = write_phantom_dataset(tmp_path / "phantoms", n=40, seed=1)
     out = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "peft",
-            "run",
-            "--data",
-            str(csv),
-            "--out",
-            str(out),
-            "--method",
-            "freeze",
-            "--freeze-blocks",
-            "6",
-            "--epochs",
-            "1",
-            "--store",
-            str(tmp_path / "store"),
-            "--json",
-        ],
-    )
+    freeze_top = ["peft", "run", "--data", str(csv), "--method", "freeze", "--freeze-blocks", "6", "--epochs", "1",
+                  "--store", str(tmp_path / "store"), "--json"]
+    result = runner.invoke(app, [*freeze_top, "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "freeze-k" and metrics["tuning"]["learning_rate"] == 1e-4  # the freeze default
-    again = runner.invoke(
-        app,
-        [
-            "peft",
-            "run",
-            "--data",
-            str(csv),
-            "--out",
-            str(tmp_path / "lr"),
-            "--method",
-            "freeze",
-            "--freeze-blocks",
-            "6",
-            "--epochs",
-            "1",
-            "--store",
-            str(tmp_path / "store"),
-            "--lr",
-            "0.0005",
-            "--json",
-        ],
-    )
+    again = runner.invoke(app, [*freeze_top, "--out", str(tmp_path / "lr"), "--lr", "0.0005"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "lr" / "metrics.json").read_text())["tuning"]["learning_rate"] == 5e-4
     assert 0 < metrics["trainable_percent"] < 100

@@ -13,11 +13,12 @@ from retune.data.images import _scale_to_uint8
 @pytest.mark.parametrize(
     ("dtype", "low", "high"),
     [(np.uint16, 0, 4096), (np.uint16, 300, 65536), (np.int16, -1024, 3072), (np.uint8, 0, 256),
-     (np.int32, 5, 70_000)],
+     (np.int32, 5, 70_000), (np.uint32, 3_000_000_000, 3_000_050_000)],
 )
 def test_integer_images_scale_to_the_bytes_of_the_float_formula(dtype, low, high):
     """12/16-bit and signed DICOM-like pixels through the lookup table equal the float64 formula, byte for byte
-    (int32 with more levels than the table holds takes the float path)."""
+    (int32 with more levels than the table holds takes the float path; uint32 levels far above 65535 take the
+    shifted table, not one indexed by their values)."""
     pixels = np.random.default_rng(0).integers(low, high, size=(300, 400)).astype(dtype)
     np.testing.assert_array_equal(_scale_to_uint8(pixels), _scale_to_uint8(pixels.astype(np.float64)))
 

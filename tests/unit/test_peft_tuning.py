@@ -50,6 +50,15 @@ CLASSES = ["Effusion", "Mass"]
 SMALL_HEAD = ReTuneConfig(prompts="template", adaptor={"shared_dim": 8, "dropout": 0.0})
 
 
+def small_peft_config(tmp_path: Path, csv: Path, **options) -> PeftExperimentConfig:
+    """A PEFT experiment on the phantom CSV small enough for a unit test; ``options`` override the defaults."""
+    settings = {
+        "store": tmp_path / "store", "data": {"csv": csv}, "epochs": 2, "batch_size": 8, "retune": SMALL_HEAD,
+        "device": "cpu", "n_bootstrap": 0,
+    }
+    return PeftExperimentConfig(**{**settings, **options})
+
+
 @pytest.fixture(autouse=True)
 def quiet_machine(tmp_path, monkeypatch):
     """An empty offline HF cache so nothing is fetched."""
@@ -388,15 +397,11 @@ def test_visual_prompt_tuning_twice_on_one_backbone_is_refused(tmp_path):
 
 
 def test_peft_run_can_stop_early_on_validation_loss(phantom_csv, tmp_path):
-    config = PeftExperimentConfig(
+    config = small_peft_config(
+        tmp_path,
+        phantom_csv,
         backbone=tiny_hf_clip(tmp_path / "hf"),
-        store=tmp_path / "store",
-        data={"csv": phantom_csv},
         method="prompt",
-        epochs=2,
-        batch_size=8,
-        device="cpu",
-        n_bootstrap=0,
         retune=SMALL_HEAD.model_copy(
             update={"optim": SMALL_HEAD.optim.model_copy(update={"early_stopping": "loss", "min_epochs": 1})}
         ),
@@ -450,16 +455,11 @@ def test_prefix_cache_computes_once(default_backbone, phantom_csv, tmp_path):
 
 
 def test_cached_and_uncached_freeze_k_train_the_same(phantom_csv, tmp_path):
-    config = PeftExperimentConfig(
-        store=tmp_path / "store",
-        data={"csv": phantom_csv},
+    config = small_peft_config(
+        tmp_path,
+        phantom_csv,
         method="freeze",
         freeze_blocks=6,
-        epochs=2,
-        batch_size=8,
-        retune=SMALL_HEAD,
-        device="cpu",
-        n_bootstrap=0,
     )
     result = compare_prefix_caching(config)
     assert result["frozen_blocks"] == 6 and result["prefix_cache"]["n_computed"] == 24
@@ -486,18 +486,13 @@ def test_cached_prefix_gives_the_same_features_as_the_full_tower(kind, tmp_path)
 @pytest.mark.parametrize("kind", ["hf_clip", "hf_pair"])
 def test_cached_and_uncached_freeze_k_train_the_same_on_hf_towers(kind, phantom_csv, tmp_path):
     spec = BUILDERS[kind](tmp_path / kind)
-    config = PeftExperimentConfig(
+    config = small_peft_config(
+        tmp_path,
+        phantom_csv,
         backbone=spec,
-        store=tmp_path / "store",
-        data={"csv": phantom_csv},
         method="lora",
         rank=2,
         freeze_blocks=1,
-        epochs=2,
-        batch_size=8,
-        retune=SMALL_HEAD,
-        device="cpu",
-        n_bootstrap=0,
     )
     result = compare_prefix_caching(config)
     assert result["frozen_blocks"] == 1 and result["prefix_cache"]["n_computed"] == 24
@@ -506,16 +501,12 @@ def test_cached_and_uncached_freeze_k_train_the_same_on_hf_towers(kind, phantom_
 
 
 def test_run_reports_parameters_memory_and_saves_only_trainable_tensors(phantom_csv, tmp_path):
-    config = PeftExperimentConfig(
-        store=tmp_path / "store",
-        data={"csv": phantom_csv},
+    config = small_peft_config(
+        tmp_path,
+        phantom_csv,
         method="lora",
         rank=2,
         epochs=1,
-        batch_size=8,
-        retune=SMALL_HEAD,
-        device="cpu",
-        n_bootstrap=0,
         freeze_blocks=6,
     )
     metrics = run_peft_experiment(config, tmp_path / "run")
@@ -588,14 +579,10 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
         settings = dict(backbone=tiny_open_clip(tmp_path / "oc"), tower="both", method="lora", rank=2)
     else:  # visual prompt tokens on an HF CLIP image tower
         settings = dict(backbone=tiny_hf_clip(tmp_path / "hf"), method="prompt", num_virtual_tokens=4)
-    config = PeftExperimentConfig(
-        store=tmp_path / "store",
-        data={"csv": phantom_csv},
+    config = small_peft_config(
+        tmp_path,
+        phantom_csv,
         epochs=1,
-        batch_size=8,
-        retune=SMALL_HEAD,
-        device="cpu",
-        n_bootstrap=0,
         **settings,
     )
     trained = run_peft_experiment(config, tmp_path / "run")
@@ -644,17 +631,12 @@ def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_res
     assert list(held_rows) == list(streamed_rows) == [0, 1, 2, 3, 4]
     torch.testing.assert_close(streamed[torch.tensor([4, 1])], held[[4, 1]])
 
-    config = PeftExperimentConfig(
+    config = small_peft_config(
+        tmp_path,
+        phantom_csv,
         backbone=backbone.spec,
-        store=tmp_path / "store",
-        data={"csv": phantom_csv},
         method="lora",
         rank=2,
-        epochs=2,
-        batch_size=8,
-        retune=SMALL_HEAD,
-        device="cpu",
-        n_bootstrap=0,
     )
     in_memory = run_peft_experiment(config, tmp_path / "held")
     monkeypatch.setattr(

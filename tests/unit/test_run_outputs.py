@@ -15,6 +15,11 @@ from retune.cli import app
 runner = CliRunner()
 
 
+def train_command(phantom_run: dict, out: str | Path) -> list[str]:
+    """`retune train` on the module's phantom data and store, writing to ``out``."""
+    return ["train", "--data", str(phantom_run["csv"]), "--out", str(out), "--store", str(phantom_run["store"])]
+
+
 @pytest.fixture(scope="module")
 def phantom_run(tmp_path_factory) -> dict[str, Path]:
     """One `retune train` run on 60 phantoms (few epochs, few bootstrap replicates), shared by the tests below."""
@@ -96,13 +101,7 @@ def siglip_run(phantom_run) -> Path:
     result = runner.invoke(
         app,
         [
-            "train",
-            "--data",
-            str(phantom_run["csv"]),
-            "--out",
-            str(out),
-            "--store",
-            str(phantom_run["store"]),
+            *train_command(phantom_run, str(out)),
             "--config",
             str(phantom_run["root"] / "train.yaml"),
             "--epochs",
@@ -240,13 +239,7 @@ def test_train_names_the_store_it_writes(phantom_run, tmp_path):
     result = runner.invoke(
         app,
         [
-            "train",
-            "--data",
-            str(phantom_run["csv"]),
-            "--out",
-            str(tmp_path / "r"),
-            "--store",
-            str(phantom_run["store"]),
+            *train_command(phantom_run, str(tmp_path / "r")),
             "--config",
             str(phantom_run["root"] / "train.yaml"),
             "--epochs",
@@ -337,13 +330,7 @@ def test_train_progress_bars_on_stderr_only_when_asked(phantom_run, capsys):
     result = runner.invoke(
         app,
         [
-            "train",
-            "--data",
-            str(phantom_run["csv"]),
-            "--out",
-            str(phantom_run["root"] / "nobars"),
-            "--store",
-            str(phantom_run["store"]),
+            *train_command(phantom_run, str(phantom_run["root"] / "nobars")),
             "--epochs",
             "2",
             "--config",

@@ -279,7 +279,12 @@ def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "ui" and values.size > _LUT_MAX_LEVELS:
         low, high = int(values.min()), int(values.max())
         if high - low < _LUT_MAX_LEVELS:
-            return _scale_to_uint8(np.arange(low, high + 1))[np.subtract(values, low, dtype=np.int32)]
+            if values.dtype.kind == "u" and high < _LUT_MAX_LEVELS:  # indexed by the values: no shifted copy
+                table = np.zeros(high + 1, dtype=np.uint8)
+                table[low:] = _scale_to_uint8(np.arange(low, high + 1))
+                return table[values]
+            shift = np.int64 if values.itemsize >= 4 else np.int32  # 32-bit levels: no overflow of the offset
+            return _scale_to_uint8(np.arange(low, high + 1))[np.subtract(values, low, dtype=shift)]
     values = np.asarray(values, dtype=np.float32)
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
     if not high > low:

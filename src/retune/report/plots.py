@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -21,11 +23,18 @@ LINE_STYLES = (
     ":",
 )  # with MARKERS, keeps overlapping methods apart in print and for colour-blind readers
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+PlotTarget = str | os.PathLike | BinaryIO  # a PNG file to write, or a stream to write the PNG into
 
 
-def _save(figure: plt.Figure, target: Path) -> Path:
-    with atomic_path(target) as temp:
-        figure.savefig(temp, format="png", dpi=110, bbox_inches="tight")
+def _save(figure: plt.Figure, target: PlotTarget) -> PlotTarget:
+    """Write the figure as PNG to a file (atomically) or into an open binary stream (the server's in-memory plots),
+    then close it."""
+    if isinstance(target, str | os.PathLike):
+        target = Path(target)
+        with atomic_path(target) as temp:
+            figure.savefig(temp, format="png", dpi=110, bbox_inches="tight")
+    else:
+        figure.savefig(target, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return target
 
@@ -67,9 +76,9 @@ def plot_auroc_matrix(
     classes: list[str],
     task_names: list[str],
     title: str,
-    target: str | Path,
+    target: PlotTarget,
     introduced: list[int] | None = None,
-) -> Path:
+) -> PlotTarget:
     """Heatmap of R[t][c] (AUROC after task t on class c). ``introduced[c]``, the 0-based task that first trained
     class c, separates "not yet learned" (light grey, "·") from "undefined" (learned, but no test positives or
     negatives: hatched, "n/a")."""
@@ -96,7 +105,7 @@ def plot_auroc_matrix(
     axis.set_title(title + "\n· not yet learned   n/a undefined (no test positives or negatives)", fontsize=8)
     figure.colorbar(image, ax=axis, label="AUROC")
     figure.tight_layout()
-    return _save(figure, Path(target))
+    return _save(figure, target)
 
 
 def plot_mean_auroc_per_task(curves: dict[str, list[float | None]], target: str | Path) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 
 from retune.evaluation import average_incremental, forgetting_and_bwt, mean_and_sd
 from retune.io_utils import write_text_atomic
-from retune.report.plots import plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
+from retune.report.plots import PlotTarget, plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
 from retune.report.text import format_interval as _interval
 
 
@@ -184,6 +184,20 @@ def per_class_table(results: dict[str, dict], order: list[str], introduced: list
     return f"<table><tr><th>class</th><th>introduced by</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def task_labels(result: dict) -> list[str]:
+    """Each task's name, or ``task<i>`` where the scenario left it unnamed."""
+    return [task.get("name") or f"task{i + 1}" for i, task in enumerate(result["tasks"])]
+
+
+def auroc_heatmap(name: str, result: dict, target: PlotTarget) -> PlotTarget:
+    """One method's AUROC-matrix heatmap (its first run), classes in the order the tasks introduced them, as a PNG
+    file or into a stream (the server renders it in memory)."""
+    order, introduced = staircase_order(result["tasks"], result["classes"])
+    columns = [result["classes"].index(c) for c in order]
+    matrix = [[row[c] for c in columns] for row in result["auroc_matrix"]]
+    return plot_auroc_matrix(matrix, order, task_labels(result), f"{name}: AUROC after each task", target, introduced)
+
+
 def _inline_png(path: Path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
@@ -196,20 +210,9 @@ def write_scenario_report(
     each method's test scores after its last task (first order), as the runner computed them."""
     plots = out_dir / "plots"
     first = next(iter(results.values()))
-    task_names = [task["name"] or f"task{i + 1}" for i, task in enumerate(first["tasks"])]
+    task_names = task_labels(first)
     order, introduced = staircase_order(first["tasks"], first["classes"])
-    columns = [first["classes"].index(name) for name in order]
-    heatmaps = [
-        plot_auroc_matrix(
-            [[row[c] for c in columns] for row in r["auroc_matrix"]],
-            order,
-            task_names,
-            f"{name}: AUROC after each task",
-            plots / f"auroc_matrix_{name}.png",
-            introduced,
-        )
-        for name, r in results.items()
-    ]
+    heatmaps = [auroc_heatmap(name, r, plots / f"auroc_matrix_{name}.png") for name, r in results.items()]
     curve = plot_mean_auroc_per_task(
         {name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png"
     )

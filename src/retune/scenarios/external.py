@@ -8,7 +8,6 @@ counted and reported loudly, never silently mixed in.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,7 @@ from retune.io_utils import write_json_atomic
 from retune.methods.base import PromptBank
 from retune.methods.checkpoint import load_checkpoint
 from retune.methods.registry import create_method
-from retune.scenarios.runner import load_results, prepare, run_folder
-from retune.scenarios.spec import ScenarioConfig
+from retune.scenarios.runner import load_results, load_scenario_config, prepare, run_folder
 from retune.store import EmbeddingStore
 
 
@@ -43,10 +41,7 @@ def evaluate_scenario(
 ) -> dict:
     """Per method: the first run's metrics with CIs on the CSV, mean ± sd of mean AUROC over runs; saved as JSON."""
     results_dir = Path(results_dir)
-    scenario_file = results_dir / "scenario.json"
-    if not scenario_file.exists():
-        raise ConfigError(f"{results_dir}: no scenario.json (is this a 'retune scenario run' output folder?)")
-    config = ScenarioConfig.model_validate(json.loads(scenario_file.read_text()))
+    config = load_scenario_config(results_dir)
     if store_dir is not None:
         config = config.model_copy(update={"store": Path(store_dir)})
     minimum = config.min_positives if min_positives is None else min_positives

@@ -20,13 +20,15 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retune.backbones.registry import create_backbone
+from retune.config import parse_config
 from retune.data.splits import patient_split
-from retune.errors import ConfigError
+from retune.errors import ConfigError, DataError
 from retune.evaluation import continual_metrics, mean_and_sd
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
-from retune.io_utils import atomic_path, write_json_atomic
+from retune.io_utils import atomic_path, read_json, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
 from retune.progress import epoch_bar
@@ -399,14 +401,68 @@ def run_scenario(
     return results
 
 
+class SavedTask(BaseModel):
+    """One task as results.json records it."""
+
+    name: str | None = None
+    classes: list[str]
+
+
+class SavedResults(BaseModel):
+    """The fields of a method's results.json that comparisons, reports and the server read (others pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str
+    scenario: str
+    kind: str | None = None
+    exemplar_free: bool
+    classes: list[str]
+    tasks: list[SavedTask] = Field(min_length=1)
+    auroc_matrix: list[list[float | None]]
+    mean_auroc_per_task: list[float | None]
+    final_mean_auroc: float | None
+    final_mean_auroc_ci: list[float | None] | None = None
+    forgetting: float | None
+    forgetting_ci: list[float | None] | None = None
+    bwt: float | None
+    bwt_ci: list[float | None] | None = None
+    average_incremental_auroc: float | None
+
+    @model_validator(mode="after")
+    def _matrix_fits_tasks_and_classes(self) -> SavedResults:
+        if len(self.auroc_matrix) != len(self.tasks) or any(len(r) != len(self.classes) for r in self.auroc_matrix):
+            raise ValueError(
+                f"auroc_matrix must be {len(self.tasks)} tasks x {len(self.classes)} classes "
+                f"(it has {len(self.auroc_matrix)} rows of lengths {sorted({len(r) for r in self.auroc_matrix})})"
+            )
+        unknown = [c for task in self.tasks for c in task.classes if c not in self.classes]
+        if unknown:
+            raise ValueError(f"task class '{unknown[0]}' is not among the classes")
+        return self
+
+
+def load_scenario_config(directory: str | Path) -> ScenarioConfig:
+    """The config a scenario output folder ran with (its scenario.json); errors name the file and field."""
+    path = Path(directory) / "scenario.json"
+    if not path.is_file():
+        raise ConfigError(f"{directory}: no scenario.json (is this a 'retune scenario run' output folder?)")
+    return parse_config(read_json(path), ScenarioConfig, str(path))
+
+
 def load_results(directory: str | Path) -> dict[str, dict]:
-    """Every ``*/results.json`` under a scenario output folder, by method."""
+    """Every ``*/results.json`` under a scenario output folder, by method (in scenario.json's order when present).
+
+    Each file is checked for the fields readers use; a corrupt or partial one is an error naming it.
+    """
     found = {}
     for path in sorted(Path(directory).glob("*/results.json")):
-        result = json.loads(path.read_text())
-        found[result["method"]] = result
+        result = read_json(path)
+        if not isinstance(result, dict):
+            raise DataError(f"{path}: expected a JSON object, got {type(result).__name__}")
+        found[parse_config(result, SavedResults, str(path)).method] = result
     if not found:
         raise ConfigError(f"{directory}: no */results.json found (is this a 'retune scenario run' output folder?)")
     scenario = Path(directory) / "scenario.json"
-    order = json.loads(scenario.read_text())["methods"] if scenario.exists() else []
+    order = load_scenario_config(directory).methods if scenario.exists() else []
     return dict(sorted(found.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))

@@ -1,6 +1,7 @@
 """The FastAPI app: JSON API under /v1, the prediction page at /, the runs page, and local API docs.
 
-Every model is loaded before the app is built (``load_served_runs``); requests only read them.
+Every model and scenario result is loaded before the app is built (``load_served_runs``, ``load_served_scenarios``);
+requests only read them.
 Uploads stay in memory; responses and logs carry no image data and no DICOM header fields.
 """
 
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from retune.server import explain
 from retune.server.batching import DynamicBatcher, QueueFull
 from retune.server.config import ServeConfig, is_loopback
 from retune.server.runs import ROC_PLOT, ServedRun
+from retune.server.scenarios import Png, ServedScenario, is_scenario_folder
 from retune.server.uploads import UPLOAD_FIELD, NotMultipart, Upload, UploadTooLarge, read_body, read_uploads
 
 API_VERSION = "v1"
@@ -47,7 +49,10 @@ CSP = (
 )
 # Swagger UI sets inline styles on the docs page only (it holds no patient data); scripts stay 'self'.
 DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+# Set on every response; a response that sets its own Cache-Control (the in-memory plots) keeps it.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+# Plots drawn at startup: browsers may keep them (never shared caches) but revalidate by ETag on every use.
+PLOT_CACHE_CONTROL = "private, no-cache"
 MULTIPART_BODY = {
     "requestBody": {
         "required": True,
@@ -103,8 +108,12 @@ class ExplainResponse(BaseModel):
     probabilities: dict[str, float] | None = None  # occlusion: the scores of the uncovered image
 
 
-class UnknownRun(Exception):
-    """A run name the server does not serve."""
+class UnknownName(Exception):
+    """A run, scenario or method name the server does not serve; the 404 lists the ones it does."""
+
+    def __init__(self, kind: str, name: str, served: list[str]) -> None:
+        super().__init__(kind, name, served)
+        self.kind, self.name, self.served = kind, name, served
 
 
 def _error(status: int, detail: str, **extra) -> JSONResponse:
@@ -138,8 +147,24 @@ def _findings(classes: list[str], scores: PixelScores, thresholds: dict[str, flo
     return sorted(rows, key=lambda row: -row.probability)
 
 
-def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
-    """The app over runs already loaded; one dynamic batcher per run, started with the app."""
+def heatmap_url(scenario: str, method: str) -> str:
+    """Where a scenario method's AUROC-matrix heatmap is served (names percent-encoded: they come from disk)."""
+    return f"/{API_VERSION}/scenarios/{quote(scenario, safe='')}/methods/{quote(method, safe='')}/auroc_matrix.png"
+
+
+def png_response(png: Png, request: Request) -> Response:
+    """A PNG held in memory with its ETag; 304 without a body when the browser's copy is current."""
+    headers = {"ETag": png.etag, "Cache-Control": PLOT_CACHE_CONTROL}
+    if request.headers.get("if-none-match") == png.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(png.data, media_type="image/png", headers=headers)
+
+
+def create_app(
+    runs: dict[str, ServedRun], config: ServeConfig, scenarios: dict[str, ServedScenario] | None = None
+) -> FastAPI:
+    """The app over runs (and scenario results) already loaded; one dynamic batcher per run, started with the app."""
+    scenarios = scenarios or {}
     batchers = {
         name: DynamicBatcher(_batch_scorer(run), config.batch_window_ms / 1000, config.max_batch, config.max_queue)
         for name, run in runs.items()
@@ -167,10 +192,12 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        description="Predictions, explanation maps and metrics of saved retune runs. Images stay in memory only.",
+        description="Predictions, explanation maps and metrics of saved retune runs, and scenario results. "
+        "Images stay in memory only.",
     )
     package = files("retune.server")
     templates = Jinja2Templates(directory=str(package / "templates"))
+    templates.env.globals["heatmap_url"] = heatmap_url
     app.mount("/static/docs", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
     app.mount("/static", StaticFiles(directory=str(package / "static")), name="static")
 
@@ -193,7 +220,8 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
         else:
             response = RedirectResponse("/login", status_code=303)
         response.headers["Content-Security-Policy"] = DOCS_CSP if path == "/docs" else CSP
-        response.headers.update(SECURITY_HEADERS)
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
         return response
 
     @app.exception_handler(RetuneError)
@@ -228,12 +256,18 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
 
     def served(name: str) -> ServedRun:
         if name not in runs:
-            raise UnknownRun(name)
+            raise UnknownName("run", name, list(runs))
         return runs[name]
 
-    @app.exception_handler(UnknownRun)
-    async def unknown_run(_request: Request, error: UnknownRun) -> JSONResponse:
-        return _error(404, f"unknown run '{error.args[0]}'; served runs: {', '.join(runs)}", runs=list(runs))
+    def served_scenario(name: str) -> ServedScenario:
+        if name not in scenarios:
+            raise UnknownName("scenario", name, list(scenarios))
+        return scenarios[name]
+
+    @app.exception_handler(UnknownName)
+    async def unknown_name(_request: Request, error: UnknownName) -> JSONResponse:
+        detail = f"unknown {error.kind} '{error.name}'; served {error.kind}s: {', '.join(error.served) or 'none'}"
+        return _error(404, detail, **{f"{error.kind}s": error.served})
 
     @app.get(f"/{API_VERSION}/health", tags=["server"])
     async def health() -> dict:
@@ -241,6 +275,7 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
         return {
             "status": "ok",
             "runs": list(runs),
+            "scenarios": list(scenarios),
             "batching": {
                 name: {
                     "batches": b.stats.batches,
@@ -270,6 +305,34 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
         if not (run.directory / ROC_PLOT).is_file():
             return _error(404, f"run '{name}' has no {ROC_PLOT}")
         return FileResponse(run.directory / ROC_PLOT, media_type="image/png")
+
+    def heatmap_urls(scenario: ServedScenario) -> dict[str, str]:
+        return {method: heatmap_url(scenario.name, method) for method in scenario.heatmaps}
+
+    @app.get(f"/{API_VERSION}/scenarios", tags=["scenarios"])
+    async def list_scenarios() -> dict:
+        """Every served scenario: name, kind, methods, and per method the final mean AUROC and forgetting (mean ± sd
+        over its (order, seed) runs), the classes in the means (min-positives rule) and its heatmap's address."""
+        return {"scenarios": [{**s.summary(), "heatmaps": heatmap_urls(s)} for s in scenarios.values()]}
+
+    @app.get(f"/{API_VERSION}/scenarios/{{name}}", tags=["scenarios"])
+    async def scenario_details(name: str) -> dict:
+        """One scenario's summary, its config (scenario.json) and every method's full results.json."""
+        scenario = served_scenario(name)
+        return {**scenario.details(), "heatmaps": heatmap_urls(scenario)}
+
+    @app.get(
+        f"/{API_VERSION}/scenarios/{{name}}/methods/{{method:path}}/auroc_matrix.png",
+        tags=["scenarios"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, 304: {"description": "the browser's copy is current"}},
+    )
+    async def auroc_matrix(name: str, method: str, request: Request) -> Response:
+        """A method's AUROC-matrix heatmap (AUROC on each class after each task, first run), drawn at startup."""
+        scenario = served_scenario(name)
+        if method not in scenario.heatmaps:
+            raise UnknownName("method", method, list(scenario.heatmaps))
+        return png_response(scenario.heatmaps[method], request)
 
     @app.post(
         f"/{API_VERSION}/runs/{{name}}/predict",
@@ -356,7 +419,14 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
 
     def page(request: Request, template: str, **context) -> HTMLResponse:
         return templates.TemplateResponse(
-            request, template, {"runs": list(runs.values()), "token_required": bool(config.token), **context}
+            request,
+            template,
+            {
+                "runs": list(runs.values()),
+                "scenarios": list(scenarios.values()),
+                "token_required": bool(config.token),
+                **context,
+            },
         )
 
     @app.get("/", include_in_schema=False)
@@ -393,20 +463,25 @@ def create_app(runs: dict[str, ServedRun], config: ServeConfig) -> FastAPI:
 
 
 def serve(
-    run_dirs: list[str | Path],
+    directories: list[str | Path],
     config: ServeConfig,
     store_dir: str | Path | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Load every run once, then serve the app with uvicorn until interrupted."""
+    """Load every run and scenario folder once (scenario folders are those with a scenario.json), then serve the
+    app with uvicorn until interrupted."""
     import uvicorn
 
     from retune.server.runs import load_served_runs
+    from retune.server.scenarios import load_served_scenarios
 
-    runs = load_served_runs(run_dirs, store_dir, config.device)
-    app = create_app(runs, config)
+    runs = load_served_runs([d for d in directories if not is_scenario_folder(d)], store_dir, config.device)
+    scenarios = load_served_scenarios([d for d in directories if is_scenario_folder(d)])
+    app = create_app(runs, config, scenarios)
     host = f"[{config.host}]" if ":" in config.host else config.host
-    announce(f"serving {len(runs)} run(s) ({', '.join(runs)}) at http://{host}:{config.port}/ (API docs at /docs)")
+    served = [f"{len(runs)} run(s) ({', '.join(runs)})"] if runs else []
+    served += [f"{len(scenarios)} scenario(s) ({', '.join(scenarios)})"] if scenarios else []
+    announce(f"serving {' and '.join(served)} at http://{host}:{config.port}/ (API docs at /docs)")
     if not is_loopback(config.host):
         announce(f"bound to {config.host}: reachable from the network; every page and API call requires the token")
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", server_header=False)

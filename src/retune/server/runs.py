@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from retune.errors import ConfigError, DataError
+from retune.errors import ConfigError
 from retune.experiments.inference import PatchScorer, SavedRun, open_run, patch_scorer
+from retune.io_utils import read_json
 
 ROC_PLOT = "roc_curves.png"
 
@@ -62,23 +62,25 @@ class ServedRun:
         return {**self.summary(), "metrics": self.metrics, "config": config}
 
 
+def unique_name(directory: Path, taken: dict[str, Path], kind: str) -> str:
+    """The name ``directory`` is served under (its folder name); refused when another served folder has it."""
+    name = directory.resolve().name
+    if name in taken:
+        raise ConfigError(
+            f"two {kind}s are named '{name}' ({taken[name]} and {directory}): serve folders with distinct names"
+        )
+    return name
+
+
 def load_served_runs(
     directories: list[str | Path], store_dir: str | Path | None = None, device: str | None = None
 ) -> dict[str, ServedRun]:
     """Open every run directory once; names are folder names and must be unique."""
     runs: dict[str, ServedRun] = {}
     for directory in map(Path, directories):
-        name = directory.resolve().name
-        if name in runs:
-            raise ConfigError(
-                f"two runs are named '{name}' ({runs[name].directory} and {directory}): "
-                "serve folders with distinct names"
-            )
+        name = unique_name(directory, {run.name: run.directory for run in runs.values()}, "run")
         metrics_path = directory / "metrics.json"
-        try:
-            metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        except json.JSONDecodeError as error:
-            raise DataError(f"{metrics_path}: not valid JSON ({error.msg}, line {error.lineno})") from error
+        metrics = read_json(metrics_path) if metrics_path.is_file() else {}
         model = open_run(directory, store_dir, device)
         runs[name] = ServedRun(name, directory, model, metrics, patch_scorer(model))
     return runs

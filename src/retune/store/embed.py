@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,29 +127,42 @@ def hash_files(paths: list[str], store: EmbeddingStore, limits: DecodeLimits = D
 
 def _hash_paths(paths: list[str], store: EmbeddingStore, limits: DecodeLimits,
                 confine_to: Path | None) -> tuple[dict[str, str], dict[str, str], list[tuple[str, int, int, str]]]:
-    """(hash per path, reason per failed path, newly hashed cache rows); writes nothing."""
+    """(hash per path, reason per failed path, newly hashed cache rows); writes nothing.
+
+    Files the cache does not know are hashed in a thread per core (file reads and SHA-256 release the GIL), so
+    hashing large DICOMs costs wall time divided by the cores, not their sum, before decoding starts."""
     cache = store.cached_file_hashes()
     root = str(confine_to).rstrip(os.sep) + os.sep if confine_to is not None else None
-    hashes: dict[str, str] = {}
     failures: dict[str, str] = {}
-    fresh: list[tuple[str, int, int, str]] = []
+    keys: dict[str, tuple[str, int, int]] = {}
     for path in dict.fromkeys(paths):
         if root is not None and not os.path.realpath(path).startswith(root):
             failures[path] = f"resolves outside the image root {confine_to} (a symlink or absolute path); not read"
             continue
         try:
             info = os.stat(path)
-            key = (path, info.st_size, info.st_mtime_ns)
-            if key not in cache:
-                cache[key] = file_content_hash(path, limits)
-                fresh.append((*key, cache[key]))
-        except RetuneError as error:
-            failures[path] = str(error).removeprefix(f"{path}: ")
-            continue
         except OSError as error:
             failures[path] = error.strerror or str(error)
             continue
-        hashes[path] = cache[key]
+        keys[path] = (path, info.st_size, info.st_mtime_ns)
+
+    def content_hash(path: str) -> str | RetuneError:
+        try:
+            return file_content_hash(path, limits)
+        except RetuneError as error:
+            return error
+
+    unknown = [path for path, key in keys.items() if key not in cache]
+    fresh: list[tuple[str, int, int, str]] = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="retune-hash") as pool:
+        for path, digest in zip(unknown, pool.map(content_hash, unknown), strict=True):
+            if isinstance(digest, RetuneError):
+                failures[path] = str(digest).removeprefix(f"{path}: ")
+                del keys[path]
+            else:
+                cache[keys[path]] = digest
+                fresh.append((*keys[path], digest))
+    hashes = {path: cache[key] for path, key in keys.items()}
     return hashes, failures, fresh
 
 

@@ -61,7 +61,8 @@ def fit(
 ) -> FitResult:
     """Minimise ``loss_fn(x_batch, y_batch)``; keep the weights with the best ``val_score()``.
 
-    ``train_x`` may be float16 (see ``EmbeddingStore.read_vectors``): each batch is widened to float32.
+    ``train_x`` may be float16 (see ``EmbeddingStore.read_vectors``): each batch is widened to float32. Callers
+    whose loss gathers its own inputs pass row indices as ``train_x`` (integer tensors are left as they are).
 
     Without a validation score the last epoch is kept. ``module`` is left in eval mode.
     ``progress(n)`` is called after each batch with its number of rows (for a progress bar);
@@ -91,12 +92,12 @@ def fit(
         )
         total = 0.0  # becomes a tensor on the loss's device: one host sync per epoch
         for rows in batches:
-            # index_select, not train_x[rows]: the same rows, gathered about 5x faster on CPU; a float16 training
-            # matrix (half the memory) is widened per batch, so the steps see fp32 inputs either way
+            # index_select, not train_x[rows]: the same rows, gathered about 5x faster on CPU
             batch_x, batch_y = (
                 (train_x, train_y) if rows is None else (train_x.index_select(0, rows), train_y.index_select(0, rows))
             )
-            batch_x = batch_x.float()
+            if getattr(batch_x, "dtype", None) == torch.float16:  # a half-size matrix: steps see fp32 inputs anyway
+                batch_x = batch_x.float()
             optimizer.zero_grad(set_to_none=True)
             with training_autocast(train_x.device, optim.precision):
                 loss = loss_fn(batch_x, batch_y)

@@ -93,7 +93,7 @@ class DefaultBackbone(Backbone):
         )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image.convert("RGB"))
+        return self.transform(image if image.mode == "RGB" else image.convert("RGB"))  # convert() always copies
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor, tokens: bool = False) -> Encoded:

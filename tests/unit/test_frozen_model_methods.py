@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from retune.config import AdaptorConfig, OptimConfig, ReTuneConfig
-from retune.errors import ConfigError
+from retune.errors import ConfigError, StoreError
 from retune.evaluation import fast_mean_auroc
+from retune.methods import ranpac
 from retune.methods.base import MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import load_checkpoint, save_checkpoint
 from retune.methods.registry import create_method
+from retune.methods.statistics import unpack_symmetric
 
 DIM = 24
 TEXT_DIM = 12
@@ -166,3 +168,70 @@ def test_degenerate_statistics_never_give_nan(name, case):
     method.learn(TaskData(tuple(CLASSES), images, labels, images[:2], labels[:2]))
     scores = method.predict(sample(50, seed=6)[0])
     assert np.isfinite(scores).all()
+
+
+# SHA-256 of the seed-0 projection for 24-wide embeddings as RanPAC drew it before checkpoints stopped storing it
+# (np.random.default_rng(0).standard_normal((24, 1024)).astype(np.float32), NumPy 2.4): a NumPy release that changed
+# the stream would change every ranpac score, and fails here first.
+SEED0_PROJECTION_SHA256 = "18e488528bd1336ae3c0671493eec761cb20cee0e6bbc5e76d6ce4b335071651"
+
+
+@pytest.fixture
+def narrow_ranpac(monkeypatch):
+    """RanPAC with 128 random features instead of 1,024: the same code paths, 60x less linear algebra."""
+    monkeypatch.setattr(ranpac, "PROJECTION_DIM", 128)
+
+
+def test_ranpac_projection_is_the_one_earlier_versions_drew():
+    assert ranpac.array_sha256(create_method("ranpac", context(), CONFIG).projection) == SEED0_PROJECTION_SHA256
+
+
+def test_ranpac_regenerates_its_projection_from_the_seed_instead_of_storing_it(tmp_path, narrow_ranpac):
+    method = create_method("ranpac", context(seed=3), CONFIG)
+    method.learn(task(CLASSES, seed=1))
+    tensors, facts = method.state()
+    assert not any(DIM in value.shape for value in tensors.values())  # no image-width tensor: no projection
+    save_checkpoint(tmp_path, {"ranpac": (tensors, facts)}, {})
+    loaded, loaded_facts = load_checkpoint(tmp_path)
+    reloaded = create_method("ranpac", context(seed=5), CONFIG)
+    reloaded.load_state(loaded["ranpac"], loaded_facts["methods"]["ranpac"])
+    np.testing.assert_array_equal(reloaded.projection, method.projection)
+
+
+def test_ranpac_refuses_a_projection_that_regenerates_differently(narrow_ranpac):
+    method = create_method("ranpac", context(), CONFIG)
+    method.learn(task(CLASSES, seed=1))
+    tensors, facts = method.state()
+    facts["projection"] = {**facts["projection"], "sha256": "0" * 64}
+    with pytest.raises(StoreError, match="regenerated from seed 0 differs"):
+        create_method("ranpac", context(), CONFIG).load_state(tensors, facts)
+
+
+def test_ranpac_checkpoint_stores_each_gram_once_as_a_triangle(tmp_path, narrow_ranpac):
+    """Two tasks on different rows: two train and two validation Gram matrices, each n(n+1)/2 float64 values."""
+    method = create_method("ranpac", context(), CONFIG)
+    method.learn(task(CLASSES[:2], seed=1))
+    method.learn(task(CLASSES[2:], seed=2))
+    save_checkpoint(tmp_path, {"ranpac": method.state()}, {})
+    width = ranpac.PROJECTION_DIM + 1
+    grams = 4 * width * (width + 1) // 2 * 8
+    assert (tmp_path / "checkpoint.safetensors").stat().st_size < grams + 20_000  # heads and cross sums are small
+
+
+@pytest.mark.parametrize("name", ["ranpac", "gaussian"])
+def test_checkpoints_saved_before_packing_still_load(name, narrow_ranpac):
+    """Older checkpoints (square Gram / second-moment matrices, the projection stored) still load and predict."""
+    test_x, _ = sample(100, seed=3)
+    method = create_method(name, context(), CONFIG)
+    method.learn(task(CLASSES, seed=1))
+    tensors, facts = method.state()
+    square = {
+        key: unpack_symmetric(value) if "gram." in key or key == "second_moment" else value
+        for key, value in tensors.items()
+    }
+    if name == "ranpac":
+        square["projection"] = method.projection
+        facts = {key: value for key, value in facts.items() if key != "projection"}
+    older = create_method(name, context(), CONFIG)
+    older.load_state(square, facts)
+    np.testing.assert_array_equal(older.predict(test_x), method.predict(test_x))

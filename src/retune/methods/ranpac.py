@@ -8,18 +8,22 @@ diagonal of G_c by the squared error on validation rows, computed from validatio
 same way. Because every quantity is a sum over rows, learning chunk by chunk gives exactly the
 solution of learning all rows at once (data-incremental streams cannot forget), and a class whose
 rows do not come back keeps its head untouched (class-incremental streams cannot forget it).
-No gradient training. The checkpoint holds the projection, the sums and the heads, no rows; note
-that a Gram matrix of fewer rows than features determines those rows' projected features up to a rotation.
+No gradient training. The checkpoint holds the sums (each symmetric Gram matrix as its upper triangle, float64 so
+that learning on after a reload is exact) and the heads, no rows; the projection is not stored but regenerated
+from its seed and checked against its recorded SHA-256. Note that a Gram matrix of fewer rows than features
+determines those rows' projected features up to a rotation.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import ClassVar
 
 import numpy as np
 from scipy.special import expit
 
 from retune.config import ReTuneConfig
+from retune.errors import StoreError
 from retune.methods.base import Method, MethodContext, TaskData
 from retune.methods.registry import register_method
 from retune.methods.statistics import LabelledSums
@@ -28,6 +32,19 @@ PROJECTION_DIM = 1024  # RanPAC uses 10,000 on ViT-B features; sums grow with it
 RIDGE_GRID = tuple(10.0**k for k in range(-6, 4))  # λ as a multiple of the mean diagonal of G
 DEFAULT_RIDGE = 1.0  # used for a class without validation rows
 SCORE_SCALE = 8.0  # probability = sigmoid(SCORE_SCALE · (ŷ − 0.5)): monotone in the ridge output ŷ, not calibrated
+
+
+def random_projection(image_dim: int, seed: int) -> np.ndarray:
+    """The fixed (image_dim x PROJECTION_DIM) float32 Gaussian projection of ``seed``: NumPy's PCG64 bit stream (which
+    NumPy keeps identical across versions and platforms) through ``Generator.standard_normal`` (which NumPy may change
+    in a release: checkpoints record the result's SHA-256, so such a change is refused, not silently used)."""
+    generator = np.random.Generator(np.random.PCG64(seed))
+    return generator.standard_normal((image_dim, PROJECTION_DIM)).astype(np.float32)
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """SHA-256 of an array's little-endian bytes in C order."""
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()).hexdigest()
 
 
 @register_method
@@ -41,8 +58,8 @@ class RanPAC(Method):
 
     def __init__(self, context: MethodContext, config: ReTuneConfig) -> None:
         super().__init__(context)
-        rng = np.random.default_rng(context.seed)
-        self.projection = rng.standard_normal((context.image_dim, PROJECTION_DIM)).astype(np.float32)
+        self.projection_seed = context.seed
+        self.projection = random_projection(context.image_dim, context.seed)
         self.train_sums = LabelledSums()
         self.val_sums = LabelledSums()
         self.heads: dict[str, np.ndarray] = {}
@@ -102,14 +119,14 @@ class RanPAC(Method):
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         train_tensors, train_facts = self.train_sums.state("train.")
         val_tensors, val_facts = self.val_sums.state("val.")
-        tensors = {
-            "projection": self.projection,
-            "heads": np.stack([self.heads[c] for c in self.classes]),
-            **train_tensors,
-            **val_tensors,
-        }
+        tensors = {"heads": np.stack([self.heads[c] for c in self.classes]), **train_tensors, **val_tensors}
         return tensors, {
             "classes": self.classes,
+            "projection": {
+                "seed": self.projection_seed,
+                "shape": list(self.projection.shape),
+                "sha256": array_sha256(self.projection),
+            },
             "ridge": [self.ridge[c] for c in self.classes],
             "train": train_facts,
             "val": val_facts,
@@ -117,8 +134,27 @@ class RanPAC(Method):
 
     def load_state(self, tensors: dict[str, np.ndarray], facts: dict) -> None:
         self.classes = list(facts["classes"])
-        self.projection = np.asarray(tensors["projection"], dtype=np.float32)
+        if "projection" in tensors:  # saved before the projection was regenerated from its seed
+            self.projection = np.asarray(tensors["projection"], dtype=np.float32)
+        else:
+            self.projection_seed, self.projection = self._regenerated_projection(facts["projection"])
         self.heads = dict(zip(self.classes, np.asarray(tensors["heads"], dtype=np.float64)))
         self.ridge = dict(zip(self.classes, facts["ridge"]))
         self.train_sums.load(tensors, "train.", facts["train"])
         self.val_sums.load(tensors, "val.", facts["val"])
+
+    def _regenerated_projection(self, saved: dict) -> tuple[int, np.ndarray]:
+        """(seed, projection) rebuilt from the checkpoint's facts; refuses one whose bytes differ from those trained
+        with (another NumPy random stream would silently change every score)."""
+        seed, (image_dim, width) = int(saved["seed"]), saved["shape"]
+        if width != PROJECTION_DIM:
+            raise StoreError(
+                f"checkpoint of method {self.name}: projection width {width}, this version uses {PROJECTION_DIM}"
+            )
+        projection = random_projection(image_dim, seed)
+        if array_sha256(projection) != saved["sha256"]:
+            raise StoreError(
+                f"checkpoint of method {self.name}: the random projection regenerated from seed {seed} differs from "
+                "the one it was trained with (SHA-256 mismatch: another NumPy random stream?); refusing to load it"
+            )
+        return seed, projection

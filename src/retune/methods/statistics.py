@@ -10,6 +10,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from retune.errors import StoreError
+
+
+def symmetric(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` with its lower triangle replaced by the upper one: exactly symmetric, so storing one triangle
+    loses nothing (a product xᵀx is symmetric only up to rounding)."""
+    upper = np.triu(matrix)
+    return upper + np.triu(upper, 1).T
+
+
+def pack_symmetric(matrix: np.ndarray) -> np.ndarray:
+    """The upper triangle of a symmetric matrix, row by row: n(n+1)/2 values instead of n²."""
+    return matrix[np.triu_indices(len(matrix))]
+
+
+def unpack_symmetric(packed: np.ndarray) -> np.ndarray:
+    """Inverse of ``pack_symmetric`` in float64; a square matrix (a checkpoint saved before packing) passes through."""
+    packed = np.asarray(packed, dtype=np.float64)
+    if packed.ndim == 2:
+        return packed.copy()
+    size = int(round((np.sqrt(8 * len(packed) + 1) - 1) / 2))
+    if size * (size + 1) // 2 != len(packed):
+        raise StoreError(f"a packed symmetric tensor of {len(packed)} values is not the triangle of a square matrix")
+    matrix = np.zeros((size, size))
+    matrix[np.triu_indices(size)] = packed
+    return symmetric(matrix)
+
 
 def masked_columns(labels: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
     """Group label columns by their mask: [(rows with a label, columns sharing exactly those rows)]."""
@@ -34,6 +61,7 @@ class SharedGrams:
 
     def add(self, classes: list[str], gram: np.ndarray) -> None:
         """Add ``gram`` (the sum over one set of rows) to each of ``classes``' matrices."""
+        gram = symmetric(gram)
         updated: dict[int, np.ndarray] = {}
         for name in classes:
             old = self.by_class.get(name)
@@ -51,16 +79,16 @@ class SharedGrams:
         return list(found.values())
 
     def state(self, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """Tensors ``{prefix}{i}`` (each distinct matrix once) and the class -> index map."""
+        """Tensors ``{prefix}{i}`` (each distinct matrix once, its upper triangle) and the class -> index map."""
         tensors, index = {}, {}
         for i, (matrix, names) in enumerate(self.groups(list(self.by_class))):
-            tensors[f"{prefix}{i}"] = matrix
+            tensors[f"{prefix}{i}"] = pack_symmetric(matrix)
             index.update(dict.fromkeys(names, i))
         return tensors, index
 
     def load(self, tensors: dict[str, np.ndarray], prefix: str, index: dict[str, int]) -> None:
         """Inverse of ``state``: classes that shared a matrix share it again."""
-        matrices = {i: np.array(tensors[f"{prefix}{i}"], dtype=np.float64) for i in set(index.values())}
+        matrices = {i: unpack_symmetric(tensors[f"{prefix}{i}"]) for i in set(index.values())}
         self.by_class = {name: matrices[i] for name, i in index.items()}
 
 

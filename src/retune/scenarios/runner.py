@@ -139,8 +139,12 @@ def task_data(prepared: PreparedScenario, task: TaskSpec, train: np.ndarray, val
 
 
 def test_scores(method: Method, prepared: PreparedScenario) -> np.ndarray:
-    """Test-split probabilities in the data's class order, NaN for classes the method has not learned."""
-    scores = np.full((len(prepared.test_rows), len(prepared.classes)), np.nan, dtype=np.float32)
+    """Test-split probabilities in the data's class order, NaN for classes the method has not learned.
+
+    Kept in float64, as methods that solve in float64 give them: rounded to float32, probabilities within 6e-8 of 1
+    tie, so the recorded AUROC would differ from the one of the same model reloaded (``scenario evaluate``).
+    """
+    scores = np.full((len(prepared.test_rows), len(prepared.classes)), np.nan, dtype=np.float64)
     predicted = method.predict(prepared.images[prepared.test_rows])
     scores[:, [prepared.classes.index(c) for c in method.classes]] = predicted
     return scores

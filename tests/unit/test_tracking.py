@@ -67,3 +67,20 @@ def test_rerun_and_interrupted_logging_leave_one_run_per_method(tmp_path, monkey
     runs = active_runs(tmp_path)
     assert sorted(run.data.tags["mlflow.runName"] for run in runs) == ["lwf", "naive"]
     assert all(run.data.tags[tracking.COMPLETE_TAG] == "true" for run in runs)
+
+
+def test_a_run_folder_killed_while_mlflow_created_it_is_dropped_and_logging_goes_on(tmp_path):
+    """A kill between MLflow creating a run's folder and writing its meta.yaml leaves an empty meta.yaml, on which
+    MLflow's file store fails every later search: the next logging removes that folder and logs both methods."""
+    import mlflow
+
+    results = fake_results(tmp_path)
+    tracking.log_scenario_results(results, tmp_path)
+    experiment = mlflow.get_experiment_by_name("retune-scenario-toy")
+    killed = tmp_path / "mlruns" / experiment.experiment_id / ("f" * 32)
+    killed.mkdir()
+    (killed / "meta.yaml").write_text("")
+    (tmp_path / "lwf" / "results.json").write_text(json.dumps({**results["lwf"], "final_mean_auroc": 0.71}))
+    tracking.log_scenario_results(results, tmp_path)
+    assert not killed.exists()
+    assert sorted(run.data.tags["mlflow.runName"] for run in active_runs(tmp_path)) == ["lwf", "naive"]

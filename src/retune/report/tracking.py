@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 ARTIFACT_SUFFIXES = (".json", ".md", ".png", ".html", ".yaml")
@@ -230,8 +231,25 @@ def log_scenario_results(
     return uri
 
 
+def _drop_runs_killed_at_creation(uri: str, experiment_id: str) -> None:
+    """Remove file-store run folders whose ``meta.yaml`` is missing or empty: a process killed while MLflow
+    created the run leaves one, and MLflow's file store then fails every search of the experiment. Such a
+    folder holds no results (those are in ``results.json``); the run is logged again."""
+    if not uri.startswith("file:"):
+        return
+    from urllib.parse import unquote, urlparse
+
+    folder = Path(unquote(urlparse(uri).path)) / experiment_id
+    for run_dir in folder.iterdir() if folder.is_dir() else []:
+        meta = run_dir / "meta.yaml"
+        is_run = run_dir.is_dir() and re.fullmatch(r"[0-9a-f]{32}", run_dir.name)  # run ids, not tags/ etc.
+        if is_run and (not meta.is_file() or not meta.read_text().strip()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _keep_or_clear(mlflow, experiment_id: str, key: str, digest: str) -> bool:
     """True when a complete run of these very results exists; otherwise delete earlier runs under ``key``."""
+    _drop_runs_killed_at_creation(mlflow.get_tracking_uri(), experiment_id)
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list"
     )

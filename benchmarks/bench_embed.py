@@ -53,25 +53,12 @@ def write_png(source: Path, target_path: Path, size: int) -> None:
 
 def write_dicom(source: Path, target_path: Path, size: int) -> None:
     """A 16-bit DICOM (12 bits stored, MONOCHROME2, uncompressed) of the image upsampled to ``size`` x ``size``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from retune.data.phantoms import dicom_dataset
 
     with Image.open(source) as image:
         grey = np.asarray(image.convert("F").resize((size, size), Image.BICUBIC))
     pixels = np.clip(np.rint(grey * (4095 / 255)), 0, 4095).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
-    dataset.PixelData = pixels.tobytes()
-    dataset.save_as(target_path, enforce_file_format=True)
+    dicom_dataset(pixels, bits_stored=12).save_as(target_path, enforce_file_format=True)
 
 
 def prepare_inputs(ctx: Context, originals: list[Path]) -> dict[str, list[Path]]:

@@ -7,6 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from retune.data.phantoms import dicom_dataset
+
 
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -16,21 +18,8 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 def dicom_bytes(pixels: np.ndarray | None, patient_name: str = "Doe^Jane") -> bytes:
     """A minimal DICOM Part 10 file in memory with a patient name; ``pixels=None`` leaves out the pixel data."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName, ds.PatientID = "DX", patient_name, "PID-123456"
-    if pixels is not None:
-        ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=16)
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    dicom_dataset(pixels, PatientName=patient_name, PatientID="PID-123456").save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 

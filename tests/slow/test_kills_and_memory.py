@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from retune.data.phantoms import write_phantom_dataset
+from retune.data.phantoms import dicom_dataset, write_phantom_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -37,21 +37,10 @@ def start(*args: str | Path) -> subprocess.Popen:
 
 def deflated_dicom(path: Path, side: int) -> Path:
     """A deflated DICOM of ``side`` x ``side`` 16-bit pixels: a few hundred KB on disk, side^2 x 2 bytes inflated."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-        "CT",
-    )
-    ds.set_pixel_data(
-        np.zeros((side, side), dtype=np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=16
+    ds = dicom_dataset(
+        np.zeros((side, side), dtype=np.uint16), transfer_syntax=DeflatedExplicitVRLittleEndian, Modality="CT"
     )
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -18,7 +18,7 @@ from PIL import Image
 from test_store import FakeBackbone  # the tiny patch-projection backbone of the store tests
 
 from retune.data.images import DecodeLimits, load_image
-from retune.data.phantoms import write_phantom_dataset
+from retune.data.phantoms import dicom_dataset, write_phantom_dataset
 from retune.data.readers import read_table
 from retune.errors import DataError, StoreError
 from retune.store import EmbeddingStore, embed_table, purge_store
@@ -126,16 +126,8 @@ def test_pixel_budget_and_aspect_ratio_are_checked_from_the_header(tmp_path, rec
 
 
 def test_dicom_pixel_budget_is_checked_before_the_pixel_data_is_read(tmp_path):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.set_pixel_data(np.zeros((8, 8), dtype=np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=16)
-    ds.Rows = ds.Columns = 12000  # a header that promises 144 million pixels
+    # a header that promises 144 million pixels over 64 real ones
+    ds = dicom_dataset(np.zeros((8, 8), dtype=np.uint16), Rows=12000, Columns=12000)
     ds.save_as(tmp_path / "huge.dcm", enforce_file_format=True)
     with pytest.raises(DataError, match="12000 x 12000 pixels is over the pixel budget"):
         load_image(tmp_path / "huge.dcm")

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from retune.data.images import decode_image_bytes, file_content_hash, is_dicom, load_image
+from retune.data.phantoms import dicom_dataset
 from retune.errors import DataError
 
 
@@ -29,20 +28,12 @@ def _write_dicom(
     rescale: tuple[float, float] | None = None,
 ) -> Path:
     """Write a minimal explicit-VR little-endian DICOM file holding uint16 ``pixels`` (2-D, or frames x H x W)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits_stored)
+    elements = {}
     if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
+        elements["WindowCenter"], elements["WindowWidth"] = window
     if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
+        elements["RescaleSlope"], elements["RescaleIntercept"] = rescale
+    ds = dicom_dataset(pixels, photometric, bits_stored, **elements)
     ds.save_as(path, enforce_file_format=True)
     return path
 

@@ -412,3 +412,32 @@ def write_phantom_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int 
     csv_path = out_dir / "labels.csv"
     _replace_atomically(csv_path, write_csv)
     return csv_path
+
+
+def dicom_dataset(
+    pixels: np.ndarray | None,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 16,
+    transfer_syntax: str | None = None,
+    **elements,
+):
+    """A minimal secondary-capture DICOM dataset (Part 10 meta, fresh UIDs, modality DX) holding unsigned ``pixels``
+    (2-D, or frames x H x W; ``None`` leaves out the pixel data), for test and benchmark inputs. ``transfer_syntax``
+    defaults to explicit VR little endian; ``elements`` set further attributes after the pixels (``Modality``,
+    ``PatientName``, ``WindowCenter``, even ``Rows`` to make the header lie). Save with
+    ``save_as(target, enforce_file_format=True)``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "DX"
+    if pixels is not None:
+        dataset.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits_stored)
+    for keyword, value in elements.items():
+        setattr(dataset, keyword, value)
+    return dataset

@@ -190,6 +190,7 @@ def log_scenario_results(
     scenario = json.loads(scenario_file.read_text()) if scenario_file.exists() else {}
     config = flat_params(scenario, "config.")
     csv = scenario.get("data", {}).get("csv")
+    _drop_runs_killed_at_creation(uri, experiment.experiment_id)
     for name, result in results.items():
         key = hashlib.sha256(f"{out_dir.resolve()}\0{name}".encode()).hexdigest()[:32]
         digest = hashlib.sha256((out_dir / name / "results.json").read_bytes()).hexdigest()
@@ -249,7 +250,6 @@ def _drop_runs_killed_at_creation(uri: str, experiment_id: str) -> None:
 
 def _keep_or_clear(mlflow, experiment_id: str, key: str, digest: str) -> bool:
     """True when a complete run of these very results exists; otherwise delete earlier runs under ``key``."""
-    _drop_runs_killed_at_creation(mlflow.get_tracking_uri(), experiment_id)
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", output_format="list"
     )

@@ -40,6 +40,8 @@ from retune.training.rng import load_rng_state, save_rng_state
 Progress = Callable[[str], None]
 
 
+SCENARIO_FILE = "scenario.json"  # the config a scenario output folder ran with
+
 @dataclass
 class PreparedScenario:
     """The data every method shares: embeddings, labels, the split, prompts and the task rows."""
@@ -378,7 +380,7 @@ def run_scenario(
     fingerprints = {name: results_fingerprint(name, config, prepared) for name in config.methods}
     for name, fingerprint in fingerprints.items():
         claim_work_dir(out_dir / "work" / name, fingerprint, restart)
-    write_json_atomic(out_dir / "scenario.json", config.model_dump(mode="json"))
+    write_json_atomic(out_dir / SCENARIO_FILE, config.model_dump(mode="json"))
     seeds = config.training_seeds
     jobs = [(name, order, seed) for name in config.methods for order in config.orders for seed in seeds]
     scores: dict[Job, list[np.ndarray]] = {}
@@ -442,15 +444,20 @@ class SavedResults(BaseModel):
         return self
 
 
+def is_scenario_folder(directory: str | Path) -> bool:
+    """True for a ``retune scenario run`` output folder (it holds scenario.json); run folders hold none."""
+    return (Path(directory) / SCENARIO_FILE).is_file()
+
+
 def load_scenario_config(directory: str | Path) -> ScenarioConfig:
     """The config a scenario output folder ran with (its scenario.json); errors name the file and field."""
-    path = Path(directory) / "scenario.json"
+    path = Path(directory) / SCENARIO_FILE
     if not path.is_file():
         raise ConfigError(f"{directory}: no scenario.json (is this a 'retune scenario run' output folder?)")
     return parse_config(read_json(path), ScenarioConfig, str(path))
 
 
-def load_results(directory: str | Path) -> dict[str, dict]:
+def load_results(directory: str | Path, config: ScenarioConfig | None = None) -> dict[str, dict]:
     """Every ``*/results.json`` under a scenario output folder, by method (in scenario.json's order when present).
 
     Each file is checked for the fields readers use; a corrupt or partial one is an error naming it.
@@ -463,6 +470,7 @@ def load_results(directory: str | Path) -> dict[str, dict]:
         found[parse_config(result, SavedResults, str(path)).method] = result
     if not found:
         raise ConfigError(f"{directory}: no */results.json found (is this a 'retune scenario run' output folder?)")
-    scenario = Path(directory) / "scenario.json"
-    order = load_scenario_config(directory).methods if scenario.exists() else []
+    if config is None and is_scenario_folder(directory):
+        config = load_scenario_config(directory)
+    order = config.methods if config is not None else []
     return dict(sorted(found.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))

@@ -32,11 +32,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from retune.data.images import decode_image_bytes
 from retune.errors import RetuneError
 from retune.experiments.kinds import PixelScores
+from retune.scenarios.runner import is_scenario_folder
 from retune.server import explain
 from retune.server.batching import DynamicBatcher, QueueFull
 from retune.server.config import ServeConfig, is_loopback
 from retune.server.runs import ROC_PLOT, ServedRun
-from retune.server.scenarios import Png, ServedScenario, is_scenario_folder
+from retune.server.scenarios import Png, ServedScenario
 from retune.server.uploads import UPLOAD_FIELD, NotMultipart, Upload, UploadTooLarge, read_body, read_uploads
 
 API_VERSION = "v1"

@@ -13,30 +13,22 @@ from retune.scenarios.runner import load_results, load_scenario_config
 from retune.scenarios.spec import ScenarioConfig
 from retune.server.runs import unique_name
 
-SCENARIO_FILE = "scenario.json"
-
-
-def is_scenario_folder(directory: str | Path) -> bool:
-    """True for a ``retune scenario run`` output folder (it holds scenario.json); run folders hold none."""
-    return (Path(directory) / SCENARIO_FILE).is_file()
-
 
 @dataclass(frozen=True)
 class Png:
-    """A PNG held in memory with its entity tag (a content hash), so browsers can revalidate instead of refetching."""
+    """A PNG held in memory with its entity tag (a content hash, computed once), so browsers can revalidate
+    instead of refetching."""
 
     data: bytes
-
-    @property
-    def etag(self) -> str:
-        return f'"{hashlib.sha256(self.data).hexdigest()[:20]}"'
+    etag: str
 
 
 def heatmap_png(method: str, result: dict) -> Png:
     """One method's AUROC-matrix heatmap, drawn by the report's own plotting code into memory."""
     buffer = io.BytesIO()
     auroc_heatmap(method, result, buffer)
-    return Png(buffer.getvalue())
+    data = buffer.getvalue()
+    return Png(data, f'"{hashlib.sha256(data).hexdigest()[:20]}"')
 
 
 @dataclass
@@ -103,7 +95,7 @@ def load_served_scenarios(directories: list[str | Path]) -> dict[str, ServedScen
     for directory in map(Path, directories):
         name = unique_name(directory, {s.name: s.directory for s in scenarios.values()}, "scenario")
         config = load_scenario_config(directory)
-        results = load_results(directory)
+        results = load_results(directory, config)
         heatmaps = {method: heatmap_png(method, result) for method, result in results.items()}
         scenarios[name] = ServedScenario(name, directory, config, results, heatmaps)
     return scenarios

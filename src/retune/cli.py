@@ -197,7 +197,8 @@ def embed(
     workers: int | None = typer.Option(
         None,
         min=0,
-        help="local: DataLoader decoding workers (default: cores - 1); "
+        help="local: DataLoader workers; each decodes, and on CPU also encodes with one thread (default: one per "
+        "core, at most 16; 0 = all in this process); "
         "ray: encoder actors (default: one per GPU, else one per 8 CPUs).",
     ),
     tokens: bool = typer.Option(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from test_store import FakeBackbone, embed, phantom_source, phantoms  # noqa: F401 (fixtures)
 
 from retune.data.images import _scale_to_uint8
@@ -42,27 +41,3 @@ def test_a_store_written_with_decoding_workers_equals_one_written_without(phanto
     fast_vectors, fast_rows = image_embeddings(table, backbone.fingerprint, fast)
     np.testing.assert_array_equal(plain_rows, fast_rows)
     np.testing.assert_allclose(fast_vectors, plain_vectors, atol=1e-5, rtol=0)
-
-
-def test_encoder_threads_yield_cores_to_busy_workers_and_restore_the_setting():
-    """Waiting on the loader most of the time -> one torch thread; encoder-bound again -> all threads back; on exit
-    the previous setting returns. Without workers (or on CUDA) nothing changes."""
-    from retune.store.embed import EncoderThreads
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with EncoderThreads(torch.device("cpu"), workers=2) as threads:
-            for _ in range(3):
-                threads.update(wait_seconds=0.9, encode_seconds=0.1)
-            assert torch.get_num_threads() == 1
-            for _ in range(10):
-                threads.update(wait_seconds=0.0, encode_seconds=0.1)
-            assert torch.get_num_threads() == 2
-            threads.update(wait_seconds=5.0, encode_seconds=0.1)
-        assert torch.get_num_threads() == 2
-        with EncoderThreads(torch.device("cpu"), workers=0) as threads:
-            threads.update(wait_seconds=5.0, encode_seconds=0.1)
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(previous)

@@ -191,17 +191,17 @@ def test_killed_run_leaves_whole_shards_and_resumes(phantoms, backbone, store, m
 
     monkeypatch.setattr(EmbeddingStore, "write_vectors", dying_write)
     with pytest.raises(Killed):
-        embed(phantoms, backbone, store, batch_size=5, shard_size=5)
+        embed(phantoms, backbone, store, batch_size=4, shard_size=4)
     monkeypatch.undo()
     fingerprint = backbone.fingerprint
     shard_dir = store.shard_dir("images", fingerprint)
     assert len(store.shards("images", fingerprint)) == 1
     first_rows = len(stored_hashes(store, fingerprint))
-    assert first_rows == 5
+    assert first_rows == 4
     # What a kill -9 in the middle of a parquet write leaves behind: a half-written temp file.
     (shard_dir / ".tmp-part-19700101000000-deadbeef.parquet-abc123").write_bytes(b"PAR1 half a shard")
 
-    resumed = embed(phantoms, backbone, store, batch_size=5, shard_size=5)
+    resumed = embed(phantoms, backbone, store, batch_size=4, shard_size=4)
     assert resumed.n_computed == N - first_rows
     assert resumed.n_cached == first_rows
     keys = stored_hashes(store, fingerprint)

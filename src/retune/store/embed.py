@@ -1,8 +1,8 @@
 """The embedding job: every image through the frozen encoders once per backbone, ever.
 
 Images are keyed by content hash, so renamed or duplicated files are not re-encoded; file
-hashes are themselves cached by (path, size, mtime). Decoding runs in DataLoader workers,
-encoding in batches under ``torch.inference_mode`` (and autocast on CUDA), and results are
+hashes are themselves cached by (path, size, mtime). Decoding runs in DataLoader workers, which on CPU
+also encode (one thread each); on CUDA this process encodes whole batches under autocast. Results are
 flushed in shards (every ``shard_size`` images or ``flush_seconds``, whichever comes first), so a
 killed run resumes where it stopped and loses at most about ``flush_seconds`` of encoding.
 Only regular files within ``DecodeLimits`` are read; every other row is recorded with its reason.
@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from retune.io_utils import atomic_path
 from retune.progress import progress_bar
 from retune.store.store import EmbeddingStore, text_hash
 
-CPU_ENCODE_CHUNK = 8
+CPU_ENCODE_CHUNK = 4
 FLUSH_SECONDS = 30.0
 
 
@@ -177,37 +178,9 @@ def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> 
 
 
 def default_workers() -> int:
-    """Decoding workers: one per core (at most 8); ``EncoderThreads`` keeps them and the encoder from
-    oversubscribing the cores."""
-    return min(8, os.cpu_count() or 1)
-
-
-class EncoderThreads:
-    """Torch threads of the CPU encoder beside decoding workers, set batch by batch: every core while the encoder is
-    the bottleneck (the workers then sleep on a full queue), one while it waits for decoded images (large PNGs,
-    DICOMs: the other cores are the workers'). Two busy intra-op threads on cores that workers also use make each
-    parallel region wait for a descheduled thread. The setting in force before is restored on exit."""
-
-    WAIT_SHARE = 0.2  # smoothed share of a batch's time spent waiting for the loader above which the encoder yields
-
-    def __init__(self, device: torch.device, workers: int) -> None:
-        self.active = device.type == "cpu" and workers > 0
-        self.threads = torch.get_num_threads()
-        self.waiting = 0.0
-
-    def __enter__(self) -> EncoderThreads:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.active:
-            torch.set_num_threads(self.threads)
-
-    def update(self, wait_seconds: float, encode_seconds: float) -> None:
-        """Record one batch's wait for the loader and its encoding time; pick the threads for the next one."""
-        if self.active:
-            share = wait_seconds / max(wait_seconds + encode_seconds, 1e-9)
-            self.waiting = 0.7 * self.waiting + 0.3 * share
-            torch.set_num_threads(1 if self.waiting > self.WAIT_SHARE else self.threads)
+    """DataLoader workers: one per usable core (at most 16). On CPU each is a whole one-thread pipeline."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(16, cores)
 
 
 def encode_decoded(backbone: Backbone, decoded: list[tuple], tokens: bool) -> EncodedBatch:
@@ -225,25 +198,27 @@ def local_batches(
     items: list[tuple[str, str]], backbone: Backbone, batch_size: int, workers: int | None, tokens: bool,
     limits: DecodeLimits,
 ) -> Iterator[EncodedBatch]:
-    """The local engine: decode in DataLoader workers, encode in this process (``EncoderThreads`` on CPU)."""
+    """The local engine, decoding in DataLoader workers.
+
+    On CPU each worker also encodes its own batches of ``CPU_ENCODE_CHUNK`` images (the DataLoader runs the
+    collate function in the worker, with one torch thread): every core is a whole decode-and-encode pipeline, so
+    no core waits for another's share of a parallel region while a decoder holds it, and no pixels cross
+    processes. Measured on 2 cores, this beat decoding in workers beside a multi-threaded encoder here by
+    1.2-1.4x. On CUDA, workers decode and this process encodes whole batches on the GPU.
+    """
     workers = default_workers() if workers is None else workers
+    on_cpu = backbone.device.type == "cpu"
     loader = DataLoader(
         _DecodeDataset(items, backbone.preprocess, limits),
-        batch_size=batch_size,
+        batch_size=min(batch_size, CPU_ENCODE_CHUNK) if on_cpu else batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=partial(encode_decoded, backbone, tokens=tokens) if on_cpu else _collate,
         pin_memory=backbone.device.type == "cuda",
     )
     batches = iter(loader)
     try:
-        with EncoderThreads(backbone.device, workers) as threads:
-            waited = time.perf_counter()
-            for batch in batches:
-                encoding = time.perf_counter()
-                encoded = encode_decoded(backbone, batch, tokens)
-                threads.update(encoding - waited, time.perf_counter() - encoding)
-                yield encoded
-                waited = time.perf_counter()
+        for batch in batches:
+            yield batch if on_cpu else encode_decoded(backbone, batch, tokens)
     finally:  # also when the caller stops early (a worker died): the other workers and torch's SIGCHLD check go
         getattr(batches, "_shutdown_workers", lambda: None)()
 

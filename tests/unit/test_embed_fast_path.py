@@ -41,3 +41,17 @@ def test_a_store_written_with_decoding_workers_equals_one_written_without(phanto
     fast_vectors, fast_rows = image_embeddings(table, backbone.fingerprint, fast)
     np.testing.assert_array_equal(plain_rows, fast_rows)
     np.testing.assert_allclose(fast_vectors, plain_vectors, atol=1e-5, rtol=0)
+
+
+def test_on_cpu_each_worker_encodes_its_own_batches_of_at_most_the_chunk(phantoms, tmp_path):  # noqa: F811
+    """With workers on CPU, encoding happens in the workers (this process's encoder is never called) and every
+    encoder call holds at most ``CPU_ENCODE_CHUNK`` images; without workers, this process encodes them all."""
+    from retune.store import EmbeddingStore
+    from retune.store.embed import CPU_ENCODE_CHUNK
+
+    in_workers, in_process = FakeBackbone(), FakeBackbone()
+    summary = embed(phantoms, in_workers, EmbeddingStore(tmp_path / "workers"), workers=2, batch_size=32)
+    assert summary.n_computed > CPU_ENCODE_CHUNK and in_workers.image_calls == 0
+    embed(phantoms, in_process, EmbeddingStore(tmp_path / "process"), workers=0, batch_size=32)
+    assert in_process.images_encoded == summary.n_computed
+    assert in_process.image_calls == -(-summary.n_computed // CPU_ENCODE_CHUNK)

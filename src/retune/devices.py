@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import sys
 
 import torch
+
+_M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest allowed mmap threshold
+KEEP_FREED_UP_TO = 1 << 30
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -37,3 +45,24 @@ def training_autocast(device: torch.device, precision: str) -> contextlib.Abstra
     if precision == "bf16" or (precision == "auto" and bf16_supported(device)):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@functools.cache
+def keep_freed_memory_for_reuse() -> bool:
+    """Have glibc's malloc serve blocks up to 32 MiB from its heap and keep up to 1 GiB freed there for reuse.
+
+    A CPU forward pass allocates and frees its activations on every call; with glibc's defaults, blocks above its
+    adaptive mmap threshold are mapped and unmapped each time, so every call page-faults them in again. Measured
+    on 2 cores (EfficientNet-Lite0, batches of 4), that halved the encoder's speed: 100 vs 200 images/s. This is
+    what PyTorch's CPU tuning guide gets from jemalloc or tcmalloc, set in this process once (children forked
+    later inherit it). The price: memory freed after a peak stays in the process for reuse instead of going back
+    to the system. False, changing nothing, where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: their allocators have no such thresholds
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_UP_TO)
+    )

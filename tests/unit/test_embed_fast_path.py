@@ -18,7 +18,7 @@ def test_integer_images_scale_to_the_bytes_of_the_float_formula(dtype, low, high
     """12/16-bit and signed DICOM-like pixels through the lookup table equal the float64 formula, byte for byte
     (int32 with more levels than the table holds takes the float path; uint32 levels far above 65535 take the
     shifted table, not one indexed by their values)."""
-    pixels = np.random.default_rng(0).integers(low, high, size=(300, 400)).astype(dtype)
+    pixels = np.random.default_rng(0).integers(low, high, size=(700, 800)).astype(dtype)  # 2+ lookup blocks
     np.testing.assert_array_equal(_scale_to_uint8(pixels), _scale_to_uint8(pixels.astype(np.float64)))
 
 
@@ -55,3 +55,37 @@ def test_on_cpu_each_worker_encodes_its_own_batches_of_at_most_the_chunk(phantom
     embed(phantoms, in_process, EmbeddingStore(tmp_path / "process"), workers=0, batch_size=32)
     assert in_process.images_encoded == summary.n_computed
     assert in_process.image_calls == -(-summary.n_computed // CPU_ENCODE_CHUNK)
+
+
+@pytest.mark.parametrize(
+    ("decode_ms", "one_thread_ms", "all_threads_ms", "pipelines", "expected"),
+    [(9.0, 12.0, 5.0, 2, True), (1.2, 12.0, 5.0, 2, False), (1.2, 12.0, 5.0, 8, True), (15.0, 20.0, 20.0, 1, False)],
+)
+def test_pipelines_win_only_when_their_throughput_is_higher(decode_ms, one_thread_ms, all_threads_ms, pipelines,
+                                                           expected):
+    """2 cores, 1024 px PNG-like costs: pipelines; 256 px-like (cheap decoding): in turn with every thread, until
+    there are enough cores; one pipeline is never faster than decoding and encoding in turn at the same speed."""
+    from retune.store.embed import CpuCosts
+
+    assert CpuCosts(decode_ms, one_thread_ms, all_threads_ms).pipelines_win(pipelines) is expected
+
+
+@pytest.mark.parametrize("pipelines_win", [True, False])
+def test_a_calibrated_job_stores_what_an_uncalibrated_one_does(phantoms, tmp_path, monkeypatch, pipelines_win):  # noqa: F811
+    """Whichever plan the measured costs pick, the probe's images and the rest are stored once, equal to the
+    vectors of a job without workers."""
+    import retune.store.embed as embed_module
+    from retune.data.readers import read_table
+    from retune.store import EmbeddingStore, image_embeddings
+
+    monkeypatch.setattr(embed_module, "CALIBRATE_FROM", 1)
+    monkeypatch.setattr(embed_module.CpuCosts, "pipelines_win", lambda self, pipelines: pipelines_win)
+    backbone = FakeBackbone()
+    calibrated, plain = EmbeddingStore(tmp_path / "calibrated"), EmbeddingStore(tmp_path / "plain")
+    summary = embed(phantoms, backbone, calibrated, workers=2)
+    embed(phantoms, backbone, plain, workers=0)
+    assert summary.n_computed == len(plain.keys("images", backbone.fingerprint)) > 4 * embed_module.CPU_ENCODE_CHUNK
+    assert calibrated.keys("images", backbone.fingerprint) == plain.keys("images", backbone.fingerprint)
+    table = read_table(phantoms)
+    np.testing.assert_allclose(image_embeddings(table, backbone.fingerprint, calibrated)[0],
+                               image_embeddings(table, backbone.fingerprint, plain)[0], atol=1e-5, rtol=0)

@@ -28,12 +28,14 @@ from torch.utils.data import DataLoader, Dataset
 from retune.backbones.base import Backbone, Encoded
 from retune.data.images import DEFAULT_LIMITS, DecodeLimits, file_content_hash, load_image
 from retune.data.table import ImageTable
+from retune.devices import keep_freed_memory_for_reuse
 from retune.errors import RetuneError, StoreError
 from retune.io_utils import atomic_path
 from retune.progress import progress_bar
 from retune.store.store import EmbeddingStore, text_hash
 
 CPU_ENCODE_CHUNK = 4
+CALIBRATE_FROM = 256  # images in a CPU job from which the plan is chosen by measuring
 FLUSH_SECONDS = 30.0
 
 
@@ -194,20 +196,72 @@ def encode_decoded(backbone: Backbone, decoded: list[tuple], tokens: bool) -> En
     return EncodedBatch([item[0] for item in good], encoded.pooled.float().cpu().numpy(), token_matrix, failed)
 
 
+@dataclass(frozen=True)
+class CpuCosts:
+    """Milliseconds per image on the job's first images: decoding (in this process) and encoding with one torch
+    thread and with every thread (wall time)."""
+
+    decode_ms: float
+    encode_one_thread_ms: float
+    encode_all_threads_ms: float
+
+    def pipelines_win(self, pipelines: int) -> bool:
+        """Whether ``pipelines`` one-thread decode-and-encode workers outrun decoding and encoding in turn here with
+        every thread. They do when decoding is dear (large PNGs, DICOMs); with cheap decoding, one forward pass
+        split over all cores can beat one per core, whose activations share less cache."""
+        in_turn = 1 / (self.decode_ms + self.encode_all_threads_ms)
+        return pipelines / (self.decode_ms + self.encode_one_thread_ms) > in_turn
+
+
+def measure_cpu_costs(
+    probe: list[tuple[str, str]], backbone: Backbone, tokens: bool, limits: DecodeLimits
+) -> tuple[CpuCosts | None, list[EncodedBatch]]:
+    """Decode ``probe`` here and encode one half with every thread, the other with one (a first chunk encoded
+    untimed before each, so its kernels are set up): the costs (None if a half has no decodable image) and the
+    batches, which are kept."""
+    started = time.perf_counter()
+    decoded = [decode_image(*item, backbone.preprocess, limits) for item in probe]
+    decode_ms = (time.perf_counter() - started) * 1000 / len(probe)
+    threads = torch.get_num_threads()
+    half = len(decoded) // 2
+    batches, encode_ms = [], []
+    try:
+        for part, n_threads in ((decoded[:half], threads), (decoded[half:], 1)):
+            torch.set_num_threads(n_threads)
+            encode_decoded(backbone, part[:CPU_ENCODE_CHUNK], tokens)
+            started = time.perf_counter()
+            batches.append(encode_decoded(backbone, part, tokens))
+            encode_ms.append((time.perf_counter() - started) * 1000 / max(1, len(batches[-1].keys)))
+    finally:
+        torch.set_num_threads(threads)
+    if not all(batch.keys for batch in batches):
+        return None, batches
+    return CpuCosts(decode_ms, encode_ms[1], encode_ms[0]), batches
+
+
 def local_batches(
     items: list[tuple[str, str]], backbone: Backbone, batch_size: int, workers: int | None, tokens: bool,
     limits: DecodeLimits,
 ) -> Iterator[EncodedBatch]:
-    """The local engine, decoding in DataLoader workers.
+    """The local engine. On CUDA, DataLoader workers decode and this process encodes whole batches on the GPU.
 
-    On CPU each worker also encodes its own batches of ``CPU_ENCODE_CHUNK`` images (the DataLoader runs the
-    collate function in the worker, with one torch thread): every core is a whole decode-and-encode pipeline, so
-    no core waits for another's share of a parallel region while a decoder holds it, and no pixels cross
-    processes. Measured on 2 cores, this beat decoding in workers beside a multi-threaded encoder here by
-    1.2-1.4x. On CUDA, workers decode and this process encodes whole batches on the GPU.
+    On CPU, one of two plans, chosen by ``CpuCosts`` measured on the first ``4 * CPU_ENCODE_CHUNK`` images of a
+    job of at least ``CALIBRATE_FROM`` (smaller jobs take the first): each worker decodes and also encodes its
+    own batches of ``CPU_ENCODE_CHUNK`` images with one torch thread (the DataLoader runs the collate function in
+    the worker), so every core is a whole pipeline and no pixels cross processes; or, when decoding is cheap, this
+    process decodes and encodes in turn with every thread. Either way glibc keeps freed activations for reuse
+    (``keep_freed_memory_for_reuse``). ``workers=0`` always takes the second plan.
     """
     workers = default_workers() if workers is None else workers
     on_cpu = backbone.device.type == "cpu"
+    if on_cpu:
+        keep_freed_memory_for_reuse()
+        if workers and len(items) >= CALIBRATE_FROM:
+            probe, items = items[: 4 * CPU_ENCODE_CHUNK], items[4 * CPU_ENCODE_CHUNK :]
+            costs, batches = measure_cpu_costs(probe, backbone, tokens, limits)
+            yield from batches
+            if costs is not None and not costs.pipelines_win(min(workers, default_workers())):
+                workers = 0
     loader = DataLoader(
         _DecodeDataset(items, backbone.preprocess, limits),
         batch_size=min(batch_size, CPU_ENCODE_CHUNK) if on_cpu else batch_size,

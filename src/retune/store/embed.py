@@ -216,9 +216,10 @@ class CpuCosts:
 def measure_cpu_costs(
     probe: list[tuple[str, str]], backbone: Backbone, tokens: bool, limits: DecodeLimits
 ) -> tuple[CpuCosts | None, list[EncodedBatch]]:
-    """Decode ``probe`` here and encode one half with every thread, the other with one (a first chunk encoded
-    untimed before each, so its kernels are set up): the costs (None if a half has no decodable image) and the
-    batches, which are kept."""
+    """Decode ``probe`` here and encode one half with every thread, the other with one (each half encoded once
+    untimed first, so its kernels are set up): the costs (None if a half has no decodable image) and the batches,
+    which are kept. Two chunks suffice: the plans' speeds differ little where the measurement is close, and the
+    probe runs on one core while the others wait."""
     started = time.perf_counter()
     decoded = [decode_image(*item, backbone.preprocess, limits) for item in probe]
     decode_ms = (time.perf_counter() - started) * 1000 / len(probe)
@@ -228,7 +229,7 @@ def measure_cpu_costs(
     try:
         for part, n_threads in ((decoded[:half], threads), (decoded[half:], 1)):
             torch.set_num_threads(n_threads)
-            encode_decoded(backbone, part[:CPU_ENCODE_CHUNK], tokens)
+            encode_decoded(backbone, part, tokens)
             started = time.perf_counter()
             batches.append(encode_decoded(backbone, part, tokens))
             encode_ms.append((time.perf_counter() - started) * 1000 / max(1, len(batches[-1].keys)))
@@ -245,7 +246,7 @@ def local_batches(
 ) -> Iterator[EncodedBatch]:
     """The local engine. On CUDA, DataLoader workers decode and this process encodes whole batches on the GPU.
 
-    On CPU, one of two plans, chosen by ``CpuCosts`` measured on the first ``4 * CPU_ENCODE_CHUNK`` images of a
+    On CPU, one of two plans, chosen by ``CpuCosts`` measured on the first ``2 * CPU_ENCODE_CHUNK`` images of a
     job of at least ``CALIBRATE_FROM`` (smaller jobs take the first): each worker decodes and also encodes its
     own batches of ``CPU_ENCODE_CHUNK`` images with one torch thread (the DataLoader runs the collate function in
     the worker), so every core is a whole pipeline and no pixels cross processes; or, when decoding is cheap, this
@@ -257,7 +258,7 @@ def local_batches(
     if on_cpu:
         keep_freed_memory_for_reuse()
         if workers and len(items) >= CALIBRATE_FROM:
-            probe, items = items[: 4 * CPU_ENCODE_CHUNK], items[4 * CPU_ENCODE_CHUNK :]
+            probe, items = items[: 2 * CPU_ENCODE_CHUNK], items[2 * CPU_ENCODE_CHUNK :]
             costs, batches = measure_cpu_costs(probe, backbone, tokens, limits)
             yield from batches
             if costs is not None and not costs.pipelines_win(min(workers, default_workers())):

@@ -173,11 +173,15 @@ async def load(url: str, run: str, images: list[tuple[str, bytes]], n_requests: 
 
 def encoder_batching_gain(run_dir: Path, images: list[tuple[str, bytes]], repeats: int) -> dict:
     """In this process, without HTTP: seconds per image of the server's scorer on 16 preprocessed images,
-    one call per image vs one call for all 16 (interleaved): what batching can gain in the encoder alone."""
+    one call per image vs one call for all 16 (interleaved): what batching can gain in the encoder alone, with the
+    allocator set as ``retune serve`` sets it."""
     import torch
 
     from retune.data.images import decode_image_bytes
+    from retune.devices import keep_freed_memory_for_reuse
     from retune.experiments.inference import open_run
+
+    keep_freed_memory_for_reuse()
 
     model = open_run(run_dir)
     pixels = torch.stack([model.backbone.preprocess(decode_image_bytes(data, name)) for name, data in images[:16]])

@@ -473,9 +473,11 @@ def serve(
     app with uvicorn until interrupted."""
     import uvicorn
 
+    from retune.devices import keep_freed_memory_for_reuse
     from retune.server.runs import load_served_runs
     from retune.server.scenarios import load_served_scenarios
 
+    keep_freed_memory_for_reuse()  # a batch's activations come from the heap, not page-faulted in at every call
     runs = load_served_runs([d for d in directories if not is_scenario_folder(d)], store_dir, config.device)
     scenarios = load_served_scenarios([d for d in directories if is_scenario_folder(d)])
     app = create_app(runs, config, scenarios)

@@ -89,3 +89,19 @@ def test_a_calibrated_job_stores_what_an_uncalibrated_one_does(phantoms, tmp_pat
     table = read_table(phantoms)
     np.testing.assert_allclose(image_embeddings(table, backbone.fingerprint, calibrated)[0],
                                image_embeddings(table, backbone.fingerprint, plain)[0], atol=1e-5, rtol=0)
+
+
+class BrokenEncoder(FakeBackbone):
+    """Encodes nothing: every call raises, as a model bug or a shape mismatch would."""
+
+    def encode_images(self, pixels, tokens=False):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_an_encoder_error_in_a_worker_fails_the_job_and_is_not_taken_for_a_killed_worker(phantoms, tmp_path):  # noqa: F811
+    """On CPU the workers encode; an exception there must reach the caller, not become 'a decoding worker died'
+    failures recorded for every image."""
+    from retune.store import EmbeddingStore
+
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        embed(phantoms, BrokenEncoder(), EmbeddingStore(tmp_path / "store"), workers=2)

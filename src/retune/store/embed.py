@@ -347,9 +347,11 @@ def _missing(hashes: dict[str, str], store: EmbeddingStore, fingerprint: str, ki
 def _worker_death(error: BaseException) -> str | None:
     """The reason when ``error`` is how a killed DataLoader worker surfaces in the main process, else None.
 
-    torch raises RuntimeError (from the queue or from its SIGCHLD handler, at any point of the loop); a worker
-    killed while handing over a batch can also surface as a reset connection."""
-    if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
+    torch raises RuntimeError naming the worker's pid (from the queue or from its SIGCHLD handler, at any point of
+    the loop); a worker killed while handing over a batch can also surface as a reset connection. An exception
+    raised inside a worker (an encoder's error, on CPU) is re-raised as "Caught ... in DataLoader worker process
+    N": that is a failure of the job, not a death, and propagates."""
+    if isinstance(error, RuntimeError) and "DataLoader worker (pid" in str(error):
         return str(error).strip().splitlines()[0]
     if isinstance(error, (ConnectionError, EOFError)):
         return f"{type(error).__name__} while receiving a decoded batch"

@@ -99,7 +99,7 @@ class BrokenEncoder(FakeBackbone):
 
 
 def test_an_encoder_error_in_a_worker_fails_the_job_and_is_not_taken_for_a_killed_worker(phantoms, tmp_path):  # noqa: F811
-    """On CPU the workers encode; an exception there must reach the caller, not become 'a decoding worker died'
+    """On CPU the workers encode; an exception there must reach the caller, not become 'an embedding worker died'
     failures recorded for every image."""
     from retune.store import EmbeddingStore
 

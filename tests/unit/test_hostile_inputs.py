@@ -149,7 +149,7 @@ def test_a_killed_decoding_worker_is_recorded_and_a_rerun_resumes(phantom_csv, t
     store = EmbeddingStore(tmp_path / "store")
     summary = embed(csv, store, KillsItsWorker(), workers=1, batch_size=2)
     assert len(summary.errors) >= 1 and summary.n_computed + len(summary.errors) == N_GOOD + 1
-    assert all("decoding worker died" in reason for reason in summary.errors["reason"])
+    assert all("embedding worker died" in reason for reason in summary.errors["reason"])
     rerun = embed(csv, store)  # a healthy decoder picks up exactly what is missing
     assert rerun.n_computed == len(summary.errors) and rerun.errors.empty
 

@@ -363,7 +363,7 @@ def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[
                    show_progress: bool, limits: DecodeLimits, flush_seconds: float, encoder: BatchEncoder) -> int:
     """Decode, encode and store ``todo`` (under the store's lock); failures are added to ``failures``.
 
-    Returns how many images were computed. A decoding worker that dies (the OOM killer's way) ends the job
+    Returns how many images were computed. An embedding worker that dies (the OOM killer's way) ends the job
     early with what was encoded so far stored and every image not yet done recorded, so a rerun resumes.
     """
     fingerprint = backbone.fingerprint
@@ -414,8 +414,8 @@ def _embed_missing(todo: dict[str, str], hashes: dict[str, str], failures: dict[
             death = _worker_death(error)
             if death is None:
                 raise
-            batches.close()  # stops the other decoding workers; torch's SIGCHLD check goes with them
-            reason = f"not embedded: a decoding worker died ({death}), e.g. killed for lack of memory; rerun to retry"
+            batches.close()  # stops the other workers; torch's SIGCHLD check goes with them
+            reason = f"not embedded: an embedding worker died ({death}), e.g. killed for lack of memory; rerun"
             for content_hash in todo.keys() - done:
                 failures.update(dict.fromkeys(paths_of[content_hash], reason))
         flush()

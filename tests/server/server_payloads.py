@@ -21,20 +21,3 @@ def dicom_bytes(pixels: np.ndarray | None, patient_name: str = "Doe^Jane") -> by
     buffer = io.BytesIO()
     dicom_dataset(pixels, PatientName=patient_name, PatientID="PID-123456").save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def huge_png_header(side: int = 20000) -> bytes:
-    """A PNG that declares side x side pixels (a decompression bomb) but holds one tiny IDAT chunk."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + chunk(b"IEND", b"")
-    )

@@ -9,8 +9,9 @@ import tempfile
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from server_payloads import dicom_bytes, huge_png_header, png_bytes
+from server_payloads import dicom_bytes, png_bytes
 
+from retune.data.phantoms import png_claiming_size
 from retune.errors import ConfigError
 from retune.server import ServeConfig, create_app
 
@@ -153,7 +154,7 @@ BAD_INPUTS = [
     ),
     (
         "20000x20000 PNG",
-        lambda png: {"files": [("images", ("bomb.png", huge_png_header()))]},
+        lambda png: {"files": [("images", ("bomb.png", png_claiming_size(20000, 20000)))]},
         400,
         r"bomb\.png: .*(pixel budget|decompression bomb)",
     ),

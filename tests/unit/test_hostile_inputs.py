@@ -7,8 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from PIL import Image
 from test_store import FakeBackbone  # the tiny patch-projection backbone of the store tests
 
 from retune.data.images import DecodeLimits, load_image
-from retune.data.phantoms import dicom_dataset, write_phantom_dataset
+from retune.data.phantoms import dicom_dataset, png_claiming_size, write_phantom_dataset
 from retune.data.readers import read_table
 from retune.errors import DataError, StoreError
 from retune.store import EmbeddingStore, embed_table, purge_store
@@ -40,21 +38,6 @@ def with_rows(csv: Path, paths: list[str], name: str = "hostile.csv") -> Path:
     target = csv.parent / name
     pd.concat([frame, extra]).to_csv(target, index=False)
     return target
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header declares ``width`` x ``height`` greyscale pixels, with one tiny deflated row of data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def embed(csv: Path, store: EmbeddingStore, backbone=None, **kwargs):
@@ -117,7 +100,7 @@ def test_pixel_budget_and_aspect_ratio_are_checked_from_the_header(tmp_path, rec
         load_image(strip)
     assert load_image(strip, DecodeLimits(max_aspect_ratio=30000)).size == (20000, 1)
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(png_header(30000, 30000))
+    bomb.write_bytes(png_claiming_size(30000, 30000))
     with pytest.raises(DataError, match="decompression bomb|over the pixel budget"):
         load_image(bomb)
     with pytest.raises(DataError, match="over the pixel budget of 100"):

@@ -441,3 +441,18 @@ def dicom_dataset(
     for keyword, value in elements.items():
         setattr(dataset, keyword, value)
     return dataset
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A greyscale PNG whose header declares ``width`` x ``height`` pixels but holds one tiny deflated row: a
+    decompression bomb's shape, for tests of ``DecodeLimits`` (Pillow reads the size before any pixel)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(
+        b"IEND", b""
+    )

@@ -193,12 +193,16 @@ def embed(
     allow_outside_root: bool = ALLOW_OUTSIDE_ROOT,
     data_format: str = DATA_FORMAT,
     metadata_csv: Path | None = METADATA_CSV,
-    batch_size: int = typer.Option(32, min=1, help="Images per encoder call."),
+    batch_size: int = typer.Option(
+        32, min=1, help="Images per encoder call on a GPU; on CPU at most 4 (larger batches' activations outgrow the "
+        "cache)."
+    ),
     workers: int | None = typer.Option(
         None,
         min=0,
         help="local: DataLoader workers; each decodes, and on CPU also encodes with one thread (default: one per "
-        "core, at most 16; 0 = all in this process); "
+        "core, at most 16; 0 = all in this process, which a CPU job of 256+ images also picks when its first 8 "
+        "show that to be faster); "
         "ray: encoder actors (default: one per GPU, else one per 8 CPUs).",
     ),
     tokens: bool = typer.Option(

@@ -146,7 +146,6 @@ def run(ctx: Context) -> dict:
             "cpus": cores,
             "torch_threads": torch.get_num_threads(),
             "sweep": "class-incremental, 3 tasks over 6 NIH classes, methods retune/linear_probe/naive, orders 0-2",
-            "shared_machine": "other helpers' jobs ran at the same time (load average above the core count)",
         },
         "timings": {"embed_seconds": embed_seconds, "sweep_seconds": sweep_seconds, "embed_seconds_per_repeat": runs},
     }

@@ -15,6 +15,7 @@ On CUDA (``--device cuda`` or when present) the same comparisons run on the GPU:
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -182,16 +183,35 @@ def cpu_costs(
     return costs
 
 
+class PlanLog(logging.Handler):
+    """Collects the CPU plan ``embed_table`` logs (which of its two plans ran, and the costs it chose by)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.plans: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.plans.append(record.getMessage())
+
+
 def compare(paths: list[Path], backbone, scratch: Path, repeats: int, batch_size: int, pixels: torch.Tensor) -> dict:
     """Naive loop, ``embed_table`` and the encoder limit interleaved ``repeats`` times on the same images."""
     naive_seconds, embed_seconds, limit_seconds = [], [], []
     naive_vectors = embed_vectors = None
-    for _ in range(repeats):
-        seconds, naive_vectors = timed(lambda: naive_loop(paths, backbone))
-        naive_seconds.append(seconds)
-        seconds, embed_vectors = embed_run(paths, backbone, scratch, batch_size, None)
-        embed_seconds.append(seconds)
-        limit_seconds.append(encoder_limit_seconds(backbone, pixels, batch_size))
+    plan_log, logger = PlanLog(), logging.getLogger("retune.store.embed")
+    level = logger.level
+    logger.addHandler(plan_log)
+    logger.setLevel(logging.INFO)
+    try:
+        for _ in range(repeats):
+            seconds, naive_vectors = timed(lambda: naive_loop(paths, backbone))
+            naive_seconds.append(seconds)
+            seconds, embed_vectors = embed_run(paths, backbone, scratch, batch_size, None)
+            embed_seconds.append(seconds)
+            limit_seconds.append(encoder_limit_seconds(backbone, pixels, batch_size))
+    finally:
+        logger.removeHandler(plan_log)
+        logger.setLevel(level)
     n = len(paths)
     return {
         "images": n,
@@ -205,6 +225,7 @@ def compare(paths: list[Path], backbone, scratch: Path, repeats: int, batch_size
         "embed_vs_encoder_limit": median(limit_seconds) / median(embed_seconds),
         "embed_batch_size": batch_size,
         "max_abs_vector_difference": float(np.abs(naive_vectors - embed_vectors).max()),
+        "embed_plans": plan_log.plans,
     }
 
 
@@ -249,7 +270,7 @@ def run(ctx: Context) -> dict:
                     f"{device} {kind}: naive {result['naive_images_per_second']:.1f} img/s, embed "
                     f"{result['embed_images_per_second']:.1f} img/s, encoder limit "
                     f"{result['encoder_limit_images_per_second']:.1f} img/s -> {result['embed_vs_naive']:.2f}x naive, "
-                    f"{result['embed_vs_encoder_limit']:.0%} of the limit"
+                    f"{result['embed_vs_encoder_limit']:.0%} of the limit; plan: {'; '.join(result['embed_plans'])}"
                 )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

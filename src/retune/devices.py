@@ -12,7 +12,7 @@ import torch
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest allowed mmap threshold
-KEEP_FREED_UP_TO = 1 << 30
+KEEP_FREED_UP_TO = 256 << 20  # per arena: a few batches' activations, not a GiB per decoding thread
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -49,14 +49,15 @@ def training_autocast(device: torch.device, precision: str) -> contextlib.Abstra
 
 @functools.cache
 def keep_freed_memory_for_reuse() -> bool:
-    """Have glibc's malloc serve blocks up to 32 MiB from its heap and keep up to 1 GiB freed there for reuse.
+    """Have glibc's malloc serve blocks up to 32 MiB from its heap and keep up to 256 MiB freed there for reuse.
 
     A CPU forward pass allocates and frees its activations on every call; with glibc's defaults, blocks above its
     adaptive mmap threshold are mapped and unmapped each time, so every call page-faults them in again. Measured
     on 2 cores (EfficientNet-Lite0, batches of 4), that halved the encoder's speed: 100 vs 200 images/s. This is
     what PyTorch's CPU tuning guide gets from jemalloc or tcmalloc, set in this process once (children forked
-    later inherit it). The price: memory freed after a peak stays in the process for reuse instead of going back
-    to the system. False, changing nothing, where the C library is not glibc.
+    later inherit it; spawned ones must call this themselves). The price: up to 256 MiB per malloc arena freed
+    after a peak stays in the process for reuse instead of going back to the system. False, changing nothing,
+    where the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -32,7 +32,13 @@ print(mapped_while_alive(8 << 20) - before >= 8 << 20, keep_freed_memory_for_reu
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting exists only with glibc")
+LIBC, LIBC_VERSION = platform.libc_ver()
+
+
+@pytest.mark.skipif(LIBC != "glibc", reason="the allocator setting exists only with glibc")
+@pytest.mark.skipif(
+    LIBC == "glibc" and tuple(map(int, LIBC_VERSION.split(".")[:2])) < (2, 33), reason="mallinfo2 needs glibc 2.33+"
+)
 def test_blocks_up_to_32_mib_come_from_the_heap_after_the_setting():
     """Before: an 8 MiB block is mapped on its own (page-faulted in at every use); after: it comes from the heap,
     while a 64 MiB block is still mapped."""

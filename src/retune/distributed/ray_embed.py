@@ -20,6 +20,7 @@ import torch
 from retune.backbones.base import Backbone
 from retune.data.images import DecodeLimits
 from retune.data.pixels import pixel_shape
+from retune.devices import keep_freed_memory_for_reuse
 from retune.distributed.cluster import connect
 from retune.store.embed import BatchEncoder, EncodedBatch, decode_image, encode_decoded
 
@@ -61,6 +62,7 @@ class EncoderActor:
 
         if device == "cpu":
             torch.set_num_threads(threads)
+            keep_freed_memory_for_reuse()  # as the local engine: activations reused, not page-faulted in per call
         self.backbone = ray.get(backbone_ref[0]).to(device)
         self.tokens = tokens
         # rows of failed images need zero tokens of the right shape even in a batch where nothing decoded

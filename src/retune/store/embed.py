@@ -1,15 +1,18 @@
 """The embedding job: every image through the frozen encoders once per backbone, ever.
 
-Images are keyed by content hash, so renamed or duplicated files are not re-encoded; file
-hashes are themselves cached by (path, size, mtime). Decoding runs in DataLoader workers, which on CPU
-also encode (one thread each); on CUDA this process encodes whole batches under autocast. Results are
-flushed in shards (every ``shard_size`` images or ``flush_seconds``, whichever comes first), so a
-killed run resumes where it stopped and loses at most about ``flush_seconds`` of encoding.
-Only regular files within ``DecodeLimits`` are read; every other row is recorded with its reason.
+Images are keyed by content hash, so renamed or duplicated files are not re-encoded; file hashes are themselves
+cached by (path, size, mtime). Decoding runs in DataLoader workers, which on CPU also encode (one thread each)
+unless decoding and encoding in turn here measures faster; on a GPU this process encodes whole batches (under
+autocast on CUDA). Results are flushed in shards (every ``shard_size`` images or ``flush_seconds``, whichever
+comes first), so a killed run resumes where it stopped and loses at most about ``flush_seconds`` of encoding.
+Only regular files within ``DecodeLimits`` are read; every other row is recorded with its reason. Embedding on CPU
+sets glibc's allocator to keep freed memory for reuse, for the rest of the process
+(``retune.devices.keep_freed_memory_for_reuse``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -36,6 +39,7 @@ from retune.store.store import EmbeddingStore, text_hash
 
 CPU_ENCODE_CHUNK = 4
 CALIBRATE_FROM = 256  # images in a CPU job from which the plan is chosen by measuring
+LOG = logging.getLogger(__name__)
 FLUSH_SECONDS = 30.0
 
 
@@ -98,6 +102,12 @@ class _DecodeDataset(Dataset):
 
 def _collate(batch: list) -> list:
     return batch
+
+
+def _reuse_freed_memory_in_worker(_worker_id: int) -> None:
+    """A worker started by spawn or forkserver (Python 3.14's default on Linux) does not inherit the parent's
+    allocator setting: set it there too."""
+    keep_freed_memory_for_reuse()
 
 
 @dataclass
@@ -171,8 +181,8 @@ def _hash_paths(paths: list[str], store: EmbeddingStore, limits: DecodeLimits,
 
 def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> Encoded:
     """Encode a decoded batch; on CPU in chunks of ``CPU_ENCODE_CHUNK`` images, whose activations stay in cache
-    (measured on 2 cores: faster per image than one batch of 32), on GPU in one call."""
-    chunk = len(pixels) if backbone.device.type == "cuda" else CPU_ENCODE_CHUNK
+    (measured on 2 cores: faster per image than one batch of 32), on an accelerator in one call."""
+    chunk = CPU_ENCODE_CHUNK if backbone.device.type == "cpu" else len(pixels)
     parts = [
         backbone.encode_images(pixels[start : start + chunk], tokens=tokens) for start in range(0, len(pixels), chunk)
     ]
@@ -180,7 +190,8 @@ def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> 
 
 
 def default_workers() -> int:
-    """DataLoader workers: one per usable core (at most 16). On CPU each is a whole one-thread pipeline."""
+    """DataLoader workers by default: one per usable core (at most 16); on CPU each decodes and encodes with one
+    thread, unless the job's measured plan decodes and encodes in this process instead (``local_batches``)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(16, cores)
 
@@ -205,6 +216,10 @@ class CpuCosts:
     encode_one_thread_ms: float
     encode_all_threads_ms: float
 
+    def __str__(self) -> str:
+        return (f"per image: decoding {self.decode_ms:.1f} ms, encoding {self.encode_one_thread_ms:.1f} ms on one "
+                f"thread, {self.encode_all_threads_ms:.1f} ms on all")
+
     def pipelines_win(self, pipelines: int) -> bool:
         """Whether ``pipelines`` one-thread decode-and-encode workers outrun decoding and encoding in turn here with
         every thread. They do when decoding is dear (large PNGs, DICOMs); with cheap decoding, one forward pass
@@ -216,23 +231,26 @@ class CpuCosts:
 def measure_cpu_costs(
     probe: list[tuple[str, str]], backbone: Backbone, tokens: bool, limits: DecodeLimits
 ) -> tuple[CpuCosts | None, list[EncodedBatch]]:
-    """Decode ``probe`` here and encode one half with every thread, the other with one (each half encoded once
-    untimed first, so its kernels are set up): the costs (None if a half has no decodable image) and the batches,
-    which are kept. Two chunks suffice: the plans' speeds differ little where the measurement is close, and the
-    probe runs on one core while the others wait."""
+    """Decode ``probe`` here and encode one half with every thread, the other with one: the costs (None if a half
+    has no decodable image) and the batches, which are kept. Both halves are encoded once untimed with their
+    thread counts before either is timed: in a fresh process the first setting timed would otherwise still pay
+    for kernels set up (measured: every-thread encoding looked 20% dearer, and pipelines won where they lose).
+    Two chunks suffice: the plans' speeds differ little where the measurement is close, and the probe runs on
+    one core while the others wait."""
     started = time.perf_counter()
     decoded = [decode_image(*item, backbone.preprocess, limits) for item in probe]
     decode_ms = (time.perf_counter() - started) * 1000 / len(probe)
     threads = torch.get_num_threads()
     half = len(decoded) // 2
+    halves = ((decoded[:half], threads), (decoded[half:], 1))
     batches, encode_ms = [], []
     try:
-        for part, n_threads in ((decoded[:half], threads), (decoded[half:], 1)):
+        for part, n_threads in halves + halves:
             torch.set_num_threads(n_threads)
-            encode_decoded(backbone, part, tokens)
             started = time.perf_counter()
             batches.append(encode_decoded(backbone, part, tokens))
             encode_ms.append((time.perf_counter() - started) * 1000 / max(1, len(batches[-1].keys)))
+        batches, encode_ms = batches[len(halves):], encode_ms[len(halves):]  # the timed second round
     finally:
         torch.set_num_threads(threads)
     if not all(batch.keys for batch in batches):
@@ -246,29 +264,34 @@ def local_batches(
 ) -> Iterator[EncodedBatch]:
     """The local engine. On CUDA, DataLoader workers decode and this process encodes whole batches on the GPU.
 
-    On CPU, one of two plans, chosen by ``CpuCosts`` measured on the first ``2 * CPU_ENCODE_CHUNK`` images of a
-    job of at least ``CALIBRATE_FROM`` (smaller jobs take the first): each worker decodes and also encodes its
-    own batches of ``CPU_ENCODE_CHUNK`` images with one torch thread (the DataLoader runs the collate function in
-    the worker), so every core is a whole pipeline and no pixels cross processes; or, when decoding is cheap, this
-    process decodes and encodes in turn with every thread. Either way glibc keeps freed activations for reuse
-    (``keep_freed_memory_for_reuse``). ``workers=0`` always takes the second plan.
+    On CPU, one of two plans: each worker decodes and also encodes its own batches of ``CPU_ENCODE_CHUNK`` images
+    with one torch thread (the DataLoader runs the collate function in the worker), so every core is a whole
+    pipeline and no pixels cross processes; or, when decoding is cheap, this process decodes and encodes in turn
+    with every thread. With ``workers=None`` a job of at least ``CALIBRATE_FROM`` images chooses by ``CpuCosts``
+    measured on its first ``2 * CPU_ENCODE_CHUNK`` (logged at INFO); smaller jobs and an explicit ``workers > 0``
+    take the first, ``workers=0`` the second. Either way glibc keeps freed activations for reuse, in this process
+    and in every worker (``keep_freed_memory_for_reuse``).
     """
+    chosen = workers is None
     workers = default_workers() if workers is None else workers
     on_cpu = backbone.device.type == "cpu"
     if on_cpu:
         keep_freed_memory_for_reuse()
-        if workers and len(items) >= CALIBRATE_FROM:
+        if chosen and workers and len(items) >= CALIBRATE_FROM:
             probe, items = items[: 2 * CPU_ENCODE_CHUNK], items[2 * CPU_ENCODE_CHUNK :]
             costs, batches = measure_cpu_costs(probe, backbone, tokens, limits)
             yield from batches
             if costs is not None and not costs.pipelines_win(min(workers, default_workers())):
                 workers = 0
+            LOG.info("CPU embedding plan: %s (%s)", f"{workers} one-thread pipelines" if workers else
+                     "decode and encode in turn with every thread", costs)
     loader = DataLoader(
         _DecodeDataset(items, backbone.preprocess, limits),
         batch_size=min(batch_size, CPU_ENCODE_CHUNK) if on_cpu else batch_size,
         num_workers=workers,
         collate_fn=partial(encode_decoded, backbone, tokens=tokens) if on_cpu else _collate,
         pin_memory=backbone.device.type == "cuda",
+        worker_init_fn=_reuse_freed_memory_in_worker if on_cpu else None,
     )
     batches = iter(loader)
     try:
@@ -298,7 +321,8 @@ def embed_table(
 
     A table read with its paths confined (the default) has every path checked, symlinks followed, against its
     image root. Nothing is written (and no lock taken) when every image is already stored, so a read-only
-    store serves fully cached tables.
+    store serves fully cached tables. On CPU the local engine changes glibc's allocator settings for the rest of
+    this process (``retune.devices.keep_freed_memory_for_reuse``: about twice the encoder's speed here).
     """
     started = time.perf_counter()
     fingerprint = backbone.fingerprint
@@ -351,6 +375,8 @@ def _worker_death(error: BaseException) -> str | None:
     the loop); a worker killed while handing over a batch can also surface as a reset connection. An exception
     raised inside a worker (an encoder's error, on CPU) is re-raised as "Caught ... in DataLoader worker process
     N": that is a failure of the job, not a death, and propagates."""
+    if "in DataLoader worker process" in str(error):
+        return None
     if isinstance(error, RuntimeError) and "DataLoader worker (pid" in str(error):
         return str(error).strip().splitlines()[0]
     if isinstance(error, (ConnectionError, EOFError)):

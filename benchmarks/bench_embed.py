@@ -152,10 +152,10 @@ def cpu_costs(
     encode) images/s (``one_thread_pipelines_bound_images_per_second``): the two bounds differ by how much less
     CPU the encoder spends per image on all cores than on one.
     """
-    import os
     import time
 
     from retune.data.images import file_content_hash, load_image
+    from retune.devices import usable_cores
     from retune.store.embed import CPU_ENCODE_CHUNK, encode_in_chunks
 
     sample = paths[:n_images]
@@ -174,7 +174,7 @@ def cpu_costs(
             costs[f"{name}_cpu_ms_per_image"] = (time.process_time() - started) * 1000 / len(sample)
     finally:
         torch.set_num_threads(threads)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     costs["cores"] = cores
     costs["encoder_limit_cpu_ms_per_image"] = cores * 1000 / encoder_images_per_second
     read = costs["hash_cpu_ms_per_image"] + costs["decode_cpu_ms_per_image"]

@@ -66,10 +66,9 @@ def machine() -> dict:
     import numpy
     import torch
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
+    from retune.devices import usable_cores
+
+    affinity = usable_cores()
     gpu = None
     if torch.cuda.is_available():
         gpu = {

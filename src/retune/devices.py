@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import sys
 
 import torch
@@ -13,6 +14,11 @@ _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest allowed mmap threshold
 KEEP_FREED_UP_TO = 256 << 20  # per arena: a few batches' activations, not a GiB per decoding thread
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform tells it, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pick_device(requested: str | None = None) -> torch.device:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from retune.backbones.base import Backbone, Encoded
 from retune.data.images import DEFAULT_LIMITS, DecodeLimits, file_content_hash, load_image
 from retune.data.table import ImageTable
-from retune.devices import keep_freed_memory_for_reuse
+from retune.devices import keep_freed_memory_for_reuse, usable_cores
 from retune.errors import RetuneError, StoreError
 from retune.io_utils import atomic_path
 from retune.progress import progress_bar
@@ -193,8 +193,7 @@ def encode_in_chunks(backbone: Backbone, pixels: torch.Tensor, tokens: bool) -> 
 def default_workers() -> int:
     """DataLoader workers by default: one per usable core (at most 16); on CPU each decodes and encodes with one
     thread, unless the job's measured plan decodes and encodes in this process instead (``local_batches``)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(16, cores)
+    return min(16, usable_cores())
 
 
 def encode_decoded(backbone: Backbone, decoded: list[tuple], tokens: bool) -> EncodedBatch:

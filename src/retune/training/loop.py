@@ -96,7 +96,7 @@ def fit(
             batch_x, batch_y = (
                 (train_x, train_y) if rows is None else (train_x.index_select(0, rows), train_y.index_select(0, rows))
             )
-            if getattr(batch_x, "dtype", None) == torch.float16:  # a half-size matrix: steps see fp32 inputs anyway
+            if batch_x.dtype == torch.float16:  # a half-size matrix: steps see fp32 inputs anyway
                 batch_x = batch_x.float()
             optimizer.zero_grad(set_to_none=True)
             with training_autocast(train_x.device, optim.precision):

@@ -107,7 +107,8 @@ def score_answers(frame: pd.DataFrame, predicted: list[str | None], n_bootstrap:
         result[name] = value
         result[f"{name}_ci"] = [float(q) for q in np.quantile(usable, [tail, 1 - tail])] if enough else None
     result["n"] = {name: int((mask & answered).sum()) for name, mask in _subsets(frame).items()}
-    result["n"]["pairs"] = int(frame.loc[answered & (frame["role"] == "yes").to_numpy(), "pair_id"].nunique())
+    paired = answered & (frame["role"] == "yes").to_numpy() & (frame["pair_id"] != "").to_numpy()
+    result["n"]["pairs"] = int(frame.loc[paired, "pair_id"].nunique())
     result["per_finding"] = _balanced(frame, correct, rows[answered], min_positives)["per_finding"]
     result["n_patients"] = int(frame["patient_id"].nunique())
     return result

@@ -165,3 +165,59 @@ def run_scenario(
     if track:
         log_scenario_results(results, out, settings.tracking_uri)
     return results
+
+
+# ---------------------------------------------------------------- closed-ended VQA
+
+
+def vqa_build(data: str | Path | dict, out: str | Path, config: ConfigLike | None = None) -> pd.DataFrame:
+    """Closed-ended questions from a labelled CSV (its path, or a ``DataConfig`` dict) written to ``out`` (Parquet):
+    yes/no per image and finding from several phrasings, balanced, each "yes" paired with an adversarial "no";
+    multiple choice; patient split; held-out phrasings and findings (``QuestionSetConfig``, dict or YAML)."""
+    from retune.config import DataConfig
+    from retune.data.questions import QuestionSetConfig
+    from retune.experiments.vqa import build_question_file
+
+    data_config = as_config({"csv": data} if isinstance(data, (str, Path)) else data, DataConfig)
+    settings = QuestionSetConfig() if config is None else as_config(config, QuestionSetConfig)
+    return build_question_file(data_config, out, settings)
+
+
+def vqa_import(path: str | Path, out: str | Path, format: str = "vqa-rad", image_folder: str | Path | None = None,
+               include_open: bool = True) -> pd.DataFrame:
+    """A VQA-RAD JSON or one SLAKE split file (``format``: vqa-rad, slake) as a question table written to ``out``."""
+    from retune.data.questions import write_questions
+    from retune.data.vqa_sets import read_slake, read_vqa_rad
+
+    readers = {"vqa-rad": read_vqa_rad, "slake": read_slake}
+    if format not in readers:
+        raise ConfigError(f"unknown VQA format '{format}'; valid: {', '.join(readers)}")
+    frame = readers[format](path, image_folder, include_open)
+    write_questions(frame, out, {"source": format, "path": str(Path(path).resolve())})
+    return frame
+
+
+def vqa_train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Train a VQA variant (``VqaExperimentConfig``: frozen towers, or LoRA / IA3 / prefix / visual prompts on a
+    tower) on a question table's training split; writes the run to ``out`` and returns its metrics (test split,
+    with the random, majority and classifier-as-answerer baselines)."""
+    from retune.experiments.vqa import VqaExperimentConfig, run_vqa_experiment
+
+    return run_vqa_experiment(as_config(config, VqaExperimentConfig), out, show_progress=show_progress)
+
+
+def vqa_evaluate(run: str | Path, questions: str | Path, split: str = "auto", n_bootstrap: int = 1000,
+                 store: str | Path | None = None, device: str | None = None) -> dict:
+    """Score a VQA run and the baselines on a question table (``auto``: its test split when the run trained on it,
+    else every question), with patient-bootstrap CIs."""
+    from retune.experiments.vqa import evaluate_vqa_run
+
+    return evaluate_vqa_run(run, questions, split, n_bootstrap, store, device)
+
+
+def vqa_ask(run: str | Path, image: str | Path, question: str, store: str | Path | None = None,
+            device: str | None = None) -> dict:
+    """A VQA run's yes/no answer to ``question`` about one image: {"question", "answer", "p_yes"}."""
+    from retune.experiments.vqa import ask
+
+    return ask(run, image, question, store, device)

@@ -36,50 +36,56 @@ def _subsets(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def _paired(frame: pd.DataFrame, correct: np.ndarray, rows: np.ndarray, seen_only: bool) -> float | None:
-    """Share of (yes, adversarial no) pairs in ``rows`` with both answers right."""
-    part = frame.iloc[rows]
-    keep = (part["pair_id"] != "").to_numpy()
-    if seen_only:
-        keep = keep & ~part["unseen_finding"].to_numpy(bool) & ~part["unseen_phrasing"].to_numpy(bool)
-    if not keep.any():
-        return None
-    both = pd.Series(correct[rows][keep]).groupby(part["pair_id"].to_numpy()[keep]).agg(["min", "size"])
-    both = both[both["size"] == 2]
-    return float(both["min"].mean()) if len(both) else None
+class _Scorer:
+    """Everything ``score_answers`` reports for one set of answers, computed on any multiset of rows (a patient
+    resample) from arrays prepared once: subset masks, each pair's both-right value on its "yes" row, finding codes."""
 
+    def __init__(self, frame: pd.DataFrame, correct: np.ndarray, answered: np.ndarray, min_positives: int) -> None:
+        self.correct, self.answered, self.min_positives = correct, answered, min_positives
+        self.masks = {name: mask & answered for name, mask in _subsets(frame).items()}
+        pair = frame["pair_id"].to_numpy()
+        seen = ~frame["unseen_phrasing"].to_numpy(bool) & ~frame["unseen_finding"].to_numpy(bool)
+        groups = pd.DataFrame({"pair": pair, "right": correct, "answered": answered, "seen": seen})[pair != ""]
+        by_pair = groups.groupby("pair").agg(right=("right", "min"), answered=("answered", "all"),
+                                             seen=("seen", "all"), size=("right", "size"))
+        by_pair = by_pair[(by_pair["size"] == 2) & by_pair["answered"]]
+        is_yes = (frame["role"] == "yes").to_numpy() & np.isin(pair, by_pair.index)
+        self.pair_right = np.where(is_yes, pd.Series(pair).map(by_pair["right"]).fillna(0).to_numpy(), 0.0)
+        self.pair_rows = is_yes
+        self.pair_seen = is_yes & pd.Series(pair).map(by_pair["seen"]).fillna(False).to_numpy(bool)
+        yes_no = (frame["type"] == YES_NO).to_numpy() & answered
+        self.findings, codes = np.unique(frame["finding"].to_numpy()[yes_no], return_inverse=True)
+        self.finding_code = np.full(len(frame), -1)
+        self.finding_code[yes_no] = codes
+        self.is_yes_answer = (frame["answer"] == YES).to_numpy()
 
-def _balanced(frame: pd.DataFrame, correct: np.ndarray, rows: np.ndarray, min_positives: int) -> dict:
-    """Balanced accuracy per finding (mean of accuracy on "yes" and on "no" questions) and their mean."""
-    part = frame.iloc[rows]
-    yes_no = (part["type"] == YES_NO).to_numpy()
-    per_finding, counted = {}, []
-    for finding, where in part[yes_no].groupby("finding").indices.items():
-        answers = part[yes_no]["answer"].to_numpy()[where]
-        right = correct[rows][yes_no][where]
-        n_yes = int(np.sum(answers == YES))
-        if n_yes == 0 or n_yes == len(answers):
-            per_finding[finding] = {"balanced_accuracy": None, "n_yes": n_yes, "n_no": len(answers) - n_yes}
-            continue
-        value = float((right[answers == YES].mean() + right[answers == NO].mean()) / 2)
-        per_finding[finding] = {"balanced_accuracy": value, "n_yes": n_yes, "n_no": len(answers) - n_yes}
-        if n_yes >= min_positives:
-            counted.append(value)
-    return {"per_finding": per_finding, "mean": float(np.mean(counted)) if counted else None,
-            "n_findings_in_mean": len(counted)}
+    def per_finding(self, rows: np.ndarray) -> dict[str, dict]:
+        """Balanced accuracy (mean of the accuracies on "yes" and on "no" questions) per finding, with counts."""
+        rows = rows[self.finding_code[rows] >= 0]
+        counts, right = {}, {}
+        for answer, chosen in ((YES, rows[self.is_yes_answer[rows]]), (NO, rows[~self.is_yes_answer[rows]])):
+            counts[answer] = np.bincount(self.finding_code[chosen], minlength=len(self.findings))
+            right[answer] = np.bincount(self.finding_code[chosen], self.correct[chosen], minlength=len(self.findings))
+        result = {}
+        for code, finding in enumerate(self.findings):
+            n_yes, n_no = int(counts[YES][code]), int(counts[NO][code])
+            value = (right[YES][code] / n_yes + right[NO][code] / n_no) / 2 if n_yes and n_no else None
+            result[str(finding)] = {"balanced_accuracy": None if value is None else float(value), "n_yes": n_yes,
+                                    "n_no": n_no}
+        return result
 
-
-def _point_scores(frame: pd.DataFrame, correct: np.ndarray, answered: np.ndarray, rows: np.ndarray,
-                  min_positives: int) -> dict[str, float | None]:
-    scores: dict[str, float | None] = {}
-    for name, mask in _subsets(frame).items():
-        chosen = rows[mask[rows] & answered[rows]]
-        scores[name] = float(correct[chosen].mean()) if len(chosen) else None
-    usable = rows[answered[rows]]
-    scores["paired_accuracy"] = _paired(frame, correct, usable, seen_only=False)
-    scores["paired_accuracy_seen"] = _paired(frame, correct, usable, seen_only=True)
-    scores["balanced_accuracy_per_finding_mean"] = _balanced(frame, correct, usable, min_positives)["mean"]
-    return scores
+    def scores(self, rows: np.ndarray) -> dict[str, float | None]:
+        result: dict[str, float | None] = {}
+        for name, mask in self.masks.items():
+            chosen = rows[mask[rows]]
+            result[name] = float(self.correct[chosen].mean()) if len(chosen) else None
+        for name, mask in (("paired_accuracy", self.pair_rows), ("paired_accuracy_seen", self.pair_seen)):
+            chosen = rows[mask[rows]]
+            result[name] = float(self.pair_right[chosen].mean()) if len(chosen) else None
+        counted = [v["balanced_accuracy"] for v in self.per_finding(rows).values()
+                   if v["balanced_accuracy"] is not None and v["n_yes"] >= self.min_positives]
+        result["balanced_accuracy_per_finding_mean"] = float(np.mean(counted)) if counted else None
+        return result
 
 
 def score_answers(frame: pd.DataFrame, predicted: list[str | None], n_bootstrap: int = 1000, seed: int = 0,
@@ -91,12 +97,13 @@ def score_answers(frame: pd.DataFrame, predicted: list[str | None], n_bootstrap:
     answered = np.array([answer is not None for answer in predicted], dtype=bool)
     correct = np.array([p == a for p, a in zip(predicted, answers)], dtype=float)
     rows = np.arange(len(frame))
-    point = _point_scores(frame, correct, answered, rows, min_positives)
+    scorer = _Scorer(frame, correct, answered, min_positives)
+    point = scorer.scores(rows)
     codes = np.unique(frame["patient_id"].astype(str).to_numpy(), return_inverse=True)[1]
     replicates: dict[str, list[float]] = {name: [] for name in point}
     if n_bootstrap and len(frame):
         for sample in patient_resamples(codes, n_bootstrap, seed):
-            for name, value in _point_scores(frame, correct, answered, np.sort(sample), min_positives).items():
+            for name, value in scorer.scores(sample).items():
                 if value is not None:
                     replicates[name].append(value)
     result: dict = {}
@@ -107,9 +114,8 @@ def score_answers(frame: pd.DataFrame, predicted: list[str | None], n_bootstrap:
         result[name] = value
         result[f"{name}_ci"] = [float(q) for q in np.quantile(usable, [tail, 1 - tail])] if enough else None
     result["n"] = {name: int((mask & answered).sum()) for name, mask in _subsets(frame).items()}
-    paired = answered & (frame["role"] == "yes").to_numpy() & (frame["pair_id"] != "").to_numpy()
-    result["n"]["pairs"] = int(frame.loc[paired, "pair_id"].nunique())
-    result["per_finding"] = _balanced(frame, correct, rows[answered], min_positives)["per_finding"]
+    result["n"]["pairs"] = int(scorer.pair_rows.sum())
+    result["per_finding"] = scorer.per_finding(rows)
     result["n_patients"] = int(frame["patient_id"].nunique())
     return result
 

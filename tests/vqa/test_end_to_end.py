@@ -4,7 +4,6 @@ baseline; LoRA on both towers), what the run directory holds, evaluate, ask, and
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,29 +12,7 @@ from safetensors.numpy import load_file
 
 from retune import api
 from retune.errors import DataError
-from retune.experiments.vqa import VqaExperimentConfig, load_vqa_run, predicted_answers
-
-FAST = {"epochs": 2, "batch_size": 16, "min_epochs": 1, "patience": 2, "lr": 1e-3, "precision": "fp32"}
-
-
-def config(spec: str, questions: Path, store: Path, **options) -> VqaExperimentConfig:
-    return VqaExperimentConfig(backbone=spec, store=store, questions=questions, device="cpu", n_bootstrap=20,
-                               width=16, heads=2, max_text_tokens=12, optim=FAST, **options)
-
-
-@pytest.fixture(scope="module")
-def frozen_run(tiny_spec, question_file, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vqa-frozen") / "run"
-    api.vqa_train(config(tiny_spec, question_file, out.parent / "store"), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def lora_run(tiny_spec, question_file, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vqa-lora") / "run"
-    api.vqa_train(config(tiny_spec, question_file, out.parent / "store", method="lora", tower="both",
-                            classifier=False), out)
-    return out
+from retune.experiments.vqa import load_vqa_run, predicted_answers
 
 
 def test_frozen_run_reports_variant_table_fields_and_every_baseline(frozen_run):
@@ -96,10 +73,10 @@ def test_bad_asks_are_one_line_errors(lora_run, question_file, tmp_path):
         api.vqa_ask(lora_run, text, "Is there an effusion?")
 
 
-def test_a_question_set_whose_image_is_missing_names_the_row(tiny_spec, question_file, tmp_path):
+def test_a_question_set_whose_image_is_missing_names_the_row(tiny_spec, small_config, question_file, tmp_path):
     frame = pd.read_parquet(question_file)
     frame.loc[4, "image_path"] = str(tmp_path / "gone.png")
     frame.to_parquet(tmp_path / "qa.parquet")
     with pytest.raises(DataError, match=rf"qa.parquet: row 4 \({frame.loc[4, 'question_id']}\): image .*gone.png not "
                                         "found"):
-        api.vqa_train(config(tiny_spec, tmp_path / "qa.parquet", tmp_path / "store"), tmp_path / "run")
+        api.vqa_train(small_config(tiny_spec, tmp_path / "qa.parquet", tmp_path / "store"), tmp_path / "run")

@@ -78,7 +78,7 @@ def test_a_record_without_a_field_names_file_and_record(vqa_rad):
     records = json.loads(vqa_rad.read_text())
     del records[3]["question"]
     vqa_rad.write_text(json.dumps(records))
-    with pytest.raises(DataError, match=r"VQA_RAD Dataset Public.json: record 3 \(qid 3\): missing field\(s\) question"):
+    with pytest.raises(DataError, match=r"Public.json: record 3 \(qid 3\): missing field\(s\) question"):
         read_vqa_rad(vqa_rad)
 
 

@@ -438,9 +438,9 @@ class VqaRun:
 
 
 def load_vqa_run(run_dir: str | Path, frame: pd.DataFrame | None = None, store_dir: str | Path | None = None,
-                 device: str | None = None, extra_texts: list[str] | None = None) -> VqaRun:
-    """Rebuild a run over the images and texts of ``frame`` (default: no image) and ``extra_texts``: same backbone
-    (fingerprint checked), same tuning, saved tensors loaded; new texts are encoded by the run's text tower."""
+                 device: str | None = None) -> VqaRun:
+    """Rebuild a run over the images and texts of ``frame`` (default: no image): same backbone (fingerprint checked),
+    same tuning, saved tensors loaded; new texts are encoded by the run's text tower."""
     run_dir = Path(run_dir)
     tensors, facts = load_checkpoint(run_dir, VqaRunFacts)
     if facts.get("kind") != KIND:
@@ -450,7 +450,7 @@ def load_vqa_run(run_dir: str | Path, frame: pd.DataFrame | None = None, store_d
         config = config.model_copy(update={"device": device})
     store = EmbeddingStore(store_dir or config.store)
     frame = frame if frame is not None else pd.DataFrame(columns=["image_path", "patient_id", "question_id"])
-    texts = sorted(set(facts["texts"]) | (set(all_texts(frame)) if len(frame) else set()) | set(extra_texts or []))
+    texts = sorted(set(facts["texts"]) | (set(all_texts(frame)) if len(frame) else set()))
     backbone = checked_backbone(run_dir, facts, config.device)
     prepared = (prepare(config, frame, texts, store, str(run_dir), backbone=backbone) if len(frame)
                 else _texts_only(config, texts, store, backbone))
@@ -511,12 +511,35 @@ def ask(run_dir: str | Path, image: str | Path, question: str, store_dir: str | 
     if len(question) > MAX_QUESTION_CHARS:
         raise DataError(f"question of {len(question)} characters (max {MAX_QUESTION_CHARS})")
     pixels = load_image(image)  # one DataError line for a missing or non-image file
-    run = load_vqa_run(run_dir, store_dir=store_dir, device=device, extra_texts=[question])
+    run = load_vqa_run(run_dir, store_dir=store_dir, device=device)
+    add_texts(run, [question])
     return {"question": question, **answer_pixels(run, run.prepared.backbone.preprocess(pixels)[None], [question])[0]}
 
 
+def add_texts(run: VqaRun, texts: list[str]) -> None:
+    """Make new ``texts`` (questions) answerable by a loaded run: their tokens from its text tower, kept in memory
+    (a tuned tower re-encodes them on every call; only their token count is kept)."""
+    new = [text for text in dict.fromkeys(texts) if text not in run.prepared.text_id]
+    if not new:
+        return
+    source = run.prepared.texts
+    width = source.max_tokens
+    with torch.no_grad():
+        hidden = [run.prepared.backbone.encode_texts([text], tokens=True).tokens[0, :width].float().cpu()
+                  for text in new]
+    tokens = torch.zeros(len(new), width, hidden[0].shape[1])
+    mask = torch.zeros(len(new), width, dtype=torch.bool)
+    for row, vectors in enumerate(hidden):
+        tokens[row, : len(vectors)], mask[row, : len(vectors)] = vectors, True
+    old_tokens = source.tokens if source.tokens is not None else torch.zeros(len(source.texts), *tokens.shape[1:])
+    run.prepared.texts = TextTokens(source.texts + new, torch.cat([old_tokens, tokens]).numpy(),
+                                    torch.cat([source.mask, mask]).numpy(), source.backbone)
+    run.prepared.text_id = {text: i for i, text in enumerate(run.prepared.texts.texts)}
+    run.network.texts = run.prepared.texts
+
+
 def answer_pixels(run: VqaRun, pixels: torch.Tensor, questions: list[str]) -> list[dict]:
-    """The run's yes/no answers to ``questions`` (texts the run was loaded with) about one preprocessed image
+    """The run's yes/no answers to ``questions`` (texts it knows: see ``add_texts``) about one preprocessed image
     (1 x C x H x W) held in memory: {"answer", "p_yes"} each."""
     backbone = run.prepared.backbone
     with torch.no_grad():
@@ -537,7 +560,8 @@ def open_vqa_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | 
     if not findings:
         raise ConfigError(f"{run_dir}: this VQA run was not trained on label-derived findings; use 'retune vqa ask'")
     questions = [PHRASINGS[0].format(finding=surface_forms(finding)[0]) for finding in findings]
-    run = load_vqa_run(run_dir, store_dir=store_dir, device=device, extra_texts=questions)
+    run = load_vqa_run(run_dir, store_dir=store_dir, device=device)
+    add_texts(run, questions)
 
     def score(table: ImageTable) -> tuple[dict[str, np.ndarray], np.ndarray, pd.DataFrame]:
         rows, scores, failed = [], [], []

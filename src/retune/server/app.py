@@ -30,6 +30,7 @@ from retune.server.config import ServeConfig, is_loopback
 from retune.server.routers import pages as page_routes
 from retune.server.routers import runs as run_routes
 from retune.server.routers import scenarios as scenario_routes
+from retune.server.routers import vqa as vqa_routes
 from retune.server.routers.runs import batch_scorer
 from retune.server.runs import ServedRun
 from retune.server.scenarios import ServedScenario
@@ -52,7 +53,7 @@ CSP = (
 DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 # Set on every response; a response that sets its own Cache-Control (the in-memory plots) keeps it.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
-ROUTERS = (run_routes.router, scenario_routes.router, page_routes.router)
+ROUTERS = (run_routes.router, scenario_routes.router, page_routes.router, vqa_routes.router)
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -62,7 +62,7 @@ from retune.store import EmbeddingStore, embed_table
 from retune.store.embed import text_token_embeddings
 from retune.training.loop import fit
 from retune.tuning.adapters import apply_tuning
-from retune.tuning.model import trainable_encoder_parameters
+from retune.tuning.model import parameter_report, trainable_encoder_parameters
 from retune.vqa import AnswerHead, ImageTokens, QuestionBatch, TextTokens, VqaNetwork
 
 KIND = "vqa"
@@ -305,7 +305,7 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
             result = fit(network, network.parameters(), loss_fn, images, images, config.optim, val_score,
                          config.seed, progress=advance, on_epoch=on_epoch)
         train_seconds = train_clock()
-    parameters = _parameter_report(prepared.backbone, network)
+    parameters = parameter_report(prepared.backbone, network)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in network.state_dict().items()}
     question_file = question_facts(config.questions)
     facts = {
@@ -343,15 +343,6 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
     log_run(out_dir, KIND, facts, {}, facts["training"], config.tracking_uri,
             extra_metrics={f"test_{k}": v for k, v in evaluation["scores"]["vqa"].items() if isinstance(v, float)})
     return metrics
-
-
-def _parameter_report(backbone: Backbone, network: VqaNetwork) -> dict:
-    """Trainable and total parameters (encoders with adapters + fusion and answer head) and the trainable share."""
-    unique = {id(p): p for module in [*backbone.modules, network] for p in module.parameters()}
-    total = sum(p.numel() for p in unique.values())
-    trainable = sum(p.numel() for p in unique.values() if p.requires_grad)
-    return {"trainable_parameters": trainable, "total_parameters": total,
-            "trainable_percent": round(100.0 * trainable / total, 4)}
 
 
 def train_classifier(config: VqaExperimentConfig, question_file: dict, out_dir: Path, show_progress: bool) -> dict:

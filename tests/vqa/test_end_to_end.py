@@ -80,3 +80,14 @@ def test_a_question_set_whose_image_is_missing_names_the_row(tiny_spec, small_co
     with pytest.raises(DataError, match=rf"qa.parquet: row 4 \({frame.loc[4, 'question_id']}\): image .*gone.png not "
                                         "found"):
         api.vqa_train(small_config(tiny_spec, tmp_path / "qa.parquet", tmp_path / "store"), tmp_path / "run")
+
+
+def test_a_vqa_run_predicts_like_a_classifier_through_the_run_kind_registry(lora_run, question_file):
+    """`retune predict` on a VQA run: P(yes) to "Is there {finding}?" per finding the run was trained on."""
+    frame = pd.read_parquet(question_file)
+    image = frame["image_path"].iloc[0]
+    predicted = api.load_run(lora_run).predict([image])
+    trained = sorted(set(frame.loc[(frame["split"] == "train") & (frame["type"] == "yes_no"), "finding"]))
+    assert sorted(predicted.columns[1:]) == trained
+    effusion = api.vqa_ask(lora_run, image, "Is there pleural effusion?")["p_yes"]
+    assert predicted["Effusion"].iloc[0] == pytest.approx(effusion, abs=1e-3)

@@ -547,7 +547,8 @@ def answer_pixels(run: VqaRun, pixels: torch.Tensor, questions: list[str]) -> li
 def open_vqa_run(run_dir: Path, checkpoint: tuple[dict, dict], store_dir: str | Path | None, device: str | None,
                  show_progress: bool, cache: bool = False) -> SavedRun:
     """A VQA run as a classifier: each finding it was trained on, scored as P(yes) to "Is there {finding}?"."""
-    findings = question_findings(checkpoint[1].get("questions", {}).get("findings", []))
+    asked = checkpoint[1].get("questions", {})
+    findings = question_findings(asked.get("findings", [])) if asked.get("built", {}).get("data") else []
     if not findings:
         raise ConfigError(f"{run_dir}: this VQA run was not trained on label-derived findings; use 'retune vqa ask'")
     questions = [PHRASINGS[0].format(finding=surface_forms(finding)[0]) for finding in findings]

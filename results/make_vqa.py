@@ -80,8 +80,9 @@ def main() -> None:
     for index, variant in enumerate(settings["variants"]):
         name = variant_name(variant)
         config = {**settings["run"], **variant, "questions": str(questions), "classifier": index == 0}
-        if variant.get("tower") in ("image", "both") or variant.get("method") == "prompt":
-            epochs = settings["image_tower_epochs"]
+        if variant.get("method", "none") != "none":
+            image = variant.get("tower") in ("image", "both") or variant.get("method") == "prompt"
+            epochs = settings["image_tower_epochs" if image else "text_tower_epochs"]
             config["optim"] = {**settings["run"]["optim"], "epochs": epochs,
                                "min_epochs": min(settings["run"]["optim"]["min_epochs"], epochs)}
         finished = finished_run(work / name, config)
@@ -149,8 +150,9 @@ def main() -> None:
                       f"{counts['accuracy_unseen_phrasing']} with held-out phrasings, "
                       f"{counts['accuracy_unseen_finding']} about held-out findings "
                       f"({', '.join(built['held_out_findings'])}); "
-                      "CIs resample patients. Image-tower variants ran "
-                      f"{settings['image_tower_epochs']} epochs; peak memory is the whole process's RSS on CPU. The "
+                      f"CIs resample patients. Tuned variants ran {settings['text_tower_epochs']} (text tower) or "
+                      f"{settings['image_tower_epochs']} (image tower) epochs, LoRA / IA3 with the first blocks left "
+                      "as they are (freeze_blocks in the config); peak memory is the whole process's RSS on CPU. The "
                       "backbone is general-domain, not medical."},
             {"id": "baselines", "title": "Baselines on the same test questions",
              "columns": ["answerer", "accuracy, seen [95% CI]", "paired accuracy, seen", "accuracy, unseen phrasings",

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from retune.data.vqa_sets import read_slake, read_vqa_rad
-from retune.errors import DataError
+from retune.errors import ConfigError, DataError
 
 
 def vqa_rad_record(qid: int, image: str, question: str, answer, answer_type: str, phrase_type: str) -> dict:
@@ -95,3 +95,14 @@ def test_not_json_or_not_a_list_is_one_line(tmp_path):
     (tmp_path / "train.json").write_text('{"qid": 1}')
     with pytest.raises(DataError, match="expected a JSON list"):
         read_slake(tmp_path / "train.json")
+
+
+def test_import_writes_a_question_file_training_can_read(vqa_rad, tmp_path):
+    from retune import api
+    from retune.data.questions import read_questions
+
+    api.vqa_import(vqa_rad, tmp_path / "qa.parquet", "vqa-rad")
+    frame = read_questions(tmp_path / "qa.parquet")
+    assert list(frame["question_id"]) == [f"vqa-rad-{qid}" for qid in range(5)]
+    with pytest.raises(ConfigError, match="unknown VQA format 'pathvqa'"):
+        api.vqa_import(vqa_rad, tmp_path / "other.parquet", "pathvqa")

@@ -67,6 +67,8 @@ def main() -> None:
                         help="Comma-separated variant names to train now (default: all); finished runs with the same "
                              "config are reused, so several invocations can share the work. The JSON is written "
                              "when every variant is finished.")
+    parser.add_argument("--partial", action="store_true",
+                        help="Write the JSON now: variants not finished are listed as not run.")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core, as the budget says; other jobs share the machine
     settings = yaml.safe_load(Path(args.config).read_text())
@@ -101,7 +103,7 @@ def main() -> None:
             continue
         print(f"{name}: {time.perf_counter() - clock:.0f} s, seen accuracy "
               f"{runs[name]['test']['scores']['vqa']['accuracy_seen']}", flush=True)
-    if pending:
+    if pending and not args.partial:
         print(f"not written: variants {', '.join(pending)} are still to run", file=sys.stderr)
         return
     first = next(iter(runs.values()))
@@ -111,7 +113,8 @@ def main() -> None:
          f"{m['seconds_per_epoch']:.1f}", str(m["epochs_run"]),
          *(cell(m["test"]["scores"]["vqa"], key) for key in SCORES)]
         for name, m in runs.items()
-    ] + [[name, "n/a", "n/a", "n/a", "0", "not applicable", "", "", ""] for name in skipped]
+    ] + [[name, "n/a", "n/a", "n/a", "0", "not applicable", "", "", ""] for name in skipped] + [
+        [name, "n/a", "n/a", "n/a", "0", "not run (compute budget)", "", "", ""] for name in pending]
     baseline_rows = [[label, *(cell(baselines[key], score) for score in SCORES)]
                      for key, label in ANSWERERS.items() if key in baselines]
     best_name = max(runs, key=lambda n: (n != "frozen", runs[n]["test"]["scores"]["vqa"]["accuracy_seen"] or 0))
@@ -167,7 +170,7 @@ def main() -> None:
              "notes": "Best PEFT variant: the tuned variant with the highest seen accuracy on test. Reported as "
                       "measured, met or not."},
         ],
-        "data": {"runs": runs, "not_applicable": skipped,
+        "data": {"runs": runs, "not_applicable": skipped, "not_run": pending,
                  "question_counts": {f"{split}/{kind}": int(n) for (split, kind), n in
                                      frame.groupby(["split", "type"]).size().items()},
                  "seconds": round(time.perf_counter() - started, 1)},

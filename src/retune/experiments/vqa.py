@@ -178,7 +178,7 @@ def prepare(config: VqaExperimentConfig, frame: pd.DataFrame, texts: list[str], 
         apply_tuning(backbone, towers, config.method, config.freeze_blocks, config.rank, config.alpha,
                      num_virtual_tokens=config.num_virtual_tokens)
     if "image" in towers:
-        pixels, rows = pixel_inputs(table.paths, backbone)
+        pixels, rows = pixel_inputs(table.paths, backbone, memory_budget=0)  # decoded per batch: memory stays small
         images = ImageTokens(pixels=pixels, backbone=backbone)
     else:
         summary = embed_table(table, backbone, store, tokens=True, show_progress=show_progress)

@@ -165,18 +165,23 @@ class Prepared:
     unreadable: list[str]
 
 
+def _tune(config: VqaExperimentConfig, backbone: Backbone) -> None:
+    """Apply the config's tuner to its towers, in place (seeded adapter initialisation); frozen runs: nothing."""
+    if config.towers:
+        torch.manual_seed(config.seed)
+        apply_tuning(backbone, config.towers, config.method, config.freeze_blocks, config.rank, config.alpha,
+                     num_virtual_tokens=config.num_virtual_tokens)
+
+
 def prepare(config: VqaExperimentConfig, frame: pd.DataFrame, texts: list[str], store: EmbeddingStore, where: str,
-            show_progress: bool = False, backbone: Backbone | None = None, tune: bool = True) -> Prepared:
+            show_progress: bool = False, backbone: Backbone | None = None) -> Prepared:
     """Frozen tokens cached in the store first (images, when the image tower stays frozen; texts always, for their
-    token counts), then the tuning applied (``tune``) and the token sources built."""
+    token counts), then the tuning applied and the token sources built."""
     backbone = backbone or create_backbone(config.backbone, device=config.device)
     table = _unique_images(frame, where)
     tokens, mask = text_token_embeddings(texts, backbone, store, config.max_text_tokens)
     towers = config.towers
-    if tune and towers:
-        torch.manual_seed(config.seed)
-        apply_tuning(backbone, towers, config.method, config.freeze_blocks, config.rank, config.alpha,
-                     num_virtual_tokens=config.num_virtual_tokens)
+    _tune(config, backbone)
     if "image" in towers:
         pixels, rows = pixel_inputs(table.paths, backbone, memory_budget=0)  # decoded per batch: memory stays small
         images = ImageTokens(pixels=pixels, backbone=backbone)
@@ -461,10 +466,7 @@ def load_vqa_run(run_dir: str | Path, frame: pd.DataFrame | None = None, store_d
 def _texts_only(config: VqaExperimentConfig, texts: list[str], store: EmbeddingStore, backbone: Backbone) -> Prepared:
     """Token sources for asking about images held in memory: texts as in ``prepare``; images come later."""
     tokens, mask = text_token_embeddings(texts, backbone, store, config.max_text_tokens)
-    if config.towers:
-        torch.manual_seed(config.seed)
-        apply_tuning(backbone, config.towers, config.method, config.freeze_blocks, config.rank, config.alpha,
-                     num_virtual_tokens=config.num_virtual_tokens)
+    _tune(config, backbone)
     no_images = torch.zeros(0, 1, 1)
     return Prepared(backbone, ImageTokens(cached=no_images), TextTokens(texts, tokens, mask,
                     backbone if "text" in config.towers else None), {}, {t: i for i, t in enumerate(texts)}, [])

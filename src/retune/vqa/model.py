@@ -90,9 +90,11 @@ class VqaNetwork(nn.Module):
         return F.cross_entropy(logits, batch.target.to(logits.device))
 
     @torch.no_grad()
-    def probabilities(self, batch: QuestionBatch, chunk: int = 256) -> np.ndarray:
-        """Softmax over each question's candidates (Q x C, 0 at padding), ``chunk`` questions at a time."""
+    def probabilities(self, batch: QuestionBatch, chunk: int | None = None) -> np.ndarray:
+        """Softmax over each question's candidates (Q x C, 0 at padding), ``chunk`` questions at a time (default: 256
+        on cached tokens, 16 when each image runs through the tuned image tower, whose activations are large)."""
         self.eval()
+        chunk = chunk or (16 if self.images.tuned else 256)
         parts = [torch.softmax(self.logits(batch.subset(torch.arange(s, min(s + chunk, len(batch))))), dim=1)
                  for s in range(0, len(batch), chunk)]
         return torch.cat(parts).float().cpu().numpy() if parts else np.zeros((0, batch.candidates.shape[1]))

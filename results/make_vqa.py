@@ -156,8 +156,9 @@ def main() -> None:
                       f"({', '.join(built['held_out_findings'])}); "
                       f"CIs resample patients. Tuned variants ran {settings['text_tower_epochs']} (text tower) or "
                       f"{settings['image_tower_epochs']} (image tower) epochs, LoRA / IA3 with the first blocks left "
-                      "as they are (freeze_blocks in the config); peak memory is the whole process's RSS on CPU. The "
-                      "backbone is general-domain, not medical."},
+                      "as they are (freeze_blocks in the config); peak memory is the whole process's RSS on CPU; "
+                      "seconds per epoch are wall-clock on a machine shared with other jobs, so they compare variants "
+                      "only roughly. The backbone is general-domain, not medical."},
             {"id": "baselines", "title": "Baselines on the same test questions",
              "columns": ["answerer", "accuracy, seen [95% CI]", "paired accuracy, seen", "accuracy, unseen phrasings",
                          "accuracy, unseen findings"],

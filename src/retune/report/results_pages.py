@@ -210,15 +210,25 @@ def render_table(record: dict, table_id: str, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_page(text: str, root: Path, where: str = "page") -> str:
-    """``text`` with every marker block refilled from the JSON it names (paths relative to ``root``)."""
+def render_page(text: str, root: Path, where: str = "page", problems: list[str] | None = None) -> str:
+    """``text`` with every marker block refilled from the JSON it names (paths relative to ``root``).
+
+    A block that cannot be rendered (missing file, unknown table) raises, or, given a ``problems`` list, is left as
+    it is and its one-line reason appended there.
+    """
     cache: dict[str, dict] = {}
 
     def fill(match: re.Match) -> str:
         file = match["file"]
-        if file not in cache:
-            cache[file] = load_record(root / file)
-        body = render_table(cache[file], match["table"], f"{where}: {file}")
+        try:
+            if file not in cache:
+                cache[file] = load_record(root / file)
+            body = render_table(cache[file], match["table"], f"{where}: {file}")
+        except ConfigError as error:
+            if problems is None:
+                raise
+            problems.append(str(error))
+            return match.group(0)
         return f"{match['open']}\n{body}{match['close']}"
 
     return MARKER.sub(fill, text)
@@ -239,9 +249,9 @@ def pages(root: Path) -> list[Path]:
     return [path for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if path.is_file()]
 
 
-def stale_pages(root: Path, paths: Iterable[Path]) -> list[Path]:
+def stale_pages(root: Path, paths: Iterable[Path], problems: list[str] | None = None) -> list[Path]:
     """The pages whose marker blocks differ from their render."""
-    return [path for path in paths if render_page(path.read_text(), root, str(path)) != path.read_text()]
+    return [path for path in paths if render_page(path.read_text(), root, str(path), problems) != path.read_text()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,20 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="Change nothing; exit 1 if a block differs from its render."
     )
     args = parser.parse_args(argv)
-    try:
-        paths = pages(args.root)
-        stale = stale_pages(args.root, paths)
-        if args.check:
-            for path in stale:
-                print(f"{path}: a results block differs from its JSON; run python -m retune.report.results_pages")
-            return 1 if stale else 0
+    problems: list[str] = []
+    paths = pages(args.root)
+    stale = stale_pages(args.root, paths, problems)
+    if args.check:
         for path in stale:
-            write_text_atomic(path, render_page(path.read_text(), args.root, str(path)))
+            print(f"{path}: a results block differs from its JSON; run python -m retune.report.results_pages")
+    else:
+        for path in stale:
+            write_text_atomic(path, render_page(path.read_text(), args.root, str(path), []))
             print(f"rendered {path}")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems or (args.check and stale) else 0
 
 
 if __name__ == "__main__":

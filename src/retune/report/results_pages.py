@@ -80,16 +80,18 @@ def scenario_tables(results: dict[str, dict], name: str, what_ran: str, n_bootst
 
     first = next(iter(results.values()))
     means = classes_in_means(first)
+    several = len(first.get("orders") or [first]) > 1
+    over_runs = "mean ± sd over the runs; " if several else ""
     notes = (f"{what_ran} Final = after the last task; forgetting = best earlier AUROC - final AUROC (lower is "
              f"better); BWT = final - just-learned AUROC; CIs for the first run from {n_bootstrap} "
-             f"patient-bootstrap resamples; mean ± sd over the runs; {means}.")
+             f"patient-bootstrap resamples; {over_runs}{means}.")
     per_task_header, per_task = per_task_rows(results)
     curve = "after each chunk of the training patients" if first.get("kind") == "data" else "after each task"
     return [
         results_table(f"{name}-final", f"{first['scenario']}: final models", comparison_header(results),
                       comparison_rows(results), notes),
         results_table(f"{name}-per-task", f"{first['scenario']}: mean AUROC over the seen classes {curve}",
-                      per_task_header, per_task, f"{what_ran} Mean ± sd over the runs; {means}."),
+                      per_task_header, per_task, f"{what_ran} {over_runs.capitalize()}{means}."),
     ]
 
 
@@ -108,8 +110,8 @@ def scenario_results_main(name: str, config_path: str, argv: list[str] | None = 
     if args.store:
         config = override(config, {"store": args.store})
     results = run_scenario(config, out=args.work, track=False)
-    orders = ", ".join(str(order) for order in config.orders)
-    what_ran = (f"Ran: {len(config.methods)} methods ({', '.join(config.methods)}), orders {orders}, training seed "
+    orders = ("orders " if len(config.orders) > 1 else "order ") + ", ".join(str(order) for order in config.orders)
+    what_ran = (f"Ran: {len(config.methods)} methods ({', '.join(config.methods)}), {orders}, training seed "
                 f"{config.seed}; gradient-trained methods {config.retune.optim.epochs} epochs at learning rate "
                 f"{config.retune.optim.lr:g} with early stopping (patience {config.retune.optim.patience}).")
     data = {method: {key: result[key] for key in ("final_mean_auroc", "final_mean_auroc_ci", "forgetting",

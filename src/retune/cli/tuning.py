@@ -102,7 +102,9 @@ def adaptor_bench(
     out: Path = typer.Option(
         Path("runs/objectives"), help="Output folder: bench.json, bench_config.json, runs/<mix>/seed<k>/ run folders."
     ),
-    store: Path | None = typer.Option(None, help="Embedding store folder, image and text tokens are cached there."),
+    store: Path | None = typer.Option(
+        None, help="Embedding store folder, image and text tokens are cached there (default: the config's store)."
+    ),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds instead of the config's (default: 0,1,2)."),
     epochs: int | None = typer.Option(None, min=1, help="Pre-training epochs per run instead of the config's."),
     quiet: bool = QUIET,

@@ -12,7 +12,7 @@ from retune.config import DataConfig, load_yaml_config
 from retune.data.table import ImageTable
 from retune.errors import ConfigError, DataError
 from retune.experiments.adaptor_bench import warn_truncated
-from retune.objectives import ObjectivesBenchConfig, mix_label, parse_mix
+from retune.objectives import ObjectivesBenchConfig, parse_mix
 from retune.objectives.config import PairsConfig
 from retune.objectives.pairs import csv_pair_texts, label_pair_texts, read_pair_csv, text_only_texts
 
@@ -20,7 +20,6 @@ from retune.objectives.pairs import csv_pair_texts, label_pair_texts, read_pair_
 def test_mix_parses_weights_and_options():
     mix = parse_mix({"clip": 1.0, "caption": 0.5, "masked": {"ratio": 0.25}})
     assert mix["caption"].weight == 0.5 and mix["masked"].ratio == 0.25 and mix["masked"].weight == 1.0
-    assert mix_label({"clip": 1.0, "caption": 0.5, "masked": {"ratio": 0.25}}) == "clip+0.5*caption+masked(ratio=0.25)"
 
 
 @pytest.mark.parametrize(
@@ -100,3 +99,13 @@ def test_text_only_csv_needs_a_text_column(tmp_path):
     assert text_only_texts(good, limit=1) == ["No effusion."]
     with pytest.raises(DataError, match="missing column 'text'"):
         text_only_texts(bad)
+
+
+def test_objectives_key_runs_one_mix_and_names_its_field(tmp_path):
+    config = tmp_path / "one.yaml"
+    config.write_text("objectives: {clip: 1.0, caption: 0.5, masked: {ratio: 0.5}}\n")
+    loaded = load_yaml_config(config, ObjectivesBenchConfig)
+    assert list(loaded.mix_specs()) == ["clip+caption+masked"]
+    config.write_text("objectives: {clip: 0, masked: {weight: 0, ratio: 0.5}}\n")
+    with pytest.raises(ConfigError, match=r"field 'objectives': Value error, every weight is 0"):
+        load_yaml_config(config, ObjectivesBenchConfig)

@@ -166,7 +166,7 @@ class _BenchData:
         self.groups = torch.as_tensor(self.texts.groups, dtype=torch.long, device=device)
         train_index = np.unique(text_index.reshape(-1)[self.splits["train"]])
         self.train_texts = [self.unique_texts[i] for i in train_index]
-        uses_text_only = any("unimodal" in parse_mix(mix) for mix in config.mixes.values())
+        uses_text_only = any("unimodal" in parse_mix(mix) for mix in config.mix_specs().values())
         self.text_only = None
         self.n_text_only = 0
         if config.pairs.text_only is not None and uses_text_only:
@@ -213,7 +213,7 @@ def _run_one(data: _BenchData, mix_name: str, seed: int, first: bool, out_dir: P
     context = ObjectiveContext(
         image_dim, text_dim, config.width, config.embed_dim, config.heads, data.unique_texts, data.train_texts
     )
-    mix = config.mixes[mix_name]
+    mix = config.mix_specs()[mix_name]
     model = ObjectiveMix(adaptor, parse_mix(mix), context).to(backbone.device)
     train = TokenPairs(pairs.subset(splits["train"]), data.groups[splits["train"]], data.text_only)
     with progress_bar(
@@ -355,7 +355,7 @@ def run_objectives_bench(
             _run_one(data, mix_name, seed, index == 0, out_dir, show_progress)
             for index, seed in enumerate(config.seeds)
         ]
-        for mix_name in config.mixes
+        for mix_name in config.mix_specs()
     }
     summary = summarise(runs, data.frozen_probes, config.label_fractions)
     columns, rows = bench_table(summary, config.label_fractions)

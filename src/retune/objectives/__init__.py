@@ -7,7 +7,7 @@ with weights by :class:`ObjectiveMix` from a YAML mix such as ``{clip: 1.0, capt
 
 from retune.objectives import caption, clip, filip, masked, siglip, unimodal  # noqa: F401  (register objectives)
 from retune.objectives.base import OBJECTIVES, Objective, ObjectiveContext, PairBatch, register_objective
-from retune.objectives.config import ObjectivesBenchConfig, mix_label, parse_mix
+from retune.objectives.config import ObjectivesBenchConfig, parse_mix
 from retune.objectives.mix import ObjectiveMix, TokenPairs, pretrain_mix
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "ObjectivesBenchConfig",
     "PairBatch",
     "TokenPairs",
-    "mix_label",
     "parse_mix",
     "pretrain_mix",
     "register_objective",

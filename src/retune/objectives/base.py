@@ -43,7 +43,7 @@ class ObjectiveContext:
 
 
 @dataclass
-class Encoded:
+class TowerOutputs:
     """One forward of both modality towers: token states, padding and L2-normalised pooled embeddings."""
 
     image_states: torch.Tensor  # B x T_img x width
@@ -55,12 +55,12 @@ class Encoded:
 
 def encode_pairs(
     adaptor: CrossAttentionAdaptor, image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
-) -> Encoded:
+) -> TowerOutputs:
     """Both towers on the given tokens (``text_mask`` True = real token)."""
     padding = ~text_mask
     image_states, image_pooled = adaptor.image_tower(image_tokens, None)
     text_states, text_pooled = adaptor.text_tower(text_tokens, padding)
-    return Encoded(
+    return TowerOutputs(
         image_states,
         F.normalize(adaptor.image_head(image_pooled), dim=-1),
         text_states,
@@ -84,7 +84,7 @@ class PairBatch:
     text_only: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @cached_property
-    def full(self) -> Encoded:
+    def full(self) -> TowerOutputs:
         """The towers on every token, computed once per batch."""
         return encode_pairs(self.adaptor, self.image_tokens, self.text_tokens, self.text_mask)
 

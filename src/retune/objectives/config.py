@@ -38,17 +38,6 @@ def parse_mix(raw: MixSpec) -> dict[str, ObjectiveOptions]:
     return parsed
 
 
-def mix_label(mix: MixSpec) -> str:
-    """A short name for a mix: ``clip+0.5*caption``, ``masked(ratio=0.5)``."""
-    parts = []
-    for name, options in parse_mix(mix).items():
-        extra = options.model_dump(exclude={"weight"}, exclude_defaults=True)
-        detail = f"({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""
-        weight = "" if options.weight == 1 else f"{options.weight:g}*"
-        parts.append(f"{weight}{name}{detail}")
-    return "+".join(parts)
-
-
 class PairsConfig(StrictModel):
     """Where each image's text comes from, and text-only texts for the unimodal text terms."""
 
@@ -77,6 +66,9 @@ class ObjectivesBenchConfig(AdaptorExperimentConfig):
         default_factory=lambda: {"clip": {"clip": 1.0}},
         description="Named objective mixes to compare, e.g. {clip: {clip: 1}, flip: {masked: {ratio: 0.5}}}.",
     )
+    objectives: MixSpec | None = Field(
+        None, description="One mix to run instead of `mixes`, e.g. {clip: 1.0, caption: 0.5, masked: {ratio: 0.5}}."
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="Pre-training seeds.")
     pairs: PairsConfig = PairsConfig()
     prompts: str = Field("manual", description="Prompt set (or YAML) for zero-shot classification.")
@@ -103,6 +95,18 @@ class ObjectivesBenchConfig(AdaptorExperimentConfig):
             except ValueError as error:
                 raise ValueError(f"mixes.{name}: {error}") from None
         return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _valid_objectives(cls, value: MixSpec | None) -> MixSpec | None:
+        if value is not None:
+            parse_mix(value)
+        return value
+
+    def mix_specs(self) -> dict[str, MixSpec]:
+        """The mixes to run: ``objectives`` alone (named by its objectives joined with '+') when given, else
+        ``mixes``."""
+        return {"+".join(self.objectives): self.objectives} if self.objectives else self.mixes
 
     @field_validator("seeds")
     @classmethod

@@ -31,9 +31,6 @@ class ObjectiveMix(nn.Module):
         """Sum over objectives of weight x loss."""
         return sum(objective.options.weight * objective(batch) for objective in self.objectives.values())
 
-    def facts(self) -> dict:
-        return {name: objective.facts() for name, objective in self.objectives.items()}
-
 
 @dataclass
 class TokenPairs:

@@ -43,15 +43,41 @@ def compare(summary: dict, mix: str, base: str, key: str) -> dict:
             "margin": round(2 * max(sd(summary, mix, key), sd(summary, base, key)), 4)}
 
 
-def speed_check(summary: dict) -> dict:
-    clip_epoch = mean(summary, "clip", "seconds_per_epoch")
-    masked_epoch = mean(summary, "masked-50", "seconds_per_epoch")
+def cpu_epoch_seconds(config, seeds: list[int], epochs: int = 2) -> dict[str, list[float]]:
+    """CPU seconds per epoch (median of ``epochs``) of clip and masked-50 trained in turn with each seed: on a shared
+    machine wall-clock epochs measure the neighbours as much as the objective; this process's CPU time does not."""
+    from retune.backbones.registry import create_backbone
+    from retune.experiments.adaptor_bench import BenchData, train_mix
+
+    probe = config.model_copy(update={
+        "mixes": {name: config.mixes[name] for name in ("clip", "masked-50")},
+        "optim": config.optim.model_copy(update={"epochs": epochs, "min_epochs": epochs}),
+        "pairs": config.pairs.model_copy(update={"text_only": None}),
+    })
+    data = BenchData(probe, create_backbone(probe.backbone), False, training_only=True)
+    cpu: dict[str, list[float]] = {name: [] for name in probe.mixes}
+    for seed in seeds:
+        for name in probe.mixes:
+            cpu[name].append(train_mix(data, name, seed)[1]["cpu_seconds_per_epoch"])
+    return cpu
+
+
+def speed_check(summary: dict, cpu: dict[str, list[float]]) -> dict:
+    clip_cpu, masked_cpu = (sum(cpu[name]) / len(cpu[name]) for name in ("clip", "masked-50"))
+    wall = mean(summary, "clip", "seconds_per_epoch") / mean(summary, "masked-50", "seconds_per_epoch")
     r10 = {direction: mean(summary, "masked-50", f"{direction}.R@10") - mean(summary, "clip", f"{direction}.R@10")
            for direction in ("image_to_text", "text_to_image")}
-    speedup = clip_epoch / masked_epoch
-    return {"clip_seconds_per_epoch": clip_epoch, "masked_seconds_per_epoch": masked_epoch, "speedup": speedup,
-            "r10_difference": r10, "speed_target_met": speedup >= SPEED_TARGET,
-            "r10_target_met": all(abs(v) <= R10_TOLERANCE or v > 0 for v in r10.values())}
+    speedup = clip_cpu / masked_cpu
+    return {"clip_cpu_seconds_per_epoch": cpu["clip"], "masked_cpu_seconds_per_epoch": cpu["masked-50"],
+            "cpu_speedup": speedup, "wall_speedup_in_bench": wall, "r10_difference": r10,
+            "speed_target_met": speedup >= SPEED_TARGET,
+            "r10_target_met": all(v >= -R10_TOLERANCE for v in r10.values())}
+
+
+def spread(values: list[float]) -> str:
+    mean_value = sum(values) / len(values)
+    sd_value = (sum((v - mean_value) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean_value:.2f} ± {sd_value:.2f}"
 
 
 def findings(summary: dict) -> list[dict]:
@@ -104,7 +130,7 @@ def main() -> None:
     bench = (json.loads(bench_json.read_text()) if args.reuse and bench_json.exists()
              else adaptor_bench(config, args.out, show_progress=True))
     summary = bench["summary"]
-    speed = speed_check(summary)
+    speed = speed_check(summary, cpu_epoch_seconds(config, bench["seeds"]))
     verdicts = findings(summary)
     text_note = bench["data"]["text_note"]
     tables = [
@@ -115,15 +141,19 @@ def main() -> None:
                   f"per run; {text_note}; the unimodal mix also sees {bench['data']['n_text_only']} real Open-i "
                   "reports (text only). VQA and Dice: not run here (no VQA model or adaptor-fed segmentation yet)."},
         {"id": "speed", "title": "Masked contrastive (50% of tokens dropped) vs plain CLIP",
-         "columns": ["s / epoch CLIP", "s / epoch masked-50", "speed-up", f"target >= {SPEED_TARGET}x",
-                     "R@10 difference image→text", "R@10 difference text→image", f"R@10 within {R10_TOLERANCE}"],
-         "rows": [[f"{speed['clip_seconds_per_epoch']:.2f}", f"{speed['masked_seconds_per_epoch']:.2f}",
-                   f"{speed['speedup']:.2f}x", "met" if speed["speed_target_met"] else "not met",
+         "columns": ["CPU s / epoch CLIP", "CPU s / epoch masked-50", "speed-up (CPU)", f"target >= {SPEED_TARGET}x",
+                     "speed-up (wall, in the bench)", "R@10 difference image→text", "R@10 difference text→image",
+                     f"R@10 within {R10_TOLERANCE}"],
+         "rows": [[spread(speed["clip_cpu_seconds_per_epoch"]), spread(speed["masked_cpu_seconds_per_epoch"]),
+                   f"{speed['cpu_speedup']:.2f}x", "met" if speed["speed_target_met"] else "not met",
+                   f"{speed['wall_speedup_in_bench']:.2f}x",
                    f"{speed['r10_difference']['image_to_text']:+.3f}",
                    f"{speed['r10_difference']['text_to_image']:+.3f}",
                    "met" if speed["r10_target_met"] else "not met"]],
-         "notes": "Median training seconds per epoch of each run, mean over seeds, one torch thread on a shared "
-                  "machine; R@10 differences are masked minus CLIP seed means (higher is better)."},
+         "notes": "CPU seconds of this process per training epoch (median of 2 epochs; mean ± sd over the seeds, the "
+                  "two objectives trained in turn, one torch thread); the wall-clock ratio from the bench runs is "
+                  "shown beside it (a shared machine: noisy). R@10 differences are masked minus CLIP seed means "
+                  "from the bench (higher is better; the target allows at most 0.02 lower)."},
         {"id": "findings", "title": "The four findings of arXiv 2406.07450 in the frozen-tower setting",
          "columns": ["finding", "verdict", "numbers (mix - clip: difference / margin)", "rule"],
          "rows": [[f["finding"], f["verdict"],

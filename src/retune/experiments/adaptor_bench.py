@@ -133,10 +133,13 @@ def zero_shot_scores(adaptor: CrossAttentionAdaptor, image: torch.Tensor, prompt
     return torch.stack(columns, dim=1).cpu().numpy()
 
 
-class _BenchData:
-    """Everything every run shares: table, splits, cached token pairs, prompts and the frozen probe baseline."""
+class BenchData:
+    """Everything every run shares: table, splits, cached token pairs and, unless ``training_only``, the zero-shot
+    prompts and the frozen probe baseline."""
 
-    def __init__(self, config: ObjectivesBenchConfig, backbone: Backbone, show_progress: bool) -> None:
+    def __init__(
+        self, config: ObjectivesBenchConfig, backbone: Backbone, show_progress: bool, training_only: bool = False
+    ) -> None:
         self.config, self.backbone = config, backbone
         store = EmbeddingStore(config.store)
         source_csv = config.pairs.source == "csv"
@@ -175,14 +178,14 @@ class _BenchData:
             extra_tokens, extra_mask = _tokens(extra, backbone, store, config.max_text_tokens)
             self.text_only = (extra_tokens, extra_mask)
         self.classes = list(self.table.classes)
-        self.prompts = build_prompts(config.prompts, self.classes) if self.classes else {}
+        self.prompts = build_prompts(config.prompts, self.classes) if self.classes and not training_only else {}
         texts = prompt_texts(self.prompts) if self.prompts else []
         prompt_tokens, prompt_mask = _tokens(texts, backbone, store, config.max_text_tokens) if texts else (None, None)
         self.prompt_tokens = {"index": {t: i for i, t in enumerate(texts)}, "tokens": prompt_tokens,
                               "mask": prompt_mask}
         self.frozen_probes = (
             label_efficiency({"frozen": self.pooled}, self.table, self.splits, config, backbone)[0]
-            if self.classes else {}
+            if self.classes and not training_only else {}
         )
 
     def facts(self) -> dict:
@@ -202,8 +205,8 @@ class _BenchData:
         }
 
 
-def _run_one(data: _BenchData, mix_name: str, seed: int, first: bool, out_dir: Path, show_progress: bool) -> dict:
-    """Pre-train one mix with one seed, evaluate it, save its run folder; its metrics."""
+def train_mix(data: BenchData, mix_name: str, seed: int, show_progress: bool = False) -> tuple[ObjectiveMix, dict]:
+    """A fresh adaptor and the mix's objectives, pre-trained with ``seed`` on the training pairs; and the fit facts."""
     config, backbone, pairs, splits = data.config, data.backbone, data.pairs, data.splits
     torch.manual_seed(seed)
     image_dim, text_dim = pairs.image_tokens.shape[2], pairs.text_tokens.shape[2]
@@ -221,6 +224,21 @@ def _run_one(data: _BenchData, mix_name: str, seed: int, first: bool, out_dir: P
         unit="pairs",
     ) as advance:
         trained = pretrain_mix(model, train, config.optim, seed, progress=advance)
+    return model, {
+        "seconds_per_epoch": float(np.median(trained.epoch_seconds)),
+        "cpu_seconds_per_epoch": float(np.median(trained.epoch_cpu_seconds)),
+        "epoch_seconds": trained.epoch_seconds,
+        "epoch_cpu_seconds": trained.epoch_cpu_seconds,
+        "train_loss": trained.fit.train_loss,
+    }
+
+
+def _run_one(data: BenchData, mix_name: str, seed: int, first: bool, out_dir: Path, show_progress: bool) -> dict:
+    """Pre-train one mix with one seed, evaluate it, save its run folder; its metrics."""
+    config, backbone, pairs, splits = data.config, data.backbone, data.pairs, data.splits
+    model, training = train_mix(data, mix_name, seed, show_progress)
+    adaptor, mix = model.adaptor, config.mix_specs()[mix_name]
+    image_dim, text_dim = pairs.image_tokens.shape[2], pairs.text_tokens.shape[2]
     n_bootstrap = config.n_bootstrap if first else 0
     test_rows = splits["test"]
     test = data.table.subset(test_rows)
@@ -228,9 +246,7 @@ def _run_one(data: _BenchData, mix_name: str, seed: int, first: bool, out_dir: P
         "mix": mix_name,
         "objectives": {name: objective.options.model_dump() for name, objective in model.objectives.items()},
         "seed": seed,
-        "seconds_per_epoch": float(np.median(trained.epoch_seconds)),
-        "epoch_seconds": trained.epoch_seconds,
-        "train_loss": trained.fit.train_loss,
+        **training,
         "retrieval": retrieval_with_ci(adaptor, pairs.subset(test_rows), test.patients, n_bootstrap, seed),
         **NOT_RUN,
     }
@@ -285,7 +301,7 @@ def summarise(runs: dict[str, list[dict]], frozen: dict, fractions: list[float])
     summary: dict[str, dict] = {}
     for mix_name, seeds in runs.items():
         first = seeds[0]
-        cells = {"seconds_per_epoch": _cell([run["seconds_per_epoch"] for run in seeds])}
+        cells = {key: _cell([run.get(key) for run in seeds]) for key in ("seconds_per_epoch", "cpu_seconds_per_epoch")}
         for direction in ("image_to_text", "text_to_image"):
             for k in RECALL_KS:
                 key = f"R@{k}"
@@ -330,6 +346,7 @@ def bench_table(summary: dict, fractions: list[float]) -> tuple[list[str], list[
         *((f"image→text R@{k}", f"image_to_text.R@{k}") for k in RECALL_KS),
         *((f"text→image R@{k}", f"text_to_image.R@{k}") for k in RECALL_KS),
         ("s / epoch", "seconds_per_epoch"),
+        ("CPU s / epoch", "cpu_seconds_per_epoch"),
     ]
     columns = ["objectives", *(label for label, _ in keys), "VQA accuracy", "Dice"]
     rows = [
@@ -349,7 +366,7 @@ def run_objectives_bench(
     out_dir = Path(out_dir)
     started = time.perf_counter()
     backbone = backbone or create_backbone(config.backbone, device=config.device)
-    data = _BenchData(config, backbone, show_progress)
+    data = BenchData(config, backbone, show_progress)
     runs = {
         mix_name: [
             _run_one(data, mix_name, seed, index == 0, out_dir, show_progress)

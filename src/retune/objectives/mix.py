@@ -67,10 +67,12 @@ class TokenPairs:
 
 @dataclass
 class PretrainResult:
-    """The fit and the wall-clock seconds of each epoch's training steps."""
+    """The fit, and the wall-clock and CPU seconds of each epoch's training steps (CPU time of this process: what
+    an epoch costs whatever else the machine runs)."""
 
     fit: FitResult
     epoch_seconds: list[float] = field(default_factory=list)
+    epoch_cpu_seconds: list[float] = field(default_factory=list)
 
 
 def pretrain_mix(
@@ -84,14 +86,15 @@ def pretrain_mix(
     mix trains the same number of steps, so epoch times compare); the last epoch's weights are kept."""
     rows = torch.arange(len(train.groups), device=train.groups.device)
     generator = torch.Generator().manual_seed(seed)
-    marks = [time.perf_counter()]
+    marks = [(time.perf_counter(), time.process_time())]
 
     def loss_fn(batch_rows: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         return model.loss(train.batch(model.adaptor, batch_rows, generator))
 
     def on_epoch(epoch: int, loss: float, score: float | None) -> None:
-        marks.append(time.perf_counter())
+        marks.append((time.perf_counter(), time.process_time()))
 
     result = fit(model, model.parameters(), loss_fn, rows, rows, optim, seed=seed, progress=progress,
                  on_epoch=on_epoch)
-    return PretrainResult(result, [round(b - a, 4) for a, b in zip(marks, marks[1:])])
+    wall, cpu = ([round(b[i] - a[i], 4) for a, b in zip(marks, marks[1:])] for i in (0, 1))
+    return PretrainResult(result, wall, cpu)

@@ -25,7 +25,7 @@ def test_bench_prints_every_mix_and_caption_generates(tmp_path, registered_token
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, ["adaptor", "bench", "--config", str(config), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "not run here" in result.output and "SYNTHETIC" in result.output and "R@10" in result.output
+    assert "not run here" in result.output and "SYNTHETIC" in result.output and "image→text R@10" in result.output
     bench = json.loads((out / "bench.json").read_text())
     assert [row[0] for row in bench["table"]["rows"]] == ["clip", "captioned", "frozen features (no adaptor)"]
     clip = bench["summary"]["clip"]

@@ -129,9 +129,10 @@ def adaptor_bench(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table(*result["table"]["columns"])
-    for row in result["table"]["rows"]:
-        table.add_row(*row)
+    columns, rows = result["table"]["columns"], result["table"]["rows"]
+    table = Table(columns[0], *(row[0] for row in rows))  # one column per mix: tasks read down the side
+    for index, task in enumerate(columns[1:], start=1):
+        table.add_row(task, *(row[index] for row in rows))
     console.print(table)
     console.print(
         escape(

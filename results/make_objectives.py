@@ -138,7 +138,8 @@ def main() -> None:
          "columns": bench["table"]["columns"], "rows": bench["table"]["rows"],
          "notes": f"Mean ± sd over seeds {bench['seeds']} [95% patient-bootstrap CI of the first seed]; AUROC means "
                   f"cover classes with >= {config.min_positives} positive test images; {config.optim.epochs} epochs "
-                  f"per run; {text_note}; the unimodal mix also sees {bench['data']['n_text_only']} real Open-i "
+                  "per run; text→image R@K has no CI (its queries are texts shared by many patients); "
+                  f"{text_note}; the unimodal mix also sees {bench['data']['n_text_only']} real Open-i "
                   "reports (text only). VQA and Dice: not run here (no VQA model or adaptor-fed segmentation yet)."},
         {"id": "speed", "title": "Masked contrastive (50% of tokens dropped) vs plain CLIP",
          "columns": ["CPU s / epoch CLIP", "CPU s / epoch masked-50", "speed-up (CPU)", f"target >= {SPEED_TARGET}x",

@@ -167,8 +167,7 @@ class BenchData:
             tokens = project_tokens(tokens, self.projection)
         self.pairs = PairData(tokens, text_tokens, text_mask, torch.as_tensor(text_index.reshape(-1), device=device))
         self.groups = torch.as_tensor(self.texts.groups, dtype=torch.long, device=device)
-        train_index = np.unique(text_index.reshape(-1)[self.splits["train"]])
-        self.train_texts = [self.unique_texts[i] for i in train_index]
+        self.train_texts = [self.texts.texts[row] for row in self.splits["train"]]  # one per training image
         uses_text_only = any("unimodal" in parse_mix(mix) for mix in config.mix_specs().values())
         self.text_only = None
         self.n_text_only = 0

@@ -38,7 +38,7 @@ class ObjectiveContext:
     embed_dim: int
     heads: int
     texts: list[str] = field(default_factory=list)
-    train_texts: list[str] = field(default_factory=list)  # the texts of training rows (vocabularies read only these)
+    train_texts: list[str] = field(default_factory=list)  # each training image's text (vocabularies count these)
     saved_facts: dict | None = None  # the objective's facts from a checkpoint, when rebuilding a trained one
 
 

@@ -1,10 +1,11 @@
 """Captioning (CoCa, Yu et al. 2022): a small autoregressive decoder over the adaptor's image tokens generates the
 paired text, trained with teacher forcing.
 
-Words come from a word-level vocabulary built from the training texts (words seen at least ``min_count`` times;
-the rest are ``<unk>``), not from the text tower's 30,522-entry MiniLM word-piece vocabulary: the synthetic label
-sentences use a few dozen words, a softmax over 30k entries would dominate the cost of every step on a CPU, and
-backbones without a tokenizer work the same way. The vocabulary is saved with the run (words only, no text).
+Words come from a word-level vocabulary built from the training images' texts (words seen at least ``min_count``
+times; the rest are ``<unk>``, which is never generated), not from the text tower's 30,522-entry MiniLM word-piece
+vocabulary: the synthetic label sentences use a few dozen words, a softmax over 30k entries would dominate the cost
+of every step on a CPU, and backbones without a tokenizer work the same way. The vocabulary is saved with the run
+(words only, no text).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class CaptionObjective(Objective):
         ids = torch.full((len(states), 1), self.vocabulary.ids[BOS], dtype=torch.long, device=states.device)
         for _ in range(self.options.max_words + 1):
             following = self.logits(states, ids)[:, -1]
-            following[:, [self.vocabulary.ids[PAD], self.vocabulary.ids[BOS]]] = -torch.inf
+            following[:, [self.vocabulary.ids[word] for word in (PAD, BOS, UNK)]] = -torch.inf
             ids = torch.cat([ids, following.argmax(dim=1, keepdim=True)], dim=1)
             if (ids == self.vocabulary.ids[EOS]).any(dim=1).all():
                 break

@@ -106,7 +106,9 @@ def adaptor_bench(
         None, help="Embedding store folder, image and text tokens are cached there (default: the config's store)."
     ),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds instead of the config's (default: 0,1,2)."),
-    epochs: int | None = typer.Option(None, min=1, help="Pre-training epochs per run instead of the config's."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Pre-training epochs per run instead of the config's (default: the config's optim.epochs)."
+    ),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print bench.json to stdout."),
 ) -> None:

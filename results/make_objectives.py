@@ -165,8 +165,8 @@ def main() -> None:
     table_columns, table_rows = complete_columns(table["columns"], table["rows"], list(bench["runs"]))
     redone = bench.get("retrained", [])
     redone_note = (f" Runs of {', '.join(redone)} were made again after a fix (captioning's vocabulary counted "
-                   "words once per distinct text, so most words were <unk>), on a machine as busy: their s / epoch "
-                   "compares only roughly." if redone else "")
+                   "words once per distinct text, so most words were <unk>), when the shared machine was less busy: "
+                   "their wall-clock s / epoch compares only roughly." if redone else "")
     tables = [
         {"id": "objectives", "title": "Objective mixes on NIH: same test patients, tasks and seeds",
          "columns": table_columns, "rows": table_rows,

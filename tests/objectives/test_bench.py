@@ -42,3 +42,20 @@ def test_bench_prints_every_mix_and_caption_generates(tmp_path, registered_token
     refused = CliRunner().invoke(app, ["adaptor", "caption", "--run", str(out / "runs" / "clip" / "seed0"), image])
     assert refused.exit_code != 0 and "has no caption objective" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
+
+
+def test_caption_vocabulary_counts_every_training_image(tmp_path, token_backbone):
+    """A sentence shared by several training images counts once per image (not once per distinct text)."""
+    from retune.experiments.adaptor_bench import BenchData
+    from retune.objectives import ObjectiveContext, ObjectivesBenchConfig
+    from retune.objectives.caption import CaptionObjective
+    from retune.objectives.config import parse_mix
+
+    csv = write_phantom_dataset(tmp_path / "data", n=24, size=16)
+    config = ObjectivesBenchConfig(store=tmp_path / "store", data={"csv": csv, "classes": ["Effusion"]},
+                                   pairs={"phrasings": 1}, seeds=[0])
+    data = BenchData(config, token_backbone, False, training_only=True)
+    assert len(data.train_texts) == len(data.splits["train"]) > len(set(data.train_texts))
+    context = ObjectiveContext(6, 5, 8, 4, 2, data.unique_texts, data.train_texts)
+    vocabulary = CaptionObjective(parse_mix({"caption": 1.0})["caption"], context).vocabulary
+    assert {"effusion", "acute"} <= set(vocabulary.entries)  # each sentence is one distinct text

@@ -101,7 +101,7 @@ class CaptionObjective(Objective):
     def logits(self, image_states: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Next-word logits (B x L x V) for word-id prefixes ``inputs`` (B x L)."""
         length = inputs.shape[1]
-        causal = nn.Transformer.generate_square_subsequent_mask(length, device=inputs.device)
+        causal = torch.ones(length, length, dtype=torch.bool, device=inputs.device).triu(1)  # True = not attended
         x = self.embed(inputs) + self.position[:length]
         x = self.decoder(x, image_states, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=inputs == 0)
         return self.out(self.norm(x))

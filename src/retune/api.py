@@ -336,3 +336,20 @@ def mlflow_ui(
     from retune.report.tracking import mlflow_ui as run_ui
 
     return run_ui(Path(folder), host, port, announce)
+
+
+def adaptor_bench(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Pre-train the Adaptor with each objective mix and seed of an ``ObjectivesBenchConfig`` on cached tokens and
+    evaluate every run alike (zero-shot, probes, retrieval; mean ± sd, first-seed CIs); writes and returns
+    OUT/bench.json."""
+    from retune.experiments.adaptor_bench import run_objectives_bench
+    from retune.objectives import ObjectivesBenchConfig
+
+    return run_objectives_bench(as_config(config, ObjectivesBenchConfig), out, show_progress=show_progress)
+
+
+def caption(run: str | Path, images: list[str | Path], device: str | None = None) -> list[str]:
+    """A generated sentence for each image file, from a bench run folder whose mix has a caption objective."""
+    from retune.experiments.adaptor_bench import caption_images
+
+    return caption_images(run, images, device=device)

@@ -19,7 +19,7 @@ def captured(monkeypatch):
 
 
 def test_task_axis_has_integer_ticks_and_the_legend_is_beside_the_panel(captured):
-    plots.plot_mean_auroc_per_task({"retune": [0.6, 0.65, 0.7], "naive": [0.6, 0.64, 0.7]}, "unused.png")
+    plots.plot_mean_auroc_per_task({"retune": [[0.6, 0.65, 0.7]], "naive": [[0.6, 0.64, 0.7]]}, "unused.png")
     axis = captured[0].axes[0]
     assert list(axis.get_xticks()) == [1, 2, 3]
     lines = axis.get_lines()

@@ -159,10 +159,12 @@ def paired_comparison(
     n_bootstrap: int = 1000,
     image_root: str | Path | None = None,
     show_progress: bool = False,
+    min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
     """Main-method AUROC of run A minus run B on the same images (A's split of the CSV), paired patient-bootstrap CI.
 
     The images are those both runs could score; images either run trained or validated on are left out and counted.
+    The mean difference covers the classes with ``min_positives`` positives among them, as every other mean does.
     """
     first, second = open_run(run_a, show_progress=show_progress), open_run(run_b, show_progress=show_progress)
     train_config = first.config
@@ -196,6 +198,7 @@ def paired_comparison(
         table.patients,
         n_bootstrap,
         int(train_config["seed"]),
+        min_positives=min_positives,
     )
     return {
         "run_a": str(run_a),

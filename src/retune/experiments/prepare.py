@@ -20,6 +20,8 @@ from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
 from retune.errors import ConfigError, StoreError
 from retune.evaluation import DEFAULT_MIN_POSITIVES, evaluate_scores, fast_mean_auroc
 from retune.evaluation.leakage import write_training_digests
+from retune.evaluation.operating_point import calibration_bins, operating_points
+from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
@@ -161,3 +163,30 @@ def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[st
         name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes}
         for name, rows in splits.items()
     }
+
+
+def write_metrics_and_report(
+    out_dir: Path,
+    metrics: dict,
+    test_scores: dict[str, np.ndarray],
+    test_labels: np.ndarray,
+    val_scores: np.ndarray,
+    val_labels: np.ndarray,
+) -> None:
+    """Add operating points (thresholds chosen on validation, applied to test) and calibration to ``metrics``, then
+    write metrics.json, the ROC and calibration plots and report.html: the same outputs for every run kind."""
+    from retune.report.plots import plot_calibration, plot_roc_curves
+    from retune.report.run_report import write_run_report
+
+    classes = metrics["classes"]
+    metrics["operating_points"] = operating_points(
+        val_scores, val_labels, test_scores[metrics["method"]], test_labels, classes
+    )
+    calibration = {name: calibration_bins(scores, test_labels) for name, scores in test_scores.items()}
+    metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    plots = [
+        plot_roc_curves(test_scores, test_labels, classes, out_dir / "roc_curves.png"),
+        plot_calibration(calibration, out_dir / "calibration.png"),
+    ]
+    write_run_report(out_dir, metrics, metrics["operating_points"], plots)

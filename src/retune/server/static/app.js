@@ -39,6 +39,11 @@ function renderFindings(findings) {
     const value = document.createElement("span");
     value.className = "value";
     value.textContent = item.probability.toFixed(3);
+    if (item.decision === true || item.decision === false) {
+      // the run's validation-chosen threshold decided it: say so beside the number
+      value.textContent += item.decision ? " positive" : " negative";
+      row.classList.toggle("decided-positive", item.decision);
+    }
     if (item.positive_similarity !== null && item.positive_similarity !== undefined) {
       row.title = `similarity to positive prompt ${item.positive_similarity.toFixed(3)}, to negative prompt ${item.negative_similarity.toFixed(3)}`;
     }

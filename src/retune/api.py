@@ -269,13 +269,17 @@ def run_metrics(runs: list[str | Path]) -> list[tuple[Path, str, dict]]:
 
 def compare_runs(
     run_a: str | Path, run_b: str | Path, csv: str | Path, split: str = "auto", n_bootstrap: int = 1000,
-    show_progress: bool = False,
+    show_progress: bool = False, min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
     """Is run A better than run B? Both main methods scored on the same images of ``csv`` (images either trained
-    on left out): per-class and mean AUROC difference A - B with paired patient-bootstrap CIs."""
+    on left out): per-class and mean AUROC difference A - B with paired patient-bootstrap CIs; the mean covers the
+    classes with ``min_positives`` positives, as every other mean."""
     from retune.experiments.inference import paired_comparison
 
-    return paired_comparison(run_a, run_b, csv, split=split, n_bootstrap=n_bootstrap, show_progress=show_progress)
+    return paired_comparison(
+        run_a, run_b, csv, split=split, n_bootstrap=n_bootstrap, show_progress=show_progress,
+        min_positives=min_positives,
+    )
 
 
 def export_predictions(frame: pd.DataFrame, output: str | Path) -> None:

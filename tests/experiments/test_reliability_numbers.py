@@ -52,3 +52,38 @@ def test_a_trained_run_stores_validation_thresholds_with_how_they_were_chosen(st
     metrics = json.loads((strict_run["run"] / "metrics.json").read_text())
     for name, threshold in facts["thresholds"].items():
         assert metrics["operating_points"][name]["threshold"] == pytest.approx(threshold)
+
+
+def test_compare_cli_takes_min_positives_and_labels_the_classes_of_its_means(strict_run):
+    from typer.testing import CliRunner
+
+    from retune.cli import app
+
+    run, csv = str(strict_run["run"]), str(strict_run["csv"])
+    options = ["compare", run, run, "--data", csv, "--n-bootstrap", "10", "--min-positives", "3"]
+    printed = CliRunner().invoke(app, [*options, "--json"])
+    assert printed.exit_code == 0, printed.output
+    result = json.loads(printed.stdout)
+    metrics = json.loads((strict_run["run"] / "metrics.json").read_text())
+    assert result["n_classes_in_mean"] == metrics["n_classes_in_mean"]
+    table = CliRunner().invoke(app, options, env={"COLUMNS": "200"})
+    assert mean_label(metrics["n_classes_in_mean"], len(metrics["classes"]), 3) in table.stdout
+    side_by_side = CliRunner().invoke(app, ["compare", run, run], env={"COLUMNS": "250"})
+    assert f"{metrics['n_classes_in_mean']} of {len(metrics['classes'])} classes with >= 3" in side_by_side.stdout
+
+
+def test_predict_marks_decisions_with_the_runs_thresholds(strict_run):
+    from typer.testing import CliRunner
+
+    from retune.cli import app
+
+    facts = json.loads((strict_run["run"] / "config.json").read_text())
+    images = [str(p) for p in sorted((strict_run["csv"].parent / "images").glob("*.png"))[:3]]
+    printed = CliRunner().invoke(app, ["predict", "--run", str(strict_run["run"]), *images, "--json"])
+    assert printed.exit_code == 0, printed.output
+    for record in json.loads(printed.stdout):
+        for name, probability in record["probabilities"].items():
+            expected = probability >= facts["thresholds"][name] if name in facts["thresholds"] else None
+            assert record["decisions"][name] == expected
+    table = CliRunner().invoke(app, ["predict", "--run", str(strict_run["run"]), *images], env={"COLUMNS": "200"})
+    assert "+ = at or above the run's decision threshold (Youden" in " ".join(table.stdout.split())

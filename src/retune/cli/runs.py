@@ -37,6 +37,7 @@ from retune.cli.tables import (
     print_paired,
     print_predictions,
     print_run_metrics,
+    print_run_saved,
     print_setting_differences,
 )
 from retune.data.images import DEFAULT_LIMITS
@@ -228,8 +229,7 @@ def train(
         print(json.dumps(metrics, indent=2))
     else:
         print_metrics(metrics)
-        saved = f"run saved to {out} (report.html, RUN_CARD.md; MLflow: retune ui {out})"
-        console.print(escape(saved), highlight=False)
+        print_run_saved(out)
 
 
 @app.command(
@@ -368,6 +368,13 @@ def compare(
         1000, min=0, help="With --data: patient bootstrap replicates for the CI of the difference."
     ),
     as_json: bool = typer.Option(False, "--json", help="With --data: print the paired comparison as JSON."),
+    min_positives: int = typer.Option(
+        10,
+        "--min-positives",
+        min=1,
+        help="With --data: the mean difference covers only classes with at least this many positive images "
+        "(the rule of the runs' own tables); the rest are listed per class.",
+    ),
 ) -> None:
     """Put runs side by side: mean AUROC with CI and the settings that differ; with --data, is A better than B?
 
@@ -381,7 +388,9 @@ def compare(
     if data is not None:
         if len(runs) != 2:
             raise ConfigError(f"--data compares exactly two runs (got {len(runs)})")
-        result = compare_runs(runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap)
+        result = compare_runs(
+            runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, min_positives=min_positives
+        )
         if as_json:
             print(json.dumps(result, indent=2))
             return

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from retune.cli.common import console, err_console
 from retune.experiments.run_folder import run_settings
-from retune.report.text import format_interval
+from retune.report.text import format_interval, record_classes_covered, record_mean_label
 
 
 def print_metrics(metrics: dict) -> None:
@@ -25,11 +25,8 @@ def print_metrics(metrics: dict) -> None:
             format_interval(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()
         ]
         table.add_row(*row)
-    counted = ""
-    if "n_classes_in_mean" in metrics:
-        counted = f" ({metrics['n_classes_in_mean']} classes with >= {metrics['min_positives']} positives)"
     means = [f"[bold]{format_interval(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()]
-    table.add_row(f"[bold]mean{counted}", "", *means)
+    table.add_row(f"[bold]{escape(record_mean_label(metrics))}", "", *means)
     console.print(table)
     if too_few:
         console.print(f"* fewer than {metrics['min_positives']} positives: listed, not in the mean", highlight=False)
@@ -39,32 +36,54 @@ def print_metrics(metrics: dict) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
+def print_run_saved(out: Path) -> None:
+    """The closing line of `retune train` and `retune peft run`: where the run is and what to open."""
+    console.print(escape(f"run saved to {out} (report.html, RUN_CARD.md; MLflow: retune ui {out})"), highlight=False)
+
+
+def print_tuning_cost(metrics: dict) -> None:
+    """Trainable parameters and peak memory of a tuning run in words (the measurement details stay in metrics.json)."""
+    measured = "GPU memory allocated" if metrics["peak_memory_source"].startswith("CUDA") else "process memory"
+    console.print(
+        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), "
+        f"peak {measured} {metrics['peak_memory_mb']:.0f} MB",
+        highlight=False,
+    )
+
+
 def shorten_left(text: str, width: int) -> str:
     """``text`` cut from the left to ``width`` characters (file names differ at their end)."""
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def print_predictions(frame) -> None:
-    """A table that stays readable at 80 columns: images as rows when the findings fit, findings as rows otherwise."""
+    """A table that stays readable at 80 columns: images as rows when the findings fit, findings as rows otherwise;
+    a probability at or above the run's decision threshold (chosen on validation) is marked ``+``."""
     names = [shorten_left(Path(path).name, 24) for path in frame["image"]]
     classes = list(frame.columns[1:])
-    needed = max(map(len, ["image", *names])) + 4 + sum(max(len(name), 5) + 3 for name in classes)
+    thresholds = frame.attrs.get("thresholds") or {}
+
+    def cell(name: str, value: float) -> str:
+        return f"{value:.3f}" + ("+" if name in thresholds and value >= thresholds[name] else "")
+
+    needed = max(map(len, ["image", *names])) + 4 + sum(max(len(name), 6) + 3 for name in classes)
     if needed <= console.width:
         table = Table("image", *classes)
         for name, row in zip(names, frame.itertuples(index=False)):
-            table.add_row(escape(name), *(f"{value:.3f}" for value in row[1:]))
+            table.add_row(escape(name), *(cell(c, value) for c, value in zip(classes, row[1:])))
         console.print(table)
-        return
-    label_width = max(map(len, ["finding", *classes])) + 4
-    short = [shorten_left(name, 12) for name in names]
-    per_table = max(
-        1, (console.width - label_width) // (max(map(len, short)) + 3)
-    )  # image columns that fit beside the names
-    for start in range(0, len(names), per_table):
-        table = Table("finding", *(escape(name) for name in short[start : start + per_table]))
-        for name in classes:
-            table.add_row(escape(name), *(f"{value:.3f}" for value in frame[name].iloc[start : start + per_table]))
-        console.print(table)
+    else:
+        label_width = max(map(len, ["finding", *classes])) + 4
+        short = [shorten_left(name, 12) for name in names]
+        per_table = max(1, (console.width - label_width) // (max(map(len, short)) + 3))  # image columns that fit
+        for start in range(0, len(names), per_table):
+            table = Table("finding", *(escape(name) for name in short[start : start + per_table]))
+            for name in classes:
+                table.add_row(escape(name), *(cell(name, v) for v in frame[name].iloc[start : start + per_table]))
+            console.print(table)
+    if thresholds:
+        rule = frame.attrs.get("threshold_rule") or "stored with the run"
+        console.print(escape(f"+ = at or above the run's decision threshold ({rule})"), highlight=False)
 
 
 def print_setting_differences(runs: list[Path]) -> None:
@@ -94,7 +113,7 @@ def print_paired(result: dict) -> None:
     for name, record in result["per_class"].items():
         table.add_row(escape(name), format_interval(record["difference"], record["difference_ci"]))
     table.add_row(
-        f"[bold]mean ({len(result['classes'])} classes)",
+        f"[bold]{escape(record_mean_label(result))}",
         "[bold]" + format_interval(result["difference"], result["difference_ci"]),
     )
     console.print(table)
@@ -160,7 +179,7 @@ def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
 
 def print_run_metrics(records: list[tuple[Path, str, dict]]) -> None:
     """One row per (run, method) metrics record: split, backbone, mean AUROC with CI, images."""
-    table = Table("run", "method", "split", "backbone", "mean AUROC [95% CI]", "n images")
+    table = Table("run", "method", "split", "backbone", "mean AUROC [95% CI]", "classes in the mean", "n images")
     for run, label, record in records:
         table.add_row(
             escape(str(run)),
@@ -168,6 +187,7 @@ def print_run_metrics(records: list[tuple[Path, str, dict]]) -> None:
             str(record.get("split", "")),
             escape(str(record.get("backbone", ""))),
             format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci")),
+            escape(record_classes_covered(record)),
             str(record.get("n_images", "")),
         )
     console.print(table)

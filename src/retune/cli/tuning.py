@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from retune.cli.common import QUIET, announce_store, console, examples, friendly_errors, progress_shown
-from retune.cli.tables import print_metrics, rounded
+from retune.cli.tables import print_metrics, print_run_saved, print_tuning_cost, rounded
 from retune.report.text import format_interval
 
 adaptor_app = typer.Typer(
@@ -168,8 +168,5 @@ def peft_run(
         print(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
-    console.print(
-        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak "
-        f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
-        highlight=False,
-    )
+    print_tuning_cost(metrics)
+    print_run_saved(out)

@@ -229,6 +229,9 @@ def predict_images(
         raise unknown_name("method", method, list(scores))
     frame = pd.DataFrame(scores[method], columns=run.classes)
     frame.insert(0, "image", [paths[r] for r in rows])
+    if method == run.main:  # the stored thresholds were chosen for the main method's scores
+        frame.attrs["thresholds"] = dict(run.facts.get("thresholds") or {})
+        frame.attrs["threshold_rule"] = run.facts.get("threshold_rule")
     return frame, errors
 
 
@@ -263,11 +266,18 @@ def patch_scorer(run: SavedRun) -> PatchScorer | None:
 
 
 def prediction_records(frame: pd.DataFrame) -> list[dict]:
-    """One {"image": path, "probabilities": {class: p}} per row, full precision (for --json and .json files)."""
-    return [
-        {"image": row[0], "probabilities": {name: float(value) for name, value in zip(frame.columns[1:], row[1:])}}
-        for row in frame.itertuples(index=False)
-    ]
+    """One {"image": path, "probabilities": {class: p}, "decisions": {class: p >= threshold or None}} per row, full
+    precision (for --json and .json files); decisions use the run's validation-chosen thresholds."""
+    thresholds = frame.attrs.get("thresholds") or {}
+    records = []
+    for row in frame.itertuples(index=False):
+        probabilities = {name: float(value) for name, value in zip(frame.columns[1:], row[1:])}
+        decisions = {
+            name: bool(value >= thresholds[name]) if name in thresholds else None
+            for name, value in probabilities.items()
+        }
+        records.append({"image": row[0], "probabilities": probabilities, "decisions": decisions})
+    return records
 
 
 def write_predictions(frame: pd.DataFrame, output: Path) -> None:

@@ -14,7 +14,6 @@ Configs may be given as the pydantic model, a dict of its fields or a YAML file;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pandas as pd
 from retune.config import TrainConfig, load_yaml_config, parse_config
 from retune.errors import ConfigError
 from retune.evaluation.metrics import DEFAULT_MIN_POSITIVES
+from retune.io_utils import read_json
 
 ConfigLike = Any  # a pydantic config, a dict of its fields, or the path of a YAML file
 
@@ -43,23 +43,24 @@ class Run:
     """A trained run directory (``retune train`` or ``retune peft run``): its metrics, and scoring of new images."""
 
     def __init__(
-        self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False
+        self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False,
+        verify: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise ConfigError(f"{self.path}: run directory does not exist")
-        self.store, self.device, self.cache = store, device, cache
+        self.store, self.device, self.cache, self.verify = store, device, cache, verify
         self._opened = None
 
     @property
     def metrics(self) -> dict:
         """The run's ``metrics.json`` (test split, with CIs)."""
-        return json.loads((self.path / "metrics.json").read_text())
+        return read_json(self.path / "metrics.json")
 
     @property
     def facts(self) -> dict:
         """The run's ``config.json``: backbone, classes, prompts, split and training config."""
-        return json.loads((self.path / "config.json").read_text())
+        return read_json(self.path / "config.json")
 
     @property
     def classes(self) -> list[str]:
@@ -69,7 +70,9 @@ class Run:
         from retune.experiments.inference import open_run
 
         if self._opened is None:
-            self._opened = open_run(self.path, self.store, self.device, show_progress=show_progress, cache=self.cache)
+            self._opened = open_run(
+                self.path, self.store, self.device, show_progress=show_progress, cache=self.cache, verify=self.verify
+            )
         return self._opened
 
     def predict(self, images: list[str | Path], method: str | None = None) -> pd.DataFrame:
@@ -117,9 +120,13 @@ class Run:
         return f"Run({str(self.path)!r})"
 
 
-def load_run(path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False) -> Run:
-    """Open a run directory; ``store`` overrides the run's store, ``cache=True`` adds new images' embeddings to it."""
-    return Run(path, store, device, cache)
+def load_run(
+    path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False,
+    verify: bool = True,
+) -> Run:
+    """Open a run directory; ``store`` overrides the run's store, ``cache=True`` adds new images' embeddings to it;
+    ``verify=False`` loads a run whose config.json records no weights hash (its weights cannot be checked)."""
+    return Run(path, store, device, cache, verify)
 
 
 def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> Run:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retune.errors import ConfigError
+from retune.io_utils import MAX_TEXT_BYTES, read_text_checked
 
 # The names each choice accepts, declared once: code that dispatches on them reads get_args() of these.
 AdaptorKind = Literal["identity", "dense", "mlp"]
@@ -159,10 +160,14 @@ class TrainConfig(ExperimentConfig):
 def load_yaml_config(path: str | Path, model: type[BaseModel]) -> BaseModel:
     """Parse a YAML file into ``model``; errors name the file and the offending field."""
     path = Path(path)
+    text = read_text_checked(path, MAX_TEXT_BYTES, "YAML file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read YAML ({error})") from error
+        raw = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as error:
+        detail = " ".join(str(error).split()) or "nested too deeply"
+        raise ConfigError(f"{path}: cannot read YAML ({detail})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config holds field: value pairs, not a {type(raw).__name__}")
     return parse_config(raw, model, str(path))
 
 

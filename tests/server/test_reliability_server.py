@@ -20,4 +20,4 @@ def test_predict_decides_with_the_runs_validation_thresholds(served_runs, phanto
     assert set(decided) == set(thresholds) and decided
     for name, row in decided.items():
         assert row["decision"] == (row["probability"] >= thresholds[name])
-    assert "threshold" in response.json()["threshold_note"] and "null" not in response.json()["threshold_note"]
+    assert "Youden" in response.json()["threshold_note"]

@@ -109,6 +109,23 @@ MIN_POSITIVES = typer.Option(
 )
 
 
+NO_VERIFY = typer.Option(
+    False,
+    "--no-verify",
+    help="Load a run whose config.json records no weights hash (its weights cannot be checked; said loudly).",
+)
+
+
+def warn_unverified(no_verify: bool, run: Path) -> None:
+    """The loud line a user who passed --no-verify reads before anything is scored."""
+    if no_verify:
+        err_console.print(
+            f"[bold red]warning:[/] {escape(f'--no-verify: {run} is loaded without checking its weights hash')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")
 
 

@@ -20,6 +20,7 @@ from retune.cli.common import (
     IMAGE_ROOT,
     METADATA_CSV,
     MIN_POSITIVES,
+    NO_VERIFY,
     QUIET,
     STORE,
     announce_store,
@@ -29,6 +30,7 @@ from retune.cli.common import (
     examples,
     friendly_errors,
     progress_shown,
+    warn_unverified,
 )
 from retune.cli.root import app
 from retune.cli.scenario import execute_scenario
@@ -265,6 +267,7 @@ def evaluate(
     ),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
+    no_verify: bool = NO_VERIFY,
 ) -> None:
     """Evaluate a trained run (RE-tune and baselines, or a PEFT run): per-class AUROC/AUPRC, patient-bootstrap CIs.
 
@@ -273,7 +276,8 @@ def evaluate(
     """
     from retune.api import load_run
 
-    metrics = load_run(run, store=store, cache=cache).evaluate(
+    warn_unverified(no_verify, run)
+    metrics = load_run(run, store=store, cache=cache, verify=not no_verify).evaluate(
         data,
         split=split,
         image_root=image_root,
@@ -319,6 +323,7 @@ def predict(
     cache: bool = typer.Option(
         False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."
     ),
+    no_verify: bool = NO_VERIFY,
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1).
 
@@ -331,7 +336,8 @@ def predict(
         raise ConfigError(
             f"--output {output}: unknown extension '{output.suffix}'; use one of {', '.join(OUTPUT_FORMATS)}"
         )
-    frame = load_run(run, store=store, cache=cache).predict(images, method=method)
+    warn_unverified(no_verify, run)
+    frame = load_run(run, store=store, cache=cache, verify=not no_verify).predict(images, method=method)
     errors = frame.attrs["unreadable"]
     for path, reason in errors:
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import stat
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from retune.errors import DataError
+from retune.io_utils import regular_file_size as checked_file_size
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 _DICOM_MAGIC_OFFSET = 128
@@ -100,22 +99,9 @@ def decode_image_bytes(data: bytes, name: str, limits: DecodeLimits = DEFAULT_LI
 
 
 def regular_file_size(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
-    """The size of a non-empty regular file within ``limits.max_bytes``; anything else (a directory, a FIFO,
-    ``/dev/zero``, an unreadable file) is a DataError, so no read can block or run forever."""
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (device, FIFO or socket)"
-        raise DataError(f"{path}: {kind}; only regular image files are read")
-    if info.st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
-    if info.st_size > limits.max_bytes:
-        raise DataError(f"{path}: file of {info.st_size} bytes is over the size limit of {limits.max_bytes} bytes")
-    if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: cannot read file (permission denied)")
-    return info.st_size
+    """The size of a non-empty regular image file within ``limits.max_bytes`` (``retune.io_utils.regular_file_size``:
+    a directory, a FIFO, ``/dev/zero`` or an unreadable file is a DataError, so no read can block or run forever)."""
+    return checked_file_size(path, limits.max_bytes, "image file")
 
 
 def is_dicom(path: str | Path) -> bool:

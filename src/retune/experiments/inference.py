@@ -42,15 +42,17 @@ def open_run(
     device: str | None = None,
     show_progress: bool = False,
     cache: bool = False,
+    verify: bool = True,
 ) -> SavedRun:
     """Rebuild a run directory with the loader registered for the kind its config.json records.
 
-    New images are embedded in memory unless ``cache`` (then their embeddings are added to the store).
+    New images are embedded in memory unless ``cache`` (then their embeddings are added to the store). A run whose
+    config.json records no weights hash is refused unless ``verify`` is False (see ``load_checkpoint``).
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise ConfigError(f"{run_dir}: run directory does not exist")
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir, verify=verify)
     saved = loader_for(checkpoint[1])(run_dir, checkpoint, store_dir, device, show_progress, cache=cache)
     return replace(saved, path=run_dir)
 

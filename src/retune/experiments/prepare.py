@@ -59,6 +59,9 @@ def table_warnings(table: ImageTable, train_rows: np.ndarray | None = None) -> l
     """What metrics.json must say about the table: a split that cannot keep patients together and, given the training
     rows, each class with no positives or no negatives there (kept, never dropped silently)."""
     warnings = [NO_PATIENT_COLUMN] if table.extra.get("patient_column_missing") else []
+    blank = table.extra.get("unlabelled_columns")
+    if blank:
+        warnings.append(f"not labelled (every value blank), so not trained or evaluated: {', '.join(blank)}")
     if train_rows is not None:
         warnings += one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
     return warnings

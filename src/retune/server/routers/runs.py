@@ -162,7 +162,7 @@ async def predict(name: str, request: Request) -> PredictResponse:
     images = await served.in_decoders(decode_all, uploads)
     scores = await served.batchers[name].submit(images)
     note = (
-        "decision: probability >= the run's threshold"
+        f"decision: probability >= the run's threshold ({run.threshold_rule or 'stored with the run'})"
         if run.thresholds
         else "this run stores no decision thresholds: decision is null"
     )

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from retune.errors import DataError
 
 
@@ -79,6 +81,16 @@ def read_text_checked(path: str | os.PathLike, max_bytes: int = MAX_TEXT_BYTES, 
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: cannot be read ({error})") from None
+
+
+def load_array(path: str | os.PathLike, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
+    """A saved ``.npy`` array, never pickled objects; a special, truncated or corrupt file is a one-line DataError."""
+    regular_file_size(path, max_bytes, "array file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DataError(f"{path}: truncated or corrupt saved array ({reason})") from None
 
 
 def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> object:

@@ -25,7 +25,8 @@ def examples(*lines: str) -> str:
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """Print a RetuneError as one line and exit 2 instead of showing a traceback."""
+    """Print a RetuneError, or an operating-system error such as a read-only output folder (naming its file), as
+    one line and exit 2 instead of showing a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -34,8 +35,17 @@ def friendly_errors(command: Callable) -> Callable:
         except RetuneError as error:
             err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as error:
+            err_console.print(f"[bold red]error:[/] {escape(os_error_line(error))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def os_error_line(error: OSError) -> str:
+    """``<file>: <reason>`` for an operating-system error (e.g. ``runs/x: Read-only file system``)."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    return f"{error.filename}: {reason}" if error.filename else reason
 
 
 def announce_store(store: Path) -> None:

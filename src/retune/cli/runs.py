@@ -341,6 +341,9 @@ def predict(
     errors = frame.attrs["unreadable"]
     for path, reason in errors:
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
+    if not len(frame) and not as_json:
+        err_console.print(f"[bold red]error:[/] no readable image among the {len(images)} given", highlight=False)
+        raise typer.Exit(1)
     if as_json:
         print(json.dumps(prediction_records(frame), indent=2))
     else:

@@ -458,6 +458,8 @@ def _resolve_paths(
     or an absolute path elsewhere) is an error unless ``allow_outside_root``."""
     values = raw_paths.str.strip()
     _raise_first_bad(values == "", values, source, column, "is blank; an image path is required")
+    _raise_first_bad(values.str.contains("\0", regex=False), values.str.replace("\0", "\\0", regex=False), source,
+                     column, "holds a NUL byte; no file can have that name")
     root_text = str(root)
     prefix = root_text.rstrip(os.sep) + os.sep
     resolved = prefix + values  # plain relative paths ("a/b.png") need nothing more

@@ -20,10 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-from retune.config import TrainConfig, load_yaml_config, parse_config
+from retune.config import TrainConfig, absolute_paths, load_yaml_config, parse_config
 from retune.errors import ConfigError
 from retune.evaluation.metrics import DEFAULT_MIN_POSITIVES
-from retune.io_utils import read_json
+from retune.io_utils import read_json, removed_on_failure
 
 ConfigLike = Any  # a pydantic config, a dict of its fields, or the path of a YAML file
 
@@ -136,7 +136,8 @@ def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> R
     """
     from retune.experiments.train import train_run
 
-    train_run(as_config(config, TrainConfig), out, show_progress=show_progress)
+    with removed_on_failure(out):
+        train_run(as_config(config, TrainConfig), out, show_progress=show_progress)
     return Run(out)
 
 
@@ -161,7 +162,7 @@ def run_scenario(
     from retune.scenarios.runner import run_scenario as run
     from retune.scenarios.spec import ScenarioConfig
 
-    settings = as_config(config, ScenarioConfig)
+    settings = absolute_paths(as_config(config, ScenarioConfig), Path.cwd())  # scenario.json means the same anywhere
     out = Path(out)
     if engine == "ray":
         from retune.distributed.ray_sweep import ray_sweep
@@ -169,14 +170,15 @@ def run_scenario(
         engine = ray_sweep(address)
     elif engine == "local":
         engine = None
-    results = run(
-        settings,
-        out,
-        show_progress=show_progress,
-        progress=progress or (lambda message: None),
-        restart=restart,
-        engine=engine,
-    )
+    with removed_on_failure(out):
+        results = run(
+            settings,
+            out,
+            show_progress=show_progress,
+            progress=progress or (lambda message: None),
+            restart=restart,
+            engine=engine,
+        )
     if track:
         log_scenario_results(results, out, settings.tracking_uri)
     return results
@@ -319,7 +321,8 @@ def run_peft(config: ConfigLike, out: str | Path, show_progress: bool = False) -
     from retune.config import PeftExperimentConfig
     from retune.experiments.peft import run_peft_experiment
 
-    return run_peft_experiment(as_config(config, PeftExperimentConfig), out, show_progress=show_progress)
+    with removed_on_failure(out):
+        return run_peft_experiment(as_config(config, PeftExperimentConfig), out, show_progress=show_progress)
 
 
 def tune(config: ConfigLike, out: str | Path, address: str | None = None, show_progress: bool = False) -> dict:
@@ -347,3 +350,11 @@ def mlflow_ui(
     from retune.report.tracking import mlflow_ui as run_ui
 
     return run_ui(Path(folder), host, port, announce)
+
+
+def export_split(folder: str | Path, split: str, out: str | Path) -> dict:
+    """Write a run's or a scenario's ``split`` (train, val or test) to the CSV ``out``, rebuilt exactly as training
+    built it (same CSV content, store rows, fractions and seed); returns what was written."""
+    from retune.experiments.split_export import export_split as export
+
+    return export(folder, split, out)

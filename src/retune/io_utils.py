@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,20 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def removed_on_failure(folder: str | os.PathLike) -> Iterator[None]:
+    """Run a command that writes into ``folder``; when it fails and ``folder`` is new and holds no file, remove it,
+    so a failed start leaves nothing behind (a folder with results in it is always kept)."""
+    folder = Path(folder)
+    is_new = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        if is_new and folder.is_dir() and not any(path.is_file() for path in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def write_json_atomic(target: str | os.PathLike, payload: object) -> None:

@@ -354,6 +354,19 @@ def read_table(
     return READERS[format](path, **options)
 
 
+def missing_images_hint(table: ImageTable) -> str:
+    """When no image path of ``table`` exists on disk, why and what to do (``""`` otherwise): appended to "no readable
+    image" errors, whose usual cause is paths relative to another folder than the one they were resolved against."""
+    paths = table.paths
+    if not paths or any(os.path.exists(path) for path in paths):
+        return ""
+    root = f" (resolved against {table.image_root})" if table.image_root else ""
+    return (
+        f"; none of the {len(paths)} image paths exist: the first resolves to {paths[0]}{root}; "
+        "pass --image-root with the folder the CSV's paths are relative to"
+    )
+
+
 def _no_metadata_csv(metadata_csv: str | Path | None, format: str) -> None:
     if metadata_csv is not None:
         raise ConfigError(f"metadata_csv applies to the mimic format only, not to '{format}'")

@@ -23,6 +23,7 @@ import torch
 
 from retune.config import DataConfig
 from retune.data.pixels import pixel_shape
+from retune.data.readers import missing_images_hint
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
@@ -31,7 +32,7 @@ from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning
 from retune.evaluation.paired import paired_auroc_difference
 from retune.experiments import adaptor, peft, train  # noqa: F401  (importing them registers their run kinds)
 from retune.experiments.kinds import SavedRun, loader_for
-from retune.experiments.prepare import metrics_record, read_data
+from retune.experiments.prepare import is_training_csv, metrics_record, read_data
 from retune.methods.checkpoint import load_checkpoint
 from retune.methods.retune import ReTuneModel
 
@@ -68,7 +69,7 @@ def evaluation_table(
     Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so)."""
     train_config = run.config
     if split == "auto":
-        split = "test" if Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve() else "all"
+        split = "test" if is_training_csv(csv_path, run.facts) else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
     data = DataConfig.model_validate(train_config["data"])
@@ -108,7 +109,9 @@ def evaluate_run(
     table, split = evaluation_table(run, csv_path, split, image_root, allow_outside_root)
     scores, rows, errors = run.score(table)
     if not len(rows):
-        raise DataError(f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable)")
+        raise DataError(
+            f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable){missing_images_hint(table)}"
+        )
     table = table.subset(rows)
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]

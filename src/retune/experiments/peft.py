@@ -18,8 +18,9 @@ import torch
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import OptimConfig, PeftExperimentConfig, parse_config
+from retune.config import OptimConfig, PeftExperimentConfig, absolute_paths, parse_config
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
+from retune.data.readers import missing_images_hint
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
 from retune.distributed.ddp import Group
@@ -30,6 +31,7 @@ from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
+    data_facts,
     metrics_record,
     prompt_bank,
     read_data,
@@ -128,7 +130,7 @@ def _image_inputs(
         )
     inputs, rows = pixel_inputs(table.paths, backbone)
     if not len(rows):
-        raise DataError(f"{table.source}: no readable image")
+        raise DataError(f"{table.source}: no readable image{missing_images_hint(table)}")
     return inputs, rows, None
 
 
@@ -287,6 +289,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors +
     config.json. Under torchrun every process trains (DDP); rank 0 alone evaluates and writes, the others return {}."""
     started = time.perf_counter()
+    config = absolute_paths(config, Path.cwd())  # recorded so that the run folder means the same from any folder
     out_dir = Path(out_dir)
     store = EmbeddingStore(config.store)
     group = Group.from_env()
@@ -331,7 +334,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "split": split_facts(config.split, outcome.splits),
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
-        "data": {"csv": str(config.data.csv), "n_images": len(table)},
+        "data": {**data_facts(config.data), "n_images": len(table)},
         "positives": split_positives(table, outcome.splits),
     }
     decision = decision_thresholds(outcome.val_scores, table.labels(classes)[outcome.splits["val"]], classes)

@@ -23,6 +23,7 @@ from retune.evaluation.leakage import write_training_digests
 from retune.evaluation.operating_point import calibration_bins, operating_points
 from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank
+from retune.methods.checkpoint import file_sha256
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
 
@@ -47,6 +48,19 @@ def read_data(data: DataConfig) -> ImageTable:
         metadata_csv=data.metadata_csv,
         allow_outside_root=data.allow_outside_root,
     )
+
+
+def data_facts(data: DataConfig) -> dict:
+    """Where a run's labels came from: the CSV's absolute path and SHA-256 (content decides "the training CSV")."""
+    return {"csv": str(Path(data.csv).resolve()), "csv_sha256": file_sha256(data.csv)}
+
+
+def is_training_csv(csv_path: str | Path, facts: dict) -> bool:
+    """Whether ``csv_path`` is the CSV a run trained on: by content when the run recorded its SHA-256, else by path."""
+    recorded = facts.get("data", {}).get("csv_sha256")
+    if recorded:
+        return Path(csv_path).is_file() and file_sha256(csv_path) == recorded
+    return Path(csv_path).resolve() == Path(facts["train_config"]["data"]["csv"]).resolve()
 
 
 def split_facts(split: SplitConfig, splits: dict[str, np.ndarray]) -> dict:

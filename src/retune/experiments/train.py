@@ -19,7 +19,7 @@ import pandas as pd
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import TrainConfig, parse_config
+from retune.config import TrainConfig, absolute_paths, parse_config
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
 from retune.errors import RetuneError, StoreError, unknown_name
@@ -28,6 +28,7 @@ from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
+    data_facts,
     embed_and_load,
     method_context,
     metrics_record,
@@ -74,7 +75,9 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
 
 
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
-    """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
+    """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything.
+    Paths are recorded absolute, with the CSV's SHA-256, so the run folder means the same from any folder."""
+    config = absolute_paths(config, Path.cwd())
     out_dir = Path(out_dir)
     started = time.perf_counter()
     table = read_data(config.data)
@@ -122,7 +125,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split": split_facts(config.split, splits),
         "training": training_facts,
         "data": {
-            "csv": str(config.data.csv),
+            **data_facts(config.data),
             "n_images": len(table),
             "n_failed_images": embedded.n_failed,
             "patient_column_missing": bool(table.extra.get("patient_column_missing")),

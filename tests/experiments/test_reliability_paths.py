@@ -50,9 +50,9 @@ def test_a_run_trained_with_relative_paths_evaluates_its_test_split_from_elsewhe
 
 
 def test_yaml_paths_resolve_against_its_folder_and_a_failed_start_leaves_nothing(strict_run, tmp_path, monkeypatch):
-    configs, elsewhere = tmp_path / "configs", tmp_path / "elsewhere"
+    configs, elsewhere = tmp_path / "configs", tmp_path / "elsewhere" / "deeper"  # ../phantoms differs from each
     configs.mkdir()
-    elsewhere.mkdir()
+    elsewhere.mkdir(parents=True)
     shutil.copytree(strict_run["csv"].parent, tmp_path / "phantoms")
     settings = (
         f"name: relative\nstore: {os.path.relpath(strict_run['store'], configs)}\n"
@@ -62,10 +62,10 @@ def test_yaml_paths_resolve_against_its_folder_and_a_failed_start_leaves_nothing
     (configs / "good.yaml").write_text("data: {csv: ../phantoms/labels.csv}\n" + settings)
     (configs / "missing.yaml").write_text("data: {csv: ../phantoms/nothing.csv}\n" + settings)
     monkeypatch.chdir(elsewhere)
-    failed = runner.invoke(app, ["scenario", "run", "../configs/missing.yaml", "--out", "failed", "--quiet"])
-    assert failed.exit_code == 2 and "phantoms/nothing.csv: file not found" in failed.output
+    failed = runner.invoke(app, ["scenario", "run", "../../configs/missing.yaml", "--out", "failed", "--quiet"])
+    assert failed.exit_code == 2 and f"{tmp_path}/phantoms/nothing.csv: file not found" in failed.output
     assert not Path("failed").exists()
-    ran = runner.invoke(app, ["scenario", "run", "../configs/good.yaml", "--out", "done", "--quiet"])
+    ran = runner.invoke(app, ["scenario", "run", "../../configs/good.yaml", "--out", "done", "--quiet"])
     assert ran.exit_code == 0, ran.output
     result = runner.invoke(app, ["split", "export", "--scenario", "done", "--split", "test", "--out", "test.csv"])
     assert result.exit_code == 0, result.output

@@ -89,13 +89,38 @@ def load_image(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Image
 def decode_image_bytes(data: bytes, name: str, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode an image held in memory (an upload: never written to disk) like ``load_image``; ``name`` (the
     client's file name, never opened) labels errors. DICOM is recognised by its suffix or the ``DICM`` magic."""
+    if _is_dicom_upload(data, name, limits):
+        return _load_dicom(io.BytesIO(data), name, limits)
+    return _load_raster(io.BytesIO(data), name, limits)
+
+
+def _is_dicom_upload(data: bytes, name: str, limits: DecodeLimits) -> bool:
+    """Whether an upload is DICOM (suffix or ``DICM`` magic), after refusing an empty or oversized one."""
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
     if len(data) > limits.max_bytes:
         raise DataError(f"{name}: file of {len(data)} bytes is over the size limit of {limits.max_bytes} bytes")
-    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
-        return _load_dicom(io.BytesIO(data), name, limits)
-    return _load_raster(io.BytesIO(data), name, limits)
+    return Path(name).suffix.lower() in DICOM_SUFFIXES or data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def declared_pixels(data: bytes, name: str, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
+    """Width x height an image held in memory declares in its header, read without decoding any pixel (what decoding
+    it will cost, for a budget across many images); a header that cannot be read is a DataError naming ``name``."""
+    source = io.BytesIO(data)
+    dicom = _is_dicom_upload(data, name, limits)
+    try:
+        if dicom:
+            _check_deflated_size(source, name, limits)
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+            return int(header.get("Columns") or 0) * int(header.get("Rows") or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the header is read here
+            with Image.open(source) as img:
+                return img.size[0] * img.size[1]
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{name}: not a recognised image format") from exc
+    except (*_DICOM_ERRORS, *_PIL_ERRORS, pydicom.errors.InvalidDicomError) as exc:
+        raise DataError(f"{name}: cannot read the image header ({_one_line(exc)})") from exc
 
 
 def regular_file_size(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> int:

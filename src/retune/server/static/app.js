@@ -40,9 +40,8 @@ function renderFindings(findings) {
     value.className = "value";
     value.textContent = item.probability.toFixed(3);
     if (item.decision === true || item.decision === false) {
-      // the run's validation-chosen threshold decided it: say so beside the number
-      value.textContent += item.decision ? " positive" : " negative";
-      row.classList.toggle("decided-positive", item.decision);
+      // the run's validation-chosen threshold decided it: the stylesheet says so beside the number
+      row.dataset.decision = item.decision ? "positive" : "negative";
     }
     if (item.positive_similarity !== null && item.positive_similarity !== undefined) {
       row.title = `similarity to positive prompt ${item.positive_similarity.toFixed(3)}, to negative prompt ${item.negative_similarity.toFixed(3)}`;

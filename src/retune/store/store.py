@@ -118,11 +118,16 @@ class EmbeddingStore:
         A held lock or a store that cannot be written (read-only) is a one-line StoreError.
         """
         with _exclusive(self.root, "write to the store"):
+            self.refresh_manifest()  # another process (a DDP rank) may have registered backbones since we read it
             yield
 
     def needs_backbone(self, description: dict) -> bool:
         """Whether the manifest lacks this backbone description (compared in its JSON form: tuples are lists there)."""
         return self.manifest["backbones"].get(description["fingerprint"]) != _as_json(description)
+
+    def refresh_manifest(self) -> None:
+        """Read the manifest again from disk: what other processes wrote since this store was opened."""
+        self.manifest = self._read_manifest(self.root / MANIFEST)
 
     def register_backbone(self, description: dict) -> None:
         """Record which backbone a fingerprint stands for (shown by ``retune store info``); writes only on change."""

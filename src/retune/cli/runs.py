@@ -41,6 +41,7 @@ from retune.cli.tables import (
     print_run_metrics,
     print_run_saved,
     print_setting_differences,
+    show,
 )
 from retune.data.images import DEFAULT_LIMITS
 from retune.errors import ConfigError
@@ -56,7 +57,7 @@ def methods() -> None:
     for name, cls in available_methods().items():
         kinds = ", ".join(sorted(cls.scenario_kinds))
         table.add_row(name, "yes" if cls.exemplar_free else "no (stores data)", kinds, cls.description)
-    console.print(table)
+    show(table)
 
 
 @app.command(epilog=examples("retune backbones"))

@@ -23,8 +23,12 @@ app = typer.Typer(help="Patient-level splits of runs and scenarios.", no_args_is
 @friendly_errors
 def split_export(
     out: Path = typer.Option(..., help="CSV to write (the original CSV's rows and columns for the split)."),
-    run: Path | None = typer.Option(None, help="A run folder made by `retune train` or `retune peft run`."),
-    scenario: Path | None = typer.Option(None, help="A scenario output folder made by `retune scenario run`."),
+    run: Path | None = typer.Option(
+        None, help="A run folder made by `retune train` or `retune peft run` (default: none; give this or --scenario)."
+    ),
+    scenario: Path | None = typer.Option(
+        None, help="A scenario output folder made by `retune scenario run` (default: none; give this or --run)."
+    ),
     split: str = typer.Option("test", help="train, val or test."),
 ) -> None:
     """Write the rows of a run's or scenario's split, rebuilt exactly as training built it (the CSV must be

@@ -120,6 +120,8 @@ def test_resuming_a_scenario_with_damaged_saved_state_is_one_line(strict_run, tm
     command = ["scenario", "run", str(config), "--out", str(out), "--quiet"]
     first = runner.invoke(app, command)
     assert first.exit_code == 0, first.output
+    again = runner.invoke(app, command)
+    assert again.exit_code == 0 and "resuming: 1 of 1 runs done" in again.output, again.output
     scores = next(out.glob("work/naive/*/task1/test_scores.npy"))
     scores.write_bytes(scores.read_bytes()[:100])
     one_line_error(runner.invoke(app, command), "test_scores.npy: truncated or corrupt")

@@ -40,3 +40,25 @@ def test_tables_print_full_values_when_output_is_not_a_terminal(monkeypatch):
     lines = result.stdout.splitlines()
     for name, cls in methods().items():
         assert any(name in line and cls.description in line for line in lines), cls.description
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(strict_run, tmp_path, monkeypatch):
+    import retune.api
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retune.api, "train", interrupted)
+    monkeypatch.setattr(retune.api, "embed", interrupted)
+    store = str(strict_run["store"])
+    monkeypatch.setattr(retune.api, "run_scenario", interrupted)
+    out = str(tmp_path / "r")
+    trained = runner.invoke(app, ["train", "--data", str(strict_run["csv"]), "--out", out, "--store", store])
+    assert trained.exit_code == 130 and "interrupted:" in trained.output and "rerun the same command" in trained.output
+    assert store in " ".join(trained.output.split())
+    embedded = runner.invoke(app, ["embed", str(strict_run["csv"]), "--store", store])
+    assert embedded.exit_code == 130 and "embed only the rest" in " ".join(embedded.output.split())
+    config = tmp_path / "scenario.yaml"
+    config.write_text(f"name: s\ndata: {{csv: {strict_run['csv']}}}\nstore: {store}\ngenerate: {{kind: class}}\n")
+    scenario = runner.invoke(app, ["scenario", "run", str(config), "--out", out])
+    assert scenario.exit_code == 130 and "rerun the same command to resume" in " ".join(scenario.output.split())

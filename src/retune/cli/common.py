@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -40,6 +41,16 @@ def friendly_errors(command: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@contextmanager
+def said_on_interrupt(message: str) -> Iterator[None]:
+    """Ctrl-C during the block: one line saying what was saved and how to resume, then exit status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def os_error_line(error: OSError) -> str:

@@ -30,6 +30,7 @@ from retune.cli.common import (
     examples,
     friendly_errors,
     progress_shown,
+    said_on_interrupt,
     warn_unverified,
 )
 from retune.cli.root import app
@@ -130,24 +131,26 @@ def embed(
     from retune.data.images import DecodeLimits
 
     limits = DecodeLimits(max_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
-    model, summary = embed_api(
-        csv_path,
-        store,
-        backbone,
-        data_format=data_format,
-        image_root=image_root,
-        metadata_csv=metadata_csv,
-        allow_outside_root=allow_outside_root,
-        batch_size=batch_size,
-        workers=workers,
-        tokens=tokens,
-        limits=limits,
-        device=device,
-        engine=check_engine(engine, address),
-        address=address,
-        show_progress=progress_shown(quiet),
-        announce=announce_store,
-    )
+    interrupted = f"embeddings written so far are kept in {store}; rerun the same command to embed only the rest"
+    with said_on_interrupt(interrupted):
+        model, summary = embed_api(
+            csv_path,
+            store,
+            backbone,
+            data_format=data_format,
+            image_root=image_root,
+            metadata_csv=metadata_csv,
+            allow_outside_root=allow_outside_root,
+            batch_size=batch_size,
+            workers=workers,
+            tokens=tokens,
+            limits=limits,
+            device=device,
+            engine=check_engine(engine, address),
+            address=address,
+            show_progress=progress_shown(quiet),
+            announce=announce_store,
+        )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)
@@ -227,7 +230,12 @@ def train(
         settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}}
     )
     announce_store(settings.store)
-    metrics = train_api(settings, out, show_progress=progress_shown(quiet)).metrics
+    interrupted = (
+        f"embeddings written so far are kept in {settings.store}; no run was saved to {out}; rerun the same command "
+        "(images already embedded are not embedded again)"
+    )
+    with said_on_interrupt(interrupted):
+        metrics = train_api(settings, out, show_progress=progress_shown(quiet)).metrics
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -24,6 +24,7 @@ from retune.cli.common import (
     examples,
     friendly_errors,
     progress_shown,
+    said_on_interrupt,
 )
 from retune.cli.tables import print_comparison, print_external
 
@@ -32,6 +33,20 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+def finished_runs(settings, out: Path) -> tuple[int, int]:
+    """(runs whose every task is saved in OUT/work, all (method, order, seed) runs of the scenario)."""
+    from retune.scenarios.runner import run_folder
+
+    n_tasks = len(settings.tasks) or settings.generate.n_tasks
+    runs = [
+        run_folder(out / "work", method, order, seed)
+        for method in settings.methods
+        for order in settings.orders
+        for seed in settings.training_seeds
+    ]
+    return sum((run / f"task{n_tasks}" / "done.json").is_file() for run in runs), len(runs)
 
 
 def execute_scenario(
@@ -49,18 +64,23 @@ def execute_scenario(
 
     check_engine(engine, address)
     announce_store(settings.store)
-    results = run_scenario(
-        settings,
-        out,
-        show_progress=progress_shown(quiet),
-        track=track,
-        engine=engine,
-        address=address,
-        restart=restart,
-        progress=(lambda message: None)
-        if quiet
-        else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
-    )
+    done, total = finished_runs(settings, out)
+    if done and not restart:
+        err_console.print(escape(f"resuming: {done} of {total} runs done"), highlight=False)
+    interrupted = f"finished tasks are saved in {out / 'work'}; rerun the same command to resume after them"
+    with said_on_interrupt(interrupted):
+        results = run_scenario(
+            settings,
+            out,
+            show_progress=progress_shown(quiet),
+            track=track,
+            engine=engine,
+            address=address,
+            restart=restart,
+            progress=(lambda message: None)
+            if quiet
+            else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+        )
     print_comparison(results)
     if track:
         console.print(

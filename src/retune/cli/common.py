@@ -83,7 +83,7 @@ def progress_shown(quiet: bool) -> bool:
 
 
 CSV_ARGUMENT = typer.Argument(
-    ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
+    ..., exists=False, metavar="CSV", help="Label CSV: a path column, label columns and optionally patient_id."
 )
 
 

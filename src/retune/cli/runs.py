@@ -75,8 +75,9 @@ def backbones() -> None:
 
 @app.command(
     epilog=examples(
-        "retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih",
-        "retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih --tokens   # for adaptor run",
+        "retune embed labels.csv --store stores/nih",
+        "retune embed labels.csv --store stores/nih --tokens   # for adaptor run",
+        "retune embed labels.csv --store stores/nih --max-pixels 40000000",
     )
 )
 @friendly_errors
@@ -122,10 +123,8 @@ def embed(
     Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
     budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
     `--engine ray` decodes in Ray tasks and encodes in a pool of encoder actors (GPU actors on a GPU cluster),
-    writing the same store; e.g. `retune embed labels.csv --store S --engine ray --workers 2` on this machine,
-    or `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
-
-    Example: retune embed labels.csv --store retune-store --max-pixels 40000000
+    writing the same store: `retune embed labels.csv --store S --engine ray --workers 2` starts a local Ray
+    instance, `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
     """
     from retune.api import embed as embed_api
     from retune.data.images import DecodeLimits
@@ -160,8 +159,8 @@ def embed(
 
 @app.command(
     epilog=examples(
-        "retune train --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/nih",
-        "retune train --data ../shared/data/nih-cxr14/labels.csv --out runs/clip --objective clip --lr 1e-3",
+        "retune train --data labels.csv --store stores/nih --out runs/nih",
+        "retune train --data labels.csv --store stores/nih --out runs/clip --objective clip --lr 1e-3",
     )
 )
 @friendly_errors
@@ -245,7 +244,7 @@ def train(
 
 @app.command(
     epilog=examples(
-        "retune evaluate --run runs/nih --data ../shared/data/nih-cxr14/labels.csv            # its test split",
+        "retune evaluate --run runs/nih --data labels.csv            # its test split",
         "retune evaluate --run runs/nih --data other_site.csv --exclude-overlap --json",
     )
 )
@@ -315,7 +314,7 @@ OUTPUT_FORMATS = (".csv", ".json", ".parquet")
 )
 @friendly_errors
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (PNG, JPEG, DICOM)."),
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     store: Path | None = typer.Option(None, help="Embedding store (default: the run's)."),
     method: str | None = typer.Option(
@@ -367,13 +366,13 @@ def predict(
 @app.command(
     epilog=examples(
         "retune compare runs/bce runs/clip",
-        "retune compare runs/bce runs/clip --data ../shared/data/nih-cxr14/labels.csv   # paired AUROC difference",
+        "retune compare runs/bce runs/clip --data labels.csv   # paired AUROC difference",
     )
 )
 @friendly_errors
 def compare(
     runs: list[Path] = typer.Argument(
-        ..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."
+        ..., metavar="RUN...", help="Run directories (or metrics.json files) of any method: train, adaptor, peft."
     ),
     data: Path | None = typer.Option(
         None,
@@ -423,7 +422,7 @@ def compare(
 @friendly_errors
 def ui(
     folder: Path = typer.Argument(
-        ..., help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."
+        ..., metavar="FOLDER", help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."
     ),
     port: int = typer.Option(5000, min=1, max=65535, help="Port of the web UI."),
     host: str = typer.Option(
@@ -443,7 +442,7 @@ def ui(
 @app.command(
     epilog=examples(
         "retune demo",
-        "retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo",
+        "retune demo --data labels.csv --store stores/nih --out results/nih-demo",
     )
 )
 @friendly_errors
@@ -452,7 +451,7 @@ def demo(
     data: Path | None = typer.Option(
         None,
         help="Your label CSV instead of synthetic phantoms (default: 400 phantoms made in OUT), "
-        "e.g. ../shared/data/nih-cxr14/labels.csv.",
+        "e.g. labels.csv.",
     ),
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),

@@ -96,12 +96,13 @@ def execute_scenario(
     epilog=examples(
         "retune scenario run configs/nih-class-incremental.yaml --out results/nih-class",
         "retune scenario run configs/nih-data-incremental.yaml --out results/quick --methods retune,naive",
+        "retune scenario run configs/nih-class-incremental.yaml --out results/nih-class --orders 0,1,2,3,4",
     ),
 )
 @friendly_errors
 def scenario_run(
     config: Path = typer.Argument(
-        ..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."
+        ..., metavar="CONFIG", help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."
     ),
     out: Path = typer.Option(..., help="Output folder: <method>/results.json, report.html, plots/, mlruns/."),
     data: Path | None = typer.Option(None, help="Label CSV (default: data.csv of the YAML)."),
@@ -133,7 +134,6 @@ def scenario_run(
     results changed; otherwise it stops with one line, and --restart starts over. `--engine ray` runs every
     (method, order, seed) as a Ray task over the same code: results.json holds the same numbers as a local run (OUT
     and the store on a shared filesystem when --address names a cluster).
-    Example: retune scenario run configs/nih-class-incremental.yaml --out results/nih-class --orders 0,1,2,3,4
     Means cover classes with >= --min-positives (default 10) test positives; mean ± sd is over (order, seed) runs.
     """
     from retune.config import load_yaml_config, override
@@ -150,7 +150,7 @@ def scenario_run(
 @app.command("compare", epilog=examples("retune scenario compare results/nih-class results/nih-data"))
 @friendly_errors
 def scenario_compare(
-    directories: list[Path] = typer.Argument(..., help="Scenario output folders."),
+    directories: list[Path] = typer.Argument(..., metavar="FOLDER...", help="Scenario output folders."),
     min_positives: int | None = typer.Option(
         None,
         "--min-positives",
@@ -180,7 +180,7 @@ def scenario_compare(
 )
 @friendly_errors
 def scenario_evaluate(
-    results: Path = typer.Argument(..., help="A finished `retune scenario run` output folder."),
+    results: Path = typer.Argument(..., metavar="RESULTS", help="A finished `retune scenario run` output folder."),
     data: Path = typer.Option(
         ..., help="Another labelled CSV (patients never seen in training), e.g. an external site's."
     ),
@@ -193,7 +193,7 @@ def scenario_evaluate(
 ) -> None:
     """Score every method's final model of a finished scenario on another CSV, with CIs.
 
-    Writes RESULTS/external-<csv>.json. Example: retune scenario evaluate results/nih-class --data site-b/labels.csv
+    Writes RESULTS/external-<csv>.json (examples below).
     Images or patients the scenario trained or validated on are counted and warned about.
     """
     from retune.api import evaluate_scenario

@@ -25,8 +25,8 @@ adaptor_app = typer.Typer(
 @adaptor_app.command(
     "run",
     epilog=examples(
-        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/adaptor",
-        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --out runs/siglip --loss siglip --epochs 20",
+        "retune adaptor run --data labels.csv --store stores/nih --out runs/adaptor",
+        "retune adaptor run --data labels.csv --store stores/nih --out runs/siglip --loss siglip --epochs 20",
     ),
 )
 @friendly_errors
@@ -95,8 +95,8 @@ peft_app = typer.Typer(
 @peft_app.command(
     "run",
     epilog=examples(
-        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/lora --method lora",
-        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --out runs/f6 --method freeze --freeze-blocks 6",
+        "retune peft run --data labels.csv --store stores/nih --out runs/lora --method lora",
+        "retune peft run --data labels.csv --store stores/nih --out runs/f6 --method freeze --freeze-blocks 6",
     ),
 )
 @friendly_errors

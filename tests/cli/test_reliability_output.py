@@ -62,3 +62,28 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(strict_run, tmp_path, monk
     config.write_text(f"name: s\ndata: {{csv: {strict_run['csv']}}}\nstore: {store}\ngenerate: {{kind: class}}\n")
     scenario = runner.invoke(app, ["scenario", "run", str(config), "--out", out])
     assert scenario.exit_code == 130 and "rerun the same command to resume" in " ".join(scenario.output.split())
+
+
+def test_third_party_warnings_are_hidden_unless_verbose(monkeypatch):
+    import sys
+    import warnings
+
+    import retune.api
+
+    def noisy_methods():
+        warnings.warn_explicit(
+            "Grad strides do not match bucket view strides", UserWarning, "torch/autograd/graph.py", 1,
+            module="torch.autograd.graph",
+        )
+        return {}
+
+    monkeypatch.setattr(retune.api, "methods", noisy_methods)
+    def to_stderr(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.showwarning = to_stderr  # as outside pytest, which records warnings instead
+        quiet = runner.invoke(app, ["methods"])
+        verbose = runner.invoke(app, ["--verbose", "methods"])
+    assert quiet.exit_code == 0 and "Grad strides" not in quiet.output
+    assert verbose.exit_code == 0 and "Grad strides" in verbose.output

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +54,25 @@ def said_on_interrupt(message: str) -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted:[/] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+# Warnings and logs of the libraries underneath that say nothing a retune user can act on.
+NOISY_MESSAGES = (r".*Grad strides do not match.*", r".*source code of class.*", r".*TypedStorage is deprecated.*")
+NOISY_MODULES = r"(torch|torchvision|timm|transformers|mlflow|starlette|fastapi|pydantic|ray|peft|open_clip)(\.|$)"
+NOISY_LOGGERS = ("mlflow", "alembic", "ray", "transformers", "timm", "urllib3", "torch.distributed")
+
+
+def third_party_noise(shown: bool) -> None:
+    """Hide (default) or show (--verbose) third-party warnings and logs; Ray's own processes log errors only."""
+    action = "default" if shown else "ignore"
+    for pattern in NOISY_MESSAGES:
+        warnings.filterwarnings(action, message=pattern)
+    warnings.filterwarnings(action, module=NOISY_MODULES)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if shown else logging.ERROR)
+    if not shown:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # core_worker.cc lines
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 def os_error_line(error: OSError) -> str:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from retune.cli.common import QUIET, announce_store, console, examples, friendly_errors, progress_shown
-from retune.cli.tables import print_metrics, rounded
+from retune.cli.tables import print_metrics, print_run_saved, print_tuning_cost, rounded
 from retune.report.text import format_interval
 
 adaptor_app = typer.Typer(
@@ -25,8 +25,8 @@ adaptor_app = typer.Typer(
 @adaptor_app.command(
     "run",
     epilog=examples(
-        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/adaptor",
-        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --out runs/siglip --loss siglip --epochs 20",
+        "retune adaptor run --data labels.csv --store stores/nih --out runs/adaptor",
+        "retune adaptor run --data labels.csv --store stores/nih --out runs/siglip --loss siglip --epochs 20",
     ),
 )
 @friendly_errors
@@ -176,8 +176,8 @@ peft_app = typer.Typer(
 @peft_app.command(
     "run",
     epilog=examples(
-        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/lora --method lora",
-        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --out runs/f6 --method freeze --freeze-blocks 6",
+        "retune peft run --data labels.csv --store stores/nih --out runs/lora --method lora",
+        "retune peft run --data labels.csv --store stores/nih --out runs/f6 --method freeze --freeze-blocks 6",
     ),
 )
 @friendly_errors
@@ -249,8 +249,5 @@ def peft_run(
         print(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
-    console.print(
-        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak "
-        f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
-        highlight=False,
-    )
+    print_tuning_cost(metrics)
+    print_run_saved(out)

@@ -5,13 +5,23 @@ Every command turns a ``RetuneError`` (bad input, unknown name, missing weights)
 non-zero exit, never a stack trace.
 """
 
-from retune.cli import runs, scenario, serve, store, tune, tuning, vqa  # noqa: F401  (top-level commands register here)
+from retune.cli import (  # noqa: F401  (top-level commands register here)
+    runs,
+    scenario,
+    serve,
+    split,
+    store,
+    tune,
+    tuning,
+    vqa,
+)
 from retune.cli.root import app
 
 app.add_typer(store.app, name="store")
 app.add_typer(scenario.app, name="scenario")
 app.add_typer(tuning.adaptor_app, name="adaptor")
 app.add_typer(tuning.peft_app, name="peft")
+app.add_typer(split.app, name="split")
 app.add_typer(vqa.app, name="vqa")
 
 __all__ = ["app"]

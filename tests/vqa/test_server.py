@@ -16,7 +16,8 @@ from retune.server.config import ServeConfig
 
 @pytest.fixture(scope="module")
 def client(lora_run):
-    with TestClient(create_app(load_served_runs([lora_run]), ServeConfig(max_upload_mb=1.0))) as test_client:
+    app = create_app(load_served_runs([lora_run]), ServeConfig(max_upload_mb=1.0))
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:  # loopback: no token needed
         yield test_client
 
 

@@ -119,7 +119,9 @@ def train(
     freeze_blocks: float | None = typer.Option(None, help="lora/ia3: leave the first k blocks untouched (default 0)."),
     config: Path | None = typer.Option(None, help="YAML with VqaExperimentConfig fields (default: built-in)."),
     backbone: str | None = typer.Option(None, help="Backbone spec (default: 'default', general-domain)."),
-    store: Path | None = typer.Option(None, help="Embedding store; frozen towers' tokens are cached there."),
+    store: Path | None = typer.Option(
+        None, help="Embedding store; frozen towers' tokens are cached there (default: retune-store)."
+    ),
     epochs: int | None = typer.Option(None, min=1, help="Training epochs (default: 8)."),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),

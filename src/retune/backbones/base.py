@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from retune.errors import ConfigError
+
 
 def names_under(*prefixes: str) -> Callable[[str], bool]:
     """Predicate: a module/parameter name lies under one of ``prefixes`` (for ``Backbone.tower``)."""
@@ -49,6 +51,7 @@ class Backbone(ABC):
     aligned: bool = False
     image_dim: int
     text_dim: int
+    dense_strides: tuple[int, ...] = ()  # strides of the maps ``dense_features`` gives (empty: it gives none)
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -68,6 +71,20 @@ class Backbone(ABC):
     @abstractmethod
     def fingerprint_parts(self) -> dict:
         """Everything that determines the embeddings: model id, weight hashes, preprocessing."""
+
+    def dense_preprocess(self, image: Image.Image, size: int) -> torch.Tensor:
+        """One decoded image resized (not cropped: every pixel keeps its place) to size x size and normalised as the
+        image tower expects, for ``dense_features``."""
+        raise self._no_dense_features()
+
+    def dense_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale feature maps of a ``dense_preprocess`` batch, finest first (N x C_i x H/s x W/s for each
+        stride s of ``dense_strides``), for segmentation heads; no gradients."""
+        raise self._no_dense_features()
+
+    def _no_dense_features(self) -> ConfigError:
+        return ConfigError(f"backbone '{self.spec}' gives no dense feature maps; segmentation needs a backbone "
+                           "that does (e.g. default)")
 
     def tower(self, name: str) -> tuple[torch.nn.Module, Callable[[str], bool]] | None:
         """Where encoder tower ``name`` (image, text) lives, for tuning: (module, which of its parameter/module names

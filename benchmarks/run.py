@@ -20,7 +20,9 @@ if __package__ in (None, ""):  # executed as a script: make `benchmarks` importa
 from benchmarks.common import ROOT, Context, fmt, print_table, write_result  # noqa: E402
 
 # Cheapest first, so a quick run shows numbers early; quality last (it may embed the NIH subset).
-BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche"]
+BENCHMARKS = [
+    "training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche", "seg",
+]
 MODULES = {
     "training": "bench_training",
     "memory": "bench_memory",
@@ -31,6 +33,7 @@ MODULES = {
     "quality": "bench_quality",
     "distributed": "bench_distributed",
     "avalanche": "bench_avalanche",
+    "seg": "bench_seg",
 }
 
 

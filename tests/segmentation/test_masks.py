@@ -53,7 +53,7 @@ def _one_row_csv(tmp_path: Path, mask_cell: str, image: np.ndarray | None = None
 @pytest.mark.parametrize(
     ("mask", "mode", "message"),
     [
-        (np.zeros((8, 16), np.uint8), None, r"masks.csv row 2, column 'mask_lungs': mask .* is 16 x 8, its image 16 x 16"),
+        (np.zeros((8, 16), np.uint8), None, r"masks.csv row 2, column 'mask_lungs': mask .* is 16 x 8, its image"),
         (np.zeros((16, 16, 3), np.uint8), None, "row 2.*is RGB; expected one 8-bit channel"),
     ],
 )
@@ -99,7 +99,8 @@ def test_siim_rle_matches_a_hand_decoded_mask_and_unites_instances(tmp_path):
     (tmp_path / "train-rle.csv").write_text("ImageId, EncodedPixels\na,1 1\na,3 1\nb,-1\n")
     table = read_masks(tmp_path / "train-rle.csv")
     assert table.structures == ["pneumothorax"]
-    assert table.load_mask(0, "pneumothorax").T.reshape(-1).tolist()[:6] == [0, 1, 0, 1, 0, 0]  # each instance counts from 0
+    # each instance counts from 0: pixels 1 and 3
+    assert table.load_mask(0, "pneumothorax").T.reshape(-1).tolist()[:6] == [0, 1, 0, 1, 0, 0]
     assert not table.load_mask(1, "pneumothorax").any()
     (tmp_path / "bad-rle.csv").write_text("ImageId,EncodedPixels\na,1 2 3\n")
     with pytest.raises(DataError, match="bad-rle.csv row 2, column 'EncodedPixels'"):

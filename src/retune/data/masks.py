@@ -142,8 +142,9 @@ def read_masks_csv(path: Path, image_root: str | Path | None = None) -> MaskTabl
         raise DataError(f"{source}: no {MASK_PREFIX}* column (columns: {', '.join(raw.columns)})")
     root = Path(image_root or path.parent).expanduser().resolve()
     frame = pd.DataFrame({PATH_COLUMN: _resolve_paths(raw["path"], root, source, "path"), ROW_COLUMN: raw.index + 2})
+    has_patients = PATIENT_COLUMN in raw.columns
     frame[PATIENT_COLUMN] = (
-        _patient_ids(raw[PATIENT_COLUMN], source, PATIENT_COLUMN) if PATIENT_COLUMN in raw.columns else frame[PATH_COLUMN]
+        _patient_ids(raw[PATIENT_COLUMN], source, PATIENT_COLUMN) if has_patients else frame[PATH_COLUMN]
     )
     _add_image_sizes(frame, source)
     structures = [column.removeprefix(MASK_PREFIX) for column in columns]
@@ -182,7 +183,8 @@ def read_siim_rle(path: Path, image_root: str | Path | None = None) -> MaskTable
         first_rows.setdefault(image_id, row + 2)
         if value != "-1":
             runs[image_id].append(value)
-        patients.setdefault(image_id, raw[PATIENT_COLUMN].iat[row].strip() if PATIENT_COLUMN in raw.columns else image_id)
+        patient = raw[PATIENT_COLUMN].iat[row].strip() if PATIENT_COLUMN in raw.columns else image_id
+        patients.setdefault(image_id, patient)
     image_paths = []
     for image_id, row in first_rows.items():
         found = _find_image(root, image_id)
@@ -209,7 +211,11 @@ def read_mask_folder(path: Path, image_root: str | Path | None = None) -> MaskTa
         raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
     structure = path.resolve().name
     frame = pd.DataFrame(
-        {PATH_COLUMN: [str(p) for p in images], PATIENT_COLUMN: [p.stem for p in images], ROW_COLUMN: range(1, len(images) + 1)}
+        {
+            PATH_COLUMN: [str(p) for p in images],
+            PATIENT_COLUMN: [p.stem for p in images],
+            ROW_COLUMN: range(1, len(images) + 1),
+        }
     )
     _add_image_sizes(frame, path.name)
     frame[structure] = [str(path.resolve() / f"{p.stem}.png") for p in images]

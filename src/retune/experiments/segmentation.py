@@ -132,8 +132,10 @@ def summaries(per_image: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str,
     return {method: summarize(rows, n_bootstrap, seed) for method, rows in per_image.groupby("method", sort=False)}
 
 
-def _train_scratch(config: SegmentationConfig, table: MaskTable, targets: torch.Tensor, train: np.ndarray,
-                   val: np.ndarray, backbone: Backbone, show_progress: bool) -> tuple[torch.nn.Module, dict, torch.Tensor]:
+def _train_scratch(
+    config: SegmentationConfig, table: MaskTable, targets: torch.Tensor, train: np.ndarray, val: np.ndarray,
+    backbone: Backbone, show_progress: bool,
+) -> tuple[torch.nn.Module, dict, torch.Tensor]:
     """The from-scratch U-Net on the same images (decoded once, the backbone's normalisation)."""
     pixels = dense_pixels(table.paths, backbone, config.image_size)
     torch.manual_seed(config.seed)
@@ -188,7 +190,8 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
         "structures": structures,
         "head": config.head,
         "seg_config": config.model_dump(mode="json"),
-        "split": split_facts(config.split, splits) | {"train_used": len(train), "label_fraction": config.label_fraction},
+        "split": {**split_facts(config.split, splits), "train_used": len(train),
+                  "label_fraction": config.label_fraction},
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
         "annotated": {name: {split: int(table.annotated(name)[rows].sum()) for split, rows in
                              (("train", train), ("val", val), ("test", test))} for name in structures},

@@ -69,7 +69,8 @@ padding:4px 8px}}figure{{display:inline-block;margin:6px}}</style></head><body>
 <p>Test split: {metrics['n_images']} images of {metrics['n_patients']} patients; 95% CIs from {metrics['n_bootstrap']}
 bootstrap resamples of patients. Dice, IoU and HD95 (in the image's own pixels) are over images where the structure is
 present; images whose annotated mask is empty are scored by the share predicted empty and by the SIIM convention
-(empty predicted empty = 1), which the predict-nothing baseline also reaches. {html.escape(metrics.get('note', ''))}</p>
+(empty predicted empty = 1), which the predict-nothing baseline also reaches.
+{html.escape(metrics.get('note', ''))}</p>
 <table><tr>{head}</tr>{body}</table>
 <h2>Test images, {html.escape(metrics['method'])} head</h2><p>{legend}</p>{figures}
 </body></html>
@@ -84,6 +85,7 @@ def write_seg_run_card(out_dir: Path, facts: dict, metrics: dict) -> Path:
     from retune import __version__
 
     backbone, split = facts["backbone"], facts["split"]
+    baselines = ", ".join(method for method in metrics["per_method"] if method != facts["head"])
     lines = [
         f"# Run card: segmentation run ({facts['head']} head)",
         "",
@@ -91,8 +93,8 @@ def write_seg_run_card(out_dir: Path, facts: dict, metrics: dict) -> Path:
         "`metrics.json`, `per_image.csv`, `report.html`; MLflow run in `mlruns/`.",
         "",
         "## Model",
-        f"- Head `{facts['head']}` on the frozen backbone `{backbone['spec']}` (fingerprint `{backbone['fingerprint']}`)"
-        f", maps at strides {facts['dense']['strides']}; baselines: {', '.join(m for m in metrics['per_method'] if m != facts['head'])}.",
+        f"- Head `{facts['head']}` on the frozen backbone `{backbone['spec']}` (fingerprint "
+        f"`{backbone['fingerprint']}`), maps at strides {facts['dense']['strides']}; baselines: {baselines}.",
         f"- Backbone domain: {backbone_domain(backbone['spec'])}.",
         "",
         "## Data",

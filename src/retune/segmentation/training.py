@@ -88,11 +88,13 @@ def fit(
     on_epoch: Callable[[int, float, float | None], None] | None = None,
 ) -> dict:
     """AdamW on ``train_rows`` for ``epochs``; the weights of the epoch with the best validation Dice are kept (the
-    last epoch's without validation rows). Returns JSON-ready facts: history, best epoch, seconds per epoch."""
+    last epoch's without validation rows). Returns JSON-ready facts: history (per-epoch train loss and validation
+    Dice), best epoch, seconds per epoch."""
     size = targets.shape[-1]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
-    best_state, best_score, best_epoch, history = None, -1.0, epochs, []
+    best_state, best_score, best_epoch = None, -1.0, epochs
+    history: dict[str, list] = {"train_loss": [], "val_score": []}  # val_score: validation Dice
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
@@ -107,9 +109,10 @@ def fit(
             losses.append(float(loss.detach()))
         score = mean_dice(predict_probabilities(model, inputs, val_rows, size), targets[val_rows]) if len(
             val_rows) else None
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": score})
+        history["train_loss"].append(float(np.mean(losses)))
+        history["val_score"].append(score)
         if on_epoch is not None:
-            on_epoch(epoch, history[-1]["loss"], score)
+            on_epoch(epoch, history["train_loss"][-1], score)
         if score is not None and score > best_score:
             best_state, best_score, best_epoch = copy.deepcopy(model.state_dict()), score, epoch
     if best_state is not None:

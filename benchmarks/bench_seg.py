@@ -1,0 +1,70 @@
+"""Segmentation decoder epochs on cached dense maps vs. running the frozen encoder in every epoch.
+
+The same FPN head (``retune.segmentation``) trains for one epoch on cxr-seg images at 256 px (mask phantoms when the
+shared data is absent) twice, interleaved: once reading the store's float16 maps (``retune.store.dense``), once
+decoding each image and running the default backbone's ``dense_features`` per batch, as a pipeline without the cache
+would. The ratio of the two epoch times is the cache's gain (issue target: at least 20x).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmarks.common import DATA, Context, interleaved, median, target
+
+NAME = "seg"
+SIZE = 256
+
+
+def _data(ctx: Context):
+    from retune.data.masks import read_masks
+    from retune.data.phantoms import write_mask_phantoms
+
+    csv = DATA / "cxr-seg" / "masks.csv"
+    if not csv.exists():
+        csv = write_mask_phantoms(ctx.workdir / "seg-phantoms", n=64, size=SIZE)
+    return read_masks(csv).only(["lungs"]), str(csv)
+
+
+def run(ctx: Context) -> dict:
+    from retune.backbones.registry import create_backbone
+    from retune.experiments.segmentation import mask_targets
+    from retune.segmentation.heads import HeadInputs, create_head
+    from retune.segmentation.training import fit
+    from retune.store import EmbeddingStore
+    from retune.store.dense import dense_features, dense_pixels
+
+    torch.set_num_threads(ctx.threads or 2)
+    n_images = 32 if ctx.quick else 96
+    table, source = _data(ctx)
+    table = table.subset(np.arange(min(n_images, len(table))))
+    backbone = create_backbone("default", device="cpu")
+    store = EmbeddingStore(ctx.workdir / "seg-store")
+    cached = dense_features(table.paths, backbone, store, SIZE)  # fills the store once (not timed)
+    targets = mask_targets(table, np.arange(len(table)), SIZE)
+    rows, no_rows = np.arange(len(table)), np.array([], dtype=int)
+    channels = tuple(m.shape[1] for m in cached.maps)
+
+    def encoder_inputs(batch_rows: np.ndarray) -> list[torch.Tensor]:
+        return backbone.dense_features(dense_pixels([table.paths[r] for r in batch_rows], backbone, SIZE))
+
+    def epoch(inputs) -> None:
+        torch.manual_seed(0)
+        head = create_head("fpn", HeadInputs(channels, 1, 64))
+        fit(head, inputs, targets, rows, no_rows, epochs=1, lr=1e-3, batch_size=16, seed=0)
+
+    seconds = interleaved({"cached": lambda: epoch(cached.rows), "encoder": lambda: epoch(encoder_inputs)},
+                          repeats=1 if ctx.quick else 2)
+    cached_s, encoder_s = median(seconds["cached"]), median(seconds["encoder"])
+    ratio = encoder_s / cached_s
+    ctx.log(f"epoch of {len(table)} images: cached {cached_s:.2f} s, encoder in the loop {encoder_s:.2f} s "
+            f"({ratio:.1f}x)")
+    return {
+        "ratios": {"encoder_in_loop_vs_cached_epoch": ratio},
+        "targets": [target("cached decoder epochs faster than running the encoder every epoch", ratio, ">= 20",
+                           ratio >= 20)],
+        "params": {"n_images": len(table), "size": SIZE, "head": "fpn", "width": 64, "batch_size": 16,
+                   "data": source},
+        "timings": {"cached_s": seconds["cached"], "encoder_in_loop_s": seconds["encoder"]},
+    }

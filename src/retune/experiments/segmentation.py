@@ -33,7 +33,7 @@ from retune.experiments.adaptor import fraction_rows
 from retune.experiments.inference import check_overlap
 from retune.experiments.kinds import register_run_kind
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, record_training_digests, split_facts
-from retune.io_utils import atomic_path, write_json_atomic
+from retune.io_utils import atomic_path, read_json, write_json_atomic
 from retune.methods.checkpoint import CheckpointFacts, load_checkpoint, package_versions, save_checkpoint
 from retune.progress import epoch_bar
 from retune.segmentation.config import SegDataConfig, SegmentationConfig
@@ -256,6 +256,7 @@ class SegRun:
     backbone: Backbone
     head: torch.nn.Module
     structures: list[str]
+    metrics: dict  # the run's test metrics (metrics.json; empty when absent)
 
     def segment(self, image: Image.Image) -> list[np.ndarray]:
         """Boolean masks (one per structure, in run order) at the image's own size."""
@@ -277,7 +278,8 @@ def load_seg_run(run_dir: str | Path, device: str | None = None) -> SegRun:
     prompts = state.get("prompts")
     head = build_head(config, tuple(facts["dense"]["channels"]), facts["structures"], prompts)
     head.load_state_dict(state)
-    return SegRun(run_dir, facts, config, backbone, head.eval(), list(facts["structures"]))
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    return SegRun(run_dir, facts, config, backbone, head.eval(), list(facts["structures"]), metrics)
 
 
 def seg_evaluate_run(run_dir: str | Path, data: SegDataConfig, store: str | Path | None = None,

@@ -39,28 +39,14 @@ _ALLOWED_VALUES = ({0, 255, IGNORE_VALUE}, {0, 1})  # 0/255 (+127 ignore) masks,
 
 
 @dataclass
-class MaskTable:
-    """Images with per-structure mask references.
+class MaskTable(ImageTable):
+    """Images (an ``ImageTable`` without classes) with per-structure mask references.
 
-    ``frame`` has ``image_path``, ``patient_id``, ``width``, ``height`` and one column per structure holding the
-    mask's path, ``rle:<run-length string>``, or ``""`` (not annotated). ``source`` names the file errors point at.
+    ``frame`` also has ``width``, ``height`` and one column per structure holding the mask's path,
+    ``rle:<run-length string>``, or ``""`` (not annotated). ``source`` names the file errors point at.
     """
 
-    frame: pd.DataFrame
-    structures: list[str]
-    source: Path
-    extra: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    @property
-    def paths(self) -> list[str]:
-        return self.frame[PATH_COLUMN].tolist()
-
-    @property
-    def patients(self) -> np.ndarray:
-        return self.frame[PATIENT_COLUMN].to_numpy()
+    structures: list[str] = field(default_factory=list)
 
     def annotated(self, structure: str) -> np.ndarray:
         """Boolean per row: the structure was annotated on that image (its mask may still be empty)."""
@@ -68,7 +54,7 @@ class MaskTable:
 
     def subset(self, rows: np.ndarray | list[int]) -> MaskTable:
         frame = self.frame.iloc[np.asarray(rows, dtype=int)].reset_index(drop=True)
-        return MaskTable(frame, list(self.structures), self.source, dict(self.extra))
+        return MaskTable(frame, [], self.source, extra=dict(self.extra), structures=list(self.structures))
 
     def only(self, structures: list[str]) -> MaskTable:
         """The table restricted to ``structures`` (an unknown name is a ConfigError listing the known ones)."""
@@ -76,11 +62,7 @@ class MaskTable:
             if name not in self.structures:
                 raise unknown_name("structure", name, self.structures)
         keep = [PATH_COLUMN, PATIENT_COLUMN, WIDTH_COLUMN, HEIGHT_COLUMN, ROW_COLUMN, *structures]
-        return MaskTable(self.frame[keep].copy(), list(structures), self.source, dict(self.extra))
-
-    def image_table(self) -> ImageTable:
-        """The images as an ``ImageTable`` without classes (for hashing and the store)."""
-        return ImageTable(self.frame[[PATH_COLUMN, PATIENT_COLUMN]].copy(), [], source=self.source)
+        return MaskTable(self.frame[keep].copy(), [], self.source, extra=dict(self.extra), structures=list(structures))
 
     def load_mask(self, row: int, structure: str) -> np.ndarray | None:
         """The decoded int8 mask (height x width; 1 / 0 / -1 ignore) of ``structure`` on ``row``, None if not
@@ -156,7 +138,7 @@ def read_masks_csv(path: Path, image_root: str | Path | None = None) -> MaskTabl
             resolved[annotated] = _resolve_paths(values[annotated], root, source, column)
         frame[structure] = resolved
         _check_mask_files(frame, structure, source, column)
-    return MaskTable(frame, structures, path)
+    return MaskTable(frame, [], path, structures=structures)
 
 
 @register_mask_reader(
@@ -196,7 +178,7 @@ def read_siim_rle(path: Path, image_root: str | Path | None = None) -> MaskTable
     )
     _add_image_sizes(frame, source)
     frame[SIIM_STRUCTURE] = [_RLE_PREFIX + "|".join(values) for values in runs.values()]
-    return MaskTable(frame, [SIIM_STRUCTURE], path)
+    return MaskTable(frame, [], path, structures=[SIIM_STRUCTURE])
 
 
 @register_mask_reader("mask_folder", detect=lambda path, columns: path.is_dir())
@@ -220,7 +202,7 @@ def read_mask_folder(path: Path, image_root: str | Path | None = None) -> MaskTa
     _add_image_sizes(frame, path.name)
     frame[structure] = [str(path.resolve() / f"{p.stem}.png") for p in images]
     _check_mask_files(frame, structure, path.name, f"{structure}/<image name>.png")
-    return MaskTable(frame, [structure], path)
+    return MaskTable(frame, [], path, structures=[structure])
 
 
 def decode_mask_png(path: Path, size: tuple[int, int], where: str) -> np.ndarray:

@@ -200,7 +200,7 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
     }
     state = {key: value.detach().cpu().numpy() for key, value in head.state_dict().items()}
     save_checkpoint(out_dir, {HEAD_KEY: (state, training[config.head])}, facts)
-    record_training_digests(out_dir, table.image_table(), {"train": train, "val": val}, store)
+    record_training_digests(out_dir, table, {"train": train, "val": val}, store)
     with atomic_path(out_dir / PER_IMAGE_CSV) as temp:
         per_image.to_csv(temp, index=False)
     metrics = {
@@ -292,7 +292,7 @@ def seg_evaluate_run(run_dir: str | Path, data: SegDataConfig, store: str | Path
     if not shared:
         raise DataError(f"{data.csv}: none of the run's structures ({', '.join(run.structures)}) is annotated here")
     table = table.only(shared)
-    overlap, warnings = check_overlap(run.path, table.image_table(), exclude=False)
+    overlap, warnings = check_overlap(run.path, table, exclude=False)
     store = EmbeddingStore(store or run.config.store)
     features = dense_features(table.paths, run.backbone, store, run.config.image_size, show_progress=show_progress)
     rows = np.arange(len(table))

@@ -42,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 epochs, 50 bootstrap resamples (smoke test only)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "seg-results", help="run folders (git-ignored)")
-    parser.add_argument("--jobs", type=int, default=3, help="commands run side by side, one torch thread each")
+    parser.add_argument("--jobs", type=int, default=5, help="commands run side by side, one torch thread each")
     parser.add_argument("--summarize-only", action="store_true", help="rebuild seg.json from finished run folders")
     args = parser.parse_args()
     os.chdir(ROOT)

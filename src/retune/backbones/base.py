@@ -157,6 +157,28 @@ def weight_files_sha256(directory: str | os.PathLike) -> dict[str, str]:
     }
 
 
+def square_pixels(image: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """An image resized (bicubic, not cropped: every pixel keeps its place) to size x size, scaled to [0, 1] and
+    normalised: the input of ``Backbone.dense_features``."""
+    from torchvision.transforms.v2 import functional
+
+    pixels = functional.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
+    bicubic = functional.InterpolationMode.BICUBIC
+    pixels = functional.resize(pixels, [size, size], interpolation=bicubic, antialias=True)
+    return functional.normalize(functional.to_dtype(pixels, torch.float32, scale=True), list(mean), list(std))
+
+
+def resampled_pyramid(maps: list[torch.Tensor], stride: int, strides: tuple[int, ...]) -> list[torch.Tensor]:
+    """Single-stride maps (a ViT's blocks, all at ``stride``) resampled to ``strides`` (one each), the simple feature
+    pyramid of ViTDet / SETR, so the same heads serve plain ViTs."""
+    resize = torch.nn.functional.interpolate
+    return [
+        resize(feature_map, scale_factor=stride / target, mode="bilinear", align_corners=False)
+        if target != stride else feature_map
+        for feature_map, target in zip(maps, strides)
+    ]
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average token vectors over real (unmasked) tokens, as sentence-transformers does."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -98,7 +98,8 @@ def build_head(config: SegmentationConfig, channels: tuple[int, ...], structures
 
 
 def score_methods(
-    table: MaskTable, rows: np.ndarray, probabilities: dict[str, torch.Tensor | None], threshold: float
+    table: MaskTable, rows: np.ndarray, probabilities: dict[str, torch.Tensor | None], threshold: float,
+    with_hd95: bool = True,
 ) -> pd.DataFrame:
     """Per-image scores of every method at each image's own size (probabilities upsampled; None = predict nothing).
 
@@ -116,7 +117,7 @@ def score_methods(
                 mask = predicted[k] if predicted is not None else np.zeros(truth.shape, dtype=bool)
                 records.append({
                     "image_path": table.paths[row], "patient_id": table.patients[row], "method": method,
-                    "structure": structure, **score_mask(mask, truth),
+                    "structure": structure, **score_mask(mask, truth, with_hd95),
                 })
     return pd.DataFrame.from_records(records, columns=list(PER_IMAGE_COLUMNS))
 
@@ -180,7 +181,7 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
         probabilities[SCRATCH] = predict_probabilities(
             scratch, lambda rows: pixels[torch.as_tensor(rows)], test, config.image_size
         )
-    per_image = score_methods(table, test, probabilities, config.threshold)
+    per_image = score_methods(table, test, probabilities, config.threshold, config.hd95)
     by_method = summaries(per_image, config.n_bootstrap, config.seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,7 +300,7 @@ def seg_evaluate_run(run_dir: str | Path, data: SegDataConfig, store: str | Path
     probabilities = predict_probabilities(run.head, features.rows, rows, run.config.image_size)
     index = [run.structures.index(name) for name in shared]
     per_image = score_methods(table, rows, {run.config.head: probabilities[:, index], PREDICT_NOTHING: None},
-                              run.config.threshold)
+                              run.config.threshold, run.config.hd95)
     bootstrap = run.config.n_bootstrap if n_bootstrap is None else n_bootstrap
     return {
         "run": str(run.path),

@@ -53,6 +53,7 @@ class SegmentationConfig(StrictModel):
     image_size: int = Field(256, ge=64, le=1024, multiple_of=32, description="Square input size of the encoder.")
     width: int = Field(64, ge=8, le=512, description="Decoder width (FPN channels), the scratch U-Net's too.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability above which a pixel belongs to a structure.")
+    hd95: bool = Field(True, description="Also score the 95th-percentile Hausdorff distance (the slowest score).")
     optim: SegOptimConfig = SegOptimConfig()
     split: SplitConfig = SplitConfig()
     seed: int = Field(0, ge=0)

@@ -134,7 +134,7 @@ class ScratchEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(_conv_block(3, 16, stride=2), _conv_block(16, 16))
+        self.stem = _conv_block(3, 16, stride=2)
         stages, previous = [], 16
         for channels in self.CHANNELS:
             stages.append(nn.Sequential(_conv_block(previous, channels, stride=2), _conv_block(channels, channels)))

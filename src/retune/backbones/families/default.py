@@ -13,7 +13,15 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from retune.backbones.base import Backbone, BackboneInfo, Encoded, file_sha256, mean_pool, weight_files_sha256
+from retune.backbones.base import (
+    Backbone,
+    BackboneInfo,
+    Encoded,
+    file_sha256,
+    mean_pool,
+    square_pixels,
+    weight_files_sha256,
+)
 from retune.backbones.registry import register_backbone
 from retune.devices import autocast_for
 from retune.errors import WeightsNotFoundError
@@ -110,9 +118,7 @@ class DefaultBackbone(Backbone):
         return Encoded(pooled, patch_tokens)
 
     def dense_preprocess(self, image: Image.Image, size: int) -> torch.Tensor:
-        pixels = T.functional.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
-        pixels = T.functional.resize(pixels, [size, size], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
-        return T.functional.normalize(T.functional.to_dtype(pixels, torch.float32, scale=True), MEAN, STD)
+        return square_pixels(image, size, MEAN, STD)
 
     @torch.inference_mode()
     def dense_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:

@@ -60,3 +60,10 @@ def test_every_head_gives_one_logit_map_per_structure_at_the_finest_stride(name)
     head = create_head(name, HeadInputs((4, 6, 8, 10), 3, 8, torch.randn(3, 2, 5)))
     expected = (2, 3, 2, 2) if name == "linear" else (2, 3, 16, 16)
     assert tuple(head(maps).shape) == expected
+
+
+def test_classification_commands_point_a_segmentation_run_to_retune_seg(phantom_run):
+    from retune.experiments.inference import open_run
+
+    with pytest.raises(ConfigError, match="a segmentation run; use 'retune seg evaluate'"):
+        open_run(phantom_run[0] / "run")

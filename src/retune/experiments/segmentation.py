@@ -30,7 +30,6 @@ from retune.data.splits import patient_split
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.evaluation.segmentation import PER_IMAGE_COLUMNS, score_mask, summarize
 from retune.experiments.adaptor import fraction_rows
-from retune.experiments.inference import check_overlap
 from retune.experiments.kinds import register_run_kind
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, record_training_digests, split_facts
 from retune.io_utils import atomic_path, read_json, write_json_atomic
@@ -287,6 +286,8 @@ def seg_evaluate_run(run_dir: str | Path, data: SegDataConfig, store: str | Path
                      n_bootstrap: int | None = None, show_progress: bool = False) -> dict:
     """Score a run (and the predict-nothing baseline) on every image of another mask table, per structure; warns
     when evaluation images were among the run's training or validation images."""
+    from retune.experiments.inference import check_overlap  # inference imports this module (its run kind)
+
     run = load_seg_run(run_dir)
     table = read_masks(data.csv, data.format, data.image_root)
     shared = [name for name in run.structures if name in table.structures]

@@ -140,15 +140,10 @@ def _train_scratch(
     pixels = dense_pixels(table.paths, backbone, config.image_size)
     torch.manual_seed(config.seed)
     model = ScratchUNet(len(table.structures), config.width)
-    with epoch_bar(f"training {SCRATCH}", config.optim.epochs, enabled=show_progress) as on_epoch:
+    with epoch_bar(f"training {SCRATCH}", config.optim.epochs, enabled=show_progress, score="Dice") as on_epoch:
         facts = fit(model, lambda rows: pixels[torch.as_tensor(rows)], targets, train, val, config.optim.epochs,
-                    config.optim.lr, config.optim.batch_size, config.seed, _dice_bar(on_epoch))
+                    config.optim.lr, config.optim.batch_size, config.seed, on_epoch)
     return model, facts, pixels
-
-
-def _dice_bar(on_epoch):
-    """The epoch bar's update with the validation Dice in the score slot."""
-    return lambda epoch, loss, dice: on_epoch(epoch, loss, dice)
 
 
 def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
@@ -168,9 +163,10 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
     prompts = prompt_embeddings(structures, backbone, store) if config.head == "text" else None
     torch.manual_seed(config.seed)
     head = build_head(config, tuple(m.shape[1] for m in features.maps), structures, prompts)
-    with epoch_bar(f"training {config.head} head", config.optim.epochs, enabled=show_progress) as on_epoch:
+    bar = epoch_bar(f"training {config.head} head", config.optim.epochs, enabled=show_progress, score="Dice")
+    with bar as on_epoch:
         training = {config.head: fit(head, features.rows, targets, train, val, config.optim.epochs, config.optim.lr,
-                                     config.optim.batch_size, config.seed, _dice_bar(on_epoch))}
+                                     config.optim.batch_size, config.seed, on_epoch)}
     probabilities = {config.head: predict_probabilities(head, features.rows, test, config.image_size)}
     if PREDICT_NOTHING in config.baselines:
         probabilities[PREDICT_NOTHING] = None

@@ -15,6 +15,7 @@ from benchmarks.common import DATA, Context, interleaved, median, target
 
 NAME = "seg"
 SIZE = 256
+WIDTH = 32  # the decoder width of configs/seg-cxr.yaml
 
 
 def _data(ctx: Context):
@@ -30,6 +31,7 @@ def _data(ctx: Context):
 def run(ctx: Context) -> dict:
     from retune.backbones.registry import create_backbone
     from retune.experiments.segmentation import mask_targets
+    from retune.segmentation.config import SegOptimConfig
     from retune.segmentation.heads import HeadInputs, create_head
     from retune.segmentation.training import fit
     from retune.store import EmbeddingStore
@@ -51,8 +53,8 @@ def run(ctx: Context) -> dict:
 
     def epoch(inputs) -> None:
         torch.manual_seed(0)
-        head = create_head("fpn", HeadInputs(channels, 1, 64))
-        fit(head, inputs, targets, rows, no_rows, epochs=1, lr=1e-3, batch_size=16, seed=0)
+        head = create_head("fpn", HeadInputs(channels, 1, WIDTH))
+        fit(head, inputs, targets, rows, no_rows, SegOptimConfig(epochs=1, batch_size=16).loop_config(), seed=0)
 
     seconds = interleaved({"cached": lambda: epoch(cached.rows), "encoder": lambda: epoch(encoder_inputs)},
                           repeats=1 if ctx.quick else 2)
@@ -64,7 +66,7 @@ def run(ctx: Context) -> dict:
         "ratios": {"encoder_in_loop_vs_cached_epoch": ratio},
         "targets": [target("cached decoder epochs faster than running the encoder every epoch", ratio, ">= 20",
                            ratio >= 20)],
-        "params": {"n_images": len(table), "size": SIZE, "head": "fpn", "width": 64, "batch_size": 16,
+        "params": {"n_images": len(table), "size": SIZE, "head": "fpn", "width": WIDTH, "batch_size": 16,
                    "data": source},
         "timings": {"cached_s": seconds["cached"], "encoder_in_loop_s": seconds["encoder"]},
     }

@@ -141,8 +141,8 @@ def _train_scratch(
     torch.manual_seed(config.seed)
     model = ScratchUNet(len(table.structures), config.width)
     with epoch_bar(f"training {SCRATCH}", config.optim.epochs, enabled=show_progress, score="Dice") as on_epoch:
-        facts = fit(model, lambda rows: pixels[torch.as_tensor(rows)], targets, train, val, config.optim.epochs,
-                    config.optim.lr, config.optim.batch_size, config.seed, on_epoch)
+        facts = fit(model, lambda rows: pixels[torch.as_tensor(rows)], targets, train, val,
+                    config.optim.loop_config(), config.seed, on_epoch)
     return model, facts, pixels
 
 
@@ -165,8 +165,8 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
     head = build_head(config, tuple(m.shape[1] for m in features.maps), structures, prompts)
     bar = epoch_bar(f"training {config.head} head", config.optim.epochs, enabled=show_progress, score="Dice")
     with bar as on_epoch:
-        training = {config.head: fit(head, features.rows, targets, train, val, config.optim.epochs, config.optim.lr,
-                                     config.optim.batch_size, config.seed, on_epoch)}
+        training = {config.head: fit(head, features.rows, targets, train, val, config.optim.loop_config(),
+                                     config.seed, on_epoch)}
     probabilities = {config.head: predict_probabilities(head, features.rows, test, config.image_size)}
     if PREDICT_NOTHING in config.baselines:
         probabilities[PREDICT_NOTHING] = None

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from retune.config import SplitConfig, StrictModel
+from retune.config import OptimConfig, SplitConfig, StrictModel
 
 SegBaseline = Literal["predict_nothing", "scratch_unet"]
 
@@ -34,7 +34,13 @@ class SegOptimConfig(StrictModel):
 
     epochs: int = Field(20, ge=1)
     lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(16, ge=1)
+
+    def loop_config(self) -> OptimConfig:
+        """The one training loop's settings: every epoch runs (no early stop), fp32."""
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size,
+                           patience=self.epochs, min_epochs=1, precision="fp32")
 
 
 class SegmentationConfig(StrictModel):

@@ -1,9 +1,8 @@
-"""Train a segmentation model on cached inputs with Dice + BCE (MONAI's Dice), ignore pixels and structures not
-annotated on an image left out; keep the epoch with the best validation Dice."""
+"""Train a segmentation model on cached inputs with Dice + BCE (MONAI's Dice) through the one training loop, ignore
+pixels and structures not annotated on an image left out; keep the epoch with the best validation Dice."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import time
 from collections.abc import Callable
@@ -13,6 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from retune.config import OptimConfig
+from retune.training.loop import fit as train_loop
 
 IGNORE = -1  # target value of ignore pixels and of structures not annotated on an image
 Inputs = Callable[[np.ndarray], Any]  # rows -> what the model takes (cached maps, or pixels for the baseline)
@@ -81,48 +83,26 @@ def fit(
     targets: torch.Tensor,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
-    epochs: int,
-    lr: float,
-    batch_size: int,
+    optim: OptimConfig,
     seed: int,
     on_epoch: Callable[[int, float, float | None], None] | None = None,
 ) -> dict:
-    """AdamW on ``train_rows`` for ``epochs``; the weights of the epoch with the best validation Dice are kept (the
-    last epoch's without validation rows). Returns JSON-ready facts: history (per-epoch train loss and validation
-    Dice), best epoch, seconds per epoch."""
+    """Train ``model`` on ``train_rows`` with the one training loop (``retune.training.loop.fit``: AdamW, best
+    validation Dice kept; the last epoch without validation rows). Returns JSON-ready facts with the per-epoch
+    history and the seconds per epoch."""
     size = targets.shape[-1]
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
-    best_state, best_score, best_epoch = None, -1.0, epochs
-    history: dict[str, list] = {"train_loss": [], "val_score": []}  # val_score: validation Dice
+
+    def loss(rows: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        batch = rows.numpy()
+        return dice_bce_loss(upsampled_logits(model, inputs(train_rows[batch]), size),
+                             targets[train_rows[batch]].float())
+
+    def val_score() -> float | None:
+        return mean_dice(predict_probabilities(model, inputs, val_rows, size), targets[val_rows])
+
     started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
-        losses = []
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            loss = dice_bce_loss(upsampled_logits(model, inputs(rows), size), targets[rows].float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        score = mean_dice(predict_probabilities(model, inputs, val_rows, size), targets[val_rows]) if len(
-            val_rows) else None
-        history["train_loss"].append(float(np.mean(losses)))
-        history["val_score"].append(score)
-        if on_epoch is not None:
-            on_epoch(epoch, history["train_loss"][-1], score)
-        if score is not None and score > best_score:
-            best_state, best_score, best_epoch = copy.deepcopy(model.state_dict()), score, epoch
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    positions = torch.arange(len(train_rows))  # the loop shuffles positions; ``loss`` gathers their rows itself
+    result = train_loop(model, model.parameters(), loss, positions, positions, optim,
+                        val_score if len(val_rows) else None, seed, on_epoch=on_epoch)
     seconds = time.perf_counter() - started
-    return {
-        "history": history,
-        "best_epoch": best_epoch,
-        "best_val_dice": best_score if best_state is not None else None,
-        "seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / epochs, 3),
-    }
+    return {**result.facts(), "seconds": round(seconds, 2), "seconds_per_epoch": round(seconds / result.epochs_run, 3)}

@@ -49,7 +49,8 @@ def run(ctx: Context) -> dict:
     channels = tuple(m.shape[1] for m in cached.maps)
 
     def encoder_inputs(batch_rows: np.ndarray) -> list[torch.Tensor]:
-        return backbone.dense_features(dense_pixels([table.paths[r] for r in batch_rows], backbone, SIZE))
+        maps = backbone.dense_features(dense_pixels([table.paths[r] for r in batch_rows], backbone, SIZE))
+        return [feature_map.clone() for feature_map in maps]  # out of inference mode, as the cache's are
 
     def epoch(inputs) -> None:
         torch.manual_seed(0)

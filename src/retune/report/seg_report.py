@@ -23,6 +23,7 @@ def metric_rows(metrics: dict) -> list[list[str]]:
     """Rows (structure, method, present images, Dice, IoU, HD95 px, empty images predicted empty, Dice with empty
     = 1) for every method of a run or an evaluation."""
     rows = []
+    hd95_computed = metrics.get("hd95_computed", True)
     for structure in metrics["structures"]:
         for method, summary in metrics["per_method"].items():
             record = summary.get(structure)
@@ -32,7 +33,7 @@ def metric_rows(metrics: dict) -> list[list[str]]:
                 structure, method, f"{record['n_present']} / {record['n_images']}",
                 format_interval(record["dice"], record["dice_ci"]),
                 format_interval(record["iou"], record["iou_ci"]),
-                format_interval(record["hd95"], record["hd95_ci"]),
+                format_interval(record["hd95"], record["hd95_ci"]) if hd95_computed else "not computed",
                 f"{record['share_empty_predicted_empty']:.3f} of {record['n_empty']}" if record["n_empty"] else "-",
                 format_interval(record["dice_empty_as_one"], record["dice_empty_as_one_ci"]),
             ])

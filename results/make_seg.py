@@ -122,10 +122,14 @@ def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: 
     methods = [*HEADS, "scratch_unet", "predict_nothing"]
 
     def record(method: str, fraction: float, structure: str) -> dict | None:
-        """A method's summary for a structure; the baselines come from the fpn command; None if that did not run."""
-        source = "fpn" if method in ("scratch_unet", "predict_nothing") else method
-        run = runs.get(f"{source}@{fraction:g}")
-        return None if run is None else run["per_method"].get(method, {}).get(structure)
+        """A method's summary for a structure, None if its command did not run. The scratch U-Net comes from the fpn
+        command; predict-nothing is scored in every command on the same test patients (identical), so any will do."""
+        sources = {"scratch_unet": ["fpn"], "predict_nothing": list(HEADS)}.get(method, [method])
+        for source in sources:
+            run = runs.get(f"{source}@{fraction:g}")
+            if run is not None:
+                return run["per_method"].get(method, {}).get(structure)
+        return None
 
     def dice(method: str, fraction: float, structure: str) -> float | None:
         found = record(method, fraction, structure)
@@ -134,7 +138,7 @@ def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: 
     rows = []
     for structure in structures:
         for method in methods:
-            full = record(method, 1.0, structure) or {}
+            full = record(method, 1.0, structure) or record("predict_nothing", 1.0, structure) or {}
             rows.append([structure, method, str(full.get("n_present", "-")),
                          *(cell(record(method, f, structure)) for f in FRACTIONS)])
     empty_rows = []
@@ -154,6 +158,9 @@ def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: 
             return [name, "not run", f">= {goal}", "-"]
         return [name, f"{value[0]:.3f} ({value[1]})", f">= {goal}", str(value[0] >= goal)]
 
+    missing = [f"{head} head at {fraction:.0%}" for fraction in FRACTIONS for head in HEADS
+               if f"{head}@{fraction:g}" not in runs]
+    missing_note = f" '-': not run ({', '.join(missing)}: the command had not finished)." if missing else ""
     frozen, scratch = dice("fpn", 1.0, "lungs"), dice("scratch_unet", 1.0, "lungs")
     gap = None if frozen is None or scratch is None else frozen - scratch
     ratio = benchmark["ratios"]["encoder_in_loop_vs_cached_epoch"]
@@ -180,7 +187,8 @@ def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: 
                 "rows": rows,
                 "notes": "Dice [patient-bootstrap 95% CI] over test images where the structure is present, at each "
                          "image's own size. Heads are trained on the frozen default backbone's cached maps; "
-                         "scratch_unet learns its encoder from the same images; predict_nothing scores 0 here.",
+                         "scratch_unet learns its encoder from the same images; predict_nothing scores 0 here."
+                         + missing_note,
             },
             {
                 "id": "empty",

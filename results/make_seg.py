@@ -83,7 +83,8 @@ def main() -> int:
             futures = {key: pool.submit(train_one, key, config, out) for key, (config, out) in jobs.items()}
             runs = {key: future.result() for key, future in futures.items()}
         benchmark = cache_ratio()
-    payload = summarize(base, runs, commands, benchmark, time.perf_counter() - started, machine(args.jobs))
+    seconds = None if args.summarize_only else time.perf_counter() - started  # each run records its own seconds
+    payload = summarize(base, runs, commands, benchmark, seconds, machine(args.jobs))
     target = ROOT / "results" / "seg.json"
     target.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {target}")
@@ -115,7 +116,7 @@ def cache_ratio() -> dict:
     return json.loads(BENCHMARK_JSON.read_text())
 
 
-def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: dict, seconds: float,
+def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: dict, seconds: float | None,
               machine_text: str) -> dict:
     """results/seg.json: Dice tables per fraction, the empty-mask table, the targets, the raw metrics."""
     structures = list(base.structures)
@@ -208,7 +209,7 @@ def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: 
                          "epoch of the fpn head (benchmarks/bench_seg.py) on the same machine.",
             },
         ],
-        "data": {"runs": runs, "commands": commands, "cache_benchmark": benchmark, "seconds": round(seconds, 1)},
+        "data": {"runs": runs, "commands": commands, "cache_benchmark": benchmark, "seconds": None if seconds is None else round(seconds, 1)},
     }
 
 

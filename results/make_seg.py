@@ -209,7 +209,8 @@ def summarize(base, runs: dict[str, dict], commands: dict[str, str], benchmark: 
                          "epoch of the fpn head (benchmarks/bench_seg.py) on the same machine.",
             },
         ],
-        "data": {"runs": runs, "commands": commands, "cache_benchmark": benchmark, "seconds": None if seconds is None else round(seconds, 1)},
+        "data": {"runs": runs, "commands": commands, "cache_benchmark": benchmark,
+                 "seconds": None if seconds is None else round(seconds, 1)},
     }
 
 

@@ -12,6 +12,13 @@ from retune.config import OptimConfig, SplitConfig, StrictModel
 SegBaseline = Literal["predict_nothing", "scratch_unet"]
 
 
+def _registered(value: str, registry: dict, what: str) -> str:
+    """``value`` when ``registry`` has it, else the validation error listing the registered names."""
+    if value not in registry:
+        raise ValueError(f"unknown {what} '{value}'; valid: {', '.join(registry)}")
+    return value
+
+
 class SegDataConfig(StrictModel):
     """Where the images and masks are: a ``masks.csv`` (mask_* columns), a SIIM run-length CSV, or a mask folder."""
 
@@ -24,9 +31,7 @@ class SegDataConfig(StrictModel):
     def _registered_format(cls, value: str) -> str:
         from retune.data.masks import MASK_READERS
 
-        if value != "auto" and value not in MASK_READERS:
-            raise ValueError(f"unknown mask format '{value}'; valid: auto, {', '.join(MASK_READERS)}")
-        return value
+        return value if value == "auto" else _registered(value, MASK_READERS, "mask format")
 
 
 class SegOptimConfig(StrictModel):
@@ -72,6 +77,4 @@ class SegmentationConfig(StrictModel):
     def _registered_head(cls, value: str) -> str:
         from retune.segmentation.heads import HEADS
 
-        if value not in HEADS:
-            raise ValueError(f"unknown head '{value}'; valid: {', '.join(HEADS)}")
-        return value
+        return _registered(value, HEADS, "head")

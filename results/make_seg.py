@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=5, help="commands run side by side, one torch thread each")
     parser.add_argument("--summarize-only", action="store_true", help="rebuild seg.json from finished run folders")
     args = parser.parse_args()
+    args.out = args.out.resolve()
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
     from retune.api import as_config

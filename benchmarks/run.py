@@ -21,7 +21,8 @@ from benchmarks.common import ROOT, Context, fmt, print_table, write_result  # n
 
 # Cheapest first, so a quick run shows numbers early; quality last (it may embed the NIH subset).
 BENCHMARKS = [
-    "training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche", "seg",
+    "training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche",
+    "serve_abuse", "seg",
 ]
 MODULES = {
     "training": "bench_training",
@@ -33,6 +34,7 @@ MODULES = {
     "quality": "bench_quality",
     "distributed": "bench_distributed",
     "avalanche": "bench_avalanche",
+    "serve_abuse": "bench_serve_abuse",
     "seg": "bench_seg",
 }
 

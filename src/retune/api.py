@@ -14,16 +14,16 @@ Configs may be given as the pydantic model, a dict of its fields or a YAML file;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from retune.config import TrainConfig, load_yaml_config, parse_config
+from retune.config import TrainConfig, absolute_paths, load_yaml_config, parse_config
 from retune.errors import ConfigError
 from retune.evaluation.metrics import DEFAULT_MIN_POSITIVES
+from retune.io_utils import read_json, removed_on_failure
 
 ConfigLike = Any  # a pydantic config, a dict of its fields, or the path of a YAML file
 
@@ -43,23 +43,24 @@ class Run:
     """A trained run directory (``retune train`` or ``retune peft run``): its metrics, and scoring of new images."""
 
     def __init__(
-        self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False
+        self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False,
+        verify: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise ConfigError(f"{self.path}: run directory does not exist")
-        self.store, self.device, self.cache = store, device, cache
+        self.store, self.device, self.cache, self.verify = store, device, cache, verify
         self._opened = None
 
     @property
     def metrics(self) -> dict:
         """The run's ``metrics.json`` (test split, with CIs)."""
-        return json.loads((self.path / "metrics.json").read_text())
+        return read_json(self.path / "metrics.json")
 
     @property
     def facts(self) -> dict:
         """The run's ``config.json``: backbone, classes, prompts, split and training config."""
-        return json.loads((self.path / "config.json").read_text())
+        return read_json(self.path / "config.json")
 
     @property
     def classes(self) -> list[str]:
@@ -69,7 +70,9 @@ class Run:
         from retune.experiments.inference import open_run
 
         if self._opened is None:
-            self._opened = open_run(self.path, self.store, self.device, show_progress=show_progress, cache=self.cache)
+            self._opened = open_run(
+                self.path, self.store, self.device, show_progress=show_progress, cache=self.cache, verify=self.verify
+            )
         return self._opened
 
     def predict(self, images: list[str | Path], method: str | None = None) -> pd.DataFrame:
@@ -117,9 +120,13 @@ class Run:
         return f"Run({str(self.path)!r})"
 
 
-def load_run(path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False) -> Run:
-    """Open a run directory; ``store`` overrides the run's store, ``cache=True`` adds new images' embeddings to it."""
-    return Run(path, store, device, cache)
+def load_run(
+    path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False,
+    verify: bool = True,
+) -> Run:
+    """Open a run directory; ``store`` overrides the run's store, ``cache=True`` adds new images' embeddings to it;
+    ``verify=False`` loads a run whose config.json records no weights hash (its weights cannot be checked)."""
+    return Run(path, store, device, cache, verify)
 
 
 def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> Run:
@@ -129,7 +136,8 @@ def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> R
     """
     from retune.experiments.train import train_run
 
-    train_run(as_config(config, TrainConfig), out, show_progress=show_progress)
+    with removed_on_failure(out):
+        train_run(as_config(config, TrainConfig), out, show_progress=show_progress)
     return Run(out)
 
 
@@ -154,7 +162,7 @@ def run_scenario(
     from retune.scenarios.runner import run_scenario as run
     from retune.scenarios.spec import ScenarioConfig
 
-    settings = as_config(config, ScenarioConfig)
+    settings = absolute_paths(as_config(config, ScenarioConfig), Path.cwd())  # scenario.json means the same anywhere
     out = Path(out)
     if engine == "ray":
         from retune.distributed.ray_sweep import ray_sweep
@@ -162,14 +170,15 @@ def run_scenario(
         engine = ray_sweep(address)
     elif engine == "local":
         engine = None
-    results = run(
-        settings,
-        out,
-        show_progress=show_progress,
-        progress=progress or (lambda message: None),
-        restart=restart,
-        engine=engine,
-    )
+    with removed_on_failure(out):
+        results = run(
+            settings,
+            out,
+            show_progress=show_progress,
+            progress=progress or (lambda message: None),
+            restart=restart,
+            engine=engine,
+        )
     if track:
         log_scenario_results(results, out, settings.tracking_uri)
     return results
@@ -269,13 +278,17 @@ def run_metrics(runs: list[str | Path]) -> list[tuple[Path, str, dict]]:
 
 def compare_runs(
     run_a: str | Path, run_b: str | Path, csv: str | Path, split: str = "auto", n_bootstrap: int = 1000,
-    show_progress: bool = False,
+    show_progress: bool = False, min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
     """Is run A better than run B? Both main methods scored on the same images of ``csv`` (images either trained
-    on left out): per-class and mean AUROC difference A - B with paired patient-bootstrap CIs."""
+    on left out): per-class and mean AUROC difference A - B with paired patient-bootstrap CIs; the mean covers the
+    classes with ``min_positives`` positives, as every other mean."""
     from retune.experiments.inference import paired_comparison
 
-    return paired_comparison(run_a, run_b, csv, split=split, n_bootstrap=n_bootstrap, show_progress=show_progress)
+    return paired_comparison(
+        run_a, run_b, csv, split=split, n_bootstrap=n_bootstrap, show_progress=show_progress,
+        min_positives=min_positives,
+    )
 
 
 def export_predictions(frame: pd.DataFrame, output: str | Path) -> None:
@@ -308,7 +321,8 @@ def run_peft(config: ConfigLike, out: str | Path, show_progress: bool = False) -
     from retune.config import PeftExperimentConfig
     from retune.experiments.peft import run_peft_experiment
 
-    return run_peft_experiment(as_config(config, PeftExperimentConfig), out, show_progress=show_progress)
+    with removed_on_failure(out):
+        return run_peft_experiment(as_config(config, PeftExperimentConfig), out, show_progress=show_progress)
 
 
 def tune(config: ConfigLike, out: str | Path, address: str | None = None, show_progress: bool = False) -> dict:
@@ -336,6 +350,32 @@ def mlflow_ui(
     from retune.report.tracking import mlflow_ui as run_ui
 
     return run_ui(Path(folder), host, port, announce)
+
+
+def adaptor_bench(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Pre-train the Adaptor with each objective mix and seed of an ``ObjectivesBenchConfig`` on cached tokens and
+    evaluate every run alike (zero-shot, probes, retrieval; mean ± sd, first-seed CIs); writes and returns
+    OUT/bench.json."""
+    from retune.experiments.adaptor_bench import run_objectives_bench
+    from retune.objectives import ObjectivesBenchConfig
+
+    return run_objectives_bench(as_config(config, ObjectivesBenchConfig), out, show_progress=show_progress)
+
+
+def caption(run: str | Path, images: list[str | Path], device: str | None = None) -> list[str]:
+    """A generated sentence for each image file, from a bench run folder whose mix has a caption objective."""
+    from retune.experiments.adaptor_bench import caption_images
+
+    return caption_images(run, images, device=device)
+
+
+def export_split(folder: str | Path, split: str, out: str | Path) -> dict:
+    """Write a run's or a scenario's ``split`` (train, val or test) to the CSV ``out``, rebuilt exactly as training
+    built it (same CSV content, store rows, fractions and seed); returns what was written."""
+    from retune.experiments.split_export import export_split as export
+
+    return export(folder, split, out)
+
 
 # -- segmentation -------------------------------------------------------------------------------------------------
 def seg_train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:

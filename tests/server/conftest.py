@@ -71,3 +71,19 @@ def served_scenarios(phantom_scenario):
     from retune.server import load_served_scenarios
 
     return load_served_scenarios([phantom_scenario])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def loopback_test_clients():
+    """Test clients call the server as a local browser or curl does, at http://127.0.0.1 (the server refuses other
+    Host names without a token); a test may still pass another base_url."""
+    from fastapi.testclient import TestClient
+
+    original = TestClient.__init__
+
+    def init(self, app, base_url: str = "http://127.0.0.1", *args, **kwargs):
+        original(self, app, base_url, *args, **kwargs)
+
+    TestClient.__init__ = init
+    yield
+    TestClient.__init__ = original

@@ -173,7 +173,8 @@ def test_compare_shows_differing_settings_and_paired_difference(phantom_run, sig
     assert side.exit_code == 0, side.output
     assert "retune.objective" in side.stdout and "siglip" in side.stdout and "retune.optim.lr" in side.stdout
     paired = runner.invoke(
-        app, ["compare", str(run), str(siglip_run), "--data", str(phantom_run["csv"]), "--n-bootstrap", "30", "--json"]
+        app, ["compare", str(run), str(siglip_run), "--data", str(phantom_run["csv"]), "--n-bootstrap", "30", "--json",
+              "--min-positives", "1"]  # 60 phantoms: the default 10 positives would leave no class in the mean
     )
     assert paired.exit_code == 0, paired.output
     result = json.loads(paired.stdout)

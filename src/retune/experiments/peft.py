@@ -18,17 +18,20 @@ import torch
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import OptimConfig, PeftExperimentConfig, parse_config
+from retune.config import OptimConfig, PeftExperimentConfig, absolute_paths, parse_config
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
+from retune.data.readers import missing_images_hint
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
 from retune.distributed.ddp import Group
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
+from retune.evaluation.operating_point import decision_thresholds
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
+    data_facts,
     metrics_record,
     prompt_bank,
     read_data,
@@ -36,8 +39,8 @@ from retune.experiments.prepare import (
     split_facts,
     split_positives,
     table_warnings,
+    write_metrics_and_report,
 )
-from retune.io_utils import write_json_atomic
 from retune.methods.checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -93,6 +96,7 @@ class TuningOutcome:
     splits: dict[str, np.ndarray]
     fit: FitResult
     test_scores: np.ndarray | None  # None on DDP ranks other than 0
+    val_scores: np.ndarray | None  # for the decision thresholds; None on DDP ranks other than 0
     frozen_blocks: dict[str, int]
     parameters: dict
     memory: dict
@@ -126,7 +130,7 @@ def _image_inputs(
         )
     inputs, rows = pixel_inputs(table.paths, backbone)
     if not len(rows):
-        raise DataError(f"{table.source}: no readable image")
+        raise DataError(f"{table.source}: no readable image{missing_images_hint(table)}")
     return inputs, rows, None
 
 
@@ -261,7 +265,9 @@ def tune(
             )
         train_seconds = clock()
         model.freeze_prompts()
-        test_scores = _predict(model, inputs, splits["test"]) if group is None or group.is_main else None
+        main = group is None or group.is_main
+        test_scores = _predict(model, inputs, splits["test"]) if main else None
+        val_scores = _predict(model, inputs, splits["val"]) if main else None
     return TuningOutcome(
         backbone,
         model,
@@ -269,6 +275,7 @@ def tune(
         splits,
         result,
         test_scores,
+        val_scores,
         frozen,
         parameter_report(backbone, model),
         memory,
@@ -282,6 +289,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors +
     config.json. Under torchrun every process trains (DDP); rank 0 alone evaluates and writes, the others return {}."""
     started = time.perf_counter()
+    config = absolute_paths(config, Path.cwd())  # recorded so that the run folder means the same from any folder
     out_dir = Path(out_dir)
     store = EmbeddingStore(config.store)
     group = Group.from_env()
@@ -326,9 +334,11 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "split": split_facts(config.split, outcome.splits),
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
-        "data": {"csv": str(config.data.csv), "n_images": len(table)},
+        "data": {**data_facts(config.data), "n_images": len(table)},
         "positives": split_positives(table, outcome.splits),
     }
+    decision = decision_thresholds(outcome.val_scores, table.labels(classes)[outcome.splits["val"]], classes)
+    facts.update(thresholds=decision["thresholds"], threshold_rule=decision["rule"])
     save_checkpoint(
         out_dir,
         {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
@@ -350,7 +360,10 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": table_warnings(table, outcome.splits["train"]),
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    val_labels = table.labels(classes)[outcome.splits["val"]]
+    write_metrics_and_report(
+        out_dir, metrics, {name: outcome.test_scores}, test.labels(classes), outcome.val_scores, val_labels
+    )
     write_run_card(out_dir, facts, metrics, "peft")
     log_run(
         out_dir,

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from retune.errors import ConfigError
+from retune.io_utils import read_json
 
 
 def read_run_metrics(run: Path) -> dict:
@@ -21,7 +22,7 @@ def read_run_metrics(run: Path) -> dict:
         raise ConfigError(f"{run} is a scenario output folder; use `retune scenario compare {run}`")
     if not path.exists():
         raise ConfigError(f"{path}: no metrics.json here")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def metric_records(payload: dict, prefix: str = "") -> list[tuple[str, dict]]:
@@ -58,7 +59,7 @@ def run_settings(run: Path) -> dict[str, str]:
     config = (run if run.is_dir() else run.parent) / "config.json"
     if not config.exists():
         return {}
-    facts = json.loads(config.read_text())
+    facts = read_json(config)
     settings = flat_settings(facts.get("train_config", {}))
     settings["backbone.fingerprint"] = str(facts.get("backbone", {}).get("fingerprint", ""))
     settings["methods"] = ", ".join(facts.get("methods", {}))

@@ -19,15 +19,16 @@ import pandas as pd
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import TrainConfig, parse_config
+from retune.config import TrainConfig, absolute_paths, parse_config
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
 from retune.errors import RetuneError, StoreError, unknown_name
-from retune.evaluation.operating_point import calibration_bins, operating_points
+from retune.evaluation.operating_point import decision_thresholds
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
+    data_facts,
     embed_and_load,
     method_context,
     metrics_record,
@@ -37,8 +38,8 @@ from retune.experiments.prepare import (
     split_facts,
     split_positives,
     table_warnings,
+    write_metrics_and_report,
 )
-from retune.io_utils import write_json_atomic
 from retune.methods.base import Method, PromptBank, TaskData
 from retune.methods.checkpoint import (
     CHECKPOINT,
@@ -74,7 +75,9 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
 
 
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
-    """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
+    """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything.
+    Paths are recorded absolute, with the CSV's SHA-256, so the run folder means the same from any folder."""
+    config = absolute_paths(config, Path.cwd())
     out_dir = Path(out_dir)
     started = time.perf_counter()
     table = read_data(config.data)
@@ -110,6 +113,8 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
+    decision = decision_thresholds(val_scores, table.labels()[splits["val"]], classes)
     facts = {
         "kind": KIND,
         "backbone": backbone.describe(),
@@ -120,12 +125,14 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split": split_facts(config.split, splits),
         "training": training_facts,
         "data": {
-            "csv": str(config.data.csv),
+            **data_facts(config.data),
             "n_images": len(table),
             "n_failed_images": embedded.n_failed,
             "patient_column_missing": bool(table.extra.get("patient_column_missing")),
         },
         "positives": split_positives(table, splits),
+        "thresholds": decision["thresholds"],
+        "threshold_rule": decision["rule"],
     }
     save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
     record_training_digests(out_dir, table, splits, store)
@@ -139,23 +146,12 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": table_warnings(table, splits["train"]),
     }
-    val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
-    metrics["operating_points"] = operating_points(
-        val_scores, table.labels()[splits["val"]], test_scores[MAIN_METHOD], test.labels(classes), classes
+    write_metrics_and_report(
+        out_dir, metrics, test_scores, test.labels(classes), val_scores, table.labels()[splits["val"]]
     )
-    calibration = {name: calibration_bins(scores, test.labels(classes)) for name, scores in test_scores.items()}
-    metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    from retune.report.plots import plot_calibration, plot_roc_curves
     from retune.report.run_card import write_run_card
-    from retune.report.run_report import write_run_report
     from retune.report.tracking import log_run
 
-    plots = [
-        plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png"),
-        plot_calibration(calibration, out_dir / "calibration.png"),
-    ]
-    write_run_report(out_dir, metrics, metrics["operating_points"], plots)
     write_run_card(out_dir, facts, metrics, "train")
     saved = {**facts, "versions": package_versions()}
     log_run(

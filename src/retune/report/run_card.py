@@ -5,18 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from retune.io_utils import write_text_atomic
+from retune.report.text import format_interval as _interval
+from retune.report.text import record_mean_label
 
 RUN_CARD = "RUN_CARD.md"
 DEFAULT_BACKBONE_DOMAIN = (
     "general-domain (ImageNet EfficientNet-Lite0 image tower + sentence-transformers MiniLM text tower, "
     "not aligned, not trained on medical images)"
 )
-
-
-def _interval(value: float | None, interval: list | None) -> str:
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def backbone_domain(spec: str) -> str:
@@ -98,9 +94,8 @@ def run_card(facts: dict, metrics: dict, kind: str) -> str:
             + " | ".join(cells)
             + " |"
         )
-    defined = len(metrics["classes"]) - len(metrics.get("undefined_classes", []))
     lines.append(
-        f"| **mean ({defined} defined classes)** | | | "
+        f"| **{record_mean_label(metrics)}** | | | "
         + " | ".join(_interval(r["mean_auroc"], r["mean_auroc_ci"]) for r in records)
         + " |"
     )

@@ -10,6 +10,8 @@ import html
 from pathlib import Path
 
 from retune.io_utils import write_text_atomic
+from retune.report.text import format_interval as _interval
+from retune.report.text import record_mean_label
 
 DEFINITIONS = (
     (
@@ -22,7 +24,11 @@ DEFINITIONS = (
         "95% CI",
         "2.5th-97.5th percentile over bootstrap resamples of test patients (a patient's images stay together).",
     ),
-    ("mean AUROC", "average over the classes whose AUROC is defined; the header says how many."),
+    (
+        "mean AUROC",
+        "average over the classes with enough test positives (min_positives) and a defined AUROC; "
+        "its row says how many of the classes that is.",
+    ),
     (
         "operating point",
         "per class, the threshold maximising sensitivity + specificity - 1 (Youden's J) on the "
@@ -37,12 +43,6 @@ DEFINITIONS = (
 )
 
 
-def _interval(value: float | None, interval: list | None) -> str:
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
 def _share(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
@@ -55,7 +55,6 @@ def _inline_png(path: Path) -> str:
 def write_run_report(out_dir: Path, metrics: dict, operating: dict[str, dict], plots: list[Path]) -> Path:
     """Write report.html: headline, per-class table (AUROC/AUPRC + CIs, threshold, sensitivity, specificity), plots."""
     records = {metrics["method"]: metrics, **metrics.get("baselines", {})}
-    defined = len(metrics["classes"]) - len(metrics.get("undefined_classes", []))
     head = "".join(f"<th>{html.escape(name)} AUROC [95% CI]</th>" for name in records)
     rows = []
     for name in metrics["classes"]:
@@ -73,7 +72,9 @@ def write_run_report(out_dir: Path, metrics: dict, operating: dict[str, dict], p
         )
     means = "".join(f"<td><b>{_interval(r['mean_auroc'], r['mean_auroc_ci'])}</b></td>" for r in records.values())
     rows.append(
-        f"<tr><td><b>mean ({defined} defined classes)</b></td><td></td><td></td>{means}" + "<td></td>" * 4 + "</tr>"
+        f"<tr><td><b>{html.escape(record_mean_label(metrics))}</b></td><td></td><td></td>{means}"
+        + "<td></td>" * 4
+        + "</tr>"
     )
     definitions = "".join(f"<li><b>{html.escape(term)}</b>: {html.escape(text)}</li>" for term, text in DEFINITIONS)
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))

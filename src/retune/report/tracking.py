@@ -14,6 +14,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 ARTIFACT_SUFFIXES = (".json", ".md", ".png", ".html", ".yaml")
@@ -280,7 +282,47 @@ def mlflow_ui(folder: Path, host: str, port: int, announce=print) -> int:
         import mlflow.server  # noqa: F401  (absent with mlflow-skinny)
     except ImportError as error:
         raise ConfigError(f"the MLflow UI needs the full mlflow package ({error}); pip install mlflow") from None
-    announce(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)")
     environment = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.resolve().as_uri()]
-    return subprocess.call(command + ["--host", host, "--port", str(port), "--workers", "1"], env=environment)
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
+    # its own process group: mlflow starts a web server child; a signal to retune reaches them all
+    process = subprocess.Popen(command, env=environment, start_new_session=True)
+
+    def forward(signum, _frame) -> None:
+        _signal_group(process, signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if _wait_for_port(process, host, port):
+            announce(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)")
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+
+
+def _signal_group(process, signum: int) -> None:
+    """Send ``signum`` to the process group ``process`` leads (gone already: nothing to do)."""
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_port(process, host: str, port: int, timeout: float = 120.0) -> bool:
+    """Whether ``host:port`` answers before ``process`` exits (False) or ``timeout`` seconds pass (False)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False

@@ -28,7 +28,7 @@ from retune.data.splits import patient_split
 from retune.errors import ConfigError, DataError
 from retune.evaluation import continual_metrics, mean_and_sd
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
-from retune.io_utils import atomic_path, read_json, write_json_atomic
+from retune.io_utils import atomic_path, load_array, read_json, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
 from retune.progress import epoch_bar
@@ -173,7 +173,7 @@ def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
         target = folder / f"task{task_index + 1}"
         if not (target / "done.json").exists():
             break
-        finished.append(np.load(target / "test_scores.npy", allow_pickle=False))
+        finished.append(load_array(target / "test_scores.npy"))
     if finished:
         tensors, facts = load_checkpoint(folder / f"task{len(finished)}")
         method.load_state(tensors.get(method.name, {}), facts["methods"][method.name])
@@ -218,7 +218,8 @@ def claim_work_dir(folder: Path, fingerprint: str, restart: bool) -> None:
     """Make ``folder`` hold states of this fingerprint only: refuse saved states of another one (or any saved
     without a fingerprint), or with ``restart`` delete them first."""
     marker = folder / "fingerprint.json"
-    saved = json.loads(marker.read_text())["fingerprint"] if marker.exists() else None
+    recorded = read_json(marker) if marker.exists() else None
+    saved = recorded.get("fingerprint") if isinstance(recorded, dict) else None
     if folder.exists() and saved != fingerprint:
         if not restart:
             raise ConfigError(

@@ -34,8 +34,13 @@ class ServedRun:
 
     @property
     def thresholds(self) -> dict[str, float]:
-        """Decision thresholds per class, when the run stores them (none of today's run kinds does)."""
+        """Decision thresholds per class, chosen on validation when the run was trained (older runs store none)."""
         return {str(k): float(v) for k, v in (self.model.facts.get("thresholds") or {}).items()}
+
+    @property
+    def threshold_rule(self) -> str | None:
+        """How the run chose its decision thresholds (e.g. Youden's J on validation); None without thresholds."""
+        return self.model.facts.get("threshold_rule") if self.thresholds else None
 
     def summary(self) -> dict:
         """Name, kind, backbone, classes and headline metrics (test-split mean AUROC with its CI)."""

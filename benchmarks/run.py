@@ -21,7 +21,8 @@ from benchmarks.common import ROOT, Context, fmt, print_table, write_result  # n
 
 # Cheapest first, so a quick run shows numbers early; quality last (it may embed the NIH subset).
 BENCHMARKS = [
-    "training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche", "serve_abuse"
+    "training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche",
+    "serve_abuse", "seg",
 ]
 MODULES = {
     "training": "bench_training",
@@ -34,6 +35,7 @@ MODULES = {
     "distributed": "bench_distributed",
     "avalanche": "bench_avalanche",
     "serve_abuse": "bench_serve_abuse",
+    "seg": "bench_seg",
 }
 
 

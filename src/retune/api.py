@@ -431,3 +431,34 @@ def vqa_ask(run: str | Path, image: str | Path, question: str, store: str | Path
     from retune.experiments.vqa import ask
 
     return ask(run, image, question, store, device)
+
+
+# -- segmentation -------------------------------------------------------------------------------------------------
+def seg_train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Train a segmentation head (``SegmentationConfig``: linear, fpn or text) on the frozen tower's cached dense maps,
+    with the predict-nothing and from-scratch U-Net baselines on the same patient split; write the run to ``out``.
+
+    Returns the test metrics: per method and structure, Dice / IoU / HD95 with patient-bootstrap CIs.
+    """
+    from retune.experiments.segmentation import seg_train_run
+    from retune.segmentation.config import SegmentationConfig
+
+    return seg_train_run(as_config(config, SegmentationConfig), out, show_progress=show_progress)
+
+
+def seg_evaluate(run: str | Path, data: str | Path, format: str = "auto", image_root: str | Path | None = None,
+                 store: str | Path | None = None, n_bootstrap: int | None = None, show_progress: bool = False) -> dict:
+    """Score a segmentation run and the predict-nothing baseline on every image of a mask table (``data``)."""
+    from retune.experiments.segmentation import seg_evaluate_run
+    from retune.segmentation.config import SegDataConfig
+
+    settings = parse_config({"csv": data, "format": format, "image_root": image_root}, SegDataConfig, "data")
+    return seg_evaluate_run(run, settings, store, n_bootstrap, show_progress)
+
+
+def seg_predict(run: str | Path, images: list[str | Path], out: str | Path, structures: list[str] | None = None
+                ) -> list[dict]:
+    """Segment images with a run: per image a 0/255 mask PNG per structure and an overlay, at the image's size."""
+    from retune.experiments.segmentation import seg_predict_images
+
+    return seg_predict_images(run, images, out, structures)

@@ -319,3 +319,14 @@ def test_biovil_without_the_extra_names_it(spec, monkeypatch):
     monkeypatch.setitem(sys.modules, "health_multimodal", None)  # not importable, installed or not
     with pytest.raises(WeightsNotFoundError, match=re.escape("pip install 'retune[biovil]'")):
         create_backbone(spec, device="cpu")
+
+
+def test_open_clip_vit_gives_dense_maps_at_strides_4_to_32(tmp_path):
+    """Segmentation on a ViT tower: four blocks' patch tokens, resampled to strides 4-32 of its own input size."""
+    from PIL import Image
+
+    backbone = create_backbone(f"open_clip:{save_open_clip(tmp_path / 'model', seed=0)}", device="cpu")
+    pixels = backbone.dense_preprocess(Image.new("RGB", (70, 50)), 256)  # the tower's 32 px, not cropped
+    maps = backbone.dense_features(pixels[None])
+    assert tuple(pixels.shape) == (3, 32, 32)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(32 // s, 32 // s) for s in backbone.dense_strides]

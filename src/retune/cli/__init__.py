@@ -8,6 +8,7 @@ non-zero exit, never a stack trace.
 from retune.cli import (  # noqa: F401  (top-level commands register here)
     runs,
     scenario,
+    seg,
     serve,
     split,
     store,
@@ -23,5 +24,6 @@ app.add_typer(tuning.adaptor_app, name="adaptor")
 app.add_typer(tuning.peft_app, name="peft")
 app.add_typer(split.app, name="split")
 app.add_typer(vqa.app, name="vqa")
+app.add_typer(seg.app, name="seg")
 
 __all__ = ["app"]

@@ -30,7 +30,7 @@ from retune.errors import ConfigError, DataError, unknown_name
 from retune.evaluation import DEFAULT_MIN_POSITIVES
 from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
 from retune.evaluation.paired import paired_auroc_difference
-from retune.experiments import adaptor, peft, train  # noqa: F401  (importing them registers their run kinds)
+from retune.experiments import adaptor, peft, segmentation, train  # noqa: F401  (importing them registers their run kinds)
 from retune.experiments.kinds import SavedRun, loader_for
 from retune.experiments.prepare import is_training_csv, metrics_record, read_data
 from retune.methods.checkpoint import load_checkpoint

@@ -38,6 +38,7 @@ from retune.server.limits import (
 from retune.server.routers import pages as page_routes
 from retune.server.routers import runs as run_routes
 from retune.server.routers import scenarios as scenario_routes
+from retune.server.routers import seg as seg_routes
 from retune.server.routers import vqa as vqa_routes
 from retune.server.routers.runs import batch_scorer
 from retune.server.runs import ServedRun
@@ -61,7 +62,7 @@ CSP = (
 DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 # Set on every response; a response that sets its own Cache-Control (the in-memory plots) keeps it.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
-ROUTERS = (run_routes.router, scenario_routes.router, page_routes.router, vqa_routes.router)
+ROUTERS = (run_routes.router, scenario_routes.router, page_routes.router, seg_routes.router, vqa_routes.router)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -218,11 +219,15 @@ def serve(
     from retune.server.scenarios import load_served_scenarios
 
     keep_freed_memory_for_reuse()  # a batch's activations come from the heap, not page-faulted in at every call
-    runs = load_served_runs([d for d in directories if not is_scenario_folder(d)], store_dir, config.device)
+    segmentation = [d for d in directories if seg_routes.is_seg_run(d)]
+    classifiers = [d for d in directories if not is_scenario_folder(d) and d not in segmentation]
+    runs = load_served_runs(classifiers, store_dir, config.device)
     scenarios = load_served_scenarios([d for d in directories if is_scenario_folder(d)])
     app = create_app(runs, config, scenarios)
+    app.state.seg_runs = seg_routes.load_seg_runs(segmentation, config.device)
     host = f"[{config.host}]" if ":" in config.host else config.host
     served = [f"{len(runs)} run(s) ({', '.join(runs)})"] if runs else []
+    served += [f"{len(app.state.seg_runs)} segmentation run(s) (pages at /seg/<name>)"] if segmentation else []
     served += [f"{len(scenarios)} scenario(s) ({', '.join(scenarios)})"] if scenarios else []
     announce(f"serving {' and '.join(served)} at http://{host}:{config.port}/ (API docs at /docs)")
     if not is_loopback(config.host):

@@ -8,6 +8,7 @@ Layout (every file is plain Parquet or JSON that pandas, Polars and Ray read as 
     STORE/texts/fp=<fingerprint>/part-*.parquet   text_hash, text, embedding
     STORE/prefix/fp=<fingerprint>-k<K>/part-*.parquet  content_hash, activation (frozen first-K-block output, flat)
     STORE/text_tokens/fp=<fingerprint>/part-*.parquet  text_hash, tokens (max_tokens*D, zero-padded), n_tokens
+    STORE/dense/fp=<fingerprint>-dense<S>/part-*.parquet  content_hash, features (float16 multi-scale maps, flat)
     STORE/files/part-*.parquet                    path, size, mtime_ns, content_hash (hash cache)
     STORE/errors/embed-*.csv                      images that could not be read, with the reason
 
@@ -40,13 +41,14 @@ from retune.io_utils import atomic_path, read_json, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-KINDS = ("images", "tokens", "texts", "text_tokens", "prefix")
+KINDS = ("images", "tokens", "texts", "text_tokens", "prefix", "dense")
 _KEY_COLUMN = {
     "prefix": "content_hash",
     "images": "content_hash",
     "tokens": "content_hash",
     "texts": "text_hash",
     "text_tokens": "text_hash",
+    "dense": "content_hash",
 }
 _VECTOR_COLUMN = {
     "prefix": "activation",
@@ -54,6 +56,7 @@ _VECTOR_COLUMN = {
     "tokens": "tokens",
     "texts": "embedding",
     "text_tokens": "tokens",
+    "dense": "features",
 }
 
 

@@ -22,6 +22,7 @@ demo: venv
 
 test: venv-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports  # the layer contract in pyproject.toml
 	$(BIN)/pytest -q
 
 # Benchmarks (outside `make test`): benchmarks/README.md. Extra options: make bench BENCH_ARGS="--only embed".

@@ -22,7 +22,6 @@ from retune.config import OptimConfig, PeftExperimentConfig, parse_config
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
-from retune.distributed.ddp import Group
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
 from retune.experiments.kinds import SavedRun, register_run_kind
@@ -56,6 +55,7 @@ from retune.report.tracking import log_run
 from retune.store import EmbeddingStore
 from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
+from retune.training.process_group import Group
 from retune.tuning.adapters import apply_tuning
 from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder_parameters
 from retune.tuning.split import can_cache_prefix, image_features_fn, image_split, prompt_features_fn

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retune.io_utils import write_text_atomic
+from retune.version import __version__
 
 RUN_CARD = "RUN_CARD.md"
 DEFAULT_BACKBONE_DOMAIN = (
@@ -30,8 +31,6 @@ def backbone_domain(spec: str) -> str:
 
 def _model_and_data(kind: str, main: str, methods: list[str], facts: dict) -> list[str]:
     """Title, files, model and data sections shared by every kind of run."""
-    from retune import __version__
-
     backbone, split = facts["backbone"], facts.get("split", {})
     files = (
         "`checkpoint.safetensors` (tensors only), `config.json` (settings and facts), `metrics.json` (full precision)"

@@ -148,7 +148,7 @@ def reached(out: Path, boundary: int, every_task: int) -> bool:
 def test_scenario_killed_at_every_task_boundary_and_during_logging_resumes_exactly(tmp_path):
     """naive and lwf, 2 tasks each: a process is killed after lwf's first task (naive finished, lwf half done), the
     next while logging to MLflow; the resumed results.json are byte for byte those of an uninterrupted run, with one
-    MLflow run per method. (tests/unit/test_resume_exact.py resumes after every task boundary in-process.)"""
+    MLflow run per method. (tests/scenarios/test_resume_exact.py resumes after every task boundary in-process.)"""
     csv = write_phantom_dataset(tmp_path / "data", n=80, seed=2, size=64)
     config = scenario_file(tmp_path, csv)
     reference = start("scenario", "run", config, "--out", tmp_path / "reference")

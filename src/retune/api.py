@@ -14,7 +14,6 @@ Configs may be given as the pydantic model, a dict of its fields or a YAML file;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,12 +53,16 @@ class Run:
     @property
     def metrics(self) -> dict:
         """The run's ``metrics.json`` (test split, with CIs)."""
-        return json.loads((self.path / "metrics.json").read_text())
+        from retune.experiments.run_folder import read_run_metrics
+
+        return read_run_metrics(self.path)
 
     @property
     def facts(self) -> dict:
         """The run's ``config.json``: backbone, classes, prompts, split and training config."""
-        return json.loads((self.path / "config.json").read_text())
+        from retune.experiments.run_folder import read_run_facts
+
+        return read_run_facts(self.path)
 
     @property
     def classes(self) -> list[str]:
@@ -150,7 +153,7 @@ def run_scenario(
 
     Returns {method: results} and writes OUT/<method>/results.json, OUT/report.html and (``track``) MLflow runs.
     """
-    from retune.report.tracking import log_scenario_results
+    from retune.experiments.run_folder import track_scenario
     from retune.scenarios.runner import run_scenario as run
     from retune.scenarios.spec import ScenarioConfig
 
@@ -171,7 +174,7 @@ def run_scenario(
         engine=engine,
     )
     if track:
-        log_scenario_results(results, out, settings.tracking_uri)
+        track_scenario(results, out, settings.tracking_uri)
     return results
 
 
@@ -333,6 +336,7 @@ def mlflow_ui(
     folder: str | Path, host: str = "127.0.0.1", port: int = 5000, announce: Callable[[str], None] = print
 ) -> int:
     """Run the MLflow UI over a run's or scenario's ``mlruns`` until it stops; returns its exit code."""
+    from retune.experiments.run_folder import mlflow_store
     from retune.report.tracking import mlflow_ui as run_ui
 
-    return run_ui(Path(folder), host, port, announce)
+    return run_ui(mlflow_store(Path(folder)), host, port, announce)

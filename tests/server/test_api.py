@@ -26,7 +26,7 @@ def client(served_runs):
 
 @pytest.fixture(scope="module")
 def phantom_png(phantom_run) -> tuple[str, bytes]:
-    path = sorted((phantom_run[1].parent / "images").glob("*.png"))[0]
+    path = sorted((phantom_run.csv.parent / "images").glob("*.png"))[0]
     return path.name, path.read_bytes()
 
 
@@ -54,7 +54,7 @@ def test_predict_matches_retune_predict_through_the_store(client, phantom_run, p
     """In-memory scoring gives the same probabilities as `retune predict` (which goes through the embedding store)."""
     from retune.experiments.inference import predict_images
 
-    expected, _ = predict_images(phantom_run[0], [phantom_run[1].parent / "images" / phantom_png[0]])
+    expected, _ = predict_images(phantom_run.run, [phantom_run.csv.parent / "images" / phantom_png[0]])
     response = predict(client, phantom_png)
     assert response.status_code == 200, response.text
     (prediction,) = response.json()["predictions"]
@@ -274,11 +274,10 @@ def test_a_peft_run_is_served_with_the_scores_of_retune_predict(phantom_run):
     from retune.experiments.peft import run_peft_experiment
     from retune.server import load_served_runs
 
-    run_dir, csv = phantom_run
-    peft_dir = run_dir.parent / "peft-freeze"
+    csv, peft_dir = phantom_run.csv, phantom_run.root / "peft-freeze"
     settings = {"method": "freeze", "freeze_blocks": 6, "epochs": 1, "n_bootstrap": 0}
     config = PeftExperimentConfig.model_validate(
-        {"data": {"csv": str(csv)}, "store": str(run_dir.parent / "store"), **settings}
+        {"data": {"csv": str(csv)}, "store": str(phantom_run.store), **settings}
     )
     run_peft_experiment(config, peft_dir)
     image = min((csv.parent / "images").glob("*.png"))

@@ -36,22 +36,12 @@ from retune.experiments.prepare import (
     split_positives,
     table_warnings,
 )
-from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    RunFacts,
-    check_facts,
-    load_checkpoint,
-    package_versions,
-    save_checkpoint,
-)
+from retune.experiments.run_folder import CHECKPOINT, CONFIG, PEFT, finish_run
+from retune.methods.checkpoint import RunFacts, check_facts, load_checkpoint
 from retune.methods.retune import ReTuneModel
 from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
 from retune.prompts import build_prompts
-from retune.report.run_card import write_run_card
-from retune.report.tracking import log_run
 from retune.store import EmbeddingStore
 from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
@@ -71,7 +61,6 @@ __all__ = [
 ]
 
 PREDICT_BATCH = 32
-KIND = "peft"
 
 
 def method_name(config: PeftExperimentConfig) -> str:
@@ -317,7 +306,6 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": outcome.prompts,
@@ -329,11 +317,6 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "data": {"csv": str(config.data.csv), "n_images": len(table)},
         "positives": split_positives(table, outcome.splits),
     }
-    save_checkpoint(
-        out_dir,
-        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
-        facts,
-    )
     record_training_digests(out_dir, table, outcome.splits, store)
     metrics = {
         **record,
@@ -350,12 +333,12 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": table_warnings(table, outcome.splits["train"]),
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_run_card(out_dir, facts, metrics, "peft")
-    log_run(
+    finish_run(
         out_dir,
-        "peft",
-        {**facts, "versions": package_versions()},
+        PEFT,
+        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
+        facts,
+        metrics,
         {"": record},
         facts["training"],
         config.tracking_uri,
@@ -488,7 +471,7 @@ def load_tuned_run(
     return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)
 
 
-@register_run_kind(KIND)
+@register_run_kind(PEFT)
 def open_peft_run(
     run_dir: Path,
     checkpoint: tuple[dict, dict],

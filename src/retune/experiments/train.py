@@ -1,7 +1,7 @@
 """Train RE-tune and its baselines on cached embeddings as one Python API (``retune train`` calls it).
 
-A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots;
-``retune.experiments.inference`` applies it to new data.
+A run directory (format: ``retune.experiments.run_folder``) holds the checkpoint, config.json, metrics.json, the
+report, the run card and plots; ``retune.experiments.inference`` applies it to new data.
 RE-tune and its baselines (linear probe; zero-shot on aligned backbones) are trained and
 evaluated in the same call on the same patient-level split.
 """
@@ -38,17 +38,9 @@ from retune.experiments.prepare import (
     split_positives,
     table_warnings,
 )
-from retune.io_utils import write_json_atomic
+from retune.experiments.run_folder import CALIBRATION_PLOT, CHECKPOINT, CONFIG, ROC_PLOT, TRAIN, finish_run
 from retune.methods.base import Method, PromptBank, TaskData
-from retune.methods.checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    RunFacts,
-    check_facts,
-    load_checkpoint,
-    package_versions,
-    save_checkpoint,
-)
+from retune.methods.checkpoint import RunFacts, check_facts, load_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.methods.retune import ReTuneModel
 from retune.progress import epoch_bar
@@ -56,7 +48,6 @@ from retune.store import EmbeddingStore, embed_table, image_embeddings
 from retune.store.memory import MemoryOverlay
 
 MAIN_METHOD = "retune"
-KIND = "retune-train"
 
 
 def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
@@ -111,7 +102,6 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": prompts,
@@ -127,7 +117,6 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         },
         "positives": split_positives(table, splits),
     }
-    save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
     record_training_digests(out_dir, table, splits, store)
     metrics = {
         **per_method[MAIN_METHOD],
@@ -145,26 +134,23 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     )
     calibration = {name: calibration_bins(scores, test.labels(classes)) for name, scores in test_scores.items()}
     metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
-    write_json_atomic(out_dir / "metrics.json", metrics)
     from retune.report.plots import plot_calibration, plot_roc_curves
-    from retune.report.run_card import write_run_card
-    from retune.report.run_report import write_run_report
-    from retune.report.tracking import log_run
+    from retune.report.run_report import run_report
 
     plots = [
-        plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png"),
-        plot_calibration(calibration, out_dir / "calibration.png"),
+        plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / ROC_PLOT),
+        plot_calibration(calibration, out_dir / CALIBRATION_PLOT),
     ]
-    write_run_report(out_dir, metrics, metrics["operating_points"], plots)
-    write_run_card(out_dir, facts, metrics, "train")
-    saved = {**facts, "versions": package_versions()}
-    log_run(
+    finish_run(
         out_dir,
-        "train",
-        saved,
+        TRAIN,
+        {name: method.state() for name, method in trained.items()},
+        facts,
+        metrics,
         {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
         training_facts,
         config.tracking_uri,
+        report_html=run_report(out_dir.name, metrics, metrics["operating_points"], plots),
     )
     return metrics
 
@@ -253,7 +239,7 @@ def score_embedded(
     return scores, rows, summary.errors
 
 
-@register_run_kind(KIND)
+@register_run_kind(TRAIN)
 def open_train_run(
     run_dir: Path,
     checkpoint: tuple[dict, dict],

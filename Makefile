@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv venv-test demo test bench bench-quick clean
+.PHONY: venv venv-test demo test test-fast bench bench-quick clean
 
 venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
@@ -24,6 +24,14 @@ test: venv-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports  # the layer contract in pyproject.toml
 	$(BIN)/pytest -q
+
+# The quick loop while developing: lint, the layer contract, and the unit tests only, i.e. every test except those
+# marked integration (real data under ../shared, the browser test) or slow (kill loops, memory, Ray). Under 2
+# minutes on 2 cores; `make test` runs everything.
+test-fast: venv-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -m "not integration and not slow"
 
 # Benchmarks (outside `make test`): benchmarks/README.md. Extra options: make bench BENCH_ARGS="--only embed".
 BENCH_ARGS ?=

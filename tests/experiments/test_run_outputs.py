@@ -202,21 +202,6 @@ def test_run_card_describes_backbone_data_metrics_and_limits(phantom_run):
     assert "linear_probe AUROC" in card
 
 
-def test_train_names_the_store_it_writes(phantom_run, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            *train_command(phantom_run, str(tmp_path / "r")),
-            "--config",
-            str(phantom_run.config),
-            "--epochs",
-            "2",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert f"embedding store: {phantom_run.store.resolve()} (existing" in result.stderr.replace("\n", "")
-
-
 def test_predict_and_evaluate_add_nothing_to_the_store_without_cache(phantom_run, tmp_path):
     """New images are embedded in memory; only --cache adds their embeddings (and hashes/paths) to the store."""
     from retune.data.phantoms import write_phantom_dataset
@@ -291,7 +276,8 @@ def test_ui_serves_the_runs_mlflow_store_and_refuses_mlflow_without_its_server(p
 
 
 def test_train_progress_bars_on_stderr_only_when_asked(phantom_run, capsys):
-    """Each method gets a bar (epoch, loss, validation AUROC) on stderr; the CLI shows none when not on a TTY."""
+    """Each method gets a bar (epoch, loss, validation AUROC) on stderr; the CLI shows none when not on a TTY, and
+    names the (existing) store it writes to."""
     import retune
 
     retune.train(
@@ -319,6 +305,7 @@ def test_train_progress_bars_on_stderr_only_when_asked(phantom_run, capsys):
         ],
     )
     assert result.exit_code == 0 and "val AUROC" not in result.stderr
+    assert f"embedding store: {phantom_run.store.resolve()} (existing" in result.stderr.replace("\n", "")
 
 
 def test_train_writes_a_self_contained_report_with_operating_points(phantom_run):

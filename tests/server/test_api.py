@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import tempfile
 
@@ -34,18 +36,20 @@ def predict(client: TestClient, *files: tuple[str, bytes], run: str = "phantom-r
     return client.post(f"/v1/runs/{run}/predict", files=[("images", (name, data)) for name, data in files], **kwargs)
 
 
-def test_health_and_runs_list_the_served_run(client):
+def test_health_and_runs_list_the_served_run(client, phantom_run):
     assert client.get("/v1/health").json()["runs"] == ["phantom-run"]
     (summary,) = client.get("/v1/runs").json()["runs"]
     assert summary["name"] == "phantom-run" and summary["kind"] == "train" and summary["method"] == "retune"
     assert summary["backbone"] == "default" and len(summary["classes"]) > 1
-    assert summary["headline"]["split"] == "test" and summary["headline"]["mean_auroc"] is not None
+    saved = json.loads((phantom_run.run / "metrics.json").read_text())
+    assert summary["headline"]["split"] == "test" and summary["headline"]["mean_auroc"] == saved["mean_auroc"]
 
 
-def test_run_details_hold_metrics_config_and_roc_plot(client):
+def test_run_details_hold_metrics_config_and_roc_plot(client, phantom_run):
     details = client.get("/v1/runs/phantom-run").json()
     assert set(details["metrics"]["per_class"]) == set(details["classes"])
-    assert details["config"]["train_config"]["n_bootstrap"] == 20
+    saved = json.loads((phantom_run.run / "config.json").read_text())
+    assert details["config"]["train_config"] == saved["train_config"] and saved["train_config"]["n_bootstrap"] == 50
     roc = client.get("/v1/runs/phantom-run/roc.png")
     assert roc.status_code == 200 and roc.headers["content-type"] == "image/png" and roc.content[:4] == b"\x89PNG"
 
@@ -64,8 +68,10 @@ def test_predict_matches_retune_predict_through_the_store(client, phantom_run, p
         assert got[finding] == pytest.approx(float(expected[finding].iloc[0]), abs=1e-4)
     probabilities = [row["probability"] for row in prediction["findings"]]
     assert probabilities == sorted(probabilities, reverse=True)
-    first = prediction["findings"][0]
-    assert first["positive_similarity"] is not None and first["decision"] is None
+    tau = json.loads((phantom_run.run / "config.json").read_text())["tau"]
+    for row in prediction["findings"]:  # RE-tune's probability is sigmoid(tau * (positive - negative similarity))
+        margin = tau * (row["positive_similarity"] - row["negative_similarity"])
+        assert row["probability"] == pytest.approx(1 / (1 + math.exp(-margin)), abs=1e-4) and row["decision"] is None
 
 
 def test_predict_several_images_keeps_their_order(client, phantom_png):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.slow
 RETUNE = [sys.executable, "-m", "retune.cli"]
 ENV = {**os.environ, "COLUMNS": "1000"}  # rich wraps at 80 columns without a terminal
 PEAK_RSS_LIMIT_MB = 1536
-N_KILLED_EMBED = 64
+EMBED_SHARD_ROWS = 512  # retune.store.embed flushes a shard every 512 images (or 30 s)
+N_KILLED_EMBED = EMBED_SHARD_ROWS + 160  # so a kill after the first shard lands before the last image
 
 
 def start(*args: str | Path) -> subprocess.Popen:
@@ -103,18 +105,40 @@ def store_rows(store: Path) -> list[str]:
 
 
 @pytest.mark.timeout(900)
-def test_embed_killed_again_and_again_resumes_to_one_row_per_image(tmp_path):
-    """kill -9 at growing delays, then a full run: every distinct image stored exactly once, the manifest valid."""
-    csv = write_phantom_dataset(tmp_path / "data", n=N_KILLED_EMBED, seed=1, size=96)
+def test_embed_killed_mid_encoding_resumes_to_one_row_per_distinct_image(tmp_path):
+    """kill -9 of `retune embed` once its first shard is on disk and before it finishes (checked: killed by the
+    signal, some but not all images stored), then a rerun: it reuses every stored row, computes only the rest, and
+    the store holds each distinct image once (two byte-identical files count once), with a valid manifest."""
+    csv = write_phantom_dataset(tmp_path / "data", n=N_KILLED_EMBED, seed=1, size=32)
+    frame = pd.read_csv(csv, dtype=str)
+    duplicate = frame.iloc[[0]].assign(path="images/same_bytes.png", patient_id="dup")
+    (csv.parent / "images" / "same_bytes.png").write_bytes((csv.parent / frame["path"].iloc[0]).read_bytes())
+    pd.concat([frame, duplicate]).to_csv(csv, index=False)
     store = tmp_path / "store"
-    for delay in (6.0, 10.0):  # the first usually lands while the backbone loads, the second while encoding
-        process = start("embed", csv, "--store", store, "--batch-size", "4", "--workers", "1")
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
+    command = ["embed", csv, "--store", store, "--workers", "0"]
+    process = start(*command)
+    try:
+        deadline = time.monotonic() + 300
+        while not store_rows(store):  # the first shard (EMBED_SHARD_ROWS images) is written while encoding goes on
+            assert process.poll() is None, f"embed ended before writing a shard: {process.communicate()}"
+            assert time.monotonic() < deadline, "no finished shard after 300 s"
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
         process.communicate()
-    final = start("embed", csv, "--store", store, "--batch-size", "4", "--workers", "1")
+    assert process.returncode == -signal.SIGKILL, f"embed was not killed mid-run (exit {process.returncode})"
+    before = len(store_rows(store))
+    assert 0 < before < N_KILLED_EMBED
+
+    final = start(*command)
     out, err = final.communicate(timeout=600)
     assert final.returncode == 0, err
+    summary = re.search(r"(\d+) rows, (\d+) unique images: (\d+) cached, (\d+) computed", out)
+    assert summary, out
+    assert [int(value) for value in summary.groups()] == [
+        N_KILLED_EMBED + 1, N_KILLED_EMBED, before, N_KILLED_EMBED - before
+    ]
     rows = store_rows(store)
     assert len(rows) == len(set(rows)) == N_KILLED_EMBED
     assert json.loads((store / "manifest.json").read_text())["format_version"] == 1

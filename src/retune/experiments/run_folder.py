@@ -69,10 +69,12 @@ def finish_run(
     configured_uri: str | None = None,
     extra_metrics: dict[str, float | None] | None = None,
     report_html: str | None = None,
+    card: str | None = None,
 ) -> None:
     """Write a finished run in one step: checkpoint and config.json (``facts`` with ``kind``), metrics.json,
-    report.html (when given), RUN_CARD.md, and last its MLflow run (``tracked``: metric prefix -> metrics record,
-    ``histories``: method -> facts with a per-epoch ``history``), which takes the files above as artifacts."""
+    report.html (when given), RUN_CARD.md (``card``, else the card ``retune.report.run_card`` makes for the kind),
+    and last its MLflow run (``tracked``: metric prefix -> metrics record, ``histories``: method -> facts with a
+    per-epoch ``history``), which takes the files above as artifacts."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {"kind": kind, **facts}
@@ -82,7 +84,7 @@ def finish_run(
     if report_html is not None:
         write_text_atomic(out_dir / REPORT, report_html)
         files.append(REPORT)
-    write_text_atomic(out_dir / RUN_CARD, run_card(facts, metrics, kind, files, MLRUNS))
+    write_text_atomic(out_dir / RUN_CARD, card or run_card(facts, metrics, kind, files, MLRUNS))
     log_run(
         out_dir,
         kind,

@@ -27,8 +27,7 @@ pytestmark = pytest.mark.slow
 RETUNE = [sys.executable, "-m", "retune.cli"]
 ENV = {**os.environ, "COLUMNS": "1000"}  # rich wraps at 80 columns without a terminal
 PEAK_RSS_LIMIT_MB = 1536
-EMBED_SHARD_ROWS = 512  # retune.store.embed flushes a shard every 512 images (or 30 s)
-N_KILLED_EMBED = EMBED_SHARD_ROWS + 160  # so a kill after the first shard lands before the last image
+N_KILLED_EMBED = 48
 
 
 def start(*args: str | Path) -> subprocess.Popen:
@@ -104,35 +103,47 @@ def store_rows(store: Path) -> list[str]:
     ]
 
 
+# The CLI's embedding loop with 4-image shards (the CLI flushes every 512 images or 30 s), so that a kill lands
+# between shards of a few dozen phantoms.
+EMBED_IN_SMALL_SHARDS = (
+    "import sys; from retune.backbones.registry import create_backbone; from retune.data.readers import read_table; "
+    "from retune.store import EmbeddingStore; from retune.store.embed import embed_table; "
+    "embed_table(read_table(sys.argv[1]), create_backbone('default', device='cpu'), EmbeddingStore(sys.argv[2]), "
+    "batch_size=4, workers=0, shard_size=4, show_progress=False)"
+)
+
+
 @pytest.mark.timeout(900)
 def test_embed_killed_mid_encoding_resumes_to_one_row_per_distinct_image(tmp_path):
-    """kill -9 of `retune embed` once its first shard is on disk and before it finishes (checked: killed by the
-    signal, some but not all images stored), then a rerun: it reuses every stored row, computes only the rest, and
-    the store holds each distinct image once (two byte-identical files count once), with a valid manifest."""
+    """kill -9 of the embedding loop once its first shard is on disk and before it finishes (checked: killed by
+    the signal, some but not all images stored), then `retune embed`: it reuses every stored row, computes only the
+    rest, and the store holds each distinct image once (two byte-identical files count once), manifest valid."""
     csv = write_phantom_dataset(tmp_path / "data", n=N_KILLED_EMBED, seed=1, size=32)
     frame = pd.read_csv(csv, dtype=str)
     duplicate = frame.iloc[[0]].assign(path="images/same_bytes.png", patient_id="dup")
     (csv.parent / "images" / "same_bytes.png").write_bytes((csv.parent / frame["path"].iloc[0]).read_bytes())
     pd.concat([frame, duplicate]).to_csv(csv, index=False)
     store = tmp_path / "store"
-    command = ["embed", csv, "--store", store, "--workers", "0"]
-    process = start(*command)
+    process = subprocess.Popen([sys.executable, "-c", EMBED_IN_SMALL_SHARDS, str(csv), str(store)], env=ENV)
     try:
         deadline = time.monotonic() + 300
-        while not store_rows(store):  # the first shard (EMBED_SHARD_ROWS images) is written while encoding goes on
-            assert process.poll() is None, f"embed ended before writing a shard: {process.communicate()}"
+        while not store_rows(store):
+            assert process.poll() is None, "the embedding loop ended before writing a shard"
             assert time.monotonic() < deadline, "no finished shard after 300 s"
-            time.sleep(0.1)
+            time.sleep(0.05)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL, f"embed was not killed mid-run (exit {process.returncode})"
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, f"embedding was not killed mid-run (exit {process.returncode})"
     before = len(store_rows(store))
     assert 0 < before < N_KILLED_EMBED
 
-    final = start(*command)
-    out, err = final.communicate(timeout=600)
+    final = start("embed", csv, "--store", store, "--workers", "0")
+    try:
+        out, err = final.communicate(timeout=600)
+    finally:
+        final.kill()
     assert final.returncode == 0, err
     summary = re.search(r"(\d+) rows, (\d+) unique images: (\d+) cached, (\d+) computed", out)
     assert summary, out

@@ -25,13 +25,13 @@ test: venv-test
 	$(BIN)/lint-imports  # the layer contract in pyproject.toml
 	$(BIN)/pytest -q
 
-# The quick loop while developing: lint, the layer contract, and the unit tests only, i.e. every test except those
-# marked integration (real data under ../shared, the browser test) or slow (kill loops, memory, Ray). Under 2
-# minutes on 2 cores; `make test` runs everything.
+# The quick loop while developing: lint, the layer contract and the unit tests only, i.e. every test outside
+# tests/integration (real data under ../shared) and tests/slow (kill loops, memory), and none marked integration
+# (the browser test) or slow (Ray). `make test` runs everything.
 test-fast: venv-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -m "not integration and not slow"
+	$(BIN)/pytest -q -m "not integration and not slow" --ignore=tests/integration --ignore=tests/slow
 
 # Benchmarks (outside `make test`): benchmarks/README.md. Extra options: make bench BENCH_ARGS="--only embed".
 BENCH_ARGS ?=

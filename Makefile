@@ -27,7 +27,8 @@ test: venv-test
 
 # The quick loop while developing: lint, the layer contract and the unit tests only, i.e. every test outside
 # tests/integration (real data under ../shared) and tests/slow (kill loops, memory), and none marked integration
-# (the browser test) or slow (Ray). `make test` runs everything.
+# (the browser test) or slow (Ray): 631 tests, about 215 CPU-seconds (one process), so some 4 minutes on 2 idle
+# cores; `make test` runs everything.
 test-fast: venv-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports

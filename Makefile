@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv venv-test demo test bench bench-quick clean docs results
+.PHONY: venv venv-test demo test test-fast bench bench-quick clean docs results
 
 venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
@@ -22,7 +22,17 @@ demo: venv
 
 test: venv-test docs
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports  # the layer contract in pyproject.toml
 	$(BIN)/pytest -q
+
+# The quick loop while developing: lint, the layer contract and the unit tests only, i.e. every test outside
+# tests/integration (real data under ../shared) and tests/slow (kill loops, memory), and none marked integration
+# (the browser test) or slow (Ray): 631 tests, about 215 CPU-seconds (one process), so some 4 minutes on 2 idle
+# cores; `make test` runs everything.
+test-fast: venv-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -m "not integration and not slow" --ignore=tests/integration --ignore=tests/slow
 
 # Benchmarks (outside `make test`): benchmarks/README.md. Extra options: make bench BENCH_ARGS="--only embed".
 BENCH_ARGS ?=

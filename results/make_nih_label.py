@@ -5,7 +5,7 @@ Long (tens of minutes on a few CPU cores; resumes finished tasks). From the repo
     python results/make_nih_label.py [--store DIR] [--work DIR]
 """
 
-from retune.report.results_pages import scenario_results_main
+from scenario_results import scenario_results_main
 
 if __name__ == "__main__":
     scenario_results_main("nih_label", "configs/results-nih-label.yaml")

@@ -23,7 +23,7 @@ import pandas as pd
 from retune.config import TrainConfig, absolute_paths, load_yaml_config, parse_config
 from retune.errors import ConfigError
 from retune.evaluation.metrics import DEFAULT_MIN_POSITIVES
-from retune.io_utils import read_json, removed_on_failure
+from retune.io_utils import removed_on_failure
 
 ConfigLike = Any  # a pydantic config, a dict of its fields, or the path of a YAML file
 
@@ -55,12 +55,16 @@ class Run:
     @property
     def metrics(self) -> dict:
         """The run's ``metrics.json`` (test split, with CIs)."""
-        return read_json(self.path / "metrics.json")
+        from retune.experiments.run_folder import read_run_metrics
+
+        return read_run_metrics(self.path)
 
     @property
     def facts(self) -> dict:
         """The run's ``config.json``: backbone, classes, prompts, split and training config."""
-        return read_json(self.path / "config.json")
+        from retune.experiments.run_folder import read_run_facts
+
+        return read_run_facts(self.path)
 
     @property
     def classes(self) -> list[str]:
@@ -158,7 +162,7 @@ def run_scenario(
 
     Returns {method: results} and writes OUT/<method>/results.json, OUT/report.html and (``track``) MLflow runs.
     """
-    from retune.report.tracking import log_scenario_results
+    from retune.experiments.run_folder import track_scenario
     from retune.scenarios.runner import run_scenario as run
     from retune.scenarios.spec import ScenarioConfig
 
@@ -180,7 +184,7 @@ def run_scenario(
             engine=engine,
         )
     if track:
-        log_scenario_results(results, out, settings.tracking_uri)
+        track_scenario(results, out, settings.tracking_uri)
     return results
 
 
@@ -347,9 +351,10 @@ def mlflow_ui(
     folder: str | Path, host: str = "127.0.0.1", port: int = 5000, announce: Callable[[str], None] = print
 ) -> int:
     """Run the MLflow UI over a run's or scenario's ``mlruns`` until it stops; returns its exit code."""
+    from retune.experiments.run_folder import mlflow_store
     from retune.report.tracking import mlflow_ui as run_ui
 
-    return run_ui(Path(folder), host, port, announce)
+    return run_ui(mlflow_store(Path(folder)), host, port, announce)
 
 
 def adaptor_bench(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
@@ -372,7 +377,7 @@ def caption(run: str | Path, images: list[str | Path], device: str | None = None
 def export_split(folder: str | Path, split: str, out: str | Path) -> dict:
     """Write a run's or a scenario's ``split`` (train, val or test) to the CSV ``out``, rebuilt exactly as training
     built it (same CSV content, store rows, fractions and seed); returns what was written."""
-    from retune.experiments.split_export import export_split as export
+    from retune.scenarios.split_export import export_split as export
 
     return export(folder, split, out)
 

@@ -102,15 +102,6 @@ class DataConfig(StrictModel):
     classes: list[str] | None = None
     metadata_csv: Path | None = Field(None, description="mimic only: mimic-cxr-2.0.0-metadata.csv (images per study).")
 
-    @field_validator("format")
-    @classmethod
-    def _registered_format(cls, value: str) -> str:
-        from retune.data.readers import READERS
-
-        if value != "auto" and value not in READERS:
-            raise ValueError(f"unknown format '{value}'; valid: auto, {', '.join(READERS)}")
-        return value
-
 
 class SplitConfig(StrictModel):
     """Patient-level train/val/test split."""

@@ -60,7 +60,7 @@ def execute_scenario(
 ) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.api import run_scenario
-    from retune.report.tracking import default_tracking_uri
+    from retune.experiments.run_folder import tracking_uri
 
     check_engine(engine, address)
     announce_store(settings.store)
@@ -84,7 +84,7 @@ def execute_scenario(
     print_comparison(results)
     if track:
         console.print(
-            escape(f"MLflow: {settings.tracking_uri or default_tracking_uri(out)} (browse: retune ui {out})"),
+            escape(f"MLflow: {tracking_uri(out, settings.tracking_uri)} (browse: retune ui {out})"),
             highlight=False,
         )
     console.print(escape(f"report: {out / 'report.html'}"), highlight=False)

@@ -33,7 +33,7 @@ IMAGE_ROOT = typer.Option(None, help="Folder image paths resolve against (defaul
 
 def print_seg_metrics(metrics: dict) -> None:
     """One row per structure and method: Dice / IoU / HD95 with CIs, and the empty-mask columns."""
-    from retune.report.seg_report import METRIC_HEADER, metric_rows
+    from retune.segmentation.report import METRIC_HEADER, metric_rows
 
     table = Table(title=f"test: {metrics['n_images']} images of {metrics['n_patients']} patients "
                         f"(95% CIs, {metrics['n_bootstrap']} patient resamples)")

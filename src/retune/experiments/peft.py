@@ -23,7 +23,6 @@ from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
 from retune.data.readers import missing_images_hint
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
-from retune.distributed.ddp import Group
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
 from retune.evaluation.operating_point import decision_thresholds
@@ -32,6 +31,7 @@ from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
     data_facts,
+    metrics_and_report,
     metrics_record,
     prompt_bank,
     read_data,
@@ -39,26 +39,17 @@ from retune.experiments.prepare import (
     split_facts,
     split_positives,
     table_warnings,
-    write_metrics_and_report,
 )
-from retune.methods.checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    RunFacts,
-    check_facts,
-    load_checkpoint,
-    package_versions,
-    save_checkpoint,
-)
+from retune.experiments.run_folder import CHECKPOINT, CONFIG, PEFT, finish_run
+from retune.methods.checkpoint import RunFacts, check_facts, load_checkpoint
 from retune.methods.retune import ReTuneModel
 from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
 from retune.prompts import build_prompts
-from retune.report.run_card import write_run_card
-from retune.report.tracking import log_run
 from retune.store import EmbeddingStore
 from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
+from retune.training.process_group import Group
 from retune.tuning.adapters import apply_tuning
 from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder_parameters
 from retune.tuning.split import can_cache_prefix, image_features_fn, image_split, prompt_features_fn
@@ -74,7 +65,6 @@ __all__ = [
 ]
 
 PREDICT_BATCH = 32
-KIND = "peft"
 
 
 def method_name(config: PeftExperimentConfig) -> str:
@@ -325,7 +315,6 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": outcome.prompts,
@@ -339,11 +328,6 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     }
     decision = decision_thresholds(outcome.val_scores, table.labels(classes)[outcome.splits["val"]], classes)
     facts.update(thresholds=decision["thresholds"], threshold_rule=decision["rule"])
-    save_checkpoint(
-        out_dir,
-        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
-        facts,
-    )
     record_training_digests(out_dir, table, outcome.splits, store)
     metrics = {
         **record,
@@ -361,17 +345,19 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "warnings": table_warnings(table, outcome.splits["train"]),
     }
     val_labels = table.labels(classes)[outcome.splits["val"]]
-    write_metrics_and_report(
+    report_html = metrics_and_report(
         out_dir, metrics, {name: outcome.test_scores}, test.labels(classes), outcome.val_scores, val_labels
     )
-    write_run_card(out_dir, facts, metrics, "peft")
-    log_run(
+    finish_run(
         out_dir,
-        "peft",
-        {**facts, "versions": package_versions()},
+        PEFT,
+        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
+        facts,
+        metrics,
         {"": record},
         facts["training"],
         config.tracking_uri,
+        report_html=report_html,
     )
     return metrics
 
@@ -501,7 +487,7 @@ def load_tuned_run(
     return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)
 
 
-@register_run_kind(KIND)
+@register_run_kind(PEFT)
 def open_peft_run(
     run_dir: Path,
     checkpoint: tuple[dict, dict],

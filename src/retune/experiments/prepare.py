@@ -21,7 +21,6 @@ from retune.errors import ConfigError, StoreError
 from retune.evaluation import DEFAULT_MIN_POSITIVES, evaluate_scores, fast_mean_auroc
 from retune.evaluation.leakage import write_training_digests
 from retune.evaluation.operating_point import calibration_bins, operating_points
-from retune.io_utils import write_json_atomic
 from retune.methods.base import MethodContext, PromptBank
 from retune.methods.checkpoint import file_sha256
 from retune.prompts import build_prompts, prompt_texts
@@ -182,18 +181,20 @@ def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[st
     }
 
 
-def write_metrics_and_report(
+def metrics_and_report(
     out_dir: Path,
     metrics: dict,
     test_scores: dict[str, np.ndarray],
     test_labels: np.ndarray,
     val_scores: np.ndarray,
     val_labels: np.ndarray,
-) -> None:
-    """Add operating points (thresholds chosen on validation, applied to test) and calibration to ``metrics``, then
-    write metrics.json, the ROC and calibration plots and report.html: the same outputs for every run kind."""
+) -> str:
+    """Add operating points (thresholds chosen on validation, applied to test) and calibration to ``metrics``, draw
+    the ROC and calibration plots into ``out_dir`` and return report.html (``finish_run`` writes it and metrics.json):
+    the same outputs for every run kind."""
+    from retune.experiments.run_folder import CALIBRATION_PLOT, ROC_PLOT
     from retune.report.plots import plot_calibration, plot_roc_curves
-    from retune.report.run_report import write_run_report
+    from retune.report.run_report import run_report
 
     classes = metrics["classes"]
     metrics["operating_points"] = operating_points(
@@ -201,9 +202,8 @@ def write_metrics_and_report(
     )
     calibration = {name: calibration_bins(scores, test_labels) for name, scores in test_scores.items()}
     metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
-    write_json_atomic(out_dir / "metrics.json", metrics)
     plots = [
-        plot_roc_curves(test_scores, test_labels, classes, out_dir / "roc_curves.png"),
-        plot_calibration(calibration, out_dir / "calibration.png"),
+        plot_roc_curves(test_scores, test_labels, classes, out_dir / ROC_PLOT),
+        plot_calibration(calibration, out_dir / CALIBRATION_PLOT),
     ]
-    write_run_report(out_dir, metrics, metrics["operating_points"], plots)
+    return run_report(out_dir.name, metrics, metrics["operating_points"], plots)

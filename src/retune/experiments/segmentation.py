@@ -221,8 +221,9 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
 def _write_reports(out_dir: Path, facts: dict, metrics: dict, table: MaskTable, rows: np.ndarray,
                    probabilities: torch.Tensor, threshold: float, training: dict) -> None:
     """report.html with overlays of a few test images, RUN_CARD.md and the MLflow run."""
-    from retune.report.seg_report import write_seg_report, write_seg_run_card
+    from retune.experiments.run_folder import tracking_uri
     from retune.report.tracking import log_run
+    from retune.segmentation.report import write_seg_report, write_seg_run_card
 
     examples = []
     for position in range(min(6, len(rows))):
@@ -234,7 +235,7 @@ def _write_reports(out_dir: Path, facts: dict, metrics: dict, table: MaskTable, 
     write_seg_run_card(out_dir, facts, metrics)
     records = {f"{method}.": _flat_record(summary) for method, summary in metrics["per_method"].items()}
     log_run(out_dir, KIND, {**facts, "versions": package_versions()}, records, training,
-            facts["seg_config"].get("tracking_uri"))
+            tracking_uri(out_dir, facts["seg_config"].get("tracking_uri")))
 
 
 def _flat_record(summary: dict) -> dict:

@@ -1,7 +1,7 @@
 """Train RE-tune and its baselines on cached embeddings as one Python API (``retune train`` calls it).
 
-A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots;
-``retune.experiments.inference`` applies it to new data.
+A run directory (format: ``retune.experiments.run_folder``) holds the checkpoint, config.json, metrics.json, the
+report, the run card and plots; ``retune.experiments.inference`` applies it to new data.
 RE-tune and its baselines (linear probe; zero-shot on aligned backbones) are trained and
 evaluated in the same call on the same patient-level split.
 """
@@ -31,6 +31,7 @@ from retune.experiments.prepare import (
     data_facts,
     embed_and_load,
     method_context,
+    metrics_and_report,
     metrics_record,
     prompt_bank,
     read_data,
@@ -38,18 +39,10 @@ from retune.experiments.prepare import (
     split_facts,
     split_positives,
     table_warnings,
-    write_metrics_and_report,
 )
+from retune.experiments.run_folder import CHECKPOINT, CONFIG, TRAIN, finish_run
 from retune.methods.base import Method, PromptBank, TaskData
-from retune.methods.checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    RunFacts,
-    check_facts,
-    load_checkpoint,
-    package_versions,
-    save_checkpoint,
-)
+from retune.methods.checkpoint import RunFacts, check_facts, load_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.methods.retune import ReTuneModel
 from retune.progress import epoch_bar
@@ -57,7 +50,6 @@ from retune.store import EmbeddingStore, embed_table, image_embeddings
 from retune.store.memory import MemoryOverlay
 
 MAIN_METHOD = "retune"
-KIND = "retune-train"
 
 
 def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
@@ -116,7 +108,6 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
     val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
     decision = decision_thresholds(val_scores, table.labels()[splits["val"]], classes)
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": prompts,
@@ -134,7 +125,6 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "thresholds": decision["thresholds"],
         "threshold_rule": decision["rule"],
     }
-    save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
     record_training_digests(out_dir, table, splits, store)
     metrics = {
         **per_method[MAIN_METHOD],
@@ -146,21 +136,19 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": table_warnings(table, splits["train"]),
     }
-    write_metrics_and_report(
+    report_html = metrics_and_report(
         out_dir, metrics, test_scores, test.labels(classes), val_scores, table.labels()[splits["val"]]
     )
-    from retune.report.run_card import write_run_card
-    from retune.report.tracking import log_run
-
-    write_run_card(out_dir, facts, metrics, "train")
-    saved = {**facts, "versions": package_versions()}
-    log_run(
+    finish_run(
         out_dir,
-        "train",
-        saved,
+        TRAIN,
+        {name: method.state() for name, method in trained.items()},
+        facts,
+        metrics,
         {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
         training_facts,
         config.tracking_uri,
+        report_html=report_html,
     )
     return metrics
 
@@ -249,7 +237,7 @@ def score_embedded(
     return scores, rows, summary.errors
 
 
-@register_run_kind(KIND)
+@register_run_kind(TRAIN)
 def open_train_run(
     run_dir: Path,
     checkpoint: tuple[dict, dict],

@@ -53,6 +53,7 @@ from retune.evaluation.vqa import (
 from retune.experiments.adaptor import image_tokens
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, read_data
+from retune.experiments.run_folder import tracking_uri
 from retune.io_utils import read_json, write_json_atomic
 from retune.methods.checkpoint import CheckpointFacts, load_checkpoint, save_checkpoint
 from retune.profiling import peak_memory, timed
@@ -345,7 +346,7 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
                                   config.min_positives)
     metrics.update({"test": evaluation, "seconds": round(time.perf_counter() - started, 2)})
     write_json_atomic(out_dir / METRICS, metrics)
-    log_run(out_dir, KIND, facts, {}, facts["training"], config.tracking_uri,
+    log_run(out_dir, KIND, facts, {}, facts["training"], tracking_uri(out_dir, config.tracking_uri),
             extra_metrics={f"test_{k}": v for k, v in evaluation["scores"]["vqa"].items() if isinstance(v, float)})
     return metrics
 

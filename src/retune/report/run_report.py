@@ -1,4 +1,5 @@
-"""report.html for one ``retune train`` run: per-class table, operating points, ROC and calibration plots, definitions.
+"""The HTML report of one ``retune train`` run: per-class table, operating points, ROC and calibration plots,
+definitions.
 
 Self-contained (plots inlined as PNG), so it can be mailed or archived beside the checkpoint.
 """
@@ -9,7 +10,6 @@ import base64
 import html
 from pathlib import Path
 
-from retune.io_utils import write_text_atomic
 from retune.report.text import format_interval as _interval
 from retune.report.text import record_mean_label
 
@@ -52,8 +52,9 @@ def _inline_png(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
 
-def write_run_report(out_dir: Path, metrics: dict, operating: dict[str, dict], plots: list[Path]) -> Path:
-    """Write report.html: headline, per-class table (AUROC/AUPRC + CIs, threshold, sensitivity, specificity), plots."""
+def run_report(name: str, metrics: dict, operating: dict[str, dict], plots: list[Path]) -> str:
+    """The HTML report of run ``name``: headline, per-class table (AUROC/AUPRC + CIs, threshold, sensitivity,
+    specificity), plots (inlined) and definitions."""
     records = {metrics["method"]: metrics, **metrics.get("baselines", {})}
     head = "".join(f"<th>{html.escape(name)} AUROC [95% CI]</th>" for name in records)
     rows = []
@@ -79,12 +80,12 @@ def write_run_report(out_dir: Path, metrics: dict, operating: dict[str, dict], p
     definitions = "".join(f"<li><b>{html.escape(term)}</b>: {html.escape(text)}</li>" for term, text in DEFINITIONS)
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
     body = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>retune run: {html.escape(out_dir.name)}</title>
+<html><head><meta charset="utf-8"><title>retune run: {html.escape(name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}
 img{{max-width:100%}}</style></head>
 <body>
-<h1>retune run {html.escape(out_dir.name)}</h1>
+<h1>retune run {html.escape(name)}</h1>
 <p>Backbone <code>{html.escape(str(metrics.get("backbone")))}</code>; test split: {metrics["n_images"]} images of
 {metrics["n_patients"]} patients; CIs from {metrics["n_bootstrap"]} patient-bootstrap resamples.
 {html.escape(metrics.get("note") or "")}</p>
@@ -98,6 +99,4 @@ img{{max-width:100%}}</style></head>
 <h2>What the numbers mean</h2><ul>{definitions}</ul>
 </body></html>
 """
-    target = out_dir / "report.html"
-    write_text_atomic(target, body)
-    return target
+    return body

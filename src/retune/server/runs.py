@@ -7,9 +7,7 @@ from pathlib import Path
 
 from retune.errors import ConfigError
 from retune.experiments.inference import PatchScorer, SavedRun, open_run, patch_scorer
-from retune.io_utils import read_json
-
-ROC_PLOT = "roc_curves.png"
+from retune.experiments.run_folder import METRICS, ROC_PLOT, read_run_metrics, run_kind
 
 
 @dataclass
@@ -29,8 +27,8 @@ class ServedRun:
 
     @property
     def kind(self) -> str:
-        """``peft`` for encoder-tuning runs, ``train`` for adaptors over cached embeddings."""
-        return "peft" if "tuning" in self.model.facts else "train"
+        """The run kind its config.json records (``train``, ``peft``, ...)."""
+        return run_kind(self.model.facts)
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -84,8 +82,7 @@ def load_served_runs(
     runs: dict[str, ServedRun] = {}
     for directory in map(Path, directories):
         name = unique_name(directory, {run.name: run.directory for run in runs.values()}, "run")
-        metrics_path = directory / "metrics.json"
-        metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+        metrics = read_run_metrics(directory) if (directory / METRICS).is_file() else {}
         model = open_run(directory, store_dir, device)
         runs[name] = ServedRun(name, directory, model, metrics, patch_scorer(model))
     return runs

@@ -15,8 +15,9 @@ from pydantic import BaseModel
 from retune.data.images import declared_pixels, decode_image_bytes
 from retune.errors import RetuneError
 from retune.experiments.kinds import PixelScores
+from retune.experiments.run_folder import ROC_PLOT
 from retune.server import explain
-from retune.server.runs import ROC_PLOT, ServedRun
+from retune.server.runs import ServedRun
 from retune.server.state import API_VERSION, error_response, state
 from retune.server.uploads import UPLOAD_FIELD, Upload, read_uploads
 

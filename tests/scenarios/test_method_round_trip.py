@@ -11,12 +11,13 @@ import pytest
 
 from retune.config import AdaptorConfig, OptimConfig, ReTuneConfig
 from retune.evaluation import fast_mean_auroc
+from retune.experiments.run_folder import scenario_run_folder
 from retune.methods import ranpac
 from retune.methods.base import Method, MethodContext, PromptBank, TaskData
 from retune.methods.checkpoint import load_checkpoint, save_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.scenarios.generators import generate_tasks
-from retune.scenarios.runner import PreparedScenario, chunk_rows, run_folder, run_method
+from retune.scenarios.runner import PreparedScenario, chunk_rows, run_method
 from retune.scenarios.spec import GeneratorSpec, ScenarioConfig
 from retune.training.rng import capture_rng_state, restore_rng_state
 
@@ -158,7 +159,7 @@ def test_scenario_scores_are_those_of_the_saved_final_model(name, tmp_path):
     config = ScenarioConfig(generate=GeneratorSpec(kind="class", n_tasks=N_TASKS), methods=[name], n_bootstrap=0)
     config.retune = CONFIG
     recorded = run_method(name, 0, prepared, config, tmp_path, lambda message: None)[-1]
-    tensors, facts = load_checkpoint(run_folder(tmp_path, name, 0, config.seed) / f"task{N_TASKS}")
+    tensors, facts = load_checkpoint(scenario_run_folder(tmp_path, name, 0, config.seed) / f"task{N_TASKS}")
     method = create_method(name, context(config.seed), CONFIG)
     method.load_state(tensors[name], facts["methods"][name])
     columns = [CLASSES.index(c) for c in method.classes]

@@ -322,7 +322,7 @@ def test_experiment_on_an_aligned_fake_backbone_reports_frozen_retrieval(tmp_pat
     )
     metrics = run_adaptor_experiment(config, tmp_path / "run", backbone=TinyAlignedBackbone())
     frozen = metrics["retrieval"]["frozen"]
-    assert frozen is not None and set(frozen["image_to_text"]) == {"R@1", "R@5", "R@10"}
+    assert set(frozen["image_to_text"]) == {"R@1", "R@5", "R@10"}
     assert metrics["note"] == "" and list(metrics["label_fractions"]) == ["0.5", "1.0"]
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
 

@@ -37,7 +37,7 @@ def export_split(folder: str | Path, split: str, out: str | Path) -> dict:
         fingerprint, store = facts["backbone"]["fingerprint"], train_config.get("store", "retune-store")
         checksum = facts.get("data", {}).get("csv_sha256")
     elif (folder / "scenario.json").is_file():
-        from retune.scenarios.runner import load_scenario_config  # scenarios sit above experiments' own modules
+        from retune.scenarios.runner import load_scenario_config
 
         config = load_scenario_config(folder)
         data, split_config, store = config.data.model_dump(), config.split.model_dump(), config.store

@@ -57,32 +57,34 @@ def test_per_class_table_lists_final_auroc_of_every_method():
     assert "<td>B</td><td>task2</td><td>undefined</td><td>0.900</td>" in table
 
 
-def test_scenario_mlflow_runs_hold_config_cis_per_class_finals_and_task_histories(tmp_path, monkeypatch):
+def test_a_scenario_runs_mlflow_runs_hold_config_cis_per_class_finals_and_task_histories(phantom_scenario):
+    """The session's phantom `scenario run` (through the API, tracking on) leaves one MLflow run per method with the
+    config, CI bounds, final per-class AUROC and, for each task of the first (order, seed) run, its per-epoch
+    training loss: the histories the runner saved under work/<method>/order<N>-seed<S>/task<T>/."""
     import json
 
     from mlflow.tracking import MlflowClient
 
-    from retune.report.tracking import log_scenario_results
+    from retune.experiments.run_folder import tracking_uri
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    (tmp_path / "scenario.json").write_text(json.dumps({"name": "toy", "retune": {"optim": {"lr": 0.001}}}))
-    (tmp_path / "retune").mkdir()
-    (tmp_path / "retune" / "results.json").write_text("{}")
-    task = tmp_path / "work" / "retune" / "order0" / "task1"
-    task.mkdir(parents=True)
-    history = {"train_loss": [0.9, 0.7], "val_score": [0.6, 0.7]}
-    (task / "config.json").write_text(json.dumps({"learn": {"history": history}}))
-    result = {"scenario": "toy", "backbone": "default", "kind": "class", "exemplar_free": True, "order": 0,
-              "classes": ["A", "B"], "auroc_matrix": [[0.7, None], [0.66, 0.8]], "mean_auroc_per_task": [0.7, 0.73],
-              "final_mean_auroc": 0.73, "final_mean_auroc_ci": [0.6, 0.8],
-              "forgetting": 0.04, "forgetting_ci": [0.0, 0.1],
-              "bwt": -0.04, "bwt_ci": [-0.1, 0.0], "average_incremental_auroc": 0.715}
-    uri = log_scenario_results({"retune": result}, tmp_path)
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("retune-scenario-toy").experiment_id])
-    assert run.data.params["config.retune.optim.lr"] == "0.001"
-    assert run.data.metrics["final_mean_auroc_ci_low"] == 0.6 and run.data.metrics["final_auroc.B"] == 0.8
-    assert [p.value for p in client.get_metric_history(run.info.run_id, "task1.train_loss")] == [0.9, 0.7]
+    client = MlflowClient(tracking_uri(phantom_scenario))
+    experiment = client.get_experiment_by_name("retune-scenario-phantom-scenario")
+    runs = {run.data.tags["mlflow.runName"]: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"simplecil", "naive"}
+    run, result = runs["naive"], json.loads((phantom_scenario / "naive" / "results.json").read_text())
+    assert run.data.params["config.retune.optim.epochs"] == "5" and run.data.params["method"] == "naive"
+    assert run.data.metrics["final_mean_auroc_ci_low"] == pytest.approx(result["final_mean_auroc_ci"][0])
+    last_class = result["classes"][-1]
+    assert run.data.metrics[f"final_auroc.{last_class}"] == pytest.approx(result["auroc_matrix"][-1][-1])
+    first = result["orders"][0]
+    for task in range(1, len(first["tasks"]) + 1):
+        saved = json.loads(
+            (phantom_scenario / "work" / "naive" / f"order{first['order']}-seed{first['seed']}" / f"task{task}"
+             / "config.json").read_text()
+        )["learn"]["history"]["train_loss"]
+        logged = client.get_metric_history(run.info.run_id, f"task{task}.train_loss")
+        assert len(saved) >= 2 and [point.value for point in logged] == pytest.approx(saved)
+        assert [point.step for point in logged] == list(range(1, len(saved) + 1))
 
 
 def test_mean_auroc_curve_of_several_runs_draws_their_mean_a_band_and_each_run(captured):

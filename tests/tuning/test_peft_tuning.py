@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from tiny_models import tiny_tokenizer
 
 from retune.backbones.registry import create_backbone
 from retune.config import PeftExperimentConfig, ReTuneConfig
@@ -69,28 +70,6 @@ def quiet_machine(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- tiny model builders
 
 
-def tiny_tokenizer():
-    """BERT-style WordPiece tokenizer over VOCAB, built offline."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.WordPiece({token: i for i, token in enumerate(VOCAB)}, unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=16,
-    )
-
-
 def tiny_open_clip(directory: Path) -> str:
     """open_clip ViT + built-in text transformer (CheXzero shape), width 32, 2 layers each."""
     import open_clip
@@ -112,7 +91,7 @@ def tiny_open_clip(directory: Path) -> str:
     (directory / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
     )
-    tiny_tokenizer().save_pretrained(directory)
+    tiny_tokenizer(VOCAB).save_pretrained(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))
     torch.manual_seed(0)
     save_file(open_clip.CLIP(**model_cfg).state_dict(), str(directory / "open_clip_model.safetensors"))
@@ -140,7 +119,7 @@ def tiny_hf_clip(directory: Path) -> str:
         )
     ).save_pretrained(directory)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    tiny_tokenizer().save_pretrained(directory)
+    tiny_tokenizer(VOCAB).save_pretrained(directory)
     return f"hf:{directory}"
 
 
@@ -167,7 +146,7 @@ def tiny_hf_pair(root: Path) -> str:
             max_position_embeddings=32,
         )
     ).save_pretrained(root / "text")
-    tiny_tokenizer().save_pretrained(root / "text")
+    tiny_tokenizer(VOCAB).save_pretrained(root / "text")
     return f"hf-pair:{root / 'image'}+{root / 'text'}"
 
 

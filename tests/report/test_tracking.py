@@ -32,6 +32,10 @@ def fake_results(out_dir, methods=("naive", "lwf")) -> dict[str, dict]:
     return results
 
 
+def store_uri(out_dir) -> str:
+    return (out_dir / "mlruns").resolve().as_uri()
+
+
 def active_runs(out_dir) -> list:
     import mlflow
 
@@ -43,9 +47,9 @@ def test_rerun_and_interrupted_logging_leave_one_run_per_method(tmp_path, monkey
     import mlflow
 
     results = fake_results(tmp_path)
-    tracking.log_scenario_results(results, tmp_path)
+    tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))
     first_ids = sorted(run.info.run_id for run in active_runs(tmp_path))
-    tracking.log_scenario_results(results, tmp_path)  # rerun of a finished scenario: nothing new
+    tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))  # rerun of a finished scenario: nothing new
     assert sorted(run.info.run_id for run in active_runs(tmp_path)) == first_ids
 
     # a kill during logging of changed results: the half-logged run is left without its completion tag
@@ -59,11 +63,11 @@ def test_rerun_and_interrupted_logging_leave_one_run_per_method(tmp_path, monkey
 
     monkeypatch.setattr(mlflow, "log_artifact", dies_on_lwf)
     with pytest.raises(KeyboardInterrupt):
-        tracking.log_scenario_results(results, tmp_path)
+        tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))
     monkeypatch.setattr(mlflow, "log_artifact", original)
     half_logged = [run for run in active_runs(tmp_path) if tracking.COMPLETE_TAG not in run.data.tags]
     assert [run.data.tags["mlflow.runName"] for run in half_logged] == ["lwf"]
-    tracking.log_scenario_results(results, tmp_path)
+    tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))
     runs = active_runs(tmp_path)
     assert sorted(run.data.tags["mlflow.runName"] for run in runs) == ["lwf", "naive"]
     assert all(run.data.tags[tracking.COMPLETE_TAG] == "true" for run in runs)
@@ -75,12 +79,12 @@ def test_a_run_folder_killed_while_mlflow_created_it_is_dropped_and_logging_goes
     import mlflow
 
     results = fake_results(tmp_path)
-    tracking.log_scenario_results(results, tmp_path)
+    tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))
     experiment = mlflow.get_experiment_by_name("retune-scenario-toy")
     killed = tmp_path / "mlruns" / experiment.experiment_id / ("f" * 32)
     killed.mkdir()
     (killed / "meta.yaml").write_text("")
     (tmp_path / "lwf" / "results.json").write_text(json.dumps({**results["lwf"], "final_mean_auroc": 0.71}))
-    tracking.log_scenario_results(results, tmp_path)
+    tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))
     assert not killed.exists()
     assert sorted(run.data.tags["mlflow.runName"] for run in active_runs(tmp_path)) == ["lwf", "naive"]

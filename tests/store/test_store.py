@@ -226,7 +226,7 @@ def test_unreadable_images_are_recorded_and_skipped(phantoms, backbone, store):
     assert set(reasons) == expected
     assert all(isinstance(reason, str) and reason.strip() for reason in reasons.values())
     assert "empty" in reasons[str((images / "empty.png").resolve())]
-    assert summary.errors_file is not None and summary.errors_file.parent == store.root / "errors"
+    assert summary.errors_file.parent == store.root / "errors"
     written = list((store.root / "errors").glob("*.csv"))
     assert written == [summary.errors_file]
     on_disk = pd.read_csv(written[0])

@@ -86,13 +86,6 @@ def test_preprocess_gives_3x224x224(backbone, mode, size):
     assert float(tensor.min()) >= -1.0 - 1e-5 and float(tensor.max()) <= 1.0 + 1e-5
 
 
-def test_list_backbones_includes_default():
-    """list_backbones() lists the default family as unaligned."""
-    rows = dict(list_backbones())
-    assert "default" in rows
-    assert rows["default"].aligned is False
-
-
 def test_unknown_backbone_lists_valid_names():
     """An unknown backbone name is a ConfigError listing the valid names (default among them)."""
     with pytest.raises(ConfigError) as error:

@@ -165,24 +165,20 @@ def test_adaptor_run_on_phantoms_reports_retrieval_and_fractions(tmp_path):
         assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
 
 
-def test_a_train_run_records_its_kind_and_an_older_run_without_it_still_evaluates(tmp_path):
-    """config.json says kind 'retune-train'; with the field removed (runs saved before it) evaluate gives the same."""
-    from retune.data.phantoms import write_phantom_dataset
+def test_a_train_run_records_its_kind_and_older_runs_still_evaluate(phantom_run, tmp_path):
+    """config.json says kind 'train'; runs that recorded the earlier name 'retune-train', or no kind at all (saved
+    before the field), evaluate the same."""
+    import shutil
 
-    csv = write_phantom_dataset(tmp_path / "phantoms", n=48, seed=3)
-    config = tmp_path / "fast.yaml"
-    config.write_text("retune:\n  optim:\n    epochs: 3\n    min_epochs: 1\nn_bootstrap: 10\nbaselines: []\n")
     out = tmp_path / "run"
-    trained = runner.invoke(app, ["train", "--data", str(csv), "--out", str(out), "--config", str(config),
-                                  "--store", str(tmp_path / "store")])
-    assert trained.exit_code == 0, trained.output
+    shutil.copytree(phantom_run.run, out, ignore=shutil.ignore_patterns("mlruns"))
     facts = json.loads((out / "config.json").read_text())
-    assert facts["kind"] == "retune-train"
-    command = ["evaluate", "--run", str(out), "--data", str(csv), "--n-bootstrap", "10", "--json"]
+    assert facts["kind"] == "train"
+    command = ["evaluate", "--run", str(out), "--data", str(phantom_run.csv), "--n-bootstrap", "10", "--json"]
     current = runner.invoke(app, command)
     assert current.exit_code == 0, current.output
-    del facts["kind"]
-    (out / "config.json").write_text(json.dumps(facts))
-    older = runner.invoke(app, command)
-    assert older.exit_code == 0, older.output
-    assert json.loads(older.stdout)["per_class"] == json.loads(current.stdout)["per_class"]
+    for older_facts in ({**facts, "kind": "retune-train"}, {k: v for k, v in facts.items() if k != "kind"}):
+        (out / "config.json").write_text(json.dumps(older_facts))
+        older = runner.invoke(app, command)
+        assert older.exit_code == 0, older.output
+        assert json.loads(older.stdout)["per_class"] == json.loads(current.stdout)["per_class"]

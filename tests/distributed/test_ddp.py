@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from retune.distributed.ddp import Group, drop_option
+from retune.distributed.ddp import drop_option
+from retune.training.process_group import Group
 
 
 def test_shards_are_equal_cover_every_row_and_overlap_only_by_padding():

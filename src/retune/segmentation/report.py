@@ -83,7 +83,7 @@ present; images whose annotated mask is empty are scored by the share predicted 
 
 def write_seg_run_card(out_dir: Path, facts: dict, metrics: dict) -> Path:
     """Write RUN_CARD.md for a segmentation run."""
-    from retune import __version__
+    from retune.version import __version__
 
     backbone, split = facts["backbone"], facts["split"]
     baselines = ", ".join(method for method in metrics["per_method"] if method != facts["head"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_retune_method import config, context, mean_auroc, toy_data, toy_task
 from torch import nn
+from toy_tasks import config, context, mean_auroc, toy_data, toy_task
 
 from retune.devices import bf16_supported, training_autocast
 from retune.methods import torch_method

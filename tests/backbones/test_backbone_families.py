@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_tokenizer
 
 from retune.backbones.registry import create_backbone, list_backbones
 from retune.errors import ConfigError, WeightsNotFoundError
@@ -44,28 +45,6 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     return cache
-
-
-def tiny_tokenizer():
-    """A BERT-style WordPiece tokenizer over VOCAB, built without any download."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.WordPiece({token: i for i, token in enumerate(VOCAB)}, unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", VOCAB.index("[CLS]")), ("[SEP]", VOCAB.index("[SEP]"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=16,
-    )
 
 
 def save_open_clip(directory: Path, seed: int, hf_text: bool = False) -> Path:
@@ -107,7 +86,7 @@ def save_open_clip(directory: Path, seed: int, hf_text: bool = False) -> Path:
     model_cfg = {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
     (directory / "open_clip_config.json").write_text(json.dumps(config))
-    tiny_tokenizer().save_pretrained(directory)
+    tiny_tokenizer(VOCAB).save_pretrained(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))  # hub tokenizer repos carry one
     torch.manual_seed(seed)
     model = (open_clip.CustomTextCLIP if hf_text else open_clip.CLIP)(**model_cfg)
@@ -129,7 +108,7 @@ def save_hf_dual(directory: Path, seed: int, kind: str) -> Path:
         processor = SiglipImageProcessor(size={"height": 32, "width": 32})
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    tiny_tokenizer().save_pretrained(directory)
+    tiny_tokenizer(VOCAB).save_pretrained(directory)
     return directory
 
 
@@ -146,7 +125,7 @@ def save_hf_pair(root: Path, seed: int) -> tuple[Path, Path]:
     ).save_pretrained(image_dir)
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(image_dir)
     BertModel(BertConfig(**TINY_TEXT, max_position_embeddings=32)).save_pretrained(text_dir)
-    tiny_tokenizer().save_pretrained(text_dir)
+    tiny_tokenizer(VOCAB).save_pretrained(text_dir)
     return image_dir, text_dir
 
 

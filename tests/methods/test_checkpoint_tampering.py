@@ -12,27 +12,13 @@ from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
 from retune.cli import app
-from retune.config import TrainConfig
-from retune.data.phantoms import write_phantom_dataset
-from retune.experiments.train import train_run
 from retune.methods.checkpoint import CHECKPOINT, CONFIG, file_sha256
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """A small RE-tune + linear-probe run on 24 phantoms with the default backbone: (run dir, labels.csv)."""
-    root = tmp_path_factory.mktemp("tamper")
-    csv = write_phantom_dataset(root / "data", n=24, seed=0, size=64)
-    config = TrainConfig(
-        data={"csv": csv},
-        store=root / "store",
-        baselines=["linear_probe"],
-        n_bootstrap=0,
-        device="cpu",
-        retune={"optim": {"epochs": 3, "min_epochs": 1}},
-    )
-    train_run(config, root / "run")
-    return root / "run", csv
+def trained(phantom_run) -> tuple[Path, Path]:
+    """The session's phantom run (RE-tune + linear probe, default backbone): (run dir, labels.csv)."""
+    return phantom_run.run, phantom_run.csv
 
 
 def tampered(trained, tmp_path, change) -> Path:

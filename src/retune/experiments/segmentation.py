@@ -32,7 +32,7 @@ from retune.evaluation.segmentation import PER_IMAGE_COLUMNS, score_mask, summar
 from retune.experiments.adaptor import fraction_rows
 from retune.experiments.kinds import register_run_kind
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, record_training_digests, split_facts
-from retune.io_utils import atomic_path, read_json, write_json_atomic
+from retune.io_utils import atomic_path, read_json, write_json_atomic, write_text_atomic
 from retune.methods.checkpoint import CheckpointFacts, load_checkpoint, package_versions, save_checkpoint
 from retune.progress import epoch_bar
 from retune.segmentation.config import SegDataConfig, SegmentationConfig
@@ -221,9 +221,9 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
 def _write_reports(out_dir: Path, facts: dict, metrics: dict, table: MaskTable, rows: np.ndarray,
                    probabilities: torch.Tensor, threshold: float, training: dict) -> None:
     """report.html with overlays of a few test images, RUN_CARD.md and the MLflow run."""
-    from retune.experiments.run_folder import tracking_uri
+    from retune.experiments.run_folder import RUN_CARD, tracking_uri
     from retune.report.tracking import log_run
-    from retune.segmentation.report import write_seg_report, write_seg_run_card
+    from retune.segmentation.report import seg_run_card, write_seg_report
 
     examples = []
     for position in range(min(6, len(rows))):
@@ -232,7 +232,7 @@ def _write_reports(out_dir: Path, facts: dict, metrics: dict, table: MaskTable, 
         examples.append((Path(table.paths[row]).name, image,
                          list(_full_size(probabilities[position], (image.height, image.width), threshold))))
     write_seg_report(out_dir, metrics, examples)
-    write_seg_run_card(out_dir, facts, metrics)
+    write_text_atomic(out_dir / RUN_CARD, seg_run_card(facts, metrics))
     records = {f"{method}.": _flat_record(summary) for method, summary in metrics["per_method"].items()}
     log_run(out_dir, KIND, {**facts, "versions": package_versions()}, records, training,
             tracking_uri(out_dir, facts["seg_config"].get("tracking_uri")))

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from retune.io_utils import write_text_atomic
-from retune.report.run_card import RUN_CARD, _use_and_limits, backbone_domain
+from retune.report.run_card import _use_and_limits, backbone_domain
 from retune.report.text import format_interval
 from retune.segmentation.overlay import overlay, structure_colour
 
@@ -81,8 +81,8 @@ present; images whose annotated mask is empty are scored by the share predicted 
     return target
 
 
-def write_seg_run_card(out_dir: Path, facts: dict, metrics: dict) -> Path:
-    """Write RUN_CARD.md for a segmentation run."""
+def seg_run_card(facts: dict, metrics: dict) -> str:
+    """The RUN_CARD.md text of a segmentation run."""
     from retune.version import __version__
 
     backbone, split = facts["backbone"], facts["split"]
@@ -110,6 +110,4 @@ def write_seg_run_card(out_dir: Path, facts: dict, metrics: dict) -> Path:
         *("| " + " | ".join(row) + " |" for row in metric_rows(metrics)),
     ]
     limits = [f"Annotated images per split: {facts['annotated']}."]
-    target = out_dir / RUN_CARD
-    write_text_atomic(target, "\n".join(lines + _use_and_limits(backbone["spec"], limits)) + "\n")
-    return target
+    return "\n".join(lines + _use_and_limits(backbone["spec"], limits)) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -35,6 +36,8 @@ def test_ui_announces_a_live_url_and_its_children_stop_with_it(strict_run):
         said = ""
         deadline = time.monotonic() + 120
         while "Ctrl-C stops it" not in said and time.monotonic() < deadline:
+            if not select.select([process.stderr], [], [], 1.0)[0]:
+                continue  # nothing said yet: never block past the deadline
             line = process.stderr.readline()
             assert line or process.poll() is None, "retune ui exited before announcing the UI"
             said += line

@@ -435,7 +435,7 @@ def ui(
     """
     from retune.api import mlflow_ui
 
-    announce = lambda line: err_console.print(escape(line), highlight=False)  # noqa: E731
+    announce = lambda line: err_console.print(escape(line), highlight=False, soft_wrap=True)  # noqa: E731
     raise typer.Exit(mlflow_ui(folder, host, port, announce=announce))
 
 

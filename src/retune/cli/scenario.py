@@ -35,20 +35,6 @@ app = typer.Typer(
 )
 
 
-def finished_runs(settings, out: Path) -> tuple[int, int]:
-    """(runs whose every task is saved in OUT/work, all (method, order, seed) runs of the scenario)."""
-    from retune.scenarios.runner import run_folder
-
-    n_tasks = len(settings.tasks) or settings.generate.n_tasks
-    runs = [
-        run_folder(out / "work", method, order, seed)
-        for method in settings.methods
-        for order in settings.orders
-        for seed in settings.training_seeds
-    ]
-    return sum((run / f"task{n_tasks}" / "done.json").is_file() for run in runs), len(runs)
-
-
 def execute_scenario(
     settings,
     out: Path,
@@ -60,11 +46,11 @@ def execute_scenario(
 ) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.api import run_scenario
-    from retune.experiments.run_folder import tracking_uri
+    from retune.experiments.run_folder import finished_scenario_runs, tracking_uri
 
     check_engine(engine, address)
     announce_store(settings.store)
-    done, total = finished_runs(settings, out)
+    done, total = finished_scenario_runs(settings, out)
     if done and not restart:
         err_console.print(escape(f"resuming: {done} of {total} runs done"), highlight=False)
     interrupted = f"finished tasks are saved in {out / 'work'}; rerun the same command to resume after them"

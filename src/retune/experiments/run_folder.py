@@ -192,3 +192,14 @@ def track_scenario(results: dict[str, dict], out_dir: Path, configured_uri: str 
         results, Path(out_dir), tracking_uri(out_dir, configured_uri), histories=scenario_histories(out_dir, results)
     )
 
+
+def finished_scenario_runs(settings, out: Path) -> tuple[int, int]:
+    """(runs of a scenario whose every task is saved in OUT/work, all its (method, order, seed) runs)."""
+    n_tasks = len(settings.tasks) or settings.generate.n_tasks
+    runs = [
+        scenario_run_folder(Path(out) / WORK, method, order, seed)
+        for method in settings.methods
+        for order in settings.orders
+        for seed in settings.training_seeds
+    ]
+    return sum((task_folder(run, n_tasks) / "done.json").is_file() for run in runs), len(runs)

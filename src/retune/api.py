@@ -140,11 +140,13 @@ def run_scenario(
     progress: Callable[[str], None] | None = None,
     track: bool = True,
     restart: bool = False,
-    engine: Callable | None = None,
+    engine: str | Callable | None = None,
+    address: str | None = None,
 ) -> dict[str, dict]:
     """Run an exemplar-free incremental scenario (``ScenarioConfig``) with every method; resumes finished tasks
     (``restart`` starts over). ``progress(message)`` hears about each finished task; ``engine`` runs the jobs
-    (default: in this process; ``retune.distributed.ray_sweep.ray_sweep()`` for Ray).
+    (``"local"``, the default: in this process; ``"ray"``: Ray tasks on a local instance or the cluster at
+    ``address``; or a sweep engine such as ``retune.distributed.ray_sweep.ray_sweep()``).
 
     Returns {method: results} and writes OUT/<method>/results.json, OUT/report.html and (``track``) MLflow runs.
     """
@@ -154,6 +156,12 @@ def run_scenario(
 
     settings = as_config(config, ScenarioConfig)
     out = Path(out)
+    if engine == "ray":
+        from retune.distributed.ray_sweep import ray_sweep
+
+        engine = ray_sweep(address)
+    elif engine == "local":
+        engine = None
     results = run(
         settings,
         out,
@@ -165,3 +173,166 @@ def run_scenario(
     if track:
         log_scenario_results(results, out, settings.tracking_uri)
     return results
+
+
+def methods() -> dict[str, type]:
+    """Every registered method by name (``exemplar_free``, ``scenario_kinds`` and ``description`` on each class)."""
+    from retune.methods.registry import available_methods
+
+    return available_methods()
+
+
+def backbones() -> list[tuple[str, Any]]:
+    """Every backbone family and alias you can pass as a backbone spec, with its info (aligned towers, example)."""
+    from retune.backbones.registry import list_backbones
+
+    return list_backbones()
+
+
+def embed(
+    csv: str | Path,
+    store: str | Path = "retune-store",
+    backbone: str = "default",
+    *,
+    data_format: str = "auto",
+    image_root: str | Path | None = None,
+    metadata_csv: str | Path | None = None,
+    allow_outside_root: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    tokens: bool = False,
+    limits: Any = None,
+    device: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    show_progress: bool = False,
+    announce: Callable[[Path], None] | None = None,
+) -> tuple[Any, Any]:
+    """Embed every image of a CSV into ``store`` once per backbone (reruns compute only what is missing).
+
+    ``engine="ray"`` encodes in Ray actors (``workers`` of them; ``address`` joins a cluster). Returns the backbone
+    and the ``EmbedSummary`` (``summary.errors`` lists unreadable images and why; they are also in STORE/errors/).
+    ``announce(store)`` is called once the CSV and backbone are ready, just before the store is opened.
+    """
+    from retune.backbones.registry import create_backbone, resolve_spec
+    from retune.data.images import DEFAULT_LIMITS
+    from retune.data.readers import read_table
+    from retune.store import EmbeddingStore, embed_table
+
+    resolve_spec(backbone)  # an unknown name fails before the CSV is read
+    encoder = None
+    if engine == "ray":
+        from retune.distributed.ray_embed import ray_encoder
+
+        encoder, device = ray_encoder(address, workers), device or "cpu"  # the driver only hashes and writes
+    table = read_table(
+        csv, data_format, image_root=image_root, metadata_csv=metadata_csv, allow_outside_root=allow_outside_root
+    )
+    model = create_backbone(backbone, device=device)
+    if announce is not None:
+        announce(Path(store))
+    summary = embed_table(
+        table,
+        model,
+        EmbeddingStore(store),
+        batch_size=batch_size,
+        workers=workers,
+        tokens=tokens,
+        show_progress=show_progress,
+        limits=limits or DEFAULT_LIMITS,
+        encoder=encoder,
+    )
+    return model, summary
+
+
+def store_info(store: str | Path) -> dict:
+    """What a store holds: backbones by fingerprint, rows per kind, bytes on disk (it is patient-derived data)."""
+    from retune.store import EmbeddingStore
+
+    return EmbeddingStore(store, create=False).summary()
+
+
+def purge_store(store: str | Path) -> int:
+    """Delete an embedding store and everything in it; returns the bytes freed."""
+    from retune.store import purge_store as purge
+
+    return purge(store)
+
+
+def run_metrics(runs: list[str | Path]) -> list[tuple[Path, str, dict]]:
+    """(run, label, metrics record) for every metrics record of each run (train, adaptor and peft runs alike)."""
+    from retune.experiments.run_folder import metric_records, read_run_metrics
+
+    records = [(Path(run), read_run_metrics(Path(run))) for run in runs]  # every run checked before any is shown
+    return [(run, label, record) for run, metrics in records for label, record in metric_records(metrics)]
+
+
+def compare_runs(
+    run_a: str | Path, run_b: str | Path, csv: str | Path, split: str = "auto", n_bootstrap: int = 1000,
+    show_progress: bool = False,
+) -> dict:
+    """Is run A better than run B? Both main methods scored on the same images of ``csv`` (images either trained
+    on left out): per-class and mean AUROC difference A - B with paired patient-bootstrap CIs."""
+    from retune.experiments.inference import paired_comparison
+
+    return paired_comparison(run_a, run_b, csv, split=split, n_bootstrap=n_bootstrap, show_progress=show_progress)
+
+
+def export_predictions(frame: pd.DataFrame, output: str | Path) -> None:
+    """Write ``Run.predict``'s probabilities to a .csv, .json or .parquet file (the extension decides), atomically."""
+    from retune.experiments.inference import write_predictions
+
+    write_predictions(frame, Path(output))
+
+
+def evaluate_scenario(results: str | Path, csv: str | Path, **options: Any) -> dict:
+    """Score every method's final model of a finished scenario on another CSV, with CIs (written to
+    RESULTS/external-<csv>.json); options as ``retune.scenarios.external.evaluate_scenario``."""
+    from retune.scenarios.external import evaluate_scenario as evaluate
+
+    return evaluate(results, csv, **options)
+
+
+def run_adaptor(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Pre-train the cross-attention Adaptor (``AdaptorExperimentConfig``) on cached tokens; retrieval R@K and
+    probes at each label fraction, written to OUT/metrics.json and returned."""
+    from retune.config import AdaptorExperimentConfig
+    from retune.experiments.adaptor import run_adaptor_experiment
+
+    return run_adaptor_experiment(as_config(config, AdaptorExperimentConfig), out, show_progress=show_progress)
+
+
+def run_peft(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Tune the encoders (``PeftExperimentConfig``: LoRA, IA3, prefix, visual prompts or freeze-k) under the RE-tune
+    head and evaluate like ``train``; returns the metrics (empty on DDP ranks other than 0)."""
+    from retune.config import PeftExperimentConfig
+    from retune.experiments.peft import run_peft_experiment
+
+    return run_peft_experiment(as_config(config, PeftExperimentConfig), out, show_progress=show_progress)
+
+
+def tune(config: ConfigLike, out: str | Path, address: str | None = None, show_progress: bool = False) -> dict:
+    """Search RE-tune's settings with Ray Tune on the validation split; writes OUT/best.yaml, trials.csv."""
+    from retune.distributed.ray_tune import TuneConfig, tune_run
+
+    return tune_run(as_config(config, TuneConfig), out, address=address, show_progress=show_progress)
+
+
+def serve(
+    folders: list[str | Path], config: Any = None, store: str | Path | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve run and scenario folders over HTTP (``ServeConfig``; 127.0.0.1 unless a token is set) until stopped."""
+    from retune.server import ServeConfig
+    from retune.server.app import serve as serve_folders
+
+    serve_folders(folders, as_config(config or ServeConfig(), ServeConfig), store, announce=announce)
+
+
+def mlflow_ui(
+    folder: str | Path, host: str = "127.0.0.1", port: int = 5000, announce: Callable[[str], None] = print
+) -> int:
+    """Run the MLflow UI over a run's or scenario's ``mlruns`` until it stops; returns its exit code."""
+    from retune.report.tracking import mlflow_ui as run_ui
+
+    return run_ui(Path(folder), host, port, announce)

@@ -12,6 +12,7 @@ counts images the run trained or validated on (the leakage guard, ``retune.evalu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -266,3 +267,25 @@ def patch_scorer(run: SavedRun) -> PatchScorer | None:
         return (positive - negative).T.reshape(-1, side, side).cpu().numpy()
 
     return score
+
+
+def prediction_records(frame: pd.DataFrame) -> list[dict]:
+    """One {"image": path, "probabilities": {class: p}} per row, full precision (for --json and .json files)."""
+    return [
+        {"image": row[0], "probabilities": {name: float(value) for name, value in zip(frame.columns[1:], row[1:])}}
+        for row in frame.itertuples(index=False)
+    ]
+
+
+def write_predictions(frame: pd.DataFrame, output: Path) -> None:
+    """Write the probabilities in the format the extension names (full precision), atomically."""
+    from retune.io_utils import atomic_path
+
+    suffix = output.suffix.lower()
+    with atomic_path(output) as temp:
+        if suffix == ".parquet":
+            frame.to_parquet(temp, index=False)
+        elif suffix == ".json":
+            temp.write_text(json.dumps(prediction_records(frame), indent=2) + "\n")
+        else:
+            frame.to_csv(temp, index=False)

@@ -258,3 +258,29 @@ def _keep_or_clear(mlflow, experiment_id: str, key: str, digest: str) -> bool:
         if not complete or run.info.run_id != complete[0].info.run_id:
             mlflow.delete_run(run.info.run_id)
     return bool(complete)
+
+
+def mlflow_ui(folder: Path, host: str, port: int, announce=print) -> int:
+    """Run ``mlflow ui`` over ``folder``'s ``mlruns`` (or ``folder`` itself, an mlruns folder) until it stops; returns
+    its exit code. Same as ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri file://.../mlruns``."""
+    import subprocess
+    import sys
+
+    from retune.errors import ConfigError
+
+    store = folder / "mlruns" if (folder / "mlruns").is_dir() else folder
+    if not store.is_dir():
+        raise ConfigError(f"{store}: does not exist (expected a run folder with mlruns/ or an mlruns folder)")
+    if not any(store.glob("*/meta.yaml")):
+        raise ConfigError(
+            f"{store}: not an MLflow file store (no experiment folders with meta.yaml); "
+            "pass a run folder made by retune"
+        )
+    try:
+        import mlflow.server  # noqa: F401  (absent with mlflow-skinny)
+    except ImportError as error:
+        raise ConfigError(f"the MLflow UI needs the full mlflow package ({error}); pip install mlflow") from None
+    announce(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)")
+    environment = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.resolve().as_uri()]
+    return subprocess.call(command + ["--host", host, "--port", str(port), "--workers", "1"], env=environment)

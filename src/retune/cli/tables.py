@@ -1,0 +1,216 @@
+"""Every table the commands print, in one place (rich on a terminal, Markdown on request)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from retune.cli.common import console, err_console
+from retune.experiments.run_folder import run_settings
+from retune.report.text import format_interval
+
+
+def print_metrics(metrics: dict) -> None:
+    """Per-class AUROC table with CIs for RE-tune and every baseline, side by side."""
+    methods = {metrics["method"]: metrics, **metrics.get("baselines", {})}
+    table = Table("class", "n+", *[f"{name} AUROC [95% CI]" for name in methods], title=f"split: {metrics['split']}")
+
+    too_few = set(metrics.get("too_few_positives", []))
+    for name in metrics["classes"]:
+        label = name + (" *" if name in too_few else "")
+        row = [label, str(metrics["per_class"][name]["n_pos"])]
+        row += [
+            format_interval(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()
+        ]
+        table.add_row(*row)
+    counted = ""
+    if "n_classes_in_mean" in metrics:
+        counted = f" ({metrics['n_classes_in_mean']} classes with >= {metrics['min_positives']} positives)"
+    means = [f"[bold]{format_interval(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()]
+    table.add_row(f"[bold]mean{counted}", "", *means)
+    console.print(table)
+    if too_few:
+        console.print(f"* fewer than {metrics['min_positives']} positives: listed, not in the mean", highlight=False)
+    if metrics.get("note"):
+        console.print(f"[dim]{metrics['note']}[/]")
+    for warning in metrics.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
+def shorten_left(text: str, width: int) -> str:
+    """``text`` cut from the left to ``width`` characters (file names differ at their end)."""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def print_predictions(frame) -> None:
+    """A table that stays readable at 80 columns: images as rows when the findings fit, findings as rows otherwise."""
+    names = [shorten_left(Path(path).name, 24) for path in frame["image"]]
+    classes = list(frame.columns[1:])
+    needed = max(map(len, ["image", *names])) + 4 + sum(max(len(name), 5) + 3 for name in classes)
+    if needed <= console.width:
+        table = Table("image", *classes)
+        for name, row in zip(names, frame.itertuples(index=False)):
+            table.add_row(escape(name), *(f"{value:.3f}" for value in row[1:]))
+        console.print(table)
+        return
+    label_width = max(map(len, ["finding", *classes])) + 4
+    short = [shorten_left(name, 12) for name in names]
+    per_table = max(
+        1, (console.width - label_width) // (max(map(len, short)) + 3)
+    )  # image columns that fit beside the names
+    for start in range(0, len(names), per_table):
+        table = Table("finding", *(escape(name) for name in short[start : start + per_table]))
+        for name in classes:
+            table.add_row(escape(name), *(f"{value:.3f}" for value in frame[name].iloc[start : start + per_table]))
+        console.print(table)
+
+
+def print_setting_differences(runs: list[Path]) -> None:
+    """Only the settings whose values differ between the runs (objective, method, backbone, options...)."""
+    settings = [run_settings(run) for run in runs]
+    keys = sorted({key for one in settings for key in one})
+    differing = [key for key in keys if len({one.get(key, "-") for one in settings}) > 1]
+    if not differing:
+        console.print("[dim]the runs' recorded settings are identical[/]")
+        return
+    table = Table("setting that differs", *(escape(shorten_left(str(run), 28)) for run in runs), title="settings")
+    for key in differing:
+        table.add_row(escape(key), *(escape(one.get(key, "-")) for one in settings))
+    console.print(table)
+
+
+def print_paired(result: dict) -> None:
+    """Per-class and mean AUROC difference A - B with paired CIs."""
+    console.print(
+        escape(
+            f"A = {result['run_a']} ({result['method_a']})\nB = {result['run_b']} ({result['method_b']})\n"
+            f"{result['n_images']} images of {result['n_patients']} patients ({result['split']} split)"
+        ),
+        highlight=False,
+    )
+    table = Table("class", "AUROC A - B [95% CI]")
+    for name, record in result["per_class"].items():
+        table.add_row(escape(name), format_interval(record["difference"], record["difference_ci"]))
+    table.add_row(
+        f"[bold]mean ({len(result['classes'])} classes)",
+        "[bold]" + format_interval(result["difference"], result["difference_ci"]),
+    )
+    console.print(table)
+    console.print(
+        escape(
+            f"mean AUROC A {format_interval(result['mean_auroc_a'], None)}, "
+            f"B {format_interval(result['mean_auroc_b'], None)}; "
+            "a CI that excludes 0 means a difference beyond resampling noise"
+        ),
+        highlight=False,
+    )
+    for run, count in result["excluded_training_overlap"].items():
+        if count:
+            err_console.print(
+                f"[yellow]warning:[/] {escape(f'{count} images left out: {run} trained or validated on them')}",
+                highlight=False,
+            )
+
+
+def rounded(payload, digits: int = 3):
+    """``payload`` with every float rounded to ``digits`` decimals (for numbers inside human-readable lines)."""
+    if isinstance(payload, float):
+        return round(payload, digits)
+    if isinstance(payload, dict):
+        return {key: rounded(value, digits) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [rounded(value, digits) for value in payload]
+    return payload
+
+
+def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
+    """The side-by-side table of final mean AUROC, forgetting and BWT with CIs (rich, or Markdown for a README)."""
+    from retune.report.scenario_report import classes_in_means, comparison_header, comparison_rows, per_task_rows
+
+    first = next(iter(results.values()))
+    if markdown:
+        print(f"{first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
+              f"{first['n_test_images']} test images); {classes_in_means(first)}\n")
+        for header, rows in ((comparison_header(results), comparison_rows(results)), per_task_rows(results)):
+            lines = [header, ["---"] * len(header), *rows]
+            print("\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n")
+        return
+    header = comparison_header(results)
+    table = Table(
+        title=f"scenario {first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
+        f"{first['n_test_images']} test images)"
+    )
+    table.add_column(header[0], no_wrap=True)
+    for name in header[1:]:
+        table.add_column(name)
+    for row in comparison_rows(results):
+        table.add_row(*row)
+    console.print(table)
+    console.print(escape(classes_in_means(first)), highlight=False)
+    header, rows = per_task_rows(results)
+    curve = Table(*header, title="mean AUROC after each task (mean ± sd over runs)")
+    for row in rows:
+        curve.add_row(*row)
+    console.print(curve)
+    if first.get("note"):
+        console.print(f"[dim]{first['note']}[/]")
+
+
+def print_run_metrics(records: list[tuple[Path, str, dict]]) -> None:
+    """One row per (run, method) metrics record: split, backbone, mean AUROC with CI, images."""
+    table = Table("run", "method", "split", "backbone", "mean AUROC [95% CI]", "n images")
+    for run, label, record in records:
+        table.add_row(
+            escape(str(run)),
+            escape(label),
+            str(record.get("split", "")),
+            escape(str(record.get("backbone", ""))),
+            format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci")),
+            str(record.get("n_images", "")),
+        )
+    console.print(table)
+
+
+def print_store_summary(summary: dict) -> None:
+    """Rows per kind for each backbone fingerprint in a store, then its size on disk."""
+    from retune.store.store import KINDS
+
+    table = Table("fingerprint", "backbone", *KINDS)
+    for fingerprint, rows in summary["rows"].items():
+        spec = summary["backbones"].get(fingerprint, {}).get("spec", "?")
+        table.add_row(fingerprint, escape(spec), *(str(rows.get(kind, 0)) for kind in KINDS))
+    console.print(table)
+    console.print(escape(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)"))
+
+
+def print_external(payload: dict) -> None:
+    """A finished scenario's final models on another CSV: first run's mean AUROC with CI, mean ± sd over runs."""
+    several = any(len(m["runs"]) > 1 for m in payload["methods"].values())
+    title = (
+        f"scenario {payload['scenario']} final models on {payload['csv']} "
+        f"({payload['n_images']} images, {payload['n_patients']} patients)"
+    )
+    columns = ["method", "mean AUROC [95% CI] (first run)", "classes in mean"]
+    table = Table(*columns, *(["mean ± sd over runs"] if several else []), title=title)
+    for name, record in payload["methods"].items():
+        value, interval = record["mean_auroc"], record["mean_auroc_ci"]
+        shown = "undefined" if value is None else f"{value:.3f}"
+        if value is not None and interval:
+            shown += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+        over = record["mean_auroc_over_runs"]
+        spread = f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over["mean"] is not None else "undefined"
+        label = name + ("" if record["exemplar_free"] else " (not exemplar-free)")
+        table.add_row(label, shown, str(record["n_classes_in_mean"]), *([spread] if several else []))
+    console.print(table)
+    left_out = next(iter(payload["methods"].values()))["too_few_positives"]
+    if left_out:
+        console.print(
+            escape(f"too few positives (< {payload['min_positives']}), not in the means: {', '.join(left_out)}"),
+            highlight=False,
+        )
+    if payload["note"]:
+        console.print(f"[dim]{payload['note']}[/]")
+    for warning in payload["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -1,0 +1,1 @@
+"""The app's routers, one per area (runs and predictions, scenarios, pages); ``create_app`` includes each."""

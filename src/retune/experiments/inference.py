@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from retune.config import DataConfig
+from retune.data.image_stats import image_summary, shift_report
 from retune.data.pixels import pixel_shape
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
@@ -99,6 +100,8 @@ def evaluate_run(
 
     Scored: the run's classes the CSV labels; ``unlabelled_classes`` / ``unlearned_classes`` list the run's classes
     the CSV does not label and the CSV's classes the run never learned (also as warnings). Blank cells are masked.
+    ``site_shift`` compares the images' sizes and colours with the run's training images (a loud warning when they
+    differ a lot).
 
     Images that the run trained or validated on (by content, see ``retune.evaluation.leakage``) are counted,
     recorded under ``overlap`` and warned about; ``exclude_overlap`` drops them from the metrics.
@@ -122,6 +125,7 @@ def evaluate_run(
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
     del overlap["rows"]
     seed = int(train_config["seed"])
+    shift, shift_warnings = shift_report(run.facts.get("data", {}).get("image_summary"), image_summary(table.paths))
     columns = [run.classes.index(name) for name in coverage.scored]
     records = {
         name: metrics_record(
@@ -135,7 +139,8 @@ def evaluate_run(
         "csv": str(csv_path),
         **coverage.to_dict(),
         "overlap": overlap,
-        "warnings": coverage.warnings(Path(csv_path).name) + warnings,
+        "site_shift": shift,
+        "warnings": coverage.warnings(Path(csv_path).name) + shift_warnings + warnings,
     }
 
 

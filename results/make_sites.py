@@ -72,10 +72,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="embedding store (default: the config's)")
     parser.add_argument("--out", default="runs/site-incremental-nih-kermany", help="scenario output folder")
+    parser.add_argument("--methods", help="comma-separated subset of the config's methods (default: all)")
     args = parser.parse_args()
     config = load_scenario(CONFIG)
     if args.store:
         config = config.model_copy(update={"store": Path(args.store)})
+    if args.methods:
+        config = config.model_copy(update={"methods": args.methods.split(",")})
     results = retune.run_scenario(config, out=args.out, track=False, progress=print)
 
     sites = site_comparison(results)

@@ -20,6 +20,7 @@ from retune.evaluation import mean_and_sd
 from retune.io_utils import write_json_atomic
 from retune.report.scenario_report import site_comparison
 from retune.report.text import format_interval
+from retune.scenarios.runner import load_results
 from retune.scenarios.spec import load_scenario
 
 CONFIG = "configs/site-incremental-nih-kermany.yaml"
@@ -73,13 +74,18 @@ def main() -> None:
     parser.add_argument("--store", help="embedding store (default: the config's)")
     parser.add_argument("--out", default="runs/site-incremental-nih-kermany", help="scenario output folder")
     parser.add_argument("--methods", help="comma-separated subset of the config's methods (default: all)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="only rebuild the tables from the results.json files already in --out")
     args = parser.parse_args()
     config = load_scenario(CONFIG)
     if args.store:
         config = config.model_copy(update={"store": Path(args.store)})
-    if args.methods:
-        config = config.model_copy(update={"methods": args.methods.split(",")})
-    results = retune.run_scenario(config, out=args.out, track=False, progress=print)
+    if not args.tables_only:
+        methods = args.methods.split(",") if args.methods else config.methods
+        retune.run_scenario(config.model_copy(update={"methods": methods}), out=args.out, track=False, progress=print)
+    saved = load_results(args.out)  # every method run into this folder, in the config's order
+    results = {name: saved[name] for name in config.methods if name in saved}
+    missing = [name for name in config.methods if name not in results]
 
     sites = site_comparison(results)
     raw = {name: per_seed(result) for name, result in results.items()}
@@ -104,7 +110,9 @@ def main() -> None:
                     f"Mean AUROC over each site's test patients ({sizes[FIRST]} at NIH, {sizes[SECOND]} at Kermany; "
                     f"NIH's mean covers classes with >= {config.min_positives} test positives), mean ± sd over "
                     f"{n_seeds} seeds; forgetting = mean AUROC after the site's own task minus after the last task "
-                    "(first seed, patient-bootstrap 95% CI). Only joint keeps earlier rows."
+                    "(first seed, patient-bootstrap 95% CI). Only joint keeps earlier rows; sd 0.000 means the "
+                    "method does not depend on the training seed."
+                    + (f" Not run here: {', '.join(missing)}." if missing else "")
                 ),
             },
             {

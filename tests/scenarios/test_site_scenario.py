@@ -12,7 +12,7 @@ from retune.errors import ConfigError, DataError
 from retune.report.scenario_report import site_comparison
 from retune.scenarios.spec import ScenarioConfig
 
-METHODS = ["retune", "linear_probe", "simplecil", "gaussian", "lwf", "joint"]
+METHODS = ["retune", "simplecil", "gaussian", "lwf", "joint"]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def two_sites(tmp_path_factory) -> dict:
     from retune.data.phantoms import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("sites")
-    adults = write_phantom_dataset(root / "adults", n=60, seed=11, size=64)
-    children_csv = write_phantom_dataset(root / "children", n=60, seed=12, size=48)
+    adults = write_phantom_dataset(root / "adults", n=48, seed=11, size=64)
+    children_csv = write_phantom_dataset(root / "children", n=48, seed=12, size=48)
     frame = pd.read_csv(children_csv, dtype=str, keep_default_na=False)
     children = root / "children" / "partial.csv"
     frame[["path", "patient_id", "Effusion", "Mass"]].to_csv(children, index=False)
@@ -57,7 +57,7 @@ def test_each_site_is_a_task_with_the_classes_it_labels_and_only_its_rows(site_r
     adults, children = result["tasks"]
     assert adults["site"] == "adults" and len(adults["classes"]) == 6
     assert children["site"] == "children" and children["classes"] == ["Effusion", "Mass"]
-    assert adults["n_train_rows"] + children["n_train_rows"] < 120 * 0.7  # each task: its own site's rows only
+    assert 0 < adults["n_train_rows"] < 48 and 0 < children["n_train_rows"] < 48  # one site's rows, never both
     assert result["kind"] == "site"
 
 

@@ -274,7 +274,7 @@ def site_comparison(results: dict[str, dict]) -> dict:
     """The per-site table of a site-incremental scenario: per method and site, mean AUROC after the site's own task
     and after the last task (mean ± sd over runs), and the forgetting in between (first run, patient-bootstrap CI)."""
     first = next(iter(results.values()))
-    names = list(first.get("per_site", {}))
+    names = [task["site"] for task in first["tasks"] if task.get("site") in first.get("per_site", {})]
     if not names:
         raise ConfigError(f"scenario '{first.get('scenario')}' is not site-incremental: it has no per-site results")
     columns = ["method"]

@@ -124,3 +124,10 @@ def test_site_lists_are_checked_when_the_config_is_read(two_sites):
                              ScenarioConfig)
     with pytest.raises(ConfigError, match="set kind: site"):
         retune.api.as_config(site_config(two_sites, kind="data"), ScenarioConfig)
+
+
+def test_a_task_naming_an_unknown_site_is_refused():
+    from retune.scenarios.spec import TaskSpec, validate_tasks
+
+    with pytest.raises(ConfigError, match=r"task 1: site 'clinic' is not one of the data's sites \(adults, child"):
+        validate_tasks([TaskSpec(classes=["Mass"], site="clinic")], "site", ["Mass"], ["adults", "children"])

@@ -36,11 +36,12 @@ N_UPLOAD_IMAGES = 64
 def train_nih_run(ctx: Context) -> Path:
     """A RE-tune run on the first NIH rows (embedded once into the workdir's store); reused when present."""
     run_dir = ctx.workdir / "serve-nih-run"
-    if (run_dir / "checkpoint.safetensors").exists():
-        return run_dir
     from retune.config import TrainConfig
+    from retune.experiments.run_folder import CHECKPOINT
     from retune.experiments.train import train_run
 
+    if (run_dir / CHECKPOINT).exists():
+        return run_dir
     frame = pd.read_csv(NIH_CSV, dtype=str, keep_default_na=False).head(N_TRAIN_ROWS)
     csv = ctx.workdir / f"serve-nih-{N_TRAIN_ROWS}.csv"  # paths stay relative to the shared image root
     frame.to_csv(csv, index=False)

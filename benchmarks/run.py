@@ -20,7 +20,10 @@ if __package__ in (None, ""):  # executed as a script: make `benchmarks` importa
 from benchmarks.common import ROOT, Context, fmt, print_table, write_result  # noqa: E402
 
 # Cheapest first, so a quick run shows numbers early; quality last (it may embed the NIH subset).
-BENCHMARKS = ["training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche"]
+BENCHMARKS = [
+    "training", "memory", "embed", "scenario", "prefix", "serve", "quality", "distributed", "avalanche",
+    "serve_abuse", "seg",
+]
 MODULES = {
     "training": "bench_training",
     "memory": "bench_memory",
@@ -31,6 +34,8 @@ MODULES = {
     "quality": "bench_quality",
     "distributed": "bench_distributed",
     "avalanche": "bench_avalanche",
+    "serve_abuse": "bench_serve_abuse",
+    "seg": "bench_seg",
 }
 
 

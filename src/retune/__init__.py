@@ -8,12 +8,7 @@ The public API (documented in ``retune.api``)::
     retune.run_scenario("configs/nih-class-incremental.yaml", out="results/nih-class")
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("retune")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from retune.version import __version__
 
 __all__ = ["Run", "__version__", "load_run", "run_scenario", "train"]
 _API = {"Run", "load_run", "run_scenario", "train"}

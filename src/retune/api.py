@@ -14,16 +14,16 @@ Configs may be given as the pydantic model, a dict of its fields or a YAML file;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from retune.config import TrainConfig, load_yaml_config, parse_config
+from retune.config import TrainConfig, absolute_paths, load_yaml_config, parse_config
 from retune.errors import ConfigError
 from retune.evaluation.metrics import DEFAULT_MIN_POSITIVES
+from retune.io_utils import removed_on_failure
 
 ConfigLike = Any  # a pydantic config, a dict of its fields, or the path of a YAML file
 
@@ -43,23 +43,28 @@ class Run:
     """A trained run directory (``retune train`` or ``retune peft run``): its metrics, and scoring of new images."""
 
     def __init__(
-        self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False
+        self, path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False,
+        verify: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise ConfigError(f"{self.path}: run directory does not exist")
-        self.store, self.device, self.cache = store, device, cache
+        self.store, self.device, self.cache, self.verify = store, device, cache, verify
         self._opened = None
 
     @property
     def metrics(self) -> dict:
         """The run's ``metrics.json`` (test split, with CIs)."""
-        return json.loads((self.path / "metrics.json").read_text())
+        from retune.experiments.run_folder import read_run_metrics
+
+        return read_run_metrics(self.path)
 
     @property
     def facts(self) -> dict:
         """The run's ``config.json``: backbone, classes, prompts, split and training config."""
-        return json.loads((self.path / "config.json").read_text())
+        from retune.experiments.run_folder import read_run_facts
+
+        return read_run_facts(self.path)
 
     @property
     def classes(self) -> list[str]:
@@ -69,7 +74,9 @@ class Run:
         from retune.experiments.inference import open_run
 
         if self._opened is None:
-            self._opened = open_run(self.path, self.store, self.device, show_progress=show_progress, cache=self.cache)
+            self._opened = open_run(
+                self.path, self.store, self.device, show_progress=show_progress, cache=self.cache, verify=self.verify
+            )
         return self._opened
 
     def predict(self, images: list[str | Path], method: str | None = None) -> pd.DataFrame:
@@ -120,9 +127,13 @@ class Run:
         return f"Run({str(self.path)!r})"
 
 
-def load_run(path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False) -> Run:
-    """Open a run directory; ``store`` overrides the run's store, ``cache=True`` adds new images' embeddings to it."""
-    return Run(path, store, device, cache)
+def load_run(
+    path: str | Path, store: str | Path | None = None, device: str | None = None, cache: bool = False,
+    verify: bool = True,
+) -> Run:
+    """Open a run directory; ``store`` overrides the run's store, ``cache=True`` adds new images' embeddings to it;
+    ``verify=False`` loads a run whose config.json records no weights hash (its weights cannot be checked)."""
+    return Run(path, store, device, cache, verify)
 
 
 def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> Run:
@@ -132,7 +143,8 @@ def train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> R
     """
     from retune.experiments.train import train_run
 
-    train_run(as_config(config, TrainConfig), out, show_progress=show_progress)
+    with removed_on_failure(out):
+        train_run(as_config(config, TrainConfig), out, show_progress=show_progress)
     return Run(out)
 
 
@@ -153,11 +165,11 @@ def run_scenario(
 
     Returns {method: results} and writes OUT/<method>/results.json, OUT/report.html and (``track``) MLflow runs.
     """
-    from retune.report.tracking import log_scenario_results
+    from retune.experiments.run_folder import track_scenario
     from retune.scenarios.runner import run_scenario as run
     from retune.scenarios.spec import ScenarioConfig
 
-    settings = as_config(config, ScenarioConfig)
+    settings = absolute_paths(as_config(config, ScenarioConfig), Path.cwd())  # scenario.json means the same anywhere
     out = Path(out)
     if engine == "ray":
         from retune.distributed.ray_sweep import ray_sweep
@@ -165,16 +177,17 @@ def run_scenario(
         engine = ray_sweep(address)
     elif engine == "local":
         engine = None
-    results = run(
-        settings,
-        out,
-        show_progress=show_progress,
-        progress=progress or (lambda message: None),
-        restart=restart,
-        engine=engine,
-    )
+    with removed_on_failure(out):
+        results = run(
+            settings,
+            out,
+            show_progress=show_progress,
+            progress=progress or (lambda message: None),
+            restart=restart,
+            engine=engine,
+        )
     if track:
-        log_scenario_results(results, out, settings.tracking_uri)
+        track_scenario(results, out, settings.tracking_uri)
     return results
 
 
@@ -272,13 +285,17 @@ def run_metrics(runs: list[str | Path]) -> list[tuple[Path, str, dict]]:
 
 def compare_runs(
     run_a: str | Path, run_b: str | Path, csv: str | Path, split: str = "auto", n_bootstrap: int = 1000,
-    show_progress: bool = False,
+    show_progress: bool = False, min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
     """Is run A better than run B? Both main methods scored on the same images of ``csv`` (images either trained
-    on left out): per-class and mean AUROC difference A - B with paired patient-bootstrap CIs."""
+    on left out): per-class and mean AUROC difference A - B with paired patient-bootstrap CIs; the mean covers the
+    classes with ``min_positives`` positives, as every other mean."""
     from retune.experiments.inference import paired_comparison
 
-    return paired_comparison(run_a, run_b, csv, split=split, n_bootstrap=n_bootstrap, show_progress=show_progress)
+    return paired_comparison(
+        run_a, run_b, csv, split=split, n_bootstrap=n_bootstrap, show_progress=show_progress,
+        min_positives=min_positives,
+    )
 
 
 def export_predictions(frame: pd.DataFrame, output: str | Path) -> None:
@@ -311,7 +328,8 @@ def run_peft(config: ConfigLike, out: str | Path, show_progress: bool = False) -
     from retune.config import PeftExperimentConfig
     from retune.experiments.peft import run_peft_experiment
 
-    return run_peft_experiment(as_config(config, PeftExperimentConfig), out, show_progress=show_progress)
+    with removed_on_failure(out):
+        return run_peft_experiment(as_config(config, PeftExperimentConfig), out, show_progress=show_progress)
 
 
 def tune(config: ConfigLike, out: str | Path, address: str | None = None, show_progress: bool = False) -> dict:
@@ -336,6 +354,119 @@ def mlflow_ui(
     folder: str | Path, host: str = "127.0.0.1", port: int = 5000, announce: Callable[[str], None] = print
 ) -> int:
     """Run the MLflow UI over a run's or scenario's ``mlruns`` until it stops; returns its exit code."""
+    from retune.experiments.run_folder import mlflow_store
     from retune.report.tracking import mlflow_ui as run_ui
 
-    return run_ui(Path(folder), host, port, announce)
+    return run_ui(mlflow_store(Path(folder)), host, port, announce)
+
+
+def adaptor_bench(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Pre-train the Adaptor with each objective mix and seed of an ``ObjectivesBenchConfig`` on cached tokens and
+    evaluate every run alike (zero-shot, probes, retrieval; mean ± sd, first-seed CIs); writes and returns
+    OUT/bench.json."""
+    from retune.experiments.adaptor_bench import run_objectives_bench
+    from retune.objectives import ObjectivesBenchConfig
+
+    return run_objectives_bench(as_config(config, ObjectivesBenchConfig), out, show_progress=show_progress)
+
+
+def caption(run: str | Path, images: list[str | Path], device: str | None = None) -> list[str]:
+    """A generated sentence for each image file, from a bench run folder whose mix has a caption objective."""
+    from retune.experiments.adaptor_bench import caption_images
+
+    return caption_images(run, images, device=device)
+
+
+def export_split(folder: str | Path, split: str, out: str | Path) -> dict:
+    """Write a run's or a scenario's ``split`` (train, val or test) to the CSV ``out``, rebuilt exactly as training
+    built it (same CSV content, store rows, fractions and seed); returns what was written."""
+    from retune.scenarios.split_export import export_split as export
+
+    return export(folder, split, out)
+
+
+# ---------------------------------------------------------------- closed-ended VQA
+
+
+def vqa_build(data: str | Path | dict, out: str | Path, config: ConfigLike | None = None) -> pd.DataFrame:
+    """Closed-ended questions from a labelled CSV (its path, or a ``DataConfig`` dict) written to ``out`` (Parquet):
+    yes/no per image and finding from several phrasings, balanced, each "yes" paired with an adversarial "no";
+    multiple choice; patient split; held-out phrasings and findings (``QuestionSetConfig``, dict or YAML)."""
+    from retune.config import DataConfig
+    from retune.data.questions import QuestionSetConfig
+    from retune.experiments.vqa import build_question_file
+
+    data_config = as_config({"csv": data} if isinstance(data, (str, Path)) else data, DataConfig)
+    settings = QuestionSetConfig() if config is None else as_config(config, QuestionSetConfig)
+    return build_question_file(data_config, out, settings)
+
+
+def vqa_import(path: str | Path, out: str | Path, format: str = "vqa-rad", image_folder: str | Path | None = None,
+               include_open: bool = True) -> pd.DataFrame:
+    """A VQA-RAD JSON or one SLAKE split file (``format``: vqa-rad, slake) as a question table written to ``out``."""
+    from retune.data.questions import write_questions
+    from retune.data.vqa_sets import read_slake, read_vqa_rad
+
+    readers = {"vqa-rad": read_vqa_rad, "slake": read_slake}
+    if format not in readers:
+        raise ConfigError(f"unknown VQA format '{format}'; valid: {', '.join(readers)}")
+    frame = readers[format](path, image_folder, include_open)
+    write_questions(frame, out, {"source": format, "path": str(Path(path).resolve())})
+    return frame
+
+
+def vqa_train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Train a VQA variant (``VqaExperimentConfig``: frozen towers, or LoRA / IA3 / prefix / visual prompts on a
+    tower) on a question table's training split; writes the run to ``out`` and returns its metrics (test split,
+    with the random, majority and classifier-as-answerer baselines)."""
+    from retune.experiments.vqa import VqaExperimentConfig, run_vqa_experiment
+
+    return run_vqa_experiment(as_config(config, VqaExperimentConfig), out, show_progress=show_progress)
+
+
+def vqa_evaluate(run: str | Path, questions: str | Path, split: str = "auto", n_bootstrap: int = 1000,
+                 store: str | Path | None = None, device: str | None = None) -> dict:
+    """Score a VQA run and the baselines on a question table (``auto``: its test split when the run trained on it,
+    else every question), with patient-bootstrap CIs."""
+    from retune.experiments.vqa import evaluate_vqa_run
+
+    return evaluate_vqa_run(run, questions, split, n_bootstrap, store, device)
+
+
+def vqa_ask(run: str | Path, image: str | Path, question: str, store: str | Path | None = None,
+            device: str | None = None) -> dict:
+    """A VQA run's yes/no answer to ``question`` about one image: {"question", "answer", "p_yes"}."""
+    from retune.experiments.vqa import ask
+
+    return ask(run, image, question, store, device)
+
+
+# -- segmentation -------------------------------------------------------------------------------------------------
+def seg_train(config: ConfigLike, out: str | Path, show_progress: bool = False) -> dict:
+    """Train a segmentation head (``SegmentationConfig``: linear, fpn or text) on the frozen tower's cached dense maps,
+    with the predict-nothing and from-scratch U-Net baselines on the same patient split; write the run to ``out``.
+
+    Returns the test metrics: per method and structure, Dice / IoU / HD95 with patient-bootstrap CIs.
+    """
+    from retune.experiments.segmentation import seg_train_run
+    from retune.segmentation.config import SegmentationConfig
+
+    return seg_train_run(as_config(config, SegmentationConfig), out, show_progress=show_progress)
+
+
+def seg_evaluate(run: str | Path, data: str | Path, format: str = "auto", image_root: str | Path | None = None,
+                 store: str | Path | None = None, n_bootstrap: int | None = None, show_progress: bool = False) -> dict:
+    """Score a segmentation run and the predict-nothing baseline on every image of a mask table (``data``)."""
+    from retune.experiments.segmentation import seg_evaluate_run
+    from retune.segmentation.config import SegDataConfig
+
+    settings = parse_config({"csv": data, "format": format, "image_root": image_root}, SegDataConfig, "data")
+    return seg_evaluate_run(run, settings, store, n_bootstrap, show_progress)
+
+
+def seg_predict(run: str | Path, images: list[str | Path], out: str | Path, structures: list[str] | None = None
+                ) -> list[dict]:
+    """Segment images with a run: per image a 0/255 mask PNG per structure and an overlay, at the image's size."""
+    from retune.experiments.segmentation import seg_predict_images
+
+    return seg_predict_images(run, images, out, structures)

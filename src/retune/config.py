@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -9,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retune.errors import ConfigError
+from retune.io_utils import MAX_TEXT_BYTES, read_text_checked
 
 # The names each choice accepts, declared once: code that dispatches on them reads get_args() of these.
 AdaptorKind = Literal["identity", "dense", "mlp"]
@@ -100,15 +102,6 @@ class DataConfig(StrictModel):
     classes: list[str] | None = None
     metadata_csv: Path | None = Field(None, description="mimic only: mimic-cxr-2.0.0-metadata.csv (images per study).")
 
-    @field_validator("format")
-    @classmethod
-    def _registered_format(cls, value: str) -> str:
-        from retune.data.readers import READERS
-
-        if value != "auto" and value not in READERS:
-            raise ValueError(f"unknown format '{value}'; valid: auto, {', '.join(READERS)}")
-        return value
-
 
 class SplitConfig(StrictModel):
     """Patient-level train/val/test split."""
@@ -156,14 +149,39 @@ class TrainConfig(ExperimentConfig):
     n_bootstrap: int = Field(1000, ge=0)
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def absolute_paths(model: ModelT, folder: Path, only_set: bool = False) -> ModelT:
+    """``model`` with every relative path field (nested configs included) joined onto ``folder``; ``only_set``: only
+    the fields given explicitly (a YAML's own paths), leaving defaults such as ``retune-store`` to the working folder.
+    """
+    updates = {}
+    for name in model.model_fields_set if only_set else type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            updates[name] = absolute_paths(value, folder, only_set)
+        elif isinstance(value, Path) and not value.expanduser().is_absolute():
+            updates[name] = Path(os.path.abspath(folder / value))
+        elif isinstance(value, Path) and str(value).startswith("~"):
+            updates[name] = value.expanduser()
+    return model.model_copy(update=updates) if updates else model
+
+
 def load_yaml_config(path: str | Path, model: type[BaseModel]) -> BaseModel:
-    """Parse a YAML file into ``model``; errors name the file and the offending field."""
+    """Parse a YAML file into ``model``; errors name the file and the offending field. Relative paths in the file
+    (``data.csv``, ``data.image_root``, ``store``, ...) resolve against the YAML file's folder, not the folder the
+    command runs in, so a config works from anywhere; paths given on the command line resolve as usual."""
     path = Path(path)
+    text = read_text_checked(path, MAX_TEXT_BYTES, "YAML file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read YAML ({error})") from error
-    return parse_config(raw, model, str(path))
+        raw = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as error:
+        detail = " ".join(str(error).split()) or "nested too deeply"
+        raise ConfigError(f"{path}: cannot read YAML ({detail})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config holds field: value pairs, not a {type(raw).__name__}")
+    return absolute_paths(parse_config(raw, model, str(path)), path.resolve().parent, only_set=True)
 
 
 def parse_config(raw: dict, model: type[BaseModel], where: str) -> BaseModel:

@@ -44,8 +44,11 @@ def progress_bar(
 
 
 @contextmanager
-def epoch_bar(description: str, max_epochs: int, enabled: bool = True) -> Iterator[EpochUpdate]:
-    """Yield ``update(epoch, train_loss, val_score)`` for one training: epoch of max, loss, validation AUROC, time.
+def epoch_bar(
+    description: str, max_epochs: int, enabled: bool = True, score: str = "AUROC"
+) -> Iterator[EpochUpdate]:
+    """Yield ``update(epoch, train_loss, val_score)`` for one training: epoch of max, loss, validation ``score``
+    (AUROC unless said), time.
 
     Early stopping ends a fit before ``max_epochs``; the bar then shows the epoch it stopped at.
     """
@@ -57,7 +60,7 @@ def epoch_bar(description: str, max_epochs: int, enabled: bool = True) -> Iterat
         BarColumn(),
         TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
         TextColumn("loss {task.fields[loss]}"),
-        TextColumn("val AUROC {task.fields[val]}"),
+        TextColumn(f"val {score} {{task.fields[val]}}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, transient=False, console=_stderr()) as progress:

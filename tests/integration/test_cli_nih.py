@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,13 +17,11 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from retune.cli import app
-from retune.data.images import file_content_hash
 from retune.store import EmbeddingStore
 
 pytestmark = pytest.mark.integration
 
 N_ROWS = 300
-N_NIH = 1599
 # Classes trained in the CLI tests: four with positives from several test-split patients (so the
 # patient-bootstrap CI of the mean is defined) and two with no positive in the test split (undefined).
 CLASSES = ["Atelectasis", "Effusion", "Infiltration", "No_Finding", "Pneumonia", "Edema"]
@@ -84,13 +76,6 @@ def trained_run(small_csv: Path, store: Path, first_embed, train_config: Path, w
         "train", "--data", small_csv, "--out", run, "--store", store, "--config", train_config, "--allow-outside-root"
     )
     return run, result
-
-
-def test_backbones_lists_default():
-    """`retune backbones` exits 0 and lists the default backbone."""
-    result = invoke("backbones")
-    assert result.exit_code == 0, describe(result)
-    assert re.search(r"^\W*default\b", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_embed_stores_300_rows_then_computes_nothing(small_csv: Path, store: Path, first_embed):
@@ -251,7 +236,10 @@ def test_train_with_the_siglip_objective_records_it_and_evaluates_back(
     )
     assert result.exit_code == 0, describe(result)
     metrics = json.loads(result.stdout)
-    assert metrics["method"] == "retune" and metrics["mean_auroc"] is not None and 0.0 <= metrics["mean_auroc"] <= 1.0
+    left_out = set(metrics["undefined_classes"]) | set(metrics["too_few_positives"])
+    covered = [record["auroc"] for name, record in metrics["per_class"].items() if name not in left_out]
+    assert metrics["method"] == "retune" and covered  # the mean is the mean of the classes it covers
+    assert metrics["mean_auroc"] == pytest.approx(sum(covered) / len(covered), abs=1e-9)
     assert json.loads((run / "config.json").read_text())["train_config"]["retune"]["objective"] == "siglip"
     assert load_file(str(run / "checkpoint.safetensors"))["retune/logit_bias"] != 0.0
     evaluated = json.loads(
@@ -360,55 +348,3 @@ def test_store_purge(store: Path, first_embed, work: Path):
     refused = invoke("store", "purge", keep, "--yes")
     assert refused.exit_code == 2 and "refusing" in refused.stderr
     assert (keep / "file.txt").exists()
-
-
-def _retune_executable() -> str:
-    beside = Path(sys.executable).with_name("retune")
-    found = str(beside) if beside.exists() else shutil.which("retune")
-    assert found, "the retune console script is not installed"
-    return found
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_embed_killed_with_sigkill_resumes_without_duplicates(nih_dir: Path, tmp_path: Path):
-    """kill -9 of `retune embed` after its first shard, then a rerun, leaves one row per unique image, no duplicates
-    (~1-5 min)."""
-    # The 1,599 files hold 1,598 distinct images: 00002658_001.png and 00002658_002.png are byte-identical,
-    # and the store is keyed by content, so the expected row count is the number of distinct file hashes.
-    frame = pd.read_csv(nih_dir / "labels.csv", dtype=str)
-    assert len(frame) == N_NIH
-    n_unique = len({file_content_hash(nih_dir / path) for path in frame["path"]})
-    assert n_unique == N_NIH - 1
-    store = tmp_path / "store"
-    command = [_retune_executable(), "embed", str(nih_dir / "labels.csv"), "--store", str(store), "--workers", "0"]
-    log = tmp_path / "first-run.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not list(store.glob("images/fp=*/part-*.parquet")):
-            assert process.poll() is None, f"embed ended before writing a shard:\n{log.read_text()}"
-            assert time.monotonic() < deadline, "no finished shard after 240 s"
-            time.sleep(0.2)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, f"first run was not killed (exit {process.returncode})"
-    opened = EmbeddingStore(store, create=False)
-    (fingerprint,) = [folder.name.removeprefix("fp=") for folder in (store / "images").glob("fp=*")]
-    before = len(opened.read_vectors("images", fingerprint)[0])
-    assert 0 < before < n_unique
-
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, **ENV})
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    match = re.search(r"(\d+) rows, (\d+) unique images: (\d+) cached, (\d+) computed", rerun.stdout)
-    assert match, rerun.stdout
-    rows, unique, cached, computed = map(int, match.groups())
-    assert (rows, unique) == (N_NIH, n_unique)
-    assert cached >= before and cached + computed == n_unique
-    keys, matrix = EmbeddingStore(store, create=False).read_vectors("images", fingerprint)
-    assert len(set(keys)) == n_unique
-    assert len(keys) == n_unique, f"{len(keys) - len(set(keys))} duplicate rows"
-    assert matrix.shape == (n_unique, 1280)

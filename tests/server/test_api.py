@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import tempfile
 
@@ -26,7 +28,7 @@ def client(served_runs):
 
 @pytest.fixture(scope="module")
 def phantom_png(phantom_run) -> tuple[str, bytes]:
-    path = sorted((phantom_run[1].parent / "images").glob("*.png"))[0]
+    path = sorted((phantom_run.csv.parent / "images").glob("*.png"))[0]
     return path.name, path.read_bytes()
 
 
@@ -34,18 +36,20 @@ def predict(client: TestClient, *files: tuple[str, bytes], run: str = "phantom-r
     return client.post(f"/v1/runs/{run}/predict", files=[("images", (name, data)) for name, data in files], **kwargs)
 
 
-def test_health_and_runs_list_the_served_run(client):
+def test_health_and_runs_list_the_served_run(client, phantom_run):
     assert client.get("/v1/health").json()["runs"] == ["phantom-run"]
     (summary,) = client.get("/v1/runs").json()["runs"]
     assert summary["name"] == "phantom-run" and summary["kind"] == "train" and summary["method"] == "retune"
     assert summary["backbone"] == "default" and len(summary["classes"]) > 1
-    assert summary["headline"]["split"] == "test" and summary["headline"]["mean_auroc"] is not None
+    saved = json.loads((phantom_run.run / "metrics.json").read_text())
+    assert summary["headline"]["split"] == "test" and summary["headline"]["mean_auroc"] == saved["mean_auroc"]
 
 
-def test_run_details_hold_metrics_config_and_roc_plot(client):
+def test_run_details_hold_metrics_config_and_roc_plot(client, phantom_run):
     details = client.get("/v1/runs/phantom-run").json()
     assert set(details["metrics"]["per_class"]) == set(details["classes"])
-    assert details["config"]["train_config"]["n_bootstrap"] == 20
+    saved = json.loads((phantom_run.run / "config.json").read_text())
+    assert details["config"]["train_config"] == saved["train_config"] and saved["train_config"]["n_bootstrap"] == 50
     roc = client.get("/v1/runs/phantom-run/roc.png")
     assert roc.status_code == 200 and roc.headers["content-type"] == "image/png" and roc.content[:4] == b"\x89PNG"
 
@@ -54,7 +58,7 @@ def test_predict_matches_retune_predict_through_the_store(client, phantom_run, p
     """In-memory scoring gives the same probabilities as `retune predict` (which goes through the embedding store)."""
     from retune.experiments.inference import predict_images
 
-    expected, _ = predict_images(phantom_run[0], [phantom_run[1].parent / "images" / phantom_png[0]])
+    expected, _ = predict_images(phantom_run.run, [phantom_run.csv.parent / "images" / phantom_png[0]])
     response = predict(client, phantom_png)
     assert response.status_code == 200, response.text
     (prediction,) = response.json()["predictions"]
@@ -64,8 +68,11 @@ def test_predict_matches_retune_predict_through_the_store(client, phantom_run, p
         assert got[finding] == pytest.approx(float(expected[finding].iloc[0]), abs=1e-4)
     probabilities = [row["probability"] for row in prediction["findings"]]
     assert probabilities == sorted(probabilities, reverse=True)
-    first = prediction["findings"][0]
-    assert first["positive_similarity"] is not None and first["decision"] is None
+    facts = json.loads((phantom_run.run / "config.json").read_text())
+    for row in prediction["findings"]:  # RE-tune's probability is sigmoid(tau * (positive - negative similarity))
+        margin = facts["tau"] * (row["positive_similarity"] - row["negative_similarity"])
+        assert row["probability"] == pytest.approx(1 / (1 + math.exp(-margin)), abs=1e-4)
+        assert row["decision"] == (row["probability"] >= facts["thresholds"][row["finding"]])  # chosen on validation
 
 
 def test_predict_several_images_keeps_their_order(client, phantom_png):
@@ -274,11 +281,10 @@ def test_a_peft_run_is_served_with_the_scores_of_retune_predict(phantom_run):
     from retune.experiments.peft import run_peft_experiment
     from retune.server import load_served_runs
 
-    run_dir, csv = phantom_run
-    peft_dir = run_dir.parent / "peft-freeze"
+    csv, peft_dir = phantom_run.csv, phantom_run.root / "peft-freeze"
     settings = {"method": "freeze", "freeze_blocks": 6, "epochs": 1, "n_bootstrap": 0}
     config = PeftExperimentConfig.model_validate(
-        {"data": {"csv": str(csv)}, "store": str(run_dir.parent / "store"), **settings}
+        {"data": {"csv": str(csv)}, "store": str(phantom_run.store), **settings}
     )
     run_peft_experiment(config, peft_dir)
     image = min((csv.parent / "images").glob("*.png"))

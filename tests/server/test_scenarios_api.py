@@ -88,7 +88,7 @@ def test_runs_page_shows_each_method_row_and_heatmap(client):
         assert f"<td>{method}</td>" in section
         assert f'src="/v1/scenarios/{SCENARIO}/methods/{method}/auroc_matrix.png"' in section
     assert "final mean AUROC [95% CI]" in section and "over runs (mean ± sd)" in section
-    assert "positive test images" in section  # the min-positives sentence
+    assert "classes with &gt;= 2 test positives" in section  # the min-positives sentence
 
 
 def test_serving_never_writes_into_the_scenario_folder(phantom_scenario):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 RETUNE = [sys.executable, "-m", "retune.cli"]
 ENV = {**os.environ, "COLUMNS": "1000"}  # rich wraps at 80 columns without a terminal
 PEAK_RSS_LIMIT_MB = 1536
-N_KILLED_EMBED = 64
+N_KILLED_EMBED = 48
 
 
 def start(*args: str | Path) -> subprocess.Popen:
@@ -102,19 +103,53 @@ def store_rows(store: Path) -> list[str]:
     ]
 
 
+# The CLI's embedding loop with 4-image shards (the CLI flushes every 512 images or 30 s), so that a kill lands
+# between shards of a few dozen phantoms.
+EMBED_IN_SMALL_SHARDS = (
+    "import sys; from retune.backbones.registry import create_backbone; from retune.data.readers import read_table; "
+    "from retune.store import EmbeddingStore; from retune.store.embed import embed_table; "
+    "embed_table(read_table(sys.argv[1]), create_backbone('default', device='cpu'), EmbeddingStore(sys.argv[2]), "
+    "batch_size=4, workers=0, shard_size=4, show_progress=False)"
+)
+
+
 @pytest.mark.timeout(900)
-def test_embed_killed_again_and_again_resumes_to_one_row_per_image(tmp_path):
-    """kill -9 at growing delays, then a full run: every distinct image stored exactly once, the manifest valid."""
-    csv = write_phantom_dataset(tmp_path / "data", n=N_KILLED_EMBED, seed=1, size=96)
+def test_embed_killed_mid_encoding_resumes_to_one_row_per_distinct_image(tmp_path):
+    """kill -9 of the embedding loop once its first shard is on disk and before it finishes (checked: killed by
+    the signal, some but not all images stored), then `retune embed`: it reuses every stored row, computes only the
+    rest, and the store holds each distinct image once (two byte-identical files count once), manifest valid."""
+    csv = write_phantom_dataset(tmp_path / "data", n=N_KILLED_EMBED, seed=1, size=32)
+    frame = pd.read_csv(csv, dtype=str)
+    duplicate = frame.iloc[[0]].assign(path="images/same_bytes.png", patient_id="dup")
+    (csv.parent / "images" / "same_bytes.png").write_bytes((csv.parent / frame["path"].iloc[0]).read_bytes())
+    pd.concat([frame, duplicate]).to_csv(csv, index=False)
     store = tmp_path / "store"
-    for delay in (6.0, 10.0):  # the first usually lands while the backbone loads, the second while encoding
-        process = start("embed", csv, "--store", store, "--batch-size", "4", "--workers", "1")
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
-    final = start("embed", csv, "--store", store, "--batch-size", "4", "--workers", "1")
-    out, err = final.communicate(timeout=600)
+    process = subprocess.Popen([sys.executable, "-c", EMBED_IN_SMALL_SHARDS, str(csv), str(store)], env=ENV)
+    try:
+        deadline = time.monotonic() + 300
+        while not store_rows(store):
+            assert process.poll() is None, "the embedding loop ended before writing a shard"
+            assert time.monotonic() < deadline, "no finished shard after 300 s"
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, f"embedding was not killed mid-run (exit {process.returncode})"
+    before = len(store_rows(store))
+    assert 0 < before < N_KILLED_EMBED
+
+    final = start("embed", csv, "--store", store, "--workers", "0")
+    try:
+        out, err = final.communicate(timeout=600)
+    finally:
+        final.kill()
     assert final.returncode == 0, err
+    summary = re.search(r"(\d+) rows, (\d+) unique images: (\d+) cached, (\d+) computed", out)
+    assert summary, out
+    assert [int(value) for value in summary.groups()] == [
+        N_KILLED_EMBED + 1, N_KILLED_EMBED, before, N_KILLED_EMBED - before
+    ]
     rows = store_rows(store)
     assert len(rows) == len(set(rows)) == N_KILLED_EMBED
     assert json.loads((store / "manifest.json").read_text())["format_version"] == 1
@@ -148,7 +183,7 @@ def reached(out: Path, boundary: int, every_task: int) -> bool:
 def test_scenario_killed_at_every_task_boundary_and_during_logging_resumes_exactly(tmp_path):
     """naive and lwf, 2 tasks each: a process is killed after lwf's first task (naive finished, lwf half done), the
     next while logging to MLflow; the resumed results.json are byte for byte those of an uninterrupted run, with one
-    MLflow run per method. (tests/unit/test_resume_exact.py resumes after every task boundary in-process.)"""
+    MLflow run per method. (tests/scenarios/test_resume_exact.py resumes after every task boundary in-process.)"""
     csv = write_phantom_dataset(tmp_path / "data", n=80, seed=2, size=64)
     config = scenario_file(tmp_path, csv)
     reference = start("scenario", "run", config, "--out", tmp_path / "reference")

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from retune.errors import ConfigError
+
 
 def names_under(*prefixes: str) -> Callable[[str], bool]:
     """Predicate: a module/parameter name lies under one of ``prefixes`` (for ``Backbone.tower``)."""
@@ -49,6 +51,7 @@ class Backbone(ABC):
     aligned: bool = False
     image_dim: int
     text_dim: int
+    dense_strides: tuple[int, ...] = ()  # strides of the maps ``dense_features`` gives (empty: it gives none)
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -68,6 +71,20 @@ class Backbone(ABC):
     @abstractmethod
     def fingerprint_parts(self) -> dict:
         """Everything that determines the embeddings: model id, weight hashes, preprocessing."""
+
+    def dense_preprocess(self, image: Image.Image, size: int) -> torch.Tensor:
+        """One decoded image resized (not cropped: every pixel keeps its place) to size x size and normalised as the
+        image tower expects, for ``dense_features``."""
+        raise self._no_dense_features()
+
+    def dense_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale feature maps of a ``dense_preprocess`` batch, finest first (N x C_i x H/s x W/s for each
+        stride s of ``dense_strides``), for segmentation heads; no gradients."""
+        raise self._no_dense_features()
+
+    def _no_dense_features(self) -> ConfigError:
+        return ConfigError(f"backbone '{self.spec}' gives no dense feature maps; segmentation needs a backbone "
+                           "that does (e.g. default)")
 
     def tower(self, name: str) -> tuple[torch.nn.Module, Callable[[str], bool]] | None:
         """Where encoder tower ``name`` (image, text) lives, for tuning: (module, which of its parameter/module names
@@ -138,6 +155,28 @@ def weight_files_sha256(directory: str | os.PathLike) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.suffix in suffixes
     }
+
+
+def square_pixels(image: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """An image resized (bicubic, not cropped: every pixel keeps its place) to size x size, scaled to [0, 1] and
+    normalised: the input of ``Backbone.dense_features``."""
+    from torchvision.transforms.v2 import functional
+
+    pixels = functional.pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
+    bicubic = functional.InterpolationMode.BICUBIC
+    pixels = functional.resize(pixels, [size, size], interpolation=bicubic, antialias=True)
+    return functional.normalize(functional.to_dtype(pixels, torch.float32, scale=True), list(mean), list(std))
+
+
+def resampled_pyramid(maps: list[torch.Tensor], stride: int, strides: tuple[int, ...]) -> list[torch.Tensor]:
+    """Single-stride maps (a ViT's blocks, all at ``stride``) resampled to ``strides`` (one each), the simple feature
+    pyramid of ViTDet / SETR, so the same heads serve plain ViTs."""
+    resize = torch.nn.functional.interpolate
+    return [
+        resize(feature_map, scale_factor=stride / target, mode="bilinear", align_corners=False)
+        if target != stride else feature_map
+        for feature_map, target in zip(maps, strides)
+    ]
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

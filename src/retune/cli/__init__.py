@@ -5,12 +5,25 @@ Every command turns a ``RetuneError`` (bad input, unknown name, missing weights)
 non-zero exit, never a stack trace.
 """
 
-from retune.cli import runs, scenario, serve, store, tune, tuning  # noqa: F401  (top-level commands register here)
+from retune.cli import (  # noqa: F401  (top-level commands register here)
+    runs,
+    scenario,
+    seg,
+    serve,
+    split,
+    store,
+    tune,
+    tuning,
+    vqa,
+)
 from retune.cli.root import app
 
 app.add_typer(store.app, name="store")
 app.add_typer(scenario.app, name="scenario")
 app.add_typer(tuning.adaptor_app, name="adaptor")
 app.add_typer(tuning.peft_app, name="peft")
+app.add_typer(split.app, name="split")
+app.add_typer(vqa.app, name="vqa")
+app.add_typer(seg.app, name="seg")
 
 __all__ = ["app"]

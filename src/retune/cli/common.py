@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -25,7 +29,8 @@ def examples(*lines: str) -> str:
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """Print a RetuneError as one line and exit 2 instead of showing a traceback."""
+    """Print a RetuneError, or an operating-system error such as a read-only output folder (naming its file), as
+    one line and exit 2 instead of showing a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -34,8 +39,46 @@ def friendly_errors(command: Callable) -> Callable:
         except RetuneError as error:
             err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as error:
+            err_console.print(f"[bold red]error:[/] {escape(os_error_line(error))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+@contextmanager
+def said_on_interrupt(message: str) -> Iterator[None]:
+    """Ctrl-C during the block: one line saying what was saved and how to resume, then exit status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+# Warnings and logs of the libraries underneath that say nothing a retune user can act on.
+NOISY_MESSAGES = (r".*Grad strides do not match.*", r".*source code of class.*", r".*TypedStorage is deprecated.*")
+NOISY_MODULES = r"(torch|torchvision|timm|transformers|mlflow|starlette|fastapi|pydantic|ray|peft|open_clip)(\.|$)"
+NOISY_LOGGERS = ("mlflow", "alembic", "ray", "transformers", "timm", "urllib3", "torch.distributed")
+
+
+def third_party_noise(shown: bool) -> None:
+    """Hide (default) or show (--verbose) third-party warnings and logs; Ray's own processes log errors only."""
+    action = "default" if shown else "ignore"
+    for pattern in NOISY_MESSAGES:
+        warnings.filterwarnings(action, message=pattern)
+    warnings.filterwarnings(action, module=NOISY_MODULES)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if shown else logging.ERROR)
+    if not shown:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # core_worker.cc lines
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def os_error_line(error: OSError) -> str:
+    """``<file>: <reason>`` for an operating-system error (e.g. ``runs/x: Read-only file system``)."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    return f"{error.filename}: {reason}" if error.filename else reason
 
 
 def announce_store(store: Path) -> None:
@@ -62,7 +105,7 @@ def progress_shown(quiet: bool) -> bool:
 
 
 CSV_ARGUMENT = typer.Argument(
-    ..., exists=False, help="Label CSV: a path column, label columns and optionally patient_id."
+    ..., exists=False, metavar="CSV", help="Label CSV: a path column, label columns and optionally patient_id."
 )
 
 
@@ -107,6 +150,23 @@ MIN_POSITIVES = typer.Option(
     help="Means cover only classes with at least this many positive test images (default 10); "
     "the rest are listed and marked.",
 )
+
+
+NO_VERIFY = typer.Option(
+    False,
+    "--no-verify",
+    help="Load a run whose config.json records no weights hash (its weights cannot be checked; said loudly).",
+)
+
+
+def warn_unverified(no_verify: bool, run: Path) -> None:
+    """The loud line a user who passed --no-verify reads before anything is scored."""
+    if no_verify:
+        err_console.print(
+            f"[bold red]warning:[/] {escape(f'--no-verify: {run} is loaded without checking its weights hash')}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 DEVICE = typer.Option(None, help="torch device (default: cuda when available, else cpu).")

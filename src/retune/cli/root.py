@@ -30,5 +30,11 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also show third-party warnings and logs (PyTorch, Ray, MLflow...; default: hidden)."
+    ),
 ) -> None:
     """Adapt frozen medical vision-language models with small adaptors."""
+    from retune.cli.common import third_party_noise
+
+    third_party_noise(shown=verbose)

@@ -20,6 +20,7 @@ from retune.cli.common import (
     IMAGE_ROOT,
     METADATA_CSV,
     MIN_POSITIVES,
+    NO_VERIFY,
     QUIET,
     STORE,
     announce_store,
@@ -29,6 +30,8 @@ from retune.cli.common import (
     examples,
     friendly_errors,
     progress_shown,
+    said_on_interrupt,
+    warn_unverified,
 )
 from retune.cli.root import app
 from retune.cli.scenario import execute_scenario
@@ -37,7 +40,9 @@ from retune.cli.tables import (
     print_paired,
     print_predictions,
     print_run_metrics,
+    print_run_saved,
     print_setting_differences,
+    show,
 )
 from retune.data.images import DEFAULT_LIMITS
 from retune.errors import ConfigError
@@ -53,7 +58,7 @@ def methods() -> None:
     for name, cls in available_methods().items():
         kinds = ", ".join(sorted(cls.scenario_kinds))
         table.add_row(name, "yes" if cls.exemplar_free else "no (stores data)", kinds, cls.description)
-    console.print(table)
+    show(table)
 
 
 @app.command(epilog=examples("retune backbones"))
@@ -70,8 +75,9 @@ def backbones() -> None:
 
 @app.command(
     epilog=examples(
-        "retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih",
-        "retune embed ../shared/data/nih-cxr14/labels.csv --store stores/nih --tokens   # for adaptor run",
+        "retune embed labels.csv --store stores/nih",
+        "retune embed labels.csv --store stores/nih --tokens   # for adaptor run",
+        "retune embed labels.csv --store stores/nih --max-pixels 40000000",
     )
 )
 @friendly_errors
@@ -117,33 +123,33 @@ def embed(
     Unreadable images (also directories, devices, FIFOs, files over the size limit, images over the pixel
     budget) are listed in STORE/errors/ and skipped; the exit code is then 1.
     `--engine ray` decodes in Ray tasks and encodes in a pool of encoder actors (GPU actors on a GPU cluster),
-    writing the same store; e.g. `retune embed labels.csv --store S --engine ray --workers 2` on this machine,
-    or `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
-
-    Example: retune embed labels.csv --store retune-store --max-pixels 40000000
+    writing the same store: `retune embed labels.csv --store S --engine ray --workers 2` starts a local Ray
+    instance, `--address auto` on a node of a running cluster (image paths and S on a shared filesystem).
     """
     from retune.api import embed as embed_api
     from retune.data.images import DecodeLimits
 
     limits = DecodeLimits(max_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
-    model, summary = embed_api(
-        csv_path,
-        store,
-        backbone,
-        data_format=data_format,
-        image_root=image_root,
-        metadata_csv=metadata_csv,
-        allow_outside_root=allow_outside_root,
-        batch_size=batch_size,
-        workers=workers,
-        tokens=tokens,
-        limits=limits,
-        device=device,
-        engine=check_engine(engine, address),
-        address=address,
-        show_progress=progress_shown(quiet),
-        announce=announce_store,
-    )
+    interrupted = f"embeddings written so far are kept in {store}; rerun the same command to embed only the rest"
+    with said_on_interrupt(interrupted):
+        model, summary = embed_api(
+            csv_path,
+            store,
+            backbone,
+            data_format=data_format,
+            image_root=image_root,
+            metadata_csv=metadata_csv,
+            allow_outside_root=allow_outside_root,
+            batch_size=batch_size,
+            workers=workers,
+            tokens=tokens,
+            limits=limits,
+            device=device,
+            engine=check_engine(engine, address),
+            address=address,
+            show_progress=progress_shown(quiet),
+            announce=announce_store,
+        )
     for path, reason in summary.errors.itertuples(index=False):
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
     console.print(escape(f"backbone {model.spec} ({model.fingerprint}): {summary.line()}"), highlight=False)
@@ -153,8 +159,8 @@ def embed(
 
 @app.command(
     epilog=examples(
-        "retune train --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/nih",
-        "retune train --data ../shared/data/nih-cxr14/labels.csv --out runs/clip --objective clip --lr 1e-3",
+        "retune train --data labels.csv --store stores/nih --out runs/nih",
+        "retune train --data labels.csv --store stores/nih --out runs/clip --objective clip --lr 1e-3",
     )
 )
 @friendly_errors
@@ -223,18 +229,22 @@ def train(
         settings.retune, {"prompts": prompts, "objective": objective, "optim": {"epochs": epochs, "lr": lr}}
     )
     announce_store(settings.store)
-    metrics = train_api(settings, out, show_progress=progress_shown(quiet)).metrics
+    interrupted = (
+        f"embeddings written so far are kept in {settings.store}; no run was saved to {out}; rerun the same command "
+        "(images already embedded are not embedded again)"
+    )
+    with said_on_interrupt(interrupted):
+        metrics = train_api(settings, out, show_progress=progress_shown(quiet)).metrics
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
         print_metrics(metrics)
-        saved = f"run saved to {out} (report.html, RUN_CARD.md; MLflow: retune ui {out})"
-        console.print(escape(saved), highlight=False)
+        print_run_saved(out)
 
 
 @app.command(
     epilog=examples(
-        "retune evaluate --run runs/nih --data ../shared/data/nih-cxr14/labels.csv            # its test split",
+        "retune evaluate --run runs/nih --data labels.csv            # its test split",
         "retune evaluate --run runs/nih --data other_site.csv --exclude-overlap --json",
     )
 )
@@ -265,6 +275,7 @@ def evaluate(
     ),
     quiet: bool = QUIET,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON to stdout."),
+    no_verify: bool = NO_VERIFY,
 ) -> None:
     """Evaluate a trained run (RE-tune and baselines, or a PEFT run): per-class AUROC/AUPRC, patient-bootstrap CIs.
 
@@ -273,7 +284,8 @@ def evaluate(
     """
     from retune.api import load_run
 
-    metrics = load_run(run, store=store, cache=cache).evaluate(
+    warn_unverified(no_verify, run)
+    metrics = load_run(run, store=store, cache=cache, verify=not no_verify).evaluate(
         data,
         split=split,
         image_root=image_root,
@@ -302,7 +314,7 @@ OUTPUT_FORMATS = (".csv", ".json", ".parquet")
 )
 @friendly_errors
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (PNG, JPEG, DICOM)."),
     run: Path = typer.Option(..., help="Run directory made by `retune train` or `retune peft run`."),
     store: Path | None = typer.Option(None, help="Embedding store (default: the run's)."),
     method: str | None = typer.Option(
@@ -319,6 +331,7 @@ def predict(
     cache: bool = typer.Option(
         False, "--cache", help="Add new images' embeddings to the store (default: keep them in memory only)."
     ),
+    no_verify: bool = NO_VERIFY,
 ) -> None:
     """Per-class probabilities for new images; unreadable images are reported and skipped (exit code 1).
 
@@ -331,10 +344,14 @@ def predict(
         raise ConfigError(
             f"--output {output}: unknown extension '{output.suffix}'; use one of {', '.join(OUTPUT_FORMATS)}"
         )
-    frame = load_run(run, store=store, cache=cache).predict(images, method=method)
+    warn_unverified(no_verify, run)
+    frame = load_run(run, store=store, cache=cache, verify=not no_verify).predict(images, method=method)
     errors = frame.attrs["unreadable"]
     for path, reason in errors:
         err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", highlight=False)
+    if not len(frame) and not as_json:
+        err_console.print(f"[bold red]error:[/] no readable image among the {len(images)} given", highlight=False)
+        raise typer.Exit(1)
     if as_json:
         print(json.dumps(prediction_records(frame), indent=2))
     else:
@@ -349,13 +366,13 @@ def predict(
 @app.command(
     epilog=examples(
         "retune compare runs/bce runs/clip",
-        "retune compare runs/bce runs/clip --data ../shared/data/nih-cxr14/labels.csv   # paired AUROC difference",
+        "retune compare runs/bce runs/clip --data labels.csv   # paired AUROC difference",
     )
 )
 @friendly_errors
 def compare(
     runs: list[Path] = typer.Argument(
-        ..., help="Run directories (or metrics.json files) of any method: train, adaptor, peft."
+        ..., metavar="RUN...", help="Run directories (or metrics.json files) of any method: train, adaptor, peft."
     ),
     data: Path | None = typer.Option(
         None,
@@ -368,6 +385,13 @@ def compare(
         1000, min=0, help="With --data: patient bootstrap replicates for the CI of the difference."
     ),
     as_json: bool = typer.Option(False, "--json", help="With --data: print the paired comparison as JSON."),
+    min_positives: int = typer.Option(
+        10,
+        "--min-positives",
+        min=1,
+        help="With --data: the mean difference covers only classes with at least this many positive images "
+        "(the rule of the runs' own tables); the rest are listed per class.",
+    ),
 ) -> None:
     """Put runs side by side: mean AUROC with CI and the settings that differ; with --data, is A better than B?
 
@@ -381,7 +405,9 @@ def compare(
     if data is not None:
         if len(runs) != 2:
             raise ConfigError(f"--data compares exactly two runs (got {len(runs)})")
-        result = compare_runs(runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap)
+        result = compare_runs(
+            runs[0], runs[1], data, split=split, n_bootstrap=n_bootstrap, min_positives=min_positives
+        )
         if as_json:
             print(json.dumps(result, indent=2))
             return
@@ -396,7 +422,7 @@ def compare(
 @friendly_errors
 def ui(
     folder: Path = typer.Argument(
-        ..., help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."
+        ..., metavar="FOLDER", help="A run or scenario output folder (uses its mlruns/), or an mlruns folder itself."
     ),
     port: int = typer.Option(5000, min=1, max=65535, help="Port of the web UI."),
     host: str = typer.Option(
@@ -416,7 +442,7 @@ def ui(
 @app.command(
     epilog=examples(
         "retune demo",
-        "retune demo --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out results/nih-demo",
+        "retune demo --data labels.csv --store stores/nih --out results/nih-demo",
     )
 )
 @friendly_errors
@@ -425,7 +451,7 @@ def demo(
     data: Path | None = typer.Option(
         None,
         help="Your label CSV instead of synthetic phantoms (default: 400 phantoms made in OUT), "
-        "e.g. ../shared/data/nih-cxr14/labels.csv.",
+        "e.g. labels.csv.",
     ),
     n_images: int = typer.Option(400, min=40, help="Synthetic phantoms to generate (ignored with --data)."),
     n_tasks: int = typer.Option(3, min=1, help="Class-incremental tasks."),

@@ -24,6 +24,7 @@ from retune.cli.common import (
     examples,
     friendly_errors,
     progress_shown,
+    said_on_interrupt,
 )
 from retune.cli.tables import print_comparison, print_external
 
@@ -32,6 +33,20 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+def finished_runs(settings, out: Path) -> tuple[int, int]:
+    """(runs whose every task is saved in OUT/work, all (method, order, seed) runs of the scenario)."""
+    from retune.scenarios.runner import run_folder
+
+    n_tasks = len(settings.tasks) or settings.generate.n_tasks
+    runs = [
+        run_folder(out / "work", method, order, seed)
+        for method in settings.methods
+        for order in settings.orders
+        for seed in settings.training_seeds
+    ]
+    return sum((run / f"task{n_tasks}" / "done.json").is_file() for run in runs), len(runs)
 
 
 def execute_scenario(
@@ -45,26 +60,31 @@ def execute_scenario(
 ) -> dict:
     """Run a scenario, track it in MLflow, print the comparison (shared by `scenario run` and `demo`)."""
     from retune.api import run_scenario
-    from retune.report.tracking import default_tracking_uri
+    from retune.experiments.run_folder import tracking_uri
 
     check_engine(engine, address)
     announce_store(settings.store)
-    results = run_scenario(
-        settings,
-        out,
-        show_progress=progress_shown(quiet),
-        track=track,
-        engine=engine,
-        address=address,
-        restart=restart,
-        progress=(lambda message: None)
-        if quiet
-        else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
-    )
+    done, total = finished_runs(settings, out)
+    if done and not restart:
+        err_console.print(escape(f"resuming: {done} of {total} runs done"), highlight=False)
+    interrupted = f"finished tasks are saved in {out / 'work'}; rerun the same command to resume after them"
+    with said_on_interrupt(interrupted):
+        results = run_scenario(
+            settings,
+            out,
+            show_progress=progress_shown(quiet),
+            track=track,
+            engine=engine,
+            address=address,
+            restart=restart,
+            progress=(lambda message: None)
+            if quiet
+            else lambda message: err_console.print(f"[dim]{escape(message)}[/]", highlight=False),
+        )
     print_comparison(results)
     if track:
         console.print(
-            escape(f"MLflow: {settings.tracking_uri or default_tracking_uri(out)} (browse: retune ui {out})"),
+            escape(f"MLflow: {tracking_uri(out, settings.tracking_uri)} (browse: retune ui {out})"),
             highlight=False,
         )
     console.print(escape(f"report: {out / 'report.html'}"), highlight=False)
@@ -76,12 +96,13 @@ def execute_scenario(
     epilog=examples(
         "retune scenario run configs/nih-class-incremental.yaml --out results/nih-class",
         "retune scenario run configs/nih-data-incremental.yaml --out results/quick --methods retune,naive",
+        "retune scenario run configs/nih-class-incremental.yaml --out results/nih-class --orders 0,1,2,3,4",
     ),
 )
 @friendly_errors
 def scenario_run(
     config: Path = typer.Argument(
-        ..., help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."
+        ..., metavar="CONFIG", help="Scenario YAML (tasks, or generate: {kind: class|label|data, n_tasks: N})."
     ),
     out: Path = typer.Option(..., help="Output folder: <method>/results.json, report.html, plots/, mlruns/."),
     data: Path | None = typer.Option(None, help="Label CSV (default: data.csv of the YAML)."),
@@ -113,7 +134,6 @@ def scenario_run(
     results changed; otherwise it stops with one line, and --restart starts over. `--engine ray` runs every
     (method, order, seed) as a Ray task over the same code: results.json holds the same numbers as a local run (OUT
     and the store on a shared filesystem when --address names a cluster).
-    Example: retune scenario run configs/nih-class-incremental.yaml --out results/nih-class --orders 0,1,2,3,4
     Means cover classes with >= --min-positives (default 10) test positives; mean ± sd is over (order, seed) runs.
     """
     from retune.config import load_yaml_config, override
@@ -130,7 +150,7 @@ def scenario_run(
 @app.command("compare", epilog=examples("retune scenario compare results/nih-class results/nih-data"))
 @friendly_errors
 def scenario_compare(
-    directories: list[Path] = typer.Argument(..., help="Scenario output folders."),
+    directories: list[Path] = typer.Argument(..., metavar="FOLDER...", help="Scenario output folders."),
     min_positives: int | None = typer.Option(
         None,
         "--min-positives",
@@ -160,7 +180,7 @@ def scenario_compare(
 )
 @friendly_errors
 def scenario_evaluate(
-    results: Path = typer.Argument(..., help="A finished `retune scenario run` output folder."),
+    results: Path = typer.Argument(..., metavar="RESULTS", help="A finished `retune scenario run` output folder."),
     data: Path = typer.Option(
         ..., help="Another labelled CSV (patients never seen in training), e.g. an external site's."
     ),
@@ -173,7 +193,7 @@ def scenario_evaluate(
 ) -> None:
     """Score every method's final model of a finished scenario on another CSV, with CIs.
 
-    Writes RESULTS/external-<csv>.json. Example: retune scenario evaluate results/nih-class --data site-b/labels.csv
+    Writes RESULTS/external-<csv>.json (examples below).
     Images or patients the scenario trained or validated on are counted and warned about.
     """
     from retune.api import evaluate_scenario

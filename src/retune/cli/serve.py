@@ -22,7 +22,7 @@ from retune.cli.root import app
 @friendly_errors
 def serve(
     folders: list[Path] = typer.Argument(
-        ...,
+        ..., metavar="FOLDER...",
         help="Run folders made by `retune train` or `retune peft run`, and/or scenario output folders made by "
         "`retune scenario run` (recognised by their scenario.json; shown on the runs page and under "
         "/v1/scenarios). Each is served by its folder name.",
@@ -47,8 +47,8 @@ def serve(
     (/runs: each run's metrics and ROC curves, each scenario's comparison table and AUROC-matrix heatmaps), and a
     JSON API under /v1 with local docs at /docs. Each folder is loaded once at startup; nothing is written to it.
 
-    Example: `retune serve runs/nih results/nih-class`, then open http://127.0.0.1:8000/ or
-    `curl -F images=@chest.png http://127.0.0.1:8000/v1/runs/nih/predict`.
+    After `retune serve runs/nih`, open http://127.0.0.1:PORT/ (PORT: --port) or send
+    `curl -F images=@chest.png http://127.0.0.1:PORT/v1/runs/nih/predict`.
     """
     from retune.api import serve as serve_folders
     from retune.config import override

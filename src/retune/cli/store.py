@@ -21,7 +21,7 @@ app = typer.Typer(
 @app.command("info", epilog=examples("retune store info stores/nih", "retune store info stores/nih --json"))
 @friendly_errors
 def store_info(
-    store: Path = typer.Argument(..., help="Store folder."),
+    store: Path = typer.Argument(..., metavar="STORE", help="Store folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout instead of a table."),
 ) -> None:
     """Show what a store holds: backbones, rows per kind, size on disk."""
@@ -37,7 +37,7 @@ def store_info(
 @app.command("purge", epilog=examples("retune store purge stores/nih --yes"))
 @friendly_errors
 def store_purge(
-    store: Path = typer.Argument(..., help="Store folder to delete."),
+    store: Path = typer.Argument(..., metavar="STORE", help="Store folder to delete."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete an embedding store and everything in it (embeddings and paths derived from patient images)."""

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections import Counter
 from pathlib import Path
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from retune.cli.common import console, err_console
 from retune.experiments.run_folder import run_settings
-from retune.report.text import format_interval
+from retune.report.text import format_interval, record_classes_covered, record_mean_label
+
+UNLIMITED_WIDTH = 100_000  # piped output: no row is cut or wrapped to fit a screen that is not there
+
+
+def show(table: Table) -> None:
+    """Print a table at the terminal's width, or (output not a terminal, no COLUMNS) with every value in full."""
+    if console.is_terminal or "COLUMNS" in os.environ:
+        console.print(table)
+    else:
+        Console(file=sys.stdout, width=UNLIMITED_WIDTH).print(table)
+
+
+def unique_suffixes(paths: list[str]) -> list[str]:
+    """For each path the shortest tail of whole components (file name, then parent/file name, ...) that no other
+    path shares: names that tell images apart without their common folders."""
+    parts = [Path(path).parts for path in paths]
+    depth = [1] * len(parts)
+    while True:
+        names = [str(Path(*part[-level:])) if part else "" for part, level in zip(parts, depth)]
+        counts = Counter(names)
+        clashing = [i for i, name in enumerate(names) if counts[name] > 1 and depth[i] < len(parts[i])]
+        if not clashing:
+            return names
+        for index in clashing:
+            depth[index] += 1
 
 
 def print_metrics(metrics: dict) -> None:
@@ -25,12 +54,9 @@ def print_metrics(metrics: dict) -> None:
             format_interval(m["per_class"][name]["auroc"], m["per_class"][name]["auroc_ci"]) for m in methods.values()
         ]
         table.add_row(*row)
-    counted = ""
-    if "n_classes_in_mean" in metrics:
-        counted = f" ({metrics['n_classes_in_mean']} classes with >= {metrics['min_positives']} positives)"
     means = [f"[bold]{format_interval(m['mean_auroc'], m['mean_auroc_ci'])}" for m in methods.values()]
-    table.add_row(f"[bold]mean{counted}", "", *means)
-    console.print(table)
+    table.add_row(f"[bold]{escape(record_mean_label(metrics))}", "", *means)
+    show(table)
     if too_few:
         console.print(f"* fewer than {metrics['min_positives']} positives: listed, not in the mean", highlight=False)
     if metrics.get("note"):
@@ -39,32 +65,49 @@ def print_metrics(metrics: dict) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
-def shorten_left(text: str, width: int) -> str:
-    """``text`` cut from the left to ``width`` characters (file names differ at their end)."""
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
+def print_run_saved(out: Path) -> None:
+    """The closing line of `retune train` and `retune peft run`: where the run is and what to open."""
+    console.print(escape(f"run saved to {out} (report.html, RUN_CARD.md; MLflow: retune ui {out})"), highlight=False)
+
+
+def print_tuning_cost(metrics: dict) -> None:
+    """Trainable parameters and peak memory of a tuning run in words (the measurement details stay in metrics.json)."""
+    measured = "GPU memory allocated" if metrics["peak_memory_source"].startswith("CUDA") else "process memory"
+    console.print(
+        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), "
+        f"peak {measured} {metrics['peak_memory_mb']:.0f} MB",
+        highlight=False,
+    )
 
 
 def print_predictions(frame) -> None:
-    """A table that stays readable at 80 columns: images as rows when the findings fit, findings as rows otherwise."""
-    names = [shorten_left(Path(path).name, 24) for path in frame["image"]]
+    """A table that stays readable at 80 columns: images as rows when the findings fit, findings as rows otherwise;
+    a probability at or above the run's decision threshold (chosen on validation) is marked ``+``."""
+    names = unique_suffixes(list(frame["image"]))
     classes = list(frame.columns[1:])
-    needed = max(map(len, ["image", *names])) + 4 + sum(max(len(name), 5) + 3 for name in classes)
-    if needed <= console.width:
+    thresholds = frame.attrs.get("thresholds") or {}
+
+    def cell(name: str, value: float) -> str:
+        return f"{value:.3f}" + ("+" if name in thresholds and value >= thresholds[name] else "")
+
+    needed = max(map(len, ["image", *names])) + 4 + sum(max(len(name), 6) + 3 for name in classes)
+    width = console.width if console.is_terminal or "COLUMNS" in os.environ else UNLIMITED_WIDTH
+    if needed <= width:
         table = Table("image", *classes)
         for name, row in zip(names, frame.itertuples(index=False)):
-            table.add_row(escape(name), *(f"{value:.3f}" for value in row[1:]))
-        console.print(table)
-        return
-    label_width = max(map(len, ["finding", *classes])) + 4
-    short = [shorten_left(name, 12) for name in names]
-    per_table = max(
-        1, (console.width - label_width) // (max(map(len, short)) + 3)
-    )  # image columns that fit beside the names
-    for start in range(0, len(names), per_table):
-        table = Table("finding", *(escape(name) for name in short[start : start + per_table]))
-        for name in classes:
-            table.add_row(escape(name), *(f"{value:.3f}" for value in frame[name].iloc[start : start + per_table]))
-        console.print(table)
+            table.add_row(escape(name), *(cell(c, value) for c, value in zip(classes, row[1:])))
+        show(table)
+    else:
+        label_width = max(map(len, ["finding", *classes])) + 4
+        per_table = max(1, (width - label_width) // (max(map(len, names)) + 3))  # image columns that fit
+        for start in range(0, len(names), per_table):
+            table = Table("finding", *(escape(name) for name in names[start : start + per_table]))
+            for name in classes:
+                table.add_row(escape(name), *(cell(name, v) for v in frame[name].iloc[start : start + per_table]))
+            show(table)
+    if thresholds:
+        rule = frame.attrs.get("threshold_rule") or "stored with the run"
+        console.print(escape(f"+ = at or above the run's decision threshold ({rule})"), highlight=False)
 
 
 def print_setting_differences(runs: list[Path]) -> None:
@@ -75,10 +118,10 @@ def print_setting_differences(runs: list[Path]) -> None:
     if not differing:
         console.print("[dim]the runs' recorded settings are identical[/]")
         return
-    table = Table("setting that differs", *(escape(shorten_left(str(run), 28)) for run in runs), title="settings")
+    table = Table("setting that differs", *map(escape, unique_suffixes([str(run) for run in runs])), title="settings")
     for key in differing:
         table.add_row(escape(key), *(escape(one.get(key, "-")) for one in settings))
-    console.print(table)
+    show(table)
 
 
 def print_paired(result: dict) -> None:
@@ -94,10 +137,10 @@ def print_paired(result: dict) -> None:
     for name, record in result["per_class"].items():
         table.add_row(escape(name), format_interval(record["difference"], record["difference_ci"]))
     table.add_row(
-        f"[bold]mean ({len(result['classes'])} classes)",
+        f"[bold]{escape(record_mean_label(result))}",
         "[bold]" + format_interval(result["difference"], result["difference_ci"]),
     )
-    console.print(table)
+    show(table)
     console.print(
         escape(
             f"mean AUROC A {format_interval(result['mean_auroc_a'], None)}, "
@@ -147,13 +190,13 @@ def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
         table.add_column(name)
     for row in comparison_rows(results):
         table.add_row(*row)
-    console.print(table)
+    show(table)
     console.print(escape(classes_in_means(first)), highlight=False)
     header, rows = per_task_rows(results)
     curve = Table(*header, title="mean AUROC after each task (mean ± sd over runs)")
     for row in rows:
         curve.add_row(*row)
-    console.print(curve)
+    show(curve)
     print_site_comparison(results, markdown)
     if first.get("note"):
         console.print(f"[dim]{first['note']}[/]")
@@ -179,12 +222,12 @@ def print_site_comparison(results: dict[str, dict], markdown: bool = False) -> N
     shown = Table(*table["columns"], title="per site: mean AUROC on its own test patients (mean ± sd over runs)")
     for row in table["rows"]:
         shown.add_row(*(escape(cell) for cell in row))
-    console.print(shown)
+    show(shown)
 
 
 def print_run_metrics(records: list[tuple[Path, str, dict]]) -> None:
     """One row per (run, method) metrics record: split, backbone, mean AUROC with CI, images."""
-    table = Table("run", "method", "split", "backbone", "mean AUROC [95% CI]", "n images")
+    table = Table("run", "method", "split", "backbone", "mean AUROC [95% CI]", "classes in the mean", "n images")
     for run, label, record in records:
         table.add_row(
             escape(str(run)),
@@ -192,9 +235,10 @@ def print_run_metrics(records: list[tuple[Path, str, dict]]) -> None:
             str(record.get("split", "")),
             escape(str(record.get("backbone", ""))),
             format_interval(record.get("mean_auroc"), record.get("mean_auroc_ci")),
+            escape(record_classes_covered(record)),
             str(record.get("n_images", "")),
         )
-    console.print(table)
+    show(table)
 
 
 def print_store_summary(summary: dict) -> None:
@@ -205,7 +249,7 @@ def print_store_summary(summary: dict) -> None:
     for fingerprint, rows in summary["rows"].items():
         spec = summary["backbones"].get(fingerprint, {}).get("spec", "?")
         table.add_row(fingerprint, escape(spec), *(str(rows.get(kind, 0)) for kind in KINDS))
-    console.print(table)
+    show(table)
     console.print(escape(f"{summary['root']}: {summary['bytes'] / 1e6:.1f} MB on disk (patient-derived data)"))
 
 
@@ -227,7 +271,7 @@ def print_external(payload: dict) -> None:
         spread = f"{over['mean']:.3f} ± {over['std']:.3f} (n={over['n']})" if over["mean"] is not None else "undefined"
         label = name + ("" if record["exemplar_free"] else " (not exemplar-free)")
         table.add_row(label, shown, str(record["n_classes_in_mean"]), *([spread] if several else []))
-    console.print(table)
+    show(table)
     left_out = next(iter(payload["methods"].values()))["too_few_positives"]
     if left_out:
         console.print(

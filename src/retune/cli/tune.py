@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from retune.cli.common import ADDRESS, console, err_console, examples, friendly_errors
+from retune.cli.common import console, err_console, examples, friendly_errors
 from retune.cli.root import app
 
 
@@ -21,14 +21,18 @@ from retune.cli.root import app
 @friendly_errors
 def tune(
     config: Path = typer.Argument(
-        ..., help="YAML: a `retune train` config plus search (ranges/choices), trials, searcher, scheduler."
+        ...,
+        metavar="CONFIG",
+        help="YAML: a `retune train` config plus search (ranges/choices), trials, searcher, scheduler.",
     ),
     out: Path = typer.Option(
         ..., help="Output folder: best.yaml (a `retune train --config` file), trials.csv, search.json."
     ),
     data: Path | None = typer.Option(None, help="Label CSV (default: data.csv of the YAML)."),
     trials: int | None = typer.Option(None, min=1, help="Configurations to try (overrides the YAML; default 8)."),
-    address: str | None = ADDRESS,
+    address: str | None = typer.Option(
+        None, help="A Ray cluster to run the trials on (auto, HOST:PORT or ray://HOST:PORT); default: start Ray here."
+    ),
 ) -> None:
     """Search RE-tune's learning rate, weight decay, input dropout, adaptor width and epochs with Ray Tune.
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from retune.cli.common import QUIET, announce_store, console, examples, friendly_errors, progress_shown
-from retune.cli.tables import print_metrics, rounded
+from retune.cli.tables import print_metrics, print_run_saved, print_tuning_cost, rounded
 from retune.report.text import format_interval
 
 adaptor_app = typer.Typer(
@@ -25,8 +25,8 @@ adaptor_app = typer.Typer(
 @adaptor_app.command(
     "run",
     epilog=examples(
-        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/adaptor",
-        "retune adaptor run --data ../shared/data/nih-cxr14/labels.csv --out runs/siglip --loss siglip --epochs 20",
+        "retune adaptor run --data labels.csv --store stores/nih --out runs/adaptor",
+        "retune adaptor run --data labels.csv --store stores/nih --out runs/siglip --loss siglip --epochs 20",
     ),
 )
 @friendly_errors
@@ -84,6 +84,87 @@ def adaptor_run(
         console.print(f"[dim]{escape(metrics['note'])}[/]")
 
 
+@adaptor_app.command(
+    "bench",
+    epilog=examples(
+        "retune adaptor bench --config configs/objectives-nih.yaml",
+        "retune adaptor bench --config configs/objectives-nih.yaml --store stores/nih --out runs/objectives --seeds 0",
+    ),
+)
+@friendly_errors
+def adaptor_bench(
+    config: Path = typer.Option(
+        ...,
+        help="YAML with ObjectivesBenchConfig fields: mixes ({name: {clip: 1.0, caption: 0.5, masked: {ratio: "
+        "0.5}}}), seeds, pairs (labels = synthetic sentences from labels, or a csv text column), adaptor and "
+        "optim fields.",
+    ),
+    out: Path = typer.Option(
+        Path("runs/objectives"), help="Output folder: bench.json, bench_config.json, runs/<mix>/seed<k>/ run folders."
+    ),
+    store: Path | None = typer.Option(
+        None, help="Embedding store folder, image and text tokens are cached there (default: the config's store)."
+    ),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds instead of the config's (default: 0,1,2)."),
+    epochs: int | None = typer.Option(
+        None, min=1, help="Pre-training epochs per run instead of the config's (default: the config's optim.epochs)."
+    ),
+    quiet: bool = QUIET,
+    as_json: bool = typer.Option(False, "--json", help="Print bench.json to stdout."),
+) -> None:
+    """Pre-train the Adaptor with each objective mix and seed on cached tokens; evaluate every run on the same test
+    patients (zero-shot AUROC, probes at each label fraction, retrieval R@1/5/10) and print mean ± sd [CI]."""
+    from retune.api import adaptor_bench as bench
+    from retune.config import load_yaml_config, override
+    from retune.objectives import ObjectivesBenchConfig
+
+    settings = override(
+        load_yaml_config(config, ObjectivesBenchConfig),
+        {
+            "store": store,
+            "seeds": None if seeds is None else [part.strip() for part in seeds.split(",") if part.strip()],
+            "optim": {"epochs": epochs, "min_epochs": epochs},
+        },
+    )
+    announce_store(settings.store)
+    result = bench(settings, out, show_progress=progress_shown(quiet))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    columns, rows = result["table"]["columns"], result["table"]["rows"]
+    table = Table(columns[0], *(row[0] for row in rows))  # one column per mix: tasks read down the side
+    for index, task in enumerate(columns[1:], start=1):
+        table.add_row(task, *(row[index] for row in rows))
+    console.print(table)
+    console.print(
+        escape(
+            f"cells: mean ± sd over seeds {result['seeds']} [95% patient-bootstrap CI of the first seed]; texts: "
+            f"{result['data']['text_source']}"
+        ),
+        highlight=False,
+    )
+    for note in (result["data"]["text_note"], result["note"], *result["not_run"].values()):
+        if note:
+            console.print(f"[dim]{escape(note)}[/]")
+
+
+@adaptor_app.command(
+    "caption",
+    epilog=examples("retune adaptor caption --run runs/objectives/runs/clip+caption/seed0 image.png"),
+)
+@friendly_errors
+def adaptor_caption(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, DICOM)."),
+    run: Path = typer.Option(..., help="A bench run folder whose mix has a caption objective."),
+    device: str | None = typer.Option(None, help="Device (default: CUDA when present, else CPU)."),
+) -> None:
+    """Generate a sentence for each image with a run's captioning decoder (greedy decoding)."""
+    from retune.api import caption
+
+    for path, sentence in zip(images, caption(run, images, device=device)):
+        typer.echo(f"{path}: {sentence}")  # plain lines: never wrapped, easy to pipe
+
+
 peft_app = typer.Typer(
     help="Tune the encoders themselves: LoRA, IA3, prefix (text) or visual prompt (ViT image) tuning, "
     "or freezing the first k blocks.",
@@ -95,8 +176,8 @@ peft_app = typer.Typer(
 @peft_app.command(
     "run",
     epilog=examples(
-        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --store stores/nih --out runs/lora --method lora",
-        "retune peft run --data ../shared/data/nih-cxr14/labels.csv --out runs/f6 --method freeze --freeze-blocks 6",
+        "retune peft run --data labels.csv --store stores/nih --out runs/lora --method lora",
+        "retune peft run --data labels.csv --store stores/nih --out runs/f6 --method freeze --freeze-blocks 6",
     ),
 )
 @friendly_errors
@@ -168,8 +249,5 @@ def peft_run(
         print(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
-    console.print(
-        f"trainable parameters: {metrics['trainable_parameters']:,} ({metrics['trainable_percent']:.2f}%), peak "
-        f"memory {metrics['peak_memory_mb']:.0f} MB ({metrics['peak_memory_source']})",
-        highlight=False,
-    )
+    print_tuning_cost(metrics)
+    print_run_saved(out)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import stat
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from retune.errors import DataError
+from retune.io_utils import regular_file_size as checked_file_size
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 _DICOM_MAGIC_OFFSET = 128
@@ -90,32 +89,44 @@ def load_image(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Image
 def decode_image_bytes(data: bytes, name: str, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode an image held in memory (an upload: never written to disk) like ``load_image``; ``name`` (the
     client's file name, never opened) labels errors. DICOM is recognised by its suffix or the ``DICM`` magic."""
-    if not data:
-        raise DataError(f"{name}: empty file (0 bytes)")
-    if len(data) > limits.max_bytes:
-        raise DataError(f"{name}: file of {len(data)} bytes is over the size limit of {limits.max_bytes} bytes")
-    if Path(name).suffix.lower() in DICOM_SUFFIXES or data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if _is_dicom_upload(data, name, limits):
         return _load_dicom(io.BytesIO(data), name, limits)
     return _load_raster(io.BytesIO(data), name, limits)
 
 
-def regular_file_size(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
-    """The size of a non-empty regular file within ``limits.max_bytes``; anything else (a directory, a FIFO,
-    ``/dev/zero``, an unreadable file) is a DataError, so no read can block or run forever."""
+def _is_dicom_upload(data: bytes, name: str, limits: DecodeLimits) -> bool:
+    """Whether an upload is DICOM (suffix or ``DICM`` magic), after refusing an empty or oversized one."""
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise DataError(f"{name}: file of {len(data)} bytes is over the size limit of {limits.max_bytes} bytes")
+    return Path(name).suffix.lower() in DICOM_SUFFIXES or data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def declared_pixels(data: bytes, name: str, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
+    """Width x height an image held in memory declares in its header, read without decoding any pixel (what decoding
+    it will cost, for a budget across many images); a header that cannot be read is a DataError naming ``name``."""
+    source = io.BytesIO(data)
+    dicom = _is_dicom_upload(data, name, limits)
     try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (device, FIFO or socket)"
-        raise DataError(f"{path}: {kind}; only regular image files are read")
-    if info.st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
-    if info.st_size > limits.max_bytes:
-        raise DataError(f"{path}: file of {info.st_size} bytes is over the size limit of {limits.max_bytes} bytes")
-    if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: cannot read file (permission denied)")
-    return info.st_size
+        if dicom:
+            _check_deflated_size(source, name, limits)
+            header = pydicom.dcmread(source, stop_before_pixels=True)
+            return int(header.get("Columns") or 0) * int(header.get("Rows") or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the header is read here
+            with Image.open(source) as img:
+                return img.size[0] * img.size[1]
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{name}: not a recognised image format") from exc
+    except (*_DICOM_ERRORS, *_PIL_ERRORS, pydicom.errors.InvalidDicomError) as exc:
+        raise DataError(f"{name}: cannot read the image header ({_one_line(exc)})") from exc
+
+
+def regular_file_size(path: str | Path, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
+    """The size of a non-empty regular image file within ``limits.max_bytes`` (``retune.io_utils.regular_file_size``:
+    a directory, a FIFO, ``/dev/zero`` or an unreadable file is a DataError, so no read can block or run forever)."""
+    return checked_file_size(path, limits.max_bytes, "image file")
 
 
 def is_dicom(path: str | Path) -> bool:

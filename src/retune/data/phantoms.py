@@ -456,3 +456,56 @@ def png_claiming_size(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(
         b"IEND", b""
     )
+
+
+MASK_PHANTOM_STRUCTURES = ("lungs", "nodule")
+
+
+def write_mask_phantoms(out_dir: str | Path, n: int, seed: int = 0, size: int = 64) -> Path:
+    """Write ``n`` segmentation phantoms and a cxr-seg-style ``masks.csv`` (``mask_lungs``, ``mask_nodule``) under
+    ``out_dir``; return the CSV path.
+
+    Each image has two dark elliptical "lungs" (mask 255, with a 127 "ignore" square on every third image) and, on
+    half the images, a bright "nodule" (an empty nodule mask on the others: annotated, absent). Every fourth image
+    has no nodule annotation at all (blank cell). Two images per patient; the same arguments give identical files.
+    """
+    out_dir = Path(out_dir)
+    for folder in ("images", "masks"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows_, cols_ = np.mgrid[0:size, 0:size] / size
+    rows = []
+    for index in range(n):
+        centre_y, spread = rng.uniform(0.4, 0.6), rng.uniform(0.18, 0.24)
+        radii = (rng.uniform(0.25, 0.32), rng.uniform(0.1, 0.14))
+        lungs = np.zeros((size, size), dtype=bool)
+        for centre_x in (0.5 - spread, 0.5 + spread):
+            lungs |= ((rows_ - centre_y) / radii[0]) ** 2 + ((cols_ - centre_x) / radii[1]) ** 2 <= 1
+        nodule = np.zeros_like(lungs)
+        if index % 2 == 0:
+            y, x = rng.uniform(0.2, 0.8, size=2)
+            nodule = (rows_ - y) ** 2 + (cols_ - x) ** 2 <= rng.uniform(0.06, 0.09) ** 2
+        pixels = 0.75 - 0.45 * lungs + 0.5 * nodule + rng.normal(0, 0.04, (size, size))
+        image = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+        lung_mask = np.where(lungs, 255, 0).astype(np.uint8)
+        if index % 3 == 0:
+            lung_mask[size // 2 - 2 : size // 2 + 2, size // 4 - 2 : size // 4 + 2] = 127
+        stem = f"mask_phantom_{index:05d}"
+        files = {"images": image, "lungs": Image.fromarray(lung_mask),
+                 "nodule": Image.fromarray(np.where(nodule, 255, 0).astype(np.uint8))}
+        relative = {"images": f"images/{stem}.png", "lungs": f"masks/{stem}_lungs.png",
+                    "nodule": f"masks/{stem}_nodule.png"}
+        for key, picture in files.items():
+            _replace_atomically(out_dir / relative[key], lambda temp, p=picture: p.save(temp, format="PNG"))
+        nodule_cell = "" if index % 4 == 3 else relative["nodule"]
+        rows.append([relative["images"], f"p{index // 2}", relative["lungs"], nodule_cell])
+
+    def write_csv(temp: Path) -> None:
+        with open(temp, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream, lineterminator="\n")
+            writer.writerow(["path", "patient_id", *(f"mask_{name}" for name in MASK_PHANTOM_STRUCTURES)])
+            writer.writerows(rows)
+
+    csv_path = out_dir / "masks.csv"
+    _replace_atomically(csv_path, write_csv)
+    return csv_path

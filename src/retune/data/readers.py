@@ -17,6 +17,7 @@ import pandas as pd
 
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, SITE_COLUMN, SITE_COLUMN_NAMES, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
+from retune.io_utils import MAX_TABLE_BYTES, regular_file_size
 
 CHEXPERT_FINDINGS = (
     "No Finding",
@@ -58,8 +59,9 @@ UNCERTAINTY_POLICIES = {"ignore": float("nan"), "ones": 1.0, "zeros": 0.0}
 REPORT_COLUMN = "report"
 _LABEL_TOKENS = frozenset({"1", "1.0", "0", "0.0", "-1", "-1.0", ""})
 _UNCERTAIN = -1.0
-# A column whose filled values are at least this share of label tokens is a label column (its other values are errors).
-_LABEL_COLUMN_SHARE = 0.9
+# A column whose filled values are mostly label tokens is a label column: its other values (yes, 2, 0.5) are then
+# refused naming their row, never a reason for the column to vanish.
+_LABEL_COLUMN_SHARE = 0.5
 # Paths that need os.path normalisation: ".", ".." or "" components, absolute, "~", drive letters, backslashes.
 _NEEDS_NORMALISING = r"(?:^|/)\.{1,2}(?:/|$)|//|^/|^[A-Za-z]:|\\"
 # Column names (lower-cased, spaces as underscores) never taken as labels when classes are inferred.
@@ -135,8 +137,16 @@ def read_csv_table(
     elif report_column is not None:
         _require_columns(raw, [report_column], source)
     has_patients = patient_column is not None and patient_column in raw.columns
+    blank_findings: list[str] = []
     if classes is None:
         classes = _infer_label_columns(raw, exclude={path_column, patient_column, report_column})
+        blank_findings = _blank_finding_columns(raw)
+        if not classes:
+            listed = f"; entirely blank: {', '.join(blank_findings)}" if blank_findings else ""
+            raise DataError(
+                f"{csv_path}: no label column (columns: {', '.join(raw.columns)}{listed}); a label column holds "
+                "1, 0, -1 or blank for each image"
+            )
     else:
         _require_columns(raw, classes, source, what="class column")
     _check_class_names(classes)
@@ -156,6 +166,8 @@ def read_csv_table(
     )
     if not has_patients:
         table.extra["patient_column_missing"] = True
+    if blank_findings:
+        table.extra["unlabelled_columns"] = blank_findings
     return table
 
 
@@ -345,23 +357,44 @@ def read_table(
     return READERS[format](path, **options)
 
 
+def missing_images_hint(table: ImageTable) -> str:
+    """When no image path of ``table`` exists on disk, why and what to do (``""`` otherwise): appended to "no readable
+    image" errors, whose usual cause is paths relative to another folder than the one they were resolved against."""
+    paths = table.paths
+    if not paths or any(os.path.exists(path) for path in paths):
+        return ""
+    root = f" (resolved against {table.image_root})" if table.image_root else ""
+    return (
+        f"; none of the {len(paths)} image paths exist: the first resolves to {paths[0]}{root}; "
+        "pass --image-root with the folder the CSV's paths are relative to"
+    )
+
+
 def _no_metadata_csv(metadata_csv: str | Path | None, format: str) -> None:
     if metadata_csv is not None:
         raise ConfigError(f"metadata_csv applies to the mimic format only, not to '{format}'")
 
 
 def _read_csv(path: Path, header_only: bool = False) -> pd.DataFrame:
-    """Read every cell as a string with blanks kept as ``""``; a missing, unparsable or empty file is a DataError."""
+    """Read every cell as a string with blanks kept as ``""``; a missing, special (FIFO, device), oversized,
+    unparsable or empty file, or a header naming a column twice, is a DataError."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: file not found")
+    regular_file_size(path, MAX_TABLE_BYTES, "CSV file")
     try:
+        header = pd.read_csv(path, dtype=str, header=None, nrows=1, keep_default_na=False).iloc[0]
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=0 if header_only else None)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path.name}: empty CSV (no header row)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read CSV ({reason})") from exc
+    if len(header) == len(frame.columns):  # the names as written (pandas renames a repeated "X" to "X.1")
+        frame.columns = [str(name).strip() or str(column) for name, column in zip(header, frame.columns)]
     frame.columns = [str(column).strip() for column in frame.columns]
+    repeated = next((name for name in frame.columns if list(frame.columns).count(name) > 1), None)
+    if repeated is not None:
+        raise DataError(f"{path}: column '{repeated}' appears more than once in the header; keep one")
     if not header_only and frame.empty:
         raise DataError(f"{path.name}: CSV has a header but no data rows")
     return frame
@@ -399,10 +432,10 @@ def _infer_label_columns(raw: pd.DataFrame, exclude: set[str | None]) -> list[st
     A stray bad value (``2``, ``yes``) must not make a finding silently vanish: such a column is still a
     label column, and ``_parse_labels`` then rejects the value naming its row.
     """
-    known = {name.lower().replace(" ", "_") for name in (*CHEXPERT_FINDINGS, *NIH_FINDINGS, NIH_NO_FINDING)}
+    known = {_column_key(name) for name in (*CHEXPERT_FINDINGS, *NIH_FINDINGS, NIH_NO_FINDING)}
     classes = []
     for column in raw.columns:
-        key = column.lower().replace(" ", "_")
+        key = _column_key(column)
         if column in exclude or key in _METADATA_COLUMNS:
             continue
         values = raw[column].str.strip()
@@ -410,6 +443,16 @@ def _infer_label_columns(raw: pd.DataFrame, exclude: set[str | None]) -> list[st
         if len(filled) and (key in known or filled.isin(_LABEL_TOKENS).mean() >= _LABEL_COLUMN_SHARE):
             classes.append(column)
     return classes
+
+
+def _blank_finding_columns(raw: pd.DataFrame) -> list[str]:
+    """Columns named after a known finding whose every value is blank: not labelled, so listed, never trained."""
+    known = {_column_key(name) for name in (*CHEXPERT_FINDINGS, *NIH_FINDINGS, NIH_NO_FINDING)}
+    return [column for column in raw.columns if _column_key(column) in known and (raw[column].str.strip() == "").all()]
+
+
+def _column_key(name: str) -> str:
+    return name.lower().replace(" ", "_")
 
 
 def _parse_labels(raw: pd.DataFrame, classes: list[str], uncertain_value: float, source: str) -> dict[str, np.ndarray]:
@@ -431,6 +474,8 @@ def _resolve_paths(
     or an absolute path elsewhere) is an error unless ``allow_outside_root``."""
     values = raw_paths.str.strip()
     _raise_first_bad(values == "", values, source, column, "is blank; an image path is required")
+    _raise_first_bad(values.str.contains("\0", regex=False), values.str.replace("\0", "\\0", regex=False), source,
+                     column, "holds a NUL byte; no file can have that name")
     root_text = str(root)
     prefix = root_text.rstrip(os.sep) + os.sep
     resolved = prefix + values  # plain relative paths ("a/b.png") need nothing more

@@ -15,7 +15,6 @@ training CSV, needs the CSV and its images at evaluation time and misses renamed
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from retune.data.images import file_content_hash
 from retune.errors import DataError
-from retune.io_utils import write_json_atomic
+from retune.io_utils import read_json, write_json_atomic
 
 DIGESTS_FILE = "training_digests.json"
 _DIGEST_HEX = 16  # 64 bits: a chance collision among a million images is ~3e-8
@@ -65,9 +64,11 @@ def overlapping_rows(run_dir: str | Path, content_hashes: list[str | None]) -> n
     path = Path(run_dir) / DIGESTS_FILE
     if not path.exists():
         return None
-    recorded = json.loads(path.read_text())
-    known = set(recorded["digests"])
-    salt = recorded["salt"]
+    recorded = read_json(path)
+    digests, salt = (recorded.get("digests"), recorded.get("salt")) if isinstance(recorded, dict) else (None, None)
+    if not isinstance(digests, list) or not isinstance(salt, str) or not all(isinstance(d, str) for d in digests):
+        raise DataError(f"{path}: malformed (expected a salt string and a list of digest strings)")
+    known = set(digests)
     return np.array([value is not None and _digest(salt, value) in known for value in content_hashes], dtype=bool)
 
 

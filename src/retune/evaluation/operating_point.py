@@ -21,6 +21,16 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(min(thresholds[best], 1.0))
 
 
+THRESHOLD_RULE = "Youden's J (sensitivity + specificity - 1) maximised per class on the validation split"
+
+
+def decision_thresholds(val_scores: np.ndarray, val_labels: np.ndarray, classes: list[str]) -> dict:
+    """The thresholds a run stores for its yes/no decisions, with how they were chosen: ``{"rule", "thresholds"}``;
+    a class without positives and negatives in validation gets none (its decision stays undefined)."""
+    chosen = {name: youden_threshold(val_scores[:, index], val_labels[:, index]) for index, name in enumerate(classes)}
+    return {"rule": THRESHOLD_RULE, "thresholds": {name: value for name, value in chosen.items() if value is not None}}
+
+
 def sensitivity_specificity(
     scores: np.ndarray, labels: np.ndarray, threshold: float
 ) -> tuple[float | None, float | None]:

@@ -32,9 +32,8 @@ from retune.experiments.prepare import (
     read_data,
     split_facts,
 )
-from retune.io_utils import write_json_atomic
+from retune.experiments.run_folder import ADAPTOR, finish_run
 from retune.methods.base import MethodContext, PromptBank, TaskData
-from retune.methods.checkpoint import package_versions, save_checkpoint
 from retune.methods.linear_probe import LinearProbe
 from retune.methods.xattn_adaptor import (
     CrossAttentionAdaptor,
@@ -47,11 +46,11 @@ from retune.methods.xattn_adaptor import (
     trainable_parameters,
 )
 from retune.progress import progress_bar
+from retune.report.tracking import numeric_leaves
 from retune.store import EmbeddingStore, embed_table, hash_files, text_embeddings
 from retune.store.embed import text_token_embeddings
 
 METHOD = "xattn_adaptor"
-KIND = "adaptor"
 REPORT_COLUMN = "report"
 EMPTY_LABELS_TEXT = "Chest radiograph."  # label_sentence gives "" when every label is masked
 
@@ -252,7 +251,6 @@ def run_adaptor_experiment(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": list(table.classes),
         "adaptor_config": config.model_dump(mode="json"),
@@ -265,7 +263,6 @@ def run_adaptor_experiment(
             "text_source": text_source,
         },
     }
-    save_checkpoint(out_dir, {METHOD: (model_state(model), model_facts), **probe_states}, facts)
     metrics = {
         "method": METHOD,
         "backbone": backbone.spec,
@@ -278,19 +275,15 @@ def run_adaptor_experiment(
         "note": GENERAL_DOMAIN_NOTE if backbone.spec == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    from retune.report.run_card import write_run_card
-    from retune.report.tracking import log_run, numeric_leaves
-
-    write_run_card(out_dir, facts, metrics, "adaptor")
-
     records = {
         f"labels{fraction}.{name}.": record for fraction, pair in fractions.items() for name, record in pair.items()
     }
-    log_run(
+    finish_run(
         out_dir,
-        "adaptor",
-        {**facts, "versions": package_versions()},
+        ADAPTOR,
+        {METHOD: (model_state(model), model_facts), **probe_states},
+        facts,
+        metrics,
         records,
         {METHOD: fitted.facts()},
         config.tracking_uri,
@@ -303,7 +296,7 @@ def _l2(matrix: np.ndarray) -> np.ndarray:
     return F.normalize(torch.as_tensor(np.asarray(matrix, dtype=np.float32)), dim=-1).numpy()
 
 
-@register_run_kind(KIND)
+@register_run_kind(ADAPTOR)
 def open_adaptor_run(
     run_dir: Path,
     checkpoint: tuple[dict, dict],

@@ -24,6 +24,7 @@ import torch
 from retune.config import DataConfig
 from retune.data.image_stats import image_summary, shift_report
 from retune.data.pixels import pixel_shape
+from retune.data.readers import missing_images_hint
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
@@ -31,9 +32,9 @@ from retune.evaluation import DEFAULT_MIN_POSITIVES
 from retune.evaluation.coverage import label_coverage
 from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
 from retune.evaluation.paired import paired_auroc_difference
-from retune.experiments import adaptor, peft, train  # noqa: F401  (importing them registers their run kinds)
+from retune.experiments import adaptor, peft, segmentation, train  # noqa: F401  (importing them registers their run kinds)
 from retune.experiments.kinds import SavedRun, loader_for
-from retune.experiments.prepare import metrics_record, read_data
+from retune.experiments.prepare import is_training_csv, metrics_record, read_data
 from retune.methods.checkpoint import load_checkpoint
 from retune.methods.retune import ReTuneModel
 
@@ -44,15 +45,17 @@ def open_run(
     device: str | None = None,
     show_progress: bool = False,
     cache: bool = False,
+    verify: bool = True,
 ) -> SavedRun:
     """Rebuild a run directory with the loader registered for the kind its config.json records.
 
-    New images are embedded in memory unless ``cache`` (then their embeddings are added to the store).
+    New images are embedded in memory unless ``cache`` (then their embeddings are added to the store). A run whose
+    config.json records no weights hash is refused unless ``verify`` is False (see ``load_checkpoint``).
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise ConfigError(f"{run_dir}: run directory does not exist")
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir, verify=verify)
     saved = loader_for(checkpoint[1])(run_dir, checkpoint, store_dir, device, show_progress, cache=cache)
     return replace(saved, path=run_dir)
 
@@ -69,7 +72,7 @@ def evaluation_table(
     image root unless ``allow_outside_root`` (or the run was trained so)."""
     train_config = run.config
     if split == "auto":
-        split = "test" if Path(csv_path).resolve() == Path(train_config["data"]["csv"]).resolve() else "all"
+        split = "test" if is_training_csv(csv_path, run.facts) else "all"
     if split not in ("all", "train", "val", "test"):
         raise unknown_name("split", split, ["all", "train", "val", "test", "auto"])
     data = DataConfig.model_validate(train_config["data"])
@@ -112,7 +115,9 @@ def evaluate_run(
     coverage = label_coverage(run.classes, table.labelled_classes(), str(csv_path))
     scores, rows, errors = run.score(table)
     if not len(rows):
-        raise DataError(f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable)")
+        raise DataError(
+            f"{csv_path}: no readable image to evaluate ({len(errors)} unreadable){missing_images_hint(table)}"
+        )
     table = table.subset(rows)
     if split != "all":
         kept = patient_split(table.patients, train_config["split"]["fractions"], train_config["split"]["seed"])[split]
@@ -172,10 +177,12 @@ def paired_comparison(
     n_bootstrap: int = 1000,
     image_root: str | Path | None = None,
     show_progress: bool = False,
+    min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
     """Main-method AUROC of run A minus run B on the same images (A's split of the CSV), paired patient-bootstrap CI.
 
     The images are those both runs could score; images either run trained or validated on are left out and counted.
+    The mean difference covers the classes with ``min_positives`` positives among them, as every other mean does.
     """
     first, second = open_run(run_a, show_progress=show_progress), open_run(run_b, show_progress=show_progress)
     train_config = first.config
@@ -211,6 +218,7 @@ def paired_comparison(
         table.patients,
         n_bootstrap,
         int(train_config["seed"]),
+        min_positives=min_positives,
     )
     return {
         "run_a": str(run_a),
@@ -241,6 +249,9 @@ def predict_images(
         raise unknown_name("method", method, list(scores))
     frame = pd.DataFrame(scores[method], columns=run.classes)
     frame.insert(0, "image", [paths[r] for r in rows])
+    if method == run.main:  # the stored thresholds were chosen for the main method's scores
+        frame.attrs["thresholds"] = dict(run.facts.get("thresholds") or {})
+        frame.attrs["threshold_rule"] = run.facts.get("threshold_rule")
     return frame, errors
 
 
@@ -275,11 +286,18 @@ def patch_scorer(run: SavedRun) -> PatchScorer | None:
 
 
 def prediction_records(frame: pd.DataFrame) -> list[dict]:
-    """One {"image": path, "probabilities": {class: p}} per row, full precision (for --json and .json files)."""
-    return [
-        {"image": row[0], "probabilities": {name: float(value) for name, value in zip(frame.columns[1:], row[1:])}}
-        for row in frame.itertuples(index=False)
-    ]
+    """One {"image": path, "probabilities": {class: p}, "decisions": {class: p >= threshold or None}} per row, full
+    precision (for --json and .json files); decisions use the run's validation-chosen thresholds."""
+    thresholds = frame.attrs.get("thresholds") or {}
+    records = []
+    for row in frame.itertuples(index=False):
+        probabilities = {name: float(value) for name, value in zip(frame.columns[1:], row[1:])}
+        decisions = {
+            name: bool(value >= thresholds[name]) if name in thresholds else None
+            for name, value in probabilities.items()
+        }
+        records.append({"image": row[0], "probabilities": probabilities, "decisions": decisions})
+    return records
 
 
 def write_predictions(frame: pd.DataFrame, output: Path) -> None:

@@ -1,6 +1,6 @@
-"""Run kinds: every run directory's ``config.json`` records the experiment that made it (``kind``), and
-evaluate / predict pick the loader registered for that kind. Run directories from before the field are
-recognised here, and only here."""
+"""Run kinds: every run directory's ``config.json`` records the experiment that made it (``kind``, named in
+``retune.experiments.run_folder``, which also recognises folders from before the field), and evaluate / predict
+pick the loader registered here for that kind."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from retune.backbones.base import Backbone
 from retune.data.table import ImageTable
 from retune.errors import ConfigError, unknown_name
+from retune.experiments.run_folder import run_kind
 from retune.methods.retune import ReTuneModel
 from retune.store.embed import encode_in_chunks
 
@@ -84,17 +85,6 @@ def register_run_kind(kind: str) -> Callable[[RunLoader], RunLoader]:
         return loader
 
     return decorator
-
-
-def run_kind(facts: dict) -> str:
-    """The kind a run's config.json records; older runs (no ``kind``) are told apart by the block each wrote."""
-    if "kind" in facts:
-        return facts["kind"]
-    if "tuning" in facts:
-        return "peft"
-    if "adaptor_config" in facts:
-        return "adaptor"
-    return "retune-train"
 
 
 def loader_for(facts: dict) -> RunLoader:

@@ -18,17 +18,20 @@ import torch
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import OptimConfig, PeftExperimentConfig, parse_config
+from retune.config import OptimConfig, PeftExperimentConfig, absolute_paths, parse_config
 from retune.data.pixels import PixelsOnAccess, decode_pixels, pixel_inputs
+from retune.data.readers import missing_images_hint
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
-from retune.distributed.ddp import Group
 from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import fast_mean_auroc
+from retune.evaluation.operating_point import decision_thresholds
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
+    data_facts,
+    metrics_and_report,
     metrics_record,
     prompt_bank,
     read_data,
@@ -37,25 +40,16 @@ from retune.experiments.prepare import (
     split_positives,
     table_warnings,
 )
-from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    RunFacts,
-    check_facts,
-    load_checkpoint,
-    package_versions,
-    save_checkpoint,
-)
+from retune.experiments.run_folder import CHECKPOINT, CONFIG, PEFT, finish_run
+from retune.methods.checkpoint import RunFacts, check_facts, load_checkpoint
 from retune.methods.retune import ReTuneModel
 from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
 from retune.prompts import build_prompts
-from retune.report.run_card import write_run_card
-from retune.report.tracking import log_run
 from retune.store import EmbeddingStore
 from retune.store.prefix import prefix_activations
 from retune.training.loop import FitResult, fit
+from retune.training.process_group import Group
 from retune.tuning.adapters import apply_tuning
 from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder_parameters
 from retune.tuning.split import can_cache_prefix, image_features_fn, image_split, prompt_features_fn
@@ -71,7 +65,6 @@ __all__ = [
 ]
 
 PREDICT_BATCH = 32
-KIND = "peft"
 
 
 def method_name(config: PeftExperimentConfig) -> str:
@@ -93,6 +86,7 @@ class TuningOutcome:
     splits: dict[str, np.ndarray]
     fit: FitResult
     test_scores: np.ndarray | None  # None on DDP ranks other than 0
+    val_scores: np.ndarray | None  # for the decision thresholds; None on DDP ranks other than 0
     frozen_blocks: dict[str, int]
     parameters: dict
     memory: dict
@@ -126,7 +120,7 @@ def _image_inputs(
         )
     inputs, rows = pixel_inputs(table.paths, backbone)
     if not len(rows):
-        raise DataError(f"{table.source}: no readable image")
+        raise DataError(f"{table.source}: no readable image{missing_images_hint(table)}")
     return inputs, rows, None
 
 
@@ -261,7 +255,9 @@ def tune(
             )
         train_seconds = clock()
         model.freeze_prompts()
-        test_scores = _predict(model, inputs, splits["test"]) if group is None or group.is_main else None
+        main = group is None or group.is_main
+        test_scores = _predict(model, inputs, splits["test"]) if main else None
+        val_scores = _predict(model, inputs, splits["val"]) if main else None
     return TuningOutcome(
         backbone,
         model,
@@ -269,6 +265,7 @@ def tune(
         splits,
         result,
         test_scores,
+        val_scores,
         frozen,
         parameter_report(backbone, model),
         memory,
@@ -282,6 +279,7 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     """Tune, evaluate on the patient-level test split, and write metrics.json + checkpoint.safetensors +
     config.json. Under torchrun every process trains (DDP); rank 0 alone evaluates and writes, the others return {}."""
     started = time.perf_counter()
+    config = absolute_paths(config, Path.cwd())  # recorded so that the run folder means the same from any folder
     out_dir = Path(out_dir)
     store = EmbeddingStore(config.store)
     group = Group.from_env()
@@ -317,7 +315,6 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in outcome.model.state_dict().items()}
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": outcome.prompts,
@@ -326,14 +323,11 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "split": split_facts(config.split, outcome.splits),
         "training": {name: outcome.fit.facts()},
         "tuning": tuning,
-        "data": {"csv": str(config.data.csv), "n_images": len(table)},
+        "data": {**data_facts(config.data), "n_images": len(table)},
         "positives": split_positives(table, outcome.splits),
     }
-    save_checkpoint(
-        out_dir,
-        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
-        facts,
-    )
+    decision = decision_thresholds(outcome.val_scores, table.labels(classes)[outcome.splits["val"]], classes)
+    facts.update(thresholds=decision["thresholds"], threshold_rule=decision["rule"])
     record_training_digests(out_dir, table, outcome.splits, store)
     metrics = {
         **record,
@@ -350,15 +344,20 @@ def run_peft_experiment(config: PeftExperimentConfig, out_dir: str | Path, show_
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": table_warnings(table, outcome.splits["train"]),
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_run_card(out_dir, facts, metrics, "peft")
-    log_run(
+    val_labels = table.labels(classes)[outcome.splits["val"]]
+    report_html = metrics_and_report(
+        out_dir, metrics, {name: outcome.test_scores}, test.labels(classes), outcome.val_scores, val_labels
+    )
+    finish_run(
         out_dir,
-        "peft",
-        {**facts, "versions": package_versions()},
+        PEFT,
+        {name: (tensors, {"classes": classes, "tau": tau, "tower": config.tower, "method": config.method})},
+        facts,
+        metrics,
         {"": record},
         facts["training"],
         config.tracking_uri,
+        report_html=report_html,
     )
     return metrics
 
@@ -488,7 +487,7 @@ def load_tuned_run(
     return TunedRun(name, model.eval(), backbone, store, facts, frozen.get("image", 0), use_cache)
 
 
-@register_run_kind(KIND)
+@register_run_kind(PEFT)
 def open_peft_run(
     run_dir: Path,
     checkpoint: tuple[dict, dict],

@@ -21,7 +21,9 @@ from retune.errors import ConfigError, StoreError
 from retune.evaluation import DEFAULT_MIN_POSITIVES, evaluate_scores, fast_mean_auroc
 from retune.evaluation.coverage import per_site_metrics
 from retune.evaluation.leakage import write_training_digests
+from retune.evaluation.operating_point import calibration_bins, operating_points
 from retune.methods.base import MethodContext, PromptBank
+from retune.methods.checkpoint import file_sha256
 from retune.prompts import build_prompts, prompt_texts
 from retune.store import EmbeddingStore, embed_table, hash_files, image_embeddings, text_embeddings
 
@@ -48,6 +50,19 @@ def read_data(data: DataConfig) -> ImageTable:
     )
 
 
+def data_facts(data: DataConfig) -> dict:
+    """Where a run's labels came from: the CSV's absolute path and SHA-256 (content decides "the training CSV")."""
+    return {"csv": str(Path(data.csv).resolve()), "csv_sha256": file_sha256(data.csv)}
+
+
+def is_training_csv(csv_path: str | Path, facts: dict) -> bool:
+    """Whether ``csv_path`` is the CSV a run trained on: by content when the run recorded its SHA-256, else by path."""
+    recorded = facts.get("data", {}).get("csv_sha256")
+    if recorded:
+        return Path(csv_path).is_file() and file_sha256(csv_path) == recorded
+    return Path(csv_path).resolve() == Path(facts["train_config"]["data"]["csv"]).resolve()
+
+
 def split_facts(split: SplitConfig, splits: dict[str, np.ndarray]) -> dict:
     """The config.json record of a patient-level split: fractions, seed, sizes."""
     sizes = {name: int(len(rows)) for name, rows in splits.items()}
@@ -58,6 +73,9 @@ def table_warnings(table: ImageTable, train_rows: np.ndarray | None = None) -> l
     """What metrics.json must say about the table: a split that cannot keep patients together and, given the training
     rows, each class with no positives or no negatives there (kept, never dropped silently)."""
     warnings = [NO_PATIENT_COLUMN] if table.extra.get("patient_column_missing") else []
+    blank = table.extra.get("unlabelled_columns")
+    if blank:
+        warnings.append(f"not labelled (every value blank), so not trained or evaluated: {', '.join(blank)}")
     if train_rows is not None:
         warnings += one_sided_classes(table.labels()[train_rows], list(table.classes), "the training split")
     return warnings
@@ -159,3 +177,31 @@ def split_positives(table: ImageTable, splits: dict[str, np.ndarray]) -> dict[st
         name: {cls: int(np.sum(table.labels([cls])[rows] == 1)) for cls in table.classes}
         for name, rows in splits.items()
     }
+
+
+def metrics_and_report(
+    out_dir: Path,
+    metrics: dict,
+    test_scores: dict[str, np.ndarray],
+    test_labels: np.ndarray,
+    val_scores: np.ndarray,
+    val_labels: np.ndarray,
+) -> str:
+    """Add operating points (thresholds chosen on validation, applied to test) and calibration to ``metrics``, draw
+    the ROC and calibration plots into ``out_dir`` and return report.html (``finish_run`` writes it and metrics.json):
+    the same outputs for every run kind."""
+    from retune.experiments.run_folder import CALIBRATION_PLOT, ROC_PLOT
+    from retune.report.plots import plot_calibration, plot_roc_curves
+    from retune.report.run_report import run_report
+
+    classes = metrics["classes"]
+    metrics["operating_points"] = operating_points(
+        val_scores, val_labels, test_scores[metrics["method"]], test_labels, classes
+    )
+    calibration = {name: calibration_bins(scores, test_labels) for name, scores in test_scores.items()}
+    metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
+    plots = [
+        plot_roc_curves(test_scores, test_labels, classes, out_dir / ROC_PLOT),
+        plot_calibration(calibration, out_dir / CALIBRATION_PLOT),
+    ]
+    return run_report(out_dir.name, metrics, metrics["operating_points"], plots)

@@ -1,7 +1,7 @@
 """Train RE-tune and its baselines on cached embeddings as one Python API (``retune train`` calls it).
 
-A run directory holds ``checkpoint.safetensors``, ``config.json``, ``metrics.json`` and plots;
-``retune.experiments.inference`` applies it to new data.
+A run directory (format: ``retune.experiments.run_folder``) holds the checkpoint, config.json, metrics.json, the
+report, the run card and plots; ``retune.experiments.inference`` applies it to new data.
 RE-tune and its baselines (linear probe; zero-shot on aligned backbones) are trained and
 evaluated in the same call on the same patient-level split.
 """
@@ -19,18 +19,20 @@ import pandas as pd
 
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
-from retune.config import TrainConfig, parse_config
+from retune.config import TrainConfig, absolute_paths, parse_config
 from retune.data.image_stats import image_summary
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
 from retune.errors import RetuneError, StoreError, unknown_name
-from retune.evaluation.operating_point import calibration_bins, operating_points
+from retune.evaluation.operating_point import decision_thresholds
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
+    data_facts,
     embed_and_load,
     method_context,
+    metrics_and_report,
     metrics_record,
     prompt_bank,
     read_data,
@@ -39,17 +41,9 @@ from retune.experiments.prepare import (
     split_positives,
     table_warnings,
 )
-from retune.io_utils import write_json_atomic
+from retune.experiments.run_folder import CHECKPOINT, CONFIG, TRAIN, finish_run
 from retune.methods.base import Method, PromptBank, TaskData
-from retune.methods.checkpoint import (
-    CHECKPOINT,
-    CONFIG,
-    RunFacts,
-    check_facts,
-    load_checkpoint,
-    package_versions,
-    save_checkpoint,
-)
+from retune.methods.checkpoint import RunFacts, check_facts, load_checkpoint
 from retune.methods.registry import available_methods, create_method
 from retune.methods.retune import ReTuneModel
 from retune.progress import epoch_bar
@@ -57,7 +51,6 @@ from retune.store import EmbeddingStore, embed_table, image_embeddings
 from retune.store.memory import MemoryOverlay
 
 MAIN_METHOD = "retune"
-KIND = "retune-train"
 
 
 def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list[str]]:
@@ -75,7 +68,9 @@ def methods_to_run(baselines: list[str], aligned: bool) -> tuple[list[str], list
 
 
 def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
-    """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything."""
+    """Read, embed (once), split by patient, train RE-tune and baselines, evaluate on test, save everything.
+    Paths are recorded absolute, with the CSV's SHA-256, so the run folder means the same from any folder."""
+    config = absolute_paths(config, Path.cwd())
     out_dir = Path(out_dir)
     started = time.perf_counter()
     table = read_data(config.data)
@@ -111,8 +106,9 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
+    decision = decision_thresholds(val_scores, table.labels()[splits["val"]], classes)
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "classes": classes,
         "prompts": prompts,
@@ -121,15 +117,16 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "split": split_facts(config.split, splits),
         "training": training_facts,
         "data": {
-            "csv": str(config.data.csv),
+            **data_facts(config.data),
             "n_images": len(table),
             "n_failed_images": embedded.n_failed,
             "patient_column_missing": bool(table.extra.get("patient_column_missing")),
             "image_summary": image_summary([table.paths[row] for row in splits["train"]], config.seed),
         },
         "positives": split_positives(table, splits),
+        "thresholds": decision["thresholds"],
+        "threshold_rule": decision["rule"],
     }
-    save_checkpoint(out_dir, {name: method.state() for name, method in trained.items()}, facts)
     record_training_digests(out_dir, table, splits, store)
     metrics = {
         **per_method[MAIN_METHOD],
@@ -141,32 +138,19 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
         "seconds": round(time.perf_counter() - started, 2),
         "warnings": table_warnings(table, splits["train"]),
     }
-    val_scores = trained[MAIN_METHOD].predict(images[splits["val"]])
-    metrics["operating_points"] = operating_points(
-        val_scores, table.labels()[splits["val"]], test_scores[MAIN_METHOD], test.labels(classes), classes
+    report_html = metrics_and_report(
+        out_dir, metrics, test_scores, test.labels(classes), val_scores, table.labels()[splits["val"]]
     )
-    calibration = {name: calibration_bins(scores, test.labels(classes)) for name, scores in test_scores.items()}
-    metrics["calibration_ece"] = {name: bins["ece"] for name, bins in calibration.items()}
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    from retune.report.plots import plot_calibration, plot_roc_curves
-    from retune.report.run_card import write_run_card
-    from retune.report.run_report import write_run_report
-    from retune.report.tracking import log_run
-
-    plots = [
-        plot_roc_curves(test_scores, test.labels(classes), classes, out_dir / "roc_curves.png"),
-        plot_calibration(calibration, out_dir / "calibration.png"),
-    ]
-    write_run_report(out_dir, metrics, metrics["operating_points"], plots)
-    write_run_card(out_dir, facts, metrics, "train")
-    saved = {**facts, "versions": package_versions()}
-    log_run(
+    finish_run(
         out_dir,
-        "train",
-        saved,
+        TRAIN,
+        {name: method.state() for name, method in trained.items()},
+        facts,
+        metrics,
         {"": per_method[MAIN_METHOD], **{f"{name}.": record for name, record in metrics["baselines"].items()}},
         training_facts,
         config.tracking_uri,
+        report_html=report_html,
     )
     return metrics
 
@@ -255,7 +239,7 @@ def score_embedded(
     return scores, rows, summary.errors
 
 
-@register_run_kind(KIND)
+@register_run_kind(TRAIN)
 def open_train_run(
     run_dir: Path,
     checkpoint: tuple[dict, dict],

@@ -9,7 +9,6 @@ below and refuses non-finite tensors, each refusal one line naming the file and 
 from __future__ import annotations
 
 import hashlib
-import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypeVar
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.numpy import load_file, save_file
 
 from retune.errors import StoreError
-from retune.io_utils import atomic_path, write_json_atomic
+from retune.io_utils import MAX_TENSOR_BYTES, atomic_path, read_json, regular_file_size, write_json_atomic
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
@@ -99,10 +98,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    directory: str | Path, facts_model: type[FactsT] = CheckpointFacts
+    directory: str | Path, facts_model: type[FactsT] = CheckpointFacts, verify: bool = True
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """Read a run directory's checkpoint: ({method: tensors}, facts). Refuses anything but safetensors/JSON, a
-    ``config.json`` that ``facts_model`` rejects, tensors whose SHA-256 differs from the recorded one, and
+    ``config.json`` that ``facts_model`` rejects, tensors whose SHA-256 differs from the recorded one, a
+    ``config.json`` that records no SHA-256 (unless ``verify`` is False: the caller says so loudly), and
     non-finite tensors."""
     directory = Path(directory)
     checkpoint, config = directory / CHECKPOINT, directory / CONFIG
@@ -111,7 +111,13 @@ def load_checkpoint(
         hint = f" (found {', '.join(pickles)}: pickled files are never loaded)" if pickles else ""
         raise StoreError(f"{directory}: not a retune run directory; expected {CHECKPOINT} and {CONFIG}{hint}")
     facts = _read_facts(config, facts_model)
+    regular_file_size(checkpoint, MAX_TENSOR_BYTES, "checkpoint file")
     recorded = facts.get("weights_sha256")
+    if recorded is None and verify:
+        raise StoreError(
+            f"{config}: records no weights_sha256, so {checkpoint} cannot be verified; refusing to load it "
+            "(--no-verify loads it unverified)"
+        )
     if recorded is not None and file_sha256(checkpoint) != recorded:
         raise StoreError(
             f"{checkpoint}: SHA-256 differs from the one recorded in {CONFIG} (the file is corrupt or was altered); "
@@ -135,11 +141,7 @@ def load_checkpoint(
 
 def _read_facts(config: Path, facts_model: type[CheckpointFacts]) -> dict:
     """``config.json`` parsed and validated by ``facts_model``; problems are one-line StoreErrors naming the field."""
-    try:
-        raw = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise StoreError(f"{config}: unreadable ({_one_line(error)})") from error
-    return check_facts(config, raw, facts_model)
+    return check_facts(config, read_json(config), facts_model)
 
 
 def check_facts(config: Path, facts: object, facts_model: type[CheckpointFacts]) -> dict:

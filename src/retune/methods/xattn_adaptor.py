@@ -158,18 +158,24 @@ class CrossAttentionAdaptor(nn.Module):
             return sigmoid_pair_loss(logits + self.logit_bias, same_text)
         return clip_loss(logits, same_text)
 
-    def match_logits(
+    def fused_features(
         self, image_states: torch.Tensor, text_states: torch.Tensor, text_padding: torch.Tensor
     ) -> torch.Tensor:
-        """ITM logit per (image, text) row pair, after bi-directional cross-attention between the two token sets."""
+        """Joint vector (N x 2*width) per (image, text) row pair after bi-directional cross-attention between the two
+        token sets (the ITM head's input; VQA answer heads read it too)."""
         image_x, text_x = image_states, text_states
         for image_block, text_block in zip(self.image_fusion, self.text_fusion):
             image_x, text_x = (
                 image_block(image_x, None, text_x, text_padding),
                 text_block(text_x, text_padding, image_x, None),
             )
-        fused = torch.cat([self.fused_pool(image_x, None), self.fused_pool(text_x, text_padding)], dim=-1)
-        return self.itm_head(fused)[:, 0]
+        return torch.cat([self.fused_pool(image_x, None), self.fused_pool(text_x, text_padding)], dim=-1)
+
+    def match_logits(
+        self, image_states: torch.Tensor, text_states: torch.Tensor, text_padding: torch.Tensor
+    ) -> torch.Tensor:
+        """ITM logit per (image, text) row pair, from the fused features."""
+        return self.itm_head(self.fused_features(image_states, text_states, text_padding))[:, 0]
 
     def pretraining_loss(
         self,

@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from retune.errors import ConfigError, unknown_name
+from retune.io_utils import MAX_TEXT_BYTES, read_text_checked
 
 SIDES: tuple[str, str] = ("positive", "negative")
 _NO_FINDING = "no finding"
@@ -248,11 +249,10 @@ def load_prompt_file(path: str | Path, classes: list[str]) -> dict[str, ClassPro
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{where}: prompts file not found")
+    text = read_text_checked(file, MAX_TEXT_BYTES, "prompts file")
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read prompts file: {exc}") from exc
-    except yaml.YAMLError as exc:
+        raw = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(f"{where}: not valid YAML: {detail}") from exc
     table = _parse_table(raw, where, source=lambda _key: f"file:{where}")

@@ -108,21 +108,30 @@ def plot_auroc_matrix(
     return _save(figure, target)
 
 
-def plot_mean_auroc_per_task(curves: dict[str, list[float | None]], target: str | Path) -> Path:
-    """Mean AUROC over seen classes after each task, one line per method (markers and dashes tell overlaps apart)."""
+def plot_mean_auroc_per_task(runs_by_method: dict[str, list[list[float | None]]], target: str | Path) -> Path:
+    """Mean AUROC over seen classes after each task, per method: one line for a single run; for several (order,
+    seed) runs, their mean with a min-max band and each run as a thin line, so the plot matches the tables."""
     figure, axis = plt.subplots(figsize=(7.5, 4))
-    n_tasks = max((len(values) for values in curves.values()), default=1)
-    for index, (method, values) in enumerate(curves.items()):
-        axis.plot(
-            range(1, len(values) + 1),
-            [np.nan if v is None else v for v in values],
-            marker=MARKERS[index % len(MARKERS)],
-            linestyle=LINE_STYLES[index % len(LINE_STYLES)],
-            label=method,
-        )
+    n_tasks = max((len(run) for runs in runs_by_method.values() for run in runs), default=1)
+    n_runs = max((len(runs) for runs in runs_by_method.values()), default=1)
+    for index, (method, runs) in enumerate(runs_by_method.items()):
+        values = np.array([[np.nan if v is None else v for v in run] for run in runs], dtype=float)
+        steps = range(1, values.shape[1] + 1)
+        style = {"marker": MARKERS[index % len(MARKERS)], "linestyle": LINE_STYLES[index % len(LINE_STYLES)]}
+        if len(runs) == 1:
+            axis.plot(steps, values[0], label=method, **style)
+            continue
+        with np.errstate(all="ignore"):  # a task where every run is undefined stays a gap
+            mean, low, high = np.nanmean(values, axis=0), np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+        (line,) = axis.plot(steps, mean, label=f"{method} (mean of {len(runs)} runs)", **style)
+        axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        for run in values:
+            axis.plot(steps, run, color=line.get_color(), linewidth=0.6, alpha=0.5)
     axis.set_xticks(range(1, n_tasks + 1))
     axis.set_xlabel("after task")
     axis.set_ylabel("mean AUROC over seen classes (test)")
+    if n_runs > 1:
+        axis.set_title("mean over (order, seed) runs; band: min-max; thin lines: each run", fontsize=8)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the panel, never over the lines
     figure.tight_layout()

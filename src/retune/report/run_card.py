@@ -1,22 +1,18 @@
-"""RUN_CARD.md beside every checkpoint: a model card a reader understands without opening the JSON files."""
+"""The run card beside every checkpoint (``RUN_CARD.md``, written by ``retune.experiments.run_folder``): a model card
+a reader understands without opening the JSON files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from retune.io_utils import write_text_atomic
+from retune.report.text import format_interval as _interval
+from retune.report.text import record_mean_label
+from retune.version import __version__
 
-RUN_CARD = "RUN_CARD.md"
 DEFAULT_BACKBONE_DOMAIN = (
     "general-domain (ImageNet EfficientNet-Lite0 image tower + sentence-transformers MiniLM text tower, "
     "not aligned, not trained on medical images)"
 )
-
-
-def _interval(value: float | None, interval: list | None) -> str:
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def backbone_domain(spec: str) -> str:
@@ -28,20 +24,16 @@ def backbone_domain(spec: str) -> str:
     )
 
 
-def _model_and_data(kind: str, main: str, methods: list[str], facts: dict) -> list[str]:
+def _model_and_data(
+    kind: str, main: str, methods: list[str], facts: dict, files: list[str], mlruns: str
+) -> list[str]:
     """Title, files, model and data sections shared by every kind of run."""
-    from retune import __version__
-
     backbone, split = facts["backbone"], facts.get("split", {})
-    files = (
-        "`checkpoint.safetensors` (tensors only), `config.json` (settings and facts), `metrics.json` (full precision)"
-    )
-    if kind == "train":
-        files += ", `report.html`"
+    listed = ", ".join(f"`{name}`" for name in files)
     return [
         f"# Run card: {kind} run ({main})",
         "",
-        f"Made by retune {__version__}. Files: {files}; MLflow run in `mlruns/`.",
+        f"Made by retune {__version__}. Files: {listed}; MLflow run in `{mlruns}/` unless tracked elsewhere.",
         "",
         "## Model",
         f"- Methods: {', '.join(methods)} (main: {main}); frozen backbone `{backbone['spec']}` "
@@ -77,11 +69,18 @@ def _use_and_limits(spec: str, limitations: list[str]) -> list[str]:
     return lines
 
 
-def run_card(facts: dict, metrics: dict, kind: str) -> str:
-    """The Markdown card of a ``train`` or ``peft`` run from its config.json facts and metrics.json."""
+def run_card(facts: dict, metrics: dict, kind: str, files: list[str], mlruns: str) -> str:
+    """The Markdown card of a run from its config.json facts and metrics.json (``files``: what the folder holds)."""
+    if kind == "adaptor":
+        return adaptor_run_card(facts, metrics, files, mlruns)
+    return classifier_run_card(facts, metrics, kind, files, mlruns)
+
+
+def classifier_run_card(facts: dict, metrics: dict, kind: str, files: list[str], mlruns: str) -> str:
+    """The card of a ``train`` or ``peft`` run: per-class test AUROC of the main method and its baselines."""
     positives = facts.get("positives", {})
     methods = [metrics["method"], *metrics.get("baselines", {})]
-    lines = _model_and_data(kind, metrics["method"], methods, facts) + [
+    lines = _model_and_data(kind, metrics["method"], methods, facts, files, mlruns) + [
         "## Classes and test metrics",
         f"AUROC on the test split ({metrics['n_images']} images of {metrics['n_patients']} patients) with "
         f"{int(metrics.get('ci_level', 0.95) * 100)}% CIs from {metrics['n_bootstrap']} bootstrap resamples "
@@ -98,9 +97,8 @@ def run_card(facts: dict, metrics: dict, kind: str) -> str:
             + " | ".join(cells)
             + " |"
         )
-    defined = len(metrics["classes"]) - len(metrics.get("undefined_classes", []))
     lines.append(
-        f"| **mean ({defined} defined classes)** | | | "
+        f"| **{record_mean_label(metrics)}** | | | "
         + " | ".join(_interval(r["mean_auroc"], r["mean_auroc_ci"]) for r in records)
         + " |"
     )
@@ -115,9 +113,9 @@ def run_card(facts: dict, metrics: dict, kind: str) -> str:
     return "\n".join(lines + _use_and_limits(facts["backbone"]["spec"], limitations)) + "\n"
 
 
-def adaptor_run_card(facts: dict, metrics: dict) -> str:
+def adaptor_run_card(facts: dict, metrics: dict, files: list[str], mlruns: str) -> str:
     """The Markdown card of a ``retune adaptor run``: retrieval on test and probes at each label fraction."""
-    lines = _model_and_data("adaptor", metrics["method"], [metrics["method"]], facts)
+    lines = _model_and_data("adaptor", metrics["method"], [metrics["method"]], facts, files, mlruns)
     lines += ["## Test metrics", "Retrieval on the test split (the adaptor's image and text embeddings):", ""]
     for direction, values in metrics["retrieval"]["adaptor"].items():
         if isinstance(values, dict):
@@ -135,11 +133,3 @@ def adaptor_run_card(facts: dict, metrics: dict) -> str:
     limits = ["Retrieval texts are built from the labels when the CSV has no report column."]
     return "\n".join(lines + _use_and_limits(facts["backbone"]["spec"], limits)) + "\n"
 
-
-def write_run_card(out_dir: str | Path, facts: dict, metrics: dict, kind: str) -> Path:
-    """Write ``RUN_CARD.md`` into the run directory."""
-    target = Path(out_dir) / RUN_CARD
-    write_text_atomic(
-        target, adaptor_run_card(facts, metrics) if kind == "adaptor" else run_card(facts, metrics, kind)
-    )
-    return target

@@ -1,4 +1,5 @@
-"""report.html for one ``retune train`` run: per-class table, operating points, ROC and calibration plots, definitions.
+"""The HTML report of one ``retune train`` run: per-class table, operating points, ROC and calibration plots,
+definitions.
 
 Self-contained (plots inlined as PNG), so it can be mailed or archived beside the checkpoint.
 """
@@ -9,7 +10,8 @@ import base64
 import html
 from pathlib import Path
 
-from retune.io_utils import write_text_atomic
+from retune.report.text import format_interval as _interval
+from retune.report.text import record_mean_label
 
 DEFINITIONS = (
     (
@@ -22,7 +24,11 @@ DEFINITIONS = (
         "95% CI",
         "2.5th-97.5th percentile over bootstrap resamples of test patients (a patient's images stay together).",
     ),
-    ("mean AUROC", "average over the classes whose AUROC is defined; the header says how many."),
+    (
+        "mean AUROC",
+        "average over the classes with enough test positives (min_positives) and a defined AUROC; "
+        "its row says how many of the classes that is.",
+    ),
     (
         "operating point",
         "per class, the threshold maximising sensitivity + specificity - 1 (Youden's J) on the "
@@ -37,12 +43,6 @@ DEFINITIONS = (
 )
 
 
-def _interval(value: float | None, interval: list | None) -> str:
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
 def _share(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
@@ -52,10 +52,10 @@ def _inline_png(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
 
-def write_run_report(out_dir: Path, metrics: dict, operating: dict[str, dict], plots: list[Path]) -> Path:
-    """Write report.html: headline, per-class table (AUROC/AUPRC + CIs, threshold, sensitivity, specificity), plots."""
+def run_report(name: str, metrics: dict, operating: dict[str, dict], plots: list[Path]) -> str:
+    """The HTML report of run ``name``: headline, per-class table (AUROC/AUPRC + CIs, threshold, sensitivity,
+    specificity), plots (inlined) and definitions."""
     records = {metrics["method"]: metrics, **metrics.get("baselines", {})}
-    defined = len(metrics["classes"]) - len(metrics.get("undefined_classes", []))
     head = "".join(f"<th>{html.escape(name)} AUROC [95% CI]</th>" for name in records)
     rows = []
     for name in metrics["classes"]:
@@ -73,17 +73,19 @@ def write_run_report(out_dir: Path, metrics: dict, operating: dict[str, dict], p
         )
     means = "".join(f"<td><b>{_interval(r['mean_auroc'], r['mean_auroc_ci'])}</b></td>" for r in records.values())
     rows.append(
-        f"<tr><td><b>mean ({defined} defined classes)</b></td><td></td><td></td>{means}" + "<td></td>" * 4 + "</tr>"
+        f"<tr><td><b>{html.escape(record_mean_label(metrics))}</b></td><td></td><td></td>{means}"
+        + "<td></td>" * 4
+        + "</tr>"
     )
     definitions = "".join(f"<li><b>{html.escape(term)}</b>: {html.escape(text)}</li>" for term, text in DEFINITIONS)
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
     body = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>retune run: {html.escape(out_dir.name)}</title>
+<html><head><meta charset="utf-8"><title>retune run: {html.escape(name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}
 img{{max-width:100%}}</style></head>
 <body>
-<h1>retune run {html.escape(out_dir.name)}</h1>
+<h1>retune run {html.escape(name)}</h1>
 <p>Backbone <code>{html.escape(str(metrics.get("backbone")))}</code>; test split: {metrics["n_images"]} images of
 {metrics["n_patients"]} patients; CIs from {metrics["n_bootstrap"]} patient-bootstrap resamples.
 {html.escape(metrics.get("note") or "")}</p>
@@ -97,6 +99,4 @@ img{{max-width:100%}}</style></head>
 <h2>What the numbers mean</h2><ul>{definitions}</ul>
 </body></html>
 """
-    target = out_dir / "report.html"
-    write_text_atomic(target, body)
-    return target
+    return body

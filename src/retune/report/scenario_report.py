@@ -13,6 +13,7 @@ from retune.evaluation import average_incremental, forgetting_and_bwt, mean_and_
 from retune.io_utils import write_text_atomic
 from retune.report.plots import PlotTarget, plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
 from retune.report.text import format_interval as _interval
+from retune.report.text import record_mean_label
 
 
 def _several_runs(results: dict[str, dict]) -> bool:
@@ -106,8 +107,7 @@ def with_min_positives(result: dict, min_positives: int) -> dict:
 
 def classes_in_means(result: dict) -> str:
     """One sentence: how many classes the means cover and which were left out for too few test positives."""
-    minimum = result.get("min_positives", 1)
-    text = f"means over {result.get('n_classes_in_mean', '?')} classes with >= {minimum} positive test images"
+    text = "every " + record_mean_label(result)
     left_out = result.get("too_few_positives") or []
     if left_out:
         counts = result.get("n_test_positives", {})
@@ -173,16 +173,30 @@ def staircase_order(tasks: list[dict], classes: list[str]) -> tuple[list[str], l
 
 
 def per_class_table(results: dict[str, dict], order: list[str], introduced: list[int], task_names: list[str]) -> str:
-    """HTML table: each trained class, the task that introduced it, and every method's final AUROC."""
+    """HTML table: each trained class, the task that introduced it (first run), and every method's final AUROC, as
+    mean ± sd over (order, seed) runs when there are several, so it matches the comparison above it."""
     head = "".join(f"<th>{html.escape(name)}</th>" for name in results)
     rows = []
     for name, task in zip(order, introduced):
         cells = []
         for result in results.values():
-            value = result["auroc_matrix"][-1][result["classes"].index(name)]
-            cells.append(f"<td>{'undefined' if value is None else f'{value:.3f}'}</td>")
+            column = result["classes"].index(name)
+            finals = [run["auroc_matrix"][-1][column] for run in result.get("orders") or [result]]
+            if len(finals) > 1:
+                cells.append(f"<td>{html.escape(_mean_sd(mean_and_sd(finals)))}</td>")
+            else:
+                cells.append(f"<td>{'undefined' if finals[0] is None else f'{finals[0]:.3f}'}</td>")
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(task_names[task])}</td>{''.join(cells)}</tr>")
     return f"<table><tr><th>class</th><th>introduced by</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def first_run_label(result: dict) -> str:
+    """Which run a single-run plot shows: ``first run (order 0, seed 0) of 4``, or "" when only one run ran."""
+    runs = result.get("orders") or [result]
+    if len(runs) < 2:
+        return ""
+    seed = runs[0].get("seed", result.get("seed"))
+    return f"order {runs[0]['order']}, seed {seed} only: the first of {len(runs)} runs"
 
 
 def task_labels(result: dict) -> list[str]:
@@ -215,8 +229,12 @@ def write_scenario_report(
     order, introduced = staircase_order(first["tasks"], first["classes"])
     heatmaps = [auroc_heatmap(name, r, plots / f"auroc_matrix_{name}.png") for name, r in results.items()]
     curve = plot_mean_auroc_per_task(
-        {name: r["mean_auroc_per_task"] for name, r in results.items()}, plots / "mean_auroc_per_task.png"
+        {name: [run["mean_auroc_per_task"] for run in r.get("orders") or [r]] for name, r in results.items()},
+        plots / "mean_auroc_per_task.png",
     )
+    only_first = first_run_label(first)
+    several = f" (mean ± sd over {len(first['orders'])} runs)" if only_first else ""
+    first_only = f" ({only_first})" if only_first else ""
     trained = [prepared.classes.index(name) for name in order]  # classes never trained are left out
     roc = plot_roc_curves(
         {name: np.nan_to_num(scores[:, trained], nan=0.5) for name, scores in final_scores.items()},
@@ -259,10 +277,11 @@ mean ± sd is over every (order, seed) run.</p>
 {_html_rows(forgetting_table)}</table>
 <h2>Tasks</h2><table><tr><th>task</th><th>classes</th><th>training rows</th><th>validation rows</th></tr>
 {tasks}</table>
-<h2>Mean AUROC after each task</h2>{_inline_png(curve)}
-<h2>AUROC matrices</h2>{"".join(_inline_png(p) for p in heatmaps)}
-<h2>Final AUROC per class (test split, after the last task)</h2>{per_class}
-<h2>Per-class ROC curves after the last task</h2>{_inline_png(roc)}
+<h2>Mean AUROC after each task{html.escape(several)}</h2>{_inline_png(curve)}
+<h2>AUROC matrices{html.escape(first_only)}</h2>{"".join(_inline_png(p) for p in heatmaps)}
+<h2>Final AUROC per class (test split, after the last task){html.escape(several)}</h2>
+<p>"introduced by" is the first run's task order.</p>{per_class}
+<h2>Per-class ROC curves after the last task{html.escape(first_only)}</h2>{_inline_png(roc)}
 <h2>What the numbers mean</h2><ul>{definitions}</ul>
 </body></html>"""
     target = out_dir / "report.html"

@@ -14,15 +14,11 @@ import math
 import os
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 ARTIFACT_SUFFIXES = (".json", ".md", ".png", ".html", ".yaml")
-PRIVATE_ARTIFACTS = ("training_digests.json",)
-
-
-def default_tracking_uri(out_dir: Path) -> str:
-    """A local MLflow file store beside the results (``<out>/mlruns``)."""
-    return (Path(out_dir).resolve() / "mlruns").as_uri()
 
 
 def _mlflow(uri: str):
@@ -122,14 +118,23 @@ def _log_histories(mlflow, training: dict) -> None:
                     mlflow.log_metric(metric_name(f"{method}.{name}"), value, step=epoch)
 
 
-def _log_artifacts(mlflow, folder: Path) -> None:
-    """The run's small readable files (JSON, card, plots, report), never the leakage digests."""
+def _local_store(uri: str) -> Path | None:
+    """The folder of a ``file:`` tracking URI (None for a server)."""
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else None
+
+
+def _log_artifacts(mlflow, folder: Path, uri: str, private: tuple[str, ...]) -> None:
+    """The run's small readable files (JSON, card, plots, report), never the ``private`` ones (the leakage digests)
+    nor the MLflow store itself when it lies inside the folder."""
+    store = _local_store(uri)
     for path in sorted(folder.rglob("*")):
         if (
             path.is_file()
             and path.suffix in ARTIFACT_SUFFIXES
-            and path.name not in PRIVATE_ARTIFACTS
-            and "mlruns" not in path.parts
+            and path.name not in private
+            and not (store is not None and path.resolve().is_relative_to(store))
         ):
             mlflow.log_artifact(
                 str(path), artifact_path=str(path.parent.relative_to(folder)) if path.parent != folder else None
@@ -142,13 +147,14 @@ def log_run(
     facts: dict,
     records: dict[str, dict],
     histories: dict[str, dict],
-    tracking_uri: str | None = None,
+    uri: str,
     extra_metrics: dict[str, float | None] | None = None,
+    private: tuple[str, ...] = (),
 ) -> str:
     """One MLflow run for a run directory: its settings, ``records`` (metric prefix -> metrics record), ``histories``
-    (method -> facts holding a per-epoch ``history``), extra metrics and artifacts. Returns the tracking URI."""
+    (method -> facts holding a per-epoch ``history``), extra metrics and artifacts (all but ``private`` files).
+    Returns the tracking URI."""
     out_dir = Path(out_dir)
-    uri = tracking_uri or default_tracking_uri(out_dir)
     mlflow = _mlflow(uri)
     mlflow.set_experiment(f"retune-{kind}")
     with mlflow.start_run(run_name=out_dir.name):
@@ -159,7 +165,7 @@ def log_run(
             values.update(record_metrics(record, prefix))
         mlflow.log_metrics(values)
         _log_histories(mlflow, histories)
-        _log_artifacts(mlflow, out_dir)
+        _log_artifacts(mlflow, out_dir, uri, private)
     return uri
 
 
@@ -169,10 +175,15 @@ COMPLETE_TAG = "retune.logged"
 
 
 def log_scenario_results(
-    results: dict[str, dict], out_dir: Path, tracking_uri: str | None = None, params: dict | None = None
+    results: dict[str, dict],
+    out_dir: Path,
+    uri: str,
+    params: dict | None = None,
+    histories: dict[str, dict[str, dict]] | None = None,
 ) -> str:
     """One MLflow run per method: the scenario config, headline metrics with CIs, per-task curve, final per-class
-    AUROC, per-task training histories, and the report, config and plots as artifacts.
+    AUROC, per-task training histories (``histories``: method -> {task name: facts with a per-epoch ``history``},
+    logged as ``<task>.train_loss`` / ``<task>.val_score``), and the report, config and plots as artifacts.
 
     Idempotent: each run is tagged with a key of (output folder, method) and the SHA-256 of its results.json.
     A rerun finds it again: a complete run of the same results is kept as it is; one left half-logged by a
@@ -181,7 +192,6 @@ def log_scenario_results(
     import json
 
     out_dir = Path(out_dir)
-    uri = tracking_uri or default_tracking_uri(out_dir)
     mlflow = _mlflow(uri)
     first = next(iter(results.values()))
     mlflow.set_experiment(f"retune-scenario-{first['scenario']}")
@@ -220,8 +230,7 @@ def log_scenario_results(
             for step, value in enumerate(result["mean_auroc_per_task"], start=1):
                 if value is not None:
                     mlflow.log_metric("mean_auroc_seen", value, step=step)
-            for task in sorted((out_dir / "work" / name / f"order{result.get('order', 0)}").glob("task*/config.json")):
-                _log_histories(mlflow, {task.parent.name: json.loads(task.read_text()).get("learn", {})})
+            _log_histories(mlflow, (histories or {}).get(name, {}))
             mlflow.log_artifact(str(out_dir / name / "results.json"))
             for shared in ("report.html", "scenario.json"):
                 if (out_dir / shared).exists():
@@ -236,11 +245,10 @@ def _drop_runs_killed_at_creation(uri: str, experiment_id: str) -> None:
     """Remove file-store run folders whose ``meta.yaml`` is missing or empty: a process killed while MLflow
     created the run leaves one, and MLflow's file store then fails every search of the experiment. Such a
     folder holds no results (those are in ``results.json``); the run is logged again."""
-    if not uri.startswith("file:"):
+    store = _local_store(uri)
+    if store is None:
         return
-    from urllib.parse import unquote, urlparse
-
-    folder = Path(unquote(urlparse(uri).path)) / experiment_id
+    folder = store / experiment_id
     for run_dir in folder.iterdir() if folder.is_dir() else []:
         meta = run_dir / "meta.yaml"
         is_run = run_dir.is_dir() and re.fullmatch(r"[0-9a-f]{32}", run_dir.name)  # run ids, not tags/ etc.
@@ -260,15 +268,14 @@ def _keep_or_clear(mlflow, experiment_id: str, key: str, digest: str) -> bool:
     return bool(complete)
 
 
-def mlflow_ui(folder: Path, host: str, port: int, announce=print) -> int:
-    """Run ``mlflow ui`` over ``folder``'s ``mlruns`` (or ``folder`` itself, an mlruns folder) until it stops; returns
-    its exit code. Same as ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri file://.../mlruns``."""
+def mlflow_ui(store: Path, host: str, port: int, announce=print) -> int:
+    """Run ``mlflow ui`` over the MLflow file store ``store`` until it stops; returns its exit code.
+    Same as ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri file://STORE``."""
     import subprocess
     import sys
 
     from retune.errors import ConfigError
 
-    store = folder / "mlruns" if (folder / "mlruns").is_dir() else folder
     if not store.is_dir():
         raise ConfigError(f"{store}: does not exist (expected a run folder with mlruns/ or an mlruns folder)")
     if not any(store.glob("*/meta.yaml")):
@@ -280,7 +287,47 @@ def mlflow_ui(folder: Path, host: str, port: int, announce=print) -> int:
         import mlflow.server  # noqa: F401  (absent with mlflow-skinny)
     except ImportError as error:
         raise ConfigError(f"the MLflow UI needs the full mlflow package ({error}); pip install mlflow") from None
-    announce(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)")
     environment = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.resolve().as_uri()]
-    return subprocess.call(command + ["--host", host, "--port", str(port), "--workers", "1"], env=environment)
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
+    # its own process group: mlflow starts a web server child; a signal to retune reaches them all
+    process = subprocess.Popen(command, env=environment, start_new_session=True)
+
+    def forward(signum, _frame) -> None:
+        _signal_group(process, signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if _wait_for_port(process, host, port):
+            announce(f"MLflow UI for {store.resolve()} on http://{host}:{port} (Ctrl-C stops it)")
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+
+
+def _signal_group(process, signum: int) -> None:
+    """Send ``signum`` to the process group ``process`` leads (gone already: nothing to do)."""
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_port(process, host: str, port: int, timeout: float = 120.0) -> bool:
+    """Whether ``host:port`` answers before ``process`` exits (False) or ``timeout`` seconds pass (False)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False

@@ -17,11 +17,12 @@ from retune.backbones.registry import create_backbone
 from retune.evaluation import evaluate_scores, mean_and_sd
 from retune.evaluation.coverage import label_coverage, per_site_metrics
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, read_data
+from retune.experiments.run_folder import WORK, scenario_run_folder, task_folder
 from retune.io_utils import write_json_atomic
 from retune.methods.base import PromptBank
 from retune.methods.checkpoint import load_checkpoint
 from retune.methods.registry import create_method
-from retune.scenarios.runner import load_results, load_scenario_config, prepare, run_folder
+from retune.scenarios.runner import load_results, load_scenario_config, prepare
 from retune.store import EmbeddingStore
 
 
@@ -81,7 +82,7 @@ def evaluate_scenario(
         records = []
         for run in result["orders"]:
             seed = run.get("seed", result["seed"])
-            folder = run_folder(results_dir / "work", name, run["order"], seed) / f"task{len(run['tasks'])}"
+            folder = task_folder(scenario_run_folder(results_dir / WORK, name, run["order"], seed), len(run["tasks"]))
             tensors, facts = load_checkpoint(folder)
             method = create_method(name, method_context(backbone, PromptBank(), seed), config.retune)
             method.load_state(tensors.get(name, {}), facts["methods"][name])

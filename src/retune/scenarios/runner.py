@@ -28,7 +28,8 @@ from retune.data.splits import patient_split
 from retune.errors import ConfigError, DataError
 from retune.evaluation import continual_metrics, mean_and_sd
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, prompt_bank, read_data
-from retune.io_utils import atomic_path, read_json, write_json_atomic
+from retune.experiments.run_folder import WORK, scenario_run_folder, task_folder
+from retune.io_utils import atomic_path, load_array, read_json, write_json_atomic
 from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
 from retune.progress import epoch_bar
@@ -172,7 +173,7 @@ def test_scores(method: Method, prepared: PreparedScenario) -> np.ndarray:
 def _save_task_state(folder: Path, task_index: int, method: Method, scores: np.ndarray, facts: dict) -> None:
     from retune.methods.checkpoint import save_checkpoint
 
-    target = folder / f"task{task_index + 1}"
+    target = task_folder(folder, task_index + 1)
     save_checkpoint(target, {method.name: method.state()}, {"task": task_index + 1, "learn": facts})
     with atomic_path(target / "test_scores.npy") as temp:
         with open(temp, "wb") as handle:
@@ -187,14 +188,14 @@ def _resume(folder: Path, method: Method, n_tasks: int) -> list[np.ndarray]:
 
     finished = []
     for task_index in range(n_tasks):
-        target = folder / f"task{task_index + 1}"
+        target = task_folder(folder, task_index + 1)
         if not (target / "done.json").exists():
             break
-        finished.append(np.load(target / "test_scores.npy", allow_pickle=False))
+        finished.append(load_array(target / "test_scores.npy"))
     if finished:
-        tensors, facts = load_checkpoint(folder / f"task{len(finished)}")
+        tensors, facts = load_checkpoint(task_folder(folder, len(finished)))
         method.load_state(tensors.get(method.name, {}), facts["methods"][method.name])
-        load_rng_state(folder / f"task{len(finished)}")
+        load_rng_state(task_folder(folder, len(finished)))
     return finished
 
 
@@ -235,7 +236,8 @@ def claim_work_dir(folder: Path, fingerprint: str, restart: bool) -> None:
     """Make ``folder`` hold states of this fingerprint only: refuse saved states of another one (or any saved
     without a fingerprint), or with ``restart`` delete them first."""
     marker = folder / "fingerprint.json"
-    saved = json.loads(marker.read_text())["fingerprint"] if marker.exists() else None
+    recorded = read_json(marker) if marker.exists() else None
+    saved = recorded.get("fingerprint") if isinstance(recorded, dict) else None
     if folder.exists() and saved != fingerprint:
         if not restart:
             raise ConfigError(
@@ -245,11 +247,6 @@ def claim_work_dir(folder: Path, fingerprint: str, restart: bool) -> None:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, {"fingerprint": fingerprint})
-
-
-def run_folder(work_dir: Path, name: str, order: int, seed: int) -> Path:
-    """Where one (method, order, seed) run keeps its per-task checkpoints and test scores."""
-    return work_dir / name / f"order{order}-seed{seed}"
 
 
 def run_method(
@@ -268,7 +265,7 @@ def run_method(
     bar: dict = {"update": None}
     context = replace(prepared.context_factory(seed), on_epoch=lambda *values: bar["update"](*values))
     method = create_method(name, context, config.retune)
-    folder = run_folder(work_dir, name, order, seed)
+    folder = scenario_run_folder(work_dir, name, order, seed)
     # The joint upper bound keeps earlier tasks' rows in memory, so it restarts rather than resumes.
     scores = _resume(folder, method, len(tasks)) if method.exemplar_free else []
     for task_index in range(len(scores), len(tasks)):
@@ -409,14 +406,14 @@ def run_scenario(
     prepared = prepare(config, show_progress)
     fingerprints = {name: results_fingerprint(name, config, prepared) for name in config.methods}
     for name, fingerprint in fingerprints.items():
-        claim_work_dir(out_dir / "work" / name, fingerprint, restart)
+        claim_work_dir(out_dir / WORK / name, fingerprint, restart)
     write_json_atomic(out_dir / SCENARIO_FILE, config.model_dump(mode="json"))
     seeds = config.training_seeds
     jobs = [(name, order, seed) for name in config.methods for order in config.orders for seed in seeds]
     scores: dict[Job, list[np.ndarray]] = {}
     results, final_scores = {}, {}
     runs = [(order, seed) for order in config.orders for seed in config.training_seeds]
-    for job, job_scores in engine(jobs, prepared, config, out_dir / "work", progress):
+    for job, job_scores in engine(jobs, prepared, config, out_dir / WORK, progress):
         scores[job] = job_scores
         name = job[0]
         if all((name, *run) in scores for run in runs):

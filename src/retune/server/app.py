@@ -27,9 +27,19 @@ from retune.errors import RetuneError
 from retune.scenarios.runner import is_scenario_folder
 from retune.server.batching import DynamicBatcher, QueueFull
 from retune.server.config import ServeConfig, is_loopback
+from retune.server.limits import (
+    PixelBudget,
+    PixelBudgetExceeded,
+    ServerBusy,
+    deadline_protocol,
+    log,
+    raise_open_files_limit,
+)
 from retune.server.routers import pages as page_routes
 from retune.server.routers import runs as run_routes
 from retune.server.routers import scenarios as scenario_routes
+from retune.server.routers import seg as seg_routes
+from retune.server.routers import vqa as vqa_routes
 from retune.server.routers.runs import batch_scorer
 from retune.server.runs import ServedRun
 from retune.server.scenarios import ServedScenario
@@ -41,7 +51,7 @@ from retune.server.state import (
     error_response,
     heatmap_url,
 )
-from retune.server.uploads import NotMultipart, UploadTooLarge
+from retune.server.uploads import ClientGone, NotMultipart, UploadTooLarge
 
 PUBLIC_PREFIXES = ("/static/", "/login")
 CSP = (
@@ -52,14 +62,24 @@ CSP = (
 DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 # Set on every response; a response that sets its own Cache-Control (the in-memory plots) keeps it.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
-ROUTERS = (run_routes.router, scenario_routes.router, page_routes.router)
+ROUTERS = (run_routes.router, scenario_routes.router, page_routes.router, seg_routes.router, vqa_routes.router)
 
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error as ``{"detail": one line}`` with its status; a bug names only its type (details in the log)."""
-    statuses = {RetuneError: 400, UploadTooLarge: 413, NotMultipart: 415, QueueFull: 503}
+    statuses = {
+        RetuneError: 400, UploadTooLarge: 413, PixelBudgetExceeded: 413, NotMultipart: 415, QueueFull: 503,
+        ServerBusy: 503,
+    }
     for error_type, status in statuses.items():
         app.add_exception_handler(error_type, lambda _, error, status=status: error_response(status, str(error)))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone) -> JSONResponse:
+        """Nobody is left to answer: one line in the log, never a traceback."""
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s: %s", client, error)
+        return error_response(400, str(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -81,6 +101,33 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(404, detail, **{f"{error.kind}s": error.served})
 
 
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def host_name(host_header: str) -> str:
+    """The host of a ``Host`` header without its port (``[::1]:8000`` -> ``::1``)."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def browser_refusal(request: Request, has_token: bool) -> tuple[int, str] | None:
+    """(status, reason) for a request a web page may have sent on a user's behalf, else None: without a token only a
+    loopback ``Host`` is served (a DNS-rebinding page names its own host), and a state-changing request from another
+    origin (``Origin``, ``Sec-Fetch-Site``) is refused whatever the token: cross-site form POSTs need no preflight."""
+    host = request.headers.get("host", "")
+    if not has_token and not is_loopback(host_name(host)):
+        return 421, f"Host '{host}' is not a loopback name; without a token this server answers loopback names only"
+    if request.method in SAFE_METHODS:
+        return None
+    site = request.headers.get("sec-fetch-site", "")
+    origin = request.headers.get("origin")
+    if site in ("cross-site", "same-site") or (origin is not None and origin.split("://", 1)[-1] != host):
+        sent = f"Origin {origin or 'not sent'}, Sec-Fetch-Site {site or 'not sent'}"
+        return 403, f"cross-origin {request.method} refused ({sent})"
+    return None
+
+
 def create_app(
     runs: dict[str, ServedRun], config: ServeConfig, scenarios: dict[str, ServedScenario] | None = None
 ) -> FastAPI:
@@ -97,6 +144,7 @@ def create_app(
         },
         config=config,
         templates=templates,
+        pixels=PixelBudget(config.max_request_pixels, config.max_pixels_in_flight),
     )
 
     @asynccontextmanager
@@ -132,9 +180,13 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """Token check (API: bearer header; page: the cookie set by /login) and security headers on every response."""
+        """Browser-reachable requests refused (a foreign Host without a token, a cross-origin state change), the token
+        check (API: bearer header; page: the cookie set by /login) and security headers on every response."""
         path = request.url.path
-        if authorised(request) or path.startswith(PUBLIC_PREFIXES):
+        refused = browser_refusal(request, bool(config.token))
+        if refused is not None:
+            response = error_response(*refused)
+        elif authorised(request) or path.startswith(PUBLIC_PREFIXES):
             response = await call_next(request)
         elif path.startswith(f"/{API_VERSION}/") or path == app.openapi_url:
             response = error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
@@ -167,13 +219,35 @@ def serve(
     from retune.server.scenarios import load_served_scenarios
 
     keep_freed_memory_for_reuse()  # a batch's activations come from the heap, not page-faulted in at every call
-    runs = load_served_runs([d for d in directories if not is_scenario_folder(d)], store_dir, config.device)
+    segmentation = [d for d in directories if seg_routes.is_seg_run(d)]
+    classifiers = [d for d in directories if not is_scenario_folder(d) and d not in segmentation]
+    runs = load_served_runs(classifiers, store_dir, config.device)
     scenarios = load_served_scenarios([d for d in directories if is_scenario_folder(d)])
     app = create_app(runs, config, scenarios)
+    app.state.seg_runs = seg_routes.load_seg_runs(segmentation, config.device)
     host = f"[{config.host}]" if ":" in config.host else config.host
     served = [f"{len(runs)} run(s) ({', '.join(runs)})"] if runs else []
+    served += [f"{len(app.state.seg_runs)} segmentation run(s) (pages at /seg/<name>)"] if segmentation else []
     served += [f"{len(scenarios)} scenario(s) ({', '.join(scenarios)})"] if scenarios else []
     announce(f"serving {' and '.join(served)} at http://{host}:{config.port}/ (API docs at /docs)")
     if not is_loopback(config.host):
         announce(f"bound to {config.host}: reachable from the network; every page and API call requires the token")
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", server_header=False)
+    raise_open_files_limit()
+    uvicorn.Server(uvicorn_config(app, config)).run()
+
+
+def uvicorn_config(app: FastAPI, config: ServeConfig, port: int | None = None):
+    """uvicorn's settings for serving ``app``: read deadlines on headers and bodies, the keep-alive timeout and the
+    connection cap, so slow or unfinished requests cannot lock other clients out; ``port`` overrides the config's."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port if port is None else port,
+        log_level="info",
+        server_header=False,
+        http=deadline_protocol(config.header_timeout_s, config.body_timeout_s),
+        timeout_keep_alive=config.keep_alive_s,
+        limit_concurrency=config.max_connections,
+    )

@@ -38,6 +38,19 @@ class ServeConfig(StrictModel):
         8, ge=2, le=16, description="Occlusion map resolution: grid x grid covered patches per image."
     )
     device: str | None = Field(None, description="Torch device for the encoders (default: CUDA when present).")
+    max_request_pixels: int = Field(
+        1 << 26, ge=1, description="Most decoded pixels (width x height, summed over its images) one request may ask "
+        "for (413 above); the default holds two of the largest single images."
+    )
+    max_pixels_in_flight: int = Field(
+        1 << 28, ge=1, description="Most decoded pixels of all requests being decoded or scored at once (503 above)."
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="A request's headers must arrive within this time.")
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body may pause at most this long.")
+    keep_alive_s: int = Field(5, ge=1, description="An idle kept-alive connection is closed after this time.")
+    max_connections: int = Field(
+        256, ge=1, description="Concurrent connections and requests served; more are answered 503 at once."
+    )
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ServeConfig:

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from retune.errors import ConfigError
 from retune.experiments.inference import PatchScorer, SavedRun, open_run, patch_scorer
-from retune.io_utils import read_json
-
-ROC_PLOT = "roc_curves.png"
+from retune.experiments.run_folder import METRICS, ROC_PLOT, read_run_metrics, run_kind
 
 
 @dataclass
@@ -29,13 +27,18 @@ class ServedRun:
 
     @property
     def kind(self) -> str:
-        """``peft`` for encoder-tuning runs, ``train`` for adaptors over cached embeddings."""
-        return "peft" if "tuning" in self.model.facts else "train"
+        """The run kind its config.json records (``train``, ``peft``, ...)."""
+        return run_kind(self.model.facts)
 
     @property
     def thresholds(self) -> dict[str, float]:
-        """Decision thresholds per class, when the run stores them (none of today's run kinds does)."""
+        """Decision thresholds per class, chosen on validation when the run was trained (older runs store none)."""
         return {str(k): float(v) for k, v in (self.model.facts.get("thresholds") or {}).items()}
+
+    @property
+    def threshold_rule(self) -> str | None:
+        """How the run chose its decision thresholds (e.g. Youden's J on validation); None without thresholds."""
+        return self.model.facts.get("threshold_rule") if self.thresholds else None
 
     def summary(self) -> dict:
         """Name, kind, backbone, classes and headline metrics (test-split mean AUROC with its CI)."""
@@ -79,8 +82,7 @@ def load_served_runs(
     runs: dict[str, ServedRun] = {}
     for directory in map(Path, directories):
         name = unique_name(directory, {run.name: run.directory for run in runs.values()}, "run")
-        metrics_path = directory / "metrics.json"
-        metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+        metrics = read_run_metrics(directory) if (directory / METRICS).is_file() else {}
         model = open_run(directory, store_dir, device)
         runs[name] = ServedRun(name, directory, model, metrics, patch_scorer(model))
     return runs

@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from retune.server.batching import DynamicBatcher
 from retune.server.config import ServeConfig
+from retune.server.limits import PixelBudget
 from retune.server.runs import ServedRun
 from retune.server.scenarios import Png, ServedScenario
 
@@ -43,6 +44,7 @@ class ServerState:
     batchers: dict[str, DynamicBatcher]
     config: ServeConfig
     templates: Jinja2Templates
+    pixels: PixelBudget
     decoders: ThreadPoolExecutor | None = field(default=None)
 
     def run(self, name: str) -> ServedRun:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from retune.errors import DataError
 
@@ -21,6 +21,10 @@ class UploadTooLarge(Exception):
 
 class NotMultipart(Exception):
     """The request is not multipart/form-data."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived (logged in one line, nothing to answer)."""
 
 
 @dataclass
@@ -42,11 +46,14 @@ class _InMemoryParser(MultiPartParser):
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The request body, refused as soon as it passes ``limit`` bytes (a lying Content-Length cannot get round it)."""
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise UploadTooLarge(f"upload larger than the limit of {limit / 2**20:g} MiB")
-        yield chunk
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise UploadTooLarge(f"upload larger than the limit of {limit / 2**20:g} MiB")
+            yield chunk
+    except ClientDisconnect:
+        raise ClientGone(f"client disconnected after {received:,} bytes of {request.url.path}") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

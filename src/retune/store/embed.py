@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from retune.backbones.base import Backbone, Encoded
 from retune.data.images import DEFAULT_LIMITS, DecodeLimits, file_content_hash, load_image
+from retune.data.readers import missing_images_hint
 from retune.data.table import ImageTable
 from retune.devices import keep_freed_memory_for_reuse, usable_cores
 from retune.errors import RetuneError, StoreError
@@ -461,6 +462,7 @@ def image_embeddings(table: ImageTable, fingerprint: str, store: EmbeddingStore)
     if not rows:
         raise StoreError(
             f"{store.root}: none of the {len(table)} images of {table.source} are embedded for backbone {fingerprint}"
+            + missing_images_hint(table)
         )
     _, matrix = store.read_vectors("images", fingerprint, [hashes[table.paths[row]] for row in rows])
     return matrix, np.asarray(rows, dtype=int)

@@ -86,6 +86,8 @@ def prefix_activations(
         if require_rows:
             raise DataError(f"{table.source}: no readable image to compute first-{k}-block activations for")
         return PrefixActivations(torch.zeros(0), rows, computed, fingerprint, dict(sorted(failures.items())))
+    if fingerprint not in store.manifest["backbones"]:  # cached by another process (a DDP rank) after we opened it
+        store.refresh_manifest()
     shape = store.manifest["backbones"][fingerprint]["activation_shape"]
     _, flat = store.read_vectors(PREFIX_KIND, fingerprint, [hashes[table.paths[row]] for row in rows])
     return PrefixActivations(

@@ -8,6 +8,7 @@ Layout (every file is plain Parquet or JSON that pandas, Polars and Ray read as 
     STORE/texts/fp=<fingerprint>/part-*.parquet   text_hash, text, embedding
     STORE/prefix/fp=<fingerprint>-k<K>/part-*.parquet  content_hash, activation (frozen first-K-block output, flat)
     STORE/text_tokens/fp=<fingerprint>/part-*.parquet  text_hash, tokens (max_tokens*D, zero-padded), n_tokens
+    STORE/dense/fp=<fingerprint>-dense<S>/part-*.parquet  content_hash, features (float16 multi-scale maps, flat)
     STORE/files/part-*.parquet                    path, size, mtime_ns, content_hash (hash cache)
     STORE/errors/embed-*.csv                      images that could not be read, with the reason
 
@@ -35,18 +36,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from retune.errors import StoreError
-from retune.io_utils import atomic_path, write_json_atomic
+from retune.errors import DataError, StoreError
+from retune.io_utils import atomic_path, read_json, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-KINDS = ("images", "tokens", "texts", "text_tokens", "prefix")
+KINDS = ("images", "tokens", "texts", "text_tokens", "prefix", "dense")
 _KEY_COLUMN = {
     "prefix": "content_hash",
     "images": "content_hash",
     "tokens": "content_hash",
     "texts": "text_hash",
     "text_tokens": "text_hash",
+    "dense": "content_hash",
 }
 _VECTOR_COLUMN = {
     "prefix": "activation",
@@ -54,6 +56,7 @@ _VECTOR_COLUMN = {
     "tokens": "tokens",
     "texts": "embedding",
     "text_tokens": "tokens",
+    "dense": "features",
 }
 
 
@@ -101,9 +104,11 @@ class EmbeddingStore:
     @staticmethod
     def _read_manifest(path: Path) -> dict:
         try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise StoreError(f"{path}: unreadable manifest ({error})") from error
+            manifest = read_json(path)
+        except DataError as error:
+            raise StoreError(f"unreadable manifest: {error}") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{path}: not a store manifest (expected a JSON object)")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{path}: store format {manifest.get('format_version')} is not {FORMAT_VERSION}")
         return manifest
@@ -116,11 +121,16 @@ class EmbeddingStore:
         A held lock or a store that cannot be written (read-only) is a one-line StoreError.
         """
         with _exclusive(self.root, "write to the store"):
+            self.refresh_manifest()  # another process (a DDP rank) may have registered backbones since we read it
             yield
 
     def needs_backbone(self, description: dict) -> bool:
         """Whether the manifest lacks this backbone description (compared in its JSON form: tuples are lists there)."""
         return self.manifest["backbones"].get(description["fingerprint"]) != _as_json(description)
+
+    def refresh_manifest(self) -> None:
+        """Read the manifest again from disk: what other processes wrote since this store was opened."""
+        self.manifest = self._read_manifest(self.root / MANIFEST)
 
     def register_backbone(self, description: dict) -> None:
         """Record which backbone a fingerprint stands for (shown by ``retune store info``); writes only on change."""

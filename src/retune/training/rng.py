@@ -15,7 +15,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from retune.errors import StoreError
-from retune.io_utils import atomic_path, write_json_atomic
+from retune.io_utils import MAX_JSON_BYTES, atomic_path, read_json, regular_file_size, write_json_atomic
 
 RNG_TENSORS = "rng.safetensors"
 RNG_FACTS = "rng.json"
@@ -63,10 +63,9 @@ def load_rng_state(folder: str | Path) -> bool:
     folder = Path(folder)
     if not (folder / RNG_TENSORS).exists() or not (folder / RNG_FACTS).exists():
         return False
-    import json
-
+    regular_file_size(folder / RNG_TENSORS, MAX_JSON_BYTES, "random-state file")
     try:
-        restore_rng_state(load_file(str(folder / RNG_TENSORS)), json.loads((folder / RNG_FACTS).read_text()))
+        restore_rng_state(load_file(str(folder / RNG_TENSORS)), read_json(folder / RNG_FACTS))
     except Exception as error:  # a damaged file must not silently give a different run
         raise StoreError(
             f"{folder / RNG_TENSORS}: unreadable random state ({' '.join(str(error).split())[:200]}); "

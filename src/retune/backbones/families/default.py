@@ -13,7 +13,15 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from retune.backbones.base import Backbone, BackboneInfo, Encoded, file_sha256, mean_pool, weight_files_sha256
+from retune.backbones.base import (
+    Backbone,
+    BackboneInfo,
+    Encoded,
+    file_sha256,
+    mean_pool,
+    square_pixels,
+    weight_files_sha256,
+)
 from retune.backbones.registry import register_backbone
 from retune.devices import autocast_for
 from retune.errors import WeightsNotFoundError
@@ -23,6 +31,9 @@ IMAGE_SIZE = 224
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 MAX_TEXT_TOKENS = 128
+# EfficientNet stages whose outputs are the dense maps (timm feature_info indices) and their strides
+DENSE_STAGES = (1, 2, 3, 4)
+DENSE_STRIDES = (4, 8, 16, 32)
 
 
 def _efficientnet_weights_path() -> str:
@@ -71,6 +82,7 @@ class DefaultBackbone(Backbone):
     aligned = False
     image_dim = 1280
     text_dim = 384
+    dense_strides = DENSE_STRIDES
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,6 +116,16 @@ class DefaultBackbone(Backbone):
         pooled = features.mean(dim=(2, 3))
         patch_tokens = features.flatten(2).transpose(1, 2) if tokens else None
         return Encoded(pooled, patch_tokens)
+
+    def dense_preprocess(self, image: Image.Image, size: int) -> torch.Tensor:
+        return square_pixels(image, size, MEAN, STD)
+
+    @torch.inference_mode()
+    def dense_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        pixels = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast_for(self.device):
+            maps = self.image_model.forward_intermediates(pixels, indices=list(DENSE_STAGES), intermediates_only=True)
+        return [feature_map.float() for feature_map in maps]
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], tokens: bool = False) -> Encoded:

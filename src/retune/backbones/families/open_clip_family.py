@@ -25,6 +25,8 @@ from retune.backbones.base import (
     Encoded,
     file_sha256,
     names_under,
+    resampled_pyramid,
+    square_pixels,
     weight_files_sha256,
 )
 from retune.backbones.families.hf_family import (
@@ -39,6 +41,7 @@ from retune.errors import ConfigError
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
+DENSE_STRIDES = (4, 8, 16, 32)  # ViT block outputs resampled to these (``dense_features``)
 BIOMEDCLIP = "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
 
@@ -224,6 +227,35 @@ class OpenClipBackbone(Backbone):
             else:
                 pooled, hidden = self.model.encode_text(ids), None
         return Encoded(F.normalize(pooled.float(), dim=-1), hidden.float() if tokens else None)
+
+    @property
+    def dense_strides(self) -> tuple[int, ...]:
+        """ViT towers: four blocks' patch tokens resampled to strides 4-32; other towers give none."""
+        return DENSE_STRIDES if isinstance(getattr(self.model.visual, "transformer", None), torch.nn.Module) else ()
+
+    def dense_preprocess(self, image: Image.Image, size: int) -> torch.Tensor:
+        """Resized to the tower's own input size (ViT position embeddings are fixed), whatever ``size``."""
+        if not self.dense_strides:
+            raise self._no_dense_features()
+        visual = self.model.visual
+        native = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+        return square_pixels(image, native, visual.image_mean, visual.image_std)
+
+    @torch.inference_mode()
+    def dense_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Patch tokens of four evenly spaced blocks (the last included) as maps, resampled to strides 4-32."""
+        if not self.dense_strides:
+            raise self._no_dense_features()
+        visual = self.model.visual
+        depth = len(visual.transformer.resblocks)
+        blocks = [max(depth * k // 4 - 1, 0) for k in range(1, 5)]  # a shallow tower repeats blocks
+        taken = sorted(set(blocks))
+        with autocast_for(self.device):
+            output = visual.forward_intermediates(pixels.to(self.device), indices=taken, intermediates_only=True,
+                                                  output_fmt="NCHW")
+        maps = [output["image_intermediates"][taken.index(block)].float() for block in blocks]
+        patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
+        return resampled_pyramid(maps, patch, DENSE_STRIDES)
 
     def tower(self, name: str) -> tuple[torch.nn.Module, Callable[[str], bool]] | None:
         """One open_clip model holds both towers: ``visual`` is the image tower, the rest (but the logit scale and

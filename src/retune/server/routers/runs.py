@@ -12,11 +12,12 @@ from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import BaseModel
 
-from retune.data.images import decode_image_bytes
+from retune.data.images import declared_pixels, decode_image_bytes
 from retune.errors import RetuneError
 from retune.experiments.kinds import PixelScores
+from retune.experiments.run_folder import ROC_PLOT
 from retune.server import explain
-from retune.server.runs import ROC_PLOT, ServedRun
+from retune.server.runs import ServedRun
 from retune.server.state import API_VERSION, error_response, state
 from retune.server.uploads import UPLOAD_FIELD, Upload, read_uploads
 
@@ -81,6 +82,11 @@ class ExplainResponse(BaseModel):
 def decode_all(uploads: list[Upload]) -> list[Image.Image]:
     """Decode every upload (in memory); the first bad one raises a DataError naming it."""
     return [decode_image_bytes(upload.data, upload.name) for upload in uploads]
+
+
+def pixels_of(uploads: list[Upload]) -> int:
+    """Decoded pixels the uploads will cost, from their headers (no pixel decoded yet)."""
+    return sum(declared_pixels(upload.data, upload.name) for upload in uploads)
 
 
 def batch_scorer(run: ServedRun) -> Callable[[list[Image.Image]], PixelScores]:
@@ -159,10 +165,12 @@ async def predict(name: str, request: Request) -> PredictResponse:
     served = state(request)
     run = served.run(name)
     uploads = await read_uploads(request, served.config.max_upload_bytes)
-    images = await served.in_decoders(decode_all, uploads)
-    scores = await served.batchers[name].submit(images)
+    with served.pixels.reserve(await served.in_decoders(pixels_of, uploads)):  # 413 / 503 before decoding
+        images = await served.in_decoders(decode_all, uploads)
+        scores = await served.batchers[name].submit(images)
+        del images
     note = (
-        "decision: probability >= the run's threshold"
+        f"decision: probability >= the run's threshold ({run.threshold_rule or 'stored with the run'})"
         if run.thresholds
         else "this run stores no decision thresholds: decision is null"
     )
@@ -204,31 +212,32 @@ async def explain_image(
     if len(uploads) != 1:
         raise RetuneError(f"explain takes exactly one image, got {len(uploads)}")
     upload = uploads[0]
-    image = await served.in_decoders(decode_image_bytes, upload.data, upload.name)
-    classes = run.model.classes
-    batcher = served.batchers[name]
-    if method == "patch":
-        maps = await batcher.run_in_encoder_thread(lambda: run.patches(run.model.backbone.preprocess(image)[None]))
+    with served.pixels.reserve(await served.in_decoders(pixels_of, uploads)):  # held until the maps are made
+        image = await served.in_decoders(decode_image_bytes, upload.data, upload.name)
+        classes = run.model.classes
+        batcher = served.batchers[name]
+        if method == "patch":
+            maps = await batcher.run_in_encoder_thread(lambda: run.patches(run.model.backbone.preprocess(image)[None]))
+            return ExplainResponse(
+                run=name,
+                file=upload.name,
+                explanation=method,
+                description=explain.DESCRIPTIONS[method],
+                grid=maps.shape[-1],
+                region="centre-square",
+                maps={c: np.round(maps[i], 5).tolist() for i, c in enumerate(classes)},
+            )
+        grid = grid or served.config.occlusion_grid
+        copies = await served.in_decoders(explain.occlusion_images, image, grid)
+        probabilities = np.stack([s.probabilities for s in await batcher.submit(copies)])
+        maps = explain.occlusion_maps(probabilities, grid)
         return ExplainResponse(
             run=name,
             file=upload.name,
             explanation=method,
             description=explain.DESCRIPTIONS[method],
-            grid=maps.shape[-1],
-            region="centre-square",
+            grid=grid,
+            region="image",
             maps={c: np.round(maps[i], 5).tolist() for i, c in enumerate(classes)},
+            probabilities={c: float(probabilities[0, i]) for i, c in enumerate(classes)},
         )
-    grid = grid or served.config.occlusion_grid
-    copies = await served.in_decoders(explain.occlusion_images, image, grid)
-    probabilities = np.stack([s.probabilities for s in await batcher.submit(copies)])
-    maps = explain.occlusion_maps(probabilities, grid)
-    return ExplainResponse(
-        run=name,
-        file=upload.name,
-        explanation=method,
-        description=explain.DESCRIPTIONS[method],
-        grid=grid,
-        region="image",
-        maps={c: np.round(maps[i], 5).tolist() for i, c in enumerate(classes)},
-        probabilities={c: float(probabilities[0, i]) for i, c in enumerate(classes)},
-    )

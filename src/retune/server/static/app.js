@@ -39,6 +39,10 @@ function renderFindings(findings) {
     const value = document.createElement("span");
     value.className = "value";
     value.textContent = item.probability.toFixed(3);
+    if (item.decision === true || item.decision === false) {
+      // the run's validation-chosen threshold decided it: the stylesheet says so beside the number
+      row.dataset.decision = item.decision ? "positive" : "negative";
+    }
     if (item.positive_similarity !== null && item.positive_similarity !== undefined) {
       row.title = `similarity to positive prompt ${item.positive_similarity.toFixed(3)}, to negative prompt ${item.negative_similarity.toFixed(3)}`;
     }

@@ -1,0 +1,116 @@
+"""Typed configuration of objective mixes and of ``retune adaptor bench`` (loadable from YAML).
+
+A mix maps objective names to a weight or to the objective's options:
+``{clip: 1.0, caption: 0.5, masked: {ratio: 0.5}}`` (an options dict without ``weight`` weighs 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from retune.config import AdaptorExperimentConfig, OptimConfig, StrictModel
+from retune.objectives.base import OBJECTIVES, ObjectiveOptions
+
+MixSpec = dict[str, float | dict[str, Any] | None]
+
+
+def parse_mix(raw: MixSpec) -> dict[str, ObjectiveOptions]:
+    """Each objective's validated options; unknown names, bad options and an all-zero mix raise one ValueError line
+    naming the objective and field."""
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError("give at least one objective, e.g. {clip: 1.0}")
+    parsed: dict[str, ObjectiveOptions] = {}
+    for name, value in raw.items():
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown objective '{name}'; valid: {', '.join(sorted(OBJECTIVES))}")
+        fields = value if isinstance(value, dict) else ({} if value is None else {"weight": value})
+        try:
+            parsed[name] = OBJECTIVES[name].Options.model_validate(fields)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{name}.{where}: {first['msg']}") from None
+    if not any(options.weight > 0 for options in parsed.values()):
+        raise ValueError(f"every weight is 0 ({', '.join(parsed)}); give at least one objective a positive weight")
+    return parsed
+
+
+class PairsConfig(StrictModel):
+    """Where each image's text comes from, and text-only texts for the unimodal text terms."""
+
+    source: Literal["labels", "csv"] = Field(
+        "labels",
+        description="labels: SYNTHETIC sentences written from the label columns by templates (NIH); csv: a text "
+        "column of the data CSV (real notes or reports, or a user's `path, text` pairs).",
+    )
+    text_column: str = Field("text", description="csv source: the column holding each image's text.")
+    phrasings: int = Field(4, ge=1, le=4, description="labels source: templates drawn from per training image.")
+    empty_text: Literal["error", "skip"] = Field(
+        "error", description="csv source: a row with an empty text is an error naming the row, or left out (counted)."
+    )
+    text_only: Path | None = Field(
+        None,
+        description="Open-i report archive (.tgz) or a CSV with a `text` column: texts without images, used by the "
+        "unimodal objective's text terms.",
+    )
+    text_only_limit: int | None = Field(None, ge=1, description="Use at most this many text-only texts.")
+
+
+class ObjectivesBenchConfig(AdaptorExperimentConfig):
+    """``retune adaptor bench``: pre-train every mix with every seed on one patient split, evaluate each alike."""
+
+    mixes: dict[str, MixSpec] = Field(
+        default_factory=lambda: {"clip": {"clip": 1.0}},
+        description="Named objective mixes to compare, e.g. {clip: {clip: 1}, flip: {masked: {ratio: 0.5}}}.",
+    )
+    objectives: MixSpec | None = Field(
+        None, description="One mix to run instead of `mixes`, e.g. {clip: 1.0, caption: 0.5, masked: {ratio: 0.5}}."
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="Pre-training seeds.")
+    pairs: PairsConfig = PairsConfig()
+    prompts: str = Field("manual", description="Prompt set (or YAML) for zero-shot classification.")
+    image_token_dim: int | None = Field(
+        None,
+        ge=1,
+        description="Project the cached image tokens onto their top principal components (fitted on training images "
+        "only, saved with each run) before the adaptor: a frozen, cheaper input; null keeps the tower's width.",
+    )
+    itm_weight: float = Field(0.0, ge=0.0, description="Not used by the bench: mixes name their losses.")
+    fusion_layers: int = Field(0, ge=0, description="Not used by the bench (no ITM branch).")
+    optim: OptimConfig = OptimConfig(
+        lr=3e-4, weight_decay=0.05, epochs=10, batch_size=64, patience=10, min_epochs=10, early_stopping="loss"
+    )
+
+    @field_validator("mixes")
+    @classmethod
+    def _valid_mixes(cls, value: dict[str, MixSpec]) -> dict[str, MixSpec]:
+        if not value:
+            raise ValueError("give at least one mix")
+        for name, mix in value.items():
+            try:
+                parse_mix(mix)
+            except ValueError as error:
+                raise ValueError(f"mixes.{name}: {error}") from None
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _valid_objectives(cls, value: MixSpec | None) -> MixSpec | None:
+        if value is not None:
+            parse_mix(value)
+        return value
+
+    def mix_specs(self) -> dict[str, MixSpec]:
+        """The mixes to run: ``objectives`` alone (named by its objectives joined with '+') when given, else
+        ``mixes``."""
+        return {"+".join(self.objectives): self.objectives} if self.objectives else self.mixes
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"seeds must be distinct and non-negative, got {value}")
+        return value

@@ -49,9 +49,11 @@ def test_a_csv_labelling_some_classes_scores_those_and_lists_the_rest(phantom_ru
 
 def test_a_csv_labelling_none_of_the_classes_is_refused(phantom_run, tmp_path):
     frame = phantom_run["frame"][["path", "patient_id", "Effusion"]].copy()
-    frame["Effusion"] = ""
-    with pytest.raises(ConfigError, match="labels none of the model's classes"):
-        phantom_run["run"].evaluate(write(frame, tmp_path / "blank.csv"), allow_outside_root=True)
+    frame["Effusion"] = ""  # present but blank: labels nothing
+    frame["Fracture"] = "0"
+    with pytest.raises(ConfigError, match=r"other.csv: labels none of the model's classes \(.*\); its labelled "
+                                          r"classes: Fracture$"):
+        phantom_run["run"].evaluate(write(frame, tmp_path / "other.csv"), allow_outside_root=True)
 
 
 @pytest.mark.parametrize(

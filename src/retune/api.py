@@ -106,6 +106,9 @@ class Run:
 
         ``result["overlap"]`` counts evaluation images the run trained or validated on; ``exclude_overlap`` drops them.
         Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so).
+        A CSV may label some of the run's classes (blank cells: not labelled): those are scored, and
+        ``unlabelled_classes`` / ``unlearned_classes`` list the others; ``per_site`` breaks results down by a
+        site column; ``site_shift`` compares the images with the training images (docs/sites.md).
         """
         from retune.experiments.inference import evaluate_run
 

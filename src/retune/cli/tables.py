@@ -177,8 +177,8 @@ def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
         print(f"{first['scenario']} ({first.get('kind')}-incremental, {len(first['tasks'])} tasks, "
               f"{first['n_test_images']} test images); {classes_in_means(first)}\n")
         for header, rows in ((comparison_header(results), comparison_rows(results)), per_task_rows(results)):
-            lines = [header, ["---"] * len(header), *rows]
-            print("\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n")
+            print_markdown_table(header, rows)
+        print_site_comparison(results, markdown)
         return
     header = comparison_header(results)
     table = Table(
@@ -197,8 +197,32 @@ def print_comparison(results: dict[str, dict], markdown: bool = False) -> None:
     for row in rows:
         curve.add_row(*row)
     show(curve)
+    print_site_comparison(results, markdown)
     if first.get("note"):
         console.print(f"[dim]{first['note']}[/]")
+
+
+def print_markdown_table(header: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table (for a README) on stdout, then a blank line."""
+    lines = [header, ["---"] * len(header), *rows]
+    print("\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n")
+
+
+def print_site_comparison(results: dict[str, dict], markdown: bool = False) -> None:
+    """A site-incremental scenario's per-site table (mean AUROC after the site's own task and the last, forgetting);
+    nothing for other kinds."""
+    from retune.report.scenario_report import site_comparison
+
+    if "per_site" not in next(iter(results.values())):
+        return
+    table = site_comparison(results)
+    if markdown:
+        print_markdown_table(table["columns"], table["rows"])
+        return
+    shown = Table(*table["columns"], title="per site: mean AUROC on its own test patients (mean ± sd over runs)")
+    for row in table["rows"]:
+        shown.add_row(*(escape(cell) for cell in row))
+    show(shown)
 
 
 def print_run_metrics(records: list[tuple[Path, str, dict]]) -> None:

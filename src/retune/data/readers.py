@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
+from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, SITE_COLUMN, SITE_COLUMN_NAMES, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.io_utils import MAX_TABLE_BYTES, regular_file_size
 
@@ -67,7 +67,7 @@ _NEEDS_NORMALISING = r"(?:^|/)\.{1,2}(?:/|$)|//|^/|^[A-Za-z]:|\\"
 # Column names (lower-cased, spaces as underscores) never taken as labels when classes are inferred.
 _METADATA_COLUMNS = frozenset(
     {
-        "image_index", "image_id", "dicom_id", "study_id", "subject_id", "source", "split", "fold",
+        "image_index", "image_id", "dicom_id", "study_id", "subject_id", "source", "site", "split", "fold",
         "age", "patient_age", "sex", "gender", "patient_gender", "view", "view_position",
         "viewposition", "ap/pa", "frontal/lateral", "finding_labels", "follow-up_#",
     }
@@ -123,8 +123,8 @@ def read_csv_table(
     Paths resolve against ``image_root`` (default: the CSV's folder). Without ``classes``, labels are
     the non-metadata columns whose non-blank values are all 1, 0 or -1. A missing patient column
     makes each image its own patient and sets ``extra["patient_column_missing"]``. ``report_column``
-    defaults to a ``report`` column when there is one. Paths must stay inside the image root (absolute
-    paths and symlinks included) unless ``allow_outside_root``.
+    defaults to a ``report`` column when there is one; a ``site`` (else ``source``) column becomes each row's
+    site. Paths must stay inside the image root (absolute paths and symlinks included) unless ``allow_outside_root``.
     """
     csv_path = Path(csv_path)
     source = csv_path.name
@@ -158,6 +158,9 @@ def read_csv_table(
     frame = _assemble(paths, patients, labels)
     if report_column is not None:
         frame[REPORT_COLUMN] = raw[report_column].to_numpy()
+    site_column = next((name for name in SITE_COLUMN_NAMES if name in raw.columns and name not in classes), None)
+    if site_column is not None:
+        frame[SITE_COLUMN] = _site_names(raw[site_column], source, site_column).to_numpy()
     table = ImageTable(
         frame, list(classes), source=csv_path, image_root=root, confined_root=_confinement(root, allow_outside_root)
     )
@@ -406,7 +409,7 @@ def _require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str, w
 
 def _check_class_names(classes: list[str]) -> None:
     """Class names must be unique and must not clash with the table's own columns."""
-    reserved = {PATH_COLUMN, PATIENT_COLUMN, REPORT_COLUMN}
+    reserved = {PATH_COLUMN, PATIENT_COLUMN, REPORT_COLUMN, SITE_COLUMN}
     seen: set[str] = set()
     for name in classes:
         if name in seen:
@@ -489,6 +492,13 @@ def _resolve_paths(
                              f"escapes the image root {root} (pass --allow-outside-root to read such paths)")
         resolved[unusual.index] = normalised
     return resolved
+
+
+def _site_names(raw_sites: pd.Series, source: str, column: str) -> pd.Series:
+    """Stripped site names; a blank one is an error (a row of unknown site cannot be broken down by site)."""
+    values = raw_sites.str.strip()
+    _raise_first_bad(values == "", values, source, column, "is blank; with a site column every row needs its site")
+    return values
 
 
 def _patient_ids(raw_ids: pd.Series, source: str, column: str) -> pd.Series:

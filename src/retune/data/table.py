@@ -10,6 +10,8 @@ import pandas as pd
 
 PATH_COLUMN = "image_path"
 PATIENT_COLUMN = "patient_id"
+SITE_COLUMN = "site"  # optional: the hospital or source each image comes from, so results break down by site
+SITE_COLUMN_NAMES = ("site", "source")  # the CSV column read as the site, first found wins
 
 
 @dataclass
@@ -18,7 +20,8 @@ class ImageTable:
 
     ``frame`` has the columns ``image_path`` (absolute path as str), ``patient_id`` (str), one
     float column per class in ``classes`` holding 1.0 (positive), 0.0 (negative) or NaN (masked:
-    uncertain/ignored/unlabelled; left out of losses and metrics), and optionally ``report`` (str).
+    uncertain/ignored/unlabelled; left out of losses and metrics), and optionally ``report`` (str) and
+    ``site`` (str: the hospital or source of the image, from a CSV's ``site`` or ``source`` column).
     ``source`` is the file the table came from (used in error messages); ``image_root`` is the
     folder relative paths were resolved against; ``confined_root``, when set, is the folder every image
     must really lie in (symlinks followed), checked before an image is read.
@@ -41,6 +44,15 @@ class ImageTable:
     @property
     def patients(self) -> np.ndarray:
         return self.frame[PATIENT_COLUMN].to_numpy()
+
+    @property
+    def sites(self) -> np.ndarray | None:
+        """Each row's site, or None when the table has no site column."""
+        return self.frame[SITE_COLUMN].to_numpy() if SITE_COLUMN in self.frame else None
+
+    def labelled_classes(self) -> list[str]:
+        """Classes with at least one non-blank label: a column left blank throughout labels nothing."""
+        return [name for name in self.classes if self.frame[name].notna().any()]
 
     def labels(self, classes: list[str] | None = None) -> np.ndarray:
         """Float32 matrix (rows x classes) with NaN where the label is masked."""

@@ -22,12 +22,14 @@ import pandas as pd
 import torch
 
 from retune.config import DataConfig
+from retune.data.image_stats import image_summary, shift_report
 from retune.data.pixels import pixel_shape
 from retune.data.readers import missing_images_hint
 from retune.data.splits import patient_split
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import ConfigError, DataError, unknown_name
 from retune.evaluation import DEFAULT_MIN_POSITIVES
+from retune.evaluation.coverage import label_coverage
 from retune.evaluation.leakage import DIGESTS_FILE, file_hashes, overlap_warning, overlapping_rows
 from retune.evaluation.paired import paired_auroc_difference
 from retune.experiments import adaptor, peft, segmentation, train  # noqa: F401  (importing them registers their run kinds)
@@ -66,7 +68,8 @@ def evaluation_table(
 ) -> tuple[ImageTable, str]:
     """The labelled table to evaluate, read like the run's training data, and the split (``auto`` resolved).
 
-    Image paths must stay inside the image root unless ``allow_outside_root`` (or the run was trained so)."""
+    The CSV may label only some of the run's classes (see ``label_coverage``). Image paths must stay inside the
+    image root unless ``allow_outside_root`` (or the run was trained so)."""
     train_config = run.config
     if split == "auto":
         split = "test" if is_training_csv(csv_path, run.facts) else "all"
@@ -80,9 +83,6 @@ def evaluation_table(
         "allow_outside_root": allow_outside_root or data.allow_outside_root,
     }
     table = read_data(data.model_copy(update=other))
-    missing = [c for c in run.classes if c not in table.classes]
-    if missing:
-        raise ConfigError(f"{csv_path}: has no label column for trained class(es) {', '.join(missing)}")
     return table, split
 
 
@@ -101,12 +101,18 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a saved run on a CSV: the training CSV's test split by default, another CSV whole.
 
+    Scored: the run's classes the CSV labels; ``unlabelled_classes`` / ``unlearned_classes`` list the run's classes
+    the CSV does not label and the CSV's classes the run never learned (also as warnings). Blank cells are masked.
+    ``site_shift`` compares the images' sizes and colours with the run's training images (a loud warning when they
+    differ a lot).
+
     Images that the run trained or validated on (by content, see ``retune.evaluation.leakage``) are counted,
     recorded under ``overlap`` and warned about; ``exclude_overlap`` drops them from the metrics.
     """
     run = run if isinstance(run, SavedRun) else open_run(run, store_dir, show_progress=show_progress, cache=cache)
     train_config = run.config
     table, split = evaluation_table(run, csv_path, split, image_root, allow_outside_root)
+    coverage = label_coverage(run.classes, table.labelled_classes(), str(csv_path))
     scores, rows, errors = run.score(table)
     if not len(rows):
         raise DataError(
@@ -124,16 +130,22 @@ def evaluate_run(
         table, scores = table.subset(kept), {name: values[kept] for name, values in scores.items()}
     del overlap["rows"]
     seed = int(train_config["seed"])
+    shift, shift_warnings = shift_report(run.facts.get("data", {}).get("image_summary"), image_summary(table.paths))
+    columns = [run.classes.index(name) for name in coverage.scored]
     records = {
-        name: metrics_record(name, run.backbone, run.classes, values, table, split, n_bootstrap, seed, min_positives)
+        name: metrics_record(
+            name, run.backbone, coverage.scored, values[:, columns], table, split, n_bootstrap, seed, min_positives
+        )
         for name, values in scores.items()
     }
     return {
         **records[run.main],
         "baselines": {k: v for k, v in records.items() if k != run.main},
         "csv": str(csv_path),
+        **coverage.to_dict(),
         "overlap": overlap,
-        "warnings": warnings,
+        "site_shift": shift,
+        "warnings": coverage.warnings(Path(csv_path).name) + shift_warnings + warnings,
     }
 
 
@@ -178,7 +190,9 @@ def paired_comparison(
     if split != "all":
         fractions, seed = train_config["split"]["fractions"], train_config["split"]["seed"]
         table = table.subset(patient_split(table.patients, fractions, seed)[split])
-    classes = [name for name in first.classes if name in second.classes]
+    shared = [name for name in first.classes if name in second.classes]
+    coverage = label_coverage(shared, table.labelled_classes(), str(csv_path))
+    classes = coverage.scored
     scored = []
     for run in (first, second):
         scores, rows, _ = run.score(table)
@@ -214,6 +228,7 @@ def paired_comparison(
         "split": split,
         "csv": str(csv_path),
         "excluded_training_overlap": overlaps,
+        **coverage.to_dict(),
         **result,
     }
 

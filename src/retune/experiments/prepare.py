@@ -19,6 +19,7 @@ from retune.data.readers import read_table
 from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
 from retune.errors import ConfigError, StoreError
 from retune.evaluation import DEFAULT_MIN_POSITIVES, evaluate_scores, fast_mean_auroc
+from retune.evaluation.coverage import per_site_metrics
 from retune.evaluation.leakage import write_training_digests
 from retune.evaluation.operating_point import calibration_bins, operating_points
 from retune.methods.base import MethodContext, PromptBank
@@ -132,23 +133,20 @@ def metrics_record(
     seed: int,
     min_positives: int = DEFAULT_MIN_POSITIVES,
 ) -> dict:
-    """The metrics.json block for one method on one split (the mean covers classes with >= min_positives positives)."""
+    """The metrics.json block for one method on one split (the mean covers classes with >= min_positives positives);
+    a table with several sites also gets the same block per site under ``per_site``."""
+    labels = table.labels(classes)
     result = evaluate_scores(
-        scores,
-        table.labels(classes),
-        classes,
-        table.patients,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        min_positives=min_positives,
+        scores, labels, classes, table.patients, n_bootstrap=n_bootstrap, seed=seed, min_positives=min_positives
     )
-    payload = result.to_dict()
+    by_site = per_site_metrics(scores, labels, classes, table.patients, table.sites, n_bootstrap, seed, min_positives)
     return {
         "method": method,
         "backbone": backbone.spec,
         "backbone_fingerprint": backbone.fingerprint,
         "split": split,
-        **payload,
+        **result.to_dict(),
+        **({"per_site": by_site} if by_site else {}),
     }
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import TrainConfig, absolute_paths, parse_config
+from retune.data.image_stats import image_summary
 from retune.data.splits import patient_split
 from retune.data.table import ImageTable
 from retune.errors import RetuneError, StoreError, unknown_name
@@ -120,6 +121,7 @@ def train_run(config: TrainConfig, out_dir: str | Path, show_progress: bool = Fa
             "n_images": len(table),
             "n_failed_images": embedded.n_failed,
             "patient_column_missing": bool(table.extra.get("patient_column_missing")),
+            "image_summary": image_summary([table.paths[row] for row in splits["train"]], config.seed),
         },
         "positives": split_positives(table, splits),
         "thresholds": decision["thresholds"],

@@ -62,7 +62,7 @@ class Method(ABC):
     requires_aligned: ClassVar[bool] = False  # needs image and text in one space (zero-shot)
     exemplar_free: ClassVar[bool] = True  # False only for the joint upper bound
     # scenario kinds it can run; the runner refuses the others before training
-    scenario_kinds: ClassVar[frozenset[str]] = frozenset({"class", "label", "data"})
+    scenario_kinds: ClassVar[frozenset[str]] = frozenset({"class", "label", "data", "site"})
 
     def __init__(self, context: MethodContext) -> None:
         torch.manual_seed(context.seed)  # weight initialisation depends on the seed only, not on earlier work

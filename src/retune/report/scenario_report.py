@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retune.errors import ConfigError
 from retune.evaluation import average_incremental, forgetting_and_bwt, mean_and_sd
 from retune.io_utils import write_text_atomic
 from retune.report.plots import PlotTarget, plot_auroc_matrix, plot_mean_auroc_per_task, plot_roc_curves
@@ -286,3 +287,28 @@ mean ± sd is over every (order, seed) run.</p>
     target = out_dir / "report.html"
     write_text_atomic(target, page)
     return target
+
+
+def site_comparison(results: dict[str, dict]) -> dict:
+    """The per-site table of a site-incremental scenario: per method and site, mean AUROC after the site's own task
+    and after the last task (mean ± sd over runs), and the forgetting in between (first run, patient-bootstrap CI)."""
+    first = next(iter(results.values()))
+    names = [task["site"] for task in first["tasks"] if task.get("site") in first.get("per_site", {})]
+    if not names:
+        raise ConfigError(f"scenario '{first.get('scenario')}' is not site-incremental: it has no per-site results")
+    columns = ["method"]
+    for name in names:
+        columns += [f"{name} after own task", f"{name} final", f"{name} forgetting [95% CI]"]
+    rows = []
+    for method, result in results.items():
+        row = [method + ("" if result["exemplar_free"] else " (keeps rows)")]
+        for name in names:
+            site, over = result["per_site"][name], result["per_site_over_runs"][name]
+            forgetting = site["forgetting"]
+            row += [
+                _mean_sd(over["mean_auroc_after_own_task"]),
+                _mean_sd(over["final_mean_auroc"]),
+                "-" if forgetting is None else _interval(forgetting, site["forgetting_ci"], signed=True),
+            ]
+        rows.append(row)
+    return {"columns": columns, "rows": rows, "sites": names}

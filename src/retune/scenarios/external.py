@@ -3,7 +3,8 @@
 Every method's model after the last task of every (order, seed) run is rebuilt from its checkpoint and
 scored on the CSV's images (embedded through the store once), with per-class AUROC, patient-bootstrap
 CIs and the min-positives rule; images or patients that the scenario trained or validated on are
-counted and reported loudly, never silently mixed in.
+counted and reported loudly, never silently mixed in. The CSV may label only some of the scenario's classes: those
+are scored, the others listed (``retune.evaluation.coverage``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from retune.backbones.registry import create_backbone
-from retune.errors import ConfigError
 from retune.evaluation import evaluate_scores, mean_and_sd
+from retune.evaluation.coverage import label_coverage, per_site_metrics
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, embed_and_load, method_context, read_data
 from retune.experiments.run_folder import WORK, scenario_run_folder, task_folder
 from retune.io_utils import write_json_atomic
@@ -53,9 +54,8 @@ def evaluate_scenario(
     other = {"csv": Path(csv_path), "image_root": image_root, "classes": None,
              "allow_outside_root": allow_outside_root or config.data.allow_outside_root}
     table = read_data(config.data.model_copy(update=other))
-    missing = [c for c in classes if c not in table.classes]
-    if missing:
-        raise ConfigError(f"{csv_path}: has no label column for scenario class(es) {', '.join(missing)}")
+    coverage = label_coverage(classes, table.labelled_classes(), str(csv_path))
+    classes = coverage.scored
     backbone = create_backbone(config.backbone, device=config.device)
     embedded = embed_and_load(table, backbone, EmbeddingStore(config.store), show_progress)
     table, images = embedded.table, embedded.images
@@ -66,7 +66,7 @@ def evaluate_scenario(
     seen_images = _row_keys(prepared.images[seen_rows])
     overlap_images = int(sum(row.tobytes() in seen_images for row in np.ascontiguousarray(images)))
     overlap_patients = sorted(set(map(str, table.patients)) & set(map(str, prepared.patients[seen_rows])))
-    warnings = []
+    warnings = coverage.warnings(Path(csv_path).name)
     if overlap_images:
         warnings.append(
             f"{overlap_images} of {len(images)} images were in the scenario's training or validation rows: "
@@ -96,7 +96,12 @@ def evaluate_scenario(
                 seed=config.seed,
                 min_positives=minimum,
             )
-            records.append({"order": run["order"], "seed": seed, **evaluated.to_dict()})
+            by_site = per_site_metrics(
+                scores, labels, classes, table.patients, table.sites, 0 if records else n_bootstrap, config.seed,
+                minimum,
+            )
+            site_block = {"per_site": by_site} if by_site else {}
+            records.append({"order": run["order"], "seed": seed, **evaluated.to_dict(), **site_block})
         report[name] = {
             "method": name,
             "exemplar_free": result["exemplar_free"],
@@ -112,6 +117,7 @@ def evaluate_scenario(
         "n_patients": int(len(set(table.patients))),
         "backbone": backbone.spec,
         "min_positives": minimum,
+        **coverage.to_dict(),
         "warnings": warnings,
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "methods": report,

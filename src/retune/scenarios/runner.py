@@ -34,6 +34,7 @@ from retune.methods.base import Method, TaskData
 from retune.methods.registry import available_methods, create_method
 from retune.progress import epoch_bar
 from retune.scenarios.generators import generate_tasks
+from retune.scenarios.sites import read_sites, site_breakdown, site_split, site_tasks
 from retune.scenarios.spec import RowChunk, ScenarioConfig, TaskSpec, validate_tasks
 from retune.store import EmbeddingStore
 from retune.training.rng import load_rng_state, save_rng_state
@@ -57,6 +58,7 @@ class PreparedScenario:
     context_factory: Callable[[int], object]
     backbone_spec: str
     backbone_fingerprint: str
+    sites: np.ndarray | None = None  # site-incremental: each row's site (``retune.scenarios.sites``)
 
 
 def check_methods(config: ScenarioConfig) -> None:
@@ -83,26 +85,40 @@ def chunk_rows(rows: np.ndarray, patients: np.ndarray, selector: RowChunk | str,
 
 def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScenario:
     """Read and embed the data once, split by patient, build every order's tasks and check them."""
-    if config.data.csv is None:
+    by_site = config.kind == "site"
+    if config.data.csv is None and not (by_site and config.sites and config.sites[0].csv is not None):
         raise ConfigError("scenario has no data: set data.csv or pass --data")
     check_methods(config)
-    table = read_data(config.data)
     backbone = create_backbone(config.backbone, device=config.device)
     store = EmbeddingStore(config.store)
-    embedded = embed_and_load(table, backbone, store, show_progress)
+    if by_site:
+        embedded, site_names = read_sites(config, backbone, store, show_progress)
+    else:
+        embedded = embed_and_load(read_data(config.data), backbone, store, show_progress)
     table = embedded.table
     classes = list(table.classes)
     labels = table.labels()
     patients = table.patients
-    splits = patient_split(patients, config.split.fractions, config.split.seed)
+    sites = table.sites if by_site else None
+    if by_site:
+        splits = site_split(patients, sites, site_names, config.split.fractions, config.split.seed)
+    else:
+        splits = patient_split(patients, config.split.fractions, config.split.seed)
     tasks_by_order, rows_by_order = {}, {}
     for order in config.orders:
-        tasks = list(config.tasks) if config.tasks else generate_tasks(config.generate, classes, seed=order)
-        validate_tasks(tasks, config.kind, classes)
+        if config.tasks:
+            tasks = list(config.tasks)
+        elif by_site:
+            tasks = site_tasks(config, site_names, labels, sites, classes)
+        else:
+            tasks = generate_tasks(config.generate, classes, seed=order)
+        validate_tasks(tasks, config.kind, classes, site_names if by_site else None)
         rows = []
         for number, task in enumerate(tasks, start=1):
             train = chunk_rows(splits["train"], patients, task.rows, seed=order)
             val = chunk_rows(splits["val"], patients, task.rows, seed=order)
+            if task.site is not None:
+                train, val = train[sites[train] == task.site], val[sites[val] == task.site]
             columns = [classes.index(c) for c in task.classes]
             if len(train) == 0 or np.isnan(labels[np.ix_(train, columns)]).all():
                 raise ConfigError(
@@ -126,6 +142,7 @@ def prepare(config: ScenarioConfig, show_progress: bool = False) -> PreparedScen
         context_factory=lambda seed: method_context(backbone, bank, seed),
         backbone_spec=backbone.spec,
         backbone_fingerprint=backbone.fingerprint,
+        sites=sites,
     )
 
 
@@ -298,11 +315,23 @@ def summarise(
             for t, r in zip(prepared.tasks_by_order[order], prepared.rows_by_order[order])
         ]
         named = named_continual_metrics(metrics, prepared.classes)
+        if prepared.sites is not None:
+            tasks = [{**task, "site": spec.site} for task, spec in zip(tasks, prepared.tasks_by_order[order])]
+            named["per_site"] = site_breakdown(
+                scores, labels, patients, prepared.sites[prepared.test_rows], prepared.tasks_by_order[order],
+                prepared.classes, n_bootstrap=config.n_bootstrap if index == 0 or config.bootstrap_every_run else 0,
+                seed=config.seed, min_positives=config.min_positives,
+            )
         per_run.append({"order": order, "seed": seed, "tasks": tasks, **named})
     first = per_run[0]
     method_cls = available_methods()[name]
     keys = ("final_mean_auroc", "forgetting", "bwt", "average_incremental_auroc")
     over_runs = {key: mean_and_sd([run[key] for run in per_run]) for key in keys}
+    site_keys = ("mean_auroc_after_own_task", "final_mean_auroc", "forgetting")
+    site_over_runs = {
+        site: {key: mean_and_sd([run["per_site"][site][key] for run in per_run]) for key in site_keys}
+        for site in first.get("per_site", {})
+    }
     return {
         "method": name,
         "description": method_cls.description,
@@ -316,6 +345,7 @@ def summarise(
         "over_runs": over_runs,  # mean ± sample sd over every (order, seed) run
         "final_mean_auroc_over_orders": over_runs["final_mean_auroc"],
         "forgetting_over_orders": over_runs["forgetting"],
+        **({"per_site_over_runs": site_over_runs} if site_over_runs else {}),
         "n_test_images": int(len(prepared.test_rows)),
         "seed": config.seed,
         "seeds": config.training_seeds,

@@ -93,6 +93,9 @@ READERS: dict[str, Reader] = {}
 _DETECTORS: dict[str, Callable[[set[str]], bool]] = {}
 
 
+NO_LABELS = "no_label_column"  # ImageTable.extra key: why a table without label columns cannot be trained on
+
+
 def register_reader(name: str, detect: Callable[[set[str]], bool] | None = None) -> Callable[[Reader], Reader]:
     """Register a reader under ``name`` (``--format NAME``); ``detect(header columns)`` lets ``auto`` pick it."""
 
@@ -138,12 +141,13 @@ def read_csv_table(
         _require_columns(raw, [report_column], source)
     has_patients = patient_column is not None and patient_column in raw.columns
     blank_findings: list[str] = []
+    no_labels = ""
     if classes is None:
         classes = _infer_label_columns(raw, exclude={path_column, patient_column, report_column})
         blank_findings = _blank_finding_columns(raw)
-        if not classes:
+        if not classes:  # fine for embedding; what needs labels refuses it (``NO_LABELS`` names the problem)
             listed = f"; entirely blank: {', '.join(blank_findings)}" if blank_findings else ""
-            raise DataError(
+            no_labels = (
                 f"{csv_path}: no label column (columns: {', '.join(raw.columns)}{listed}); a label column holds "
                 "1, 0, -1 or blank for each image"
             )
@@ -168,6 +172,8 @@ def read_csv_table(
         table.extra["patient_column_missing"] = True
     if blank_findings:
         table.extra["unlabelled_columns"] = blank_findings
+    if no_labels:
+        table.extra[NO_LABELS] = no_labels
     return table
 
 

@@ -15,9 +15,9 @@ import numpy as np
 from retune.backbones.base import Backbone
 from retune.backbones.registry import create_backbone
 from retune.config import DataConfig, SplitConfig
-from retune.data.readers import read_table
+from retune.data.readers import NO_LABELS, read_table
 from retune.data.table import PATIENT_COLUMN, ImageTable, one_sided_classes
-from retune.errors import ConfigError, StoreError
+from retune.errors import ConfigError, DataError, StoreError
 from retune.evaluation import DEFAULT_MIN_POSITIVES, evaluate_scores, fast_mean_auroc
 from retune.evaluation.coverage import per_site_metrics
 from retune.evaluation.leakage import write_training_digests
@@ -39,7 +39,7 @@ def read_data(data: DataConfig) -> ImageTable:
     """The labelled table a data config names, through the reader registry."""
     if data.csv is None:
         raise ConfigError("no data: pass --data CSV or set data.csv in the config")
-    return read_table(
+    table = read_table(
         data.csv,
         data.format,
         image_root=data.image_root,
@@ -48,6 +48,9 @@ def read_data(data: DataConfig) -> ImageTable:
         metadata_csv=data.metadata_csv,
         allow_outside_root=data.allow_outside_root,
     )
+    if NO_LABELS in table.extra:
+        raise DataError(table.extra[NO_LABELS])
+    return table
 
 
 def data_facts(data: DataConfig) -> dict:

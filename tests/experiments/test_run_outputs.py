@@ -264,7 +264,23 @@ def test_ui_serves_the_runs_mlflow_store_and_refuses_mlflow_without_its_server(p
     import sys
 
     started = []
-    monkeypatch.setattr(subprocess, "call", lambda command, env: started.append((command, env)) or 0)
+
+    class Exited:
+        """A `mlflow ui` that records how it was started and has already exited (no real server starts)."""
+
+        pid = 2**22 + 12345  # no such process: stopping its group finds nothing
+
+        def __init__(self, command, env, start_new_session):
+            started.append((command, env))
+            assert start_new_session  # its own process group, so stopping retune ui stops it
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Exited)
     result = runner.invoke(app, ["ui", str(phantom_run.run), "--port", "5999"])
     assert result.exit_code == 0, result.output
     ((command, env),) = started

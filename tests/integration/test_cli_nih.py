@@ -264,19 +264,20 @@ def test_evaluate_json_on_test_split(trained_run, small_csv: Path):
 
 
 def test_evaluating_training_images_is_caught_by_content_and_can_be_excluded(trained_run, small_csv: Path, work: Path):
-    """A copy of the training CSV (other path, so evaluated whole) overlaps the run's train+val images: counted, warned
-    about, recorded; --exclude-overlap leaves the test split (NIH has byte-identical files, so compare by count)."""
+    """A copy of the training CSV evaluated whole (--split all; by content it is the training CSV, so auto would pick
+    its test split) overlaps the run's train+val images: counted, warned about, recorded; --exclude-overlap leaves the
+    test split (NIH has byte-identical files, so compare by count)."""
     run, trained = trained_run
     assert trained.exit_code == 0, describe(trained)
     copy = work / "data" / "copy-of-training.csv"
     copy.write_bytes(small_csv.read_bytes())
     sizes = json.loads((run / "config.json").read_text())["split"]["sizes"]
-    whole = invoke("evaluate", "--run", run, "--data", copy, "--json", "--n-bootstrap", "0")
+    whole = invoke("evaluate", "--run", run, "--data", copy, "--split", "all", "--json", "--n-bootstrap", "0")
     assert whole.exit_code == 0, describe(whole)
     overlap = json.loads(whole.stdout)["overlap"]
     assert overlap["checked"] and overlap["n_images"] >= sizes["train"] + sizes["val"] and "LEAKAGE" in whole.stderr
-    command = ("evaluate", "--run", run, "--data", copy, "--json", "--n-bootstrap", "0", "--exclude-overlap")
-    clean = json.loads(invoke(*command).stdout)
+    command = ("evaluate", "--run", run, "--data", copy, "--split", "all", "--json", "--n-bootstrap", "0")
+    clean = json.loads(invoke(*command, "--exclude-overlap").stdout)
     assert clean["n_images"] == overlap["of"] - overlap["n_images"] <= sizes["test"]
 
 

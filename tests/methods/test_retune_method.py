@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -268,8 +269,12 @@ def test_load_checkpoint_refuses_pickles(tmp_path):
 
 def test_load_checkpoint_corrupt_safetensors(tmp_path):
     """A corrupt checkpoint.safetensors is a StoreError naming the folder, not a crash."""
-    (tmp_path / CHECKPOINT).write_bytes(b"\x00" * 20)
-    (tmp_path / "config.json").write_text('{"methods": {}}')
+    import hashlib
+
+    corrupt = b"\x00" * 20
+    (tmp_path / CHECKPOINT).write_bytes(corrupt)  # its recorded hash matches: reading it is what fails
+    digest = hashlib.sha256(corrupt).hexdigest()
+    (tmp_path / "config.json").write_text(json.dumps({"methods": {}, "weights_sha256": digest}))
     with pytest.raises(StoreError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path)
 

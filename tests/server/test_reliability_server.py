@@ -10,8 +10,8 @@ from retune.server import ServeConfig, create_app
 
 
 def test_predict_decides_with_the_runs_validation_thresholds(served_runs, phantom_run):
-    thresholds = json.loads((phantom_run[0] / "config.json").read_text())["thresholds"]
-    image = sorted((phantom_run[1].parent / "images").glob("*.png"))[0]
+    thresholds = json.loads((phantom_run.run / "config.json").read_text())["thresholds"]
+    image = sorted((phantom_run.csv.parent / "images").glob("*.png"))[0]
     with TestClient(create_app(served_runs, ServeConfig())) as client:
         response = client.post("/v1/runs/phantom-run/predict", files=[("images", (image.name, image.read_bytes()))])
     assert response.status_code == 200, response.text

@@ -21,7 +21,7 @@ def client(phantom_run):
     root = phantom_run[0]
     assert is_seg_run(root / "run") and not is_seg_run(root / "data")
     app = create_app({}, ServeConfig())
-    app.state.seg_runs = load_seg_runs([root / "run"])
+    app.state.retune.seg_runs = load_seg_runs([root / "run"])
     with TestClient(app, base_url="http://127.0.0.1") as test_client:  # loopback: no token needed
         yield test_client
 

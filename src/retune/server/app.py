@@ -224,10 +224,10 @@ def serve(
     runs = load_served_runs(classifiers, store_dir, config.device)
     scenarios = load_served_scenarios([d for d in directories if is_scenario_folder(d)])
     app = create_app(runs, config, scenarios)
-    app.state.seg_runs = seg_routes.load_seg_runs(segmentation, config.device)
+    seg_runs = app.state.retune.seg_runs = seg_routes.load_seg_runs(segmentation, config.device)
     host = f"[{config.host}]" if ":" in config.host else config.host
     served = [f"{len(runs)} run(s) ({', '.join(runs)})"] if runs else []
-    served += [f"{len(app.state.seg_runs)} segmentation run(s) (pages at /seg/<name>)"] if segmentation else []
+    served += [f"{len(seg_runs)} segmentation run(s) (pages at /seg/<name>)"] if segmentation else []
     served += [f"{len(scenarios)} scenario(s) ({', '.join(scenarios)})"] if scenarios else []
     announce(f"serving {' and '.join(served)} at http://{host}:{config.port}/ (API docs at /docs)")
     if not is_loopback(config.host):

@@ -46,6 +46,7 @@ class ServerState:
     templates: Jinja2Templates
     pixels: PixelBudget
     decoders: ThreadPoolExecutor | None = field(default=None)
+    seg_runs: dict = field(default_factory=dict)  # name -> segmentation run (``routers.seg.load_seg_runs``)
 
     def run(self, name: str) -> ServedRun:
         """The served run called ``name`` (404 listing the served ones otherwise)."""

@@ -2,7 +2,7 @@
 them over the image with a toggle and an opacity per structure.
 
 Segmentation run folders are loaded apart from the classification runs (``load_seg_runs``) and kept on
-``app.state.seg_runs``.
+``ServerState.seg_runs``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def load_seg_runs(directories: list[str | Path], device: str | None = None) -> d
 
 def served_seg_run(request: Request, name: str) -> SegRun:
     """The served segmentation run ``name`` (404 listing the served ones otherwise)."""
-    runs: dict[str, SegRun] = getattr(request.app.state, "seg_runs", {})
+    runs: dict[str, SegRun] = state(request).seg_runs
     if name not in runs:
         raise UnknownName("segmentation run", name, list(runs))
     return runs[name]
@@ -84,7 +84,7 @@ def _colour(index: int) -> str:
 @router.get(f"/{API_VERSION}/seg/runs", tags=["segmentation"])
 async def list_seg_runs(request: Request) -> dict:
     """Every served segmentation run: name, head, structures and its test metrics per structure."""
-    runs: dict[str, SegRun] = getattr(request.app.state, "seg_runs", {})
+    runs: dict[str, SegRun] = state(request).seg_runs
     return {"runs": [{"name": name, "head": run.config.head, "structures": run.structures,
                       "backbone": run.backbone.spec, "metrics": run.metrics} for name, run in runs.items()]}
 

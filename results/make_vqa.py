@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from retune import api
+from retune.config import DataConfig, absolute_paths
 from retune.errors import ConfigError
 from retune.io_utils import write_json_atomic
 
@@ -72,6 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core, as the budget says; other jobs share the machine
     settings = yaml.safe_load(Path(args.config).read_text())
+    folder = Path(args.config).resolve().parent  # the config's own paths resolve against its folder, as everywhere
+    settings["data"] = absolute_paths(DataConfig.model_validate(settings["data"]), folder, True).model_dump(mode="json")
+    settings["run"]["store"] = os.path.abspath(folder / settings["run"]["store"])
     work = Path(args.work)
     questions = work / "qa.parquet"
     started = time.perf_counter()

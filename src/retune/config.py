@@ -153,19 +153,22 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def absolute_paths(model: ModelT, folder: Path, only_set: bool = False) -> ModelT:
-    """``model`` with every relative path field (nested configs included) joined onto ``folder``; ``only_set``: only
-    the fields given explicitly (a YAML's own paths), leaving defaults such as ``retune-store`` to the working folder.
-    """
-    updates = {}
-    for name in model.model_fields_set if only_set else type(model).model_fields:
-        value = getattr(model, name)
+    """``model`` with every relative path field (nested configs and lists of them included) joined onto ``folder``;
+    ``only_set``: only the fields given explicitly (a YAML's own paths), leaving defaults such as ``retune-store`` to
+    the working folder."""
+    def resolved(value: object) -> object:
         if isinstance(value, BaseModel):
-            updates[name] = absolute_paths(value, folder, only_set)
-        elif isinstance(value, Path) and not value.expanduser().is_absolute():
-            updates[name] = Path(os.path.abspath(folder / value))
-        elif isinstance(value, Path) and str(value).startswith("~"):
-            updates[name] = value.expanduser()
-    return model.model_copy(update=updates) if updates else model
+            return absolute_paths(value, folder, only_set)
+        if isinstance(value, list):
+            return [resolved(item) for item in value]
+        if isinstance(value, Path):
+            value = value.expanduser()
+            return value if value.is_absolute() else Path(os.path.abspath(folder / value))
+        return value
+
+    names = model.model_fields_set if only_set else type(model).model_fields
+    updates = {name: resolved(getattr(model, name)) for name in names}
+    return model.model_copy(update=updates)
 
 
 def load_yaml_config(path: str | Path, model: type[BaseModel]) -> BaseModel:

@@ -74,7 +74,8 @@ def main() -> None:
     torch.set_num_threads(1)  # one core, as the budget says; other jobs share the machine
     settings = yaml.safe_load(Path(args.config).read_text())
     folder = Path(args.config).resolve().parent  # the config's own paths resolve against its folder, as everywhere
-    settings["data"] = absolute_paths(DataConfig.model_validate(settings["data"]), folder, True).model_dump(mode="json")
+    data = absolute_paths(DataConfig.model_validate(settings["data"]), folder, only_set=True)
+    settings["data"] = data.model_dump(mode="json")
     settings["run"]["store"] = os.path.abspath(folder / settings["run"]["store"])
     work = Path(args.work)
     questions = work / "qa.parquet"

@@ -11,8 +11,8 @@ import yaml
 from pydantic import BaseModel
 
 from retune.config import DataConfig, PeftExperimentConfig, TrainConfig, load_yaml_config
-from retune.distributed.ray_tune import TuneConfig
 from retune.data.questions import QuestionSetConfig
+from retune.distributed.ray_tune import TuneConfig
 from retune.experiments.vqa import VqaExperimentConfig
 from retune.objectives import ObjectivesBenchConfig
 from retune.scenarios.spec import ScenarioConfig

@@ -1,18 +1,25 @@
-"""A tiny end-to-end `retune adaptor bench` on phantoms with a random token backbone, then `retune adaptor caption`
-on one of its runs."""
+"""A tiny end-to-end `retune adaptor bench` on phantoms with a random token backbone (every task: zero-shot, probes,
+retrieval, VQA with the adaptor as fusion module, Dice on its token states), then `retune adaptor caption` on one of
+its runs; the bench's VQA answerer takes the adaptor's towers and its masks follow the towers' centre crop."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import torch
 from typer.testing import CliRunner
 
 from retune.cli import app
-from retune.data.phantoms import write_phantom_dataset
+from retune.data.phantoms import write_mask_phantoms, write_phantom_dataset
+from retune.experiments.adaptor_bench_tasks import adaptor_shape, centre_cropped
+from retune.methods.xattn_adaptor import CrossAttentionAdaptor
+from retune.vqa import AnswerHead
 
 
 def test_bench_prints_every_mix_and_caption_generates(tmp_path, registered_token_backbone):
     csv = write_phantom_dataset(tmp_path / "data", n=36, size=32)
+    masks = write_mask_phantoms(tmp_path / "masks", n=20, size=32)
     config = tmp_path / "bench.yaml"
     config.write_text(
         f"backbone: {registered_token_backbone}\nstore: {tmp_path / 'store'}\n"
@@ -21,13 +28,20 @@ def test_bench_prints_every_mix_and_caption_generates(tmp_path, registered_token
         "label_fractions: [1.0]\nseeds: [0]\n"
         "optim: {lr: 0.001, epochs: 2, batch_size: 16, min_epochs: 1}\n"
         "mixes: {clip: {clip: 1.0}, captioned: {clip: 1.0, caption: {weight: 0.5, min_count: 1}}}\n"
+        "vqa: {epochs: 1}\n"
+        f"segmentation: {{csv: {masks}, structure: lungs, epochs: 2}}\n"
     )
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, ["adaptor", "bench", "--config", str(config), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "not run here" in result.output and "SYNTHETIC" in result.output and "image→text R@10" in result.output
+    assert "SYNTHETIC" in result.output and "image→text R@10" in result.output and "Dice" in result.output
     bench = json.loads((out / "bench.json").read_text())
     assert [row[0] for row in bench["table"]["rows"]] == ["clip", "captioned", "frozen features (no adaptor)"]
+    assert bench["not_run"] == {}
+    for row in ("clip", "frozen features (no adaptor)"):
+        cells = bench["summary"][row]
+        assert cells["vqa_accuracy"]["first_seed_ci"] is not None and cells["dice"]["mean"] is not None, row
+    assert bench["data"]["vqa"]["n_questions"]["test"] > 0 and bench["data"]["segmentation"]["grid"] == [2, 2]
     clip = bench["summary"]["clip"]
     assert clip["zero_shot_auroc"]["n"] == 1 and clip["image_to_text.R@10"]["first_seed_ci"] is not None
     assert bench["runs"]["captioned"][0]["seconds_per_epoch"] > 0
@@ -59,3 +73,20 @@ def test_caption_vocabulary_counts_every_training_image(tmp_path, token_backbone
     context = ObjectiveContext(6, 5, 8, 4, 2, data.unique_texts, data.train_texts)
     vocabulary = CaptionObjective(parse_mix({"caption": 1.0})["caption"], context).vocabulary
     assert {"effusion", "acute"} <= set(vocabulary.entries)  # each sentence is one distinct text
+
+
+def test_the_vqa_answerer_takes_every_tensor_of_a_bench_adaptor():
+    adaptor = CrossAttentionAdaptor(6, 5, 8, 4, 1, 2, 0, 0.1)
+    shape = adaptor_shape(adaptor)
+    head = AnswerHead(6, 5, shape["width"], shape["layers"], shape["heads"], 1, 0.1, embed_dim=shape["embed_dim"])
+    loaded = head.fusion.load_state_dict(adaptor.state_dict(), strict=False)
+    assert loaded.unexpected_keys == []
+    assert {key.split(".")[0] for key in loaded.missing_keys} == {"image_fusion", "text_fusion"}
+    assert torch.equal(head.fusion.image_tower.project[1].weight, adaptor.image_tower.project[1].weight)
+
+
+def test_a_mask_is_centre_cropped_as_the_tower_sees_its_image():
+    mask = np.zeros((8, 16), dtype=np.int8)
+    mask[:, :6] = 1  # the left 6 columns; resized to 4 x 8 and cropped to the middle 4 columns: only column 0 is left
+    cropped = centre_cropped(mask, 4)
+    assert cropped.shape == (4, 4) and cropped[:, 0].tolist() == [1] * 4 and int(cropped[:, 1:].sum()) == 0

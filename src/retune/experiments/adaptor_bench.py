@@ -2,9 +2,10 @@
 every run on the same test patients and tasks.
 
 Tasks: prompt-based zero-shot classification through the trained adaptor (per-class AUROC, the mean over classes
-with enough positives), linear probes on adapted features at each label fraction, and image<->text Recall@K on the
-held-out pairs. Mean +- sd over seeds; patient-bootstrap CIs for the first seed; seconds per training epoch. VQA and
-Dice cells are "not run here" (no VQA model or adaptor-fed segmentation exists in this command). Writes
+with enough positives), linear probes on adapted features at each label fraction, image<->text Recall@K on the
+held-out pairs and, when the config has them, VQA accuracy with the adaptor as the answerer's fusion module and Dice
+of a linear head on its image token states (``adaptor_bench_tasks``). Mean +- sd over seeds; patient-bootstrap CIs
+for the first seed; seconds per training epoch. Writes
 ``bench.json``, ``bench_config.json`` and one run folder per mix and seed (checkpoint, config.json, metrics.json).
 """
 
@@ -26,6 +27,7 @@ from retune.errors import ConfigError
 from retune.evaluation.metrics import mean_and_sd, patient_resamples
 from retune.evaluation.retrieval import recall_at_k
 from retune.experiments.adaptor import image_tokens, label_efficiency
+from retune.experiments.adaptor_bench_tasks import SegmentationTask, VqaTask, adaptor_shape
 from retune.experiments.prepare import (
     GENERAL_DOMAIN_NOTE,
     checked_backbone,
@@ -56,10 +58,11 @@ KIND = "adaptor-objectives"
 ADAPTOR = "adaptor"
 TOKEN_PROJECTION = "token_projection"
 RECALL_KS = (1, 5, 10)
-NOT_RUN = {
-    "vqa_accuracy": "not run here: retune has no VQA model yet to take the adaptor as its fusion module",
-    "dice": "not run here: no segmentation run takes adaptor features yet",
+NOT_CONFIGURED = {
+    "vqa_accuracy": "not run: the config has no vqa section (or the data no label columns to ask about)",
+    "dice": "not run: the config has no segmentation section",
 }
+BASELINE_ROW = "frozen features (no adaptor)"
 CAPTION_SAMPLES = 3
 
 
@@ -186,6 +189,31 @@ class BenchData:
             label_efficiency({"frozen": self.pooled}, self.table, self.splits, config, backbone)[0]
             if self.classes and not training_only else {}
         )
+        self.vqa = (VqaTask(config.vqa, self.table, tokens, config.split, backbone, store,
+                            config.max_text_tokens, config.split.seed)
+                    if config.vqa is not None and self.classes and not training_only else None)
+        self.segmentation = (SegmentationTask(config.segmentation, backbone, store, self.project, show_progress)
+                             if config.segmentation is not None and not training_only else None)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens as the adaptors take them (on the training images' principal directions, when configured)."""
+        return tokens.float() if self.projection is None else project_tokens(tokens, self.projection)
+
+    def not_run(self) -> dict[str, str]:
+        """The tasks this bench leaves out, and why."""
+        skipped = {"vqa_accuracy": self.vqa is None, "dice": self.segmentation is None}
+        return {key: reason for key, reason in NOT_CONFIGURED.items() if skipped[key]}
+
+    def task_scores(self, adaptor: CrossAttentionAdaptor | None, seed: int, n_bootstrap: int) -> dict:
+        """VQA and Dice of one adaptor (None: the same models without pre-training), for the tasks configured."""
+        config, scores = self.config, {}
+        if self.vqa is not None:
+            shape = adaptor_shape(adaptor) if adaptor is not None else {
+                "width": config.width, "embed_dim": config.embed_dim, "layers": config.layers, "heads": config.heads}
+            scores["vqa"] = self.vqa.score(adaptor, shape, config.dropout, seed, n_bootstrap, config.min_positives)
+        if self.segmentation is not None:
+            scores["segmentation"] = self.segmentation.score(adaptor, seed, n_bootstrap)
+        return scores
 
     def facts(self) -> dict:
         """What the data was: sources, counts, the synthetic-text note."""
@@ -201,6 +229,8 @@ class BenchData:
             "n_text_only": self.n_text_only,
             "text_only_source": str(self.config.pairs.text_only) if self.text_only is not None else None,
             "classes": self.classes,
+            "vqa": None if self.vqa is None else self.vqa.facts(),
+            "segmentation": None if self.segmentation is None else self.segmentation.facts(),
         }
 
 
@@ -247,7 +277,8 @@ def _run_one(data: BenchData, mix_name: str, seed: int, first: bool, out_dir: Pa
         "seed": seed,
         **training,
         "retrieval": retrieval_with_ci(adaptor, pairs.subset(test_rows), test.patients, n_bootstrap, seed),
-        **NOT_RUN,
+        **data.not_run(),
+        **data.task_scores(adaptor, seed, n_bootstrap),
     }
     if data.classes:
         with torch.no_grad():
@@ -295,12 +326,23 @@ def _cell(values: list[float | None], ci: list[float] | None = None) -> dict:
     return {**mean_and_sd(values), "first_seed_ci": ci}
 
 
-def summarise(runs: dict[str, list[dict]], frozen: dict, fractions: list[float]) -> dict:
-    """Per mix: mean, sd and first-seed CI of every task's headline number, and the frozen-feature probes."""
+def task_cells(seeds: list[dict]) -> dict:
+    """VQA accuracy and Dice cells of some runs (those that have them)."""
+    cells = {}
+    for task, key, metric in (("vqa", "vqa_accuracy", "accuracy"), ("segmentation", "dice", "dice")):
+        if task in seeds[0]:
+            cells[key] = _cell([run[task][metric] for run in seeds], seeds[0][task].get(f"{metric}_ci"))
+    return cells
+
+
+def summarise(runs: dict[str, list[dict]], frozen: dict, fractions: list[float], baselines: list[dict]) -> dict:
+    """Per mix: mean, sd and first-seed CI of every task's headline number; and the baseline row: the frozen-feature
+    probes and the VQA / Dice models without pre-training (``baselines``, one per seed)."""
     summary: dict[str, dict] = {}
     for mix_name, seeds in runs.items():
         first = seeds[0]
         cells = {key: _cell([run.get(key) for run in seeds]) for key in ("seconds_per_epoch", "cpu_seconds_per_epoch")}
+        cells.update(task_cells(seeds))
         for direction in ("image_to_text", "text_to_image"):
             for k in RECALL_KS:
                 key = f"R@{k}"
@@ -317,11 +359,14 @@ def summarise(runs: dict[str, list[dict]], frozen: dict, fractions: list[float])
                     first["linear_probe"][key].get("mean_auroc_ci"),
                 )
         summary[mix_name] = cells
-    if frozen:
-        summary["frozen features (no adaptor)"] = {
-            f"probe@{key}": _cell([records["frozen"]["mean_auroc"]], records["frozen"].get("mean_auroc_ci"))
-            for key, records in frozen.items()
-        }
+    baseline = {
+        f"probe@{key}": _cell([records["frozen"]["mean_auroc"]], records["frozen"].get("mean_auroc_ci"))
+        for key, records in frozen.items()
+    }
+    if baselines and baselines[0]:
+        baseline.update(task_cells(baselines))
+    if baseline:
+        summary[BASELINE_ROW] = baseline
     return summary
 
 
@@ -347,11 +392,9 @@ def bench_table(summary: dict, fractions: list[float]) -> tuple[list[str], list[
         ("s / epoch", "seconds_per_epoch"),
         ("CPU s / epoch", "cpu_seconds_per_epoch"),
     ]
-    columns = ["objectives", *(label for label, _ in keys), "VQA accuracy", "Dice"]
-    rows = [
-        [name, *(_format(cells.get(key)) for _, key in keys), "not run here", "not run here"]
-        for name, cells in summary.items()
-    ]
+    keys += [("VQA accuracy", "vqa_accuracy"), ("Dice", "dice")]
+    columns = ["objectives", *(label for label, _ in keys)]
+    rows = [[name, *(_format(cells.get(key)) for _, key in keys)] for name, cells in summary.items()]
     return columns, rows
 
 
@@ -373,7 +416,9 @@ def run_objectives_bench(
         ]
         for mix_name in config.mix_specs()
     }
-    summary = summarise(runs, data.frozen_probes, config.label_fractions)
+    baselines = [data.task_scores(None, seed, config.n_bootstrap if index == 0 else 0)
+                 for index, seed in enumerate(config.seeds)]
+    summary = summarise(runs, data.frozen_probes, config.label_fractions, baselines)
     columns, rows = bench_table(summary, config.label_fractions)
     result = {
         "kind": KIND,
@@ -386,8 +431,9 @@ def run_objectives_bench(
         "epochs": config.optim.epochs,
         "summary": summary,
         "table": {"columns": columns, "rows": rows},
-        "not_run": NOT_RUN,
+        "not_run": data.not_run(),
         "runs": runs,
+        "baselines": baselines,
         "frozen_probes": data.frozen_probes,
         "seconds": round(time.perf_counter() - started, 2),
     }

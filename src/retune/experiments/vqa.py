@@ -61,7 +61,7 @@ from retune.progress import progress_bar
 from retune.report.tracking import log_run
 from retune.store import EmbeddingStore, embed_table
 from retune.store.embed import text_token_embeddings
-from retune.training.loop import fit
+from retune.training.loop import FitResult, fit
 from retune.tuning.adapters import apply_tuning
 from retune.tuning.model import parameter_report, trainable_encoder_parameters
 from retune.vqa import AnswerHead, ImageTokens, QuestionBatch, TextTokens, VqaNetwork
@@ -280,36 +280,10 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
     frame = _answerable(frame, prepared)
     dims = token_dims(prepared)
     network = _build_network(config, prepared, dims)
-    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
-    val_seen = val[~val["unseen_phrasing"] & ~val["unseen_finding"]].reset_index(drop=True)
-    train_batch = question_batch(train.reset_index(drop=True), prepared.image_row, prepared.text_id)
-    questions_of = pd.Series(np.arange(len(train_batch))).groupby(train_batch.image.numpy()).apply(np.asarray)
-    images = torch.tensor(sorted(questions_of.index), dtype=torch.long)
-    per_image = {int(image): torch.tensor(rows, dtype=torch.long) for image, rows in questions_of.items()}
-
-    def loss_fn(batch_images: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-        rows = torch.cat([per_image[int(image)] for image in batch_images])
-        return network.loss(train_batch.subset(rows))
-
-    def val_score() -> float | None:
-        if not len(val_seen):
-            return None
-        answers, _ = predicted_answers(network, val_seen, prepared)
-        return float(np.mean([a == b for a, b in zip(answers, val_seen["answer"])]))
-
-    epoch_seconds: list[float] = []
-    clock = [timed()]
-
-    def on_epoch(epoch: int, loss: float, score: float | None) -> None:
-        epoch_seconds.append(round(clock[0](), 3))
-        clock[0] = timed()
-
     with peak_memory(prepared.backbone.device) as memory:
         train_clock = timed()
-        with progress_bar(f"training vqa {config.variant}", total=config.optim.epochs * len(images),
-                          enabled=show_progress, unit="images") as advance:
-            result = fit(network, network.parameters(), loss_fn, images, images, config.optim, val_score,
-                         config.seed, progress=advance, on_epoch=on_epoch)
+        result, epoch_seconds = fit_answer_head(network, frame, prepared, config.optim, config.seed,
+                                                f"training vqa {config.variant}", show_progress)
         train_seconds = train_clock()
     parameters = parameter_report(prepared.backbone, network)
     tensors = {key: value.detach().float().cpu().numpy() for key, value in network.state_dict().items()}
@@ -349,6 +323,41 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
     log_run(out_dir, KIND, facts, {}, facts["training"], tracking_uri(out_dir, config.tracking_uri),
             extra_metrics={f"test_{k}": v for k, v in evaluation["scores"]["vqa"].items() if isinstance(v, float)})
     return metrics
+
+
+def fit_answer_head(network: VqaNetwork, frame: pd.DataFrame, prepared: Prepared, optim: OptimConfig, seed: int,
+                    label: str = "training vqa", show_progress: bool = False) -> tuple[FitResult, list[float]]:
+    """Train ``network`` on the training questions of ``frame`` with the one training loop, batching by image (each
+    image's questions together), keeping the epoch with the best accuracy on the validation questions of seen
+    findings and phrasings. Returns the fit and the seconds of each epoch."""
+    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
+    val_seen = val[~val["unseen_phrasing"] & ~val["unseen_finding"]].reset_index(drop=True)
+    train_batch = question_batch(train.reset_index(drop=True), prepared.image_row, prepared.text_id)
+    questions_of = pd.Series(np.arange(len(train_batch))).groupby(train_batch.image.numpy()).apply(np.asarray)
+    images = torch.tensor(sorted(questions_of.index), dtype=torch.long)
+    per_image = {int(image): torch.tensor(rows, dtype=torch.long) for image, rows in questions_of.items()}
+
+    def loss_fn(batch_images: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        rows = torch.cat([per_image[int(image)] for image in batch_images])
+        return network.loss(train_batch.subset(rows))
+
+    def val_score() -> float | None:
+        if not len(val_seen):
+            return None
+        answers, _ = predicted_answers(network, val_seen, prepared)
+        return float(np.mean([a == b for a, b in zip(answers, val_seen["answer"])]))
+
+    epoch_seconds: list[float] = []
+    clock = [timed()]
+
+    def on_epoch(epoch: int, loss: float, score: float | None) -> None:
+        epoch_seconds.append(round(clock[0](), 3))
+        clock[0] = timed()
+
+    with progress_bar(label, total=optim.epochs * len(images), enabled=show_progress, unit="images") as advance:
+        result = fit(network, network.parameters(), loss_fn, images, images, optim, val_score, seed,
+                     progress=advance, on_epoch=on_epoch)
+    return result, epoch_seconds
 
 
 def train_classifier(config: VqaExperimentConfig, question_file: dict, out_dir: Path, show_progress: bool) -> dict:

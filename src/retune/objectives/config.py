@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from retune.config import AdaptorExperimentConfig, OptimConfig, StrictModel
+from retune.config import AdaptorExperimentConfig, OptimConfig, SplitConfig, StrictModel
 from retune.objectives.base import OBJECTIVES, ObjectiveOptions
 
 MixSpec = dict[str, float | dict[str, Any] | None]
@@ -59,6 +59,38 @@ class PairsConfig(StrictModel):
     text_only_limit: int | None = Field(None, ge=1, description="Use at most this many text-only texts.")
 
 
+class BenchVqaTask(StrictModel):
+    """The bench's VQA task: closed questions built from the labels on the bench's patient split, answered by a VQA
+    model whose fusion module starts from each pre-trained adaptor (its towers; the cross-attention blocks start
+    fresh) and is fine-tuned with the same budget for every mix, and once from no pre-training."""
+
+    epochs: int = Field(4, ge=1, description="Fine-tuning epochs of every answerer (best validation accuracy kept).")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1, description="Images per step (each with all its questions).")
+    choice_fraction: float = Field(0.5, ge=0, le=1, description="Share of images that get a multiple-choice question.")
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(lr=self.lr, weight_decay=0.01, epochs=self.epochs, batch_size=self.batch_size,
+                           patience=self.epochs, min_epochs=1, precision="fp32")
+
+
+class BenchSegmentationTask(StrictModel):
+    """The bench's Dice task: a 1x1 linear head on the adaptor image tower's token states (the tokens' own grid,
+    frozen adaptor) trained on a mask table's structure, scored by Dice on its test patients; beside the same head
+    on the frozen tokens."""
+
+    csv: Path = Field(description="Mask table (cxr-seg masks.csv, a SIIM CSV or a mask folder).")
+    structure: str = Field("lungs", description="The structure to segment.")
+    split: SplitConfig = Field(SplitConfig(), description="Patient split of the mask table.")
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    batch_size: int = Field(16, ge=1)
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(lr=self.lr, weight_decay=1e-4, epochs=self.epochs, batch_size=self.batch_size,
+                           patience=self.epochs, min_epochs=1, precision="fp32")
+
+
 class ObjectivesBenchConfig(AdaptorExperimentConfig):
     """``retune adaptor bench``: pre-train every mix with every seed on one patient split, evaluate each alike."""
 
@@ -82,6 +114,10 @@ class ObjectivesBenchConfig(AdaptorExperimentConfig):
     fusion_layers: int = Field(0, ge=0, description="Not used by the bench (no ITM branch).")
     optim: OptimConfig = OptimConfig(
         lr=3e-4, weight_decay=0.05, epochs=10, batch_size=64, patience=10, min_epochs=10, early_stopping="loss"
+    )
+    vqa: BenchVqaTask | None = Field(None, description="VQA accuracy with each adaptor as the fusion module.")
+    segmentation: BenchSegmentationTask | None = Field(
+        None, description="Dice of a linear head on each adaptor's image token states."
     )
 
     @field_validator("mixes")

@@ -23,11 +23,14 @@ class AnswerHead(nn.Module):
     the space of candidate-answer embeddings (the Adaptor's text tower on the answer's tokens)."""
 
     def __init__(self, image_dim: int, text_dim: int, width: int = 64, layers: int = 1, heads: int = 4,
-                 fusion_layers: int = 1, dropout: float = 0.1) -> None:
+                 fusion_layers: int = 1, dropout: float = 0.1, embed_dim: int | None = None) -> None:
+        """``embed_dim``: width of the answer embeddings (default ``width``); a pre-trained Adaptor's towers load into
+        ``fusion`` when its widths match (``retune adaptor bench``'s VQA task)."""
         super().__init__()
-        self.fusion = CrossAttentionAdaptor(image_dim, text_dim, width, width, layers, heads, max(fusion_layers, 1),
-                                            dropout)
-        self.query = nn.Linear(2 * width, width)
+        embed_dim = embed_dim or width
+        self.fusion = CrossAttentionAdaptor(image_dim, text_dim, width, embed_dim, layers, heads,
+                                            max(fusion_layers, 1), dropout)
+        self.query = nn.Linear(2 * width, embed_dim)
         self.log_scale = nn.Parameter(torch.tensor(INITIAL_SCALE))
 
     def forward(self, image_tokens: torch.Tensor, question_tokens: torch.Tensor, question_mask: torch.Tensor,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from tiny_models import tiny_tokenizer
+from tiny_models import tiny_hf_clip, tiny_hf_pair, tiny_open_clip
 
 from retune.backbones.registry import create_backbone
 from retune.config import PeftExperimentConfig, ReTuneConfig
@@ -30,23 +30,6 @@ from retune.tuning.model import TunedReTune, parameter_report, trainable_encoder
 from retune.tuning.split import image_features_fn, image_split, prompt_features_fn
 from retune.tuning.towers import resolve_freeze_blocks, tower_blocks, tower_of
 
-VOCAB = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    "no",
-    "lung",
-    "effusion",
-    "opacity",
-    "normal",
-    "chest",
-    "x",
-    "ray",
-    "of",
-    "the",
-]
 CLASSES = ["Effusion", "Mass"]
 SMALL_HEAD = ReTuneConfig(prompts="template", adaptor={"shared_dim": 8, "dropout": 0.0})
 
@@ -65,89 +48,6 @@ def quiet_machine(tmp_path, monkeypatch):
     """An empty offline HF cache so nothing is fetched."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-# ---------------------------------------------------------------- tiny model builders
-
-
-def tiny_open_clip(directory: Path) -> str:
-    """open_clip ViT + built-in text transformer (CheXzero shape), width 32, 2 layers each."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True)
-    model_cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {
-            "context_length": 16,
-            "vocab_size": len(VOCAB),
-            "width": 32,
-            "heads": 2,
-            "layers": 2,
-            "hf_tokenizer_name": "test-org/tiny",
-        },
-    }
-    (directory / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
-    )
-    tiny_tokenizer(VOCAB).save_pretrained(directory)
-    (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    torch.manual_seed(0)
-    save_file(open_clip.CLIP(**model_cfg).state_dict(), str(directory / "open_clip_model.safetensors"))
-    return f"open_clip:{directory}"
-
-
-def tiny_hf_clip(directory: Path) -> str:
-    """transformers CLIPModel, width 32, 2 layers per tower."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    torch.manual_seed(0)
-    CLIPModel(
-        CLIPConfig(
-            text_config=dict(
-                layers,
-                vocab_size=len(VOCAB),
-                max_position_embeddings=16,
-                pad_token_id=0,
-                bos_token_id=2,
-                eos_token_id=3,
-            ),
-            vision_config=dict(layers, image_size=32, patch_size=8),
-            projection_dim=24,
-        )
-    ).save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    tiny_tokenizer(VOCAB).save_pretrained(directory)
-    return f"hf:{directory}"
-
-
-def tiny_hf_pair(root: Path) -> str:
-    """DINOv2 image model + BERT text model (the RAD-DINO + CXR-BERT shape)."""
-    from transformers import BertConfig, BertModel, BitImageProcessor, Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    Dinov2Model(
-        Dinov2Config(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8
-        )
-    ).save_pretrained(root / "image")
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        root / "image"
-    )
-    BertModel(
-        BertConfig(
-            vocab_size=len(VOCAB),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-        )
-    ).save_pretrained(root / "text")
-    tiny_tokenizer(VOCAB).save_pretrained(root / "text")
-    return f"hf-pair:{root / 'image'}+{root / 'text'}"
 
 
 BUILDERS = {"open_clip": tiny_open_clip, "hf_clip": tiny_hf_clip, "hf_pair": tiny_hf_pair}

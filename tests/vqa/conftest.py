@@ -3,19 +3,15 @@ by the PEFT tests' builder)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_hf_pair
 
 from retune import api
 from retune.config import DataConfig
 from retune.data.phantoms import write_phantom_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_peft_tuning import tiny_hf_pair  # noqa: E402  (the PEFT tests' offline tiny-model builder)
-
-from retune.experiments.vqa import VqaExperimentConfig  # noqa: E402
+from retune.experiments.vqa import VqaExperimentConfig
 
 
 @pytest.fixture(autouse=True)

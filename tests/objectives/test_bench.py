@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -90,3 +91,15 @@ def test_a_mask_is_centre_cropped_as_the_tower_sees_its_image():
     mask[:, :6] = 1  # the left 6 columns; resized to 4 x 8 and cropped to the middle 4 columns: only column 0 is left
     cropped = centre_cropped(mask, 4)
     assert cropped.shape == (4, 4) and cropped[:, 0].tolist() == [1] * 4 and int(cropped[:, 1:].sum()) == 0
+
+
+def test_a_segmentation_task_names_a_structure_the_mask_table_lacks(tmp_path, token_backbone):
+    from retune.errors import ConfigError
+    from retune.experiments.adaptor_bench_tasks import SegmentationTask
+    from retune.objectives.config import BenchSegmentationTask
+    from retune.store import EmbeddingStore
+
+    masks = write_mask_phantoms(tmp_path / "masks", n=4, size=16)
+    task = BenchSegmentationTask(csv=masks, structure="kidney")
+    with pytest.raises(ConfigError, match=r"segmentation.structure: 'kidney' is not in .*masks.csv \(lungs, nodule\)"):
+        SegmentationTask(task, token_backbone, EmbeddingStore(tmp_path / "store"), lambda tokens: tokens, False)

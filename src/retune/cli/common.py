@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from retune.errors import ConfigError, RetuneError
+from retune.verbosity import VERBOSE_ENV
 
 console = Console()
 
@@ -63,16 +64,15 @@ NOISY_LOGGERS = ("mlflow", "alembic", "ray", "transformers", "timm", "urllib3", 
 
 
 def third_party_noise(shown: bool) -> None:
-    """Hide (default) or show (--verbose) third-party warnings and logs; Ray's own processes log errors only."""
+    """Hide (default) or show (--verbose) third-party warnings and logs, here and (through RETUNE_VERBOSE) in the
+    processes torchrun and Ray start; ``retune.distributed`` reads the same switch for their banners."""
     action = "default" if shown else "ignore"
     for pattern in NOISY_MESSAGES:
         warnings.filterwarnings(action, message=pattern)
     warnings.filterwarnings(action, module=NOISY_MODULES)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if shown else logging.ERROR)
-    if not shown:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # core_worker.cc lines
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ[VERBOSE_ENV] = "1" if shown else "0"
 
 
 def os_error_line(error: OSError) -> str:

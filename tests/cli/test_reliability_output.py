@@ -65,10 +65,14 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(strict_run, tmp_path, monk
 
 
 def test_third_party_warnings_are_hidden_unless_verbose(monkeypatch):
+    import os
     import sys
     import warnings
 
     import retune.api
+    from retune.verbosity import VERBOSE_ENV
+
+    monkeypatch.setenv(VERBOSE_ENV, "")  # restored after the test: the CLI sets it for the processes it starts
 
     def noisy_methods():
         warnings.warn_explicit(
@@ -84,6 +88,8 @@ def test_third_party_warnings_are_hidden_unless_verbose(monkeypatch):
     with warnings.catch_warnings():
         warnings.showwarning = to_stderr  # as outside pytest, which records warnings instead
         quiet = runner.invoke(app, ["methods"])
+        quiet_env = os.environ[VERBOSE_ENV]  # what torchrun's and Ray's processes inherit
         verbose = runner.invoke(app, ["--verbose", "methods"])
-    assert quiet.exit_code == 0 and "Grad strides" not in quiet.output
-    assert verbose.exit_code == 0 and "Grad strides" in verbose.output
+        verbose_env = os.environ[VERBOSE_ENV]
+    assert quiet.exit_code == 0 and "Grad strides" not in quiet.output and quiet_env == "0"
+    assert verbose.exit_code == 0 and "Grad strides" in verbose.output and verbose_env == "1"

@@ -45,6 +45,7 @@ def test_tune_finds_a_train_config_without_touching_the_test_split(ray_local, tm
     monkeypatch.setattr(prepare, "embed_and_load", poisoned)
     result = runner.invoke(app, ["tune", str(config), "--out", str(tmp_path / "tuned")])
     assert result.exit_code == 0, result.output
+    assert "TensorBoard" not in result.output and "Search algorithm" not in result.output  # Tune's own banners
     summary = json.loads((tmp_path / "tuned" / "search.json").read_text())
     assert summary["split"] == "validation" and summary["trials"] == 3 and summary["failed_trials"] == 0
     assert math.isfinite(summary["best_val_mean_auroc"]) and summary["n_test_rows_unseen"] > 0

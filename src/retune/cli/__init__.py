@@ -16,6 +16,7 @@ from retune.cli import (  # noqa: F401  (top-level commands register here)
     tuning,
     vqa,
 )
+from retune.cli.common import click_style_help
 from retune.cli.root import app
 
 app.add_typer(store.app, name="store")
@@ -25,5 +26,6 @@ app.add_typer(tuning.peft_app, name="peft")
 app.add_typer(split.app, name="split")
 app.add_typer(vqa.app, name="vqa")
 app.add_typer(seg.app, name="seg")
+click_style_help(app)
 
 __all__ = ["app"]

@@ -10,17 +10,85 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from retune.errors import ConfigError, RetuneError
+from retune.verbosity import VERBOSE_ENV
 
 console = Console()
 
 
 err_console = Console(stderr=True)
+
+
+# click's names for value types; typer 0.2x's own help writes <str>, <int range>, <path>, <list[Path]> instead.
+CLICK_TYPE_NAMES = {str: "TEXT", int: "INTEGER", float: "FLOAT", bool: "BOOLEAN", Path: "PATH"}
+CLICK_PATH_NAMES = {"file": "FILE", "dir": "DIRECTORY"}
+
+
+def option_metavar(option: typer.core.TyperOption) -> str:
+    """click's metavar for an option's value: its own metavar, else PATH, TEXT, INTEGER... (a range is in the
+    help's [x>=0])."""
+    if option.metavar is not None:
+        return option.metavar
+    described = option.type_descriptor
+    if described.is_path:
+        return CLICK_PATH_NAMES.get(described.path_type, "PATH")
+    value_type = get_args(described.annotation)[0] if described.is_list else described.annotation
+    return CLICK_TYPE_NAMES.get(value_type, getattr(value_type, "__name__", "value").upper())
+
+
+def argument_metavar(argument: typer.core.TyperArgument) -> str:
+    """click's name for an argument: its metavar, else its NAME ([NAME] when optional, NAME... for several)."""
+    if argument.metavar is not None:
+        return argument.metavar
+    name = argument.name.upper() if argument.required else f"[{argument.name.upper()}]"
+    return f"{name}..." if argument.nargs != 1 else name
+
+
+class ClickStyleOption(typer.core.TyperOption):
+    """An option whose value reads ``--data PATH``, ``--split TEXT`` where typer 0.2x writes ``<path>``, ``<str>``."""
+
+    def display_type_rich(self, ctx: typer.Context) -> str:
+        return option_metavar(self)
+
+
+class ClickStyleArgument(typer.core.TyperArgument):
+    """An argument shown by its metavar alone (``CSV``, ``RUN...``) where typer 0.2x writes ``{CSV}`` in the usage
+    and ``CSV <path>`` in its row."""
+
+    def display_type_rich(self, ctx: typer.Context) -> str:
+        return ""
+
+    def get_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [self.metavar]  # set from argument_metavar by ClickStyleHelp
+
+
+class ClickStyleHelp(typer.core.TyperCommand):
+    """A command whose --help (and the CLI reference built from it) reads like click's:
+    ``retune compare [OPTIONS] RUN...``, ``--data PATH``, ``--n-bootstrap INTEGER``; texts and defaults are typer's."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:  # typer builds its own parameter classes; these only change how they are shown
+            if type(param) is typer.core.TyperOption:
+                param.__class__ = ClickStyleOption
+            elif type(param) is typer.core.TyperArgument:
+                param.metavar = argument_metavar(param)
+                param.__class__ = ClickStyleArgument
+
+
+def click_style_help(app: typer.Typer) -> None:
+    """Every command of ``app`` and of its command groups prints click-style help (``ClickStyleHelp``)."""
+    for command in app.registered_commands:
+        if command.cls in (None, typer.core.TyperCommand):  # typer's default, not a command's own class
+            command.cls = ClickStyleHelp
+    for group in app.registered_groups:
+        click_style_help(group.typer_instance)
 
 
 def examples(*lines: str) -> str:
@@ -63,16 +131,15 @@ NOISY_LOGGERS = ("mlflow", "alembic", "ray", "transformers", "timm", "urllib3", 
 
 
 def third_party_noise(shown: bool) -> None:
-    """Hide (default) or show (--verbose) third-party warnings and logs; Ray's own processes log errors only."""
+    """Hide (default) or show (--verbose) third-party warnings and logs, here and (through RETUNE_VERBOSE) in the
+    processes torchrun and Ray start; ``retune.distributed`` reads the same switch for their banners."""
     action = "default" if shown else "ignore"
     for pattern in NOISY_MESSAGES:
         warnings.filterwarnings(action, message=pattern)
     warnings.filterwarnings(action, module=NOISY_MODULES)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if shown else logging.ERROR)
-    if not shown:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # core_worker.cc lines
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ[VERBOSE_ENV] = "1" if shown else "0"
 
 
 def os_error_line(error: OSError) -> str:

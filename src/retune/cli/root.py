@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from retune.verbosity import VERBOSE_ENV
+
 app = typer.Typer(
     help=(
         "Adapt frozen medical vision-language models with small adaptors.\n\n"
@@ -31,7 +33,10 @@ def main(
         False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."
     ),
     verbose: bool = typer.Option(
-        False, "--verbose", help="Also show third-party warnings and logs (PyTorch, Ray, MLflow...; default: hidden)."
+        False,
+        "--verbose",
+        envvar=VERBOSE_ENV,
+        help="Also show third-party warnings, logs and banners (PyTorch, torchrun, Ray, MLflow...; default: hidden).",
     ),
 ) -> None:
     """Adapt frozen medical vision-language models with small adaptors."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,6 +24,7 @@ from retune.data.pixels import pixel_shape
 from retune.devices import keep_freed_memory_for_reuse
 from retune.distributed.cluster import connect
 from retune.store.embed import BatchEncoder, EncodedBatch, decode_image, encode_decoded
+from retune.verbosity import third_party_output_shown
 
 
 def preprocessor(backbone: Backbone) -> Backbone:
@@ -108,6 +110,11 @@ def ray_encoder(address: str | None = None, actors: int | None = None) -> BatchE
         ray = connect(address)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # embed_table shows one bar for the whole job
+        if not third_party_output_shown():  # no execution plan, start and finish lines; Ray Data's log file has them
+            context.print_on_execution_start = False
+            for handler in logging.getLogger("ray.data").handlers:
+                if handler.name == "console":
+                    handler.setLevel(logging.ERROR)
         resources = ray.cluster_resources()
         cpus, gpus = resources.get("CPU", 1.0), int(resources.get("GPU", 0))
         pool = actors or (gpus if gpus else max(1, int(cpus) // 8))

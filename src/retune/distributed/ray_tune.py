@@ -9,7 +9,9 @@ of its kept weights is reported last. The best trial's options are written as a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
@@ -22,6 +24,7 @@ from pydantic import Field, model_validator
 from retune.config import ReTuneConfig, StrictModel, TrainConfig, override
 from retune.errors import ConfigError
 from retune.methods.base import MethodContext, TaskData
+from retune.verbosity import third_party_output_shown
 
 METRIC = "val_mean_auroc"
 
@@ -145,10 +148,14 @@ def tune_run(config: TuneConfig, out_dir: str | Path, address: str | None = None
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    shown = third_party_output_shown()
     searcher = None
     if config.searcher == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        if not shown:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
         searcher = OptunaSearch(metric=METRIC, mode="max", seed=config.seed)
     epochs = max(config.search.epochs or [config.retune.optim.epochs])
     scheduler = (
@@ -172,9 +179,11 @@ def tune_run(config: TuneConfig, out_dir: str | Path, address: str | None = None
             num_samples=config.trials,
             max_concurrent_trials=concurrent,
         ),
-        run_config=tune.RunConfig(name="search", storage_path=str(out_dir / "ray"), verbose=0),
+        run_config=tune.RunConfig(name="search", storage_path=str(out_dir / "ray"), verbose=1 if shown else 0),
     )
-    grid = tuner.fit()
+    # Even at verbose=0 Tune prints its experiment table, results folder and a TensorBoard hint to stdout.
+    with contextlib.nullcontext() if shown else contextlib.redirect_stdout(io.StringIO()):
+        grid = tuner.fit()
     errors = [str(result.error).strip().splitlines()[-1] for result in grid if result.error]
     if len(errors) == len(grid):
         raise ConfigError(f"every trial failed; the first: {errors[0]}")

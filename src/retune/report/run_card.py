@@ -267,7 +267,8 @@ def bench_run_card(facts: dict, metrics: dict, files: list[str]) -> str:
     retrieval = metrics["retrieval"]
     for direction, arrow in (("image_to_text", "image→text"), ("text_to_image", "text→image")):
         cis = retrieval.get(f"{direction}_ci", {})
-        rows += [(f"{arrow} {key}", _interval(value, cis.get(key))) for key, value in retrieval[direction].items()]
+        recalls = sorted(retrieval[direction].items(), key=lambda item: int(item[0].removeprefix("R@")))  # R@1 first
+        rows += [(f"{arrow} {key}", _interval(value, cis.get(key))) for key, value in recalls]
     rows.append(("VQA accuracy (adaptor as fusion module)",
                  _bench_cell(metrics.get("vqa"), "accuracy", metrics.get("vqa_accuracy"))))
     rows.append(("Dice (linear head on its image token states)",

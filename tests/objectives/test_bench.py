@@ -9,12 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from run_cards import card_row, mlflow_run
 from typer.testing import CliRunner
 
 from retune.cli import app
 from retune.data.phantoms import write_mask_phantoms, write_phantom_dataset
 from retune.experiments.adaptor_bench_tasks import adaptor_shape, centre_cropped
 from retune.methods.xattn_adaptor import CrossAttentionAdaptor
+from retune.report.text import format_interval
 from retune.vqa import AnswerHead
 
 
@@ -47,6 +49,23 @@ def test_bench_prints_every_mix_and_caption_generates(tmp_path, registered_token
     assert clip["zero_shot_auroc"]["n"] == 1 and clip["image_to_text.R@10"]["first_seed_ci"] is not None
     assert bench["runs"]["captioned"][0]["seconds_per_epoch"] > 0
     assert bench["data"]["text_source"] == "labels (synthetic)"
+    runs = {name: out / "runs" / name / "seed0" for name in ("clip", "captioned")}
+    for name, run in runs.items():  # a card and an MLflow run per bench run, with that run's own numbers
+        card, metrics = (run / "RUN_CARD.md").read_text(), json.loads((run / "metrics.json").read_text())
+        vqa, dice, retrieval = metrics["vqa"], metrics["segmentation"], metrics["retrieval"]
+        assert f"objective mix `{name}`" in card and "Pair texts are SYNTHETIC" in card
+        assert card_row(card, "VQA accuracy (adaptor as fusion module)") == [
+            format_interval(vqa["accuracy"], vqa["accuracy_ci"])]
+        assert card_row(card, "Dice (linear head on its image token states)") == [
+            format_interval(dice["dice"], dice["dice_ci"])]
+        assert card_row(card, "image→text R@5") == [
+            format_interval(retrieval["image_to_text"]["R@5"], retrieval["image_to_text_ci"]["R@5"])]
+        zero_shot = metrics["zero_shot"]
+        assert f"| {format_interval(zero_shot['mean_auroc'], zero_shot['mean_auroc_ci'])} |" in card
+        tracked, artifacts = mlflow_run(out / "mlruns", "adaptor-objectives", run)
+        assert tracked.data.metrics["vqa.accuracy"] == pytest.approx(vqa["accuracy"])
+        assert tracked.data.params["mix.clip"] == "1.0" and {"RUN_CARD.md", "metrics.json"} <= artifacts
+        assert ("mix.caption.weight" in tracked.data.params) == (name == "captioned")
 
     image = str(csv.parent / "images" / "phantom_00000.png")
     captioned = CliRunner().invoke(app, ["adaptor", "caption", "--run", str(out / "runs" / "captioned" / "seed0"),

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_cards import card_row, mlflow_run
 
 from retune.api import seg_evaluate, seg_predict
 from retune.errors import ConfigError
+from retune.report.text import format_interval
 from retune.segmentation.heads import HEADS, HeadInputs, create_head
 
 
@@ -37,6 +39,24 @@ def test_run_folder_and_baselines_in_the_same_command(phantom_run):
     facts = json.loads((root / "run" / "config.json").read_text())
     assert facts["kind"] == "segmentation" and facts["split"]["label_fraction"] == 1.0
     assert "<img" in (root / "run" / "report.html").read_text()
+
+
+def test_the_run_card_and_mlflow_run_carry_each_methods_dice_and_never_the_digests(phantom_run):
+    root, _, metrics, _, _ = phantom_run
+    run = root / "run"
+    card = (run / "RUN_CARD.md").read_text()
+    for method, summary in metrics["per_method"].items():
+        lungs = summary["lungs"]
+        assert card_row(card, "lungs", method)[:3] == [f"{lungs['n_present']} / {lungs['n_images']}",
+                                                       format_interval(lungs["dice"], lungs["dice_ci"]),
+                                                       format_interval(lungs["iou"], lungs["iou_ci"])], method
+    tracked, artifacts = mlflow_run(run / "mlruns", "segmentation", run)
+    fpn = metrics["per_method"]["fpn"]["lungs"]
+    assert tracked.data.metrics["fpn.lungs.dice"] == pytest.approx(fpn["dice"])
+    assert tracked.data.metrics["scratch_unet.lungs.iou"] == pytest.approx(metrics["per_method"]["scratch_unet"]
+                                                                           ["lungs"]["iou"])
+    assert {"RUN_CARD.md", "report.html", "metrics.json", "config.json"} <= artifacts
+    assert "training_digests.json" not in artifacts and (run / "training_digests.json").is_file()
 
 
 def test_evaluate_warns_about_training_images_and_predict_writes_original_size(phantom_run, tmp_path):

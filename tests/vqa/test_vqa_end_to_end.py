@@ -8,11 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from run_cards import card_row, mlflow_run
 from safetensors.numpy import load_file
 
 from retune import api
 from retune.errors import DataError
 from retune.experiments.vqa import load_vqa_run, predicted_answers
+from retune.report.text import format_interval
 
 
 def test_frozen_run_reports_variant_table_fields_and_every_baseline(frozen_run):
@@ -31,6 +33,28 @@ def test_frozen_run_reports_variant_table_fields_and_every_baseline(frozen_run):
     facts = json.loads((frozen_run / "config.json").read_text())
     assert set(classifier["classes"]) == set(facts["questions"]["findings"])
     assert not set(facts["questions"]["built"]["held_out_findings"]) & set(classifier["classes"])
+
+
+def test_the_run_card_and_mlflow_run_carry_the_runs_scores_beside_its_baselines(frozen_run):
+    card = (frozen_run / "RUN_CARD.md").read_text()
+    metrics = json.loads((frozen_run / "metrics.json").read_text())
+    facts = json.loads((frozen_run / "config.json").read_text())
+    scores = metrics["test"]["scores"]
+    answerers = [cell.removesuffix(" answerer [CI]") for cell in card_row(card, "score", "questions the run answered")]
+    assert answerers[0] == "vqa" and sorted(answerers) == sorted(scores) == ["classifier", "majority", "random", "vqa"]
+    for label, score in (("all test questions", "accuracy"), ("unseen finding", "accuracy_unseen_finding"),
+                         ("yes / no", "accuracy_yes_no"), ("paired (a yes and its adversarial no both right)",
+                                                           "paired_accuracy")):
+        expected = [format_interval(scores[name][score], scores[name][f"{score}_ci"]) for name in answerers]
+        assert card_row(card, label)[1:] == expected, label
+    assert card_row(card, "test")[-1] == str(metrics["test"]["n_questions"])
+    assert f"{metrics['trainable_parameters']:,} of {metrics['total_parameters']:,}" in card
+    assert all(name in card for name in facts["questions"]["built"]["held_out_findings"])
+    assert "General-domain backbone" not in card  # a tiny random backbone, not the default one
+    run, artifacts = mlflow_run(frozen_run / "mlruns", "vqa", frozen_run)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(scores["vqa"]["accuracy"])
+    assert {"RUN_CARD.md", "metrics.json", "classifier/RUN_CARD.md"} <= artifacts
+    assert not [path for path in artifacts if path.endswith("training_digests.json")]  # the classifier's stay out
 
 
 def test_lora_run_saves_only_head_and_adapter_tensors_and_reloads_to_the_same_answers(lora_run, question_file):

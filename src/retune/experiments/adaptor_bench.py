@@ -6,7 +6,8 @@ with enough positives), linear probes on adapted features at each label fraction
 held-out pairs and, when the config has them, VQA accuracy with the adaptor as the answerer's fusion module and Dice
 of a linear head on its image token states (``adaptor_bench_tasks``). Mean +- sd over seeds; patient-bootstrap CIs
 for the first seed; seconds per training epoch. Writes
-``bench.json``, ``bench_config.json`` and one run folder per mix and seed (checkpoint, config.json, metrics.json).
+``bench.json``, ``bench_config.json`` and one run folder per mix and seed (checkpoint, config.json, metrics.json,
+RUN_CARD.md, through ``run_folder.finish_run``), whose MLflow runs share the bench folder's ``mlruns/``.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from retune.experiments.prepare import (
     read_data,
     split_facts,
 )
+from retune.experiments.run_folder import finish_run, tracking_uri
 from retune.io_utils import write_json_atomic
-from retune.methods.checkpoint import load_checkpoint, save_checkpoint
+from retune.methods.checkpoint import load_checkpoint
 from retune.methods.xattn_adaptor import CrossAttentionAdaptor, PairData, adaptor_retrieval, batched, model_state
 from retune.objectives import (
     ObjectiveContext,
@@ -51,6 +53,7 @@ from retune.objectives.caption import CaptionObjective
 from retune.objectives.pairs import PairTexts, csv_pair_texts, label_pair_texts, read_pair_csv, text_only_texts
 from retune.progress import progress_bar
 from retune.prompts import build_prompts, prompt_texts
+from retune.report.tracking import numeric_leaves
 from retune.store import EmbeddingStore, embed_table
 from retune.store.embed import text_token_embeddings
 
@@ -297,28 +300,31 @@ def _run_one(data: BenchData, mix_name: str, seed: int, first: bool, out_dir: Pa
         metrics["caption_samples"] = [
             {"generated": text, "paired_text": data.texts.texts[row]} for text, row in zip(generated, test_rows)
         ]
-    run_dir = out_dir / "runs" / mix_name / f"seed{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {ADAPTOR: (model_state(adaptor), {"image_dim": image_dim, "text_dim": text_dim})}
     if data.projection is not None:
         tensors[TOKEN_PROJECTION] = ({k: v.cpu().numpy() for k, v in data.projection.items()}, {})
     for name, objective in model.objectives.items():
         tensors[f"objective_{name}"] = (model_state(objective), objective.facts())
-    save_checkpoint(
-        run_dir,
-        tensors,
-        {
-            "kind": KIND,
-            "backbone": backbone.describe(),
-            "classes": data.classes,
-            "mix": mix,
-            "bench_config": config.model_dump(mode="json"),
-            "max_text_tokens": config.max_text_tokens,
-            "image_token_projection": None if data.projection is None else
-            f"top {config.image_token_dim} principal components of the training images' tokens",
-        },
+    facts = {
+        "backbone": backbone.describe(),
+        "classes": data.classes,
+        "mix": mix,
+        "bench_config": config.model_dump(mode="json"),
+        "max_text_tokens": config.max_text_tokens,
+        "image_token_projection": None if data.projection is None else
+        f"top {config.image_token_dim} principal components of the training images' tokens",
+        "data": {"csv": str(config.data.csv), "n_images": len(data.table), "text_source": data.texts.source,
+                 "text_note": data.texts.note},
+        "split": split_facts(config.split, splits),
+    }
+    records = {"zero_shot.": metrics["zero_shot"]} if "zero_shot" in metrics else {}
+    records.update({f"probe{fraction}.": record for fraction, record in metrics.get("linear_probe", {}).items()})
+    tasks = numeric_leaves({key: metrics[key] for key in ("retrieval", "vqa", "segmentation") if key in metrics})
+    finish_run(
+        out_dir / "runs" / mix_name / f"seed{seed}", KIND, tensors, facts, metrics, records,
+        {ADAPTOR: {"history": {"train_loss": metrics["train_loss"]}}}, tracking_uri(out_dir, config.tracking_uri),
+        {"seconds_per_epoch": metrics["seconds_per_epoch"], **tasks},
     )
-    write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -5,8 +5,9 @@ text-guided) trains on them for every epoch without the encoder. In the same com
 the predict-nothing baseline and a U-Net with the FPN decoder trained from scratch on the images. Scores are taken at
 each image's own size, per structure, with patient-bootstrap CIs (``retune.evaluation.segmentation``).
 
-A run directory holds ``config.json``, ``checkpoint.safetensors`` (the head only), ``metrics.json``,
-``per_image.csv``, ``report.html`` (with overlays), ``RUN_CARD.md`` and an MLflow run.
+A run directory holds ``per_image.csv`` and, written by ``run_folder.finish_run``, ``config.json``,
+``checkpoint.safetensors`` (the head only), ``metrics.json``, ``report.html`` (with overlays), ``RUN_CARD.md`` and an
+MLflow run.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ from retune.evaluation.segmentation import PER_IMAGE_COLUMNS, score_mask, summar
 from retune.experiments.adaptor import fraction_rows
 from retune.experiments.kinds import register_run_kind
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, record_training_digests, split_facts
-from retune.io_utils import atomic_path, read_json, write_json_atomic, write_text_atomic
-from retune.methods.checkpoint import CheckpointFacts, load_checkpoint, package_versions, save_checkpoint
+from retune.experiments.run_folder import METRICS, finish_run
+from retune.io_utils import atomic_path, read_json
+from retune.methods.checkpoint import CheckpointFacts, load_checkpoint
 from retune.progress import epoch_bar
+from retune.report.tracking import numeric_leaves
 from retune.segmentation.config import SegDataConfig, SegmentationConfig
 from retune.segmentation.heads import HeadInputs, ScratchUNet, create_head
+from retune.segmentation.report import seg_report_html, seg_run_card
 from retune.segmentation.training import IGNORE, fit, predict_probabilities
 from retune.store import EmbeddingStore, text_embeddings
 from retune.store.dense import dense_features, dense_pixels
@@ -181,7 +185,6 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
 
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = {
-        "kind": KIND,
         "backbone": backbone.describe(),
         "structures": structures,
         "head": config.head,
@@ -195,7 +198,6 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
                   "channels": [m.shape[1] for m in features.maps], "n_computed": features.n_computed},
     }
     state = {key: value.detach().cpu().numpy() for key, value in head.state_dict().items()}
-    save_checkpoint(out_dir, {HEAD_KEY: (state, training[config.head])}, facts)
     record_training_digests(out_dir, table, {"train": train, "val": val}, store)
     with atomic_path(out_dir / PER_IMAGE_CSV) as temp:
         per_image.to_csv(temp, index=False)
@@ -213,35 +215,23 @@ def seg_train_run(config: SegmentationConfig, out_dir: str | Path, show_progress
         "note": GENERAL_DOMAIN_NOTE if config.backbone == "default" else "",
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    _write_reports(out_dir, facts, metrics, table, test, probabilities[config.head], config.threshold, training)
+    examples = _overlay_examples(table, test, probabilities[config.head], config.threshold)
+    finish_run(out_dir, KIND, {HEAD_KEY: (state, training[config.head])}, facts, metrics, {}, training,
+               config.tracking_uri, numeric_leaves(by_method), report_html=seg_report_html(metrics, examples),
+               card=seg_run_card(facts, metrics))
     return metrics
 
 
-def _write_reports(out_dir: Path, facts: dict, metrics: dict, table: MaskTable, rows: np.ndarray,
-                   probabilities: torch.Tensor, threshold: float, training: dict) -> None:
-    """report.html with overlays of a few test images, RUN_CARD.md and the MLflow run."""
-    from retune.experiments.run_folder import RUN_CARD, tracking_uri
-    from retune.report.tracking import log_run
-    from retune.segmentation.report import seg_run_card, write_seg_report
-
+def _overlay_examples(table: MaskTable, rows: np.ndarray, probabilities: torch.Tensor,
+                      threshold: float) -> list[tuple[str, Image.Image, list[np.ndarray]]]:
+    """The first few test images with the head's masks at their own size, for report.html."""
     examples = []
     for position in range(min(6, len(rows))):
         row = int(rows[position])
         image = load_image(table.paths[row])
         examples.append((Path(table.paths[row]).name, image,
                          list(_full_size(probabilities[position], (image.height, image.width), threshold))))
-    write_seg_report(out_dir, metrics, examples)
-    write_text_atomic(out_dir / RUN_CARD, seg_run_card(facts, metrics))
-    records = {f"{method}.": _flat_record(summary) for method, summary in metrics["per_method"].items()}
-    log_run(out_dir, KIND, {**facts, "versions": package_versions()}, records, training,
-            tracking_uri(out_dir, facts["seg_config"].get("tracking_uri")))
-
-
-def _flat_record(summary: dict) -> dict:
-    """A method's per-structure summary as the flat metric record MLflow logging takes."""
-    return {f"{structure}.{name}": value for structure, record in summary.items() for name, value in record.items()
-            if not name.endswith("_ci")}
+    return examples
 
 
 @dataclass
@@ -276,7 +266,7 @@ def load_seg_run(run_dir: str | Path, device: str | None = None) -> SegRun:
     prompts = state.get("prompts")
     head = build_head(config, tuple(facts["dense"]["channels"]), facts["structures"], prompts)
     head.load_state_dict(state)
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    metrics = read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else {}
     return SegRun(run_dir, facts, config, backbone, head.eval(), list(facts["structures"]), metrics)
 
 

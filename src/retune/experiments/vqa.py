@@ -3,9 +3,9 @@
 ``run_vqa_experiment`` reads a question table (``data.questions``), caches image tokens (frozen image tower) and
 question/answer tokens in the store, tunes the towers the config names through ``retune.tuning``'s registered
 tuners, trains the answer head with the one training loop (early stopping on validation accuracy), writes a run
-directory (``checkpoint.safetensors`` with trainable tensors only, ``config.json``, ``metrics.json``, MLflow) and,
-for a question set built from labels, a RE-tune classifier on the same training patients (``classifier/``), the
-classifier-as-answerer baseline.
+directory through ``run_folder.finish_run`` (``checkpoint.safetensors`` with trainable tensors only, ``config.json``,
+``metrics.json``, ``RUN_CARD.md``, MLflow) and, for a question set built from labels, a RE-tune classifier on the same
+training patients (``classifier/``), the classifier-as-answerer baseline.
 """
 
 from __future__ import annotations
@@ -53,12 +53,11 @@ from retune.evaluation.vqa import (
 from retune.experiments.adaptor import image_tokens
 from retune.experiments.kinds import SavedRun, register_run_kind
 from retune.experiments.prepare import GENERAL_DOMAIN_NOTE, checked_backbone, read_data
-from retune.experiments.run_folder import tracking_uri
-from retune.io_utils import read_json, write_json_atomic
-from retune.methods.checkpoint import CheckpointFacts, load_checkpoint, save_checkpoint
+from retune.experiments.run_folder import METRICS, finish_run
+from retune.io_utils import read_json
+from retune.methods.checkpoint import CheckpointFacts, load_checkpoint
 from retune.profiling import peak_memory, timed
 from retune.progress import progress_bar
-from retune.report.tracking import log_run
 from retune.store import EmbeddingStore, embed_table
 from retune.store.embed import text_token_embeddings
 from retune.training.loop import FitResult, fit
@@ -68,7 +67,6 @@ from retune.vqa import AnswerHead, ImageTokens, QuestionBatch, TextTokens, VqaNe
 
 KIND = "vqa"
 CLASSIFIER_DIR = "classifier"
-METRICS = "metrics.json"
 
 
 class VqaExperimentConfig(ExperimentConfig):
@@ -258,9 +256,13 @@ def build_question_file(data: DataConfig, out: str | Path, config: QuestionSetCo
 
 
 def _train_facts(frame: pd.DataFrame) -> dict:
+    """What the run trained on, and the questions of every split by type (for the run card)."""
     train = frame[frame["split"] == "train"]
+    counts = frame.groupby(["split", "type"]).size()
     return {"n_questions": int(len(train)), "n_images": int(train["image_path"].nunique()),
-            "findings": sorted({f for f in train.loc[train["type"] == YES_NO, "finding"]})}
+            "findings": sorted({f for f in train.loc[train["type"] == YES_NO, "finding"]}),
+            "counts": {split: {kind: int(n) for kind, n in counts[split].items()}
+                       for split in ("train", "val", "test") if split in counts.index.get_level_values(0)}}
 
 
 def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_progress: bool = False) -> dict:
@@ -289,7 +291,6 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
     tensors = {key: value.detach().float().cpu().numpy() for key, value in network.state_dict().items()}
     question_file = question_facts(config.questions)
     facts = {
-        "kind": KIND,
         "backbone": prepared.backbone.describe(),
         "train_config": config.model_dump(mode="json"),
         "texts": texts,
@@ -298,7 +299,6 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
         "training": {config.variant: result.facts()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_dir, {config.variant: (tensors, {"variant": config.variant})}, facts)
     classifier = None
     if config.classifier and question_file.get("data"):
         classifier = train_classifier(config, question_file, out_dir / CLASSIFIER_DIR, show_progress)
@@ -319,9 +319,9 @@ def run_vqa_experiment(config: VqaExperimentConfig, out_dir: str | Path, show_pr
     evaluation = evaluate_answers(network, prepared, frame, out_dir, "test", config.n_bootstrap, config.seed,
                                   config.min_positives)
     metrics.update({"test": evaluation, "seconds": round(time.perf_counter() - started, 2)})
-    write_json_atomic(out_dir / METRICS, metrics)
-    log_run(out_dir, KIND, facts, {}, facts["training"], tracking_uri(out_dir, config.tracking_uri),
-            extra_metrics={f"test_{k}": v for k, v in evaluation["scores"]["vqa"].items() if isinstance(v, float)})
+    finish_run(out_dir, KIND, {config.variant: (tensors, {"variant": config.variant})}, facts, metrics, {},
+               facts["training"], config.tracking_uri,
+               extra_metrics={f"test_{k}": v for k, v in evaluation["scores"]["vqa"].items() if isinstance(v, float)})
     return metrics
 
 

@@ -66,8 +66,9 @@ def file_digest(path: str | Path) -> str:
 
 def run_params(facts: dict) -> dict[str, str]:
     """Every result-deciding value of a run's config.json facts, flattened."""
-    config = facts.get("train_config") or facts.get("adaptor_config") or {}
+    config = facts.get("train_config") or facts.get("adaptor_config") or facts.get("bench_config") or {}
     params = flat_params(config, "config.")
+    params.update(flat_params(facts.get("mix", {}), "mix."))  # an objectives bench run's mix
     backbone = facts.get("backbone", {})
     params["backbone.spec"] = str(backbone.get("spec"))
     params["backbone.fingerprint"] = str(backbone.get("fingerprint"))

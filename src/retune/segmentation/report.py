@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retune.io_utils import write_text_atomic
 from retune.report.run_card import _use_and_limits, backbone_domain
 from retune.report.text import format_interval
 from retune.segmentation.overlay import overlay, structure_colour
@@ -52,8 +51,8 @@ def _preview(image: Image.Image, masks: list[np.ndarray]) -> str:
     return f'<img alt="overlay" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def write_seg_report(out_dir: Path, metrics: dict, examples: list[tuple[str, Image.Image, list[np.ndarray]]]) -> Path:
-    """Write report.html: the metrics table, a colour legend and the head's masks over a few test images."""
+def seg_report_html(metrics: dict, examples: list[tuple[str, Image.Image, list[np.ndarray]]]) -> str:
+    """report.html of a run: the metrics table, a colour legend and the head's masks over a few test images."""
     head = "".join(f"<th>{html.escape(name)}</th>" for name in METRIC_HEADER)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
                    for row in metric_rows(metrics))
@@ -63,7 +62,7 @@ def write_seg_report(out_dir: Path, metrics: dict, examples: list[tuple[str, Ima
     )
     figures = "".join(f"<figure>{_preview(image, masks)}<figcaption>{html.escape(name)}</figcaption></figure>"
                       for name, image, masks in examples)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>retune segmentation run</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>retune segmentation run</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px}}figure{{display:inline-block;margin:6px}}</style></head><body>
 <h1>Segmentation run: {html.escape(metrics['method'])} head</h1>
@@ -76,9 +75,6 @@ present; images whose annotated mask is empty are scored by the share predicted 
 <h2>Test images, {html.escape(metrics['method'])} head</h2><p>{legend}</p>{figures}
 </body></html>
 """
-    target = out_dir / "report.html"
-    write_text_atomic(target, page)
-    return target
 
 
 def seg_run_card(facts: dict, metrics: dict) -> str:
@@ -91,7 +87,7 @@ def seg_run_card(facts: dict, metrics: dict) -> str:
         f"# Run card: segmentation run ({facts['head']} head)",
         "",
         f"Made by retune {__version__}. Files: `checkpoint.safetensors` (the head's tensors only), `config.json`, "
-        "`metrics.json`, `per_image.csv`, `report.html`; MLflow run in `mlruns/`.",
+        "`metrics.json`, `per_image.csv`, `report.html`; MLflow run in `mlruns/` unless tracked elsewhere.",
         "",
         "## Model",
         f"- Head `{facts['head']}` on the frozen backbone `{backbone['spec']}` (fingerprint "

@@ -28,7 +28,9 @@ def answers(port: int) -> bool:
 
 def test_ui_announces_a_live_url_and_its_children_stop_with_it(strict_run):
     port = free_port()
-    source = str(Path(__file__).resolve().parents[2] / "src")
+    import retune
+
+    source = str(Path(retune.__file__).resolve().parents[1])  # the retune under test, not always this checkout's
     environment = {**os.environ, "PYTHONPATH": source + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "retune.cli", "ui", str(strict_run["run"]), "--port", str(port)]
     process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)

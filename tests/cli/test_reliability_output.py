@@ -32,7 +32,7 @@ def test_predict_shows_whole_image_names_that_tell_images_apart(strict_run, tmp_
     assert "…" not in result.stdout
 
 
-def test_tables_print_full_values_when_output_is_not_a_terminal(monkeypatch):
+def test_tables_print_full_values_when_output_is_not_a_terminal(phantom_run, strict_run, monkeypatch):
     from retune.methods.registry import available_methods
 
     monkeypatch.delenv("COLUMNS", raising=False)
@@ -41,6 +41,11 @@ def test_tables_print_full_values_when_output_is_not_a_terminal(monkeypatch):
     lines = result.stdout.splitlines()
     for name, cls in available_methods().items():
         assert any(name in line and cls.description in line for line in lines), cls.description
+    runs = [str(phantom_run.run), str(strict_run["run"])]
+    compared = runner.invoke(app, ["compare", *runs])
+    assert compared.exit_code == 0, compared.output
+    for run in runs:  # each run's two rows (RE-tune, linear probe) name it in full, never as one cut prefix
+        assert sum(run in line for line in compared.stdout.splitlines()) == 2, compared.stdout
 
 
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(strict_run, tmp_path, monkeypatch):

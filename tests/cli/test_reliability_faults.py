@@ -140,6 +140,8 @@ def test_duplicate_bad_and_blank_columns_are_named(strict_run, tmp_path):
 
     duplicated = pd.concat([frame, frame[["Effusion"]]], axis=1)
     one_line_error(train(duplicated, "duplicate.csv"), "column 'Effusion' appears more than once")
+    two_paths = pd.concat([frame, frame[["path"]]], axis=1)  # never read as path + path.1
+    one_line_error(train(two_paths, "two-paths.csv"), "column 'path' appears more than once")
     custom = frame.assign(Custom=["yes" if row % 4 == 0 else str(row % 2) for row in range(len(frame))])
     one_line_error(train(custom, "custom.csv"), "column 'Custom': 'yes' is not a label")
     one_line_error(train(frame[["path", "patient_id"]], "unlabelled.csv"), "no label column")

@@ -8,12 +8,13 @@ import shutil
 from typer.testing import CliRunner
 
 from retune.cli import app
-from retune.cli.tables import unique_suffixes
 
 runner = CliRunner()
 
 
 def test_unique_suffixes_keep_whole_names_and_add_folders_only_where_names_clash():
+    from retune.cli.tables import unique_suffixes
+
     paths = ["/data/a/img.png", "/data/b/img.png", "/data/c/patient_00000054_006.png"]
     assert unique_suffixes(paths) == ["a/img.png", "b/img.png", "patient_00000054_006.png"]
 
@@ -31,15 +32,20 @@ def test_predict_shows_whole_image_names_that_tell_images_apart(strict_run, tmp_
     assert "…" not in result.stdout
 
 
-def test_tables_print_full_values_when_output_is_not_a_terminal(monkeypatch):
-    from retune.api import methods
+def test_tables_print_full_values_when_output_is_not_a_terminal(phantom_run, strict_run, monkeypatch):
+    from retune.methods.registry import available_methods
 
     monkeypatch.delenv("COLUMNS", raising=False)
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    for name, cls in methods().items():
+    for name, cls in available_methods().items():
         assert any(name in line and cls.description in line for line in lines), cls.description
+    runs = [str(phantom_run.run), str(strict_run["run"])]
+    compared = runner.invoke(app, ["compare", *runs])
+    assert compared.exit_code == 0, compared.output
+    for run in runs:  # each run's two rows (RE-tune, linear probe) name it in full, never as one cut prefix
+        assert sum(run in line for line in compared.stdout.splitlines()) == 2, compared.stdout
 
 
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(strict_run, tmp_path, monkeypatch):
@@ -49,13 +55,13 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(strict_run, tmp_path, monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(retune.api, "train", interrupted)
-    monkeypatch.setattr(retune.api, "embed", interrupted)
-    store = str(strict_run["store"])
     monkeypatch.setattr(retune.api, "run_scenario", interrupted)
+    store = str(strict_run["store"])
     out = str(tmp_path / "r")
     trained = runner.invoke(app, ["train", "--data", str(strict_run["csv"]), "--out", out, "--store", store])
     assert trained.exit_code == 130 and "interrupted:" in trained.output and "rerun the same command" in trained.output
     assert store in " ".join(trained.output.split())
+    monkeypatch.setattr(retune.api, "embed", interrupted)
     embedded = runner.invoke(app, ["embed", str(strict_run["csv"]), "--store", store])
     assert embedded.exit_code == 130 and "embed only the rest" in " ".join(embedded.output.split())
     config = tmp_path / "scenario.yaml"

@@ -73,9 +73,12 @@ def test_yaml_paths_resolve_against_its_folder_and_a_failed_start_leaves_nothing
     assert len(pd.read_csv("test.csv")) == test_rows
 
 
-def test_unresolved_image_paths_are_explained_with_the_first_path_and_image_root(strict_run, tmp_path):
+def test_unresolved_image_paths_are_explained_with_the_first_path_and_image_root(
+    strict_run, phantom_scenario, tmp_path
+):
     shutil.copy(strict_run["csv"], tmp_path / "labels.csv")  # its relative image paths do not exist beside the copy
-    result = runner.invoke(app, ["evaluate", "--run", str(strict_run["run"]), "--data", str(tmp_path / "labels.csv")])
-    text = " ".join(result.output.split())
-    assert result.exit_code == 2 and "image paths exist: the first resolves to" in text
-    assert str(tmp_path / "images") in text and "--image-root" in text
+    for command in (["evaluate", "--run", str(strict_run["run"])], ["scenario", "evaluate", str(phantom_scenario)]):
+        result = runner.invoke(app, [*command, "--data", str(tmp_path / "labels.csv")])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "image paths exist: the first resolves to" in text, text
+        assert str(tmp_path / "images") in text and "--image-root" in text

@@ -27,11 +27,14 @@ def answers(port: int) -> bool:
 
 
 def test_ui_announces_a_live_url_and_its_children_stop_with_it(strict_run):
+    import retune
+
     port = free_port()
-    source = str(Path(__file__).resolve().parents[2] / "src")
+    source = str(Path(retune.__file__).resolve().parents[1])  # the retune under test, not always this checkout's
     environment = {**os.environ, "PYTHONPATH": source + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "retune.cli", "ui", str(strict_run["run"]), "--port", str(port)]
-    process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+    # its own session: if the test fails with the UI's children still up, the finally below stops them too
+    process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         said = ""
         deadline = time.monotonic() + 120
@@ -49,5 +52,8 @@ def test_ui_announces_a_live_url_and_its_children_stop_with_it(strict_run):
             time.sleep(0.2)
         assert not answers(port), "the MLflow UI still serves after retune ui stopped"
     finally:
-        if process.poll() is None:
-            process.kill()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the session retune ui started in, children left behind included
+        except ProcessLookupError:
+            pass  # every process of the session has ended
+        process.wait()

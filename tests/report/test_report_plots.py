@@ -6,7 +6,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from retune.report import plots
-from retune.report.scenario_report import first_run_label, per_class_table, staircase_order
+from retune.report.scenario_report import per_class_table, staircase_order
 
 
 @pytest.fixture
@@ -107,4 +107,6 @@ def test_final_per_class_table_of_several_runs_is_their_mean_and_single_run_plot
     }
     table = per_class_table({"naive": result}, ["A"], [0], ["task1"])
     assert "0.700 ± 0.283 (n=2)" in table
+    from retune.report.scenario_report import first_run_label
+
     assert first_run_label(result) == "order 0, seed 0 only: the first of 2 runs"

@@ -115,7 +115,7 @@ def test_slow_clients_are_cut_off_and_other_clients_still_served(served_runs):
 
     from retune.server.app import uvicorn_config
 
-    config = ServeConfig(header_timeout_s=1.0, body_timeout_s=1.0)
+    config = ServeConfig(header_timeout_s=1.0, body_timeout_s=1.0, max_requests=20)  # fewer than the slow clients
     server = uvicorn.Server(uvicorn_config(create_app(served_runs, config), config, port=0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -153,3 +153,31 @@ def test_docs_page_names_this_server_and_keeps_app_styles_off_swagger(served_run
     css = (files("retune.server") / "static" / "app.css").read_text()
     element_rules = re.findall(r"^((?:h[1-3]|code|a|button|table|th|td|thead|tfoot|select|input)\b[^{]*)\{", css, re.M)
     assert element_rules and all(":not(#swagger-ui *)" in rule for rule in element_rules), element_rules
+
+
+def test_requests_beyond_max_requests_are_answered_503_while_the_others_finish(served_runs):
+    import asyncio
+
+    import httpx
+
+    app = create_app(served_runs, ServeConfig(max_requests=1))
+    release = asyncio.Event()
+
+    async def hold() -> dict:
+        await release.wait()
+        return {"held": True}
+
+    app.add_api_route("/v1/hold", hold)
+
+    async def scenario() -> tuple[int, int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            held = asyncio.create_task(client.get("/v1/hold"))
+            await asyncio.sleep(0.2)
+            busy = await client.get("/v1/health")
+            release.set()
+            finished = await held
+            after = await client.get("/v1/health")
+            return busy.status_code, finished.status_code, after.status_code
+
+    assert asyncio.run(scenario()) == (503, 200, 200)

@@ -31,6 +31,7 @@ from retune.server.limits import (
     PixelBudget,
     PixelBudgetExceeded,
     ServerBusy,
+    connection_cap,
     deadline_protocol,
     log,
     raise_open_files_limit,
@@ -178,16 +179,25 @@ def create_app(
         offered = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(TOKEN_COOKIE, "")
         return secrets.compare_digest(offered.encode(), config.token.encode())
 
+    answering = [0]  # requests being answered: the guard runs on the event loop only, no lock needed
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """Browser-reachable requests refused (a foreign Host without a token, a cross-origin state change), the token
-        check (API: bearer header; page: the cookie set by /login) and security headers on every response."""
+        """Browser-reachable requests refused (a foreign Host without a token, a cross-origin state change), at most
+        ``max_requests`` answered at once (503 above), the token check (API: bearer header; page: the cookie set by
+        /login) and security headers on every response."""
         path = request.url.path
         refused = browser_refusal(request, bool(config.token))
         if refused is not None:
             response = error_response(*refused)
+        elif answering[0] >= config.max_requests:
+            response = error_response(503, f"server busy: {answering[0]} requests being answered; retry shortly")
         elif authorised(request) or path.startswith(PUBLIC_PREFIXES):
-            response = await call_next(request)
+            answering[0] += 1
+            try:
+                response = await call_next(request)
+            finally:
+                answering[0] -= 1
         elif path.startswith(f"/{API_VERSION}/") or path == app.openapi_url:
             response = error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -237,8 +247,9 @@ def serve(
 
 
 def uvicorn_config(app: FastAPI, config: ServeConfig, port: int | None = None):
-    """uvicorn's settings for serving ``app``: read deadlines on headers and bodies, the keep-alive timeout and the
-    connection cap, so slow or unfinished requests cannot lock other clients out; ``port`` overrides the config's."""
+    """uvicorn's settings for serving ``app``: read deadlines on headers and bodies, the keep-alive timeout and a
+    connection cap from the open-files limit, so slow or unfinished requests cannot lock other clients out (the app
+    caps the requests being answered); ``port`` overrides the config's."""
     import uvicorn
 
     return uvicorn.Config(
@@ -249,5 +260,5 @@ def uvicorn_config(app: FastAPI, config: ServeConfig, port: int | None = None):
         server_header=False,
         http=deadline_protocol(config.header_timeout_s, config.body_timeout_s),
         timeout_keep_alive=config.keep_alive_s,
-        limit_concurrency=config.max_connections,
+        limit_concurrency=connection_cap(),
     )

@@ -48,8 +48,9 @@ class ServeConfig(StrictModel):
     header_timeout_s: float = Field(10.0, gt=0, description="A request's headers must arrive within this time.")
     body_timeout_s: float = Field(30.0, gt=0, description="A request body may pause at most this long.")
     keep_alive_s: int = Field(5, ge=1, description="An idle kept-alive connection is closed after this time.")
-    max_connections: int = Field(
-        256, ge=1, description="Concurrent connections and requests served; more are answered 503 at once."
+    max_requests: int = Field(
+        256, ge=1, description="Requests answered at once (their headers received); more are answered 503 at once. "
+        "Connections still sending headers do not count: the header deadline and the open-files limit bound them."
     )
 
     @model_validator(mode="after")

@@ -101,6 +101,13 @@ def deadline_protocol(header_timeout: float, body_timeout: float) -> type[Deadli
                                                                 "body_timeout": body_timeout})
 
 
+def connection_cap(reserve: int = 64) -> int:
+    """Connections uvicorn may hold open: this process's open-files limit less ``reserve`` for its own files, so a
+    flood of connections is answered 503 rather than failing to accept (requests are capped separately)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(soft - reserve, 1) if soft != resource.RLIM_INFINITY else 65536
+
+
 def raise_open_files_limit(wanted: int = 65536) -> int:
     """Raise this process's soft limit on open files towards ``wanted`` (never above the hard limit), so many
     concurrent connections do not run out of descriptors before the deadlines close the slow ones; returns it."""

@@ -86,6 +86,20 @@ def test_missing_mask_absurd_image_and_layout_errors(tmp_path):
         read_masks(tmp_path / "plain.csv", format="masks_csv")
 
 
+def test_a_mask_that_is_a_fifo_or_a_device_is_refused_in_one_line_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(DataError, match=r"row 2, column 'mask_lungs': mask .*fifo.png: not a regular file"):
+        read_masks(_one_row_csv(tmp_path, "fifo.png"))
+    _write(tmp_path / "m.png", np.zeros((16, 16), np.uint8))
+    table = read_masks(_one_row_csv(tmp_path, "m.png"))
+    (tmp_path / "m.png").unlink()
+    (tmp_path / "m.png").symlink_to("/dev/zero")  # swapped after reading the table: decoding checks again
+    with pytest.raises(DataError, match=r"structure 'lungs': mask .*m.png: not a regular file"):
+        table.load_mask(0, "lungs")
+
+
 def test_siim_rle_matches_a_hand_decoded_mask_and_unites_instances(tmp_path):
     # 4 wide x 3 high, column-major: pixel index = column * 3 + row
     assert decode_siim_rle("1 2", (4, 3), "x").tolist() == [[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]

@@ -12,6 +12,7 @@ lying over the lung), which losses and scores leave out.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import pandas as pd
 import pydicom
 from PIL import Image
 
-from retune.data.images import DEFAULT_LIMITS, is_dicom
+from retune.data.images import DEFAULT_LIMITS, is_dicom, regular_file_size
 from retune.data.readers import _patient_ids, _raise_first_bad, _read_csv, _require_columns, _resolve_paths
 from retune.data.table import PATH_COLUMN, PATIENT_COLUMN, ImageTable
 from retune.errors import DataError, unknown_name
@@ -205,16 +206,26 @@ def read_mask_folder(path: Path, image_root: str | Path | None = None) -> MaskTa
     return MaskTable(frame, [], path, structures=[structure])
 
 
+def check_mask_file(path: str | Path, where: str) -> None:
+    """A mask must be an existing regular file within the image size limit: a FIFO or ``/dev/zero`` is refused in
+    one line naming ``where`` before anything opens it, so nothing blocks or reads forever."""
+    if not os.path.lexists(path):
+        raise DataError(f"{where}: mask {path} does not exist")
+    try:
+        regular_file_size(path)
+    except DataError as error:
+        raise DataError(f"{where}: mask {error}") from None
+
+
 def decode_mask_png(path: Path, size: tuple[int, int], where: str) -> np.ndarray:
     """A PNG mask as int8 (1 / 0 / -1 ignore); its size must be ``size`` (width, height) and its values 0/255
     (127 = ignore) or 0/1."""
+    check_mask_file(path, where)
     try:
         with Image.open(path) as image:
             image.load()
             mode, actual = image.mode, image.size
             values = np.asarray(image)
-    except FileNotFoundError:
-        raise DataError(f"{where}: mask {path} does not exist") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{where}: mask {path} cannot be read ({error})") from None
     if actual != size:
@@ -294,11 +305,10 @@ def _check_mask_files(frame: pd.DataFrame, structure: str, source: str, column: 
         if reference == "":
             continue
         where = f"{source} row {row}, column '{column}'"
+        check_mask_file(reference, where)
         try:
             with Image.open(reference) as image:
                 width, height = image.size
-        except FileNotFoundError:
-            raise DataError(f"{where}: mask {reference} does not exist") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise DataError(f"{where}: mask {reference} cannot be read ({error})") from None
         expected = (int(frame.at[position, WIDTH_COLUMN]), int(frame.at[position, HEIGHT_COLUMN]))

@@ -3,6 +3,7 @@ the output is not a terminal."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 from typer.testing import CliRunner
@@ -99,3 +100,14 @@ def test_third_party_warnings_are_hidden_unless_verbose(monkeypatch):
         verbose_env = os.environ[VERBOSE_ENV]
     assert quiet.exit_code == 0 and "Grad strides" not in quiet.output and quiet_env == "0"
     assert verbose.exit_code == 0 and "Grad strides" in verbose.output and verbose_env == "1"
+
+
+def test_scenario_compare_prints_whole_values_when_piped(phantom_scenario, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = runner.invoke(app, ["scenario", "compare", str(phantom_scenario)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("│ simplecil", "│ naive"))]
+    assert len(rows) == 4 and "…" not in result.stdout, result.stdout  # the summary and the after-task tables
+    summary = rows[:2]  # each method's whole row on one line: its three CIs and both spreads over runs
+    assert all(len(re.findall(r"\[-?\d\.\d{3}, -?\d\.\d{3}\]", row)) == 3 for row in summary), result.stdout
+    assert all(row.count("(n=2)") == 2 for row in summary), result.stdout

@@ -110,6 +110,14 @@ def test_page_shows_findings_and_explanation_map_for_a_real_nih_image(
     assert "occlusion" in browser.find_element(By.ID, "explanation").text
     assert browser.find_element(By.ID, "filename").text == HOSTILE_NAME  # shown as text...
     assert not browser.find_elements(By.CSS_SELECTOR, "img[src='x']") and browser.title == title  # ...never as markup
+    import httpx  # the page marks each finding the run's validation threshold decides, as the API decides it
+
+    files = [("images", ("upload.png", upload.read_bytes()))]
+    api = httpx.post(f"{live_server}/v1/runs/phantom-run/predict", files=files, timeout=120).json()
+    api = api["predictions"][0]["findings"]
+    expected = {row["finding"]: {True: "positive", False: "negative", None: None}[row["decision"]] for row in api}
+    shown = {row.get_attribute("data-finding"): row.get_attribute("data-decision") for row in rows}
+    assert shown == expected and {"positive", "negative"} & set(shown.values()), (shown, expected)
     rows[1].click()
     assert browser.find_element(By.ID, "map-finding").text == rows[1].find_element(By.CSS_SELECTOR, ".name").text
     browser.save_screenshot(str(tmp_path / "predict-page.png"))

@@ -87,7 +87,8 @@ def main() -> None:
              "k. The paired difference scores both runs of the first seed on the same test images (patient "
              "bootstrap). "
              "Trainable parameters include the RE-tune head; the frozen blocks' activations are cached in the store, "
-             "so training runs only the unfrozen top of the tower.")
+             "so training runs only the unfrozen top of the tower. Seconds per run: wall clock on a shared 2-core "
+             "machine, a rough guide only.")
     table = results_table("freeze-k", "Partial freezing of the image tower under the RE-tune head, NIH test split",
                           ["frozen blocks", "trainable parameters", "mean test AUROC",
                            "paired difference vs 0 frozen [95% CI]", "seconds per run"], rows, notes)

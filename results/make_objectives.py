@@ -152,6 +152,21 @@ def retrain(config, bench: dict, mixes: list[str], out: Path) -> dict:
             "retrained": sorted({*bench.get("retrained", []), *mixes})}
 
 
+def repo_relative(facts: dict) -> dict:
+    """Bench data facts with the paths of files beside the repository shown relative to it (../shared/...), as a
+    user's checkout has them, not this machine's absolute paths."""
+    root = Path.cwd().resolve()
+
+    def shown(value):
+        if isinstance(value, dict):
+            return {key: shown(item) for key, item in value.items()}
+        if isinstance(value, str) and value.startswith(str(root.parent) + os.sep):
+            return os.path.relpath(value, root)
+        return value
+
+    return shown(facts)
+
+
 def task_note(bench: dict) -> str:
     """What the VQA and Dice columns measure (or why they are empty)."""
     data, parts = bench["data"], []
@@ -251,7 +266,7 @@ def main() -> None:
     write_json_atomic(OUT_JSON, {
         "name": "objectives", "command": "python results/make_objectives.py", "config": CONFIG,
         "machine": machine(), "backbone": BACKBONE_NOTE, "tables": tables,
-        "data": {"summary": summary, "speed": speed, "findings": verdicts, "data": bench["data"],
+        "data": {"summary": summary, "speed": speed, "findings": verdicts, "data": repo_relative(bench["data"]),
                  "split": bench["split"], "seeds": bench["seeds"], "epochs": bench["epochs"],
                  "retrained": redone, "seconds": bench["seconds"], "caption_samples": {
                      mix: runs[0].get("caption_samples") for mix, runs in bench["runs"].items()

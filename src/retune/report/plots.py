@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -121,7 +122,8 @@ def plot_mean_auroc_per_task(runs_by_method: dict[str, list[list[float | None]]]
         if len(runs) == 1:
             axis.plot(steps, values[0], label=method, **style)
             continue
-        with np.errstate(all="ignore"):  # a task where every run is undefined stays a gap
+        with warnings.catch_warnings():  # a task where every run is undefined stays a gap (NumPy warns of it)
+            warnings.simplefilter("ignore", RuntimeWarning)
             mean, low, high = np.nanmean(values, axis=0), np.nanmin(values, axis=0), np.nanmax(values, axis=0)
         (line,) = axis.plot(steps, mean, label=f"{method} (mean of {len(runs)} runs)", **style)
         axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)

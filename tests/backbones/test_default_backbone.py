@@ -96,6 +96,7 @@ def test_unknown_backbone_lists_valid_names():
         assert name in message
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_phantom_findings_are_learnable(backbone, tmp_path):
     """On 240 phantoms, per-finding logistic regression on default-backbone features reaches mean test AUROC > 0.65."""
     csv_path = write_phantom_dataset(tmp_path / "phantoms", n=240, seed=3)

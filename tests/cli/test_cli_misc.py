@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from retune.cli import app
@@ -94,6 +95,7 @@ def test_help_teaches_the_flow():
         assert re.search(rf"Usage: \S+ {command}\b", result.output), result.output
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_peft_run_freeze_k_on_phantoms(tmp_path):
     """`retune peft run` trains the unfrozen top of the image tower and reports trainable share and memory."""
     from retune.data.phantoms import write_phantom_dataset
@@ -117,6 +119,7 @@ def test_peft_run_freeze_k_on_phantoms(tmp_path):
     assert json.loads(evaluated.stdout)["method"] == "freeze-k"
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_adaptor_run_on_phantoms_reports_retrieval_and_fractions(tmp_path):
     """`retune adaptor run` pre-trains on cached tokens and reports R@K and every label fraction."""
     from retune.data.phantoms import write_phantom_dataset

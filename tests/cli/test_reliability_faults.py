@@ -109,6 +109,7 @@ def test_listed_tracebacks_are_one_line_naming_the_file(strict_run, run_copy, tm
     one_line_error(result, "config.json: JSON nested too deeply")
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_resuming_a_scenario_with_damaged_saved_state_is_one_line(strict_run, tmp_path):
     config = tmp_path / "scenario.yaml"
     config.write_text(

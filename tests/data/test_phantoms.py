@@ -182,6 +182,7 @@ def test_reported_side_matches_the_drawn_side(finding, brighter):
         assert ("left" in with_case.report.lower()) == image_right_changes_more, with_case.report
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_findings_are_learnable_from_downsampled_pixels():
     cases = make_phantom_cases(400, seed=11, size=SIZE, prevalence=0.5)
     small = [c.image.resize((64, 64), Image.Resampling.BILINEAR) for c in cases]

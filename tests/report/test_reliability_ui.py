@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -26,6 +28,7 @@ def answers(port: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_ui_announces_a_live_url_and_its_children_stop_with_it(strict_run):
     import retune
 

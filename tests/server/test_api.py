@@ -274,6 +274,7 @@ def test_serve_command_refuses_a_network_address_without_a_token(tmp_path):
     assert "--token" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_a_peft_run_is_served_with_the_scores_of_retune_predict(phantom_run):
     """A `retune peft run` checkpoint (freeze-k, frozen-prefix cache) serves the probabilities `retune predict`
     gives, here through the whole tuned tower on the uploaded pixels."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 
 from retune.server import ServeConfig, create_app
@@ -105,6 +106,7 @@ def test_a_client_disconnecting_mid_upload_is_one_log_line(served_runs, caplog):
     assert not any(record.exc_info for record in caplog.records)
 
 
+@pytest.mark.slow  # seconds of work: make test and CI run it, make test-fast does not
 def test_slow_clients_are_cut_off_and_other_clients_still_served(served_runs):
     import socket
     import threading

@@ -25,6 +25,7 @@ def test_block_dropout_small_batches_draw_what_nn_dropout_draws():
     assert torch.equal(BlockDropout(0.3).train()(features), expected)
 
 
+@pytest.mark.slow  # seconds of work: make test and CI run it, make test-fast does not
 def test_block_dropout_large_batches_share_masks_within_blocks_and_stay_unbiased():
     """At batch 4096 rows share masks in blocks of 8 (so 512 masks), each entry kept with probability 1 - p
     and scaled by 1 / (1 - p): the mean over many draws is the input. A ragged tail gets a mask of its own."""

@@ -333,6 +333,7 @@ def test_prefix_cache_computes_once(default_backbone, phantom_csv, tmp_path):
     ).n_computed == len(table)
 
 
+@pytest.mark.slow  # seconds of training: make test and CI run it, make test-fast does not
 def test_cached_and_uncached_freeze_k_train_the_same(phantom_csv, tmp_path):
     config = small_peft_config(
         tmp_path,
@@ -443,7 +444,8 @@ def test_open_clip_runs_end_to_end_with_the_frozen_block_cached(phantom_csv, tmp
 # ---------------------------------------------------------------- loading a tuned run back
 
 
-@pytest.mark.parametrize("kind", ["default", "open_clip", "hf_clip_prompt"])
+@pytest.mark.parametrize("kind", [pytest.param("default", marks=pytest.mark.slow), "open_clip",
+                                  pytest.param("hf_clip_prompt", marks=pytest.mark.slow)])
 def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_path):
     """The loaded run gives the trained model's probabilities; evaluate_run reproduces its metrics; predict_images
     reports bad images."""
@@ -492,6 +494,7 @@ def test_a_peft_run_loads_back_for_evaluate_and_predict(kind, phantom_csv, tmp_p
     assert only_broken.empty and len(errors) == 1
 
 
+@pytest.mark.slow  # seconds of work: make test and CI run it, make test-fast does not
 def test_pixels_beyond_the_memory_budget_are_decoded_per_batch_with_the_same_result(
     phantom_csv, tmp_path, monkeypatch
 ):

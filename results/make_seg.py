@@ -1,7 +1,7 @@
 """Segmentation results on cxr-seg: Dice per structure at 1 / 10 / 100% of the training patients for every head and
 both baselines, test patients of the shared split, default backbone (general-domain). Writes results/seg.json.
 
-Run from the repository root: ``python results/make_seg.py`` (about 30 minutes of one CPU core; dense maps are
+Run from the repository root: ``python results/make_seg.py`` (tens of minutes of CPU time; dense maps are
 computed once into the config's store and reused by every command). ``--quick`` trains 2 epochs (a smoke test).
 """
 

@@ -34,6 +34,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def verbosity_restored():
+    """The CLI passes its --verbose choice on in RETUNE_VERBOSE (for child processes): every test starts with the
+    session's value, whatever the test before it invoked."""
+    saved = os.environ.get("RETUNE_VERBOSE")
+    yield
+    if saved is None:
+        os.environ.pop("RETUNE_VERBOSE", None)
+    else:
+        os.environ["RETUNE_VERBOSE"] = saved
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The ../shared/data folder (skips, or fails under CI, when absent)."""

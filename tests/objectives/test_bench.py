@@ -39,11 +39,14 @@ def test_bench_prints_every_mix_and_caption_generates(tmp_path, registered_token
     assert result.exit_code == 0, result.output
     assert "SYNTHETIC" in result.output and "image→text R@10" in result.output and "Dice" in result.output
     bench = json.loads((out / "bench.json").read_text())
-    assert [row[0] for row in bench["table"]["rows"]] == ["clip", "captioned", "frozen features (no adaptor)"]
+    assert [row[0] for row in bench["table"]["rows"]] == ["clip", "captioned", "no pre-training"]
     assert bench["not_run"] == {}
-    for row in ("clip", "frozen features (no adaptor)"):
-        cells = bench["summary"][row]
-        assert cells["vqa_accuracy"]["first_seed_ci"] is not None and cells["dice"]["mean"] is not None, row
+    for row, runs in (("clip", bench["runs"]["clip"]), ("no pre-training", bench["baselines"])):
+        cells = bench["summary"][row]  # each cell is its runs' own score, with the first run's CI
+        assert cells["vqa_accuracy"]["mean"] == runs[0]["vqa"]["accuracy"], row
+        first_ci = runs[0]["vqa"]["accuracy_ci"]
+        assert cells["vqa_accuracy"]["first_seed_ci"] == first_ci and len(first_ci) == 2, row
+        assert cells["dice"]["mean"] == runs[0]["segmentation"]["dice"] and 0 < cells["dice"]["mean"] <= 1, row
     assert bench["data"]["vqa"]["n_questions"]["test"] > 0 and bench["data"]["segmentation"]["grid"] == [2, 2]
     clip = bench["summary"]["clip"]
     assert clip["zero_shot_auroc"]["n"] == 1 and clip["image_to_text.R@10"]["first_seed_ci"] is not None
@@ -110,6 +113,30 @@ def test_a_mask_is_centre_cropped_as_the_tower_sees_its_image():
     mask[:, :6] = 1  # the left 6 columns; resized to 4 x 8 and cropped to the middle 4 columns: only column 0 is left
     cropped = centre_cropped(mask, 4)
     assert cropped.shape == (4, 4) and cropped[:, 0].tolist() == [1] * 4 and int(cropped[:, 1:].sum()) == 0
+
+
+class CentreCropBackbone:
+    """The preprocessing of the default family: shorter side resized to 8, centre 8 x 8 kept (as a 3-channel tensor
+    normalised to [-1, 1])."""
+
+    spec = "centre-crop"
+
+    def preprocess(self, image):
+        from torchvision.transforms import functional
+
+        image = functional.center_crop(functional.resize(image, 8), [8, 8])
+        return functional.to_tensor(image) * 2 - 1
+
+
+def test_a_backbone_that_squashes_instead_of_cropping_is_refused_and_a_cropping_one_kept(token_backbone):
+    from retune.errors import ConfigError
+    from retune.experiments.adaptor_bench_tasks import check_view
+
+    mask = np.zeros((16, 32), dtype=np.int8)
+    mask[:, :12] = 1  # a wide image: cropping keeps the middle half, squashing keeps all of it
+    check_view(mask, centre_cropped(mask, 8), CentreCropBackbone(), "mask")
+    with pytest.raises(ConfigError, match="backbone 'random-tokens' does not resize the shorter side and centre-crop"):
+        check_view(mask, centre_cropped(mask, 16), token_backbone, "mask")
 
 
 def test_a_segmentation_task_names_a_structure_the_mask_table_lacks(tmp_path, token_backbone):

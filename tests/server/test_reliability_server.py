@@ -163,9 +163,10 @@ def test_requests_beyond_max_requests_are_answered_503_while_the_others_finish(s
     import httpx
 
     app = create_app(served_runs, ServeConfig(max_requests=1))
-    release = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def hold() -> dict:
+        entered.set()
         await release.wait()
         return {"held": True}
 
@@ -175,11 +176,11 @@ def test_requests_beyond_max_requests_are_answered_503_while_the_others_finish(s
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             held = asyncio.create_task(client.get("/v1/hold"))
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(entered.wait(), timeout=30)
             busy = await client.get("/v1/health")
             release.set()
             finished = await held
             after = await client.get("/v1/health")
-            return busy.status_code, finished.status_code, after.status_code
+            return busy.status_code, busy.headers.get("retry-after"), finished.status_code, after.status_code
 
-    assert asyncio.run(scenario()) == (503, 200, 200)
+    assert asyncio.run(scenario()) == (503, "1", 200, 200)

@@ -65,7 +65,7 @@ NOT_CONFIGURED = {
     "vqa_accuracy": "not run: the config has no vqa section (or the data no label columns to ask about)",
     "dice": "not run: the config has no segmentation section",
 }
-BASELINE_ROW = "frozen features (no adaptor)"
+BASELINE_ROW = "no pre-training"  # probes on frozen features, VQA fusion from scratch, Dice head on the input tokens
 CAPTION_SAMPLES = 3
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from retune.backbones.base import Backbone
@@ -24,7 +25,7 @@ from retune.evaluation.segmentation import score_mask, summarize
 from retune.evaluation.vqa import majority_answers, score_answers
 from retune.experiments.adaptor import image_tokens
 from retune.experiments.vqa import Prepared, all_texts, fit_answer_head, predicted_answers
-from retune.methods.xattn_adaptor import CrossAttentionAdaptor
+from retune.methods.xattn_adaptor import CrossAttentionAdaptor, batched
 from retune.objectives.config import BenchSegmentationTask, BenchVqaTask
 from retune.segmentation.training import fit as fit_segmentation
 from retune.segmentation.training import predict_probabilities
@@ -88,6 +89,17 @@ class VqaTask:
                 "best_epoch": result.best_epoch, "seconds_per_epoch": float(np.median(epoch_seconds))}
 
 
+def as_tower_sees(mask: np.ndarray, backbone: Backbone) -> torch.Tensor:
+    """Share of each pixel of the backbone's own preprocessed view that a boolean mask covers (S x S in [0, 1]): the
+    mask drawn as a black-and-white image goes through ``backbone.preprocess``, whatever its resizing and cropping,
+    and the normalisation is undone against an all-black and an all-white image of the same size."""
+    height, width = mask.shape
+    drawn, black, white = (backbone.preprocess(Image.fromarray(pixels).convert("RGB")) for pixels in (
+        np.where(mask, 255, 0).astype(np.uint8), np.zeros((height, width), np.uint8),
+        np.full((height, width), 255, np.uint8)))
+    return ((drawn - black) / (white - black)).mean(0).clamp(0, 1)
+
+
 def centre_cropped(mask: np.ndarray, size: int) -> torch.Tensor:
     """A decoded mask under the image tower's geometry (shorter side resized to ``size``, nearest neighbour, then the
     centre ``size`` x ``size``), so each token sits over the pixels it was computed from."""
@@ -97,6 +109,20 @@ def centre_cropped(mask: np.ndarray, size: int) -> torch.Tensor:
                             size=(max(size, round(height * scale)), max(size, round(width * scale))), mode="nearest")
     top, left = (resized.shape[2] - size) // 2, (resized.shape[3] - size) // 2
     return resized[0, 0, top : top + size, left : left + size].to(torch.int8)
+
+
+def check_view(mask: np.ndarray, target: torch.Tensor, backbone: Backbone, where: str,
+               min_overlap: float = 0.8) -> None:
+    """Refuse a backbone whose preprocessing is not "shorter side resized, centre cropped": the masks are cut that
+    way, and another geometry would score Dice against masks that do not sit under their tokens. Resampling moves
+    only a mask's border, so the two views of one mask must overlap (IoU) by at least ``min_overlap``."""
+    seen, cut = as_tower_sees(mask == 1, backbone) >= 0.5, target == 1
+    overlap = float((seen & cut).sum()) / max(float((seen | cut).sum()), 1.0)
+    if overlap < min_overlap:
+        raise ConfigError(
+            f"{where}: backbone '{backbone.spec}' does not resize the shorter side and centre-crop its images (the "
+            f"mask as it sees it overlaps the centre-cropped one by IoU {overlap:.2f}), so the bench's Dice task "
+            "cannot align its masks")
 
 
 class SegmentationTask:
@@ -125,9 +151,11 @@ class SegmentationTask:
         self.size = int(backbone.preprocess(load_image(table.paths[0])).shape[-1])  # the tower's square view
         self.targets = torch.stack([centre_cropped(table.load_mask(row, task.structure), self.size)[None]
                                     for row in range(len(table))])
+        check_view(table.load_mask(0, task.structure), self.targets[0, 0], backbone, f"{task.csv} row 0")
         self.splits = patient_split(table.patients, task.split.fractions, task.split.seed)
 
     def facts(self) -> dict:
+        """What the task scored: the mask table, structure, image counts, the token grid and the view's size."""
         return {"csv": str(self.task.csv), "structure": self.task.structure, "n_images": len(self.table),
                 "n_test_images": len(self.splits["test"]), "grid": [self.grid, self.grid], "view": self.size,
                 "epochs": self.task.epochs}
@@ -136,13 +164,15 @@ class SegmentationTask:
         """Train a 1x1 linear head on the adaptor's image token states (None: on the tokens themselves) and score
         Dice on the test patients' centre-cropped masks (patient-bootstrap CI)."""
         with torch.no_grad():
-            states = self.tokens if adaptor is None else adaptor.eval().image_tower(self.tokens, None)[0]
-        maps = states.transpose(1, 2).reshape(len(states), -1, self.grid, self.grid).float()
+            states = self.tokens if adaptor is None else batched(
+                lambda tokens: adaptor.eval().image_tower(tokens, None)[0], self.tokens)
+        # the head is tiny: it trains on the CPU beside the targets, whatever device the adaptor ran on
+        maps = states.transpose(1, 2).reshape(len(states), -1, self.grid, self.grid).float().cpu()
         torch.manual_seed(seed)
-        head: nn.Module = nn.Conv2d(maps.shape[1], 1, kernel_size=1).to(maps.device)
+        head: nn.Module = nn.Conv2d(maps.shape[1], 1, kernel_size=1)
 
         def inputs(rows: np.ndarray) -> torch.Tensor:
-            return maps[torch.as_tensor(np.asarray(rows), device=maps.device)]
+            return maps[torch.as_tensor(np.asarray(rows))]
 
         facts = fit_segmentation(head, inputs, self.targets, self.splits["train"], self.splits["val"],
                                  self.task.optim(), seed)

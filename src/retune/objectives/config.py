@@ -59,19 +59,26 @@ class PairsConfig(StrictModel):
     text_only_limit: int | None = Field(None, ge=1, description="Use at most this many text-only texts.")
 
 
+def fixed_budget(lr: float, weight_decay: float, epochs: int, batch_size: int) -> OptimConfig:
+    """AdamW for exactly ``epochs`` epochs (no early stop; the best validation epoch is kept), the same budget for
+    every mix a bench task compares."""
+    return OptimConfig(lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, patience=epochs,
+                       min_epochs=1, precision="fp32")
+
+
 class BenchVqaTask(StrictModel):
     """The bench's VQA task: closed questions built from the labels on the bench's patient split, answered by a VQA
     model whose fusion module starts from each pre-trained adaptor (its towers; the cross-attention blocks start
     fresh) and is fine-tuned with the same budget for every mix, and once from no pre-training."""
 
     epochs: int = Field(4, ge=1, description="Fine-tuning epochs of every answerer (best validation accuracy kept).")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (weight decay 0.01).")
     batch_size: int = Field(32, ge=1, description="Images per step (each with all its questions).")
     choice_fraction: float = Field(0.5, ge=0, le=1, description="Share of images that get a multiple-choice question.")
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(lr=self.lr, weight_decay=0.01, epochs=self.epochs, batch_size=self.batch_size,
-                           patience=self.epochs, min_epochs=1, precision="fp32")
+        """The answerers' training settings."""
+        return fixed_budget(self.lr, 0.01, self.epochs, self.batch_size)
 
 
 class BenchSegmentationTask(StrictModel):
@@ -82,13 +89,13 @@ class BenchSegmentationTask(StrictModel):
     csv: Path = Field(description="Mask table (cxr-seg masks.csv, a SIIM CSV or a mask folder).")
     structure: str = Field("lungs", description="The structure to segment.")
     split: SplitConfig = Field(SplitConfig(), description="Patient split of the mask table.")
-    epochs: int = Field(30, ge=1)
-    lr: float = Field(1e-2, gt=0)
-    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(30, ge=1, description="Epochs of every head (best validation Dice kept).")
+    lr: float = Field(1e-2, gt=0, description="AdamW learning rate (weight decay 1e-4).")
+    batch_size: int = Field(16, ge=1, description="Images per step.")
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(lr=self.lr, weight_decay=1e-4, epochs=self.epochs, batch_size=self.batch_size,
-                           patience=self.epochs, min_epochs=1, precision="fp32")
+        """The heads' training settings."""
+        return fixed_budget(self.lr, 1e-4, self.epochs, self.batch_size)
 
 
 class ObjectivesBenchConfig(AdaptorExperimentConfig):

@@ -188,11 +188,13 @@ def create_app(
         /login) and security headers on every response."""
         path = request.url.path
         refused = browser_refusal(request, bool(config.token))
+        allowed = refused is None and (authorised(request) or path.startswith(PUBLIC_PREFIXES))
         if refused is not None:
             response = error_response(*refused)
-        elif answering[0] >= config.max_requests:
+        elif allowed and answering[0] >= config.max_requests:  # the load is told to allowed callers only
             response = error_response(503, f"server busy: {answering[0]} requests being answered; retry shortly")
-        elif authorised(request) or path.startswith(PUBLIC_PREFIXES):
+            response.headers["Retry-After"] = "1"
+        elif allowed:
             answering[0] += 1
             try:
                 response = await call_next(request)

@@ -26,20 +26,22 @@ from retune.report.text import format_interval
 CONFIG = "configs/peft-freeze.yaml"
 FREEZE_BLOCKS = (0, 3, 5, 7)
 SEEDS = (0, 1, 2)
+COMPARED = ("epochs", "lr", "batch_size", "method", "tower", "freeze_blocks", "seed", "split", "retune")
 KEPT = ("mean_auroc", "mean_auroc_ci", "n_classes_in_mean", "trainable_parameters", "trainable_percent", "seconds")
 
 
-def finished(run_dir: Path, k: int, seed: int) -> dict | None:
-    """The metrics of a finished run with this k and seed, else None."""
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
+def finished(run_dir: Path, config: PeftExperimentConfig) -> dict | None:
+    """The metrics of a finished run made with this config's settings (training, split, head; not paths), else
+    None: it is trained again."""
+    if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
         return None
-    metrics = json.loads(metrics_path.read_text())
-    same = metrics.get("seed") == seed and metrics["tuning"]["frozen_blocks"].get("image") == k
-    return metrics if same else None
+    recorded = json.loads((run_dir / "config.json").read_text())["train_config"]
+    wanted = config.model_dump(mode="json")
+    same = all(recorded.get(key) == wanted[key] for key in COMPARED)
+    return json.loads((run_dir / "metrics.json").read_text()) if same else None
 
 
-def run_peft_blocks(run_dir: Path) -> int:
+def tower_block_count(run_dir: Path) -> int:
     """How many blocks the run's image tower has."""
     return json.loads((run_dir / "metrics.json").read_text())["tuning"]["blocks"]["image"]
 
@@ -56,14 +58,15 @@ def main() -> None:
     for k in FREEZE_BLOCKS:
         for seed in SEEDS:
             run_dir = args.work / f"k{k}-s{seed}"
-            metrics = finished(run_dir, k, seed) or run_peft(
-                override(base, {"freeze_blocks": k, "seed": seed}), run_dir)
+            config = override(base, {"freeze_blocks": k, "seed": seed})
+            metrics = finished(run_dir, config) or run_peft(config, run_dir)
             runs.setdefault(k, []).append({key: metrics[key] for key in KEPT} | {"run": run_dir.name})
             print(f"k={k} seed={seed}: mean AUROC {metrics['mean_auroc']:.3f}", flush=True)
     paired = {k: compare_runs(args.work / f"k{k}-s{SEEDS[0]}", args.work / f"k0-s{SEEDS[0]}", base.data.csv,
                               n_bootstrap=base.n_bootstrap) for k in FREEZE_BLOCKS if k}
-    n_blocks = run_peft_blocks(args.work / f"k0-s{SEEDS[0]}")
-    rows, data = [], {"freeze_blocks": list(FREEZE_BLOCKS), "seeds": list(SEEDS), "runs": {}, "paired_vs_k0": {}}
+    n_blocks = tower_block_count(args.work / f"k0-s{SEEDS[0]}")
+    rows, data = [], {"freeze_blocks": list(FREEZE_BLOCKS), "n_blocks": n_blocks, "seeds": list(SEEDS), "runs": {},
+                      "paired_vs_k0": {}}
     for k, seeds in runs.items():
         aurocs = [run["mean_auroc"] for run in seeds]
         mean, sd = float(np.mean(aurocs)), float(np.std(aurocs, ddof=1)) if len(aurocs) > 1 else 0.0

@@ -88,3 +88,18 @@ def test_a_run_folder_killed_while_mlflow_created_it_is_dropped_and_logging_goes
     tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))
     assert not killed.exists()
     assert sorted(run.data.tags["mlflow.runName"] for run in active_runs(tmp_path)) == ["lwf", "naive"]
+
+
+def test_a_run_killed_before_its_results_key_was_written_is_dropped_not_kept_beside_the_new_one(tmp_path):
+    """MLflow writes a run's meta.yaml, then its tags: a kill in between leaves a run of that method without the
+    results key, which a search by key never finds; the next logging removes it, so one run per method remains."""
+    import mlflow
+
+    results = fake_results(tmp_path)
+    mlflow.set_tracking_uri(store_uri(tmp_path))
+    experiment_id = mlflow.set_experiment("retune-scenario-toy").experiment_id
+    orphan = mlflow.MlflowClient().create_run(experiment_id, run_name="lwf")  # meta.yaml and name, no results key
+    tracking.log_scenario_results(results, tmp_path, store_uri(tmp_path))
+    runs = active_runs(tmp_path)
+    assert orphan.info.run_id not in {run.info.run_id for run in runs}
+    assert sorted(run.data.tags["mlflow.runName"] for run in runs) == ["lwf", "naive"]

@@ -201,7 +201,7 @@ def log_scenario_results(
     scenario = json.loads(scenario_file.read_text()) if scenario_file.exists() else {}
     config = flat_params(scenario, "config.")
     csv = scenario.get("data", {}).get("csv")
-    _drop_runs_killed_at_creation(uri, experiment.experiment_id)
+    _drop_runs_killed_at_creation(uri, experiment.experiment_id, set(results))
     for name, result in results.items():
         key = hashlib.sha256(f"{out_dir.resolve()}\0{name}".encode()).hexdigest()[:32]
         digest = hashlib.sha256((out_dir / name / "results.json").read_bytes()).hexdigest()
@@ -242,10 +242,12 @@ def log_scenario_results(
     return uri
 
 
-def _drop_runs_killed_at_creation(uri: str, experiment_id: str) -> None:
-    """Remove file-store run folders whose ``meta.yaml`` is missing or empty: a process killed while MLflow
-    created the run leaves one, and MLflow's file store then fails every search of the experiment. Such a
-    folder holds no results (those are in ``results.json``); the run is logged again."""
+def _drop_runs_killed_at_creation(uri: str, experiment_id: str, names: set[str]) -> None:
+    """Remove file-store run folders a process killed while MLflow created them left behind: ``meta.yaml`` missing
+    or empty (MLflow's file store then fails every search of the experiment), or a run of one of these methods
+    (``names``) without the results key, which MLflow writes just after ``meta.yaml`` (a search by key never finds
+    it, so it would stay beside the run logged anew). Such a folder holds no results (those are in
+    ``results.json``); the run is logged again."""
     store = _local_store(uri)
     if store is None:
         return
@@ -253,7 +255,11 @@ def _drop_runs_killed_at_creation(uri: str, experiment_id: str) -> None:
     for run_dir in folder.iterdir() if folder.is_dir() else []:
         meta = run_dir / "meta.yaml"
         is_run = run_dir.is_dir() and re.fullmatch(r"[0-9a-f]{32}", run_dir.name)  # run ids, not tags/ etc.
-        if is_run and (not meta.is_file() or not meta.read_text().strip()):
+        text = meta.read_text() if is_run and meta.is_file() else ""
+        named = re.search(r"^run_name: (.*)$", text, re.M)
+        unkeyed = bool(named) and named.group(1).strip().strip("'\"") in names and not (
+            run_dir / "tags" / KEY_TAG).is_file()
+        if is_run and (not text.strip() or unkeyed):
             shutil.rmtree(run_dir, ignore_errors=True)
 
 

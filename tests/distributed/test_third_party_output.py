@@ -60,3 +60,24 @@ def test_a_failed_process_is_one_line_naming_its_rank_with_torchruns_report_only
     with pytest.raises(RetuneError, match=r"process 1 of 2 failed \(exit code 2\)") as raised:
         ddp.launch(2, ["peft", "run"])
     assert ("Root Cause" in str(raised.value)) is (verbose == "1")
+
+
+@pytest.mark.parametrize("verbose", ["0", "1"])
+def test_ray_data_output_is_quieted_during_an_embedding_job_and_every_setting_restored_after(monkeypatch, verbose):
+    from retune.distributed.ray_embed import ray_data_quieted
+
+    monkeypatch.setenv(VERBOSE_ENV, verbose)
+    context = SimpleNamespace(enable_progress_bars=True, print_on_execution_start=True)
+    console = logging.StreamHandler()
+    console.name, console.level = "console", logging.INFO
+    logger = logging.getLogger("ray.data")
+    logger.addHandler(console)
+    try:
+        with ray_data_quieted(context):
+            during = (context.enable_progress_bars, context.print_on_execution_start, console.level)
+        after = (context.enable_progress_bars, context.print_on_execution_start, console.level)
+    finally:
+        logger.removeHandler(console)
+    shown = verbose == "1"
+    assert during == (False, shown, logging.INFO if shown else logging.ERROR)
+    assert after == (True, True, logging.INFO)

@@ -14,6 +14,7 @@ import copy
 import itertools
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -91,6 +92,26 @@ class EncoderActor:
         return result
 
 
+@contextmanager
+def ray_data_quieted(context) -> Iterator[None]:
+    """Ray Data's progress bars off (``embed_table`` shows one bar for the whole job) and, unless --verbose, its
+    execution-plan, start and finish lines (its log file keeps them); each setting restored afterwards, so a Python
+    process that goes on using Ray Data gets its own settings back."""
+    consoles = [handler for handler in logging.getLogger("ray.data").handlers if handler.name == "console"]
+    saved = context.enable_progress_bars, context.print_on_execution_start, [h.level for h in consoles]
+    context.enable_progress_bars = False
+    if not third_party_output_shown():
+        context.print_on_execution_start = False
+        for handler in consoles:
+            handler.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start, levels = saved
+        for handler, level in zip(consoles, levels):
+            handler.setLevel(level)
+
+
 def ray_encoder(address: str | None = None, actors: int | None = None) -> BatchEncoder:
     """An ``embed_table`` encoder that runs on Ray (joining ``address``, else a local instance) with ``actors``
     encoder actors: one GPU each when the cluster has GPUs (default: one per GPU), else CPU actors sharing half of
@@ -108,49 +129,43 @@ def ray_encoder(address: str | None = None, actors: int | None = None) -> BatchE
         if not items:
             return
         ray = connect(address)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # embed_table shows one bar for the whole job
-        if not third_party_output_shown():  # no execution plan, start and finish lines; Ray Data's log file has them
-            context.print_on_execution_start = False
-            for handler in logging.getLogger("ray.data").handlers:
-                if handler.name == "console":
-                    handler.setLevel(logging.ERROR)
-        resources = ray.cluster_resources()
-        cpus, gpus = resources.get("CPU", 1.0), int(resources.get("GPU", 0))
-        pool = actors or (gpus if gpus else max(1, int(cpus) // 8))
-        actor_cpus = 1.0 if gpus else max(0.25, cpus / 2 / pool)
-        device = "cuda" if gpus else "cpu"
-        rows = [{"content_hash": key, "path": path} for key, path in items]
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
-        shape = pixel_shape(backbone)
-        dataset = dataset.map_batches(
-            decode_batch,
-            batch_size=batch_size,
-            num_cpus=min(1.0, cpus / 2),
-            fn_kwargs={"preprocessing": preprocessor(backbone), "shape": shape, "limits": limits},
-        )
-        dataset = dataset.map_batches(
-            EncoderActor,
-            batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=pool),
-            num_cpus=actor_cpus,
-            num_gpus=1 if gpus else 0,
-            fn_constructor_kwargs={
-                "backbone_ref": [ray.put(backbone.to("cpu"))],
-                "device": device,
-                "threads": max(1, int(actor_cpus)),
-                "tokens": tokens,
-                "shape": shape,
-            },
-        )
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            kept = batch["reason"] == ""
-            keys = [str(key) for key in batch["content_hash"]]
-            yield EncodedBatch(
-                keys=[key for key, keep in zip(keys, kept) if keep],
-                pooled=batch["embedding"][kept],
-                tokens=batch["tokens"][kept] if tokens else None,
-                failed=[(key, str(reason)) for key, reason, keep in zip(keys, batch["reason"], kept) if not keep],
+        with ray_data_quieted(ray.data.DataContext.get_current()):
+            resources = ray.cluster_resources()
+            cpus, gpus = resources.get("CPU", 1.0), int(resources.get("GPU", 0))
+            pool = actors or (gpus if gpus else max(1, int(cpus) // 8))
+            actor_cpus = 1.0 if gpus else max(0.25, cpus / 2 / pool)
+            device = "cuda" if gpus else "cpu"
+            rows = [{"content_hash": key, "path": path} for key, path in items]
+            dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+            shape = pixel_shape(backbone)
+            dataset = dataset.map_batches(
+                decode_batch,
+                batch_size=batch_size,
+                num_cpus=min(1.0, cpus / 2),
+                fn_kwargs={"preprocessing": preprocessor(backbone), "shape": shape, "limits": limits},
             )
+            dataset = dataset.map_batches(
+                EncoderActor,
+                batch_size=batch_size,
+                compute=ray.data.ActorPoolStrategy(size=pool),
+                num_cpus=actor_cpus,
+                num_gpus=1 if gpus else 0,
+                fn_constructor_kwargs={
+                    "backbone_ref": [ray.put(backbone.to("cpu"))],
+                    "device": device,
+                    "threads": max(1, int(actor_cpus)),
+                    "tokens": tokens,
+                    "shape": shape,
+                },
+            )
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                kept = batch["reason"] == ""
+                keys = [str(key) for key in batch["content_hash"]]
+                yield EncodedBatch(
+                    keys=[key for key, keep in zip(keys, kept) if keep],
+                    pooled=batch["embedding"][kept],
+                    tokens=batch["tokens"][kept] if tokens else None,
+                    failed=[(key, str(reason)) for key, reason, keep in zip(keys, batch["reason"], kept) if not keep],
+                )
 
     return encode

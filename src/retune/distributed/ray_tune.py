@@ -67,6 +67,16 @@ class TuneConfig(TrainConfig):
     concurrent: int | None = Field(None, ge=1, description="Trials at once (default: one per CPU).")
 
 
+
+@contextlib.contextmanager
+def _restored(setter, value):
+    """Call ``setter(value)`` on leaving the block, however it ends (a library setting put back as found)."""
+    try:
+        yield
+    finally:
+        setter(value)
+
+
 def trial_options(base: ReTuneConfig, params: dict) -> ReTuneConfig:
     """``base`` with a trial's sampled options applied (validated like YAML)."""
     optim = {key: params.get(key) for key in ("lr", "weight_decay", "epochs")}
@@ -149,13 +159,14 @@ def tune_run(config: TuneConfig, out_dir: str | Path, address: str | None = None
     from ray.tune.schedulers import ASHAScheduler
 
     shown = third_party_output_shown()
-    searcher = None
+    searcher, restore_optuna = None, contextlib.nullcontext()
     if config.searcher == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        if not shown:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
+        if not shown:  # no "A new study created" line; the caller's verbosity back once the search ends
+            restore_optuna = _restored(optuna.logging.set_verbosity, optuna.logging.get_verbosity())
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         searcher = OptunaSearch(metric=METRIC, mode="max", seed=config.seed)
     epochs = max(config.search.epochs or [config.retune.optim.epochs])
     scheduler = (
@@ -182,7 +193,7 @@ def tune_run(config: TuneConfig, out_dir: str | Path, address: str | None = None
         run_config=tune.RunConfig(name="search", storage_path=str(out_dir / "ray"), verbose=1 if shown else 0),
     )
     # Even at verbose=0 Tune prints its experiment table, results folder and a TensorBoard hint to stdout.
-    with contextlib.nullcontext() if shown else contextlib.redirect_stdout(io.StringIO()):
+    with restore_optuna, contextlib.nullcontext() if shown else contextlib.redirect_stdout(io.StringIO()):
         grid = tuner.fit()
     errors = [str(result.error).strip().splitlines()[-1] for result in grid if result.error]
     if len(errors) == len(grid):

@@ -41,19 +41,12 @@ def finished(run_dir: Path, config: PeftExperimentConfig) -> dict | None:
     return json.loads((run_dir / "metrics.json").read_text()) if same else None
 
 
-def tower_block_count(run_dir: Path) -> int:
-    """How many blocks the run's image tower has."""
-    return json.loads((run_dir / "metrics.json").read_text())["tuning"]["blocks"]["image"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", help="Embedding store (default: the config's).")
     parser.add_argument("--work", type=Path, default=Path("runs/results/nih_peft"), help="Where the runs go.")
     args = parser.parse_args()
-    base = load_yaml_config(CONFIG, PeftExperimentConfig)
-    if args.store:
-        base = override(base, {"store": args.store})
+    base = override(load_yaml_config(CONFIG, PeftExperimentConfig), {"store": args.store})  # None: the config's
     runs: dict[int, list[dict]] = {}
     for k in FREEZE_BLOCKS:
         for seed in SEEDS:
@@ -61,10 +54,10 @@ def main() -> None:
             config = override(base, {"freeze_blocks": k, "seed": seed})
             metrics = finished(run_dir, config) or run_peft(config, run_dir)
             runs.setdefault(k, []).append({key: metrics[key] for key in KEPT} | {"run": run_dir.name})
+            n_blocks = metrics["tuning"]["blocks"]["image"]  # the tower's block count, as every run records it
             print(f"k={k} seed={seed}: mean AUROC {metrics['mean_auroc']:.3f}", flush=True)
     paired = {k: compare_runs(args.work / f"k{k}-s{SEEDS[0]}", args.work / f"k0-s{SEEDS[0]}", base.data.csv,
                               n_bootstrap=base.n_bootstrap) for k in FREEZE_BLOCKS if k}
-    n_blocks = tower_block_count(args.work / f"k0-s{SEEDS[0]}")
     rows, data = [], {"freeze_blocks": list(FREEZE_BLOCKS), "n_blocks": n_blocks, "seeds": list(SEEDS), "runs": {},
                       "paired_vs_k0": {}}
     for k, seeds in runs.items():

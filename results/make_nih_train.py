@@ -86,9 +86,7 @@ def main() -> None:
     parser.add_argument("--store", help="Embedding store (default: the config's).")
     parser.add_argument("--work", type=Path, default=Path("runs/results/nih_train"), help="Where the runs go.")
     args = parser.parse_args()
-    config = load_yaml_config(CONFIG, TrainConfig)
-    if args.store:
-        config = override(config, {"store": args.store})
+    config = override(load_yaml_config(CONFIG, TrainConfig), {"store": args.store})  # None: the config's
     runs, facts = {}, {}
     for objective in OBJECTIVES:
         run = trained(override(config, {"retune": {"objective": objective}}), args.work / objective)
